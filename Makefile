@@ -13,14 +13,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check api workers shared tests bench
+	$(VENV)/bin/ruff check api workers shared tests bench deploy
 	$(VENV)/bin/mypy
 
 test: lint
 	$(VENV)/bin/pytest -q
 
 run: $(STAMP)
-	$(PY) -m shared.run
+	$(PY) deploy/run.py
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

@@ -1,0 +1,178 @@
+"""What a worker does for each operation: the bridge between the state store and the engine.
+
+Every job starts with `Store.begin_operation`, which is a compare-and-set: a message that
+arrives twice, or after its operation ended, finds nothing to do. Every job is safe to run
+again from the top after a kill: the engine's capture resumes without re-storing chunks, a
+restore rebuilds in a staging area and swaps atomically, and delete is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from shared.records import OperationRecord, ServerRecord
+from shared.schemas import rfc3339
+from shared.store import Store
+from workers.engine import Cancelled, Engine, EngineError, SnapshotMeta, StateSpec
+from workers.power import PowerDriver, PowerError, PowerStatus
+from workers.progress import CancelCheck, ProgressReporter
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+PowerFactory = Callable[[ServerRecord], PowerDriver]
+
+
+class Jobs:
+    def __init__(self, store: Store, engine: Engine, power_for: PowerFactory, max_attempts: int):
+        self.store = store
+        self.engine = engine
+        self.power_for = power_for
+        self.max_attempts = max_attempts
+
+    # -- entry points -------------------------------------------------------------------
+
+    def run(self, operation_id: int) -> None:
+        op = self.store.begin_operation(operation_id)
+        if op is None:
+            log.info("operation %s is already finished; nothing to do", operation_id)
+            return
+        if op.attempts > self.max_attempts:
+            self.store.fail_operation(
+                op.id,
+                "worker_lost",
+                f"The job was interrupted {op.attempts - 1} times; giving up.",
+            )
+            return
+        handler = {
+            "snapshot.create": self._create,
+            "snapshot.restore": self._restore,
+            "snapshot.delete": self._delete,
+        }[op.type]
+        try:
+            handler(op)
+        except Exception as exc:
+            # Transient failures are retried by Dramatiq; the last attempt records why it died
+            # so that nothing stays `running` forever.
+            if op.attempts >= self.max_attempts:
+                log.exception("operation %s failed for good", op.id)
+                self.store.fail_operation(op.id, "internal_error", f"The job failed: {exc}")
+                return
+            raise
+
+    # -- create -------------------------------------------------------------------------
+
+    def _create(self, op: OperationRecord) -> None:
+        snap = self.store.get_snapshot(op.snapshot_id)
+        server = self.store.get_server(op.server_id)
+        if snap is None or server is None or snap.deleted or snap.status != "in_progress":
+            return
+        meta = SnapshotMeta(
+            snapshot_id=snap.id,
+            server_id=server.id,
+            server_name=server.name,
+            account=server.account,
+            name=snap.name,
+            description=snap.description,
+            created_at=rfc3339(snap.created_at) or "",
+        )
+        state = StateSpec(kind=server.state.kind, path=server.state.path)
+        driver = self.power_for(server)
+        stopped_here = False
+        warnings: list[str] = []
+        try:
+            if op.stop_server and driver.status() == "running":
+                driver.stop()
+                stopped_here = True
+                self.store.set_server_power(server.id, "stopped")
+            result = self.engine.capture(
+                meta,
+                state,
+                progress=ProgressReporter(lambda p: self.store.report_progress(op.id, p)),
+                should_stop=CancelCheck(lambda: self.store.is_cancelled(op.id)),
+            )
+        except Cancelled:
+            log.info("snapshot %s was deleted while it was being created", snap.id)
+            return
+        except (EngineError, PowerError) as exc:
+            self.store.fail_operation(op.id, exc.code, str(exc))
+            return
+        finally:
+            if stopped_here:
+                warnings += self._start_again(server, driver)
+        warnings += result.warnings
+        size_mb = round(result.size_bytes / MIB, 2)
+        if not self.store.complete_create(op.id, size_mb, warnings):
+            # Deleted while the capture committed: the delete job may already have run, so
+            # this job removes what it committed itself.
+            self.engine.delete(snap.id)
+            self.engine.reclaim()
+
+    def _start_again(self, server: ServerRecord, driver: PowerDriver) -> list[str]:
+        try:
+            driver.start()
+        except PowerError as exc:
+            self.store.set_server_power(server.id, "stopped")
+            return [f"The server could not be started again after the capture: {exc}"]
+        self.store.set_server_power(server.id, "running")
+        return []
+
+    # -- restore ------------------------------------------------------------------------
+
+    def _restore(self, op: OperationRecord) -> None:
+        server = self.store.get_server(op.server_id)
+        if server is None:
+            self.store.fail_operation(op.id, "not_found", "The server no longer exists.")
+            return
+        state = StateSpec(kind=server.state.kind, path=server.state.path)
+        driver = self.power_for(server)
+        prior: PowerStatus = "stopped" if server.prior_status == "stopped" else "running"
+        should_run = op.start_after if op.start_after is not None else prior == "running"
+        try:
+            if driver.status() == "running":
+                driver.stop()
+            self.engine.recover(state)
+            self.engine.restore(
+                op.snapshot_id,
+                state,
+                progress=ProgressReporter(lambda p: self.store.report_progress(op.id, p)),
+            )
+        except (EngineError, PowerError) as exc:
+            # The engine left the previous state intact; put the power back as it was.
+            status = self._settle_power(driver, prior == "running")
+            self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)
+            return
+        status = self._settle_power(driver, should_run)
+        if should_run and status != "running":
+            self.store.fail_operation(
+                op.id,
+                "power_failed",
+                "The state was restored, but the server did not start again.",
+                server_status=status,
+            )
+            return
+        self.store.complete_restore(op.id, status)
+
+    def _settle_power(self, driver: PowerDriver, run: bool) -> PowerStatus:
+        """Brings the server to the wanted power state and answers what it really is."""
+        try:
+            if run and driver.status() != "running":
+                driver.start()
+            return driver.status()
+        except PowerError:
+            log.exception("could not settle the server's power state")
+            try:
+                return driver.status()
+            except PowerError:
+                return "stopped"
+
+    # -- delete -------------------------------------------------------------------------
+
+    def _delete(self, op: OperationRecord) -> None:
+        self.engine.delete(op.snapshot_id)
+        stats = self.engine.reclaim()
+        if stats.skipped_locked:
+            log.info("reclaim deferred: a capture or restore holds the repository")
+        self.store.complete_delete(op.id)

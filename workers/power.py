@@ -1,0 +1,155 @@
+"""Server power drivers: how a worker stops and starts a server around a capture or restore.
+
+A driver only answers three questions (is it running, stop it, start it) and waits until the
+server's own status agrees, because a stop command that returns is not proof that the
+server stopped writing to its state.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Literal, Protocol
+
+from shared.records import ServerRecord
+from shared.schemas import PowerCommand, PowerSystemd
+
+PowerStatus = Literal["running", "stopped"]
+
+# How long a stop or start may take before the operation fails with `power_failed`.
+DEFAULT_TIMEOUT = 120.0
+_POLL_INTERVAL = 0.2
+
+
+class PowerError(Exception):
+    """A stop, start or status check failed; the message is shown to the user."""
+
+    code = "power_failed"
+
+
+class PowerDriver(Protocol):
+    def status(self) -> PowerStatus: ...
+
+    def stop(self) -> None: ...
+
+    def start(self) -> None: ...
+
+
+class NoPower:
+    """Nothing to stop: the state is captured live and the server always counts as running."""
+
+    def status(self) -> PowerStatus:
+        return "running"
+
+    def stop(self) -> None:
+        return None
+
+    def start(self) -> None:
+        return None
+
+
+def _run(argv: list[str] | str, timeout: float, *, shell: bool) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            argv,
+            shell=shell,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PowerError(f"power command timed out after {timeout:g} s: {argv!r}") from exc
+    except OSError as exc:
+        raise PowerError(f"power command could not run: {exc}") from exc
+
+
+def _tail(proc: subprocess.CompletedProcess[str]) -> str:
+    text = (proc.stderr or proc.stdout or "").strip()
+    return text[-300:] if text else f"exit code {proc.returncode}"
+
+
+class _WaitingDriver:
+    """Shared wait-until-status logic for drivers whose stop/start are asynchronous."""
+
+    timeout: float
+
+    def status(self) -> PowerStatus:
+        raise NotImplementedError
+
+    def _wait_for(self, wanted: PowerStatus, deadline: float) -> None:
+        while True:
+            if self.status() == wanted:
+                return
+            if time.monotonic() >= deadline:
+                raise PowerError(
+                    f"server did not reach status {wanted!r} within {self.timeout:g} s"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+
+class CommandPower(_WaitingDriver):
+    """Shell commands for stop, start and status (status exit code 0 means running)."""
+
+    def __init__(self, stop: str, start: str, status: str, timeout: float = DEFAULT_TIMEOUT):
+        self._stop, self._start, self._status = stop, start, status
+        self.timeout = timeout
+
+    def status(self) -> PowerStatus:
+        proc = _run(self._status, self.timeout, shell=True)
+        return "running" if proc.returncode == 0 else "stopped"
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        proc = _run(self._stop, self.timeout, shell=True)
+        if proc.returncode != 0:
+            raise PowerError(f"stop command failed: {_tail(proc)}")
+        self._wait_for("stopped", deadline)
+
+    def start(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        proc = _run(self._start, self.timeout, shell=True)
+        if proc.returncode != 0:
+            raise PowerError(f"start command failed: {_tail(proc)}")
+        self._wait_for("running", deadline)
+
+
+class SystemdPower(_WaitingDriver):
+    """A systemd unit, driven with `systemctl stop|start|is-active`."""
+
+    def __init__(self, unit: str, timeout: float = DEFAULT_TIMEOUT, systemctl: str = "systemctl"):
+        self._unit = unit
+        self._systemctl = systemctl
+        self.timeout = timeout
+
+    def status(self) -> PowerStatus:
+        proc = _run(
+            [self._systemctl, "is-active", "--quiet", self._unit], self.timeout, shell=False
+        )
+        return "running" if proc.returncode == 0 else "stopped"
+
+    def _call(self, verb: str) -> None:
+        proc = _run([self._systemctl, verb, self._unit], self.timeout, shell=False)
+        if proc.returncode != 0:
+            raise PowerError(f"systemctl {verb} {self._unit} failed: {_tail(proc)}")
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        self._call("stop")
+        self._wait_for("stopped", deadline)
+
+    def start(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        self._call("start")
+        self._wait_for("running", deadline)
+
+
+def driver_for(server: ServerRecord) -> PowerDriver:
+    """The driver for a server's power settings."""
+    power = server.power
+    if isinstance(power, PowerCommand):
+        return CommandPower(power.stop, power.start, power.status)
+    if isinstance(power, PowerSystemd):
+        return SystemdPower(power.unit)
+    return NoPower()
