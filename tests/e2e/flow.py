@@ -1,0 +1,62 @@
+"""API steps the end-to-end tests share: register a server, snapshot it, wait for work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.e2e.service import wait_until
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def add_server(
+    client: httpx.Client,
+    path: str,
+    *,
+    kind: str = "directory",
+    power: dict[str, str] | None = None,
+    account: str = "acme",
+    name: str = "web-server-01",
+) -> dict[str, Any]:
+    resp = client.post(
+        "/servers/",
+        json={
+            "name": name,
+            "account": account,
+            "state": {"kind": kind, "path": path},
+            "power": power or {"kind": "none"},
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def wait_operation(client: httpx.Client, op_id: int, timeout: float = 60) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        op: dict[str, Any] = client.get(f"/operations/{op_id}/").json()
+        return op if op["status"] in TERMINAL else None
+
+    result: dict[str, Any] = wait_until(done, timeout=timeout, what=f"operation {op_id}")
+    return result
+
+
+def snapshot(
+    client: httpx.Client, server_id: int, name: str = "snap", **extra: Any
+) -> dict[str, Any]:
+    resp = client.post("/snapshots/", json={"server_id": server_id, "name": name, **extra})
+    assert resp.status_code == 201, resp.text
+    created: dict[str, Any] = resp.json()
+    op = wait_operation(client, created["operation_id"])
+    assert op["status"] == "succeeded", op
+    snap: dict[str, Any] = client.get(f"/snapshots/{created['id']}/").json()
+    assert snap["status"] == "available", snap
+    return snap
+
+
+def restore(client: httpx.Client, snapshot_id: int, **body: Any) -> dict[str, Any]:
+    resp = client.post(f"/snapshots/{snapshot_id}/restore/", json=body or None)
+    assert resp.status_code == 200, resp.text
+    return wait_operation(client, resp.json()["operation_id"])

@@ -1,0 +1,164 @@
+"""The whole service as real processes: redis-server, the uvicorn web process and Dramatiq
+workers, each started the way the Procfile starts them, so tests can SIGKILL any of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.redis_proc import RedisProcess
+
+BIN = Path(sys.executable).parent
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> Any:
+    """Polls until `predicate` returns something truthy, and returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class Service:
+    def __init__(self, root: Path, **extra_env: str) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisProcess(root / "redis")
+        self.port = free_port()
+        self.extra_env = extra_env
+        self.web: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Path] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis.url,
+            SNAPSHOTS_DATA_DIR=str(self.data_dir),
+            SNAPSHOTS_ADMIN_TOKEN=ADMIN_TOKEN,
+            PORT=str(self.port),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def repository(self) -> Path:
+        return self.data_dir / "repository"
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = self.root / f"{name}.log"
+        self._logs.append(log)
+        return subprocess.Popen(
+            argv,
+            env=self.env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parents[2],
+            start_new_session=True,
+        )
+
+    def start(self, workers: int = 1) -> Service:
+        self.redis.start()
+        self.start_web()
+        for _ in range(workers):
+            self.start_worker()
+        return self
+
+    def start_web(self) -> None:
+        self.web = self._spawn(
+            "web",
+            [
+                str(BIN / "uvicorn"),
+                "--factory",
+                "api.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+            ],
+        )
+        wait_until(self._web_up, timeout=20, what="the web process")
+
+    def _web_up(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_worker(self, threads: int = 2) -> subprocess.Popen[bytes]:
+        proc = self._spawn(
+            f"worker{len(self.workers)}",
+            [
+                str(BIN / "dramatiq"),
+                "workers.actors",
+                "--processes",
+                "1",
+                "--threads",
+                str(threads),
+                "--worker-shutdown-timeout",
+                "25000",
+            ],
+        )
+        self.workers.append(proc)
+        return proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, token: str = ADMIN_TOKEN) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Signals the process group, so the children Dramatiq forks die too."""
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in [*self.workers, *([self.web] if self.web else [])]:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+        self.redis.stop()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self._logs
+        )

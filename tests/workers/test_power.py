@@ -1,0 +1,98 @@
+"""Power drivers against real shell commands and a fake `systemctl` script."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from workers.power import CommandPower, NoPower, PowerError, SystemdPower
+
+
+def _command_power(tmp_path: Path, timeout: float = 5.0) -> tuple[CommandPower, Path]:
+    flag = tmp_path / "running"
+    return (
+        CommandPower(
+            stop=f"rm -f {flag}",
+            start=f"touch {flag}",
+            status=f"test -e {flag}",
+            timeout=timeout,
+        ),
+        flag,
+    )
+
+
+def test_command_driver_stops_and_starts(tmp_path: Path) -> None:
+    driver, flag = _command_power(tmp_path)
+    flag.touch()
+    assert driver.status() == "running"
+    driver.stop()
+    assert not flag.exists()
+    assert driver.status() == "stopped"
+    driver.start()
+    assert flag.exists()
+    assert driver.status() == "running"
+
+
+def test_command_driver_waits_for_an_asynchronous_stop(tmp_path: Path) -> None:
+    flag = tmp_path / "running"
+    flag.touch()
+    driver = CommandPower(
+        stop=f"(sleep 0.5; rm -f {flag}) >/dev/null 2>&1 &",
+        start=f"touch {flag}",
+        status=f"test -e {flag}",
+        timeout=5,
+    )
+    driver.stop()
+    assert not flag.exists()
+
+
+def test_failing_stop_command_names_the_output(tmp_path: Path) -> None:
+    driver = CommandPower(stop="echo no such service >&2; exit 3", start="true", status="true")
+    with pytest.raises(PowerError, match="no such service"):
+        driver.stop()
+
+
+def test_stop_that_never_takes_effect_times_out(tmp_path: Path) -> None:
+    driver = CommandPower(stop="true", start="true", status="true", timeout=0.5)
+    with pytest.raises(PowerError, match="did not reach status 'stopped'"):
+        driver.stop()
+
+
+def test_hanging_command_times_out() -> None:
+    driver = CommandPower(stop="sleep 30", start="true", status="true", timeout=0.5)
+    with pytest.raises(PowerError, match="timed out"):
+        driver.stop()
+
+
+def test_systemd_driver_calls_systemctl(tmp_path: Path) -> None:
+    state = tmp_path / "active"
+    log = tmp_path / "calls"
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        'case "$1" in\n'
+        f"  stop) rm -f {state};;\n"
+        f"  start) touch {state};;\n"
+        f"  is-active) test -e {state};;\n"
+        "esac\n"
+    )
+    systemctl.chmod(systemctl.stat().st_mode | stat.S_IXUSR)
+    driver = SystemdPower("game@1.service", timeout=5, systemctl=str(systemctl))
+    assert driver.status() == "stopped"
+    driver.start()
+    assert driver.status() == "running"
+    driver.stop()
+    assert driver.status() == "stopped"
+    calls = log.read_text().splitlines()
+    assert "start game@1.service" in calls
+    assert "stop game@1.service" in calls
+    assert "is-active --quiet game@1.service" in calls
+
+
+def test_no_power_is_always_running() -> None:
+    driver = NoPower()
+    driver.stop()
+    assert driver.status() == "running"
