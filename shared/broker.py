@@ -1,0 +1,94 @@
+"""The one place that configures Dramatiq's Redis broker, for the API and the workers."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any, Final
+
+import dramatiq
+import msgspec
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from shared.messages import ACTOR_NAMES, QUEUE_NAME, OperationMessage
+from shared.settings import Settings
+
+NAMESPACE: Final = "snapshots-dramatiq"
+# A worker that sent no heartbeat for this long counts as dead; its unacked messages go
+# back to the queue at the next maintenance run. 30 s + the maintenance interval keeps a
+# dead worker's job waiting well under a minute.
+HEARTBEAT_TIMEOUT_MS: Final = 30_000
+# Maintenance runs on this many dispatch calls out of a million. An idle consumer polls
+# about once a second, so 5 % means a maintenance pass every ~20 s per worker process.
+MAINTENANCE_CHANCE: Final = 50_000
+# Dead-lettered messages are kept a day for inspection, not Dramatiq's week.
+DEAD_MESSAGE_TTL_MS: Final = 24 * 3600 * 1000
+HEARTBEAT_INTERVAL_S: Final = 5.0
+
+
+class BrokerHeartbeat(dramatiq.Middleware):
+    """Keeps a busy worker's heartbeat fresh.
+
+    Dramatiq's Redis consumer only heartbeats when it fetches; once a worker holds as many
+    messages as it may prefetch (every thread on an hours-long capture), it stops fetching,
+    and after ``heartbeat_timeout`` another worker's maintenance would requeue its live
+    jobs. This thread writes the heartbeat directly, so only a dead process looks dead.
+    """
+
+    def __init__(self, interval: float = HEARTBEAT_INTERVAL_S) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        self._stop.clear()
+        threading.Thread(
+            target=self._run, args=(broker,), name="broker-heartbeat", daemon=True
+        ).start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stop.set()
+
+    def _run(self, broker: RedisBroker) -> None:
+        key = f"{broker.namespace}:__heartbeats__"
+        while not self._stop.wait(self.interval):
+            # Redis may be away; the consumers reconnect, and we simply try next round.
+            with contextlib.suppress(redis.RedisError):
+                broker.client.zadd(key, {broker.broker_id: int(time.time() * 1000)})
+
+
+def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
+    """A RedisBroker with our namespace and liveness tuning; ``worker`` adds the heartbeat."""
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=settings.effective_redis_url,
+        namespace=NAMESPACE,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=MAINTENANCE_CHANCE,
+        dead_message_ttl=DEAD_MESSAGE_TTL_MS,
+    )
+    if worker:
+        broker.add_middleware(BrokerHeartbeat())
+    broker.declare_queue(QUEUE_NAME)
+    return broker
+
+
+def operation_message(op_type: str, operation_id: int) -> dramatiq.Message[Any]:
+    """The Dramatiq message for an operation, built without the actor function."""
+    try:
+        actor_name = ACTOR_NAMES[op_type]
+    except KeyError:
+        raise ValueError(f"unknown operation type {op_type!r}") from None
+    kwargs = msgspec.to_builtins(OperationMessage(operation_id=operation_id))
+    return dramatiq.Message(
+        queue_name=QUEUE_NAME,
+        actor_name=actor_name,
+        args=(),
+        kwargs=kwargs,
+        options={},
+    )
+
+
+def enqueue_operation(broker: RedisBroker, op_type: str, operation_id: int) -> None:
+    """Send the message for an operation (blocking; the API calls it in a thread)."""
+    broker.enqueue(operation_message(op_type, operation_id))

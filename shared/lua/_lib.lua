@@ -1,0 +1,129 @@
+-- Shared helpers, prepended to every script (scripts.py concatenates them).
+-- Every status change in the service happens in one of these scripts, so each one is a
+-- compare-and-set: it reads the current state, checks it, writes, and appends an event,
+-- all atomically. Keys are not passed in KEYS because the set touched depends on the
+-- data read (standalone Redis only, not cluster).
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1])
+end
+
+local function hgetall(key)
+  local flat = redis.call('HGETALL', key)
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+local function fail(code, message)
+  return cjson.encode({ok = false, code = code, message = message})
+end
+
+local function ok(t)
+  t = t or {}
+  t.ok = true
+  return cjson.encode(t)
+end
+
+local function empty(v)
+  return v == nil or v == ''
+end
+
+local function emit(etype, account, server_id, snapshot_id, operation_id, at, data)
+  local payload = '{}'
+  if data ~= nil then payload = cjson.encode(data) end
+  redis.call('XADD', 'events', 'MAXLEN', '~', '100000', '*',
+    'type', etype,
+    'account', account or '',
+    'server_id', tostring(server_id or ''),
+    'snapshot_id', tostring(snapshot_id or ''),
+    'operation_id', tostring(operation_id or ''),
+    'at', tostring(at),
+    'data', payload)
+end
+
+-- Listing indexes: for each kind, one sorted set (score = id, so newest first is a
+-- reverse range) for all, per account and per server, each also split by status.
+local function idx_bases(kind, account, server_id)
+  return {'idx:' .. kind .. ':all',
+          'idx:' .. kind .. ':account:' .. account,
+          'idx:' .. kind .. ':server:' .. server_id}
+end
+
+local function idx_add(kind, id, account, server_id, status)
+  for _, k in ipairs(idx_bases(kind, account, server_id)) do
+    redis.call('ZADD', k, id, id)
+    redis.call('ZADD', k .. ':status:' .. status, id, id)
+  end
+end
+
+local function idx_remove(kind, id, account, server_id, status)
+  for _, k in ipairs(idx_bases(kind, account, server_id)) do
+    redis.call('ZREM', k, id)
+    redis.call('ZREM', k .. ':status:' .. status, id)
+  end
+end
+
+local function idx_move(kind, id, account, server_id, old, new)
+  if old == new then return end
+  for _, k in ipairs(idx_bases(kind, account, server_id)) do
+    redis.call('ZREM', k .. ':status:' .. old, id)
+    redis.call('ZADD', k .. ':status:' .. new, id, id)
+  end
+end
+
+local function op_active(status)
+  return status == 'queued' or status == 'running'
+end
+
+-- Moves an operation to a new status (indexes follow). Finishing statuses stamp finished_at.
+local function op_set_status(op, new, t)
+  idx_move('operations', op.id, op.account, op.server_id, op.status, new)
+  redis.call('HSET', 'operation:' .. op.id, 'status', new)
+  if not op_active(new) then
+    redis.call('HSET', 'operation:' .. op.id, 'finished_at', t)
+  end
+  op.status = new
+end
+
+local function snap_set_status(snap, new)
+  if snap.deleted ~= '1' then
+    idx_move('snapshots', snap.id, snap.account, snap.server_id, snap.status, new)
+  end
+  redis.call('HSET', 'snapshot:' .. snap.id, 'status', new)
+  snap.status = new
+end
+
+local function new_operation(optype, server, snapshot_id, t, extra)
+  local oid = redis.call('INCR', 'seq:operation')
+  local key = 'operation:' .. oid
+  redis.call('HSET', key, 'id', oid, 'type', optype, 'status', 'queued', 'progress', 0,
+    'server_id', server.id, 'account', server.account, 'created_at', t, 'attempts', 0)
+  if snapshot_id ~= nil then redis.call('HSET', key, 'snapshot_id', snapshot_id) end
+  for k, v in pairs(extra or {}) do redis.call('HSET', key, k, v) end
+  idx_add('operations', oid, server.account, server.id, 'queued')
+  return oid
+end
+
+-- Takes a snapshot out of every listing and the limit count, and marks it deleted.
+local function snap_mark_deleted(snap, t)
+  if snap.deleted ~= '1' then
+    idx_remove('snapshots', snap.id, snap.account, snap.server_id, snap.status)
+  end
+  redis.call('HSET', 'snapshot:' .. snap.id, 'deleted', 1, 'deleted_at', t)
+  snap.deleted = '1'
+end
+
+-- Clears the server's active operation if it is this one.
+local function server_release(server_id, op_id)
+  local key = 'server:' .. server_id
+  if redis.call('HGET', key, 'active_op') == tostring(op_id) then
+    redis.call('HDEL', key, 'active_op')
+  end
+end
+
+local function error_json(code, message)
+  return cjson.encode({code = code, message = message})
+end
+

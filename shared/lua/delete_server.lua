@@ -1,0 +1,28 @@
+-- ARGV[1]: JSON {server_id, account?}. Deletes the server and queues the deletion of every
+-- snapshot it still has; refuses while an operation on it is active.
+local a = cjson.decode(ARGV[1])
+local srv = hgetall('server:' .. a.server_id)
+if srv.id == nil or (a.account ~= nil and srv.account ~= a.account) then
+  return fail('not_found', 'Server ' .. a.server_id .. ' not found.')
+end
+if srv.status == 'restoring' or not empty(srv.active_op) then
+  return fail('server_invalid_state',
+    'Server ' .. srv.id .. ' has an operation in progress; wait for it to finish.')
+end
+local t = now()
+local ops = {}
+local ids = redis.call('ZRANGE', 'idx:snapshots:server:' .. srv.id, 0, -1)
+for _, sid in ipairs(ids) do
+  local snap = hgetall('snapshot:' .. sid)
+  if snap.id ~= nil then
+    snap_mark_deleted(snap, t)
+    local oid = new_operation('snapshot.delete', srv, snap.id, t, {})
+    emit('snapshot.deleted', srv.account, srv.id, snap.id, oid, t, {server_deleted = true})
+    ops[#ops + 1] = oid
+  end
+end
+redis.call('DEL', 'server:' .. srv.id)
+redis.call('ZREM', 'idx:servers:all', srv.id)
+redis.call('ZREM', 'idx:servers:account:' .. srv.account, srv.id)
+emit('server.deleted', srv.account, srv.id, nil, nil, t, {})
+return ok({delete_operation_ids = ops})

@@ -1,0 +1,31 @@
+-- ARGV[1]: JSON {snapshot_id, account?}
+local a = cjson.decode(ARGV[1])
+local snap = hgetall('snapshot:' .. a.snapshot_id)
+if snap.id == nil or snap.deleted == '1' or (a.account ~= nil and snap.account ~= a.account) then
+  return fail('not_found', 'Snapshot ' .. a.snapshot_id .. ' not found.')
+end
+if not empty(snap.in_use_by) then
+  local user = redis.call('HGET', 'operation:' .. snap.in_use_by, 'status')
+  if user == 'queued' or user == 'running' then
+    return fail('snapshot_in_use',
+      'Snapshot ' .. snap.id .. ' is being restored from (operation ' .. snap.in_use_by .. ').')
+  end
+end
+local t = now()
+local cancelled = nil
+if snap.status == 'in_progress' and not empty(snap.operation_id) then
+  local op = hgetall('operation:' .. snap.operation_id)
+  if op.id ~= nil and op_active(op.status) then
+    op_set_status(op, 'cancelled', t)
+    redis.call('HSET', 'operation:' .. op.id, 'error',
+      error_json('cancelled', 'The snapshot was deleted while it was being created.'))
+    server_release(op.server_id, op.id)
+    cancelled = op.id
+  end
+end
+snap_mark_deleted(snap, t)
+local srv = {id = snap.server_id, account = snap.account}
+local oid = new_operation('snapshot.delete', srv, snap.id, t, {})
+emit('snapshot.deleted', snap.account, snap.server_id, snap.id, oid, t,
+  {cancelled_operation_id = cancelled})
+return ok({operation_id = oid, cancelled_operation_id = cancelled})

@@ -1,0 +1,36 @@
+-- ARGV: op id, error code, error message, server status ('' = put back the prior one).
+local op = hgetall('operation:' .. ARGV[1])
+if op.id == nil or not op_active(op.status) then
+  return fail('conflict', 'operation not active')
+end
+local t = now()
+local err = error_json(ARGV[2], ARGV[3])
+op_set_status(op, 'failed', t)
+redis.call('HSET', 'operation:' .. op.id, 'error', err)
+local etype = 'operation.failed'
+if op.type == 'snapshot.create' then
+  etype = 'snapshot.failed'
+  local snap = hgetall('snapshot:' .. op.snapshot_id)
+  if snap.id ~= nil and snap.status == 'in_progress' then
+    snap_set_status(snap, 'failed')
+    redis.call('HSET', 'snapshot:' .. snap.id, 'error', err, 'completed_at', t)
+  end
+  server_release(op.server_id, op.id)
+elseif op.type == 'snapshot.restore' then
+  etype = 'restore.failed'
+  local skey = 'server:' .. op.server_id
+  local srv = hgetall(skey)
+  if srv.status == 'restoring' then
+    local status = ARGV[4]
+    if empty(status) then status = srv.prior_status end
+    if empty(status) then status = 'stopped' end
+    redis.call('HSET', skey, 'status', status)
+    redis.call('HDEL', skey, 'prior_status')
+  end
+  server_release(op.server_id, op.id)
+  local snapkey = 'snapshot:' .. op.snapshot_id
+  if redis.call('HGET', snapkey, 'in_use_by') == op.id then redis.call('HDEL', snapkey, 'in_use_by') end
+end
+emit(etype, op.account, op.server_id, op.snapshot_id, op.id, t,
+  {code = ARGV[2], message = ARGV[3]})
+return ok({})

@@ -1,0 +1,9 @@
+-- ARGV: server id, 'running'|'stopped'. A worker's observation; never overrides a restore.
+local key = 'server:' .. ARGV[1]
+local current = redis.call('HGET', key, 'status')
+if not current or current == 'restoring' or current == ARGV[2] then return ok({changed = false}) end
+local t = now()
+redis.call('HSET', key, 'status', ARGV[2])
+local account = redis.call('HGET', key, 'account')
+emit('server.power', account, ARGV[1], nil, nil, t, {status = ARGV[2]})
+return ok({changed = true})

@@ -1,0 +1,235 @@
+"""Request and response bodies of the HTTP API (SPEC section 2), each defined once.
+
+The API decodes requests and encodes responses with these types, and the OpenAPI
+document is generated from them, so the contract and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+PositiveInt = Annotated[int, Meta(ge=1, le=2**53 - 1)]
+SnapshotStatus = Literal["in_progress", "available", "failed"]
+OperationType = Literal["snapshot.create", "snapshot.restore", "snapshot.delete"]
+OperationStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ServerStatus = Literal["running", "stopped", "restoring"]
+Scope = Literal["read", "write", "admin"]
+
+CREATE_MESSAGE = "Snapshot is being created. This may take 3-10 minutes depending on server size."
+RESTORE_MESSAGE = "Server is being restored from snapshot. This may take 5-15 minutes."
+
+
+def rfc3339(ts: int | None) -> str | None:
+    """Epoch seconds → RFC 3339 UTC with Z, to the second (the SPEC's only time format)."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _printable(field: str, value: str, allow_newlines: bool = False) -> None:
+    # isprintable() rejects control characters, NUL and lone surrogates, which would
+    # otherwise reach Redis, logs and terminals of the people reading listings.
+    text = value.replace("\n", "").replace("\r", "").replace("\t", "") if allow_newlines else value
+    if not text.isprintable():
+        raise ValueError(f"{field}: must contain only printable characters")
+
+
+# ---------------------------------------------------------------- requests
+
+
+class SnapshotCreate(Struct, forbid_unknown_fields=True):
+    server_id: PositiveInt
+    name: Annotated[str, Meta(min_length=1, max_length=255)]
+    description: Annotated[str, Meta(max_length=1000)] | None = None
+    stop_server: bool = False
+
+    def __post_init__(self) -> None:
+        _printable("name", self.name)
+        if not self.name.strip():
+            raise ValueError("name: must not be blank")
+        if self.description is not None:
+            _printable("description", self.description, allow_newlines=True)
+
+
+class RestoreRequest(Struct, forbid_unknown_fields=True):
+    start_after: bool | None = None
+
+
+class ServerState(Struct, forbid_unknown_fields=True):
+    kind: Literal["directory", "image"]
+    path: Annotated[str, Meta(min_length=2, max_length=4096)]
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError("state.path: must be an absolute path")
+        _printable("state.path", self.path)
+
+
+class PowerNone(Struct, forbid_unknown_fields=True, tag_field="kind", tag="none"):
+    pass
+
+
+Command = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class PowerCommand(Struct, forbid_unknown_fields=True, tag_field="kind", tag="command"):
+    stop: Command
+    start: Command
+    status: Command
+
+
+class PowerSystemd(Struct, forbid_unknown_fields=True, tag_field="kind", tag="systemd"):
+    unit: Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9:_.@\\-]+$")]
+
+
+Power = PowerNone | PowerCommand | PowerSystemd
+AccountName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class ServerCreate(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=255)]
+    account: AccountName
+    state: ServerState
+    power: Power = msgspec.field(default_factory=PowerNone)
+    host: Annotated[str, Meta(min_length=1, max_length=255)] = "default"
+
+    def __post_init__(self) -> None:
+        _printable("name", self.name)
+        _printable("host", self.host)
+
+
+class TokenCreate(Struct, forbid_unknown_fields=True):
+    account: AccountName
+    scope: Scope
+
+
+# ---------------------------------------------------------------- responses
+
+
+class ErrorInfo(Struct):
+    code: str
+    message: str
+
+
+class ErrorBody(Struct, omit_defaults=True):
+    code: str
+    message: str
+    details: dict[str, object] | UnsetType = UNSET
+
+
+class ErrorEnvelope(Struct):
+    error: ErrorBody
+
+
+class ServerRef(Struct):
+    id: int
+    name: str
+
+
+class Snapshot(Struct):
+    id: int
+    server: ServerRef
+    name: str
+    description: str | None
+    status: SnapshotStatus
+    size_mb: float | None
+    progress: int
+    created_at: str
+    completed_at: str | None
+    message: str
+    error: ErrorInfo | None
+    operation_id: int | None
+
+
+class ListMeta(Struct):
+    total: int
+
+
+class ListLinks(Struct):
+    next: str | None
+
+
+class SnapshotList(Struct):
+    snapshots: list[Snapshot]
+    meta: ListMeta
+    links: ListLinks
+
+
+class RestoreSnapshotRef(Struct):
+    id: int
+    name: str
+    created_at: str
+
+
+class RestoreServerRef(Struct):
+    id: int
+    name: str
+    status: ServerStatus
+
+
+class RestoreAccepted(Struct):
+    status: Literal["success"]
+    message: str
+    snapshot: RestoreSnapshotRef
+    server: RestoreServerRef
+    operation_id: int
+
+
+class Operation(Struct):
+    id: int
+    type: OperationType
+    status: OperationStatus
+    progress: int
+    snapshot_id: int | None
+    server_id: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: ErrorInfo | None
+
+
+class OperationList(Struct):
+    operations: list[Operation]
+    meta: ListMeta
+    links: ListLinks
+
+
+class Server(Struct, omit_defaults=True):
+    """A server as an account sees it; the admin-only fields are left out for others."""
+
+    id: int
+    name: str
+    status: ServerStatus
+    created_at: str
+    account: str | UnsetType = UNSET
+    state: ServerState | UnsetType = UNSET
+    power: Power | UnsetType = UNSET
+    host: str | UnsetType = UNSET
+
+
+class ServerList(Struct):
+    servers: list[Server]
+    meta: ListMeta
+    links: ListLinks
+
+
+class Token(Struct):
+    id: int
+    account: str
+    scope: Scope
+    token: str
+    created_at: str
+
+
+class Health(Struct):
+    status: str
+
+
+class Readiness(Struct):
+    status: str
+    redis: bool
+    storage: bool

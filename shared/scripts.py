@@ -1,0 +1,90 @@
+"""The Lua transition scripts and the small codec both store facades share.
+
+Each script is ``lua/_lib.lua`` followed by ``lua/<name>.lua``; scripts answer a JSON
+object ``{"ok": true, ...}`` or ``{"ok": false, "code", "message"}``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+LUA_DIR = Path(__file__).with_name("lua")
+
+SCRIPT_NAMES = (
+    "create_snapshot",
+    "start_restore",
+    "delete_snapshot",
+    "create_server",
+    "delete_server",
+    "create_token",
+    "revoke_token",
+    "list_page",
+    "begin_operation",
+    "report_progress",
+    "complete_create",
+    "complete_restore",
+    "complete_delete",
+    "fail_operation",
+    "set_server_power",
+)
+
+
+class TransitionRefused(Exception):
+    """A script refused a transition; ``code`` is the SPEC error code (or an internal one)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@cache
+def script_sources() -> dict[str, str]:
+    lib = (LUA_DIR / "_lib.lua").read_text()
+    return {name: lib + (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+
+
+def result(raw: str | bytes) -> dict[str, Any]:
+    """The answer of a transition script; raises TransitionRefused when it said no."""
+    answer: dict[str, Any] = msgspec.json.decode(raw)
+    if not answer.get("ok"):
+        raise TransitionRefused(str(answer.get("code")), str(answer.get("message")))
+    return answer
+
+
+def ok(raw: str | bytes) -> bool:
+    """For worker transitions that answer True/False rather than raise."""
+    answer: dict[str, Any] = msgspec.json.decode(raw)
+    return bool(answer.get("ok"))
+
+
+def arg(payload: dict[str, Any]) -> bytes:
+    """Script arguments as one JSON object; None values are left out (nil in Lua)."""
+    return msgspec.json.encode({k: v for k, v in payload.items() if v is not None})
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def as_dict(raw: Any) -> dict[str, Any]:
+    """An HGETALL answer (a dict or, from Lua, a flat list; str or bytes) as a str dict."""
+    if isinstance(raw, dict):
+        if raw and isinstance(next(iter(raw)), bytes):
+            return {text(k): text(v) for k, v in raw.items()}
+        return raw
+    it = iter(raw)
+    return {text(k): text(v) for k, v in zip(it, it, strict=True)}
+
+
+T = TypeVar("T")
+
+
+class Page(msgspec.Struct, Generic[T]):
+    items: list[T]
+    total: int
+    next_cursor: int | None

@@ -1,0 +1,123 @@
+"""Service settings, read once from the environment (SPEC section 3)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ADMIN_TOKEN_FILE = "admin_token"
+EMBEDDED_REDIS_SOCKET = "redis.sock"
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be > 0, got {raw!r}")
+    return value
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return raw.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    storage_url: str
+    port: int = 8000
+    redis_url: str | None = None
+    admin_token: str | None = None
+    max_per_server: int = 5
+    worker_processes: int = 1
+    worker_threads: int = 2
+    # How long an operation may stay queued/running before the reaper ends it as failed.
+    operation_deadline: float = 6 * 3600.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = Path(_optional(env, "SNAPSHOTS_DATA_DIR") or "./data").expanduser().resolve()
+        storage_url = _optional(env, "SNAPSHOTS_STORAGE_URL") or (
+            f"file://{data_dir / 'repository'}"
+        )
+        if not storage_url.startswith("file://") or len(storage_url) <= len("file://"):
+            raise SettingsError(
+                f"SNAPSHOTS_STORAGE_URL must be a file:// URL, got {storage_url!r}"
+            )
+        redis_url = _optional(env, "REDIS_URL")
+        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}"
+            )
+        return cls(
+            data_dir=data_dir,
+            storage_url=storage_url,
+            port=_int(env, "PORT", 8000),
+            redis_url=redis_url,
+            admin_token=_optional(env, "SNAPSHOTS_ADMIN_TOKEN"),
+            max_per_server=_int(env, "SNAPSHOTS_MAX_PER_SERVER", 5),
+            worker_processes=_int(env, "WORKER_PROCESSES", 1),
+            worker_threads=_int(env, "WORKER_THREADS", 2),
+            operation_deadline=_float(env, "SNAPSHOTS_OPERATION_DEADLINE", 6 * 3600.0),
+        )
+
+    @property
+    def storage_path(self) -> Path:
+        """The local directory behind a file:// storage URL."""
+        return Path(self.storage_url[len("file://") :])
+
+    @property
+    def effective_redis_url(self) -> str:
+        """REDIS_URL, or the unix socket of the embedded Redis under the data dir."""
+        if self.redis_url is not None:
+            return self.redis_url
+        return f"unix://{self.data_dir / EMBEDDED_REDIS_SOCKET}"
+
+    def with_admin_token(self) -> tuple[Settings, bool]:
+        """Settings whose admin token is set: from the env, else persisted under the data dir.
+
+        The token is generated on first start so `make run` works with no set-up; it is
+        kept in a 0600 file so restarts keep the same token. Returns (settings, generated).
+        """
+        if self.admin_token is not None:
+            return self, False
+        path = self.data_dir / ADMIN_TOKEN_FILE
+        if path.exists():
+            token = path.read_text().strip()
+            if token:
+                return replace(self, admin_token=token), False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        token = "snp_admin_" + secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        return replace(self, admin_token=token), True

@@ -1,0 +1,179 @@
+"""The synchronous state store, for workers (and tests): the same scripts as AsyncStore.
+
+Worker-side transitions answer True/False instead of raising: a False means the state
+moved on without this worker (cancelled, deleted, reaped), and the actor just stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import redis
+
+from shared import keys
+from shared.records import (
+    OperationRecord,
+    R,
+    ServerRecord,
+    SnapshotRecord,
+    TokenRecord,
+    decode_record,
+)
+from shared.schemas import ServerCreate
+from shared.scripts import Page, arg, as_dict, ok, result, script_sources, text
+from shared.settings import Settings
+
+
+class Store:
+    def __init__(self, redis: redis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._scripts = {
+            name: redis.register_script(source) for name, source in script_sources().items()
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        client = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
+        return cls(client, settings)
+
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._scripts[name](args=list(args))
+
+    # ------------------------------------------------------------ reads
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def get_operation(self, op_id: int) -> OperationRecord | None:
+        return decode_record(as_dict(self.redis.hgetall(keys.operation(op_id))), OperationRecord)
+
+    def get_snapshot(self, snap_id: int) -> SnapshotRecord | None:
+        return decode_record(as_dict(self.redis.hgetall(keys.snapshot(snap_id))), SnapshotRecord)
+
+    def get_server(self, server_id: int) -> ServerRecord | None:
+        return decode_record(as_dict(self.redis.hgetall(keys.server(server_id))), ServerRecord)
+
+    def get_token(self, digest: str) -> TokenRecord | None:
+        return decode_record(as_dict(self.redis.hgetall(keys.token(digest))), TokenRecord)
+
+    def is_cancelled(self, op_id: int) -> bool:
+        status = self.redis.hget(keys.operation(op_id), "status")
+        # A vanished operation cannot be finished either: treat it as cancelled.
+        return status is None or text(status) == "cancelled"
+
+    def list_snapshots(
+        self,
+        account: str | None = None,
+        server_id: int | None = None,
+        status: str | None = None,
+        cursor: int | None = None,
+        limit: int = 50,
+    ) -> Page[SnapshotRecord]:
+        key = keys.index("snapshots", account, server_id, status)
+        return self._page(key, "snapshot:", cursor, limit, SnapshotRecord)
+
+    def list_operations(
+        self,
+        account: str | None = None,
+        server_id: int | None = None,
+        status: str | None = None,
+        cursor: int | None = None,
+        limit: int = 50,
+    ) -> Page[OperationRecord]:
+        key = keys.index("operations", account, server_id, status)
+        return self._page(key, "operation:", cursor, limit, OperationRecord)
+
+    def _page(
+        self, key: str, prefix: str, cursor: int | None, limit: int, cls: type[R]
+    ) -> Page[R]:
+        raw = self._run("list_page", key, prefix, "" if cursor is None else cursor, limit)
+        items = [r for r in (decode_record(as_dict(h), cls) for h in raw[2:]) if r is not None]
+        more = int(raw[1]) == 1 and items
+        return Page(items=items, total=int(raw[0]), next_cursor=items[-1].id if more else None)
+
+    # ------------------------------------------------------------ API-side transitions
+    # (the HTTP API uses AsyncStore; these let tools and tests drive the same scripts)
+
+    def create_server(self, body: ServerCreate, status: str = "running") -> int:
+        answer = result(self._run("create_server", arg({
+            "name": body.name,
+            "account": body.account,
+            "state": msgspec.json.encode(body.state).decode(),
+            "power": msgspec.json.encode(body.power).decode(),
+            "host": body.host,
+            "status": status,
+        })))
+        return int(answer["server_id"])
+
+    def create_snapshot(
+        self,
+        server_id: int,
+        name: str,
+        account: str | None = None,
+        description: str | None = None,
+        stop_server: bool = False,
+    ) -> tuple[int, int]:
+        """(snapshot_id, operation_id); raises TransitionRefused like the API's call."""
+        answer = result(self._run("create_snapshot", arg({
+            "server_id": str(server_id),
+            "account": account,
+            "name": name,
+            "description": description,
+            "stop_server": stop_server,
+            "max": self.settings.max_per_server,
+        })))
+        return int(answer["snapshot_id"]), int(answer["operation_id"])
+
+    def start_restore(
+        self, snapshot_id: int, account: str | None = None, start_after: bool | None = None
+    ) -> int:
+        answer = result(self._run("start_restore", arg({
+            "snapshot_id": str(snapshot_id), "account": account, "start_after": start_after,
+        })))
+        return int(answer["operation_id"])
+
+    def delete_snapshot(self, snapshot_id: int, account: str | None = None) -> int:
+        answer = result(self._run("delete_snapshot", arg({
+            "snapshot_id": str(snapshot_id), "account": account,
+        })))
+        return int(answer["operation_id"])
+
+    # ------------------------------------------------------------ worker-side transitions
+
+    def begin_operation(self, op_id: int) -> OperationRecord | None:
+        """queued|running → running. None when the operation is finished (or unknown)."""
+        if not ok(self._run("begin_operation", op_id)):
+            return None
+        return self.get_operation(op_id)
+
+    def report_progress(self, op_id: int, progress: int) -> None:
+        self._run("report_progress", op_id, int(progress))
+
+    def complete_create(self, op_id: int, size_mb: float, warnings: list[str]) -> bool:
+        size = f"{round(max(size_mb, 0.0), 2):.2f}"
+        return ok(self._run("complete_create", op_id, size, msgspec.json.encode(list(warnings))))
+
+    def complete_restore(self, op_id: int, server_status: str) -> bool:
+        if server_status not in ("running", "stopped"):
+            raise ValueError(f"server_status must be running or stopped, not {server_status!r}")
+        return ok(self._run("complete_restore", op_id, server_status))
+
+    def complete_delete(self, op_id: int) -> bool:
+        return ok(self._run("complete_delete", op_id))
+
+    def fail_operation(
+        self, op_id: int, code: str, message: str, server_status: str | None = None
+    ) -> bool:
+        if server_status not in (None, "running", "stopped"):
+            raise ValueError(f"server_status must be running, stopped or None: {server_status!r}")
+        return ok(self._run("fail_operation", op_id, code, message, server_status or ""))
+
+    def set_server_power(self, server_id: int, status: str) -> None:
+        if status not in ("running", "stopped"):
+            raise ValueError(f"status must be running or stopped, not {status!r}")
+        self._run("set_server_power", server_id, status)
