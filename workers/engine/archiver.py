@@ -1,0 +1,283 @@
+"""Directory capture.
+
+Two passes over the tree, both through directory fds without following any symlink:
+1. walk: lstat every entry, record metadata, xattrs, symlink targets, device numbers and
+   hard-link groups (cheap; gives the progress total);
+2. read: regular files that are not unchanged since the parent snapshot are opened
+   (O_NOFOLLOW, O_NOATIME when permitted) by the walker thread and handed to a thread
+   pool that reads only data extents (SEEK_DATA/SEEK_HOLE), chunks them with FastCDC,
+   hashes, compresses and stores the chunks. blake3, zstd and file IO release the GIL, so
+   the two cores overlap. A file whose size/mtime/ctime change while being read is read
+   again up to 3 times, then kept with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from pyfastcdc import FastCDC
+
+from . import fsutil
+from .manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
+from .model import StateInvalid
+from .progress import Progress
+from .repository import Repository
+
+RETRIES = 3
+WORKERS = 4
+MAX_INFLIGHT = 64  # open file fds handed to the pool
+
+
+class _RegionReader:
+    """File-like reader of [offset, offset+length) of an fd, for FastCDC.cut_stream."""
+
+    def __init__(self, fd: int, offset: int, length: int, counter: list[int]) -> None:
+        self.fd, self.pos, self.end, self.counter = fd, offset, offset + length, counter
+
+    def readinto(self, b: memoryview) -> int:
+        n = min(len(b), self.end - self.pos)
+        if n <= 0:
+            return 0
+        got = os.preadv(self.fd, [b[:n]], self.pos)
+        self.pos += got
+        self.counter[0] += got
+        return got
+
+
+class Archiver:
+    def __init__(self, repo: Repository, root: str, parent: dict[bytes, Entry],
+                 progress: Progress) -> None:
+        self.repo = repo
+        self.root = root
+        self.parent = parent
+        self.progress = progress
+        self.entries: list[Entry] = []
+        self.warnings: list[str] = []
+        self.stored_bytes = 0
+        self.bytes_read = 0  # observable proof that unchanged files are not read
+        self.files_read = 0
+        self._lock = threading.Lock()
+        self._links: dict[tuple[int, int], bytes] = {}
+        self._dirs: list[tuple[bytes, int, int, list[int]]] = []  # path, dev, ino, file idxs
+        self._dropped: set[bytes] = set()
+        cfg = repo.config
+        self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
+        self._local = threading.local()
+
+    # --- pass 1 -----------------------------------------------------------------------
+    def run(self) -> list[Entry]:
+        try:
+            root_fd = os.open(self.root, fsutil.DIR_FLAGS)
+        except OSError as e:
+            raise StateInvalid(f"state directory {self.root} is missing or not a "
+                               f"directory (symlinks are refused): {e.strerror}") from e
+        try:
+            self._root_dev = os.fstat(root_fd).st_dev
+            self._walk(root_fd, b"")
+            self.progress.total = sum(self.entries[i].size for d in self._dirs for i in d[3])
+            self._read_files(root_fd)
+        finally:
+            os.close(root_fd)
+        return [ent for ent in self.entries if ent.path not in self._dropped
+                and not (ent.kind == HARDLINK and ent.target in self._dropped)]
+
+    def _walk(self, fd: int, rel: bytes) -> None:
+        self.progress.poll()
+        st = os.fstat(fd)
+        self.entries.append(Entry(path=rel, kind=DIR, mode=st.st_mode, uid=st.st_uid,
+                                  gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                                  xattrs=fsutil.read_xattrs(fd)))
+        if rel and st.st_dev != self._root_dev:
+            # A mount point inside the state (e.g. /proc of a container): keep the
+            # directory, not the other filesystem.
+            self.warnings.append(f"{os.fsdecode(rel)}: mount point, contents not captured")
+            return
+        files: list[int] = []
+        self._dirs.append((rel, st.st_dev, st.st_ino, files))
+        for name in sorted(fsutil.iter_names(fd)):
+            path = rel + b"/" + name if rel else name
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished between readdir and lstat: it is simply not there
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                try:
+                    sub = os.open(name, fsutil.DIR_FLAGS, dir_fd=fd)
+                except OSError as err:  # replaced by a symlink or removed meanwhile
+                    self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err})")
+                    continue
+                try:
+                    self._walk(sub, path)
+                finally:
+                    os.close(sub)
+                continue
+            ent = Entry(path=path, kind=FILE, mode=mode, uid=st.st_uid, gid=st.st_gid,
+                        mtime_ns=st.st_mtime_ns)
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                primary = self._links.get(key)
+                if primary is not None:
+                    ent.kind, ent.target = HARDLINK, primary
+                    self.entries.append(ent)
+                    continue
+                self._links[key] = path
+            ent.xattrs = fsutil.read_xattrs(fsutil.proc_path(fd, name))
+            if stat.S_ISREG(mode):
+                ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
+                files.append(len(self.entries))
+            elif stat.S_ISLNK(mode):
+                ent.kind, ent.size = SYMLINK, st.st_size
+                ent.target = os.fsencode(os.readlink(name, dir_fd=fd))
+            else:
+                ent.kind = (FIFO if stat.S_ISFIFO(mode) else CHR if stat.S_ISCHR(mode)
+                            else BLK if stat.S_ISBLK(mode) else SOCK)
+                ent.rdev = st.st_rdev
+            self.entries.append(ent)
+
+    # --- pass 2 -----------------------------------------------------------------------
+    def _read_files(self, root_fd: int) -> None:
+        sem = threading.BoundedSemaphore(MAX_INFLIGHT)
+        futures: list[Future[None]] = []
+        failed = threading.Event()
+
+        def job(fd: int, e: Entry) -> None:
+            try:
+                if not failed.is_set():
+                    self._read_one(fd, e)
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                os.close(fd)
+                sem.release()
+
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="capture") as pool:
+            try:
+                for rel, _dev, ino, idxs in self._dirs:
+                    todo = [i for i in idxs if not self._reuse(self.entries[i])]
+                    if not todo:
+                        continue
+                    self.progress.poll()
+                    if failed.is_set():
+                        break
+                    try:
+                        dfd = fsutil.open_dir_beneath(root_fd, fsutil.split(rel))
+                    except OSError as err:
+                        self._drop_all(todo, f"directory changed during capture ({err})")
+                        continue
+                    try:
+                        if os.fstat(dfd).st_ino != ino:
+                            self._drop_all(todo, "directory replaced during capture")
+                            continue
+                        for i in todo:
+                            e = self.entries[i]
+                            name = e.path.rsplit(b"/", 1)[-1]
+                            try:
+                                fd = fsutil.open_noatime(name, dfd)
+                            except OSError as err:
+                                self._drop(e, f"vanished or replaced during capture ({err})")
+                                continue
+                            sem.acquire()
+                            futures.append(pool.submit(job, fd, e))
+                    finally:
+                        os.close(dfd)
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                for f in futures:
+                    f.exception()  # wait for everyone before raising
+        for f in futures:
+            f.result()
+        self.progress.check()
+
+    def _reuse(self, e: Entry) -> bool:
+        p = self.parent.get(e.path)
+        if (p is None or p.kind != FILE or p.size != e.size or p.mtime_ns != e.mtime_ns
+                or p.ctime_ns != e.ctime_ns or p.ino != e.ino):
+            return False
+        if not all(self.repo.has_chunk(cid) for cid, _ in p.chunks):
+            return False  # parent data went missing: read the file again
+        e.chunks = p.chunks
+        self.progress.add(e.size)
+        return True
+
+    def _drop(self, e: Entry, why: str) -> None:
+        with self._lock:
+            self._dropped.add(e.path)
+            self.warnings.append(f"{os.fsdecode(e.path)}: {why}; not captured")
+
+    def _drop_all(self, idxs: list[int], why: str) -> None:
+        for i in idxs:
+            self._drop(self.entries[i], why)
+
+    def _cdc(self) -> FastCDC:
+        c: FastCDC | None = getattr(self._local, "cdc", None)
+        if c is None:  # FastCDC objects are not thread-safe
+            c = make_cdc(self.repo)
+            self._local.cdc = c
+        return c
+
+    def _read_one(self, fd: int, e: Entry) -> None:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            self._drop(e, "replaced by a non-regular file during capture")
+            return
+        stored = 0
+        counted = 0
+        for attempt in range(RETRIES + 1):
+            self.progress.check()
+            chunks: list[tuple[bytes, int]] = []
+            nread = [0]
+            for data, off in iter_chunks(fd, st.st_size, self._cdc(), self._cdc_args[1], nread):
+                cid, n = self.repo.store_chunk(data)
+                stored += n
+                chunks.append((cid, off))
+                self.progress.add(len(data))
+                counted += len(data)
+                self.progress.check()
+            st2 = os.fstat(fd)
+            with self._lock:
+                self.bytes_read += nread[0]
+            same = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if same or attempt == RETRIES:
+                if not same:
+                    with self._lock:
+                        self.warnings.append(f"{os.fsdecode(e.path)}: changed while being read "
+                                             f"{RETRIES + 1} times; stored as last read")
+                break
+            st = st2
+        e.size, e.mtime_ns, e.ctime_ns = st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns
+        e.ino = st2.st_ino
+        e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
+        e.chunks = chunks
+        e.xattrs = fsutil.read_xattrs(fd)
+        self.progress.add(max(0, e.size - counted))
+        with self._lock:
+            self.stored_bytes += stored
+            self.files_read += 1
+
+
+def make_cdc(repo: Repository) -> FastCDC:
+    cfg = repo.config
+    return FastCDC(cfg.chunk_avg, min_size=cfg.chunk_min, max_size=cfg.chunk_max)
+
+
+def iter_chunks(fd: int, size: int, cdc: FastCDC, min_size: int,
+                counter: list[int]) -> Iterator[tuple[bytes | memoryview, int]]:
+    """(data, file offset) of the chunks of a file's data extents; holes are skipped and a
+    chunk never spans two extents. Data is only valid until the next item (cut_stream)."""
+    for off, ln in fsutil.data_extents(fd, size):
+        if ln <= min_size:  # small file or extent: one chunk, no CDC needed
+            data = fsutil.pread_full(fd, ln, off)
+            counter[0] += len(data)
+            yield data, off
+            continue
+        for c in cdc.cut_stream(_RegionReader(fd, off, ln, counter)):
+            yield c.data, off + c.offset

@@ -1,0 +1,162 @@
+"""Object storage backends.
+
+The interface is deliberately tiny (put/get/exists/list/delete/stat + a durability
+barrier) so that an S3-compatible backend can be added without touching capture or
+restore. Keys are '/'-separated strings such as 'data/ab/ab12...' or 'snapshots/42'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from . import fsutil
+from .model import EngineError, StorageFull
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Backend(Protocol):
+    def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
+        """Store data under key atomically (readers see all or nothing). durable=True makes
+        the object itself durable before returning (commit points). exclusive=True never
+        replaces an existing object and returns False if the key existed."""
+        ...
+
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object whose key starts with prefix (a directory-like prefix)."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+    def stat(self, key: str) -> int | None: ...
+    def barrier(self) -> None:
+        """Make every object put so far durable (local: one syncfs; S3: a no-op)."""
+        ...
+
+    def writable(self) -> bool: ...
+
+
+class LocalBackend:
+    """file:// backend: objects are files; writes are temp file + rename into place."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.tmp = os.path.join(root, "tmp")
+        self.puts = 0  # number of objects written: tests count it to prove no re-writes
+        self.put_keys: list[str] = []
+        self._lock = threading.Lock()
+        try:
+            os.makedirs(self.tmp, exist_ok=True)
+        except OSError as e:
+            if e.errno in _FULL:
+                raise StorageFull(f"repository storage is full: {e}") from e
+            raise
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalBackend:
+        u = urlparse(url)
+        if u.scheme != "file" or u.netloc not in ("", "localhost"):
+            raise EngineError(f"unsupported storage URL {url!r}: only file:///abs/path")
+        path = unquote(u.path)
+        if not os.path.isabs(path):
+            raise EngineError(f"storage URL path must be absolute: {url!r}")
+        return cls(path)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
+        final = self._path(key)
+        tmp = os.path.join(self.tmp, secrets.token_hex(8))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                fsutil.write_full(fd, data, 0)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                if exclusive:
+                    try:
+                        os.link(tmp, final)  # link() never replaces: first writer wins
+                    except FileExistsError:
+                        return False
+                    finally:
+                        os.unlink(tmp)
+                else:
+                    os.rename(tmp, final)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                return self.put(key, data, durable=durable, exclusive=exclusive)
+            if durable:
+                dfd = os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if e.errno in _FULL:
+                raise StorageFull(f"repository storage is full while writing {key}: {e}") from e
+            raise
+        with self._lock:
+            self.puts += 1
+            self.put_keys.append(key)
+        return True
+
+    def get(self, key: str) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return f.read()
+
+    def exists(self, key: str) -> bool:
+        return os.path.exists(self._path(key))
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        base = self._path(prefix.rstrip("/"))
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for f in files:
+                try:
+                    size = os.stat(os.path.join(dirpath, f)).st_size
+                except FileNotFoundError:
+                    continue
+                yield f"{rel}/{f}", size
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(key))
+
+    def barrier(self) -> None:
+        fsutil.syncfs(self.root)
+
+    def clean_tmp(self) -> None:
+        """Remove temp files of killed writers; only call while no writer can be running."""
+        for name in os.listdir(self.tmp):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.tmp, name))
+
+    def writable(self) -> bool:
+        try:
+            probe = os.path.join(self.tmp, "probe-" + secrets.token_hex(4))
+            with open(probe, "wb") as f:
+                f.write(b"x")
+            os.unlink(probe)
+            return True
+        except OSError:
+            return False

@@ -1,0 +1,276 @@
+"""Image state (one large regular file or block device): capture and crash-safe restore.
+
+Capture reads fixed blocks (1 MiB by default, block id = keyed BLAKE3 like any chunk);
+all-zero blocks and the holes of a sparse file are recorded as absent, never stored.
+
+Restore compares the current image block by block with the snapshot and writes only the
+blocks that differ, through a redo journal `<parent>/.<base>.restore-journal`:
+  1. every differing block is fetched (and verified against its id) and appended to the
+     journal; then fsync, then a trailer (record count + b"DONE") and fsync again;
+  2. the records are applied in place (zero blocks: punch a hole in a file, zeros on a
+     device), the file is truncated to the image size, fsync;
+  3. the journal is deleted.
+recover() re-applies a journal that has its trailer (idempotent) and discards one that
+does not, so a killed restore leaves the old image or the new one, never a mix. Corrupt
+data is detected in step 1, before the image is touched. A missing image is created
+under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import struct
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from . import fsutil
+from .manifest import ImageBody
+from .model import RestoreResult, StateInvalid
+from .progress import Progress
+from .repository import Repository
+from .restorer import split_state
+
+RETRIES = 3
+J_MAGIC = b"SNAPJRN1"
+J_REC = struct.Struct(">QIB")  # block index, length, kind (0 zero, 1 data)
+J_TRAILER = struct.Struct(">Q4s")
+
+
+def _open_image(path: str, flags: int) -> tuple[int, int, bool]:
+    """(fd, size, is_block_device); refuses a symlink at the state path itself."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise StateInvalid(f"image {path} cannot be opened (symlinks are refused): "
+                           f"{e.strerror}") from e
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        return fd, st.st_size, False
+    if stat.S_ISBLK(st.st_mode):
+        return fd, os.lseek(fd, 0, os.SEEK_END), True
+    os.close(fd)
+    raise StateInvalid(f"image {path} is neither a regular file nor a block device")
+
+
+def _blocks_with_data(fd: int, size: int, bs: int, blockdev: bool) -> Iterator[int]:
+    """Indexes of blocks that may hold data (blocks entirely in holes are skipped)."""
+    extents = [(0, size)] if blockdev else fsutil.data_extents(fd, size)
+    last = -1
+    for off, ln in extents:
+        for i in range(max(off // bs, last + 1), (off + ln + bs - 1) // bs):
+            last = i
+            yield i
+
+
+def capture_image(repo: Repository, path: str, parent: ImageBody | None,
+                  progress: Progress) -> tuple[ImageBody, int, list[str], int]:
+    """Returns (body, stored bytes, warnings, bytes read)."""
+    bs = repo.config.block_size
+    fd, size, blockdev = _open_image(path, os.O_RDONLY)
+    warnings: list[str] = []
+    try:
+        st = os.fstat(fd)
+        progress.total = size
+        if (parent is not None and not blockdev and parent.size == size
+                and parent.block_size == bs
+                and (parent.mtime_ns, parent.ctime_ns, parent.ino)
+                == (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                and all(repo.has_chunk(c) for _i, c in parent.blocks)):
+            progress.add(size)
+            return ImageBody(size=size, block_size=bs, blocks=parent.blocks,
+                             mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
+                             ino=st.st_ino), 0, warnings, 0
+        zero = bytes(bs)
+        stored = [0]
+        nread = 0
+        lock = threading.Lock()
+        blocks: dict[int, bytes] = {}
+        sem = threading.BoundedSemaphore(8)
+
+        def job(i: int, data: bytes) -> None:
+            try:
+                cid, n = repo.store_chunk(data)
+                with lock:
+                    blocks[i] = cid
+                    stored[0] += n
+            finally:
+                sem.release()
+
+        for attempt in range(RETRIES + 1):
+            blocks.clear()
+            futures: list[Future[None]] = []
+            with ThreadPoolExecutor(3, thread_name_prefix="image") as pool:
+                try:
+                    for i in _blocks_with_data(fd, size, bs, blockdev):
+                        data = fsutil.pread_full(fd, min(bs, size - i * bs), i * bs)
+                        nread += len(data)
+                        progress.add(len(data))
+                        progress.check()
+                        if data == zero[: len(data)]:
+                            continue
+                        sem.acquire()
+                        futures.append(pool.submit(job, i, data))
+                finally:
+                    for f in futures:
+                        f.exception()
+            for f in futures:
+                f.result()
+            st2 = os.fstat(fd)
+            if blockdev or (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                break
+            if attempt == RETRIES:
+                warnings.append(f"{path}: changed while being read {RETRIES + 1} times; "
+                                "stored as last read")
+                break
+            st = st2
+            size = st2.st_size
+        body = ImageBody(size=size, block_size=bs, blocks=sorted(blocks.items()),
+                         mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, ino=st.st_ino)
+        return body, stored[0], warnings, nread
+    finally:
+        os.close(fd)
+
+
+def _journal_name(base: bytes) -> bytes:
+    return b"." + base + b".restore-journal"
+
+
+def _apply_journal(parent_fd: int, base: bytes, jpath: bytes) -> int:
+    """Apply a complete journal to the image; returns bytes written. Idempotent."""
+    with os.fdopen(os.open(jpath, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=parent_fd), "rb") as j:
+        if j.read(8) != J_MAGIC:
+            return -1
+        size, bs, is_dev = struct.unpack(">QIB", j.read(13))
+        j.seek(-J_TRAILER.size, os.SEEK_END)
+        count, tag = J_TRAILER.unpack(j.read(J_TRAILER.size))
+        if tag != b"DONE":
+            return -1
+        j.seek(21)
+        fd = os.open(base, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        written = 0
+        try:
+            for _ in range(count):
+                i, ln, kind = J_REC.unpack(j.read(J_REC.size))
+                if kind == 1:
+                    fsutil.write_full(fd, j.read(ln), i * bs)
+                    written += ln
+                elif is_dev:
+                    fsutil.write_full(fd, bytes(ln), i * bs)
+                else:
+                    fsutil.punch_hole(fd, i * bs, ln)
+            if not is_dev:
+                os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return written
+
+
+def image_cleanup(parent_fd: int, base: bytes) -> None:
+    jname = _journal_name(base)
+    with contextlib.suppress(FileNotFoundError):
+        _apply_journal(parent_fd, base, jname)  # -1 (incomplete): simply discarded
+        os.unlink(jname, dir_fd=parent_fd)
+        os.fsync(parent_fd)
+    prefix = b"." + base + b".restore-"
+    for n in fsutil.iter_names(parent_fd):
+        if n.startswith(prefix):
+            os.unlink(n, dir_fd=parent_fd)
+
+
+def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
+                  progress: Progress) -> RestoreResult:
+    parent_path, base = split_state(path)
+    bs = body.block_size
+    want = dict(body.blocks)
+    progress.total = body.size
+    parent_fd = os.open(parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        image_cleanup(parent_fd, base)
+        try:
+            os.stat(base, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return _create(repo, sid, body, parent_fd, base, progress)
+        fd, cur_size, is_dev = _open_image(path, os.O_RDONLY)
+        if is_dev and cur_size < body.size:
+            os.close(fd)
+            raise StateInvalid(f"block device {path} is smaller than the snapshot image")
+        jname = _journal_name(base)
+        count = 0
+        try:
+            cur = set(_blocks_with_data(fd, cur_size, bs, is_dev))
+            zero = bytes(bs)
+            jfd = os.open(jname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
+                          dir_fd=parent_fd)
+            with os.fdopen(jfd, "wb") as j:
+                j.write(J_MAGIC + struct.pack(">QIB", body.size, bs, int(is_dev)))
+                for i in range((body.size + bs - 1) // bs):
+                    ln = min(bs, body.size - i * bs)
+                    have: bytes | None = None
+                    if i in cur and i * bs < cur_size:
+                        data = fsutil.pread_full(fd, ln, i * bs)
+                        if len(data) < ln or data != zero[:ln]:
+                            have = repo.chunk_id(data) if len(data) == ln else b"?"
+                    target = want.get(i)
+                    progress.add(ln)
+                    progress.check()
+                    if have == target:
+                        continue
+                    if target is None:
+                        j.write(J_REC.pack(i, ln, 0))
+                    else:
+                        new = repo.read_chunk_for(sid, target)
+                        j.write(J_REC.pack(i, len(new), 1))
+                        j.write(new)
+                    count += 1
+                j.flush()
+                os.fsync(j.fileno())
+                j.write(J_TRAILER.pack(count, b"DONE"))
+                j.flush()
+                os.fsync(j.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(jname, dir_fd=parent_fd)
+            raise
+        finally:
+            os.close(fd)
+        written = _apply_journal(parent_fd, base, jname)
+        os.unlink(jname, dir_fd=parent_fd)
+        os.fsync(parent_fd)
+    finally:
+        os.close(parent_fd)
+    progress.finish()
+    return RestoreResult(snapshot_id=sid, bytes_written=written, files_reused=0,
+                         files_written=1 if count else 0)
+
+
+def _create(repo: Repository, sid: int, body: ImageBody, parent_fd: int, base: bytes,
+            progress: Progress) -> RestoreResult:
+    tmp = b"." + base + b".restore-%d" % sid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                 dir_fd=parent_fd)
+    written = 0
+    try:
+        for i, cid in body.blocks:
+            data = repo.read_chunk_for(sid, cid)
+            fsutil.write_full(fd, data, i * body.block_size)
+            written += len(data)
+            progress.add(len(data))
+            progress.check()
+        os.ftruncate(fd, body.size)
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        os.fsync(parent_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=parent_fd)
+        raise
+    progress.finish()
+    return RestoreResult(snapshot_id=sid, bytes_written=written, files_reused=0, files_written=1)

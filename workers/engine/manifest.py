@@ -1,0 +1,103 @@
+"""Manifest format: the commit point of a snapshot.
+
+File layout: MAGIC (8 bytes) | u32 big-endian header length | header (msgpack) | body
+(zstd(msgpack)). The header is decodable without decompressing the tree, so listing the
+snapshots of a repository (catalog rebuild) stays cheap.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Literal
+
+import msgspec
+import zstandard
+
+from .model import CommittedSnapshot, SnapshotMeta
+
+MAGIC = b"SNAPMF1\n"
+
+# Entry kinds (one letter keeps the manifest of a 10k-file tree small).
+FILE, DIR, SYMLINK, FIFO, CHR, BLK, SOCK, HARDLINK = "f", "d", "l", "p", "c", "b", "s", "h"
+
+
+class Entry(msgspec.Struct, array_like=True, omit_defaults=True):
+    path: bytes  # relative to the state root, b"" is the root itself
+    kind: str
+    mode: int  # full st_mode (type + setuid/setgid/sticky + permissions)
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int = 0
+    # ctime_ns and ino only serve the incremental "unchanged since parent" test.
+    ctime_ns: int = 0
+    ino: int = 0
+    chunks: list[tuple[bytes, int]] = []  # (chunk id, offset in file); holes are gaps
+    target: bytes = b""  # symlink target, or the primary path of a hard link
+    rdev: int = 0
+    xattrs: list[tuple[str, bytes]] = []
+
+
+class DirBody(msgspec.Struct, tag="dir"):
+    entries: list[Entry]
+
+
+class ImageBody(msgspec.Struct, tag="image"):
+    size: int
+    block_size: int
+    blocks: list[tuple[int, bytes]]  # (block index, chunk id); missing indexes are zero
+    # mtime/ctime/ino of a regular-file image, for the incremental test.
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    ino: int = 0
+
+
+Body = DirBody | ImageBody
+
+
+class Header(msgspec.Struct):
+    meta: SnapshotMeta
+    state_kind: Literal["directory", "image"]
+    size_bytes: int
+    stored_bytes: int
+    files: int
+    warnings: list[str]
+    completed_at: str
+    version: int = 1
+
+    def committed(self) -> CommittedSnapshot:
+        return CommittedSnapshot(meta=self.meta, state_kind=self.state_kind,
+                                 size_bytes=self.size_bytes, completed_at=self.completed_at)
+
+
+_hdr_enc = msgspec.msgpack.Encoder()
+_hdr_dec = msgspec.msgpack.Decoder(Header)
+_body_dec = msgspec.msgpack.Decoder(Body)
+
+
+def encode(header: Header, body: Body) -> bytes:
+    h = _hdr_enc.encode(header)
+    b = zstandard.ZstdCompressor(level=3).compress(_hdr_enc.encode(body))
+    return MAGIC + struct.pack(">I", len(h)) + h + b
+
+
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    if data[:8] != MAGIC or len(data) < 12:
+        raise ValueError("not a snapshot manifest")
+    (n,) = struct.unpack(">I", data[8:12])
+    return data[12 : 12 + n], data[12 + n :]
+
+
+def decode_header(data: bytes) -> Header:
+    return _hdr_dec.decode(_split(data)[0])
+
+
+def decode(data: bytes) -> tuple[Header, Body]:
+    h, b = _split(data)
+    return _hdr_dec.decode(h), _body_dec.decode(zstandard.ZstdDecompressor().decompress(b))
+
+
+def chunk_ids(body: Body) -> set[bytes]:
+    if isinstance(body, ImageBody):
+        return {cid for _i, cid in body.blocks}
+    return {cid for e in body.entries for cid, _off in e.chunks}

@@ -1,0 +1,97 @@
+"""Public value types and errors of the snapshot engine.
+
+These are the names the API and the actors code against; keep them stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import msgspec
+
+ProgressFn = Callable[[int, int], None]  # (bytes_done, bytes_total)
+
+
+class StateSpec(msgspec.Struct, frozen=True):
+    kind: Literal["directory", "image"]
+    path: str
+
+
+class SnapshotMeta(msgspec.Struct, frozen=True):
+    """Stored inside the manifest so the repository describes itself (catalog rebuild)."""
+
+    snapshot_id: int
+    server_id: int
+    server_name: str
+    account: str
+    name: str
+    description: str | None
+    created_at: str  # RFC3339 'Z'
+
+
+class CaptureResult(msgspec.Struct, frozen=True):
+    snapshot_id: int
+    size_bytes: int  # apparent size of all files / the image
+    stored_bytes: int  # new bytes written to the repository by this capture (compressed)
+    files: int
+    warnings: list[str]
+    completed_at: str
+
+
+class RestoreResult(msgspec.Struct, frozen=True):
+    snapshot_id: int
+    bytes_written: int
+    files_reused: int
+    files_written: int
+
+
+class VerifyReport(msgspec.Struct, frozen=True):
+    snapshot_id: int
+    ok: bool
+    errors: list[str]
+
+
+class ReclaimStats(msgspec.Struct, frozen=True):
+    objects_removed: int
+    bytes_removed: int
+    skipped_locked: bool
+
+
+class CommittedSnapshot(msgspec.Struct, frozen=True):
+    meta: SnapshotMeta
+    state_kind: str
+    size_bytes: int
+    completed_at: str
+
+
+class EngineError(Exception):
+    code: ClassVar[str] = "engine_error"
+
+
+class StorageFull(EngineError):
+    """ENOSPC/EDQUOT while writing the repository; nothing was committed."""
+
+    code: ClassVar[str] = "storage_full"
+
+
+class SnapshotCorrupt(EngineError):
+    """A stored object fails its id check; the message names the snapshot and the object."""
+
+    code: ClassVar[str] = "snapshot_corrupt"
+
+
+class SnapshotNotFound(EngineError):
+    code: ClassVar[str] = "snapshot_not_found"
+
+
+class StateInvalid(EngineError):
+    """The state path is missing, of the wrong kind, or unsafe."""
+
+    code: ClassVar[str] = "state_invalid"
+
+
+class Cancelled(EngineError):
+    """should_stop() returned True."""
+
+    code: ClassVar[str] = "cancelled"

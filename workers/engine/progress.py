@@ -1,0 +1,50 @@
+"""Throttled progress reporting and cooperative cancellation shared by capture/restore."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from .model import Cancelled, ProgressFn
+
+INTERVAL = 0.25  # seconds: well under the 1 s promise, cheap enough to ignore
+
+
+class Progress:
+    def __init__(self, fn: ProgressFn | None, should_stop: Callable[[], bool] | None = None,
+                 total: int = 0) -> None:
+        self.fn = fn
+        self.should_stop = should_stop
+        self.total = total
+        self.done = 0
+        self.stopped = False
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        """Count n bytes done; calls the callback (and should_stop) at most every INTERVAL."""
+        now = time.monotonic()
+        with self._lock:
+            self.done += n
+            if now - self._last < INTERVAL:
+                return
+            self._last = now
+            done, total = self.done, max(self.total, self.done)
+        if self.fn is not None:
+            self.fn(done, total)
+        if self.should_stop is not None and self.should_stop():
+            self.stopped = True
+
+    def check(self) -> None:
+        """Raise Cancelled once should_stop() said so (polled on the throttled path)."""
+        if self.stopped:
+            raise Cancelled("stopped on request")
+
+    def poll(self) -> None:
+        self.add(0)
+        self.check()
+
+    def finish(self) -> None:
+        if self.fn is not None:
+            self.fn(max(self.total, self.done), max(self.total, self.done))

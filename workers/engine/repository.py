@@ -1,0 +1,188 @@
+"""Repository: content-addressed chunks plus manifests on top of a Backend.
+
+- `config` holds a random 32-byte BLAKE3 key made at init; chunk id = keyed BLAKE3 of the
+  plaintext, so ids reveal nothing across repositories and cannot be precomputed.
+- An object is a 1-byte header (0 = raw, 1 = zstd) + payload; zstd is kept only when it is
+  smaller. Reads always re-hash the plaintext and compare with the id (verify-on-read).
+- Manifests live at snapshots/<id>; writing one is the commit point (see put_manifest).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+
+import blake3
+import msgspec
+import zstandard
+
+from . import manifest
+from .backend import Backend
+from .model import EngineError, SnapshotCorrupt, SnapshotNotFound
+
+RAW, ZSTD = 0, 1
+ZSTD_LEVEL = 3
+
+
+class Config(msgspec.Struct):
+    version: int
+    key: bytes
+    chunk_min: int = 256 * 1024
+    chunk_avg: int = 1024 * 1024
+    chunk_max: int = 4 * 1024 * 1024
+    block_size: int = 1024 * 1024
+
+
+class ObjectCorrupt(Exception):
+    """Raised by read_chunk; callers turn it into SnapshotCorrupt naming the snapshot."""
+
+
+def chunk_key(cid: bytes) -> str:
+    h = cid.hex()
+    return f"data/{h[:2]}/{h}"
+
+
+class Repository:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        raw: bytes | None = None
+        if backend.exists("config"):
+            raw = backend.get("config")
+        else:
+            cfg = Config(version=1, key=secrets.token_bytes(32))
+            if backend.put("config", msgspec.msgpack.encode(cfg), durable=True, exclusive=True):
+                raw = msgspec.msgpack.encode(cfg)
+            else:  # another process initialised the repository first: use its key
+                raw = backend.get("config")
+        self.config = msgspec.msgpack.decode(raw, type=Config)
+        self.key = self.config.key
+        self._local = threading.local()
+        self._known: set[bytes] = set()
+        self._pending: set[bytes] = set()
+        self._known_lock = threading.Lock()
+
+    # --- chunks -----------------------------------------------------------------------
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
+        # max_threads lets blake3 use both cores on big buffers; it releases the GIL.
+        h = blake3.blake3(data, key=self.key, max_threads=1 if len(data) < (1 << 20) else 2)
+        return h.digest()
+
+    def _zc(self) -> zstandard.ZstdCompressor:
+        c: zstandard.ZstdCompressor | None = getattr(self._local, "zc", None)
+        if c is None:  # compressors are not thread-safe: one per thread
+            c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+            self._local.zc = c
+        return c
+
+    def _zd(self) -> zstandard.ZstdDecompressor:
+        d: zstandard.ZstdDecompressor | None = getattr(self._local, "zd", None)
+        if d is None:
+            d = zstandard.ZstdDecompressor()
+            self._local.zd = d
+        return d
+
+    def load_known(self) -> None:
+        """Load the ids of every stored chunk once per capture: existence checks become set
+        lookups. Zero-length files (a crash before the data reached disk) do not count."""
+        known: set[bytes] = set()
+        for key, size in self.backend.list("data/"):
+            if size > 0:
+                try:
+                    known.add(bytes.fromhex(key.rsplit("/", 1)[1]))
+                except ValueError:
+                    continue
+        with self._known_lock:
+            self._known = known
+
+    def has_chunk(self, cid: bytes) -> bool:
+        return cid in self._known
+
+    def store_chunk(self, data: bytes | memoryview) -> tuple[bytes, int]:
+        """Store a chunk unless already present; returns (id, bytes newly written)."""
+        cid = self.chunk_id(data)
+        with self._known_lock:
+            if cid in self._known or cid in self._pending:
+                return cid, 0
+            self._pending.add(cid)
+        try:
+            comp = self._zc().compress(data)
+            payload = bytes([ZSTD]) + comp if len(comp) < len(data) else bytes([RAW]) + bytes(data)
+            self.backend.put(chunk_key(cid), payload)
+        except BaseException:
+            with self._known_lock:
+                self._pending.discard(cid)
+            raise
+        with self._known_lock:
+            self._pending.discard(cid)
+            self._known.add(cid)
+        return cid, len(payload)
+
+    def read_chunk(self, cid: bytes) -> bytes:
+        try:
+            obj = self.backend.get(chunk_key(cid))
+        except FileNotFoundError as e:
+            raise ObjectCorrupt(f"object {cid.hex()} is missing") from e
+        if not obj:
+            raise ObjectCorrupt(f"object {cid.hex()} is empty")
+        try:
+            if obj[0] == RAW:
+                data = obj[1:]
+            elif obj[0] == ZSTD:
+                data = self._zd().decompress(obj[1:])
+            else:
+                raise ObjectCorrupt(f"object {cid.hex()} has an unknown header")
+        except zstandard.ZstdError as e:
+            raise ObjectCorrupt(f"object {cid.hex()} does not decompress: {e}") from e
+        if self.chunk_id(data) != cid:
+            raise ObjectCorrupt(f"object {cid.hex()} fails its id check")
+        return data
+
+    def read_chunk_for(self, snapshot_id: int, cid: bytes) -> bytes:
+        try:
+            return self.read_chunk(cid)
+        except ObjectCorrupt as e:
+            raise SnapshotCorrupt(f"snapshot {snapshot_id} is corrupt: {e}") from e
+
+    def list_chunks(self) -> list[tuple[str, int]]:
+        return list(self.backend.list("data/"))
+
+    # --- manifests --------------------------------------------------------------------
+    @staticmethod
+    def manifest_key(snapshot_id: int) -> str:
+        return f"snapshots/{snapshot_id}"
+
+    def put_manifest(self, header: manifest.Header, body: manifest.Body) -> None:
+        # One filesystem-wide barrier makes every chunk durable, then the manifest itself is
+        # written durably (temp, fsync, rename, fsync dir): after this the snapshot exists.
+        self.backend.barrier()
+        self.backend.put(self.manifest_key(header.meta.snapshot_id),
+                         manifest.encode(header, body), durable=True)
+
+    def manifest_ids(self) -> list[int]:
+        out = []
+        for key, _size in self.backend.list("snapshots/"):
+            name = key.rsplit("/", 1)[1]
+            if name.isdigit():
+                out.append(int(name))
+        return sorted(out)
+
+    def _get_manifest_raw(self, snapshot_id: int) -> bytes:
+        try:
+            return self.backend.get(self.manifest_key(snapshot_id))
+        except FileNotFoundError as e:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e
+
+    def get_header(self, snapshot_id: int) -> manifest.Header:
+        try:
+            return manifest.decode_header(self._get_manifest_raw(snapshot_id))
+        except (ValueError, msgspec.DecodeError) as e:
+            raise EngineError(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
+
+    def get_manifest(self, snapshot_id: int) -> tuple[manifest.Header, manifest.Body]:
+        try:
+            return manifest.decode(self._get_manifest_raw(snapshot_id))
+        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
+            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
+
+    def delete_manifest(self, snapshot_id: int) -> None:
+        self.backend.delete(self.manifest_key(snapshot_id))
