@@ -806,7 +806,10 @@ def header(args: argparse.Namespace, cold: bool, desc: str) -> None:
     )
     fs = subprocess.run(["df", "-T", str(DATA)], capture_output=True, text=True).stdout
     fstype = fs.splitlines()[-1].split()[1] if fs else "?"
-    versions = [sh([t, "--version"]).out.splitlines()[:1] for t in ("restic", "borg", "zstd")]
+    versions = [
+        sh(cmd).out.splitlines()[:1]
+        for cmd in (["restic", "version"], ["borg", "--version"], ["zstd", "--version"])
+    ]
     print("command :", " ".join([".venv/bin/python", "bench/engine.py", *sys.argv[1:]]))
     print(
         f"machine : nproc={os.cpu_count()}, CPU {cpu}, {platform.platform()}, fs {fstype} ({DATA})"

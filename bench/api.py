@@ -1,0 +1,408 @@
+"""Load benchmark of the HTTP API against a bare Starlette app (wrk).
+
+    .venv/bin/python bench/api.py [--duration 10] [--connections 32] [--threads 2]
+
+Starts, on free loopback ports, a throw-away redis-server, our API (uvicorn, 1 worker) and
+bench/bare_app.py (same uvicorn settings); seeds servers, a token and snapshots through the
+real API; then runs wrk against GET one snapshot, GET the list and the bare app, one after
+the other. Every process it started is stopped on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+VENV_BIN = Path(sys.executable).parent
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+SERVERS = 10
+UVICORN_OPTS = ["--host", "127.0.0.1", "--workers", "1", "--log-level", "warning"]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Procs:
+    """The processes we started; all stopped by stop_all(), each by its own pid."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        out = log.open("wb")
+        p = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append((name, p))
+
+    def stop_all(self) -> None:
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, p in reversed(self.procs):
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+    def check_alive(self) -> None:
+        for name, p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {p.returncode}")
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_binary() -> str:
+    local = VENV_BIN / "redis-server"
+    found = str(local) if local.exists() else shutil.which("redis-server")
+    if not found:
+        raise SystemExit("no redis-server (neither .venv/bin/redis-server nor on PATH)")
+    return found
+
+
+def wait_redis(port: int, procs: Procs, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"redis on port {port} did not answer PING")
+
+
+def wait_http(url: str, procs: Procs, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def api_target() -> list[str]:
+    """The uvicorn app argument of our API, from api/app.py."""
+    src = (ROOT / "api" / "app.py").read_text()
+    if re.search(r"^def create_app\(", src, re.M):
+        return ["--factory", "api.app:create_app"]
+    return ["api.app:app"]
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+@dataclass
+class Seeded:
+    token: str
+    snapshot_id: int
+    snapshots: int
+    body: bytes
+
+
+def _post(client: httpx.Client, path: str, body: dict[str, Any], token: str) -> dict[str, Any]:
+    r = client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+    if r.status_code != 201:
+        raise RuntimeError(f"POST {path} answered {r.status_code}: {r.text[:300]}")
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def seed(base: str, tmp: Path) -> Seeded:
+    """SERVERS servers of one account, a write token, one snapshot per server."""
+    with httpx.Client(base_url=base, timeout=10) as c:
+        tok = _post(c, "/api/v1/tokens/", {"account": "bench", "scope": "write"}, ADMIN_TOKEN)
+        token = str(tok["token"])
+        snap_ids = []
+        for i in range(SERVERS):
+            state = tmp / f"server-{i}"
+            state.mkdir()
+            srv = _post(
+                c,
+                "/api/v1/servers/",
+                {
+                    "name": f"bench-server-{i:02d}",
+                    "account": "bench",
+                    "state": {"kind": "directory", "path": str(state)},
+                    "power": {"kind": "none"},
+                },
+                ADMIN_TOKEN,
+            )
+            snap = _post(
+                c,
+                "/api/v1/snapshots/",
+                {
+                    "server_id": srv["id"],
+                    "name": f"before-update-{i:02d}",
+                    "description": "Snapshot before system update",
+                    "stop_server": False,
+                },
+                token,
+            )
+            snap_ids.append(int(snap["id"]))
+        one = c.get(
+            f"/api/v1/snapshots/{snap_ids[0]}/", headers={"Authorization": f"Bearer {token}"}
+        )
+        if one.status_code != 200:
+            raise RuntimeError(f"GET one snapshot answered {one.status_code}: {one.text[:300]}")
+        return Seeded(token, snap_ids[0], len(snap_ids), one.content)
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkResult:
+    name: str
+    rps: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    bad: str = ""
+    error: str | None = None
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        return float("nan")
+    return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m[2]]
+
+
+def parse_wrk(name: str, out: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if not (rps and p50 and p99):
+        return WrkResult(name, error=f"cannot parse wrk output: {out[-300:]}")
+    bad = []
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        bad.append(f"{m[1]} non-2xx")
+    if m := re.search(r"Socket errors: (.*)", out):
+        bad.append(f"socket errors: {m[1].strip()}")
+    return WrkResult(name, float(rps[1]), _ms(p50[1]), _ms(p99[1]), "; ".join(bad))
+
+
+def run_wrk(name: str, url: str, token: str | None, args: argparse.Namespace) -> WrkResult:
+    head = ["-H", f"Authorization: Bearer {token}"] if token else []
+    common = ["wrk", f"-t{args.threads}", f"-c{args.connections}", *head]
+    subprocess.run([*common, "-d2s", url], capture_output=True)  # warm-up, not measured
+    argv = [*common, f"-d{args.duration}s", "--latency", url]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0:
+        return WrkResult(name, error=f"wrk exit {p.returncode}: {p.stderr.strip()[-300:]}")
+    shown = " ".join(argv)
+    print(f"  {name}: {shown.replace(token, '$TOKEN') if token else shown}")
+    return parse_wrk(name, p.stdout)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_table(results: list[WrkResult], bare: WrkResult) -> None:
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.name, "ERR", "", "", "", r.error[:60]])
+            continue
+        ratio = f"{r.rps / bare.rps:.2f}" if r.rps and bare.rps else "n/a"
+        rows.append([r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratio, r.bad])
+    cols = ["endpoint", "req/s", "p50 ms", "p99 ms", "x bare", "errors"]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(" | ".join(cols))
+        for row in rows:
+            print(" | ".join(row))
+        return
+    table = Table(title="API throughput vs a bare Starlette app (wrk)")
+    for i, c in enumerate(cols):
+        table.add_column(c, justify="left" if i in (0, 5) else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=140).print(table)
+
+
+def header(args: argparse.Namespace) -> None:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    version = (wrk.stdout or wrk.stderr).splitlines()[:1]
+    print("command :", " ".join([".venv/bin/python", "bench/api.py", *sys.argv[1:]]))
+    print(f"machine : nproc={os.cpu_count()}, CPU {cpu}, {platform.platform()}")
+    print(
+        f"load    : {version[0] if version else 'wrk'}; -t{args.threads} -c{args.connections}"
+        f" -d{args.duration}s (+2 s warm-up) on loopback; client and servers share the CPUs"
+    )
+    print(
+        f"servers : uvicorn {' '.join(UVICORN_OPTS)} (httptools/uvloop when installed), "
+        "API and bare app alike"
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def start_all(procs: Procs, tmp: Path) -> tuple[str, dict[str, str]]:
+    env = dict(os.environ)
+    rport, aport = free_port(), free_port()
+    (tmp / "redis").mkdir()
+    procs.start(
+        "redis-server",
+        [
+            redis_binary(),
+            "--port",
+            str(rport),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp / "redis"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        env,
+        tmp / "redis.log",
+    )
+    wait_redis(rport, procs)
+    env.update(
+        REDIS_URL=f"redis://127.0.0.1:{rport}/0",
+        SNAPSHOTS_DATA_DIR=str(tmp / "data"),
+        SNAPSHOTS_ADMIN_TOKEN=ADMIN_TOKEN,
+        SNAPSHOTS_MAX_PER_SERVER="5",
+        PORT=str(aport),
+    )
+    uvicorn = str(VENV_BIN / "uvicorn")
+    procs.start(
+        "api", [uvicorn, *api_target(), *UVICORN_OPTS, "--port", str(aport)], env, tmp / "api.log"
+    )
+    base = f"http://127.0.0.1:{aport}"
+    wait_http(f"{base}/healthz", procs)
+    return base, env
+
+
+def start_bare(procs: Procs, tmp: Path, body: bytes, env: dict[str, str]) -> str:
+    port = free_port()
+    (tmp / "body.json").write_bytes(body)
+    benv = dict(env, BARE_BODY_FILE=str(tmp / "body.json"))
+    procs.start(
+        "bare",
+        [
+            str(VENV_BIN / "uvicorn"),
+            "--app-dir",
+            str(BENCH),
+            "bare_app:app",
+            *UVICORN_OPTS,
+            "--port",
+            str(port),
+        ],
+        benv,
+        tmp / "bare.log",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/healthz", procs)
+    return base
+
+
+def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
+    header(args)
+    base, env = start_all(procs, tmp)
+    seeded = seed(base, tmp)
+    print(
+        f"seeded  : {SERVERS} servers, {seeded.snapshots} snapshots (in_progress, no worker);"
+        f" GET one body {len(seeded.body)} bytes; bare app answers the same bytes"
+    )
+    bare_base = start_bare(procs, tmp, seeded.body, env)
+    one = f"{base}/api/v1/snapshots/{seeded.snapshot_id}/"
+    results = [
+        run_wrk("GET /api/v1/snapshots/{id}/", one, seeded.token, args),
+        run_wrk(
+            f"GET /api/v1/snapshots/ ({seeded.snapshots})",
+            f"{base}/api/v1/snapshots/",
+            seeded.token,
+            args,
+        ),
+        run_wrk("bare Starlette, same body", f"{bare_base}/api/v1/snapshots/1/", None, args),
+    ]
+    procs.check_alive()
+    print()
+    print_table(results, results[2])
+    one_r, bare = results[0], results[2]
+    if one_r.rps and bare.rps:
+        ratio = one_r.rps / bare.rps
+        verdict = "PASS" if ratio >= 0.5 else "FAIL"
+        print(
+            f"\ntarget: {verdict}  GET one >= 0.5 x bare: {ratio:.2f} x "
+            f"({one_r.rps:,.0f} vs {bare.rps:,.0f} req/s)"
+        )
+        return 0
+    print("\ntarget: N/A  GET one >= 0.5 x bare: a run failed")
+    return 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _on_signal)
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    try:
+        return bench(args, procs, tmp)
+    except (RuntimeError, httpx.HTTPError) as e:
+        print(f"\nERROR: {e}")
+        for log in sorted(tmp.glob("*.log")):
+            print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]))
+        return 1
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
