@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from workers.engine import Engine, SnapshotMeta, StateSpec
+
+MetaFn = Callable[..., SnapshotMeta]
+
+
+def make_meta(snapshot_id: int, server_id: int = 1) -> SnapshotMeta:
+    return SnapshotMeta(snapshot_id=snapshot_id, server_id=server_id, server_name="web-01",
+                        account="acme", name=f"snap-{snapshot_id}", description=None,
+                        created_at="2026-01-01T00:00:00Z")
+
+
+def dir_state(path: Path | str) -> StateSpec:
+    return StateSpec(kind="directory", path=str(path))
+
+
+@pytest.fixture
+def repo_url(tmp_path: Path) -> str:
+    return f"file://{tmp_path / 'repo'}"
+
+
+@pytest.fixture
+def engine(repo_url: str) -> Engine:
+    return Engine(repo_url)
+
+
+def posix_acl(entries: list[tuple[int, int, int]]) -> bytes:
+    """Kernel xattr form of a POSIX ACL: version 2, then (tag u16, perm u16, id u32)."""
+    return struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, ident & 0xFFFFFFFF) for tag, perm, ident in entries)
+
+
+def build_full_tree(root: Path) -> None:
+    """A tree holding every kind of entry the engine must preserve."""
+    root.mkdir()
+    (root / "etc").mkdir()
+    (root / "etc" / "hostname").write_text("web-01\n")
+    (root / "empty-dir").mkdir()
+    (root / "empty-file").touch()
+    big = os.urandom(3 << 20) + bytes(1 << 20) + os.urandom(2 << 20)
+    (root / "big.bin").write_bytes(big)
+    (root / "dup.bin").write_bytes(big)  # deduplicated against big.bin
+    sparse = root / "sparse.img"
+    with open(sparse, "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(10 << 20)
+        f.write(b"data in the middle" * 1000)
+        f.seek((64 << 20) - 5)
+        f.write(b"tail!")
+    suid = root / "suid"
+    suid.write_bytes(b"#!/bin/sh\n")
+    os.chown(suid, 0, 0)
+    os.chmod(suid, 0o4755)
+    sgid = root / "shared"
+    sgid.mkdir()
+    os.chown(sgid, 1234, 5678)
+    os.chmod(sgid, 0o2775)
+    sticky = root / "tmp"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    owned = root / "tmp" / "owned"
+    owned.write_text("mine")
+    os.chown(owned, 1001, 1002)
+    os.chmod(owned, 0o640)
+    os.symlink("/etc/passwd", root / "abs-link")
+    os.symlink("etc/hostname", root / "rel-link")
+    os.symlink("missing", root / "dangling")
+    os.lchown(root / "rel-link", 1001, 1001)
+    (root / "hl-a").write_text("linked content")
+    os.link(root / "hl-a", root / "etc" / "hl-b")
+    os.link(root / "hl-a", root / "shared" / "hl-c")
+    os.mkfifo(root / "fifo", 0o620)
+    os.mknod(root / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    os.mknod(root / "loop9", 0o660 | 0o060000, os.makedev(7, 9))
+    weird = os.path.join(os.fsencode(root), b"caf\xe9-\xff\xfe")
+    with open(weird, "wb") as f:
+        f.write(b"latin-1 name")
+    os.mkdir(os.path.join(os.fsencode(root), b"dir-\x80"))
+    os.setxattr(root / "etc" / "hostname", "user.comment", b"hello")
+    os.setxattr(root / "etc" / "hostname", "trusted.secret", b"\x00\x01binary")
+    os.setxattr(root / "shared", "user.dir", b"on a dir")
+    os.setxattr(root / "abs-link", "trusted.onlink", b"symlink xattr", follow_symlinks=False)
+    if shutil.which("setfacl"):
+        subprocess.run(["setfacl", "-m", "u:1001:rwx", str(root / "shared")], check=True)
+        subprocess.run(["setfacl", "-d", "-m", "g:1002:rx", str(root / "shared")], check=True)
+    else:  # no acl tools: write the POSIX ACL xattr the kernel understands directly
+        os.setxattr(root / "tmp" / "owned", "system.posix_acl_access", posix_acl(
+            [(0x01, 6, -1), (0x02, 7, 1001), (0x04, 4, -1), (0x10, 7, -1), (0x20, 0, -1)]))
+        os.setxattr(root / "shared", "system.posix_acl_default", posix_acl(
+            [(0x01, 7, -1), (0x04, 5, -1), (0x08, 5, 1002), (0x10, 5, -1), (0x20, 5, -1)]))
+    # mtimes with odd nanoseconds, set last (children first) so they are not disturbed
+    for i, p in enumerate(sorted(root.rglob("*"), key=lambda q: -len(q.parts))):
+        os.utime(p, ns=(1_600_000_000_123_456_789 + i, 1_600_000_000_987_654_321 + i),
+                 follow_symlinks=False)
+    os.utime(root, ns=(1_500_000_000_000_000_001, 1_500_000_000_000_000_001))

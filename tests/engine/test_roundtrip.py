@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from workers.engine import Engine, SnapshotNotFound, StateInvalid, StateSpec
+
+from .conftest import build_full_tree, dir_state, make_meta
+from .treecmp import assert_same, describe
+
+
+def test_roundtrip_every_kind_of_entry(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_full_tree(src)
+    seen: list[tuple[int, int]] = []
+    res = engine.capture(make_meta(1), dir_state(src), progress=lambda d, t: seen.append((d, t)))
+    assert res.snapshot_id == 1 and not res.warnings
+    assert res.size_bytes == sum(
+        os.lstat(os.path.join(d, f)).st_size for d, _ds, fs in os.walk(src) for f in fs
+        if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))
+    ) - 2 * len(b"linked content")  # hard links counted once
+    assert res.stored_bytes < 8 << 20  # dup.bin, zeros and holes are not stored twice
+    assert seen and seen[-1][0] == seen[-1][1]
+    acl = os.getxattr(src / "tmp" / "owned", "system.posix_acl_access")
+    assert acl and os.stat(src / "tmp" / "owned").st_mode & 0o070 == 0o070  # mask shows
+    # restore into a path that does not exist yet
+    dst = tmp_path / "restored" / "srv"
+    dst.parent.mkdir()
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
+    # sparse file came back sparse
+    assert os.stat(dst / "sparse.img").st_blocks * 512 < 1 << 20
+    assert not [n for n in os.listdir(dst.parent) if n != "srv"]
+
+
+def test_restore_over_modified_tree_is_exact(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_full_tree(src)
+    engine.capture(make_meta(1), dir_state(src))
+    dst = tmp_path / "srv"
+    shutil.copytree(src, dst, symlinks=True, copy_function=shutil.copy2,
+                    ignore=lambda d, names: [n for n in names if n in ("fifo", "null", "loop9")])
+    (dst / "etc" / "hostname").write_text("tampered")
+    (dst / "new-file").write_text("extra")
+    shutil.rmtree(dst / "empty-dir")
+    os.chmod(dst / "suid", 0o755)
+    r = engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
+    assert r.files_written >= 1
+
+
+def test_restore_reuses_identical_files(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    for i in range(100):
+        (src / f"f{i:03}").write_bytes(os.urandom(20_000 + i))
+    engine.capture(make_meta(1), dir_state(src))
+    ref = describe(src)
+    (src / "f007").write_bytes(b"changed")
+    # forged: same size and mtime as the snapshot's file, different content
+    st = os.stat(src / "f008")
+    with open(src / "f008", "r+b") as f:
+        f.write(b"X" * 10)
+    os.utime(src / "f008", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = engine.restore(1, dir_state(src))
+    assert describe(src) == ref
+    assert r.files_written == 2 and r.files_reused == 98
+    assert r.bytes_written == 20_007 + 20_008
+
+
+def test_incremental_capture_does_not_read_unchanged_files(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(300_000))
+    r1 = engine.capture(make_meta(1), dir_state(src))
+    assert engine.last_bytes_read == 20 * 300_000
+    (src / "f3").write_bytes(os.urandom(1000))
+    puts = engine.backend.puts
+    r2 = engine.capture(make_meta(2), dir_state(src))
+    assert engine.last_bytes_read == 1000  # only the changed file was read
+    assert engine.backend.puts == puts + 2  # one chunk + the manifest
+    assert r2.stored_bytes <= 1001 and r1.stored_bytes > 6_000_000
+    # another server's snapshot is never used as parent
+    engine.capture(make_meta(3, server_id=2), dir_state(src))
+    assert engine.last_bytes_read == 19 * 300_000 + 1000
+    dst = tmp_path / "out"
+    engine.restore(2, dir_state(dst))
+    assert_same(src, dst)
+
+
+def test_capture_is_idempotent_and_catalog_rebuilds(engine: Engine, repo_url: str,
+                                                     tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "a").write_text("a")
+    r1 = engine.capture(make_meta(5), dir_state(src))
+    puts = engine.backend.puts
+    (src / "a").write_text("changed later")
+    assert engine.capture(make_meta(5), dir_state(src)) == r1
+    assert engine.backend.puts == puts
+    other = Engine(repo_url)  # a new process reading only the repository
+    snaps = other.list_snapshots()
+    assert [s.meta for s in snaps] == [make_meta(5)]
+    assert snaps[0].state_kind == "directory" and snaps[0].size_bytes == 1
+    assert other.get_snapshot(5) == snaps[0] and other.get_snapshot(6) is None
+    assert other.writable()
+    with pytest.raises(SnapshotNotFound):
+        other.restore(6, dir_state(tmp_path / "x"))
+
+
+def test_invalid_state(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(StateInvalid):
+        engine.capture(make_meta(1), dir_state(tmp_path / "missing"))
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with pytest.raises(StateInvalid):
+        engine.capture(make_meta(1), dir_state(tmp_path / "link"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StateInvalid):
+        engine.capture(make_meta(1), dir_state(tmp_path / "file"))
+    engine.capture(make_meta(2), dir_state(tmp_path / "real"))
+    with pytest.raises(StateInvalid):
+        engine.restore(2, StateSpec(kind="image", path=str(tmp_path / "img")))
+    assert engine.list_snapshots()[0].meta.snapshot_id == 2
