@@ -7,7 +7,7 @@ document is generated from them, so the contract and the code cannot drift apart
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -118,7 +118,7 @@ class ErrorInfo(Struct):
 class ErrorBody(Struct, omit_defaults=True):
     code: str
     message: str
-    details: dict[str, object] | UnsetType = UNSET
+    details: dict[str, Any] | UnsetType = UNSET
 
 
 class ErrorEnvelope(Struct):

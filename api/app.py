@@ -1,0 +1,107 @@
+"""The ASGI application: ``uvicorn --factory api.app:create_app``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from api import health, openapi, operations, servers, snapshots, tokens
+from api.auth import BearerAuth, TokenCache
+from api.errors import ApiError, InternalError, MethodNotAllowed, NotFound
+from api.middleware import RequestContext
+from api.services import Services
+from shared.async_store import AsyncStore
+from shared.broker import make_broker
+from shared.settings import Settings
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+Handler = Callable[[Request], Any]
+
+
+def _both(path: str, endpoint: Handler, methods: Sequence[str]) -> list[BaseRoute]:
+    """The path with and without its trailing slash, answering the same (no redirect)."""
+    bare = path.rstrip("/")
+    return [Route(p, endpoint, methods=list(methods)) for p in (bare, bare + "/")]
+
+
+def routes(openapi_body: bytes) -> list[BaseRoute]:
+    async def openapi_doc(request: Request) -> Response:
+        return Response(openapi_body, media_type="application/json")
+
+    v1 = "/api/v1"
+    return [
+        *_both("/healthz", health.healthz, ["GET"]),
+        *_both("/readyz", health.readyz, ["GET"]),
+        *_both(OPENAPI_PATH, openapi_doc, ["GET"]),
+        *_both(f"{v1}/snapshots/", snapshots.list_all, ["GET"]),
+        *_both(f"{v1}/snapshots/", snapshots.create, ["POST"]),
+        *_both(f"{v1}/snapshots/{{snapshot_id}}/", snapshots.get_one, ["GET"]),
+        *_both(f"{v1}/snapshots/{{snapshot_id}}/", snapshots.delete, ["DELETE"]),
+        *_both(f"{v1}/snapshots/{{snapshot_id}}/restore/", snapshots.restore, ["POST"]),
+        *_both(f"{v1}/operations/", operations.list_all, ["GET"]),
+        *_both(f"{v1}/operations/{{operation_id}}/", operations.get_one, ["GET"]),
+        *_both(f"{v1}/servers/", servers.list_all, ["GET"]),
+        *_both(f"{v1}/servers/", servers.create, ["POST"]),
+        *_both(f"{v1}/servers/{{server_id}}/", servers.get_one, ["GET"]),
+        *_both(f"{v1}/servers/{{server_id}}/", servers.delete, ["DELETE"]),
+        *_both(f"{v1}/tokens/", tokens.create, ["POST"]),
+        *_both(f"{v1}/tokens/{{token_id}}/", tokens.revoke, ["DELETE"]),
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own 404/405 (unknown route, wrong method) in the SPEC's error shape.
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    err: ApiError
+    if status == 404:
+        err = NotFound("No such route.")
+    elif status == 405:
+        err = MethodNotAllowed()
+    else:
+        err = InternalError()
+    headers = dict(err.headers)
+    if isinstance(exc, HTTPException) and exc.headers and "Allow" in exc.headers:
+        headers["Allow"] = exc.headers["Allow"]
+    return Response(err.body(), err.status, headers=headers, media_type="application/json")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    if settings is None:
+        settings, _ = Settings.from_env().with_admin_token()
+    store = AsyncStore.from_settings(settings)
+    cache = TokenCache()
+    svc = Services(settings=settings, store=store, broker=make_broker(settings), tokens=cache)
+    openapi_body = msgspec.json.encode(openapi.build())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await store.close()
+
+    app = Starlette(
+        routes=routes(openapi_body),
+        middleware=[
+            Middleware(RequestContext),
+            Middleware(
+                BearerAuth,
+                store=store,
+                admin_token=settings.admin_token,
+                cache=cache,
+                public=frozenset({OPENAPI_PATH, OPENAPI_PATH + "/"}),
+            ),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False
+    app.state.services = svc
+    return app

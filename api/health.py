@@ -1,0 +1,46 @@
+"""Service endpoints without a token: liveness and readiness."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.services import services
+from api.views import JSON
+from shared.schemas import Health, Readiness
+from shared.settings import Settings
+
+_OK = Health(status="ok")
+
+
+async def healthz(request: Request) -> Response:
+    return JSON(_OK)
+
+
+def storage_writable(settings: Settings) -> bool:
+    """Whether a file can really be created in the storage directory (not just mode bits)."""
+    try:
+        path = settings.storage_path
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".readyz-", dir=path)
+        os.close(fd)
+        os.unlink(name)
+        return True
+    except OSError:
+        return False
+
+
+async def readyz(request: Request) -> Response:
+    svc = services(request)
+    try:
+        redis_ok = await svc.store.ping()
+    except Exception:
+        redis_ok = False
+    storage_ok = await anyio.to_thread.run_sync(storage_writable, svc.settings)
+    ready = redis_ok and storage_ok
+    body = Readiness(status="ok" if ready else "unavailable", redis=redis_ok, storage=storage_ok)
+    return JSON(body, 200 if ready else 503)

@@ -1,0 +1,120 @@
+"""Reading what callers send: JSON bodies (capped, typed) and path/query parameters.
+
+Everything that can be wrong answers 400/413/415 before any state is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, TypeVar
+
+import msgspec
+from starlette.requests import Request
+
+from api.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+MAX_BODY: Final = 64 * 1024
+MAX_ID: Final = 2**53 - 1
+
+T = TypeVar("T")
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"^Object missing required field `(?P<f>[^`]+)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<f>[^`]+)`$")
+_NAMED = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")
+
+
+def _join(path: str, field: str) -> str:
+    return f"{path}.{field}" if path else field
+
+
+def field_message(err: msgspec.ValidationError) -> str:
+    """msgspec's message, rephrased to start with the field it is about."""
+    m = _AT.match(str(err))
+    msg = m["msg"] if m else str(err)
+    path = (m["path"] or "").lstrip(".") if m else ""
+    if missing := _MISSING.match(msg):
+        return f"{_join(path, missing['f'])}: this field is required"
+    if unknown := _UNKNOWN.match(msg):
+        return f"{_join(path, unknown['f'])}: unknown field"
+    if _NAMED.match(msg):
+        return msg
+    return f"{path or 'body'}: {msg}"
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refusing (and no longer reading) anything over 64 KiB."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise InvalidRequest("Content-Length: not a number")
+        if int(length) > MAX_BODY:
+            raise PayloadTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json"
+
+
+async def decode_body(request: Request, cls: type[T], optional: bool = False) -> T:
+    """The body decoded as ``cls``; an absent body is ``cls()`` when ``optional``."""
+    body = await read_body(request)
+    if not body.strip():
+        if optional:
+            return msgspec.json.decode(b"{}", type=cls)
+        raise InvalidRequest("body: a JSON object is required")
+    if not _is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType()
+    try:
+        return msgspec.json.decode(body, type=cls)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(field_message(exc)) from None
+    except msgspec.DecodeError:
+        raise InvalidRequest("body: not valid JSON") from None
+
+
+def positive_id(raw: str, name: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16:
+        raise InvalidRequest(f"{name}: must be a positive integer")
+    value = int(raw)
+    if not 1 <= value <= MAX_ID:
+        raise InvalidRequest(f"{name}: must be a positive integer")
+    return value
+
+
+def path_id(request: Request, name: str) -> int:
+    return positive_id(request.path_params[name], name)
+
+
+def query_id(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    return None if raw is None or raw == "" else positive_id(raw, name)
+
+
+def query_limit(request: Request, default: int = 50, maximum: int = 200) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidRequest(f"limit: must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+def query_choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in choices:
+        raise InvalidRequest(f"{name}: must be one of {', '.join(choices)}")
+    return raw

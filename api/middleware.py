@@ -1,0 +1,88 @@
+"""Pure ASGI middleware: request ids on every response, and errors as the SPEC's JSON.
+
+It sits outside auth and the router, so whatever goes wrong below (an ApiError, Redis
+down, a bug) still answers the one error shape with an ``X-Request-Id``, never a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import redis.exceptions
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError, InternalError, ServiceUnavailable
+
+log = logging.getLogger("api")
+
+_SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_REDIS_DOWN = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    OSError,
+)
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, _REDIS_DOWN):
+        log.warning("redis unavailable: %s", exc)
+        return ServiceUnavailable()
+    log.exception("unhandled error", exc_info=exc)
+    return InternalError()
+
+
+async def send_error(send: Send, err: ApiError) -> None:
+    body = err.body()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    headers.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                # Honour a caller's id so logs correlate across hops, but only a sane one:
+                # it is echoed into our headers and logs.
+                if _SANE_ID.match(value):
+                    request_id = value
+                break
+        if not request_id:
+            request_id = os.urandom(12).hex().encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        header = (b"x-request-id", request_id)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            err = to_api_error(exc)
+            if started:
+                # Too late for an error body; the client sees a cut response.
+                log.error("error after response start (request %s): %r", request_id, exc)
+                return
+            await send_error(send_with_id, err)

@@ -1,0 +1,33 @@
+"""What the handlers share: settings, the state store, the broker and the token cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+
+from api.auth import TokenCache
+from shared.async_store import AsyncStore
+from shared.broker import enqueue_operation
+from shared.settings import Settings
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    store: AsyncStore
+    broker: Any  # dramatiq RedisBroker (untyped)
+    tokens: TokenCache
+
+    async def enqueue(self, op_type: str, operation_id: int) -> None:
+        # Dramatiq's broker is synchronous; a worker thread keeps the event loop free.
+        # It runs after the state transition, so a crash in between leaves a queued
+        # operation for the reaper, never a message without state.
+        await anyio.to_thread.run_sync(enqueue_operation, self.broker, op_type, operation_id)
+
+
+def services(request: Request) -> Services:
+    s: Services = request.app.state.services
+    return s

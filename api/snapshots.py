@@ -1,0 +1,133 @@
+"""The snapshot endpoints: the seed's four plus GET one."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.auth import principal, require
+from api.errors import NotFound, from_refusal
+from api.inputs import decode_body, path_id, query_choice, query_id, query_limit
+from api.services import services
+from api.views import JSON, next_link, snapshot_view
+from shared.records import SnapshotRecord
+from shared.schemas import (
+    CREATE_MESSAGE,
+    RESTORE_MESSAGE,
+    ListLinks,
+    ListMeta,
+    RestoreAccepted,
+    RestoreRequest,
+    RestoreServerRef,
+    RestoreSnapshotRef,
+    ServerRef,
+    Snapshot,
+    SnapshotCreate,
+    SnapshotList,
+    rfc3339,
+)
+from shared.scripts import TransitionRefused
+
+STATUSES = ("in_progress", "available", "failed")
+
+
+async def create(request: Request) -> Response:
+    who = require(request, "write")
+    body = await decode_body(request, SnapshotCreate)
+    svc = services(request)
+    try:
+        made = await svc.store.create_snapshot(who.account_filter, body)
+    except TransitionRefused as refused:
+        raise from_refusal(refused.code, refused.message) from None
+    await svc.enqueue("snapshot.create", made.operation_id)
+    view = Snapshot(
+        id=made.snapshot_id,
+        server=ServerRef(id=body.server_id, name=made.server_name),
+        name=body.name,
+        description=body.description,
+        status="in_progress",
+        size_mb=None,
+        progress=0,
+        created_at=rfc3339(made.created_at) or "",
+        completed_at=None,
+        message=CREATE_MESSAGE,
+        error=None,
+        operation_id=made.operation_id,
+    )
+    return JSON(view, 201, headers={"Location": f"/api/v1/snapshots/{made.snapshot_id}/"})
+
+
+async def _visible(request: Request, snapshot_id: int) -> SnapshotRecord:
+    rec = await services(request).store.get_snapshot(snapshot_id)
+    who = principal(request)
+    if rec is None or rec.deleted or (not who.is_admin and rec.account != who.account):
+        # Another account's snapshot answers exactly like one that does not exist.
+        raise NotFound(f"Snapshot {snapshot_id} not found.")
+    return rec
+
+
+async def get_one(request: Request) -> Response:
+    rec = await _visible(request, path_id(request, "snapshot_id"))
+    return JSON(snapshot_view(rec))
+
+
+async def list_all(request: Request) -> Response:
+    who = principal(request)
+    server_id = query_id(request, "server_id")
+    status = query_choice(request, "status", STATUSES)
+    limit = query_limit(request)
+    cursor = query_id(request, "cursor")
+    svc = services(request)
+    if server_id is not None and not who.is_admin:
+        server = await svc.store.get_server(server_id)
+        if server is None or server.account != who.account:
+            empty = SnapshotList(snapshots=[], meta=ListMeta(total=0), links=ListLinks(next=None))
+            return JSON(empty)
+    page = await svc.store.list_snapshots(who.account_filter, server_id, status, cursor, limit)
+    link = next_link(request, page.next_cursor, server_id=server_id, status=status, limit=limit)
+    return JSON(
+        SnapshotList(
+            snapshots=[snapshot_view(r) for r in page.items],
+            meta=ListMeta(total=page.total),
+            links=ListLinks(next=link),
+        )
+    )
+
+
+async def restore(request: Request) -> Response:
+    who = require(request, "write")
+    snapshot_id = path_id(request, "snapshot_id")
+    body = await decode_body(request, RestoreRequest, optional=True)
+    svc = services(request)
+    try:
+        started = await svc.store.start_restore(who.account_filter, snapshot_id, body.start_after)
+    except TransitionRefused as refused:
+        raise from_refusal(refused.code, refused.message) from None
+    await svc.enqueue("snapshot.restore", started.operation_id)
+    return JSON(
+        RestoreAccepted(
+            status="success",
+            message=RESTORE_MESSAGE,
+            snapshot=RestoreSnapshotRef(
+                id=started.snapshot_id,
+                name=started.snapshot_name,
+                created_at=rfc3339(started.snapshot_created_at) or "",
+            ),
+            server=RestoreServerRef(
+                id=started.server_id, name=started.server_name, status="restoring"
+            ),
+            operation_id=started.operation_id,
+        )
+    )
+
+
+async def delete(request: Request) -> Response:
+    who = require(request, "write")
+    snapshot_id = path_id(request, "snapshot_id")
+    svc = services(request)
+    try:
+        op_id = await svc.store.delete_snapshot(who.account_filter, snapshot_id)
+    except TransitionRefused as refused:
+        raise from_refusal(refused.code, refused.message) from None
+    await svc.enqueue("snapshot.delete", op_id)
+    return Response(status_code=204)

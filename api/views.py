@@ -1,0 +1,92 @@
+"""Stored records → response bodies, and the JSON response class that encodes them."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.records import OperationRecord, ServerRecord, SnapshotRecord
+from shared.schemas import (
+    CREATE_MESSAGE,
+    ErrorInfo,
+    Operation,
+    Server,
+    ServerRef,
+    Snapshot,
+    rfc3339,
+)
+
+_encode = msgspec.json.Encoder().encode
+
+SNAPSHOT_MESSAGES = {
+    "in_progress": CREATE_MESSAGE,
+    "available": "Snapshot is available and can be restored.",
+    "failed": "Snapshot creation failed; see error for the reason.",
+}
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _encode(content)
+
+
+def snapshot_view(rec: SnapshotRecord) -> Snapshot:
+    return Snapshot(
+        id=rec.id,
+        server=ServerRef(id=rec.server_id, name=rec.server_name),
+        name=rec.name,
+        description=rec.description,
+        status=rec.status,
+        size_mb=rec.size_mb if rec.status == "available" else None,
+        progress=rec.progress,
+        created_at=rfc3339(rec.created_at) or "",
+        completed_at=rfc3339(rec.completed_at),
+        message=SNAPSHOT_MESSAGES[rec.status],
+        error=ErrorInfo(rec.error.code, rec.error.message) if rec.error else None,
+        operation_id=rec.operation_id,
+    )
+
+
+def operation_view(rec: OperationRecord) -> Operation:
+    return Operation(
+        id=rec.id,
+        type=rec.type,
+        status=rec.status,
+        progress=rec.progress,
+        snapshot_id=rec.snapshot_id,
+        server_id=rec.server_id,
+        created_at=rfc3339(rec.created_at) or "",
+        started_at=rfc3339(rec.started_at),
+        finished_at=rfc3339(rec.finished_at),
+        error=rec.error,
+    )
+
+
+def server_view(rec: ServerRecord, admin: bool) -> Server:
+    view = Server(
+        id=rec.id, name=rec.name, status=rec.status, created_at=rfc3339(rec.created_at) or ""
+    )
+    if admin:
+        view.account = rec.account
+        view.state = rec.state
+        view.power = rec.power
+        view.host = rec.host
+    return view
+
+
+def next_link(request: Request, cursor: int | None, **filters: object) -> str | None:
+    """Absolute URL of the next page, keeping the caller's filters and limit."""
+    if cursor is None:
+        return None
+    query = {k: v for k, v in filters.items() if v is not None}
+    query["cursor"] = cursor
+    base = f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
+    if not base.endswith("/"):
+        base += "/"
+    return f"{base}?{urlencode(query)}"

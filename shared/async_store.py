@@ -1,0 +1,188 @@
+"""The asyncio state store the API uses: same scripts and key layout as ``Store``.
+
+Every read is one round trip (one HGETALL or one list_page script); every write is one
+transition script. Refusals raise ``TransitionRefused`` with the SPEC error code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from shared import keys
+from shared.records import (
+    OperationRecord,
+    R,
+    ServerRecord,
+    SnapshotRecord,
+    TokenRecord,
+    decode_record,
+)
+from shared.schemas import ServerCreate, SnapshotCreate
+from shared.scripts import Page, arg, as_dict, result, script_sources
+from shared.settings import Settings
+
+
+class CreatedSnapshot(msgspec.Struct):
+    snapshot_id: int
+    operation_id: int
+    created_at: int
+    server_name: str
+
+
+class StartedRestore(msgspec.Struct):
+    operation_id: int
+    server_id: int
+    server_name: str
+    snapshot_id: int
+    snapshot_name: str
+    snapshot_created_at: int
+
+
+class CreatedToken(msgspec.Struct):
+    token_id: int
+    created_at: int
+
+
+class AsyncStore:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self._scripts = {
+            name: client.register_script(source) for name, source in script_sources().items()
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AsyncStore:
+        client = aioredis.Redis.from_url(
+            settings.effective_redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=30,
+        )
+        return cls(client, settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _run(self, name: str, *args: Any) -> Any:
+        return await self._scripts[name](args=list(args))
+
+    async def _get(self, key: str, cls: type[R]) -> R | None:
+        fields: dict[str, Any] = await self.redis.hgetall(key)  # type: ignore[assignment]
+        return decode_record(fields, cls)
+
+    async def _page(
+        self, key: str, prefix: str, cursor: int | None, limit: int, cls: type[R]
+    ) -> Page[R]:
+        raw = await self._run("list_page", key, prefix, "" if cursor is None else cursor, limit)
+        items = [r for r in (decode_record(as_dict(h), cls) for h in raw[2:]) if r is not None]
+        more = int(raw[1]) == 1 and items
+        return Page(items=items, total=int(raw[0]), next_cursor=items[-1].id if more else None)
+
+    # ------------------------------------------------------------ reads
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def get_token(self, digest: str) -> TokenRecord | None:
+        return await self._get(keys.token(digest), TokenRecord)
+
+    async def get_server(self, server_id: int) -> ServerRecord | None:
+        return await self._get(keys.server(server_id), ServerRecord)
+
+    async def get_snapshot(self, snapshot_id: int) -> SnapshotRecord | None:
+        return await self._get(keys.snapshot(snapshot_id), SnapshotRecord)
+
+    async def get_operation(self, operation_id: int) -> OperationRecord | None:
+        return await self._get(keys.operation(operation_id), OperationRecord)
+
+    async def list_servers(
+        self, account: str | None, cursor: int | None, limit: int
+    ) -> Page[ServerRecord]:
+        key = f"idx:servers:account:{account}" if account is not None else "idx:servers:all"
+        return await self._page(key, "server:", cursor, limit, ServerRecord)
+
+    async def list_snapshots(
+        self,
+        account: str | None,
+        server_id: int | None,
+        status: str | None,
+        cursor: int | None,
+        limit: int,
+    ) -> Page[SnapshotRecord]:
+        key = keys.index("snapshots", account, server_id, status)
+        return await self._page(key, "snapshot:", cursor, limit, SnapshotRecord)
+
+    async def list_operations(
+        self,
+        account: str | None,
+        server_id: int | None,
+        status: str | None,
+        cursor: int | None,
+        limit: int,
+    ) -> Page[OperationRecord]:
+        key = keys.index("operations", account, server_id, status)
+        return await self._page(key, "operation:", cursor, limit, OperationRecord)
+
+    # ------------------------------------------------------------ transitions
+    # ``account`` None means an admin acting across accounts.
+
+    async def create_snapshot(self, account: str | None, body: SnapshotCreate) -> CreatedSnapshot:
+        answer = result(await self._run("create_snapshot", arg({
+            "server_id": str(body.server_id),
+            "account": account,
+            "name": body.name,
+            "description": body.description,
+            "stop_server": body.stop_server,
+            "max": self.settings.max_per_server,
+        })))
+        return msgspec.convert(answer, CreatedSnapshot)
+
+    async def start_restore(
+        self, account: str | None, snapshot_id: int, start_after: bool | None
+    ) -> StartedRestore:
+        answer = result(await self._run("start_restore", arg({
+            "snapshot_id": str(snapshot_id), "account": account, "start_after": start_after,
+        })))
+        return msgspec.convert(answer, StartedRestore, strict=False)
+
+    async def delete_snapshot(self, account: str | None, snapshot_id: int) -> int:
+        answer = result(await self._run("delete_snapshot", arg({
+            "snapshot_id": str(snapshot_id), "account": account,
+        })))
+        return int(answer["operation_id"])
+
+    async def create_server(self, body: ServerCreate, status: str = "running") -> int:
+        answer = result(await self._run("create_server", arg({
+            "name": body.name,
+            "account": body.account,
+            "state": msgspec.json.encode(body.state).decode(),
+            "power": msgspec.json.encode(body.power).decode(),
+            "host": body.host,
+            "status": status,
+        })))
+        return int(answer["server_id"])
+
+    async def delete_server(self, account: str | None, server_id: int) -> list[int]:
+        """Deletes the server; returns the delete operations queued for its snapshots."""
+        answer = result(await self._run("delete_server", arg({
+            "server_id": str(server_id), "account": account,
+        })))
+        ops = answer.get("delete_operation_ids") or []
+        # cjson encodes an empty Lua table as {}, not [].
+        return [int(o) for o in ops] if isinstance(ops, list) else []
+
+    async def create_token(self, digest: str, account: str, scope: str) -> CreatedToken:
+        answer = result(await self._run("create_token", arg({
+            "sha": digest, "account": account, "scope": scope,
+        })))
+        return msgspec.convert(answer, CreatedToken)
+
+    async def revoke_token(self, token_id: int) -> str:
+        """Revokes; returns the digest so caches can drop it. Raises if unknown."""
+        answer = result(await self._run("revoke_token", str(token_id)))
+        return str(answer["sha"])
