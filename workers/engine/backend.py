@@ -84,19 +84,23 @@ class LocalBackend:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            try:
-                if exclusive:
-                    try:
-                        os.link(tmp, final)  # link() never replaces: first writer wins
-                    except FileExistsError:
-                        return False
-                    finally:
+            for attempt in range(2):
+                try:
+                    if exclusive:
+                        try:
+                            os.link(tmp, final)  # link() never replaces: first writer wins
+                        except FileExistsError:
+                            os.unlink(tmp)
+                            return False
                         os.unlink(tmp)
-                else:
-                    os.rename(tmp, final)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                return self.put(key, data, durable=durable, exclusive=exclusive)
+                    else:
+                        os.rename(tmp, final)
+                    break
+                except FileNotFoundError:
+                    if attempt:
+                        raise
+                    # first object of a fan-out dir
+                    os.makedirs(os.path.dirname(final), exist_ok=True)
             if durable:
                 dfd = os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY)
                 try:

@@ -1,0 +1,148 @@
+"""SIGKILLed capture and restore (real subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from workers.engine import Engine
+
+from .conftest import dir_state, make_meta
+from .treecmp import assert_same, describe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(code: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
+
+
+def kill_when(proc: subprocess.Popen[bytes], cond: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, "subprocess ended before it could be killed"
+        assert time.monotonic() < deadline, "condition never met"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+def count_objects(repo: Path) -> set[str]:
+    data = repo / "data"
+    if not data.exists():
+        return set()
+    return {f"data/{d}/{f}" for d in os.listdir(data) for f in os.listdir(data / d)}
+
+
+SLOW_STORE = """
+import time
+from workers.engine.repository import Repository
+_orig = Repository.store_chunk
+def _slow(self, data):
+    time.sleep(0.01)
+    return _orig(self, data)
+Repository.store_chunk = _slow
+"""
+
+
+def test_capture_killed_then_rerun_stores_nothing_twice(tmp_path: Path, repo_url: str) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02}").write_bytes(os.urandom(300_000))
+    (src / "big").write_bytes(os.urandom(6 << 20))
+    repo = tmp_path / "repo"
+    proc = spawn(SLOW_STORE + f"""
+from workers.engine import Engine
+from tests.engine.conftest import make_meta, dir_state
+Engine({repo_url!r}).capture(make_meta(1), dir_state({str(src)!r}))
+""")
+    kill_when(proc, lambda: len(count_objects(repo)) >= 15)
+    before = count_objects(repo)
+    engine = Engine(repo_url)
+    assert engine.get_snapshot(1) is None  # never committed: invisible
+    res = engine.capture(make_meta(1), dir_state(src))
+    written = [k for k in engine.backend.put_keys if k.startswith("data/")]
+    assert written and not set(written) & before  # no chunk was written twice
+    assert len(written) == len(set(written))
+    assert count_objects(repo) == before | set(written)
+    assert res.stored_bytes > 0 and engine.verify(1).ok
+    # the rerun ends with the same snapshot as an uninterrupted capture
+    engine.capture(make_meta(2), dir_state(src))
+    assert engine.repo.get_manifest(1)[1] == engine.repo.get_manifest(2)[1]
+    dst = tmp_path / "out"
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
+
+
+SLOW_READ = """
+import time
+from workers.engine.repository import Repository
+_orig = Repository.read_chunk
+def _slow(self, cid):
+    time.sleep(0.02)
+    return _orig(self, cid)
+Repository.read_chunk = _slow
+"""
+
+
+def _restore_setup(tmp_path: Path, engine: Engine) -> tuple[Path, Path]:
+    src = tmp_path / "snap-src"
+    src.mkdir()
+    (src / "sub").mkdir()
+    for i in range(30):
+        (src / "sub" / f"f{i:02}").write_bytes(os.urandom(100_000))
+    engine.capture(make_meta(1), dir_state(src))
+    cur = tmp_path / "srv"
+    cur.mkdir()
+    (cur / "sub").mkdir()
+    for i in range(30):
+        (cur / "sub" / f"f{i:02}").write_bytes(b"old state %d" % i)
+    (cur / "only-old").write_text("old")
+    return src, cur
+
+
+def test_restore_killed_midway_leaves_old_tree(tmp_path: Path, repo_url: str,
+                                               engine: Engine) -> None:
+    src, cur = _restore_setup(tmp_path, engine)
+    old = describe(cur)
+    staging = tmp_path / ".srv.restore-1"
+    proc = spawn(SLOW_READ + f"""
+from workers.engine import Engine
+from tests.engine.conftest import dir_state
+Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
+""")
+    kill_when(proc, lambda: staging.exists() and len(list(staging.rglob("*"))) > 5)
+    assert describe(cur) == old  # exactly the old tree
+    assert staging.exists()
+    engine.recover(dir_state(cur))
+    assert sorted(os.listdir(tmp_path)) == ["repo", "snap-src", "srv"]
+    assert describe(cur) == old
+    engine.restore(1, dir_state(cur))
+    assert_same(src, cur)
+
+
+def test_restore_killed_after_swap_leaves_new_tree(tmp_path: Path, repo_url: str,
+                                                   engine: Engine) -> None:
+    src, cur = _restore_setup(tmp_path, engine)
+    proc = spawn(f"""
+import os, signal
+from workers.engine import Engine, restorer
+from tests.engine.conftest import dir_state
+def _die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+restorer.shutil.rmtree = _die
+Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
+""")
+    assert proc.wait() == -signal.SIGKILL
+    assert_same(src, cur)  # swapped: the new tree is in place
+    assert (tmp_path / ".srv.restore-1" / "only-old").exists()  # old tree awaits removal
+    engine.recover(dir_state(cur))
+    assert sorted(os.listdir(tmp_path)) == ["repo", "snap-src", "srv"]
+    assert_same(src, cur)

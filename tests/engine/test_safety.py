@@ -1,0 +1,274 @@
+"""Symlink attacks, corruption, concurrent reclaim, delete, live changes, storage full."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workers.engine import Cancelled, Engine, SnapshotCorrupt, StorageFull, archiver
+from workers.engine.repository import Repository, chunk_key
+
+from .conftest import dir_state, make_meta
+from .treecmp import assert_same, describe
+
+
+def _outside(tmp_path: Path) -> Path:
+    out = tmp_path / "outside"
+    out.mkdir()
+    (out / "secret").write_bytes(os.urandom(1 << 20))
+    (out / "f1").write_bytes(b"same content as the snapshot file")
+    os.chmod(out, 0o700)
+    os.utime(out, ns=(1, 1_000_000_000))
+    return out
+
+
+def test_capture_stores_symlinks_and_never_reads_their_targets(engine: Engine,
+                                                               tmp_path: Path) -> None:
+    out = _outside(tmp_path)
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "own").write_bytes(b"12345")
+    os.symlink(out / "secret", src / "to-secret")
+    os.symlink(out, src / "to-dir")
+    before = describe(out)
+    engine.capture(make_meta(1), dir_state(src))
+    assert engine.last_bytes_read == 5  # the 1 MiB target was never read
+    assert describe(out) == before
+    dst = tmp_path / "dst"
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
+    assert os.readlink(dst / "to-dir") == str(out)
+
+
+def test_restore_with_tenant_symlinks_in_current_tree(engine: Engine, tmp_path: Path) -> None:
+    out = _outside(tmp_path)
+    src = tmp_path / "srv"
+    (src / "data").mkdir(parents=True)
+    (src / "data" / "f1").write_bytes(b"same content as the snapshot file")
+    (src / "data" / "secret").write_bytes(b"tenant's own")
+    (src / "file").write_bytes(b"same content as the snapshot file")
+    engine.capture(make_meta(1), dir_state(src))
+    ref = describe(src)
+    # make outside look exactly like the snapshot to tempt reuse, then plant symlinks
+    for p in (out / "f1",):
+        st = os.stat(src / "data" / "f1")
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(out, ns=(1, 1_000_000_000))
+    outside_before = describe(out)
+    outside_stat = os.stat(out)
+    (src / "data" / "f1").unlink()
+    (src / "data" / "secret").unlink()
+    (src / "data").rmdir()
+    os.symlink(out, src / "data")  # directory replaced by a symlink to outside
+    (src / "file").unlink()
+    os.symlink(out / "f1", src / "file")  # file replaced by a symlink to outside
+    r = engine.restore(1, dir_state(src))
+    assert r.files_reused == 0
+    assert describe(src) == ref
+    assert describe(out) == outside_before
+    st = os.stat(out)
+    assert (st.st_mode, st.st_uid, st.st_mtime_ns) == (
+        outside_stat.st_mode, outside_stat.st_uid, outside_stat.st_mtime_ns)
+    assert os.stat(src / "data" / "f1").st_ino != os.stat(out / "f1").st_ino
+
+
+def test_restore_of_stored_symlink_pointing_outside(engine: Engine, tmp_path: Path) -> None:
+    out = _outside(tmp_path)
+    src = tmp_path / "srv"
+    src.mkdir()
+    os.symlink(out, src / "escape")
+    os.symlink(out / "secret", src / "escape-file")
+    os.lchown(src / "escape", 4321, 4321)
+    os.setxattr(src / "escape", "trusted.x", b"on the link", follow_symlinks=False)
+    os.utime(src / "escape", ns=(5, 5), follow_symlinks=False)
+    engine.capture(make_meta(1), dir_state(src))
+    before = describe(out)
+    st0 = os.stat(out)
+    dst = tmp_path / "dst"
+    engine.restore(1, dir_state(dst))
+    engine.restore(1, dir_state(dst))  # and over an existing tree
+    assert_same(src, dst)
+    assert describe(out) == before
+    st = os.stat(out)
+    assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (
+        st0.st_mode, st0.st_uid, st0.st_gid, st0.st_mtime_ns)
+    assert "trusted.x" not in os.listxattr(out)
+
+
+def test_corruption_is_detected_and_restore_refuses(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(50_000))
+    (src / "b").write_bytes(b"compressible " * 10_000)
+    engine.capture(make_meta(7), dir_state(src))
+    (src / "a").write_bytes(b"current state")
+    (src / "b").write_bytes(b"current state too")
+    current = describe(src)
+    _h, body = engine.repo.get_manifest(7)
+    for target in ("a", "b"):
+        entry = next(e for e in body.entries if e.path == target.encode())  # type: ignore[union-attr]
+        cid = entry.chunks[0][0]
+        obj = Path(engine.backend.root) / chunk_key(cid)
+        raw = bytearray(obj.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        obj.write_bytes(bytes(raw))
+        report = engine.verify(7)
+        assert not report.ok
+        assert any("snapshot 7" in e and cid.hex() in e for e in report.errors)
+        with pytest.raises(SnapshotCorrupt) as exc:
+            engine.restore(7, dir_state(src))
+        assert "snapshot 7" in str(exc.value) and cid.hex() in str(exc.value)
+        assert describe(src) == current  # the current state was not touched
+        assert sorted(os.listdir(tmp_path)) == ["repo", "srv"]
+        raw[len(raw) // 2] ^= 0x01
+        obj.write_bytes(bytes(raw))
+    assert engine.verify(7).ok
+
+
+def test_capture_and_reclaim_at_once(monkeypatch: pytest.MonkeyPatch, engine: Engine,
+                                     repo_url: str, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02}").write_bytes(os.urandom(200_000))
+    engine.capture(make_meta(1), dir_state(src))
+    engine.delete(1)  # every chunk is now unreferenced...
+    (src / "new").write_bytes(os.urandom(200_000))
+    orig = Repository.store_chunk
+
+    def slow(self: Repository, data: bytes | memoryview) -> tuple[bytes, int]:
+        time.sleep(0.01)
+        return orig(self, data)
+
+    monkeypatch.setattr(Repository, "store_chunk", slow)
+    inside = threading.Event()
+    orig_load = Repository.load_known
+
+    def load(self: Repository) -> None:
+        orig_load(self)
+        inside.set()  # the capture now holds its lock and knows the (orphaned) chunks
+
+    monkeypatch.setattr(Repository, "load_known", load)
+    other = Engine(repo_url)  # ...but a concurrent capture is about to reference them
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            other.capture(make_meta(2), dir_state(src))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert inside.wait(10)
+    assert engine.reclaim().skipped_locked
+    stats = engine.reclaim(wait=True)  # blocks until the capture committed
+    t.join()
+    assert not errors
+    assert stats.objects_removed == 0 and not stats.skipped_locked
+    # the capture found the 30 orphaned chunks stored and stored only 'new'
+    assert len([k for k in other.backend.put_keys if k.startswith("data/")]) == 1
+    assert engine.verify(2).ok
+    dst = tmp_path / "dst"
+    engine.restore(2, dir_state(dst))
+    assert_same(src, dst)
+
+
+def test_delete_and_reclaim(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "shared").write_bytes(os.urandom(100_000))
+    (src / "only1").write_bytes(os.urandom(70_000))
+    engine.capture(make_meta(1), dir_state(src))
+    (src / "only1").unlink()
+    (src / "only2").write_bytes(os.urandom(60_000))
+    engine.capture(make_meta(2), dir_state(src))
+    (Path(engine.backend.root) / "tmp" / "leftover").write_bytes(b"killed writer")
+    assert engine.reclaim().objects_removed == 0
+    engine.delete(1)
+    engine.delete(1)  # idempotent
+    assert engine.get_snapshot(1) is None
+    assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [2]
+    stats = engine.reclaim()
+    assert stats.objects_removed == 1 and 70_000 <= stats.bytes_removed <= 70_100
+    assert os.listdir(Path(engine.backend.root) / "tmp") == []
+    assert engine.verify(2).ok
+    dst = tmp_path / "dst"
+    engine.restore(2, dir_state(dst))
+    assert_same(src, dst)
+    engine.delete(2)
+    assert engine.reclaim().objects_removed == 2
+
+
+@pytest.mark.parametrize("changes", [1, 100])
+def test_file_changing_while_read(monkeypatch: pytest.MonkeyPatch, engine: Engine,
+                                  tmp_path: Path, changes: int) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    live = src / "live.log"
+    live.write_bytes(b"start\n")
+    (src / "calm").write_bytes(b"calm")
+    ino = os.stat(live).st_ino
+    orig = archiver.iter_chunks
+    done = [0]
+
+    def changing(fd: int, size: int, *a: object) -> Iterator[tuple[bytes | memoryview, int]]:
+        yield from orig(fd, size, *a)  # type: ignore[arg-type]
+        if os.fstat(fd).st_ino == ino and done[0] < changes:
+            done[0] += 1
+            with open(live, "ab") as f:
+                f.write(b"line %d\n" % done[0])
+
+    monkeypatch.setattr(archiver, "iter_chunks", changing)
+    res = engine.capture(make_meta(1), dir_state(src))
+    dst = tmp_path / "dst"
+    engine.restore(1, dir_state(dst))
+    if changes == 1:  # read again, consistent, no warning
+        assert res.warnings == []
+        assert (dst / "live.log").read_bytes() == live.read_bytes()
+    else:
+        assert len(res.warnings) == 1 and "live.log" in res.warnings[0]
+        assert done[0] == 4  # first read + 3 retries
+    assert (dst / "calm").read_bytes() == b"calm"
+
+
+def test_storage_full(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        engine = Engine(f"file://{small}/repo")
+        src = tmp_path / "srv"
+        src.mkdir()
+        for i in range(8):
+            (src / f"f{i}").write_bytes(os.urandom(1 << 20))
+        with pytest.raises(StorageFull):
+            engine.capture(make_meta(1), dir_state(src))
+        assert engine.get_snapshot(1) is None
+        assert not (small / "repo" / "snapshots").exists() or not os.listdir(
+            small / "repo" / "snapshots")
+        assert os.listdir(small / "repo" / "tmp") == []
+        engine.reclaim()  # frees the partial capture's chunks: the service can retry
+        (src / "f0").unlink()
+        for i in range(1, 8):
+            (src / f"f{i}").write_bytes(os.urandom(100_000))
+        assert engine.capture(make_meta(1), dir_state(src)).files == 7
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_cancelled_capture_commits_nothing(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(1000))
+    with pytest.raises(Cancelled):
+        engine.capture(make_meta(1), dir_state(src), should_stop=lambda: True)
+    assert engine.get_snapshot(1) is None
