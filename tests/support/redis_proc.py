@@ -51,6 +51,7 @@ class RedisProcess:
             prefix="redis-test-"
         )
         self.directory = Path(directory if directory is not None else self._tmp.name)  # type: ignore[union-attr]
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -1,0 +1,112 @@
+"""Listings: newest first, filters, cursor pagination with total, trailing slashes."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.testclient import TestClient
+
+from shared.store import Store
+from tests.support.api import ApiHelper
+
+
+def make_snapshots(api: ApiHelper, store: Store, server_id: int, n: int) -> list[int]:
+    headers = api.headers("acme")
+    ids = []
+    for i in range(n):
+        snap = api.snapshot(headers, server_id, name=f"s{i}")
+        store.begin_operation(snap["operation_id"])
+        if i % 2:
+            store.fail_operation(snap["operation_id"], "x", "y")  # failed do not count
+        else:
+            store.complete_create(snap["operation_id"], 1.0, [])
+        ids.append(snap["id"])
+    return ids
+
+
+def test_pagination_with_cursor_and_total(
+    client: TestClient, api: ApiHelper, store: Store
+) -> None:
+    server = api.server("acme")
+    ids = make_snapshots(api, store, server["id"], 9)
+    headers = api.headers("acme", "read")
+    seen: list[int] = []
+    url: str | None = "/api/v1/snapshots/?limit=4"
+    pages = 0
+    while url:
+        r = client.get(url, headers=headers)
+        assert r.status_code == 200
+        body = r.json()
+        assert body["meta"]["total"] == 9
+        seen += [s["id"] for s in body["snapshots"]]
+        url = body["links"]["next"]
+        if url:
+            parts = urlsplit(url)
+            assert parts.scheme in ("http", "https") and "limit=4" in parts.query
+            url = f"{parts.path}?{parts.query}"
+        pages += 1
+    assert pages == 3
+    assert seen == sorted(ids, reverse=True)
+
+
+def test_filters(client: TestClient, api: ApiHelper, store: Store) -> None:
+    one = api.server("acme")
+    two = api.server("acme")
+    make_snapshots(api, store, one["id"], 3)
+    make_snapshots(api, store, two["id"], 2)
+    h = api.headers("acme")
+    by_server = client.get(f"/api/v1/snapshots/?server_id={two['id']}", headers=h).json()
+    assert by_server["meta"]["total"] == 2
+    assert {s["server"]["id"] for s in by_server["snapshots"]} == {two["id"]}
+    failed = client.get("/api/v1/snapshots/?status=failed", headers=h).json()
+    assert failed["meta"]["total"] == 2
+    assert {s["status"] for s in failed["snapshots"]} == {"failed"}
+    both = client.get(
+        f"/api/v1/snapshots/?server_id={one['id']}&status=available&limit=1", headers=h
+    ).json()
+    assert both["meta"]["total"] == 2 and len(both["snapshots"]) == 1
+    nxt = both["links"]["next"]
+    assert nxt and f"server_id={one['id']}" in nxt and "status=available" in nxt
+    ops = client.get(f"/api/v1/operations/?server_id={one['id']}&status=failed", headers=h).json()
+    assert ops["meta"]["total"] == 1 and ops["operations"][0]["status"] == "failed"
+    ops = client.get("/api/v1/operations/", headers=h).json()
+    assert ops["meta"]["total"] == 5
+    assert [o["id"] for o in ops["operations"]] == sorted(
+        (o["id"] for o in ops["operations"]), reverse=True
+    )
+    assert ops["links"]["next"] is None
+
+
+def test_empty_list_envelope(client: TestClient, api: ApiHelper) -> None:
+    r = client.get("/api/v1/snapshots/", headers=api.headers("nobody"))
+    assert r.json() == {"snapshots": [], "meta": {"total": 0}, "links": {"next": None}}
+
+
+def test_paths_with_and_without_trailing_slash(
+    client: TestClient, api: ApiHelper, store: Store
+) -> None:
+    server = api.server("acme")
+    h = api.headers("acme")
+    for path in ["/api/v1/snapshots", "/api/v1/operations", "/api/v1/servers",
+                 f"/api/v1/servers/{server['id']}", "/healthz", "/readyz",
+                 "/api/v1/openapi.json"]:
+        a = client.get(path, headers=h, follow_redirects=False)
+        b = client.get(path + "/", headers=h, follow_redirects=False)
+        assert a.status_code == b.status_code == 200, path
+        assert a.content == b.content, path
+    created = client.post(
+        "/api/v1/snapshots", json={"server_id": server["id"], "name": "x"}, headers=h,
+        follow_redirects=False,
+    )
+    assert created.status_code == 201
+    sid = created.json()["id"]
+    store.begin_operation(created.json()["operation_id"])
+    store.complete_create(created.json()["operation_id"], 1.0, [])
+    assert client.get(f"/api/v1/snapshots/{sid}", headers=h).status_code == 200
+    r = client.post(f"/api/v1/snapshots/{sid}/restore", headers=h, follow_redirects=False)
+    assert r.status_code == 200
+    op = r.json()["operation_id"]
+    assert client.get(f"/api/v1/operations/{op}", headers=h).status_code == 200
+    store.begin_operation(op)
+    store.complete_restore(op, "running")
+    assert client.delete(f"/api/v1/snapshots/{sid}", headers=h).status_code == 204

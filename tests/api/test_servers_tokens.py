@@ -1,0 +1,89 @@
+"""Servers (admin create/delete, everyone reads their own) and tokens."""
+
+from __future__ import annotations
+
+import re
+
+import redis
+from starlette.testclient import TestClient
+
+from shared.store import Store
+from tests.support.api import ApiHelper
+
+TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def test_create_server_answers_admin_view(client: TestClient, api: ApiHelper) -> None:
+    body = {
+        "name": "web-server-01",
+        "account": "acme",
+        "state": {"kind": "directory", "path": "/srv/web-server-01"},
+        "power": {"kind": "command", "stop": "systemctl stop x", "start": "systemctl start x",
+                  "status": "systemctl is-active x"},
+        "host": "default",
+    }
+    r = client.post("/api/v1/servers/", json=body, headers=api.admin)
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert TIME.match(got.pop("created_at"))
+    sid = got.pop("id")
+    assert got == {"name": "web-server-01", "status": "running", **{
+        k: body[k] for k in ("account", "state", "power", "host")}}
+    assert r.headers["location"] == f"/api/v1/servers/{sid}/"
+    mine = client.get(f"/api/v1/servers/{sid}/", headers=api.headers("acme", "read")).json()
+    assert set(mine) == {"id", "name", "status", "created_at"}
+
+
+def test_power_kinds_and_default_host(client: TestClient, api: ApiHelper) -> None:
+    for power in [{"kind": "none"}, {"kind": "systemd", "unit": "game@1.service"}]:
+        body = {"name": "s", "account": "acme", "state": {"kind": "image", "path": "/dev/vdb"},
+                "power": power}
+        r = client.post("/api/v1/servers/", json=body, headers=api.admin)
+        assert r.status_code == 201, r.text
+        assert r.json()["power"] == power and r.json()["host"] == "default"
+
+
+def test_delete_server(
+    client: TestClient, api: ApiHelper, store: Store, redis_client: redis.Redis
+) -> None:
+    server = api.server("acme")
+    h = api.headers("acme")
+    snap = api.snapshot(h, server["id"])
+    path = f"/api/v1/servers/{server['id']}/"
+    # Refused while its snapshot is being created.
+    r = client.delete(path, headers=api.admin)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "server_invalid_state"
+    store.begin_operation(snap["operation_id"])
+    store.complete_create(snap["operation_id"], 1.0, [])
+    assert client.delete(path, headers=api.admin).status_code == 204
+    assert client.get(path, headers=h).status_code == 404
+    assert client.get(path, headers=api.admin).status_code == 404
+    assert client.get("/api/v1/snapshots/", headers=h).json()["meta"]["total"] == 0
+    ops = client.get("/api/v1/operations/?status=queued", headers=h).json()["operations"]
+    assert [(o["type"], o["snapshot_id"]) for o in ops] == [("snapshot.delete", snap["id"])]
+    msgs = redis_client.hvals("snapshots-dramatiq:snapshots.msgs")
+    assert sum('"actor_name":"snapshot_delete"' in m for m in msgs) == 1
+    assert client.delete(path, headers=api.admin).status_code == 404
+
+
+def test_delete_server_refused_while_restoring(
+    client: TestClient, api: ApiHelper, store: Store
+) -> None:
+    server = api.server("acme")
+    h = api.headers("acme")
+    snap = api.snapshot(h, server["id"])
+    store.begin_operation(snap["operation_id"])
+    store.complete_create(snap["operation_id"], 1.0, [])
+    assert client.post(f"/api/v1/snapshots/{snap['id']}/restore/", headers=h).status_code == 200
+    r = client.delete(f"/api/v1/servers/{server['id']}/", headers=api.admin)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "server_invalid_state"
+
+
+def test_token_scopes_roundtrip(client: TestClient, api: ApiHelper) -> None:
+    for scope in ("read", "write", "admin"):
+        r = client.post("/api/v1/tokens/", json={"account": "acme", "scope": scope},
+                        headers=api.admin)
+        assert r.status_code == 201
+        assert r.headers["location"] == f"/api/v1/tokens/{r.json()['id']}/"
+        assert TIME.match(r.json()["created_at"])
+    assert client.delete("/api/v1/tokens/999/", headers=api.admin).status_code == 404

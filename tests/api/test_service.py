@@ -1,0 +1,129 @@
+"""healthz, readyz, OpenAPI, and behaviour while Redis is down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from api.app import create_app
+from shared.schemas import Snapshot, SnapshotCreate
+from tests.conftest import make_settings
+from tests.support.api import ApiHelper, bearer
+from tests.support.redis_proc import RedisProcess
+
+
+def test_healthz(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.headers["x-request-id"]
+
+
+def test_readyz_ok(client: TestClient) -> None:
+    r = client.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "ok"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_readyz_storage_not_writable(redis_server: RedisProcess, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    settings = make_settings(redis_server.url_for_db(1), tmp_path / "data",
+                             storage_url=f"file://{locked}/repo")
+    locked.chmod(0o500)
+    try:
+        with TestClient(create_app(settings)) as c:
+            r = c.get("/readyz")
+            assert r.status_code == 503 and r.json()["storage"] is False
+    finally:
+        locked.chmod(0o700)
+
+
+def test_readyz_storage_is_a_file(redis_server: RedisProcess, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    settings = make_settings(redis_server.url_for_db(1), tmp_path / "data",
+                             storage_url=f"file://{blocker}/repo")
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json() == {
+            "status": "unavailable", "redis": True, "storage": False}
+
+
+def test_openapi_document(client: TestClient) -> None:
+    r = client.get("/api/v1/openapi.json")
+    assert r.status_code == 200
+    doc: dict[str, Any] = r.json()
+    assert doc["openapi"].startswith("3.1")
+    schemas = doc["components"]["schemas"]
+    for name in ["SnapshotCreate", "Snapshot", "SnapshotList", "RestoreRequest",
+                 "RestoreAccepted", "Operation", "Server", "ServerCreate", "TokenCreate",
+                 "Token", "ErrorEnvelope"]:
+        assert name in schemas, name
+    assert set(schemas["SnapshotCreate"]["required"]) == {"server_id", "name"}
+    assert schemas["SnapshotCreate"]["properties"]["name"]["maxLength"] == 255
+    assert set(schemas["Snapshot"]["properties"]) == set(Snapshot.__struct_fields__)
+    assert set(SnapshotCreate.__struct_fields__) == set(schemas["SnapshotCreate"]["properties"])
+    for path in ["/api/v1/snapshots/", "/api/v1/snapshots/{snapshot_id}/",
+                 "/api/v1/snapshots/{snapshot_id}/restore/", "/api/v1/operations/",
+                 "/api/v1/operations/{operation_id}/", "/api/v1/servers/",
+                 "/api/v1/servers/{server_id}/", "/api/v1/tokens/",
+                 "/api/v1/tokens/{token_id}/", "/healthz", "/readyz"]:
+        assert path in doc["paths"], path
+
+    # Every $ref resolves inside the document.
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "$ref":
+                    yield v
+                else:
+                    yield from refs(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from refs(v)
+
+    for ref in refs(doc):
+        assert ref.startswith("#/components/schemas/")
+        assert ref.rsplit("/", 1)[1] in schemas, ref
+
+
+def test_redis_down_answers_503_and_recovers(tmp_path: Path) -> None:
+    own = RedisProcess(tmp_path / "redis").start()
+    try:
+        settings = make_settings(own.url, tmp_path / "data")
+        with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+            api = ApiHelper(c, settings.admin_token or "", tmp_path / "servers")
+            headers = api.headers("acme")
+            server = api.server("acme")
+            assert c.get("/api/v1/snapshots/", headers=headers).status_code == 200
+            own.kill()
+            for method, path, body in [
+                ("GET", "/api/v1/snapshots/", None),
+                ("POST", "/api/v1/snapshots/", {"server_id": server["id"], "name": "x"}),
+                ("GET", "/api/v1/servers/", bearer(settings.admin_token or "")),
+            ]:
+                r = c.request(method, path, json=body, headers=headers)
+                assert r.status_code == 503, (method, path, r.text)
+                assert r.json()["error"]["code"] == "service_unavailable"
+                assert r.headers["x-request-id"]
+            # An unknown (uncached) token needs Redis too: 503, not 401 or 500.
+            r = c.get("/api/v1/snapshots/", headers=bearer("snp_never-seen-before-token"))
+            assert r.status_code == 503
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["redis"] is False
+            assert c.get("/healthz").status_code == 200
+            own.start()
+            assert c.get("/readyz").status_code == 200
+            r = c.get("/api/v1/snapshots/", headers=headers)
+            assert r.status_code == 200, r.text
+            r = c.post("/api/v1/snapshots/", json={"server_id": server["id"], "name": "x"},
+                       headers=headers)
+            assert r.status_code == 201, r.text
+    finally:
+        own.close()
