@@ -219,7 +219,7 @@ def touch_one_file(states: list[State], seq: int) -> None:
     (rootfs.path / "etc" / "bench-incremental").write_text(f"run {seq} at {time.time()}\n")
     with image.path.open("r+b") as f:
         f.seek(image.path.stat().st_size // 3)
-        f.write(random.Random(seq).randbytes(MiB))
+        f.write(random.Random(time.time_ns()).randbytes(MiB))
 
 
 def change_one_percent_of_tree(root: Path, seed: int) -> int:
