@@ -24,8 +24,8 @@ class Unchanged:
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
 
-    def snapshot(self) -> tuple[int, int, int]:
-        return (self.r.dbsize(), self.r.xlen("events"), self.r.get("seq:snapshot") or 0)
+    def snapshot(self) -> tuple[object, ...]:
+        return (self.r.dbsize(), self.r.xlen("events"), self.r.get("seq:snapshot"))
 
     def __enter__(self) -> Unchanged:
         self.before = self.snapshot()

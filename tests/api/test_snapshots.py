@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import redis
 from starlette.testclient import TestClient
@@ -288,6 +289,7 @@ def test_progress_is_monotonic_and_visible(
     assert got["progress"] == 40
     op = client.get(f"/api/v1/operations/{op_id}/", headers=headers).json()
     assert op["progress"] == 40 and op["status"] == "running" and TIME.match(op["started_at"])
-    types = [e[1]["type"] for e in redis_client.xrange("events")]
+    events: Any = redis_client.xrange("events")
+    types = [fields["type"] for _, fields in events]
     assert types.count("snapshot.progress") == 1
     assert "snapshot.created" in types

@@ -1,0 +1,113 @@
+"""shared/: settings from the environment, the queue message, the Store with a bytes client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dramatiq
+import msgspec
+import pytest
+import redis
+
+from shared.broker import HEARTBEAT_TIMEOUT_MS, make_broker, operation_message
+from shared.messages import OperationMessage
+from shared.schemas import ServerCreate, ServerState
+from shared.settings import Settings, SettingsError
+from shared.store import Store
+
+
+def test_settings_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({})
+    assert s.port == 8000 and s.redis_url is None and s.admin_token is None
+    assert s.data_dir == tmp_path / "data" and s.data_dir.is_absolute()
+    assert s.storage_url == f"file://{tmp_path / 'data' / 'repository'}"
+    assert s.max_per_server == 5 and s.worker_processes == 1 and s.worker_threads == 2
+    assert s.effective_redis_url == f"unix://{tmp_path / 'data' / 'redis.sock'}"
+
+
+def test_settings_from_env(tmp_path: Path) -> None:
+    s = Settings.from_env({
+        "PORT": "9000", "REDIS_URL": "redis://h:1/2", "SNAPSHOTS_DATA_DIR": str(tmp_path),
+        "SNAPSHOTS_STORAGE_URL": "file:///srv/repo", "SNAPSHOTS_ADMIN_TOKEN": "t0ken-admin",
+        "SNAPSHOTS_MAX_PER_SERVER": "7", "WORKER_PROCESSES": "3", "WORKER_THREADS": "4",
+        "SNAPSHOTS_OPERATION_DEADLINE": "60",
+    })
+    assert (s.port, s.redis_url, s.admin_token, s.max_per_server) == (
+        9000, "redis://h:1/2", "t0ken-admin", 7)
+    assert s.storage_path == Path("/srv/repo")
+    assert (s.worker_processes, s.worker_threads, s.operation_deadline) == (3, 4, 60.0)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PORT", "http"), ("SNAPSHOTS_MAX_PER_SERVER", "0"), ("WORKER_THREADS", "-1"),
+    ("REDIS_URL", "localhost:6379"), ("SNAPSHOTS_STORAGE_URL", "s3://bucket"),
+    ("SNAPSHOTS_OPERATION_DEADLINE", "soon"),
+])
+def test_bad_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_admin_token_generated_once_and_persisted(tmp_path: Path) -> None:
+    s = Settings.from_env({"SNAPSHOTS_DATA_DIR": str(tmp_path)})
+    first, generated = s.with_admin_token()
+    assert generated and first.admin_token and first.admin_token.startswith("snp_")
+    assert (tmp_path / "admin_token").stat().st_mode & 0o777 == 0o600
+    again, generated = s.with_admin_token()
+    assert not generated and again.admin_token == first.admin_token
+
+
+def test_operation_message_matches_the_actor_contract(settings: Settings) -> None:
+    msg = operation_message("snapshot.restore", 42)
+    assert msg.actor_name == "snapshot_restore" and msg.queue_name == "snapshots"
+    assert msg.kwargs == {"operation_id": 42} and msg.args == ()
+    decoded = dramatiq.Message.decode(msg.encode())
+    assert msgspec.convert(decoded.kwargs, OperationMessage).operation_id == 42
+    with pytest.raises(ValueError):
+        operation_message("snapshot.explode", 1)
+    broker = make_broker(settings)
+    assert broker.heartbeat_timeout == HEARTBEAT_TIMEOUT_MS
+    assert "snapshots" in broker.get_declared_queues()
+
+
+def test_store_works_with_a_bytes_client(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.effective_redis_url)  # no decode_responses
+    store = Store(client, settings)
+    sid = store.create_server(
+        ServerCreate(name="s", account="acme", state=ServerState(kind="image", path="/d"))
+    )
+    snap, op = store.create_snapshot(sid, "n", description="é")
+    rec = store.begin_operation(op)
+    assert rec is not None and rec.status == "running" and rec.attempts == 1
+    assert store.begin_operation(op) is not None  # redelivery: still running, attempts 2
+    assert store.get_operation(op).attempts == 2  # type: ignore[union-attr]
+    assert not store.is_cancelled(op)
+    store.report_progress(op, 30)
+    assert store.get_snapshot(snap).progress == 30  # type: ignore[union-attr]
+    assert store.complete_create(op, 2.0, ["xattr skipped"])
+    assert not store.complete_create(op, 2.0, [])  # second time: already done
+    assert store.begin_operation(op) is None
+    page = store.list_snapshots(account="acme")
+    assert page.total == 1 and page.items[0].description == "é"
+    assert store.get_server(sid).active_op is None  # type: ignore[union-attr]
+    assert store.ping()
+    client.close()
+
+
+def test_fail_operation_with_truthful_server_status(settings: Settings, store: Store) -> None:
+    sid = store.create_server(
+        ServerCreate(name="s", account="acme", state=ServerState(kind="image", path="/d"))
+    )
+    snap, op = store.create_snapshot(sid, "n")
+    store.begin_operation(op)
+    store.complete_create(op, 1.0, [])
+    rop = store.start_restore(snap, start_after=False)
+    store.begin_operation(rop)
+    store.report_progress(rop, 50)
+    assert store.fail_operation(rop, "start_failed", "could not start", server_status="stopped")
+    assert store.get_server(sid).status == "stopped"  # type: ignore[union-attr]
+    assert not store.fail_operation(rop, "again", "no")  # terminal
+    assert store.get_snapshot(snap).in_use_by is None  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        store.set_server_power(sid, "restoring")
