@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,9 @@ class Procs:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         self.procs.clear()
+
+    def pid(self, name: str) -> int:
+        return next(p.pid for n, p in self.procs if n == name)
 
     def check_alive(self) -> None:
         for name, p in self.procs:
@@ -188,11 +192,23 @@ def seed(base: str, tmp: Path) -> Seeded:
 
 
 @dataclass
+class Target:
+    name: str
+    url: str
+    token: str | None
+    pids: list[int]  # server processes whose CPU time this target costs
+    redis_pid: int | None = None
+
+
+@dataclass
 class WrkResult:
     name: str
     rps: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
+    requests: int = 0
+    cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
     bad: str = ""
     error: str | None = None
 
@@ -208,41 +224,85 @@ def parse_wrk(name: str, out: str) -> WrkResult:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    if not (rps and p50 and p99):
+    count = re.search(r"(\d+) requests in", out)
+    if not (rps and p50 and p99 and count):
         return WrkResult(name, error=f"cannot parse wrk output: {out[-300:]}")
     bad = []
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         bad.append(f"{m[1]} non-2xx")
     if m := re.search(r"Socket errors: (.*)", out):
         bad.append(f"socket errors: {m[1].strip()}")
-    return WrkResult(name, float(rps[1]), _ms(p50[1]), _ms(p99[1]), "; ".join(bad))
+    return WrkResult(
+        name, float(rps[1]), _ms(p50[1]), _ms(p99[1]), int(count[1]), bad="; ".join(bad)
+    )
 
 
-def run_wrk(name: str, url: str, token: str | None, args: argparse.Namespace) -> WrkResult:
-    head = ["-H", f"Authorization: Bearer {token}"] if token else []
+def cpu_seconds(sessions: list[int]) -> float:
+    """User + system CPU time of every process in the given sessions."""
+    ticks = 0
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) in sessions:  # field 6 (session), counted after the comm
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(t: Target, args: argparse.Namespace, show: bool) -> WrkResult:
+    head = ["-H", f"Authorization: Bearer {t.token}"] if t.token else []
     common = ["wrk", f"-t{args.threads}", f"-c{args.connections}", *head]
-    subprocess.run([*common, "-d2s", url], capture_output=True)  # warm-up, not measured
-    argv = [*common, f"-d{args.duration}s", "--latency", url]
+    subprocess.run([*common, "-d2s", t.url], capture_output=True)  # warm-up, not measured
+    argv = [*common, f"-d{args.duration}s", "--latency", t.url]
+    redis = [t.redis_pid] if t.redis_pid else []
+    cpu0, rcpu0 = cpu_seconds(t.pids), cpu_seconds(redis)
     p = subprocess.run(argv, capture_output=True, text=True)
+    cpu, rcpu = cpu_seconds(t.pids) - cpu0, cpu_seconds(redis) - rcpu0
     if p.returncode != 0:
-        return WrkResult(name, error=f"wrk exit {p.returncode}: {p.stderr.strip()[-300:]}")
-    shown = " ".join(argv)
-    print(f"  {name}: {shown.replace(token, '$TOKEN') if token else shown}")
-    return parse_wrk(name, p.stdout)
+        return WrkResult(t.name, error=f"wrk exit {p.returncode}: {p.stderr.strip()[-300:]}")
+    if show:
+        shown = " ".join(argv)
+        print(f"  {t.name}: {shown.replace(t.token, '$TOKEN') if t.token else shown}")
+    res = parse_wrk(t.name, p.stdout)
+    res.cpu_s, res.redis_cpu_s = cpu + rcpu, rcpu
+    return res
+
+
+def combine(name: str, runs: list[WrkResult]) -> WrkResult:
+    """Median of the rounds; CPU per request over all of them."""
+    ok = [r for r in runs if r.error is None]
+    if not ok:
+        return runs[0]
+    out = WrkResult(
+        name,
+        rps=statistics.median(r.rps or 0.0 for r in ok),
+        p50_ms=statistics.median(r.p50_ms or 0.0 for r in ok),
+        p99_ms=statistics.median(r.p99_ms or 0.0 for r in ok),
+        requests=sum(r.requests for r in ok),
+        cpu_s=sum(r.cpu_s for r in ok),
+        redis_cpu_s=sum(r.redis_cpu_s for r in ok),
+        bad="; ".join(r.bad for r in ok if r.bad),
+    )
+    return out
 
 
 # --------------------------------------------------------------------------- report
 
 
-def print_table(results: list[WrkResult], bare: WrkResult) -> None:
-    rows = []
-    for r in results:
-        if r.error:
-            rows.append([r.name, "ERR", "", "", "", r.error[:60]])
-            continue
-        ratio = f"{r.rps / bare.rps:.2f}" if r.rps and bare.rps else "n/a"
-        rows.append([r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratio, r.bad])
-    cols = ["endpoint", "req/s", "p50 ms", "p99 ms", "x bare", "errors"]
+def _row(r: WrkResult, bare: WrkResult) -> list[str]:
+    if r.error or r.rps is None:
+        return [r.name, "ERR", "", "", "", "", (r.error or "")[:60]]
+    ratio = f"{r.rps / bare.rps:.2f}" if bare.rps else "n/a"
+    cpu = f"{1e6 * r.cpu_s / r.requests:.0f}" if r.requests else "n/a"
+    if r.redis_cpu_s and r.requests:
+        cpu += f" ({1e6 * r.redis_cpu_s / r.requests:.0f} redis)"
+    return [r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratio, cpu, r.bad]
+
+
+def print_table(results: list[WrkResult], bare: WrkResult, rounds: int) -> None:
+    rows = [_row(r, bare) for r in results]
+    cols = ["endpoint", "req/s", "p50 ms", "p99 ms", "x bare", "server CPU us/req", "errors"]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -251,12 +311,15 @@ def print_table(results: list[WrkResult], bare: WrkResult) -> None:
         for row in rows:
             print(" | ".join(row))
         return
-    table = Table(title="API throughput vs a bare Starlette app (wrk)")
+    table = Table(
+        title=f"API vs a bare Starlette app (wrk; median of {rounds} interleaved rounds)",
+        caption="server CPU = uvicorn (+ redis-server for our API) user+sys time / requests",
+    )
     for i, c in enumerate(cols):
-        table.add_column(c, justify="left" if i in (0, 5) else "right")
+        table.add_column(c, justify="left" if i in (0, 6) else "right")
     for row in rows:
         table.add_row(*row)
-    Console(width=140).print(table)
+    Console(width=150).print(table)
 
 
 def header(args: argparse.Namespace) -> None:
@@ -274,7 +337,8 @@ def header(args: argparse.Namespace) -> None:
     print(f"machine : nproc={os.cpu_count()}, CPU {cpu}, {platform.platform()}")
     print(
         f"load    : {version[0] if version else 'wrk'}; -t{args.threads} -c{args.connections}"
-        f" -d{args.duration}s (+2 s warm-up) on loopback; client and servers share the CPUs"
+        f" -d{args.duration}s (+2 s warm-up) x {args.rounds} interleaved rounds on loopback;"
+        " client and servers share the CPUs"
     )
     print(
         f"servers : uvicorn {' '.join(UVICORN_OPTS)} (httptools/uvloop when installed), "
@@ -347,6 +411,19 @@ def start_bare(procs: Procs, tmp: Path, body: bytes, env: dict[str, str]) -> str
     return base
 
 
+def measure(targets: list[Target], args: argparse.Namespace, procs: Procs) -> list[WrkResult]:
+    """Rounds of one wrk run per target, interleaved so background noise hits all alike."""
+    runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+    for i in range(args.rounds):
+        for t in targets:
+            res = run_wrk(t, args, show=i == 0)
+            runs[t.name].append(res)
+            procs.check_alive()
+        done = ", ".join(f"{n} {r[-1].rps or 0:,.0f}" for n, r in runs.items())
+        print(f"  round {i + 1}/{args.rounds} req/s: {done}", flush=True)
+    return [combine(name, rs) for name, rs in runs.items()]
+
+
 def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     header(args)
     base, env = start_all(procs, tmp)
@@ -356,20 +433,19 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
         f" GET one body {len(seeded.body)} bytes; bare app answers the same bytes"
     )
     bare_base = start_bare(procs, tmp, seeded.body, env)
-    one = f"{base}/api/v1/snapshots/{seeded.snapshot_id}/"
-    results = [
-        run_wrk("GET /api/v1/snapshots/{id}/", one, seeded.token, args),
-        run_wrk(
-            f"GET /api/v1/snapshots/ ({seeded.snapshots})",
-            f"{base}/api/v1/snapshots/",
-            seeded.token,
-            args,
-        ),
-        run_wrk("bare Starlette, same body", f"{bare_base}/api/v1/snapshots/1/", None, args),
-    ]
-    procs.check_alive()
+    api_pids, rpid = [procs.pid("api")], procs.pid("redis-server")
+    targets = [
+        Target("GET /api/v1/snapshots/{id}/", f"{base}/api/v1/snapshots/{seeded.snapshot_id}/",
+               seeded.token, api_pids, rpid),
+        Target(f"GET /api/v1/snapshots/ ({seeded.snapshots} items)", f"{base}/api/v1/snapshots/",
+               seeded.token, api_pids, rpid),
+        Target("bare Starlette, same body", f"{bare_base}/api/v1/snapshots/1/", None,
+               [procs.pid("bare")]),
+    ]  # fmt: skip
+    print(f"before  : 1-minute load average before the run: {os.getloadavg()[0]:.2f}")
+    results = measure(targets, args, procs)
     print()
-    print_table(results, results[2])
+    print_table(results, results[2], args.rounds)
     one_r, bare = results[0], results[2]
     if one_r.rps and bare.rps:
         ratio = one_r.rps / bare.rps
@@ -388,6 +464,7 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, _on_signal)
     procs = Procs()
