@@ -189,7 +189,9 @@ def test_delete_and_reclaim(engine: Engine, tmp_path: Path) -> None:
     (src / "only1").unlink()
     (src / "only2").write_bytes(os.urandom(60_000))
     engine.capture(make_meta(2), dir_state(src))
-    (Path(engine.backend.root) / "tmp" / "leftover").write_bytes(b"killed writer")
+    leftover = Path(engine.backend.root) / "data" / "ab" / ".tmp-leftover"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"killed writer")
     assert engine.reclaim().objects_removed == 0
     engine.delete(1)
     engine.delete(1)  # idempotent
@@ -197,7 +199,7 @@ def test_delete_and_reclaim(engine: Engine, tmp_path: Path) -> None:
     assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [2]
     stats = engine.reclaim()
     assert stats.objects_removed == 1 and 70_000 <= stats.bytes_removed <= 70_100
-    assert os.listdir(Path(engine.backend.root) / "tmp") == []
+    assert not list(Path(engine.backend.root).rglob(".tmp-*"))
     assert engine.verify(2).ok
     dst = tmp_path / "dst"
     engine.restore(2, dir_state(dst))
@@ -255,7 +257,7 @@ def test_storage_full(tmp_path: Path) -> None:
         assert engine.get_snapshot(1) is None
         assert not (small / "repo" / "snapshots").exists() or not os.listdir(
             small / "repo" / "snapshots")
-        assert os.listdir(small / "repo" / "tmp") == []
+        assert not [p for p in (small / "repo").rglob(".tmp-*")]
         engine.reclaim()  # frees the partial capture's chunks: the service can retry
         (src / "f0").unlink()
         for i in range(1, 8):

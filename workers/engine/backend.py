@@ -20,6 +20,7 @@ from . import fsutil
 from .model import EngineError, StorageFull
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+TMP_PREFIX = ".tmp-"  # temp files of writers; never listed as objects
 
 
 class Backend(Protocol):
@@ -49,7 +50,7 @@ class LocalBackend:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.tmp = os.path.join(root, "tmp")
+        self.tmp = os.path.join(root, "tmp")  # only for the writable() probe
         self.puts = 0  # number of objects written: tests count it to prove no re-writes
         self.put_keys: list[str] = []
         self._lock = threading.Lock()
@@ -75,32 +76,30 @@ class LocalBackend:
 
     def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
         final = self._path(key)
-        tmp = os.path.join(self.tmp, secrets.token_hex(8))
+        # The temp file lives in the destination directory: a same-directory rename does not
+        # take the filesystem-wide rename mutex that cross-directory renames serialize on.
+        tmp = os.path.join(os.path.dirname(final), TMP_PREFIX + secrets.token_hex(8))
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:  # first object of a fan-out directory
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 fsutil.write_full(fd, data, 0)
                 if durable:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            for attempt in range(2):
+            if exclusive:
                 try:
-                    if exclusive:
-                        try:
-                            os.link(tmp, final)  # link() never replaces: first writer wins
-                        except FileExistsError:
-                            os.unlink(tmp)
-                            return False
-                        os.unlink(tmp)
-                    else:
-                        os.rename(tmp, final)
-                    break
-                except FileNotFoundError:
-                    if attempt:
-                        raise
-                    # first object of a fan-out dir
-                    os.makedirs(os.path.dirname(final), exist_ok=True)
+                    os.link(tmp, final)  # link() never replaces: first writer wins
+                except FileExistsError:
+                    os.unlink(tmp)
+                    return False
+                os.unlink(tmp)
+            else:
+                os.rename(tmp, final)
             if durable:
                 dfd = os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY)
                 try:
@@ -132,15 +131,23 @@ class LocalBackend:
             return None
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        base = self._path(prefix.rstrip("/"))
-        for dirpath, _dirs, files in os.walk(base):
-            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
-            for f in files:
+        yield from self._list(prefix.rstrip("/"), tmp=False)
+
+    def _list(self, prefix: str, *, tmp: bool) -> Iterator[tuple[str, int]]:
+        try:
+            it = os.scandir(self._path(prefix))
+        except FileNotFoundError:
+            return
+        with it:
+            for e in it:
+                key = f"{prefix}/{e.name}"
                 try:
-                    size = os.stat(os.path.join(dirpath, f)).st_size
+                    if e.is_dir(follow_symlinks=False):
+                        yield from self._list(key, tmp=tmp)
+                    elif e.name.startswith(TMP_PREFIX) == tmp:
+                        yield key, e.stat(follow_symlinks=False).st_size
                 except FileNotFoundError:
                     continue
-                yield f"{rel}/{f}", size
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -151,13 +158,13 @@ class LocalBackend:
 
     def clean_tmp(self) -> None:
         """Remove temp files of killed writers; only call while no writer can be running."""
-        for name in os.listdir(self.tmp):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.tmp, name))
+        for prefix in ("data", "snapshots", "tmp"):
+            for key, _size in self._list(prefix, tmp=True):
+                self.delete(key)
 
     def writable(self) -> bool:
         try:
-            probe = os.path.join(self.tmp, "probe-" + secrets.token_hex(4))
+            probe = os.path.join(self.tmp, TMP_PREFIX + secrets.token_hex(4))
             with open(probe, "wb") as f:
                 f.write(b"x")
             os.unlink(probe)

@@ -63,9 +63,8 @@ class Repository:
 
     # --- chunks -----------------------------------------------------------------------
     def chunk_id(self, data: bytes | memoryview) -> bytes:
-        # max_threads lets blake3 use both cores on big buffers; it releases the GIL.
-        h = blake3.blake3(data, key=self.key, max_threads=1 if len(data) < (1 << 20) else 2)
-        return h.digest()
+        # Single-threaded on purpose: capture already runs one hashing thread per core.
+        return blake3.blake3(data, key=self.key).digest()
 
     def _zc(self) -> zstandard.ZstdCompressor:
         c: zstandard.ZstdCompressor | None = getattr(self._local, "zc", None)
