@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.e2e.flow import add_server, restore, snapshot, wait_operation
 from tests.e2e.service import Service, wait_until
-from tests.engine.treecmp import assert_trees_equal
+from tests.engine.treecmp import assert_same
 
 
 def _make_tree(root: Path) -> None:
@@ -25,7 +25,7 @@ def _make_tree(root: Path) -> None:
 
 
 def _objects(repo: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(repo / "objects"))
+    return sum(len(files) for _, _, files in os.walk(repo / "data"))
 
 
 def test_create_restore_delete_round_trip(service: Service, states: Path, tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_create_restore_delete_round_trip(service: Service, states: Path, tmp_pa
     op = wait_operation(client, body["operation_id"])
     assert op["status"] == "succeeded", op
     assert op["progress"] == 100
-    assert_trees_equal(reference, state)
+    assert_same(reference, state)
     assert client.get(f"/servers/{server['id']}/").json()["status"] == "running"
 
     resp = client.delete(f"/snapshots/{snap['id']}/")
