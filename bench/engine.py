@@ -82,6 +82,32 @@ def du_bytes(path: Path, apparent: bool) -> int:
     return int(out.split()[0]) if out else 0
 
 
+SETTLE_MARK = DATA / ".last-cleanup"
+EXT4_RECENT_S = 35  # ext4 without a journal skips inodes freed in the last 30 s on create
+
+
+def fs_info(path: Path) -> str:
+    out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True).stdout
+    dev, fstype = out.splitlines()[-1].split()[:2] if out else ("?", "?")
+    opts = Path("/proc/fs/ext4", Path(dev).name, "options")
+    if fstype == "ext4" and opts.is_file() and "data=" not in opts.read_text():
+        return f"{fstype} without a journal ({dev})"
+    return f"{fstype} ({dev})"
+
+
+def settle() -> None:
+    """Wait until our last mass deletion is older than ext4's 'recently deleted' window:
+    on ext4 without a journal, creating files just after deleting thousands is several
+    times slower (inode allocation skips recently freed inodes), which would bias the run."""
+    try:
+        age = time.time() - SETTLE_MARK.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age < EXT4_RECENT_S:
+        print(f"waiting {EXT4_RECENT_S - age:.0f} s for the previous run's deletions to settle")
+        time.sleep(EXT4_RECENT_S - age)
+
+
 def rmtree(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -804,16 +830,12 @@ def header(args: argparse.Namespace, cold: bool, desc: str) -> None:
         ),
         platform.processor(),
     )
-    fs = subprocess.run(["df", "-T", str(DATA)], capture_output=True, text=True).stdout
-    fstype = fs.splitlines()[-1].split()[1] if fs else "?"
     versions = [
         sh(cmd).out.splitlines()[:1]
         for cmd in (["restic", "version"], ["borg", "--version"], ["zstd", "--version"])
     ]
     print("command :", " ".join([".venv/bin/python", "bench/engine.py", *sys.argv[1:]]))
-    print(
-        f"machine : nproc={os.cpu_count()}, CPU {cpu}, {platform.platform()}, fs {fstype} ({DATA})"
-    )
+    print(f"machine : nproc={os.cpu_count()}, CPU {cpu}, {platform.platform()}, fs {fs_info(DATA)}")
     tools = "; ".join(v[0] for v in versions if v)
     print(f"tools   : {tools}; python {platform.python_version()}")
     print("dataset :", desc)
@@ -844,11 +866,15 @@ def main() -> int:
     if run.engine_error:
         print(f"engine not available: {run.engine_error}")
     try:
+        settle()
+        print(f"load    : 1-minute load average before the run {os.getloadavg()[0]:.2f}")
         execute(run, where)
+        print(f"load    : 1-minute load average after the run {os.getloadavg()[0]:.2f}")
         print_report(run, f"snapshot engine vs others ({'quick' if args.quick else 'full'})")
     finally:
         if not args.keep:
             rmtree(where)
+            SETTLE_MARK.touch()
     return 0
 
 
