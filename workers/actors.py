@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from functools import cache
+from typing import Any
 
 import dramatiq
 import msgspec
@@ -32,7 +33,7 @@ TIME_LIMIT_MS = 24 * 3600 * 1000
 # Attempts count every delivery, SIGKILLed ones included; Dramatiq's retries only count
 # raised exceptions, so both stop at the same number.
 MAX_ATTEMPTS = 5
-_OPTIONS = {
+_OPTIONS: dict[str, Any] = {
     "queue_name": "snapshots",
     "time_limit": TIME_LIMIT_MS,
     "max_retries": MAX_ATTEMPTS - 1,
@@ -58,19 +59,19 @@ def _operation_id(**kwargs: object) -> int | None:
         return None
 
 
-@dramatiq.actor(actor_name="snapshot_create", **_OPTIONS)  # type: ignore[untyped-decorator]
+@dramatiq.actor(actor_name="snapshot_create", **_OPTIONS)
 def snapshot_create(**kwargs: object) -> None:
     if (op_id := _operation_id(**kwargs)) is not None:
         jobs().run(op_id)
 
 
-@dramatiq.actor(actor_name="snapshot_restore", **_OPTIONS)  # type: ignore[untyped-decorator]
+@dramatiq.actor(actor_name="snapshot_restore", **_OPTIONS)
 def snapshot_restore(**kwargs: object) -> None:
     if (op_id := _operation_id(**kwargs)) is not None:
         jobs().run(op_id)
 
 
-@dramatiq.actor(actor_name="snapshot_delete", **_OPTIONS)  # type: ignore[untyped-decorator]
+@dramatiq.actor(actor_name="snapshot_delete", **_OPTIONS)
 def snapshot_delete(**kwargs: object) -> None:
     if (op_id := _operation_id(**kwargs)) is not None:
         jobs().run(op_id)

@@ -51,8 +51,11 @@ class Jobs:
             "snapshot.restore": self._restore,
             "snapshot.delete": self._delete,
         }[op.type]
+        if op.snapshot_id is None:
+            self.store.fail_operation(op.id, "internal_error", "The operation names no snapshot.")
+            return
         try:
-            handler(op)
+            handler(op, op.snapshot_id)
         except Exception as exc:
             # Transient failures are retried by Dramatiq; the last attempt records why it died
             # so that nothing stays `running` forever.
@@ -64,8 +67,8 @@ class Jobs:
 
     # -- create -------------------------------------------------------------------------
 
-    def _create(self, op: OperationRecord) -> None:
-        snap = self.store.get_snapshot(op.snapshot_id)
+    def _create(self, op: OperationRecord, snapshot_id: int) -> None:
+        snap = self.store.get_snapshot(snapshot_id)
         server = self.store.get_server(op.server_id)
         if snap is None or server is None or snap.deleted or snap.status != "in_progress":
             return
@@ -121,7 +124,7 @@ class Jobs:
 
     # -- restore ------------------------------------------------------------------------
 
-    def _restore(self, op: OperationRecord) -> None:
+    def _restore(self, op: OperationRecord, snapshot_id: int) -> None:
         server = self.store.get_server(op.server_id)
         if server is None:
             self.store.fail_operation(op.id, "not_found", "The server no longer exists.")
@@ -135,7 +138,7 @@ class Jobs:
                 driver.stop()
             self.engine.recover(state)
             self.engine.restore(
-                op.snapshot_id,
+                snapshot_id,
                 state,
                 progress=ProgressReporter(lambda p: self.store.report_progress(op.id, p)),
             )
@@ -170,8 +173,8 @@ class Jobs:
 
     # -- delete -------------------------------------------------------------------------
 
-    def _delete(self, op: OperationRecord) -> None:
-        self.engine.delete(op.snapshot_id)
+    def _delete(self, op: OperationRecord, snapshot_id: int) -> None:
+        self.engine.delete(snapshot_id)
         stats = self.engine.reclaim()
         if stats.skipped_locked:
             log.info("reclaim deferred: a capture or restore holds the repository")
