@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 import threading
@@ -29,6 +30,25 @@ class Backend(Protocol):
         the object itself durable before returning (commit points). exclusive=True never
         replaces an existing object and returns False if the key existed."""
         ...
+
+    def _put_tmpfile(self, final: str, data: bytes) -> None:
+        """Unnamed O_TMPFILE inode, written, then linked into place: one directory operation
+        per object, and a writer killed mid-way leaves nothing behind to clean up."""
+        d = os.path.dirname(final)
+        flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+        try:
+            fd = os.open(d, flags, 0o644)
+        except FileNotFoundError:  # first object of a fan-out directory
+            os.makedirs(d, exist_ok=True)
+            fd = os.open(d, flags, 0o644)
+        try:
+            fsutil.write_full(fd, data, 0)
+            with contextlib.suppress(FileExistsError):  # same content from a concurrent writer
+                # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
+                # /proc link (plain link() would try to link the symlink itself: EXDEV).
+                os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+        finally:
+            os.close(fd)
 
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
@@ -54,6 +74,8 @@ class LocalBackend:
         self.puts = 0  # number of objects written: tests count it to prove no re-writes
         self.put_keys: list[str] = []
         self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._tmpfile = hasattr(os, "O_TMPFILE")
         try:
             os.makedirs(self.tmp, exist_ok=True)
         except OSError as e:
@@ -76,9 +98,23 @@ class LocalBackend:
 
     def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
         final = self._path(key)
+        if not durable and not exclusive and self._tmpfile:
+            try:
+                self._put_tmpfile(final, data)
+            except OSError as e:
+                if e.errno in _FULL:
+                    raise StorageFull(f"repository storage is full while writing {key}: {e}") from e
+                if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self._tmpfile = False  # filesystem without O_TMPFILE: temp + rename below
+            else:
+                with self._lock:
+                    self.puts += 1
+                    self.put_keys.append(key)
+                return True
         # The temp file lives in the destination directory: a same-directory rename does not
         # take the filesystem-wide rename mutex that cross-directory renames serialize on.
-        tmp = os.path.join(os.path.dirname(final), TMP_PREFIX + secrets.token_hex(8))
+        tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.getpid()}-{next(self._seq)}")
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -116,6 +152,25 @@ class LocalBackend:
             self.puts += 1
             self.put_keys.append(key)
         return True
+
+    def _put_tmpfile(self, final: str, data: bytes) -> None:
+        """Unnamed O_TMPFILE inode, written, then linked into place: one directory operation
+        per object, and a writer killed mid-way leaves nothing behind to clean up."""
+        d = os.path.dirname(final)
+        flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+        try:
+            fd = os.open(d, flags, 0o644)
+        except FileNotFoundError:  # first object of a fan-out directory
+            os.makedirs(d, exist_ok=True)
+            fd = os.open(d, flags, 0o644)
+        try:
+            fsutil.write_full(fd, data, 0)
+            with contextlib.suppress(FileExistsError):  # same content from a concurrent writer
+                # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
+                # /proc link (plain link() would try to link the symlink itself: EXDEV).
+                os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+        finally:
+            os.close(fd)
 
     def get(self, key: str) -> bytes:
         with open(self._path(key), "rb") as f:
