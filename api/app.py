@@ -27,10 +27,10 @@ OPENAPI_PATH = "/api/v1/openapi.json"
 Handler = Callable[[Request], Any]
 
 
-def _both(path: str, endpoint: Handler, methods: Sequence[str]) -> list[BaseRoute]:
-    """The path with and without its trailing slash, answering the same (no redirect)."""
-    bare = path.rstrip("/")
-    return [Route(p, endpoint, methods=list(methods)) for p in (bare, bare + "/")]
+def _route(path: str, endpoint: Handler, methods: Sequence[str]) -> BaseRoute:
+    # Every route is registered with a trailing slash; RequestContext adds a missing one,
+    # so both spellings answer the same without a redirect or a second route to match.
+    return Route(path.rstrip("/") + "/", endpoint, methods=list(methods))
 
 
 def routes(openapi_body: bytes) -> list[BaseRoute]:
@@ -38,23 +38,24 @@ def routes(openapi_body: bytes) -> list[BaseRoute]:
         return Response(openapi_body, media_type="application/json")
 
     v1 = "/api/v1"
+    # The hottest routes first: the router tries them in order.
     return [
-        *_both("/healthz", health.healthz, ["GET"]),
-        *_both("/readyz", health.readyz, ["GET"]),
-        *_both(OPENAPI_PATH, openapi_doc, ["GET"]),
-        *_both(f"{v1}/snapshots/", snapshots.list_all, ["GET"]),
-        *_both(f"{v1}/snapshots/", snapshots.create, ["POST"]),
-        *_both(f"{v1}/snapshots/{{snapshot_id}}/", snapshots.get_one, ["GET"]),
-        *_both(f"{v1}/snapshots/{{snapshot_id}}/", snapshots.delete, ["DELETE"]),
-        *_both(f"{v1}/snapshots/{{snapshot_id}}/restore/", snapshots.restore, ["POST"]),
-        *_both(f"{v1}/operations/", operations.list_all, ["GET"]),
-        *_both(f"{v1}/operations/{{operation_id}}/", operations.get_one, ["GET"]),
-        *_both(f"{v1}/servers/", servers.list_all, ["GET"]),
-        *_both(f"{v1}/servers/", servers.create, ["POST"]),
-        *_both(f"{v1}/servers/{{server_id}}/", servers.get_one, ["GET"]),
-        *_both(f"{v1}/servers/{{server_id}}/", servers.delete, ["DELETE"]),
-        *_both(f"{v1}/tokens/", tokens.create, ["POST"]),
-        *_both(f"{v1}/tokens/{{token_id}}/", tokens.revoke, ["DELETE"]),
+        _route(f"{v1}/snapshots/{{snapshot_id}}/", snapshots.get_one, ["GET"]),
+        _route(f"{v1}/snapshots/", snapshots.list_all, ["GET"]),
+        _route(f"{v1}/operations/{{operation_id}}/", operations.get_one, ["GET"]),
+        _route(f"{v1}/snapshots/", snapshots.create, ["POST"]),
+        _route(f"{v1}/snapshots/{{snapshot_id}}/", snapshots.delete, ["DELETE"]),
+        _route(f"{v1}/snapshots/{{snapshot_id}}/restore/", snapshots.restore, ["POST"]),
+        _route(f"{v1}/operations/", operations.list_all, ["GET"]),
+        _route(f"{v1}/servers/", servers.list_all, ["GET"]),
+        _route(f"{v1}/servers/", servers.create, ["POST"]),
+        _route(f"{v1}/servers/{{server_id}}/", servers.get_one, ["GET"]),
+        _route(f"{v1}/servers/{{server_id}}/", servers.delete, ["DELETE"]),
+        _route(f"{v1}/tokens/", tokens.create, ["POST"]),
+        _route(f"{v1}/tokens/{{token_id}}/", tokens.revoke, ["DELETE"]),
+        _route("/healthz", health.healthz, ["GET"]),
+        _route("/readyz", health.readyz, ["GET"]),
+        _route(OPENAPI_PATH, openapi_doc, ["GET"]),
     ]
 
 
@@ -96,7 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 store=store,
                 admin_token=settings.admin_token,
                 cache=cache,
-                public=frozenset({OPENAPI_PATH, OPENAPI_PATH + "/"}),
+                public=frozenset({OPENAPI_PATH + "/"}),
             ),
         ],
         exception_handlers={HTTPException: _http_error},

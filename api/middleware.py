@@ -67,6 +67,10 @@ class RequestContext:
         if not request_id:
             request_id = os.urandom(12).hex().encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
+        path: str = scope["path"]
+        if not path.endswith("/"):
+            # SPEC: a path without its trailing slash answers the same; routes all end in "/".
+            scope["path"] = path + "/"
         header = (b"x-request-id", request_id)
         started = False
 

@@ -12,6 +12,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from shared import keys
+from shared.fastread import FastReads
 from shared.records import (
     OperationRecord,
     R,
@@ -50,6 +51,8 @@ class AsyncStore:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
+        # Hot reads (record by id, token lookup) go through one pipelined connection.
+        self.reads = FastReads(settings.effective_redis_url)
         self._scripts = {
             name: client.register_script(source) for name, source in script_sources().items()
         }
@@ -66,14 +69,14 @@ class AsyncStore:
         return cls(client, settings)
 
     async def close(self) -> None:
+        await self.reads.close()
         await self.redis.aclose()
 
     async def _run(self, name: str, *args: Any) -> Any:
         return await self._scripts[name](args=list(args))
 
     async def _get(self, key: str, cls: type[R]) -> R | None:
-        fields: dict[str, Any] = await self.redis.hgetall(key)  # type: ignore[assignment]
-        return decode_record(fields, cls)
+        return decode_record(await self.reads.hgetall(key), cls)
 
     async def _page(
         self, key: str, prefix: str, cursor: int | None, limit: int, cls: type[R]
@@ -86,7 +89,7 @@ class AsyncStore:
     # ------------------------------------------------------------ reads
 
     async def ping(self) -> bool:
-        return bool(await self.redis.ping())
+        return bool(await self.reads.command("PING")) and bool(await self.redis.ping())
 
     async def get_token(self, digest: str) -> TokenRecord | None:
         return await self._get(keys.token(digest), TokenRecord)

@@ -7,6 +7,7 @@ document is generated from them, so the contract and the code cannot drift apart
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -23,11 +24,19 @@ CREATE_MESSAGE = "Snapshot is being created. This may take 3-10 minutes dependin
 RESTORE_MESSAGE = "Server is being restored from snapshot. This may take 5-15 minutes."
 
 
+@lru_cache(maxsize=8192)
+def _format_time(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 def rfc3339(ts: int | None) -> str | None:
-    """Epoch seconds → RFC 3339 UTC with Z, to the second (the SPEC's only time format)."""
+    """Epoch seconds → RFC 3339 UTC with Z, to the second (the SPEC's only time format).
+
+    Cached: strftime is one of the larger costs of a GET, and the same few times repeat.
+    """
     if ts is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return _format_time(ts)
 
 
 def _printable(field: str, value: str, allow_newlines: bool = False) -> None:

@@ -1,0 +1,145 @@
+"""A minimal pipelined Redis connection for the API's hot reads (HGETALL, PING).
+
+Why: on the GET paths the cost of a request is dominated by redis-py's per-command
+machinery (pool checkout, timeouts, parser layers). Here every concurrent request writes
+its command on ONE shared connection and waits on a future; replies are parsed by hiredis
+and matched in order. Concurrent requests thus pipeline for free. Writes and scripts keep
+using redis-py. Any failure drops the connection (failing its waiters with redis-py's
+ConnectionError/TimeoutError, which the API maps to 503) and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any, cast
+
+import hiredis
+import redis.exceptions
+from redis.connection import SSLConnection, parse_url
+
+
+def pack(args: tuple[str | bytes | int, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(encoding="utf-8")
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.outbox: list[bytes] = []
+
+    def send(self, command: bytes) -> None:
+        # Commands issued in the same loop iteration go out in one write: a syscall costs
+        # far more than building the bytes, and concurrent requests batch up naturally.
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outbox.append(command)
+
+    def flush(self) -> None:
+        data = b"".join(self.outbox)
+        self.outbox.clear()
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but quack the same.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if not self.waiters:  # pragma: no cover - a reply nobody asked for
+                self.abort(redis.exceptions.ConnectionError("unexpected reply from Redis"))
+                return
+            fut = self.waiters.popleft()
+            if fut.done():
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                fut.set_exception(redis.exceptions.ResponseError(str(reply)))
+            else:
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail_all(redis.exceptions.ConnectionError(f"Redis connection lost: {exc}"))
+
+    def fail_all(self, err: Exception) -> None:
+        self.closed = True
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+
+    def expire(self) -> None:
+        self.abort(redis.exceptions.TimeoutError("Redis did not answer in time"))
+
+    def abort(self, err: Exception) -> None:
+        self.fail_all(err)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class FastReads:
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        self.timeout = timeout
+        self._proto: _Protocol | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        o = self.options
+        if "path" in o:
+            connect = loop.create_unix_connection(_Protocol, o["path"])
+        else:
+            secure = o.get("connection_class") is SSLConnection
+            tls = ssl.create_default_context() if secure else None
+            connect = loop.create_connection(
+                _Protocol, o.get("host", "localhost"), o.get("port", 6379), ssl=tls
+            )
+        try:
+            _, proto = await asyncio.wait_for(connect, self.timeout)
+        except (TimeoutError, OSError) as exc:
+            raise redis.exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from None
+        self._proto = proto
+        if o.get("password"):
+            auth = (o["username"], o["password"]) if o.get("username") else (o["password"],)
+            await self.command("AUTH", *auth)
+        if o.get("db"):
+            await self.command("SELECT", o["db"])
+        return proto
+
+    async def command(self, *args: str | bytes | int) -> Any:
+        proto = self._proto
+        if proto is None or proto.closed:
+            async with self._lock:
+                proto = self._proto
+                if proto is None or proto.closed:
+                    proto = await self._connect()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        proto.waiters.append(fut)
+        proto.send(pack(args))
+        # A cheap timer instead of wait_for: a reply that never comes poisons the order of
+        # the pipeline, so the whole connection is dropped, not just this command.
+        timer = asyncio.get_running_loop().call_later(self.timeout, proto.expire)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        flat: list[str] = await self.command("HGETALL", key)
+        it = iter(flat)
+        return dict(zip(it, it, strict=True))
+
+    async def close(self) -> None:
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+        self._proto = None
