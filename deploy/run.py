@@ -56,7 +56,13 @@ def start_embedded_redis(settings: Settings) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # A supervisor's SIGTERM stops everything as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     os.environ.setdefault("SNAPSHOTS_DATA_DIR", str(ROOT / "data"))
     settings, _ = Settings.from_env().with_admin_token()
     env = dict(os.environ)
