@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from shared import keys
 from shared.fastread import FastReads
@@ -81,7 +82,12 @@ class AsyncStore:
     async def _page(
         self, key: str, prefix: str, cursor: int | None, limit: int, cls: type[R]
     ) -> Page[R]:
-        raw = await self._run("list_page", key, prefix, "" if cursor is None else cursor, limit)
+        args = (key, prefix, "" if cursor is None else cursor, limit)
+        try:
+            # Listing is a hot read too: EVALSHA over the pipelined connection.
+            raw = await self.reads.command("EVALSHA", self._scripts["list_page"].sha, 0, *args)
+        except redis.exceptions.NoScriptError:
+            raw = await self._run("list_page", *args)  # loads the script, for next time
         items = [r for r in (decode_record(as_dict(h), cls) for h in raw[2:]) if r is not None]
         more = int(raw[1]) == 1 and items
         return Page(items=items, total=int(raw[0]), next_cursor=items[-1].id if more else None)

@@ -63,7 +63,13 @@ class _Protocol(asyncio.Protocol):
             if fut.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                fut.set_exception(redis.exceptions.ResponseError(str(reply)))
+                text = str(reply)
+                cls = (
+                    redis.exceptions.NoScriptError
+                    if text.startswith("NOSCRIPT")
+                    else redis.exceptions.ResponseError
+                )
+                fut.set_exception(cls(text))
             else:
                 fut.set_result(reply)
 

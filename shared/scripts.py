@@ -77,8 +77,10 @@ def as_dict(raw: Any) -> dict[str, Any]:
         if raw and isinstance(next(iter(raw)), bytes):
             return {text(k): text(v) for k, v in raw.items()}
         return raw
+    if raw and isinstance(raw[0], bytes):
+        raw = [text(v) for v in raw]
     it = iter(raw)
-    return {text(k): text(v) for k, v in zip(it, it, strict=True)}
+    return dict(zip(it, it, strict=True))
 
 
 T = TypeVar("T")

@@ -110,3 +110,15 @@ def test_paths_with_and_without_trailing_slash(
     store.begin_operation(op)
     store.complete_restore(op, "running")
     assert client.delete(f"/api/v1/snapshots/{sid}", headers=h).status_code == 204
+
+
+def test_listing_survives_a_script_cache_flush(
+    client: TestClient, api: ApiHelper, store: Store
+) -> None:
+    server = api.server("acme")
+    make_snapshots(api, store, server["id"], 2)
+    h = api.headers("acme")
+    assert client.get("/api/v1/snapshots/", headers=h).json()["meta"]["total"] == 2
+    store.redis.script_flush()  # as after a Redis restart without persistence of scripts
+    assert client.get("/api/v1/snapshots/", headers=h).json()["meta"]["total"] == 2
+    assert client.get("/api/v1/snapshots/", headers=h).json()["meta"]["total"] == 2
