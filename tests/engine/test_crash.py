@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.engine import Engine
+import pytest
+
+from workers.engine import Engine, fsutil
 
 from .conftest import dir_state, make_meta
 from .treecmp import assert_same, describe
@@ -59,7 +62,9 @@ def test_capture_killed_then_rerun_stores_nothing_twice(tmp_path: Path, repo_url
     (src / "big").write_bytes(os.urandom(6 << 20))
     repo = tmp_path / "repo"
     proc = spawn(SLOW_STORE + f"""
-from workers.engine import Engine
+import pytest
+
+from workers.engine import Engine, fsutil
 from tests.engine.conftest import make_meta, dir_state
 Engine({repo_url!r}).capture(make_meta(1), dir_state({str(src)!r}))
 """)
@@ -114,7 +119,9 @@ def test_restore_killed_midway_leaves_old_tree(tmp_path: Path, repo_url: str,
     old = describe(cur)
     staging = tmp_path / ".srv.restore-1"
     proc = spawn(SLOW_READ + f"""
-from workers.engine import Engine
+import pytest
+
+from workers.engine import Engine, fsutil
 from tests.engine.conftest import dir_state
 Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
 """)
@@ -137,7 +144,7 @@ from workers.engine import Engine, restorer
 from tests.engine.conftest import dir_state
 def _die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
-restorer.shutil.rmtree = _die
+restorer.fsutil.remove_tree = _die
 Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
 """)
     assert proc.wait() == -signal.SIGKILL
@@ -146,3 +153,43 @@ Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
     engine.recover(dir_state(cur))
     assert sorted(os.listdir(tmp_path)) == ["repo", "snap-src", "srv"]
     assert_same(src, cur)
+
+
+def test_restore_without_rename_exchange_uses_journal(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path, engine: Engine) -> None:
+    src, cur = _restore_setup(tmp_path, engine)
+
+    def no_renameat2(*a: object) -> None:
+        raise OSError(errno.ENOSYS, "renameat2 not available")
+
+    monkeypatch.setattr(fsutil, "renameat2", no_renameat2)
+    engine.restore(1, dir_state(cur))
+    assert_same(src, cur)
+    assert sorted(os.listdir(tmp_path)) == ["repo", "snap-src", "srv"]
+    # a crash between the two renames: journal present, state path missing -> roll forward
+    os.rename(cur, tmp_path / ".srv.restore-1")
+    (tmp_path / ".srv.restore-journal").write_bytes(b".srv.restore-1")
+    engine.recover(dir_state(cur))
+    assert_same(src, cur)
+    assert sorted(os.listdir(tmp_path)) == ["repo", "snap-src", "srv"]
+
+
+def test_old_tree_removal_never_enters_a_mount(tmp_path: Path, engine: Engine) -> None:
+    src, cur = _restore_setup(tmp_path, engine)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("host data")
+    (cur / "mnt").mkdir()
+    if subprocess.run(["mount", "--bind", str(outside), str(cur / "mnt")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot bind mount here")
+    try:
+        res = engine.capture(make_meta(2), dir_state(cur))  # not captured through the mount
+        assert res.warnings == ["mnt: mount point, contents not captured"]
+        _h, body = engine.repo.get_manifest(2)
+        assert b"mnt/precious" not in {e.path for e in body.entries}  # type: ignore[union-attr]
+        engine.restore(1, dir_state(cur))
+        assert_same(src, cur)
+        assert (outside / "precious").read_text() == "host data"
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / ".srv.restore-1" / "mnt")], check=False)

@@ -6,7 +6,10 @@ import os
 import signal
 from pathlib import Path
 
-from workers.engine import Engine, StateSpec
+import pytest
+
+from workers.engine import Engine, SnapshotCorrupt, StateSpec
+from workers.engine.repository import chunk_key
 
 from .conftest import make_meta
 from .test_crash import spawn
@@ -80,7 +83,10 @@ def test_image_capture_skips_zero_blocks_and_restore_writes_only_diffs(
 def _killed_restore(tmp_path: Path, repo_url: str, patch: str) -> Path:
     img = tmp_path / "disk.img"
     proc = spawn(patch + f"""
-from workers.engine import Engine, StateSpec
+import pytest
+
+from workers.engine import Engine, SnapshotCorrupt, StateSpec
+from workers.engine.repository import chunk_key
 Engine({repo_url!r}).restore(1, StateSpec(kind="image", path={str(img)!r}))
 """)
     assert proc.wait() == -signal.SIGKILL
@@ -133,3 +139,24 @@ Repository.read_chunk_for = _read
     assert journal.exists() and img.read_bytes() == before
     engine.recover(img_state(img))
     assert not journal.exists() and img.read_bytes() == before
+
+
+def test_image_restore_refuses_corrupt_data_before_touching_the_image(
+        engine: Engine, tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    make_image(img)
+    engine.capture(make_meta(1), img_state(img))
+    _h, body = engine.repo.get_manifest(1)
+    cid = dict(body.blocks)[10]  # type: ignore[union-attr]
+    obj = Path(engine.backend.root) / chunk_key(cid)
+    raw = bytearray(obj.read_bytes())
+    raw[-1] ^= 0xFF
+    obj.write_bytes(bytes(raw))
+    modify(img)
+    before = img.read_bytes()
+    with pytest.raises(SnapshotCorrupt, match=f"snapshot 1 .*{cid.hex()}"):
+        engine.restore(1, img_state(img))
+    assert img.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["disk.img", "repo"]
+    report = engine.verify(1)
+    assert not report.ok and cid.hex() in report.errors[0]

@@ -77,6 +77,7 @@ class Archiver:
                                f"directory (symlinks are refused): {e.strerror}") from e
         try:
             self._root_dev = os.fstat(root_fd).st_dev
+            self._mounts = fsutil.mount_roots(self.root)
             self._walk(root_fd, b"")
             self.progress.total = sum(self.entries[i].size for d in self._dirs for i in d[3])
             self._read_files(root_fd)
@@ -91,7 +92,7 @@ class Archiver:
         self.entries.append(Entry(path=rel, kind=DIR, mode=st.st_mode, uid=st.st_uid,
                                   gid=st.st_gid, mtime_ns=st.st_mtime_ns,
                                   xattrs=fsutil.read_xattrs(fd)))
-        if rel and st.st_dev != self._root_dev:
+        if rel and (st.st_dev != self._root_dev or (st.st_dev, st.st_ino) in self._mounts):
             # A mount point inside the state (e.g. /proc of a container): keep the
             # directory, not the other filesystem.
             self.warnings.append(f"{os.fsdecode(rel)}: mount point, contents not captured")

@@ -9,7 +9,6 @@ plus the set of stored ids loaded at start). See locks.py for capture/reclaim ex
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -147,7 +146,7 @@ class Engine:
             if state.kind == "image":
                 image_cleanup(pfd, base)
             else:
-                cleanup(pfd, base)
+                cleanup(pfd, base, parent)
         finally:
             os.close(pfd)
 
@@ -203,9 +202,3 @@ class Engine:
     def writable(self) -> bool:
         return self.backend.writable()
 
-
-def is_directory(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False

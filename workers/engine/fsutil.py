@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterator
 
@@ -189,3 +190,55 @@ def iter_names(dir_fd: int) -> Iterator[bytes]:
     with os.scandir(dir_fd) as it:
         for e in it:
             yield os.fsencode(e.name)
+
+
+def mount_roots(under: str) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every mount point strictly below `under` (from mountinfo). Bind
+    mounts of the same filesystem keep st_dev, so a device comparison alone misses them."""
+    prefix = os.fsencode(os.path.normpath(under)).rstrip(b"/") + b"/"
+    out: set[tuple[int, int]] = set()
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+        if point.startswith(prefix):
+            try:
+                st = os.lstat(point)
+            except OSError:
+                continue
+            out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def remove_tree(parent_fd: int, name: bytes, mounts: set[tuple[int, int]]) -> None:
+    """Remove parent/name recursively through dir fds: never follows a symlink and never
+    descends into a filesystem mounted inside the tree (a tenant's bind mount of something
+    outside must not be emptied); such a mount point is left in place."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    if st.st_dev != os.fstat(parent_fd).st_dev or (st.st_dev, st.st_ino) in mounts:
+        return
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        if os.fstat(fd).st_ino != st.st_ino:
+            return  # swapped under us: leave it
+        for child in list(iter_names(fd)):
+            remove_tree(fd, child, mounts)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EBUSY, errno.ENOENT):
+            raise

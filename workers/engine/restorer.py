@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,7 +56,7 @@ def _leftovers(parent_fd: int, base: bytes) -> list[bytes]:
     return [n for n in fsutil.iter_names(parent_fd) if n.startswith(prefix)]
 
 
-def cleanup(parent_fd: int, base: bytes) -> None:
+def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
     """Finish or undo whatever a crashed restore left beside the state path."""
     journal = b"." + base + b".restore-journal"
     try:
@@ -74,12 +73,11 @@ def cleanup(parent_fd: int, base: bytes) -> None:
                 os.rename(staging, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
                 os.fsync(parent_fd)
         os.unlink(journal, dir_fd=parent_fd)
-    for name in _leftovers(parent_fd, base):
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=parent_fd)
-        else:
-            os.unlink(name, dir_fd=parent_fd)
+    names = _leftovers(parent_fd, base)
+    if names:
+        mounts = fsutil.mount_roots(parent_path)
+        for name in names:
+            fsutil.remove_tree(parent_fd, name, mounts)
 
 
 def validate(entries: list[Entry]) -> None:
@@ -123,7 +121,7 @@ class Restorer:
         except OSError as e:
             raise StateInvalid(f"parent of the state path is unusable: {e}") from e
         try:
-            cleanup(parent_fd, self.base)
+            cleanup(parent_fd, self.base, self.parent_path)
             cur_fd: int | None
             try:
                 cur_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
@@ -143,12 +141,13 @@ class Restorer:
                 self._swap(parent_fd, staging, cur_fd is not None)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    cleanup(parent_fd, self.base)
+                    cleanup(parent_fd, self.base, self.parent_path)
                 raise
             finally:
                 if cur_fd is not None:
                     os.close(cur_fd)
-            shutil.rmtree(staging, dir_fd=parent_fd, ignore_errors=True)
+            # the old tree, now under the staging name
+            fsutil.remove_tree(parent_fd, staging, fsutil.mount_roots(self.parent_path))
         finally:
             os.close(parent_fd)
         self.progress.finish()
@@ -183,7 +182,7 @@ class Restorer:
         os.fsync(parent_fd)
         os.unlink(journal, dir_fd=parent_fd)
         if exists:  # the caller removes `staging`; the old tree is here
-            shutil.rmtree(old, dir_fd=parent_fd, ignore_errors=True)
+            fsutil.remove_tree(parent_fd, old, fsutil.mount_roots(self.parent_path))
 
     # --- building the staging tree ------------------------------------------------------
     def _build(self, st_fd: int, cur_fd: int | None) -> None:
