@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import signal
@@ -27,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import benchlib
 import httpx
 
 BENCH = Path(__file__).resolve().parent
@@ -323,18 +323,10 @@ def print_table(results: list[WrkResult], bare: WrkResult, rounds: int) -> None:
 
 
 def header(args: argparse.Namespace) -> None:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     version = (wrk.stdout or wrk.stderr).splitlines()[:1]
     print("command :", " ".join([".venv/bin/python", "bench/api.py", *sys.argv[1:]]))
-    print(f"machine : nproc={os.cpu_count()}, CPU {cpu}, {platform.platform()}")
+    print(f"machine : {benchlib.machine()}")
     print(
         f"load    : {version[0] if version else 'wrk'}; -t{args.threads} -c{args.connections}"
         f" -d{args.duration}s (+2 s warm-up) x {args.rounds} interleaved rounds on loopback;"
@@ -442,7 +434,7 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
         Target("bare Starlette, same body", f"{bare_base}/api/v1/snapshots/1/", None,
                [procs.pid("bare")]),
     ]  # fmt: skip
-    print(f"before  : 1-minute load average before the run: {os.getloadavg()[0]:.2f}")
+    print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
     results = measure(targets, args, procs)
     print()
     print_table(results, results[2], args.rounds)
@@ -465,12 +457,14 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    ap.add_argument("--max-wait", type=float, default=180, help="s to wait for a quiet machine")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, _on_signal)
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     try:
-        return bench(args, procs, tmp)
+        with benchlib.exclusive():
+            return bench(args, procs, tmp)
     except (RuntimeError, httpx.HTTPError) as e:
         print(f"\nERROR: {e}")
         for log in sorted(tmp.glob("*.log")):

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import benchlib
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 DATA = BENCH / ".data"
@@ -822,20 +824,12 @@ def print_report(run: Run, title: str) -> None:
 
 
 def header(args: argparse.Namespace, cold: bool, desc: str) -> None:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
     versions = [
         sh(cmd).out.splitlines()[:1]
         for cmd in (["restic", "version"], ["borg", "--version"], ["zstd", "--version"])
     ]
     print("command :", " ".join([".venv/bin/python", "bench/engine.py", *sys.argv[1:]]))
-    print(f"machine : nproc={os.cpu_count()}, CPU {cpu}, {platform.platform()}, fs {fs_info(DATA)}")
+    print(f"machine : {benchlib.machine()}, fs {fs_info(DATA)}")
     tools = "; ".join(v[0] for v in versions if v)
     print(f"tools   : {tools}; python {platform.python_version()}")
     print("dataset :", desc)
@@ -855,7 +849,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="rootfs subset + 64 MiB image")
     ap.add_argument("--keep", action="store_true", help="keep bench/.data/run-* afterwards")
+    ap.add_argument("--max-wait", type=float, default=180, help="s to wait for a quiet machine")
     args = ap.parse_args()
+    with benchlib.exclusive():
+        return bench(args)
+
+
+def bench(args: argparse.Namespace) -> int:
     states, desc = build_dataset(args.quick)
     cold = drop_caches()
     header(args, cold, desc)
@@ -867,9 +867,9 @@ def main() -> int:
         print(f"engine not available: {run.engine_error}")
     try:
         settle()
-        print(f"load    : 1-minute load average before the run {os.getloadavg()[0]:.2f}")
+        print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
         execute(run, where)
-        print(f"load    : 1-minute load average after the run {os.getloadavg()[0]:.2f}")
+        print(f"load    : 1-minute load average at the end {os.getloadavg()[0]:.2f}")
         print_report(run, f"snapshot engine vs others ({'quick' if args.quick else 'full'})")
     finally:
         if not args.keep:
