@@ -68,25 +68,33 @@ def require(request: Request, scope: str) -> Principal:
 
 
 class TokenCache:
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, Principal]] = {}
+    """Recently seen tokens → principal, for CACHE_TTL seconds.
 
-    def get(self, key: str) -> Principal | None:
-        entry = self._entries.get(key)
+    Keyed by the presented token itself (process memory only, like the request that
+    carried it), so a hit costs one dict lookup and no hashing.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, Principal, str]] = {}
+
+    def get(self, token: str) -> Principal | None:
+        entry = self._entries.get(token)
         if entry is None:
             return None
         if entry[0] < time.monotonic():
-            self._entries.pop(key, None)
+            self._entries.pop(token, None)
             return None
         return entry[1]
 
-    def put(self, key: str, value: Principal) -> None:
+    def put(self, token: str, value: Principal, token_digest: str) -> None:
         if len(self._entries) >= CACHE_MAX:
             self._entries.clear()
-        self._entries[key] = (time.monotonic() + CACHE_TTL, value)
+        self._entries[token] = (time.monotonic() + CACHE_TTL, value, token_digest)
 
-    def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
+    def drop(self, token_digest: str) -> None:
+        """Forget a revoked token (known here only by its digest)."""
+        for token in [t for t, e in self._entries.items() if e[2] == token_digest]:
+            self._entries.pop(token, None)
 
 
 class BearerAuth:
@@ -134,13 +142,13 @@ class BearerAuth:
             token.encode(), self.admin_token
         ):
             return ENV_ADMIN
-        key = digest(token)
-        found = self.cache.get(key)
+        found = self.cache.get(token)
         if found is not None:
             return found
+        key = digest(token)
         record = await self.store.get_token(key)
         if record is None:
             raise Unauthorized("Unknown or revoked token.")
         found = Principal(account=record.account, scope=record.scope)
-        self.cache.put(key, found)
+        self.cache.put(token, found, key)
         return found
