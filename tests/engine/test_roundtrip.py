@@ -69,6 +69,22 @@ def test_restore_reuses_identical_files(engine: Engine, tmp_path: Path) -> None:
     assert describe(src) == ref
     assert r.files_written == 2 and r.files_reused == 98
     assert r.bytes_written == 20_007 + 20_008
+    # f007 was replaced (new inode) and f008 modified (ctime moved): only f008 is read; the
+    # other 98 are the very inodes the snapshot captured, unchanged since (same ino, ctime)
+    assert engine.last_bytes_read == 20_008
+    # after a restore, its trusted record lets the next restore skip reading too
+    (src / "f010").write_bytes(b"changed again")
+    r = engine.restore(1, dir_state(src))
+    assert describe(src) == ref
+    assert (r.files_written, r.files_reused, engine.last_bytes_read) == (1, 99, 0)
+    # a tenant edit that keeps size and mtime is still caught (ctime moved): read, rewritten
+    st = os.stat(src / "f011")
+    with open(src / "f011", "r+b") as f:
+        f.write(b"Y" * 10)
+    os.utime(src / "f011", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = engine.restore(1, dir_state(src))
+    assert describe(src) == ref
+    assert (r.files_written, r.files_reused, engine.last_bytes_read) == (1, 99, 20_011)
 
 
 def test_incremental_capture_does_not_read_unchanged_files(engine: Engine, tmp_path: Path) -> None:

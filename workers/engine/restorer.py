@@ -37,6 +37,7 @@ from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 from .model import EngineError, RestoreResult, StateInvalid
 from .progress import Progress
 from .repository import Repository
+from .statecache import Record, StateCache, content_digest, record_tree
 
 WORKERS = 4
 MAX_INFLIGHT = 64
@@ -109,9 +110,12 @@ class Restorer:
         self.bytes_written = 0
         self.files_reused = 0
         self.files_written = 0
+        self.bytes_read = 0  # current-tree bytes read to prove files identical
         self._lock = threading.Lock()
         self._local = threading.local()
         self.linked = {e.target for e in entries if e.kind == HARDLINK}
+        self.cache = StateCache(repo.backend, state_path)
+        self.known: Record = {}
 
     def run(self) -> RestoreResult:
         validate(self.entries)
@@ -122,6 +126,8 @@ class Restorer:
             raise StateInvalid(f"parent of the state path is unusable: {e}") from e
         try:
             cleanup(parent_fd, self.base, self.parent_path)
+            self.known = self.cache.load()
+            self.cache.forget()  # the tree is about to change: the record would be stale
             cur_fd: int | None
             try:
                 cur_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
@@ -148,6 +154,12 @@ class Restorer:
                     os.close(cur_fd)
             # the old tree, now under the staging name
             fsutil.remove_tree(parent_fd, staging, fsutil.mount_roots(self.parent_path))
+            # after the removal: unlinking old names changed the ctime of reused inodes
+            new_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                self.cache.save(record_tree(new_fd, self.entries, self.linked))
+            finally:
+                os.close(new_fd)
         finally:
             os.close(parent_fd)
         self.progress.finish()
@@ -307,6 +319,30 @@ class Restorer:
             self.bytes_written += written
             self.files_written += 1
 
+    def _trusted(self, st: os.stat_result, e: Entry) -> bool:
+        """Content known without reading it (see statecache): the captured inode itself,
+        unchanged since, or the inode a previous restore wrote, unchanged since."""
+        if (st.st_ino, st.st_ctime_ns) == (e.ino, e.ctime_ns):
+            return True
+        rec = self.known.get(e.path)
+        return rec is not None and rec == (st.st_ino, st.st_ctime_ns, content_digest(e))
+
+    def _same_content(self, fd: int, e: Entry) -> bool:
+        cdc = getattr(self._local, "cdc", None)
+        if cdc is None:
+            cdc = self._local.cdc = make_cdc(self.repo)
+        i = 0
+        counter = [0]
+        try:
+            for data, off in iter_chunks(fd, e.size, cdc, self.repo.config.chunk_min, counter):
+                if i >= len(e.chunks) or e.chunks[i] != (self.repo.chunk_id(data), off):
+                    return False
+                i += 1
+            return i == len(e.chunks)
+        finally:
+            with self._lock:
+                self.bytes_read += counter[0]
+
     def _try_reuse(self, dfd: int, cfd: int, name: bytes, e: Entry) -> bool:
         try:
             fd = fsutil.open_noatime(name, cfd)
@@ -318,15 +354,7 @@ class Restorer:
                     or st.st_mode != e.mode or st.st_uid != e.uid or st.st_gid != e.gid
                     or st.st_mtime_ns != e.mtime_ns or fsutil.read_xattrs(fd) != e.xattrs):
                 return False
-            cdc = getattr(self._local, "cdc", None)
-            if cdc is None:
-                cdc = self._local.cdc = make_cdc(self.repo)
-            i = 0
-            for data, off in iter_chunks(fd, e.size, cdc, self.repo.config.chunk_min, [0]):
-                if i >= len(e.chunks) or e.chunks[i] != (self.repo.chunk_id(data), off):
-                    return False
-                i += 1
-            if i != len(e.chunks):
+            if not self._trusted(st, e) and not self._same_content(fd, e):
                 return False
             st2 = os.fstat(fd)
             if (st2.st_mtime_ns, st2.st_ctime_ns, st2.st_size) != (

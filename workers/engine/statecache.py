@@ -1,0 +1,91 @@
+"""Trusted record of what a restore left in a server's state, to skip re-reading it.
+
+Restore may reuse a current file only when its content is proven identical to the
+snapshot's. Hashing the whole current tree costs as much as rewriting it, so identity is
+first established without reading, from facts a tenant cannot forge:
+
+* the inode is the one the snapshot captured: (st_ino, st_ctime_ns) equal the manifest
+  entry's (ctime is set by the kernel on every change and cannot be set by utime); or
+* the inode is one a previous restore left there: after each restore the engine records,
+  per regular file, (st_ino, st_ctime_ns, digest of the chunk list it holds) in the
+  repository (`states/<hash of state path>`, out of the tenant's reach).
+
+Anything else is verified by chunking and hashing it. A missing, stale or unreadable
+record only costs speed: every use re-checks ino and ctime against a live fstat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+
+import blake3
+import msgspec
+
+from . import fsutil
+from .backend import Backend
+from .manifest import FILE, Entry
+
+Record = dict[bytes, tuple[int, int, bytes]]  # path -> (ino, ctime_ns, content digest)
+
+
+def content_digest(e: Entry) -> bytes:
+    h = blake3.blake3(struct.pack(">Q", e.size))
+    for cid, off in e.chunks:
+        h.update(cid + struct.pack(">Q", off))
+    return h.digest(16)
+
+
+class StateCache:
+    def __init__(self, backend: Backend, state_path: str) -> None:
+        self.backend = backend
+        digest = blake3.blake3(os.fsencode(os.path.normpath(state_path))).hexdigest()[:32]
+        self.key = f"states/{digest}"
+
+    def load(self) -> Record:
+        try:
+            return msgspec.msgpack.decode(self.backend.get(self.key),
+                                          type=dict[bytes, tuple[int, int, bytes]])
+        except (OSError, msgspec.DecodeError):
+            return {}
+
+    def save(self, record: Record) -> None:
+        with contextlib.suppress(OSError):  # only an optimisation
+            self.backend.put(self.key, msgspec.msgpack.encode(record))
+
+    def forget(self) -> None:
+        self.backend.delete(self.key)
+
+
+def record_tree(root_fd: int, entries: list[Entry], linked: set[bytes]) -> Record:
+    """(ino, ctime) of the regular files now in the tree, as the manifest describes them."""
+    out: Record = {}
+    dir_path: bytes | None = None
+    dfd = -1
+    try:
+        for e in entries:
+            if e.kind != FILE or e.path in linked:
+                continue
+            parent, _, name = e.path.rpartition(b"/")
+            if parent != dir_path:
+                if dfd >= 0:
+                    os.close(dfd)
+                    dfd = -1
+                dir_path = parent
+                try:
+                    dfd = fsutil.open_dir_beneath(root_fd, fsutil.split(parent))
+                except OSError:
+                    continue
+            if dfd < 0:
+                continue
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_nlink == 1 and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
+                out[e.path] = (st.st_ino, st.st_ctime_ns, content_digest(e))
+    finally:
+        if dfd >= 0:
+            os.close(dfd)
+    return out
