@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from api.middleware import RequestContext
 from api.services import Services
 from shared.async_store import AsyncStore
 from shared.broker import make_broker
-from shared.settings import Settings
+from shared.settings import ADMIN_TOKEN_FILE, Settings
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 Handler = Callable[[Request], Any]
@@ -77,7 +78,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
-        settings, _ = Settings.from_env().with_admin_token()
+        settings, generated = Settings.from_env().with_admin_token()
+        if generated:
+            # SPEC: generated at first start and printed (shown once; kept 0600 on disk).
+            print(
+                f"Generated admin token: {settings.admin_token} "
+                f"(saved in {settings.data_dir / ADMIN_TOKEN_FILE})",
+                file=sys.stderr,
+                flush=True,
+            )
     store = AsyncStore.from_settings(settings)
     cache = TokenCache()
     svc = Services(settings=settings, store=store, broker=make_broker(settings), tokens=cache)

@@ -101,12 +101,16 @@ def test_redis_down_answers_503_and_recovers(tmp_path: Path) -> None:
             api = ApiHelper(c, settings.admin_token or "", tmp_path / "servers")
             headers = api.headers("acme")
             server = api.server("acme")
+            snap = api.snapshot(headers, server["id"])
             assert c.get("/api/v1/snapshots/", headers=headers).status_code == 200
+            assert c.get(f"/api/v1/snapshots/{snap['id']}/", headers=headers).status_code == 200
             own.kill()
             for method, path, body in [
                 ("GET", "/api/v1/snapshots/", None),
                 ("POST", "/api/v1/snapshots/", {"server_id": server["id"], "name": "x"}),
-                ("GET", "/api/v1/servers/", bearer(settings.admin_token or "")),
+                ("GET", "/api/v1/servers/", None),
+                ("GET", f"/api/v1/snapshots/{snap['id']}/", None),
+                ("DELETE", f"/api/v1/snapshots/{snap['id']}/", None),
             ]:
                 r = c.request(method, path, json=body, headers=headers)
                 assert r.status_code == 503, (method, path, r.text)
@@ -122,8 +126,27 @@ def test_redis_down_answers_503_and_recovers(tmp_path: Path) -> None:
             assert c.get("/readyz").status_code == 200
             r = c.get("/api/v1/snapshots/", headers=headers)
             assert r.status_code == 200, r.text
+            r = c.get(f"/api/v1/snapshots/{snap['id']}/", headers=headers)
+            assert r.status_code == 200 and r.json()["status"] == "in_progress"
+            assert c.delete(f"/api/v1/snapshots/{snap['id']}/", headers=headers).status_code == 204
             r = c.post("/api/v1/snapshots/", json={"server_id": server["id"], "name": "x"},
                        headers=headers)
             assert r.status_code == 201, r.text
     finally:
         own.close()
+
+
+def test_factory_generates_and_keeps_the_admin_token(
+    redis_server: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_server.url_for_db(1))
+    monkeypatch.setenv("SNAPSHOTS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("SNAPSHOTS_ADMIN_TOKEN", raising=False)
+    with TestClient(create_app()) as c:
+        printed = capsys.readouterr().err
+        token = (tmp_path / "data" / "admin_token").read_text().strip()
+        assert token in printed
+        assert c.get("/api/v1/servers/", headers=bearer(token)).status_code == 200
+    create_app()
+    assert token not in capsys.readouterr().err  # printed once, at first start only
