@@ -39,6 +39,8 @@ from .progress import Progress
 from .repository import Repository
 from .statecache import Record, StateCache, content_digest, record_tree
 
+Candidate = tuple[int, os.stat_result] | None
+
 WORKERS = 4
 MAX_INFLIGHT = 64
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -116,6 +118,7 @@ class Restorer:
         self.linked = {e.target for e in entries if e.kind == HARDLINK}
         self.cache = StateCache(repo.backend, state_path)
         self.known: Record = {}
+        self._digests: dict[bytes, bytes] = {}
 
     def run(self) -> RestoreResult:
         validate(self.entries)
@@ -157,7 +160,7 @@ class Restorer:
             # after the removal: unlinking old names changed the ctime of reused inodes
             new_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
             try:
-                self.cache.save(record_tree(new_fd, self.entries, self.linked))
+                self.cache.save(record_tree(new_fd, self.entries, self.linked, self.digest))
             finally:
                 os.close(new_fd)
         finally:
@@ -206,17 +209,17 @@ class Restorer:
         stack: list[tuple[bytes, int, int | None]] = [(b"", os.dup(st_fd), cur_dup)]
         dirs: list[Entry] = [self.entries[0]]
 
-        def job(dfd: int, cfd: int | None, name: bytes, e: Entry, fd: int | None) -> None:
+        def job(dfd: int, name: bytes, e: Entry, fd: int | None, cand: Candidate) -> None:
             try:
                 if not failed.is_set():
-                    self._file(dfd, cfd, name, e, fd)
+                    self._file(dfd, name, e, fd, cand)
             except BaseException:
                 failed.set()
                 raise
             finally:
                 os.close(dfd)
-                if cfd is not None:
-                    os.close(cfd)
+                if cand is not None:
+                    os.close(cand[0])
                 sem.release()
 
         def pop() -> None:
@@ -246,13 +249,21 @@ class Restorer:
                         stack.append((e.path, nfd, ncfd))
                         dirs.append(e)
                     elif e.kind == FILE:
-                        fd = None
+                        fd = cand = None
                         if e.path in self.linked:  # must exist before its links are made
                             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
+                        elif cfd is not None:
+                            cand = self._candidate(cfd, name, e)
+                            # Proven identical without reading: link it right here, cheaply.
+                            if cand is not None and self._trusted(cand[1], e):
+                                try:
+                                    if self._link_reused(cand, dfd, name, e):
+                                        continue
+                                finally:
+                                    os.close(cand[0])
+                                cand = None
                         sem.acquire()
-                        futures.append(pool.submit(
-                            job, os.dup(dfd), os.dup(cfd) if cfd is not None and fd is None
-                            else None, name, e, fd))
+                        futures.append(pool.submit(job, os.dup(dfd), name, e, fd, cand))
                     elif e.kind == HARDLINK:
                         os.link(e.target, name, src_dir_fd=st_fd, dst_dir_fd=dfd,
                                 follow_symlinks=False)
@@ -295,8 +306,9 @@ class Restorer:
             fsutil.write_xattrs(fsutil.proc_path(dfd, name), e.xattrs)
         os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
-    def _file(self, dfd: int, cfd: int | None, name: bytes, e: Entry, fd: int | None) -> None:
-        if fd is None and cfd is not None and self._try_reuse(dfd, cfd, name, e):
+    def _file(self, dfd: int, name: bytes, e: Entry, fd: int | None, cand: Candidate) -> None:
+        if cand is not None and self._same_content(cand[0], e) and self._link_reused(
+                cand, dfd, name, e):
             return
         if fd is None:
             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
@@ -325,7 +337,8 @@ class Restorer:
         if (st.st_ino, st.st_ctime_ns) == (e.ino, e.ctime_ns):
             return True
         rec = self.known.get(e.path)
-        return rec is not None and rec == (st.st_ino, st.st_ctime_ns, content_digest(e))
+        return (rec is not None and rec[:2] == (st.st_ino, st.st_ctime_ns)
+                and rec[2] == self.digest(e))
 
     def _same_content(self, fd: int, e: Entry) -> bool:
         cdc = getattr(self._local, "cdc", None)
@@ -343,27 +356,41 @@ class Restorer:
             with self._lock:
                 self.bytes_read += counter[0]
 
-    def _try_reuse(self, dfd: int, cfd: int, name: bytes, e: Entry) -> bool:
+    def _candidate(self, cfd: int, name: bytes, e: Entry) -> Candidate:
+        """The current file at the same path, opened without following symlinks, if it is a
+        regular file with one link and exactly the entry's metadata (else None)."""
         try:
             fd = fsutil.open_noatime(name, cfd)
         except OSError:
-            return False
+            return None
         try:
             st = os.fstat(fd)
-            if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != e.size
-                    or st.st_mode != e.mode or st.st_uid != e.uid or st.st_gid != e.gid
-                    or st.st_mtime_ns != e.mtime_ns or fsutil.read_xattrs(fd) != e.xattrs):
-                return False
-            if not self._trusted(st, e) and not self._same_content(fd, e):
-                return False
-            st2 = os.fstat(fd)
-            if (st2.st_mtime_ns, st2.st_ctime_ns, st2.st_size) != (
-                    st.st_mtime_ns, st.st_ctime_ns, st.st_size):
-                return False
-            os.link(b"/proc/self/fd/%d" % fd, name, dst_dir_fd=dfd, follow_symlinks=True)
-        finally:
+            if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size == e.size
+                    and st.st_mode == e.mode and st.st_uid == e.uid and st.st_gid == e.gid
+                    and st.st_mtime_ns == e.mtime_ns and fsutil.read_xattrs(fd) == e.xattrs):
+                return fd, st
+        except BaseException:
             os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    def _link_reused(self, cand: tuple[int, os.stat_result], dfd: int, name: bytes,
+                     e: Entry) -> bool:
+        """Hard-link the very inode that was checked (via its fd) into staging."""
+        fd, st = cand
+        st2 = os.fstat(fd)
+        if (st2.st_mtime_ns, st2.st_ctime_ns, st2.st_size) != (
+                st.st_mtime_ns, st.st_ctime_ns, st.st_size):
+            return False
+        os.link(b"/proc/self/fd/%d" % fd, name, dst_dir_fd=dfd, follow_symlinks=True)
         self.progress.add(e.size)
         with self._lock:
             self.files_reused += 1
         return True
+
+    def digest(self, e: Entry) -> bytes:
+        d = self._digests.get(e.path)
+        if d is None:
+            d = self._digests[e.path] = content_digest(e)
+        return d

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from collections.abc import Callable
 
 import blake3
 import msgspec
@@ -58,7 +59,8 @@ class StateCache:
         self.backend.delete(self.key)
 
 
-def record_tree(root_fd: int, entries: list[Entry], linked: set[bytes]) -> Record:
+def record_tree(root_fd: int, entries: list[Entry], linked: set[bytes],
+                digest: Callable[[Entry], bytes] = content_digest) -> Record:
     """(ino, ctime) of the regular files now in the tree, as the manifest describes them."""
     out: Record = {}
     dir_path: bytes | None = None
@@ -84,7 +86,7 @@ def record_tree(root_fd: int, entries: list[Entry], linked: set[bytes]) -> Recor
             except OSError:
                 continue
             if st.st_nlink == 1 and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
-                out[e.path] = (st.st_ino, st.st_ctime_ns, content_digest(e))
+                out[e.path] = (st.st_ino, st.st_ctime_ns, digest(e))
     finally:
         if dfd >= 0:
             os.close(dfd)
