@@ -97,6 +97,7 @@ class FastReads:
         self.options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self._proto: _Protocol | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
 
     async def _connect(self) -> _Protocol:
@@ -114,27 +115,43 @@ class FastReads:
             _, proto = await asyncio.wait_for(connect, self.timeout)
         except (TimeoutError, OSError) as exc:
             raise redis.exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from None
+        try:
+            if o.get("password"):
+                auth = (o["username"], o["password"]) if o.get("username") else (o["password"],)
+                await self._roundtrip(proto, ("AUTH", *auth))
+            if o.get("db"):
+                await self._roundtrip(proto, ("SELECT", o["db"]))
+        except redis.exceptions.ResponseError as exc:
+            # A refused AUTH/SELECT is a configuration problem: the service is unavailable.
+            proto.abort(redis.exceptions.ConnectionError("Redis connection set-up failed"))
+            raise redis.exceptions.AuthenticationError(str(exc)) from None
+        except BaseException:
+            proto.abort(redis.exceptions.ConnectionError("Redis connection set-up failed"))
+            raise
         self._proto = proto
-        if o.get("password"):
-            auth = (o["username"], o["password"]) if o.get("username") else (o["password"],)
-            await self.command("AUTH", *auth)
-        if o.get("db"):
-            await self.command("SELECT", o["db"])
         return proto
 
     async def command(self, *args: str | bytes | int) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A connection belongs to the loop that made it (tests run several loops).
+            self._loop, self._proto, self._lock = loop, None, asyncio.Lock()
         proto = self._proto
         if proto is None or proto.closed:
             async with self._lock:
                 proto = self._proto
                 if proto is None or proto.closed:
                     proto = await self._connect()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return await self._roundtrip(proto, args)
+
+    async def _roundtrip(self, proto: _Protocol, args: tuple[str | bytes | int, ...]) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         proto.waiters.append(fut)
         proto.send(pack(args))
         # A cheap timer instead of wait_for: a reply that never comes poisons the order of
         # the pipeline, so the whole connection is dropped, not just this command.
-        timer = asyncio.get_running_loop().call_later(self.timeout, proto.expire)
+        timer = loop.call_later(self.timeout, proto.expire)
         try:
             return await fut
         finally:

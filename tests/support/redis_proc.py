@@ -42,25 +42,35 @@ def free_port() -> int:
 class RedisProcess:
     """One redis-server on a free localhost port, with AOF on (appendfsync always).
 
-    ``kill()`` is SIGKILL (a crash), ``stop()`` a clean shutdown; ``restart()`` starts it
-    again on the same port and directory, so data survives as AOF allows.
+    ``kill()`` is SIGKILL (a crash), ``stop()`` a clean shutdown, ``pause()``/``resume()``
+    SIGSTOP/SIGCONT (a hung server); ``restart()`` starts it again on the same port and
+    directory, so data survives as AOF allows. ``extra_args`` go to redis-server as is.
     """
 
-    def __init__(self, directory: str | Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        password: str | None = None,
+    ) -> None:
         self._tmp = None if directory is not None else tempfile.TemporaryDirectory(
             prefix="redis-test-"
         )
         self.directory = Path(directory if directory is not None else self._tmp.name)  # type: ignore[union-attr]
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.extra_args = list(extra_args or [])
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_for_db(0)
 
     def url_for_db(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
         args = [
@@ -73,12 +83,14 @@ class RedisProcess:
             "--save", "",
             "--databases", "64",
             "--loglevel", "warning",
+            *(["--requirepass", self.password] if self.password else []),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         try:
             while True:
                 if self.proc.poll() is not None:
@@ -101,8 +113,18 @@ class RedisProcess:
             self.proc.wait(10)
         self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: Redis hangs (connections stay open, nothing answers)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(10)

@@ -1,0 +1,59 @@
+"""The API's pipelined hot-read connection: auth, DB selection, hangs, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import redis.exceptions
+
+from shared.fastread import FastReads
+from tests.support.redis_proc import RedisProcess
+
+
+def test_password_db_and_pipelining(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "r", password="s3cret").start()
+    try:
+        sync = redis.Redis.from_url(server.url_for_db(3), decode_responses=True)
+        sync.hset("h", mapping={"a": "1"})
+        reads = FastReads(server.url_for_db(3))
+
+        async def main() -> list[dict[str, str]]:
+            return await asyncio.gather(*[reads.hgetall("h") for _ in range(50)])
+
+        assert asyncio.run(main()) == [{"a": "1"}] * 50
+        # The same object works again from a new event loop (it reconnects).
+        assert asyncio.run(main())[0] == {"a": "1"}
+        with pytest.raises(redis.exceptions.ConnectionError):
+            asyncio.run(FastReads(server.url_for_db(3).replace("s3cret", "wrong")).hgetall("h"))
+        sync.close()
+    finally:
+        server.close()
+
+
+def test_hung_redis_times_out_then_recovers(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "r").start()
+    try:
+        reads = FastReads(server.url, timeout=0.3)
+
+        async def main() -> None:
+            assert await reads.command("PING") == "PONG"
+            server.pause()
+            start = time.monotonic()
+            results = await asyncio.gather(
+                *[reads.command("PING") for _ in range(5)], return_exceptions=True
+            )
+            assert all(isinstance(r, redis.exceptions.TimeoutError) for r in results), results
+            assert time.monotonic() - start < 2
+            server.resume()
+            assert await reads.command("PING") == "PONG"
+            with pytest.raises(redis.exceptions.ResponseError):
+                await reads.command("NOSUCHCOMMAND")
+            assert await reads.command("PING") == "PONG"
+
+        asyncio.run(main())
+    finally:
+        server.close()
