@@ -150,3 +150,11 @@ def test_factory_generates_and_keeps_the_admin_token(
         assert c.get("/api/v1/servers/", headers=bearer(token)).status_code == 200
     create_app()
     assert token not in capsys.readouterr().err  # printed once, at first start only
+
+
+def test_openapi_document_validates_as_3_1(client: TestClient) -> None:
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation import OpenAPIV31SpecValidator
+
+    doc = client.get("/api/v1/openapi.json").json()
+    validate(doc, cls=OpenAPIV31SpecValidator)
