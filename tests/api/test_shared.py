@@ -111,3 +111,24 @@ def test_fail_operation_with_truthful_server_status(settings: Settings, store: S
     assert store.get_snapshot(snap).in_use_by is None  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         store.set_server_power(sid, "restoring")
+
+
+def test_busy_worker_heartbeat_is_kept_fresh(settings: Settings) -> None:
+    import time
+
+    from shared.broker import NAMESPACE, BrokerHeartbeat
+
+    broker = make_broker(settings)
+    beat = BrokerHeartbeat(interval=0.05)
+    beat.after_worker_boot(broker, None)
+    try:
+        key = f"{NAMESPACE}:__heartbeats__"
+        deadline = time.monotonic() + 5
+        while broker.client.zscore(key, broker.broker_id) is None:
+            assert time.monotonic() < deadline, "no heartbeat written"
+            time.sleep(0.02)
+        first = broker.client.zscore(key, broker.broker_id)
+        time.sleep(0.2)
+        assert broker.client.zscore(key, broker.broker_id) > first
+    finally:
+        beat.before_worker_shutdown(broker, None)

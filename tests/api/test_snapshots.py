@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -293,3 +294,18 @@ def test_progress_is_monotonic_and_visible(
     types = [fields["type"] for _, fields in events]
     assert types.count("snapshot.progress") == 1
     assert "snapshot.created" in types
+
+
+def test_names_with_quotes_backslashes_and_emoji_round_trip(
+    client: TestClient, api: ApiHelper, redis_client: redis.Redis
+) -> None:
+    server = api.server("acme", name='srv "quoted" \\ 🚀')
+    headers = api.headers("acme")
+    name = 'snap "x" \\n \\ / 🚀 ünï'
+    snap = api.snapshot(headers, server["id"], name=name, description="multi\nline\t✓")
+    got = client.get(f"/api/v1/snapshots/{snap['id']}/", headers=headers).json()
+    assert got["name"] == name and got["description"] == "multi\nline\t✓"
+    assert got["server"]["name"] == 'srv "quoted" \\ 🚀'
+    events: Any = redis_client.xrange("events")
+    created = [f for _, f in events if f["type"] == "snapshot.created"]
+    assert json.loads(created[-1]["data"]) == {"name": name}
