@@ -6,13 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, SnapshotNotFound, StateInvalid, StateSpec
+from workers.engine import Engine, SnapshotNotFound, StateInvalid, StateSpec, archiver
 
 from .conftest import build_full_tree, dir_state, make_meta
 from .treecmp import assert_same, describe
 
 
-def test_roundtrip_every_kind_of_entry(engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_roundtrip_every_kind_of_entry(monkeypatch: pytest.MonkeyPatch, engine: Engine,
+                                       tmp_path: Path, processes: bool) -> None:
+    if processes:  # big captures read files in worker processes: force that path here
+        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
     src = tmp_path / "src"
     build_full_tree(src)
     seen: list[tuple[int, int]] = []
@@ -87,7 +91,11 @@ def test_restore_reuses_identical_files(engine: Engine, tmp_path: Path) -> None:
     assert (r.files_written, r.files_reused, engine.last_bytes_read) == (1, 99, 20_011)
 
 
-def test_incremental_capture_does_not_read_unchanged_files(engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_incremental_capture_does_not_read_unchanged_files(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path, processes: bool) -> None:
+    if processes:
+        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
     src = tmp_path / "srv"
     src.mkdir()
     for i in range(20):

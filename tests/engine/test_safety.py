@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Cancelled, Engine, SnapshotCorrupt, StorageFull, archiver
+from workers.engine import Cancelled, Engine, SnapshotCorrupt, StorageFull, archiver, chunker
 from workers.engine.repository import Repository, chunk_key
 
 from .conftest import dir_state, make_meta
@@ -217,7 +217,7 @@ def test_file_changing_while_read(monkeypatch: pytest.MonkeyPatch, engine: Engin
     live.write_bytes(b"start\n")
     (src / "calm").write_bytes(b"calm")
     ino = os.stat(live).st_ino
-    orig = archiver.iter_chunks
+    orig = chunker.iter_chunks
     done = [0]
 
     def changing(fd: int, size: int, *a: object) -> Iterator[tuple[bytes | memoryview, int]]:

@@ -16,36 +16,25 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyfastcdc import FastCDC
 
 from . import fsutil
+from .chunker import RETRIES, iter_chunks, make_cdc
 from .manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 from .model import StateInvalid
+from .procpool import WorkerPool
 from .progress import Progress
 from .repository import Repository
 
-RETRIES = 3
 WORKERS = 4
 MAX_INFLIGHT = 64  # open file fds handed to the pool
-
-
-class _RegionReader:
-    """File-like reader of [offset, offset+length) of an fd, for FastCDC.cut_stream."""
-
-    def __init__(self, fd: int, offset: int, length: int, counter: list[int]) -> None:
-        self.fd, self.pos, self.end, self.counter = fd, offset, offset + length, counter
-
-    def readinto(self, b: memoryview) -> int:
-        n = min(len(b), self.end - self.pos)
-        if n <= 0:
-            return 0
-        got = os.preadv(self.fd, [b[:n]], self.pos)
-        self.pos += got
-        self.counter[0] += got
-        return got
+# Big captures use worker processes (both cores, no GIL); small ones are not worth the
+# ~0.1 s start of a Python process and use threads.
+PROCESSES = 2
+PROCESS_THRESHOLD = 64 << 20
 
 
 class Archiver:
@@ -142,6 +131,68 @@ class Archiver:
 
     # --- pass 2 -----------------------------------------------------------------------
     def _read_files(self, root_fd: int) -> None:
+        todo = [(rel, ino, [i for i in idxs if not self._reuse(self.entries[i])])
+                for rel, _dev, ino, idxs in self._dirs]
+        to_read = sum(self.entries[i].size for _r, _i, idxs in todo for i in idxs)
+        items = self._open_files(root_fd, todo)
+        if PROCESSES > 0 and to_read >= PROCESS_THRESHOLD:
+            pool = WorkerPool(self.repo, PROCESSES)
+            ok = False
+            try:
+                pool.run(items, self._done, self._gone, self.progress.add, self.progress.check,
+                         lambda i: os.fsdecode(self.entries[i].path))
+                ok = True
+            finally:
+                pool.close(kill=not ok)
+                items.close()  # closes the directory fd the generator may hold
+            self.stored_bytes += pool.stored_bytes
+        else:
+            self._read_threads(items)
+        self.progress.check()
+
+    def _open_files(self, root_fd: int,
+                    todo: list[tuple[bytes, int, list[int]]]) -> Generator[tuple[int, int]]:
+        """(fd, entry index) of every file to read, opened through dir fds (O_NOFOLLOW)."""
+        for rel, ino, idxs in todo:
+            if not idxs:
+                continue
+            self.progress.poll()
+            try:
+                dfd = fsutil.open_dir_beneath(root_fd, fsutil.split(rel))
+            except OSError as err:
+                self._drop_all(idxs, f"directory changed during capture ({err})")
+                continue
+            try:
+                if os.fstat(dfd).st_ino != ino:
+                    self._drop_all(idxs, "directory replaced during capture")
+                    continue
+                for i in idxs:
+                    e = self.entries[i]
+                    try:
+                        fd = fsutil.open_noatime(e.path.rsplit(b"/", 1)[-1], dfd)
+                    except OSError as err:
+                        self._drop(e, f"vanished or replaced during capture ({err})")
+                        continue
+                    yield fd, i
+            finally:
+                os.close(dfd)
+
+    def _done(self, idx: int, chunks: list[tuple[bytes, int]], info: tuple[int, ...],
+              nread: int, changed: bool) -> None:
+        e = self.entries[idx]
+        e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
+        e.chunks = chunks
+        with self._lock:
+            self.bytes_read += nread
+            self.files_read += 1
+            if changed:
+                self.warnings.append(f"{os.fsdecode(e.path)}: changed while being read "
+                                     f"{RETRIES + 1} times; stored as last read")
+
+    def _gone(self, idx: int, why: str) -> None:
+        self._drop(self.entries[idx], why)
+
+    def _read_threads(self, items: Generator[tuple[int, int]]) -> None:
         sem = threading.BoundedSemaphore(MAX_INFLIGHT)
         futures: list[Future[None]] = []
         failed = threading.Event()
@@ -159,43 +210,21 @@ class Archiver:
 
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="capture") as pool:
             try:
-                for rel, _dev, ino, idxs in self._dirs:
-                    todo = [i for i in idxs if not self._reuse(self.entries[i])]
-                    if not todo:
-                        continue
-                    self.progress.poll()
+                for fd, i in items:
                     if failed.is_set():
+                        os.close(fd)
                         break
-                    try:
-                        dfd = fsutil.open_dir_beneath(root_fd, fsutil.split(rel))
-                    except OSError as err:
-                        self._drop_all(todo, f"directory changed during capture ({err})")
-                        continue
-                    try:
-                        if os.fstat(dfd).st_ino != ino:
-                            self._drop_all(todo, "directory replaced during capture")
-                            continue
-                        for i in todo:
-                            e = self.entries[i]
-                            name = e.path.rsplit(b"/", 1)[-1]
-                            try:
-                                fd = fsutil.open_noatime(name, dfd)
-                            except OSError as err:
-                                self._drop(e, f"vanished or replaced during capture ({err})")
-                                continue
-                            sem.acquire()
-                            futures.append(pool.submit(job, fd, e))
-                    finally:
-                        os.close(dfd)
+                    sem.acquire()
+                    futures.append(pool.submit(job, fd, self.entries[i]))
             except BaseException:
                 failed.set()
                 raise
             finally:
+                items.close()
                 for f in futures:
                     f.exception()  # wait for everyone before raising
         for f in futures:
             f.result()
-        self.progress.check()
 
     def _reuse(self, e: Entry) -> bool:
         p = self.parent.get(e.path)
@@ -258,27 +287,8 @@ class Archiver:
         e.ino = st2.st_ino
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
         e.chunks = chunks
-        e.xattrs = fsutil.read_xattrs(fd)
         self.progress.add(max(0, e.size - counted))
         with self._lock:
             self.stored_bytes += stored
             self.files_read += 1
 
-
-def make_cdc(repo: Repository) -> FastCDC:
-    cfg = repo.config
-    return FastCDC(cfg.chunk_avg, min_size=cfg.chunk_min, max_size=cfg.chunk_max)
-
-
-def iter_chunks(fd: int, size: int, cdc: FastCDC, min_size: int,
-                counter: list[int]) -> Iterator[tuple[bytes | memoryview, int]]:
-    """(data, file offset) of the chunks of a file's data extents; holes are skipped and a
-    chunk never spans two extents. Data is only valid until the next item (cut_stream)."""
-    for off, ln in fsutil.data_extents(fd, size):
-        if ln <= min_size:  # small file or extent: one chunk, no CDC needed
-            data = fsutil.pread_full(fd, ln, off)
-            counter[0] += len(data)
-            yield data, off
-            continue
-        for c in cdc.cut_stream(_RegionReader(fd, off, ln, counter)):
-            yield c.data, off + c.offset

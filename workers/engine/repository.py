@@ -37,6 +37,12 @@ class ObjectCorrupt(Exception):
     """Raised by read_chunk; callers turn it into SnapshotCorrupt naming the snapshot."""
 
 
+def encode_payload(zc: zstandard.ZstdCompressor, data: bytes | memoryview) -> bytes:
+    """1-byte header + zstd, or + raw data when compression does not make it smaller."""
+    comp = zc.compress(data)
+    return bytes([ZSTD]) + comp if len(comp) < len(data) else bytes([RAW]) + bytes(data)
+
+
 def chunk_key(cid: bytes) -> str:
     h = cid.hex()
     return f"data/{h[:2]}/{h}"
@@ -104,8 +110,7 @@ class Repository:
                 return cid, 0
             self._pending.add(cid)
         try:
-            comp = self._zc().compress(data)
-            payload = bytes([ZSTD]) + comp if len(comp) < len(data) else bytes([RAW]) + bytes(data)
+            payload = encode_payload(self._zc(), data)
             self.backend.put(chunk_key(cid), payload)
         except BaseException:
             with self._known_lock:
@@ -115,6 +120,28 @@ class Repository:
             self._pending.discard(cid)
             self._known.add(cid)
         return cid, len(payload)
+
+    def store_payload(self, cid: bytes, payload: bytes) -> int:
+        """Store an already encoded chunk (from a capture worker process) unless present;
+        returns the bytes newly written. The id was computed by the worker with our key."""
+        with self._known_lock:
+            if cid in self._known or cid in self._pending:
+                return 0
+            self._pending.add(cid)
+        try:
+            self.backend.put(chunk_key(cid), payload)
+        except BaseException:
+            with self._known_lock:
+                self._pending.discard(cid)
+            raise
+        with self._known_lock:
+            self._pending.discard(cid)
+            self._known.add(cid)
+        return len(payload)
+
+    def known_ids(self) -> list[bytes]:
+        with self._known_lock:
+            return list(self._known)
 
     def read_chunk(self, cid: bytes) -> bytes:
         try:

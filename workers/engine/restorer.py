@@ -32,7 +32,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from . import fsutil
-from .archiver import iter_chunks, make_cdc
+from .chunker import iter_chunks, make_cdc
 from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 from .model import EngineError, RestoreResult, StateInvalid
 from .progress import Progress

@@ -1,0 +1,145 @@
+"""Capture worker processes (parent side); see procworker.py for why and the protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+from .model import EngineError
+from .procworker import REQ, Setup, recv_frame
+from .repository import ZSTD_LEVEL, Repository
+
+WINDOW = 4  # files queued per worker: keeps both busy, never blocks the parent on send
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+Done = Callable[[int, list[tuple[bytes, int]], tuple[int, ...], int, bool], None]
+
+
+class _Worker:
+    def __init__(self, setup: bytes) -> None:
+        self.req, req_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.res, res_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH")) if p)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.engine.procworker",
+                 str(req_child.fileno()), str(res_child.fileno())],
+                pass_fds=(req_child.fileno(), res_child.fileno()), env=env,
+                stdin=subprocess.DEVNULL, cwd="/")
+        finally:
+            req_child.close()
+            res_child.close()
+        self.inflight = 0
+        send_frame_raw(self.res, setup)
+
+    def close(self, *, kill: bool) -> None:
+        with contextlib.suppress(OSError):
+            self.req.close()
+        if kill:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.res.close()
+
+
+def send_frame_raw(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(len(data).to_bytes(4, "big") + data)
+
+
+class WorkerPool:
+    def __init__(self, repo: Repository, n: int) -> None:
+        cfg = repo.config
+        setup = msgspec.msgpack.encode(Setup(
+            key=repo.key, chunk_min=cfg.chunk_min, chunk_avg=cfg.chunk_avg,
+            chunk_max=cfg.chunk_max, level=ZSTD_LEVEL, known=b"".join(repo.known_ids())))
+        self.repo = repo
+        self.workers: list[_Worker] = []
+        try:
+            for _ in range(n):
+                self.workers.append(_Worker(setup))
+        except BaseException:
+            self.close(kill=True)
+            raise
+        self.stored_bytes = 0
+
+    def close(self, *, kill: bool) -> None:
+        for w in self.workers:
+            w.close(kill=kill)
+        self.workers = []
+
+    def run(self, items: Iterator[tuple[int, int]], done: Done, gone: Callable[[int, str], None],
+            progress: Callable[[int], None], poll: Callable[[], None],
+            describe: Callable[[int], str]) -> None:
+        """Feed (fd, entry index) items to the workers; the parent closes its fd copies."""
+        sel = selectors.DefaultSelector()
+        for i, w in enumerate(self.workers):
+            sel.register(w.res, selectors.EVENT_READ, i)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted:
+                    w = min(self.workers, key=lambda x: x.inflight)
+                    if w.inflight >= WINDOW:
+                        break
+                    item = next(items, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    fd, idx = item
+                    try:
+                        socket.send_fds(w.req, [REQ.pack(idx)], [fd])
+                    finally:
+                        os.close(fd)
+                    w.inflight += 1
+                if exhausted and not any(w.inflight for w in self.workers):
+                    return
+                for key, _ev in sel.select(timeout=0.25):
+                    w = self.workers[key.data]
+                    try:
+                        frame = msgspec.msgpack.decode(recv_frame(w.res))
+                    except EOFError as e:
+                        raise EngineError("a capture worker process died") from e
+                    self._handle(w, frame, done, gone, progress, describe)
+                poll()
+        finally:
+            sel.close()
+
+    def _handle(self, w: _Worker, frame: list[object], done: Done,
+                gone: Callable[[int, str], None], progress: Callable[[int], None],
+                describe: Callable[[int], str]) -> None:
+        kind, idx = frame[0], frame[1]
+        assert isinstance(idx, int)
+        if kind in ("blobs", "done"):
+            blobs = frame[2]
+            assert isinstance(blobs, list)
+            for cid, payload in blobs:
+                self.stored_bytes += self.repo.store_payload(cid, payload)
+            raw = frame[3]
+            assert isinstance(raw, int)
+            progress(raw)
+        if kind == "blobs":
+            return
+        w.inflight -= 1
+        if kind == "done":
+            raw_chunks, raw_info = frame[4], frame[5]
+            assert isinstance(raw_chunks, list) and isinstance(raw_info, list)
+            chunks = [(bytes(c), int(o)) for c, o in raw_chunks]
+            info = tuple(int(x) for x in raw_info)
+            nread, changed = frame[6], frame[7]
+            assert isinstance(nread, int) and isinstance(changed, bool)
+            done(idx, chunks, info, nread, changed)
+        elif kind == "gone":
+            gone(idx, str(frame[2]))
+        else:
+            raise EngineError(f"reading {describe(idx)} failed: {frame[2]}")

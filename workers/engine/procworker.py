@@ -1,0 +1,132 @@
+"""Capture worker process (child side): `python -m workers.engine.procworker REQ_FD RES_FD`.
+
+Python threads share one GIL, so hashing + compressing a root filesystem of small files
+cannot use both cores from one process. The capture therefore hands already opened file
+descriptors (SCM_RIGHTS over a SOCK_SEQPACKET socket) to worker processes that read,
+chunk, hash and compress, and stream back (over a SOCK_STREAM socket, length-prefixed
+msgpack frames) the chunk list and the encoded chunks that are new to them. The parent
+stays the only writer of the repository: it deduplicates exactly, counts stored bytes and
+turns ENOSPC into StorageFull. A worker never opens a path itself, so the parent's
+symlink-safe opening rules hold unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import sys
+
+import blake3
+import msgspec
+import zstandard
+from pyfastcdc import FastCDC
+
+from .chunker import RETRIES, iter_chunks
+from .repository import encode_payload
+
+FRAME = struct.Struct(">I")
+REQ = struct.Struct(">Q")
+BATCH = 8 << 20  # flush encoded chunks / progress at least every 8 MiB
+
+
+class Setup(msgspec.Struct, array_like=True):
+    key: bytes
+    chunk_min: int
+    chunk_avg: int
+    chunk_max: int
+    level: int
+    known: bytes  # concatenated 32-byte ids already stored
+
+
+Blobs = list[tuple[bytes, bytes]]
+# ("blobs", idx, blobs, raw bytes) | ("done", idx, blobs, raw, chunks, stat, nread, changed)
+# | ("gone", idx, why) | ("err", idx, message)
+_enc = msgspec.msgpack.Encoder()
+
+
+def send_frame(sock: socket.socket, obj: object) -> None:
+    data = _enc.encode(obj)
+    sock.sendall(FRAME.pack(len(data)) + data)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        part = sock.recv(min(n - len(buf), 1 << 20))
+        if not part:
+            raise EOFError("peer closed")
+        buf += part
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    (n,) = FRAME.unpack(recv_exact(sock, FRAME.size))
+    return recv_exact(sock, n)
+
+
+def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
+             zc: zstandard.ZstdCompressor, res: socket.socket) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        send_frame(res, ("gone", idx, "replaced by a non-regular file during capture"))
+        return
+    blobs: Blobs = []
+    pending = raw = 0
+    nread_total = 0
+    same = True
+    for attempt in range(RETRIES + 1):
+        chunks: list[tuple[bytes, int]] = []
+        nread = [0]
+        for data, off in iter_chunks(fd, st.st_size, cdc, setup.chunk_min, nread):
+            cid = blake3.blake3(data, key=setup.key).digest()
+            chunks.append((cid, off))
+            raw += len(data)
+            if cid not in known:
+                known.add(cid)
+                payload = encode_payload(zc, data)
+                blobs.append((cid, payload))
+                pending += len(payload)
+            if pending >= BATCH or raw >= BATCH:
+                send_frame(res, ("blobs", idx, blobs, raw))
+                blobs, pending, raw = [], 0, 0
+        nread_total += nread[0]
+        st2 = os.fstat(fd)
+        same = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if same or attempt == RETRIES:
+            break
+        st = st2
+    info = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, st2.st_mode,
+            st2.st_uid, st2.st_gid)
+    send_frame(res, ("done", idx, blobs, raw, chunks, info, nread_total, not same))
+
+
+def main() -> None:
+    req = socket.socket(fileno=int(sys.argv[1]))
+    res = socket.socket(fileno=int(sys.argv[2]))
+    setup = msgspec.msgpack.decode(recv_frame(res), type=Setup)
+    known = {setup.known[i : i + 32] for i in range(0, len(setup.known), 32)}
+    cdc = FastCDC(setup.chunk_avg, min_size=setup.chunk_min, max_size=setup.chunk_max)
+    zc = zstandard.ZstdCompressor(level=setup.level)
+    while True:
+        msg, fds, _flags, _addr = socket.recv_fds(req, REQ.size, 1)
+        if not msg:
+            return  # the parent closed the channel: done
+        (idx,) = REQ.unpack(msg)
+        for extra in fds[1:]:
+            os.close(extra)
+        if not fds:
+            send_frame(res, ("err", idx, "no file descriptor received"))
+            continue
+        try:
+            _process(idx, fds[0], setup, known, cdc, zc, res)
+        except OSError as e:
+            send_frame(res, ("err", idx, f"{e.strerror or e}"))
+        finally:
+            os.close(fds[0])
+
+
+if __name__ == "__main__":
+    main()
