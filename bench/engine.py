@@ -584,6 +584,7 @@ class Run:
     cold: bool
     results: Results = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     engine_error: str | None = None
 
     def record(self, phase: str, tool: Tool, fn: Callable[[], Outcome], cold: bool) -> Outcome:
@@ -671,9 +672,23 @@ def phase_partial_restore(run: Run, where: Path, targets: dict[str, Path]) -> No
     phase_verify_ours(run, targets, "restore onto 1%-changed tree, compared with source")
 
 
+def startup_cost(run: Run) -> None:
+    """What every one of our operations pays before doing any work (warm cache, best of 3)."""
+    if run.engine_error:
+        return
+    argv = [PY, "-c", "import workers.engine"]
+    best = min(sh(argv, cwd=ROOT, env=run.tools[0].env).secs or 0.0 for _ in range(3))
+    bare = min(sh([PY, "-c", "pass"]).secs or 0.0 for _ in range(3))
+    run.notes.append(
+        f"start-up included in each of our timings: python {bare:.3f} s, "
+        f"python + import workers.engine {best:.3f} s (warm, best of 3)"
+    )
+
+
 def execute(run: Run, where: Path) -> None:
     print("capture:", flush=True)
     phase_capture(run)
+    startup_cost(run)
     for tool in run.tools:
         if tool.repo.exists() or isinstance(tool, Ours):
             sizes = {"stored bytes (apparent)": True, "stored bytes (on disk)": False}
@@ -821,6 +836,8 @@ def print_report(run: Run, title: str) -> None:
         print("\nengine results:")
         for phase, out in ours_out.items():
             print(f"  {phase}: {out[:200]}")
+    for note in run.notes:
+        print(f"  {note}")
 
 
 def header(args: argparse.Namespace, cold: bool, desc: str) -> None:
