@@ -4,7 +4,7 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,19 @@ def repo_url(tmp_path: Path) -> str:
 @pytest.fixture
 def engine(repo_url: str) -> Engine:
     return Engine(repo_url)
+
+
+def record_barriers(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> list[object]:
+    """Record the keys argument of every durability barrier the engine's backend runs."""
+    seen: list[object] = []
+    orig = engine.backend.barrier
+
+    def barrier(keys: Sequence[str] | None) -> None:
+        seen.append(None if keys is None else list(keys))
+        orig(keys)
+
+    monkeypatch.setattr(engine.backend, "barrier", barrier)
+    return seen
 
 
 def posix_acl(entries: list[tuple[int, int, int]]) -> bytes:

@@ -15,7 +15,7 @@ import pytest
 
 from workers.engine import Engine, fsutil
 
-from .conftest import dir_state, make_meta
+from .conftest import dir_state, make_meta, record_barriers
 from .treecmp import assert_same, describe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,8 @@ Repository.store_chunk = _slow
 """
 
 
-def test_capture_killed_then_rerun_stores_nothing_twice(tmp_path: Path, repo_url: str) -> None:
+def test_capture_killed_then_rerun_stores_nothing_twice(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path, repo_url: str) -> None:
     src = tmp_path / "srv"
     src.mkdir()
     for i in range(40):
@@ -72,7 +73,10 @@ Engine({repo_url!r}).capture(make_meta(1), dir_state({str(src)!r}))
     before = count_objects(repo)
     engine = Engine(repo_url)
     assert engine.get_snapshot(1) is None  # never committed: invisible
+    barriers = record_barriers(monkeypatch, engine)
     res = engine.capture(make_meta(1), dir_state(src))
+    # the killed run's chunks may not be on disk yet: the commit syncs the whole filesystem
+    assert barriers == [None] and int(engine.backend.get("synced")) > 0
     written = [k for k in engine.backend.put_keys if k.startswith("data/")]
     assert written and not set(written) & before  # no chunk was written twice
     assert len(written) == len(set(written))

@@ -8,7 +8,7 @@ import pytest
 
 from workers.engine import Engine, SnapshotNotFound, StateInvalid, StateSpec, archiver
 
-from .conftest import build_full_tree, dir_state, make_meta
+from .conftest import build_full_tree, dir_state, make_meta, record_barriers
 from .treecmp import assert_same, describe
 
 
@@ -104,7 +104,9 @@ def test_incremental_capture_does_not_read_unchanged_files(
     assert engine.last_bytes_read == 20 * 300_000
     (src / "f3").write_bytes(os.urandom(1000))
     puts = engine.backend.puts
+    barriers = record_barriers(monkeypatch, engine)
     r2 = engine.capture(make_meta(2), dir_state(src))
+    assert len(barriers) == 1 and barriers[0] == [engine.backend.put_keys[-2]]  # one fsync
     assert engine.last_bytes_read == 1000  # only the changed file was read
     assert engine.backend.puts == puts + 2  # one chunk + the manifest
     assert r2.stored_bytes <= 1001 and r1.stored_bytes > 6_000_000

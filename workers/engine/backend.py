@@ -13,7 +13,7 @@ import itertools
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
@@ -21,6 +21,7 @@ from . import fsutil
 from .model import EngineError, StorageFull
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+FSYNC_MAX = 64  # above this many new objects, one syncfs beats individual fsyncs
 TMP_PREFIX = ".tmp-"  # temp files of writers; never listed as objects
 
 
@@ -52,14 +53,15 @@ class Backend(Protocol):
 
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object whose key starts with prefix (a directory-like prefix)."""
+    def list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
+        """(key, size, mtime_ns) of every object under a directory-like prefix."""
         ...
 
     def delete(self, key: str) -> None: ...
     def stat(self, key: str) -> int | None: ...
-    def barrier(self) -> None:
-        """Make every object put so far durable (local: one syncfs; S3: a no-op)."""
+    def barrier(self, keys: Sequence[str] | None) -> None:
+        """Make the objects put under keys durable, or every object when keys is None
+        (local: fsyncs or one syncfs; S3: a no-op)."""
         ...
 
     def writable(self) -> bool: ...
@@ -185,10 +187,10 @@ class LocalBackend:
         except FileNotFoundError:
             return None
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
         yield from self._list(prefix.rstrip("/"), tmp=False)
 
-    def _list(self, prefix: str, *, tmp: bool) -> Iterator[tuple[str, int]]:
+    def _list(self, prefix: str, *, tmp: bool) -> Iterator[tuple[str, int, int]]:
         try:
             it = os.scandir(self._path(prefix))
         except FileNotFoundError:
@@ -200,7 +202,8 @@ class LocalBackend:
                     if e.is_dir(follow_symlinks=False):
                         yield from self._list(key, tmp=tmp)
                     elif e.name.startswith(TMP_PREFIX) == tmp:
-                        yield key, e.stat(follow_symlinks=False).st_size
+                        st = e.stat(follow_symlinks=False)
+                        yield key, st.st_size, st.st_mtime_ns
                 except FileNotFoundError:
                     continue
 
@@ -208,13 +211,33 @@ class LocalBackend:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
 
-    def barrier(self) -> None:
-        fsutil.syncfs(self.root)
+    def barrier(self, keys: Sequence[str] | None) -> None:
+        # Few new objects (an incremental capture): fsync them and their directories, so
+        # the commit does not wait for other writers' dirty data on the same filesystem.
+        # Many: one syncfs is far cheaper than thousands of fsyncs.
+        if keys is None or len(keys) > FSYNC_MAX:
+            fsutil.syncfs(self.root)
+            return
+        dirs = set()
+        for key in keys:
+            path = self._path(key)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(os.path.dirname(path))
+        for d in sorted(dirs):
+            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     def clean_tmp(self) -> None:
         """Remove temp files of killed writers; only call while no writer can be running."""
         for prefix in ("data", "snapshots", "tmp"):
-            for key, _size in self._list(prefix, tmp=True):
+            for key, _size, _mtime in self._list(prefix, tmp=True):
                 self.delete(key)
 
     def writable(self) -> bool:

@@ -30,7 +30,7 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH")) if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.engine.procworker",
+                [sys.executable, "-c", "from workers.engine.procworker import main; main()",
                  str(req_child.fileno()), str(res_child.fileno())],
                 pass_fds=(req_child.fileno(), res_child.fileno()), env=env,
                 stdin=subprocess.DEVNULL, cwd="/")

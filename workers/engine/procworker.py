@@ -1,4 +1,4 @@
-"""Capture worker process (child side): `python -m workers.engine.procworker REQ_FD RES_FD`.
+"""Capture worker process (child side), started by procpool with two socket fds.
 
 Python threads share one GIL, so hashing + compressing a root filesystem of small files
 cannot use both cores from one process. The capture therefore hands already opened file
@@ -104,8 +104,8 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
 
 
 def main() -> None:
-    req = socket.socket(fileno=int(sys.argv[1]))
-    res = socket.socket(fileno=int(sys.argv[2]))
+    req = socket.socket(fileno=int(sys.argv[-2]))
+    res = socket.socket(fileno=int(sys.argv[-1]))
     setup = msgspec.msgpack.decode(recv_frame(res), type=Setup)
     known = {setup.known[i : i + 32] for i in range(0, len(setup.known), 32)}
     cdc = FastCDC(setup.chunk_avg, min_size=setup.chunk_min, max_size=setup.chunk_max)
@@ -127,6 +127,3 @@ def main() -> None:
         finally:
             os.close(fds[0])
 
-
-if __name__ == "__main__":
-    main()

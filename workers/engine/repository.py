@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 
 import blake3
 import msgspec
@@ -21,6 +22,7 @@ from .backend import Backend
 from .model import EngineError, SnapshotCorrupt, SnapshotNotFound
 
 RAW, ZSTD = 0, 1
+SYNCED_KEY = "synced"  # start time (ns) of the last full-filesystem sync before a commit
 ZSTD_LEVEL = 3
 
 
@@ -66,6 +68,9 @@ class Repository:
         self._known: set[bytes] = set()
         self._pending: set[bytes] = set()
         self._known_lock = threading.Lock()
+        self._written: list[str] = []  # keys put since the last barrier
+        self._fresh: set[bytes] = set()  # stored after the last full sync: maybe not durable
+        self._reused_fresh = False
 
     # --- chunks -----------------------------------------------------------------------
     def chunk_id(self, data: bytes | memoryview) -> bytes:
@@ -90,23 +95,39 @@ class Repository:
         """Load the ids of every stored chunk once per capture: existence checks become set
         lookups. Zero-length files (a crash before the data reached disk) do not count."""
         known: set[bytes] = set()
-        for key, size in self.backend.list("data/"):
+        fresh: set[bytes] = set()
+        synced = self._synced_at()
+        for key, size, mtime_ns in self.backend.list("data/"):
             if size > 0:
                 try:
-                    known.add(bytes.fromhex(key.rsplit("/", 1)[1]))
+                    cid = bytes.fromhex(key.rsplit("/", 1)[1])
                 except ValueError:
                     continue
+                known.add(cid)
+                if mtime_ns >= synced:
+                    fresh.add(cid)
         with self._known_lock:
-            self._known = known
+            self._known, self._fresh, self._reused_fresh = known, fresh, False
+            self._written = []
 
     def has_chunk(self, cid: bytes) -> bool:
+        """For reuse of a committed parent's chunks (durable: synced before its commit)."""
         return cid in self._known
+
+    def _present(self, cid: bytes) -> bool:
+        """Under _known_lock: is cid stored (or being stored)? Notes reuse of a chunk that
+        may not be durable yet (written after the last full sync, by a killed capture)."""
+        if cid in self._known:
+            if cid in self._fresh:
+                self._reused_fresh = True
+            return True
+        return cid in self._pending
 
     def store_chunk(self, data: bytes | memoryview) -> tuple[bytes, int]:
         """Store a chunk unless already present; returns (id, bytes newly written)."""
         cid = self.chunk_id(data)
         with self._known_lock:
-            if cid in self._known or cid in self._pending:
+            if self._present(cid):
                 return cid, 0
             self._pending.add(cid)
         try:
@@ -119,13 +140,14 @@ class Repository:
         with self._known_lock:
             self._pending.discard(cid)
             self._known.add(cid)
+            self._written.append(chunk_key(cid))
         return cid, len(payload)
 
     def store_payload(self, cid: bytes, payload: bytes) -> int:
         """Store an already encoded chunk (from a capture worker process) unless present;
         returns the bytes newly written. The id was computed by the worker with our key."""
         with self._known_lock:
-            if cid in self._known or cid in self._pending:
+            if self._present(cid):
                 return 0
             self._pending.add(cid)
         try:
@@ -137,7 +159,14 @@ class Repository:
         with self._known_lock:
             self._pending.discard(cid)
             self._known.add(cid)
+            self._written.append(chunk_key(cid))
         return len(payload)
+
+    def _synced_at(self) -> int:
+        try:
+            return int(self.backend.get(SYNCED_KEY))
+        except (OSError, ValueError):
+            return 0  # never recorded: treat every stored chunk as possibly not durable
 
     def known_ids(self) -> list[bytes]:
         with self._known_lock:
@@ -170,7 +199,7 @@ class Repository:
             raise SnapshotCorrupt(f"snapshot {snapshot_id} is corrupt: {e}") from e
 
     def list_chunks(self) -> list[tuple[str, int]]:
-        return list(self.backend.list("data/"))
+        return [(key, size) for key, size, _mtime in self.backend.list("data/")]
 
     # --- manifests --------------------------------------------------------------------
     @staticmethod
@@ -178,15 +207,26 @@ class Repository:
         return f"snapshots/{snapshot_id}"
 
     def put_manifest(self, header: manifest.Header, body: manifest.Body) -> None:
-        # One filesystem-wide barrier makes every chunk durable, then the manifest itself is
-        # written durably (temp, fsync, rename, fsync dir): after this the snapshot exists.
-        self.backend.barrier()
+        # One barrier makes every chunk the snapshot needs durable, then the manifest itself
+        # is written durably (temp, fsync, rename, fsync dir): after this the snapshot exists.
+        # Chunks of committed snapshots are durable already. A chunk reused from a killed
+        # capture (stored after the last full sync) may not be: then sync everything, and
+        # record when that full sync started so later captures know what is durable.
+        with self._known_lock:
+            written, full = self._written, self._reused_fresh
+            self._written, self._reused_fresh = [], False
+        if full:
+            started = time.time_ns()
+            self.backend.barrier(None)
+            self.backend.put(SYNCED_KEY, str(started).encode(), durable=True)
+        else:
+            self.backend.barrier(written)
         self.backend.put(self.manifest_key(header.meta.snapshot_id),
                          manifest.encode(header, body), durable=True)
 
     def manifest_ids(self) -> list[int]:
         out = []
-        for key, _size in self.backend.list("snapshots/"):
+        for key, _size, _mtime in self.backend.list("snapshots/"):
             name = key.rsplit("/", 1)[1]
             if name.isdigit():
                 out.append(int(name))
