@@ -11,9 +11,17 @@ import os
 import re
 
 import redis.exceptions
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, InternalError, ServiceUnavailable
+from api.errors import (
+    ApiError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
 
 log = logging.getLogger("api")
 
@@ -27,9 +35,23 @@ _REDIS_DOWN = (
 )
 
 
+def _from_http(exc: HTTPException) -> ApiError:
+    """Starlette's own errors (the router's unknown route / wrong method) in our shape."""
+    if exc.status_code == 404:
+        return NotFound("No such route.")
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow")
+        return MethodNotAllowed(headers={"Allow": allow} if allow else None)
+    if 400 <= exc.status_code < 500:
+        return InvalidRequest(str(exc.detail))
+    return InternalError()
+
+
 def to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, HTTPException):
+        return _from_http(exc)
     if isinstance(exc, _REDIS_DOWN):
         log.warning("redis unavailable: %s", exc)
         return ServiceUnavailable()
