@@ -9,6 +9,10 @@ Reuse from e2e and fault tests:
 - ``redis_client`` (sync, decode_responses) and ``store`` (the workers' sync Store).
 - ``app`` (``create_app(settings)``), ``client`` (Starlette TestClient), ``api``
   (ApiHelper: ``api.token(account, scope)``, ``api.server(account)``, ...).
+- ``make_settings(redis_url, data_dir, **overrides)`` for settings of your own, and
+  ``tests.support.env.env_for(settings)`` for the environment of real web/worker processes.
+- Async tests: ``@pytest.mark.anyio`` (the ``anyio_backend`` fixture pins asyncio) with
+  ``httpx.AsyncClient(transport=httpx.ASGITransport(app=app))``.
 """
 
 from __future__ import annotations

@@ -132,3 +132,9 @@ def test_busy_worker_heartbeat_is_kept_fresh(settings: Settings) -> None:
         assert (broker.client.zscore(key, broker.broker_id) or 0) > (first or 0)
     finally:
         beat.before_worker_shutdown(broker, None)
+
+
+def test_env_for_round_trips_settings(settings: Settings) -> None:
+    from tests.support.env import env_for
+
+    assert Settings.from_env(env_for(settings)) == settings
