@@ -240,7 +240,10 @@ def test_file_changing_while_read(monkeypatch: pytest.MonkeyPatch, engine: Engin
     assert (dst / "calm").read_bytes() == b"calm"
 
 
-def test_storage_full(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_storage_full(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, processes: bool) -> None:
+    if processes:
+        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
     small = tmp_path / "small"
     small.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
@@ -267,7 +270,11 @@ def test_storage_full(tmp_path: Path) -> None:
         subprocess.run(["umount", str(small)], check=True)
 
 
-def test_cancelled_capture_commits_nothing(engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_cancelled_capture_commits_nothing(monkeypatch: pytest.MonkeyPatch, engine: Engine,
+                                           tmp_path: Path, processes: bool) -> None:
+    if processes:
+        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
     src = tmp_path / "srv"
     src.mkdir()
     (src / "a").write_bytes(os.urandom(1000))

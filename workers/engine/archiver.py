@@ -13,6 +13,7 @@ Two passes over the tree, both through directory fds without following any symli
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import threading
@@ -34,6 +35,7 @@ MAX_INFLIGHT = 64  # open file fds handed to the pool
 # Big captures use worker processes (both cores, no GIL); small ones are not worth the
 # ~0.1 s start of a Python process and use threads.
 PROCESSES = 2
+log = logging.getLogger(__name__)
 PROCESS_THRESHOLD = 64 << 20
 
 
@@ -135,8 +137,13 @@ class Archiver:
                 for rel, _dev, ino, idxs in self._dirs]
         to_read = sum(self.entries[i].size for _r, _i, idxs in todo for i in idxs)
         items = self._open_files(root_fd, todo)
+        pool = None
         if PROCESSES > 0 and to_read >= PROCESS_THRESHOLD:
-            pool = WorkerPool(self.repo, PROCESSES)
+            try:
+                pool = WorkerPool(self.repo, PROCESSES)
+            except OSError as err:  # cannot start processes here: threads do the same work
+                log.warning("capture worker processes unavailable (%s); using threads", err)
+        if pool is not None:
             ok = False
             try:
                 pool.run(items, self._done, self._gone, self.progress.add, self.progress.check,

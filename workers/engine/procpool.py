@@ -16,7 +16,7 @@ from .model import EngineError
 from .procworker import REQ, Setup, recv_frame
 from .repository import ZSTD_LEVEL, Repository
 
-WINDOW = 4  # files queued per worker: keeps both busy, never blocks the parent on send
+WINDOW = 8  # files queued per worker: keeps both busy, never blocks the parent on send
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 Done = Callable[[int, list[tuple[bytes, int]], tuple[int, ...], int, bool], None]

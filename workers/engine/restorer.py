@@ -209,7 +209,7 @@ class Restorer:
         stack: list[tuple[bytes, int, int | None]] = [(b"", os.dup(st_fd), cur_dup)]
         dirs: list[Entry] = [self.entries[0]]
 
-        def job(dfd: int, name: bytes, e: Entry, fd: int | None, cand: Candidate) -> None:
+        def job(dfd: int | None, name: bytes, e: Entry, fd: int | None, cand: Candidate) -> None:
             try:
                 if not failed.is_set():
                     self._file(dfd, name, e, fd, cand)
@@ -217,7 +217,8 @@ class Restorer:
                 failed.set()
                 raise
             finally:
-                os.close(dfd)
+                if dfd is not None:
+                    os.close(dfd)
                 if cand is not None:
                     os.close(cand[0])
                 sem.release()
@@ -263,7 +264,11 @@ class Restorer:
                                     os.close(cand[0])
                                 cand = None
                         sem.acquire()
-                        futures.append(pool.submit(job, os.dup(dfd), name, e, fd, cand))
+                        if cand is None and fd is None:  # plain write: create it here
+                            fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
+                        # only a hash check may need the directory later (to link or create)
+                        jdfd = os.dup(dfd) if cand is not None else None
+                        futures.append(pool.submit(job, jdfd, name, e, fd, cand))
                     elif e.kind == HARDLINK:
                         os.link(e.target, name, src_dir_fd=st_fd, dst_dir_fd=dfd,
                                 follow_symlinks=False)
@@ -306,12 +311,13 @@ class Restorer:
             fsutil.write_xattrs(fsutil.proc_path(dfd, name), e.xattrs)
         os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
-    def _file(self, dfd: int, name: bytes, e: Entry, fd: int | None, cand: Candidate) -> None:
-        if cand is not None and self._same_content(cand[0], e) and self._link_reused(
-                cand, dfd, name, e):
-            return
-        if fd is None:
+    def _file(self, dfd: int | None, name: bytes, e: Entry, fd: int | None,
+              cand: Candidate) -> None:
+        if cand is not None and dfd is not None:
+            if self._same_content(cand[0], e) and self._link_reused(cand, dfd, name, e):
+                return
             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
+        assert fd is not None
         try:
             written = 0
             for cid, off in e.chunks:
