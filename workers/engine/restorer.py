@@ -17,9 +17,11 @@ rename: recovery rolls forward (staging -> state path) if the state path is miss
 Files already identical in the current tree are hard-linked into staging instead of being
 rewritten: same relative path reached through O_NOFOLLOW directory fds only, a regular
 file with one link, identical size/mode/owner/mtime/xattrs, and identical content proven
-by chunking it and comparing chunk ids (mtime alone is forgeable by the tenant). The fd
-that was checked is the one linked (linkat via /proc/self/fd), so there is no race
-between check and link. Nothing outside the state path is ever opened.
+either without reading (same inode and ctime as captured, or as the previous restore left
+it: see statecache.py) or by chunking it and comparing chunk ids (mtime alone is forgeable
+by the tenant). The fd that was checked is the one linked (linkat via /proc/self/fd), so
+there is no race between check and link. Nothing outside the state path is ever opened,
+and removing the old tree never descends into a mount inside it.
 """
 
 from __future__ import annotations
