@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,22 @@ def test_invalid_state(engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(StateInvalid):
         engine.restore(2, StateSpec(kind="image", path=str(tmp_path / "img")))
     assert engine.list_snapshots()[0].meta.snapshot_id == 2
+
+
+def test_concurrent_captures_on_one_engine(engine: Engine, tmp_path: Path) -> None:
+    srcs = []
+    for n in range(2):
+        src = tmp_path / f"srv{n}"
+        src.mkdir()
+        for i in range(30):
+            (src / f"f{i}").write_bytes(os.urandom(50_000))
+        srcs.append(src)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda n: engine.capture(make_meta(n + 1, server_id=n + 1),
+                                                         dir_state(srcs[n])), range(2)))
+    assert [r.snapshot_id for r in results] == [1, 2]
+    for n in range(2):
+        assert engine.verify(n + 1).ok
+        dst = tmp_path / f"out{n}"
+        engine.restore(n + 1, dir_state(dst))
+        assert_same(srcs[n], dst)

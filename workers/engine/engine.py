@@ -61,13 +61,16 @@ class Engine:
             done = self._committed_result(meta.snapshot_id)
             if done is not None:
                 return done
-            self.repo.load_known()
+            # A Repository per capture: its set of stored ids and list of written objects
+            # are per-run state, so concurrent captures on one Engine do not mix them.
+            repo = Repository(self.backend)
+            repo.load_known()
             parent = self._parent_body(meta)
             if state.kind == "directory":
                 pmap: dict[bytes, Entry] = {}
                 if isinstance(parent, DirBody):
                     pmap = {e.path: e for e in parent.entries if e.kind == manifest.FILE}
-                arch = Archiver(self.repo, state.path, pmap, prog)
+                arch = Archiver(repo, state.path, pmap, prog)
                 entries = arch.run()
                 body: manifest.Body = DirBody(entries=entries)
                 size = sum(e.size for e in entries if e.kind == manifest.FILE)
@@ -76,7 +79,7 @@ class Engine:
                 self.last_bytes_read = arch.bytes_read
             elif state.kind == "image":
                 ibody, stored, warnings, nread = capture_image(
-                    self.repo, state.path, parent if isinstance(parent, ImageBody) else None, prog)
+                    repo, state.path, parent if isinstance(parent, ImageBody) else None, prog)
                 body, size, files = ibody, ibody.size, 1
                 self.last_bytes_read = nread
             else:
@@ -84,7 +87,7 @@ class Engine:
             prog.check()
             header = Header(meta=meta, state_kind=state.kind, size_bytes=size, stored_bytes=stored,
                             files=files, warnings=warnings, completed_at=_now())
-            self.repo.put_manifest(header, body)
+            repo.put_manifest(header, body)
         prog.finish()
         return self._result(header)
 
