@@ -69,7 +69,11 @@ class Archiver:
         try:
             self._root_dev = os.fstat(root_fd).st_dev
             self._mounts = fsutil.mount_roots(self.root)
-            self._walk(root_fd, b"")
+            try:
+                self._walk(root_fd, b"")
+            except RecursionError as e:
+                raise StateInvalid(f"directory tree under {self.root} is nested too deeply "
+                                   "to capture") from e
             self.progress.total = sum(self.entries[i].size for d in self._dirs for i in d[3])
             self._read_files(root_fd)
         finally:
