@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,19 +30,26 @@ def test_readyz_ok(client: TestClient) -> None:
     assert r.json()["status"] == "ok"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_readyz_storage_not_writable(redis_server: RedisProcess, tmp_path: Path) -> None:
+    """A read-only filesystem under the repository (root ignores mode bits, not ro mounts)."""
     locked = tmp_path / "locked"
-    locked.mkdir()
+    (locked / "repo").mkdir(parents=True)
     settings = make_settings(redis_server.url_for_db(1), tmp_path / "data",
                              storage_url=f"file://{locked}/repo")
-    locked.chmod(0o500)
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
+                       check=True)
+    else:
+        locked.chmod(0o500)
     try:
         with TestClient(create_app(settings)) as c:
             r = c.get("/readyz")
             assert r.status_code == 503 and r.json()["storage"] is False
     finally:
-        locked.chmod(0o700)
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(locked)], check=True)
+        else:
+            locked.chmod(0o700)
 
 
 def test_readyz_storage_is_a_file(redis_server: RedisProcess, tmp_path: Path) -> None:
