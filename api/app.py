@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from api import health, openapi, operations, servers, snapshots, tokens
+from api import events, health, openapi, operations, servers, snapshots, tokens
 from api.auth import BearerAuth, TokenCache
 from api.middleware import RequestContext
 from api.services import Services
@@ -63,6 +63,7 @@ def routes(openapi_body: bytes) -> list[BaseRoute]:
         _route(f"{v1}/servers/{{server_id}}/", get=servers.get_one, delete=servers.delete),
         _route(f"{v1}/tokens/", post=tokens.create),
         _route(f"{v1}/tokens/{{token_id}}/", delete=tokens.revoke),
+        _route(f"{v1}/events/", get=events.stream),
         _route("/healthz", get=health.healthz),
         _route("/readyz", get=health.readyz),
         _route(OPENAPI_PATH, get=openapi_doc),

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from shared import events as ev
 from shared import schemas as s
 
 REF = "#/components/schemas/{name}"
@@ -25,6 +26,7 @@ _TYPES: tuple[Any, ...] = (
     s.ErrorEnvelope,
     s.Health,
     s.Readiness,
+    ev.Event,
 )
 
 
@@ -132,6 +134,22 @@ def build() -> dict[str, Any]:
             "parameters": [_id("token_id")],
             "delete": {"summary": "Revoke a token (admin)",
                        "responses": {"204": {"description": "Revoked"}, **_errors(*std)}},
+        },
+        "/api/v1/events/": {
+            "get": {"summary": "The caller's events as Server-Sent Events (text/event-stream)",
+                    "description": "Each message has `id:` (the Redis stream id, resumable "
+                                   "with `Last-Event-ID`), `event:` (the type) and `data:` "
+                                   "(an Event as JSON); a `: keep-alive` comment every 15 s.",
+                    "parameters": [
+                        _query("server_id", {"type": "integer", "minimum": 1}),
+                        _query("last_event_id", {"type": "string"}),
+                        {"name": "Last-Event-ID", "in": "header", "required": False,
+                         "schema": {"type": "string", "pattern": r"^\d+-\d+$"}},
+                    ],
+                    "responses": {"200": {"description": "An endless event stream",
+                                          "content": {"text/event-stream": {
+                                              "schema": _ref("Event")}}},
+                                  **_errors(400, 401, 503)}},
         },
         "/healthz": {"get": {"summary": "Liveness", "security": [],
                              "responses": {"200": _json("Health", "Alive")}}},

@@ -1,0 +1,124 @@
+"""The public events: what the Lua scripts append to the ``events`` stream, as callers see it.
+
+Every status change appends one entry to the Redis stream ``events`` inside the same
+script that makes the change, so an event exists exactly when its transition happened.
+The entry's stream id (``<ms>-<seq>``) is the event's id: the SSE ``id:`` line, the
+``Last-Event-ID`` a client resumes from, and the ``id`` of a webhook delivery.
+
+The stream also carries internal entries (``operation.started``, ``server.power``,
+``snapshot.reclaimed``, ...); only ``PUBLIC_TYPES`` leave the service.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Final, Literal
+
+import msgspec
+
+from shared import keys
+from shared.schemas import rfc3339
+
+EventType = Literal[
+    "snapshot.created",
+    "snapshot.progress",
+    "snapshot.available",
+    "snapshot.failed",
+    "snapshot.deleted",
+    "restore.started",
+    "restore.progress",
+    "restore.succeeded",
+    "restore.failed",
+]
+PUBLIC_TYPES: Final[frozenset[str]] = frozenset(EventType.__args__)  # type: ignore[attr-defined]
+
+# Events after which an operation is over, for clients that wait on one (snapctl --wait).
+TERMINAL_TYPES: Final = frozenset(
+    {"snapshot.available", "snapshot.failed", "snapshot.deleted",
+     "restore.succeeded", "restore.failed"}
+)
+
+STREAM: Final = keys.EVENTS
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+# A comment line every this many seconds keeps proxies and load balancers from closing an
+# idle stream (most cut at 30-60 s) and lets the server notice a vanished client.
+DEFAULT_KEEPALIVE: Final = 15.0
+KEEPALIVE_ENV: Final = "SNAPSHOTS_EVENTS_KEEPALIVE"
+
+
+def keepalive_interval(env: dict[str, str] | None = None) -> float:
+    """Seconds between keep-alive comments (``SNAPSHOTS_EVENTS_KEEPALIVE``, default 15)."""
+    raw = (os.environ if env is None else env).get(KEEPALIVE_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_KEEPALIVE
+    except ValueError:
+        return DEFAULT_KEEPALIVE
+    return value if value > 0 else DEFAULT_KEEPALIVE
+
+
+class Event(msgspec.Struct):
+    """One event, as the SSE ``data:`` line and a webhook's POST body carry it."""
+
+    id: str
+    type: EventType
+    account: str
+    server_id: int | None
+    snapshot_id: int | None
+    operation_id: int | None
+    created_at: str
+    data: dict[str, Any]
+
+
+def valid_stream_id(raw: str) -> bool:
+    return bool(_STREAM_ID.match(raw))
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    return int(raw) if raw and raw.isdigit() else None
+
+
+def from_entry(entry_id: str, fields: dict[str, str]) -> Event | None:
+    """The public event of a stream entry; None for internal or malformed entries."""
+    etype = fields.get("type", "")
+    if etype not in PUBLIC_TYPES:
+        return None
+    try:
+        data = msgspec.json.decode(fields.get("data") or "{}")
+    except msgspec.DecodeError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    at = fields.get("at", "")
+    return Event(
+        id=entry_id,
+        type=etype,  # type: ignore[arg-type]
+        account=fields.get("account", ""),
+        server_id=_int_or_none(fields.get("server_id")),
+        snapshot_id=_int_or_none(fields.get("snapshot_id")),
+        operation_id=_int_or_none(fields.get("operation_id")),
+        created_at=(rfc3339(int(at)) or "") if at.isdigit() else "",
+        data=data,
+    )
+
+
+def visible(event: Event, account: str | None, server_id: int | None) -> bool:
+    """Whether a caller sees an event: ``account`` None is an admin (every account)."""
+    if account is not None and event.account != account:
+        return False
+    return server_id is None or event.server_id == server_id
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encode(event: Event) -> bytes:
+    return _encode(event)
+
+
+def sse_frame(event: Event) -> bytes:
+    """One Server-Sent Events message (the JSON has no newlines, so one data line)."""
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        event.id.encode(), event.type.encode(), _encode(event)
+    )

@@ -1,0 +1,54 @@
+"""A live uvicorn server in a thread around ``create_app(settings)``: SSE needs a real
+HTTP server (httpx's ASGI transport buffers whole responses), but not the worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from api.app import create_app
+from shared.settings import Settings
+from tests.conftest import ADMIN_TOKEN
+from tests.support.redis_proc import free_port
+
+
+@dataclass
+class Live:
+    url: str
+    admin: dict[str, str]
+
+    def client(self, token: str = ADMIN_TOKEN) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+
+
+@pytest.fixture
+def live(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+    # Short keep-alives so the test sees several without waiting 15 s.
+    monkeypatch.setenv("SNAPSHOTS_EVENTS_KEEPALIVE", "0.3")
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+        timeout_graceful_shutdown=1, lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield Live(url=f"http://127.0.0.1:{port}", admin={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    finally:
+        server.should_exit = True
+        thread.join(10)
