@@ -16,9 +16,14 @@ from shared.messages import ACTOR_NAMES, QUEUE_NAME, OperationMessage
 from shared.settings import Settings
 
 NAMESPACE: Final = "snapshots-dramatiq"
+# The sorted set of worker heartbeats (member = broker id, score = ms); operations name
+# the broker id of the worker that holds them, so liveness means the same thing for the
+# broker's requeue and for our operation leases.
+HEARTBEATS_KEY: Final = f"{NAMESPACE}:__heartbeats__"
 # A worker that sent no heartbeat for this long counts as dead; its unacked messages go
 # back to the queue at the next maintenance run. 30 s + the maintenance interval keeps a
-# dead worker's job waiting well under a minute.
+# dead worker's job waiting well under a minute. (Defaults; SNAPSHOTS_HEARTBEAT_TIMEOUT
+# and SNAPSHOTS_MAINTENANCE_CHANCE override them, see Settings.)
 HEARTBEAT_TIMEOUT_MS: Final = 30_000
 # Maintenance runs on this many dispatch calls out of a million. An idle consumer polls
 # about once a second, so 5 % means a maintenance pass every ~20 s per worker process.
@@ -60,15 +65,17 @@ class BrokerHeartbeat(dramatiq.Middleware):
 
 def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
     """A RedisBroker with our namespace and liveness tuning; ``worker`` adds the heartbeat."""
+    timeout_ms = int(settings.heartbeat_timeout * 1000)
     broker = RedisBroker(  # type: ignore[no-untyped-call]
         url=settings.effective_redis_url,
         namespace=NAMESPACE,
-        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-        maintenance_chance=MAINTENANCE_CHANCE,
+        heartbeat_timeout=timeout_ms,
+        maintenance_chance=min(settings.maintenance_chance, 1_000_000),
         dead_message_ttl=DEAD_MESSAGE_TTL_MS,
     )
     if worker:
-        broker.add_middleware(BrokerHeartbeat())
+        # Three beats per timeout, so one late beat never makes a live worker look dead.
+        broker.add_middleware(BrokerHeartbeat(min(HEARTBEAT_INTERVAL_S, timeout_ms / 3000)))
     broker.declare_queue(QUEUE_NAME)
     return broker
 

@@ -30,6 +30,10 @@ SCRIPT_NAMES = (
     "complete_delete",
     "fail_operation",
     "set_server_power",
+    "claim_operation",
+    "release_operation",
+    "mark_requeue",
+    "rebuild_snapshot",
 )
 
 

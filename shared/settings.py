@@ -61,6 +61,19 @@ class Settings:
     worker_threads: int = 2
     # How long an operation may stay queued/running before the reaper ends it as failed.
     operation_deadline: float = 6 * 3600.0
+    # Liveness tuning (see README "Reliability"); tests shorten them through the env.
+    # A worker process whose broker heartbeat is older than this counts as dead: its
+    # unacked messages are requeued and the operations it held may be taken over.
+    heartbeat_timeout: float = 30.0
+    # Broker maintenance (requeue of dead workers' messages) runs on this many fetches
+    # out of a million; idle consumers fetch about once a second.
+    maintenance_chance: int = 50_000
+    # How often each worker's reaper looks for stuck operations.
+    reaper_interval: float = 15.0
+    # An operation queued (or running on a dead worker) this long gets its message again.
+    requeue_after: float = 120.0
+    # How often the reaper sweeps the repository of unreferenced data.
+    reclaim_interval: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -88,6 +101,11 @@ class Settings:
             worker_processes=_int(env, "WORKER_PROCESSES", 1),
             worker_threads=_int(env, "WORKER_THREADS", 2),
             operation_deadline=_float(env, "SNAPSHOTS_OPERATION_DEADLINE", 6 * 3600.0),
+            heartbeat_timeout=_float(env, "SNAPSHOTS_HEARTBEAT_TIMEOUT", 30.0),
+            maintenance_chance=_int(env, "SNAPSHOTS_MAINTENANCE_CHANCE", 50_000),
+            reaper_interval=_float(env, "SNAPSHOTS_REAPER_INTERVAL", 15.0),
+            requeue_after=_float(env, "SNAPSHOTS_REQUEUE_AFTER", 120.0),
+            reclaim_interval=_float(env, "SNAPSHOTS_RECLAIM_INTERVAL", 3600.0),
         )
 
     @property

@@ -167,13 +167,65 @@ class Store:
         return ok(self._run("complete_delete", op_id))
 
     def fail_operation(
-        self, op_id: int, code: str, message: str, server_status: str | None = None
+        self,
+        op_id: int,
+        code: str,
+        message: str,
+        server_status: str | None = None,
+        *,
+        started_before: int | None = None,
     ) -> bool:
+        """Ends an active operation as failed; with ``started_before`` (epoch s) only if it
+        started (or, never started, was created) at or before then: the reaper's deadline."""
         if server_status not in (None, "running", "stopped"):
             raise ValueError(f"server_status must be running, stopped or None: {server_status!r}")
-        return ok(self._run("fail_operation", op_id, code, message, server_status or ""))
+        guard = "" if started_before is None else str(int(started_before))
+        return ok(self._run("fail_operation", op_id, code, message, server_status or "", guard))
 
     def set_server_power(self, server_id: int, status: str) -> None:
         if status not in ("running", "stopped"):
             raise ValueError(f"status must be running or stopped, not {status!r}")
         self._run("set_server_power", server_id, status)
+
+    # ------------------------------------------------------------ leases, reaper, catalog
+
+    def claim_operation(
+        self, op_id: int, owner: str, owner_process: str, heartbeats_key: str, timeout_ms: int
+    ) -> tuple[str, OperationRecord | None]:
+        """begin_operation with a lease held by ``owner`` while ``owner_process`` heartbeats.
+
+        Answers ("ok", record), or (code, None) with code "busy" (a live worker runs it),
+        "terminal" (already finished) or "not_found".
+        """
+        answer: dict[str, Any] = msgspec.json.decode(self._run(
+            "claim_operation", op_id, owner, owner_process, heartbeats_key, int(timeout_ms)
+        ))
+        if not answer.get("ok"):
+            return str(answer.get("code")), None
+        return "ok", self.get_operation(op_id)
+
+    def release_operation(self, op_id: int, owner: str) -> bool:
+        answer: dict[str, Any] = msgspec.json.decode(self._run("release_operation", op_id, owner))
+        return bool(answer.get("released"))
+
+    def mark_requeue(
+        self, op_id: int, seconds: float, heartbeats_key: str, timeout_ms: int
+    ) -> str | None:
+        """The operation's type when this caller should send its message again, else None."""
+        answer: dict[str, Any] = msgspec.json.decode(self._run(
+            "mark_requeue", op_id, int(seconds), heartbeats_key, int(timeout_ms)
+        ))
+        return str(answer["type"]) if answer.get("ok") else None
+
+    def active_operation_ids(self) -> list[int]:
+        """Ids of every queued or running operation, oldest first."""
+        out: list[int] = []
+        for status in ("queued", "running"):
+            key = keys.index("operations", None, None, status)
+            out += [int(text(v)) for v in self.redis.zrange(key, 0, -1)]
+        return sorted(set(out))
+
+    def rebuild_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Puts back one committed snapshot (and its server if missing); see the script."""
+        return result(self._run("rebuild_snapshot", arg(payload)))
+

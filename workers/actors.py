@@ -14,13 +14,14 @@ import dramatiq
 import msgspec
 import redis
 
-from shared.broker import make_broker
+from shared.broker import HEARTBEATS_KEY, make_broker
 from shared.messages import OperationMessage
 from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
-from workers.jobs import Jobs
+from workers.jobs import Jobs, Lease
 from workers.power import driver_for
+from workers.reaper import Reaper, ReaperMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,29 @@ _OPTIONS: dict[str, Any] = {
 
 
 @cache
+def store() -> Store:
+    return Store(redis.Redis.from_url(settings.effective_redis_url), settings)
+
+
+@cache
+def engine() -> Engine:
+    return Engine(settings.storage_url)
+
+
+@cache
 def jobs() -> Jobs:
-    client = redis.Redis.from_url(settings.effective_redis_url)
-    return Jobs(Store(client, settings), Engine(settings.storage_url), driver_for, MAX_ATTEMPTS)
+    # The lease names this process by its broker id: the id whose heartbeat the broker
+    # watches, so "this worker is dead" means the same thing to both.
+    lease = Lease(broker.broker_id, HEARTBEATS_KEY, int(settings.heartbeat_timeout * 1000))
+    return Jobs(store(), engine(), driver_for, MAX_ATTEMPTS, lease)
+
+
+def reaper() -> Reaper:
+    return Reaper(store(), engine(), broker, driver_for, settings)
+
+
+# Every worker process runs a reaper thread (see workers/reaper.py).
+broker.add_middleware(ReaperMiddleware(reaper, settings.reaper_interval))
 
 
 def _operation_id(**kwargs: object) -> int | None:

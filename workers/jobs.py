@@ -8,13 +8,18 @@ restore rebuilds in a staging area and swaps atomically, and delete is idempoten
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
 
 from shared.records import OperationRecord, ServerRecord
 from shared.schemas import rfc3339
 from shared.store import Store
-from workers.engine import Cancelled, Engine, EngineError, SnapshotMeta, StateSpec
+from workers.engine import Cancelled, Engine, EngineError, SnapshotMeta, StateSpec, StorageFull
 from workers.power import PowerDriver, PowerError, PowerStatus
 from workers.progress import CancelCheck, ProgressReporter
 
@@ -23,22 +28,73 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 
 PowerFactory = Callable[[ServerRecord], PowerDriver]
+# Where catalog rebuild points a server whose state path it could not know; a restore into
+# it is refused until an admin sets the real path (see workers/catalog.py).
+PLACEHOLDER_PREFIX = "/.snapshots-rebuilt/"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who runs an operation: this worker process (its broker heartbeat id) and thread.
+
+    An operation held by a live owner is not run again by a duplicate message; an owner
+    whose heartbeat went stale is dead, and its operation is taken over.
+    """
+
+    process_id: str
+    heartbeats_key: str
+    timeout_ms: int
+
+    def owner(self) -> str:
+        return f"{self.process_id}/{threading.get_ident()}"
 
 
 class Jobs:
-    def __init__(self, store: Store, engine: Engine, power_for: PowerFactory, max_attempts: int):
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        power_for: PowerFactory,
+        max_attempts: int,
+        lease: Lease | None = None,
+    ):
         self.store = store
         self.engine = engine
         self.power_for = power_for
         self.max_attempts = max_attempts
+        self.lease = lease
 
     # -- entry points -------------------------------------------------------------------
 
     def run(self, operation_id: int) -> None:
-        op = self.store.begin_operation(operation_id)
+        if self.lease is None:
+            op = self.store.begin_operation(operation_id)
+            code = "terminal"
+        else:
+            owner = self.lease.owner()
+            code, op = self.store.claim_operation(
+                operation_id,
+                owner,
+                self.lease.process_id,
+                self.lease.heartbeats_key,
+                self.lease.timeout_ms,
+            )
         if op is None:
-            log.info("operation %s is already finished; nothing to do", operation_id)
+            # terminal: a redelivered or duplicate message after the end; busy: a live
+            # worker runs it now, and if that worker dies its own message comes back.
+            log.info("operation %s: nothing to do here (%s)", operation_id, code)
             return
+        try:
+            self._run(op)
+        except BaseException:
+            # Interrupted (shutdown) or failed in a way that will be retried: give the lease
+            # back so the retry may start at once, on this worker or another.
+            if self.lease is not None:
+                with contextlib.suppress(redis.RedisError):
+                    self.store.release_operation(op.id, owner)
+            raise
+
+    def _run(self, op: OperationRecord) -> None:
         if op.attempts > self.max_attempts:
             self.store.fail_operation(
                 op.id,
@@ -64,6 +120,13 @@ class Jobs:
                 self.store.fail_operation(op.id, "internal_error", f"The job failed: {exc}")
                 return
             raise
+
+    @staticmethod
+    def _transient(exc: EngineError) -> bool:
+        """A plain EngineError (e.g. "a capture worker process died", which is what a
+        SIGTERM to the whole process group looks like from here) is worth a retry; the
+        specific ones (storage_full, snapshot_corrupt, state_invalid...) are final."""
+        return type(exc) is EngineError
 
     # -- create -------------------------------------------------------------------------
 
@@ -100,7 +163,13 @@ class Jobs:
             log.info("snapshot %s was deleted while it was being created", snap.id)
             return
         except (EngineError, PowerError) as exc:
+            if isinstance(exc, EngineError) and self._transient(exc):
+                raise
             self.store.fail_operation(op.id, exc.code, str(exc))
+            if isinstance(exc, StorageFull):
+                # Free what the capture stored before it hit the wall (nothing references
+                # it); if a capture holds the repository now, the reaper's reclaim will.
+                self.engine.reclaim()
             return
         finally:
             if stopped_here:
@@ -108,8 +177,13 @@ class Jobs:
         warnings += result.warnings
         size_mb = round(result.size_bytes / MIB, 2)
         if not self.store.complete_create(op.id, size_mb, warnings):
-            # Deleted while the capture committed: the delete job may already have run, so
-            # this job removes what it committed itself.
+            current = self.store.get_snapshot(snap.id)
+            if current is not None and not current.deleted and current.status == "available":
+                # A duplicate delivery committed and completed the same snapshot: it is the
+                # same manifest, so keep it (deleting it here would lose a good snapshot).
+                return
+            # Deleted (or reaped) while the capture committed: the delete job may already
+            # have run, so this job removes what it committed itself.
             self.engine.delete(snap.id)
             self.engine.reclaim()
 
@@ -129,6 +203,14 @@ class Jobs:
         if server is None:
             self.store.fail_operation(op.id, "not_found", "The server no longer exists.")
             return
+        if server.state.path.startswith(PLACEHOLDER_PREFIX):
+            self.store.fail_operation(
+                op.id,
+                "state_invalid",
+                "The server was rebuilt from the repository without its state path; "
+                "an admin must set it before restoring.",
+            )
+            return
         state = StateSpec(kind=server.state.kind, path=server.state.path)
         driver = self.power_for(server)
         prior: PowerStatus = "stopped" if server.prior_status == "stopped" else "running"
@@ -143,6 +225,8 @@ class Jobs:
                 progress=ProgressReporter(lambda p: self.store.report_progress(op.id, p)),
             )
         except (EngineError, PowerError) as exc:
+            if isinstance(exc, EngineError) and self._transient(exc):
+                raise
             # The engine left the previous state intact; put the power back as it was.
             status = self._settle_power(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)

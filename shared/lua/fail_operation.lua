@@ -1,7 +1,14 @@
--- ARGV: op id, error code, error message, server status ('' = put back the prior one).
+-- ARGV: op id, error code, error message, server status ('' = put back the prior one),
+-- and optionally a time (epoch s): only fail the operation if it started (or, never
+-- started, was created) at or before it; the reaper's deadline is this compare-and-set.
 local op = hgetall('operation:' .. ARGV[1])
 if op.id == nil or not op_active(op.status) then
   return fail('conflict', 'operation not active')
+end
+if not empty(ARGV[5]) then
+  local since = op.started_at
+  if empty(since) then since = op.created_at end
+  if tonumber(since) > tonumber(ARGV[5]) then return fail('conflict', 'within its deadline') end
 end
 local t = now()
 local err = error_json(ARGV[2], ARGV[3])

@@ -1,0 +1,29 @@
+-- ARGV: op id, owner (worker process id .. '/' .. thread), owner process id (the broker id
+-- whose heartbeat proves the owner alive), heartbeats key, heartbeat timeout (ms).
+-- begin_operation plus a lease: an operation running under a live owner is refused
+-- ('busy'), so a duplicate message never runs a job twice at the same time; an owner whose
+-- heartbeat is stale (or gone) is dead and its operation is taken over.
+local op = hgetall('operation:' .. ARGV[1])
+if op.id == nil then return fail('not_found', 'Operation ' .. ARGV[1] .. ' not found.') end
+if not op_active(op.status) then
+  return fail('terminal', 'Operation ' .. op.id .. ' is already ' .. op.status .. '.')
+end
+if op.status == 'running' and not empty(op.owner) and op.owner ~= ARGV[2] then
+  local beat = redis.call('ZSCORE', ARGV[4], op.owner_process or '')
+  local tm = redis.call('TIME')
+  local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  if beat and tonumber(beat) > ms - tonumber(ARGV[5]) then
+    return fail('busy', 'Operation ' .. op.id .. ' is being run by ' .. op.owner .. '.')
+  end
+end
+local t = now()
+local first = op.status == 'queued'
+op_set_status(op, 'running', t)
+local key = 'operation:' .. op.id
+local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HSET', key, 'owner', ARGV[2], 'owner_process', ARGV[3], 'claimed_at', t)
+if empty(op.started_at) then redis.call('HSET', key, 'started_at', t) end
+if first then
+  emit('operation.started', op.account, op.server_id, op.snapshot_id, op.id, t, {type = op.type})
+end
+return ok({attempts = attempts})

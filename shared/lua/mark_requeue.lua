@@ -1,0 +1,22 @@
+-- ARGV: op id, seconds, heartbeats key, heartbeat timeout (ms).
+-- The reaper's compare-and-set before it sends an operation's message again: the operation
+-- is queued, or running without a live owner, and nothing happened to it (created, claimed,
+-- released or requeued) for `seconds`. Only one of several reapers wins each round.
+local op = hgetall('operation:' .. ARGV[1])
+if op.id == nil or not op_active(op.status) then return fail('conflict', 'not active') end
+local t = now()
+local last = math.max(tonumber(op.created_at or '0'), tonumber(op.claimed_at or '0'),
+  tonumber(op.requeued_at or '0'))
+if t - last < tonumber(ARGV[2]) then return fail('conflict', 'too recent') end
+if op.status == 'running' and not empty(op.owner) then
+  local beat = redis.call('ZSCORE', ARGV[3], op.owner_process or '')
+  local tm = redis.call('TIME')
+  local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  if beat and tonumber(beat) > ms - tonumber(ARGV[4]) then
+    return fail('conflict', 'owner alive')
+  end
+end
+redis.call('HSET', 'operation:' .. op.id, 'requeued_at', t)
+emit('operation.requeued', op.account, op.server_id, op.snapshot_id, op.id, t,
+  {status = op.status})
+return ok({type = op.type})

@@ -1,0 +1,145 @@
+"""The reaper: what makes "no status stays in_progress, running or restoring forever" true.
+
+One runs as a thread in every worker process (started by `ReaperMiddleware` when the
+worker boots), so it needs no scheduler and no one to call it. Each pass:
+
+1. sends again the message of an operation that is queued, or running without a live
+   owner, and that nothing happened to for ``requeue_after`` seconds: the web process died
+   between its state write and its enqueue, an enqueue failed, or a message was lost. Jobs
+   are idempotent and leased, so a message too many costs nothing;
+2. ends as failed (``deadline_exceeded``) an operation that started more than
+   ``operation_deadline`` seconds ago; the same Lua script puts its snapshot to ``failed``
+   and its server out of ``restoring``, to the power status the driver reports;
+3. at most once per ``reclaim_interval`` across all workers, sweeps the repository of data
+   no committed snapshot references (a delete whose reclaim was skipped because a capture
+   held the repository, the leftovers of a failed capture).
+
+Several reapers at once are harmless: every change is a compare-and-set in Lua
+(`mark_requeue`, `fail_operation` with its deadline guard), and reclaim takes the
+repository's exclusive lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from shared.broker import HEARTBEATS_KEY, enqueue_operation
+from shared.records import OperationRecord
+from shared.settings import Settings
+from shared.store import Store
+from workers.engine import Engine
+from workers.jobs import PowerFactory
+from workers.power import PowerError
+
+log = logging.getLogger(__name__)
+
+RECLAIM_KEY = "reaper:reclaim"
+
+
+class Reaper:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        broker: RedisBroker,
+        power_for: PowerFactory,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.broker = broker
+        self.power_for = power_for
+        self.settings = settings
+        self.timeout_ms = int(settings.heartbeat_timeout * 1000)
+
+    def tick(self) -> None:
+        """One pass over every active operation, then maybe a reclaim."""
+        for op_id in self.store.active_operation_ids():
+            op = self.store.get_operation(op_id)
+            if op is not None:
+                self._look_at(op)
+        self._maybe_reclaim()
+
+    def _look_at(self, op: OperationRecord) -> None:
+        now = time.time()
+        since = op.started_at or op.created_at
+        if now - since > self.settings.operation_deadline:
+            self._expire(op, int(now - self.settings.operation_deadline))
+            return
+        op_type = self.store.mark_requeue(
+            op.id, self.settings.requeue_after, HEARTBEATS_KEY, self.timeout_ms
+        )
+        if op_type is not None:
+            log.warning("operation %s (%s) looked stuck; sending it again", op.id, op.status)
+            enqueue_operation(self.broker, op_type, op.id)
+
+    def _expire(self, op: OperationRecord, started_before: int) -> None:
+        hours = self.settings.operation_deadline / 3600
+        message = (
+            f"The operation did not finish within its deadline of {hours:g} h "
+            f"(SNAPSHOTS_OPERATION_DEADLINE); it was {op.status} and is ended as failed."
+        )
+        status = self._power_status(op) if op.type == "snapshot.restore" else None
+        if self.store.fail_operation(
+            op.id, "deadline_exceeded", message, status, started_before=started_before
+        ):
+            log.warning("operation %s ended: deadline exceeded", op.id)
+
+    def _power_status(self, op: OperationRecord) -> str | None:
+        """What the server really is now, so its status is truthful; None: its prior one."""
+        server = self.store.get_server(op.server_id)
+        if server is None:
+            return None
+        try:
+            return self.power_for(server).status()
+        except PowerError:
+            return None
+
+    def _maybe_reclaim(self) -> None:
+        ttl = max(1, int(self.settings.reclaim_interval))
+        if not self.store.redis.set(RECLAIM_KEY, str(time.time()), nx=True, ex=ttl):
+            return  # another reaper reclaimed within the interval
+        stats = self.engine.reclaim()
+        if stats.skipped_locked:
+            # A capture or restore holds the repository: try again at the next pass.
+            self.store.redis.delete(RECLAIM_KEY)
+        elif stats.objects_removed:
+            log.info("reclaimed %d objects (%d bytes)", stats.objects_removed, stats.bytes_removed)
+
+
+class ReaperMiddleware(dramatiq.Middleware):
+    """Runs a `Reaper` every ``interval`` seconds in a daemon thread of the worker process."""
+
+    def __init__(self, make: Callable[[], Reaper], interval: float) -> None:
+        self.make = make
+        self.interval = interval
+        self._stop = threading.Event()
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        self._stop.clear()
+        threading.Thread(target=self._loop, name="reaper", daemon=True).start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        reaper: Reaper | None = None
+        while not self._stop.wait(self.interval):
+            try:
+                reaper = reaper or self.make()
+                reaper.tick()
+            except redis.RedisError as exc:
+                # Redis is away (restarting): the next pass tries again.
+                log.warning("reaper pass skipped: %s", exc)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    log.exception("reaper pass failed")
