@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 
 from api import events, health, openapi, operations, servers, snapshots, tokens
 from api.auth import BearerAuth, TokenCache
+from api.idempotency import idempotent
 from api.middleware import RequestContext
 from api.services import Services
 from shared.async_store import AsyncStore
@@ -55,9 +56,11 @@ def routes(openapi_body: bytes) -> list[BaseRoute]:
     return [
         _route(f"{v1}/snapshots/{{snapshot_id}}/", get=snapshots.get_one,
                delete=snapshots.delete),
-        _route(f"{v1}/snapshots/", get=snapshots.list_all, post=snapshots.create),
+        _route(f"{v1}/snapshots/", get=snapshots.list_all,
+               post=idempotent(snapshots.create)),
         _route(f"{v1}/operations/{{operation_id}}/", get=operations.get_one),
-        _route(f"{v1}/snapshots/{{snapshot_id}}/restore/", post=snapshots.restore),
+        _route(f"{v1}/snapshots/{{snapshot_id}}/restore/",
+               post=idempotent(snapshots.restore)),
         _route(f"{v1}/operations/", get=operations.list_all),
         _route(f"{v1}/servers/", get=servers.list_all, post=servers.create),
         _route(f"{v1}/servers/{{server_id}}/", get=servers.get_one, delete=servers.delete),

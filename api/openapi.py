@@ -73,6 +73,15 @@ def _list_params(statuses: list[str]) -> list[dict[str, Any]]:
     ]
 
 
+# Same key + same body within 24 h answers the first answer and starts nothing new.
+IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "Same key and body within 24 h replays the first answer; another body "
+                   "with the key answers 400; 409 while the first is still running.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
 def build() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(_TYPES, ref_template=REF)
     snap_id = [_id("snapshot_id")]
@@ -81,6 +90,7 @@ def build() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/api/v1/snapshots/": {
             "post": {"summary": "Create a snapshot", "requestBody": _body("SnapshotCreate"),
+                     "parameters": [IDEMPOTENCY_KEY],
                      "responses": {"201": _json("Snapshot", "Creation accepted"),
                                    **_errors(*body_errors)}},
             "get": {"summary": "List snapshots, newest first",
@@ -97,6 +107,7 @@ def build() -> dict[str, Any]:
         "/api/v1/snapshots/{snapshot_id}/restore/": {
             "parameters": snap_id,
             "post": {"summary": "Restore the server from a snapshot",
+                     "parameters": [IDEMPOTENCY_KEY],
                      "requestBody": _body("RestoreRequest", required=False),
                      "responses": {"200": _json("RestoreAccepted", "Restore accepted"),
                                    **_errors(*body_errors)}},
