@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import platform
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,30 @@ def _cpu_times() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields[:8]), idle
+
+
+def busy_seconds() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (all CPUs)."""
+    total, idle = _cpu_times()
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of our finished (waited-for) child processes, their children included."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Noise:
+    """How much of the machine other work used while we timed something."""
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.child0 = time.perf_counter(), busy_seconds(), children_cpu()
+
+    def fraction(self) -> float:
+        wall = max(1e-6, time.perf_counter() - self.t0)
+        other = (busy_seconds() - self.busy0) - (children_cpu() - self.child0)
+        return max(0.0, other / (wall * (os.cpu_count() or 1)))
 
 
 def busy_fraction(seconds: float = 2.0) -> float:

@@ -33,6 +33,7 @@ DATA = BENCH / ".data"
 PY = sys.executable
 MiB = 1 << 20
 TIMEOUT = 3600.0
+NOISY = 0.2  # a timing during which other work used more than this share of the CPUs
 TOOLS = ["ours", "restic", "borg", "tar|zstd", "cp -a"]
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -47,6 +48,7 @@ class Outcome:
     secs: float | None = None
     error: str | None = None
     out: str = ""
+    noise: float = 0.0  # share of the machine that other work used meanwhile
 
 
 def sh(cmd: str | list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Outcome:
@@ -593,9 +595,12 @@ class Run:
         else:
             if cold and self.cold:
                 drop_caches()
+            noise = benchlib.Noise()
             res = fn()
+            res.noise = noise.fraction()
         self.results.setdefault(phase, {})[tool.name] = res
         status = f"{res.secs:.2f} s" if res.secs is not None else f"ERROR {res.error}"
+        status += f"   (other work meanwhile: {res.noise:.0%} of the CPUs)"
         print(f"  {phase:<34} {tool.name:<9} {status}", flush=True)
         return res
 
@@ -719,7 +724,7 @@ def total(results: Results, prefix: str, tool: str) -> Outcome:
     if not parts or any(p.secs is None for p in parts):
         errs = [p.error for p in parts if p.error]
         return Outcome(error=errs[0] if errs else "n/a")
-    return Outcome(secs=sum(p.secs or 0.0 for p in parts))
+    return Outcome(secs=sum(p.secs or 0.0 for p in parts), noise=max(p.noise for p in parts))
 
 
 def fmt(res: Outcome | None, ours: Outcome | None, is_bytes: bool) -> str:
@@ -728,6 +733,8 @@ def fmt(res: Outcome | None, ours: Outcome | None, is_bytes: bool) -> str:
     if res.secs is None:
         return "n/a" if res.error == "engine not available" else f"ERR: {(res.error or '')[:40]}"
     val = f"{res.secs / MiB:.1f} MiB" if is_bytes else f"{res.secs:.2f} s"
+    if res.noise > NOISY:
+        val += "*"
     if ours is None or ours.secs is None or ours is res or not ours.secs:
         return val
     return f"{val} ({res.secs / ours.secs:.1f}x)"
@@ -773,7 +780,11 @@ def print_table(run: Run, title: str) -> None:
         for phase, cells in rows:
             print(" | ".join([phase, *cells]))
         return
-    table = Table(title=title, caption="(Nx) = tool ÷ ours: above 1 means ours is faster/smaller")
+    table = Table(
+        title=title,
+        caption="(Nx) = tool ÷ ours: above 1 means ours is faster/smaller; "
+        f"* = other work used more than {NOISY:.0%} of the CPUs meanwhile (noisy)",
+    )
     table.add_column("phase")
     for name in TOOLS:
         table.add_column(name, justify="right")
