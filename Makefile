@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check api workers shared tests bench deploy
+	$(VENV)/bin/ruff check api workers shared tests bench deploy snapctl
 	$(VENV)/bin/mypy
 
 test: lint
