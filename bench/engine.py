@@ -635,6 +635,8 @@ def phase_restore(run: Run, where: Path) -> dict[str, Path]:
                 cold=True,
             )
             targets[f"{tool.name}/{state.name}"] = tool.restored_path(state, dst)
+            if state.kind == "image" and not isinstance(tool, Ours):
+                rmtree(dst)  # disk space; one big file, so no ext4 inode churn (see settle)
     return targets
 
 
@@ -899,8 +901,23 @@ def main() -> int:
         return bench(args)
 
 
+def wait_for_space(states: list[State], max_wait: float) -> bool:
+    """Enough free space for the repositories and restores of a run (about 6x the data)?"""
+    need = 6 * sum(du_bytes(s.path, True) for s in states)
+    deadline = time.monotonic() + max_wait
+    while (free := shutil.disk_usage(DATA).free) < need:
+        if time.monotonic() > deadline:
+            print(f"not enough free space in {DATA}: {free / MiB:.0f} MiB, need ~{need / MiB:.0f}")
+            return False
+        print(f"waiting for free space: {free / MiB:.0f} MiB free, need ~{need / MiB:.0f}")
+        time.sleep(15)
+    return True
+
+
 def bench(args: argparse.Namespace) -> int:
     states, desc = build_dataset(args.quick)
+    if not wait_for_space(states, args.max_wait):
+        return 1
     cold = drop_caches()
     header(args, cold, desc)
     where = DATA / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
