@@ -225,6 +225,15 @@ class Store:
             out += [int(text(v)) for v in self.redis.zrange(key, 0, -1)]
         return sorted(set(out))
 
+    def captures_active(self) -> bool:
+        """Whether a capture is queued or running: its stored chunks are not referenced by
+        any manifest yet, and a reclaim now would sweep what a killed capture resumes from."""
+        for op_id in self.active_operation_ids():
+            op_type = self.redis.hget(keys.operation(op_id), "type")
+            if op_type is not None and text(op_type) == "snapshot.create":
+                return True
+        return False
+
     def rebuild_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Puts back one committed snapshot (and its server if missing); see the script."""
         return result(self._run("rebuild_snapshot", arg(payload)))

@@ -168,8 +168,8 @@ class Jobs:
             self.store.fail_operation(op.id, exc.code, str(exc))
             if isinstance(exc, StorageFull):
                 # Free what the capture stored before it hit the wall (nothing references
-                # it); if a capture holds the repository now, the reaper's reclaim will.
-                self.engine.reclaim()
+                # it); if another capture is under way, the reaper's reclaim will later.
+                self.reclaim()
             return
         finally:
             if stopped_here:
@@ -185,7 +185,7 @@ class Jobs:
             # Deleted (or reaped) while the capture committed: the delete job may already
             # have run, so this job removes what it committed itself.
             self.engine.delete(snap.id)
-            self.engine.reclaim()
+            self.reclaim()
 
     def _start_again(self, server: ServerRecord, driver: PowerDriver) -> list[str]:
         try:
@@ -259,7 +259,14 @@ class Jobs:
 
     def _delete(self, op: OperationRecord, snapshot_id: int) -> None:
         self.engine.delete(snapshot_id)
-        stats = self.engine.reclaim()
-        if stats.skipped_locked:
-            log.info("reclaim deferred: a capture or restore holds the repository")
+        if not self.reclaim():
+            log.info("reclaim deferred to the reaper: a capture is under way")
         self.store.complete_delete(op.id)
+
+    def reclaim(self) -> bool:
+        """Sweeps unreferenced data unless a capture is queued or running (whose chunks,
+        or those of its killed previous attempt, no manifest references yet: a capture
+        resumes from them). False when deferred; the reaper's periodic reclaim catches up."""
+        if self.store.captures_active():
+            return False
+        return not self.engine.reclaim().skipped_locked

@@ -106,6 +106,10 @@ class Reaper:
 
     def _maybe_reclaim(self) -> None:
         ttl = max(1, int(self.settings.reclaim_interval))
+        if self.store.captures_active():
+            # A killed capture resumes from the chunks it stored, which no manifest
+            # references yet: sweeping them now would make it store them again.
+            return
         if not self.store.redis.set(RECLAIM_KEY, str(time.time()), nx=True, ex=ttl):
             return  # another reaper reclaimed within the interval
         stats = self.engine.reclaim()

@@ -1,0 +1,61 @@
+"""Helpers of the fault tests: observe the repository and the state store from outside."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from shared.settings import Settings
+from shared.store import Store
+from tests.e2e.service import Service, wait_until
+from workers.engine import Engine
+
+
+def objects(repo: Path) -> dict[str, tuple[int, int]]:
+    """Every stored chunk of the repository: relative path → (inode, size)."""
+    out: dict[str, tuple[int, int]] = {}
+    data = repo / "data"
+    if not data.exists():
+        return out
+    for entry in data.rglob("*"):
+        if entry.is_file() and not entry.name.startswith("."):
+            st = entry.stat()
+            out[str(entry.relative_to(repo))] = (st.st_ino, st.st_size)
+    return out
+
+
+def stored_bytes(svc: Service, snapshot_id: int) -> int:
+    """What the capture that committed this snapshot newly wrote (its manifest says)."""
+    return Engine(f"file://{svc.repository}").repo.get_header(snapshot_id).stored_bytes
+
+
+def store_for(svc: Service) -> Store:
+    settings = Settings.from_env(svc.env)
+    return Store(redis.Redis.from_url(svc.redis.url, decode_responses=True), settings)
+
+
+def wait_progress(client: httpx.Client, snapshot_id: int, timeout: float = 60) -> int:
+    def moved() -> int:
+        snap: dict[str, Any] = client.get(f"/snapshots/{snapshot_id}/").json()
+        assert snap["status"] == "in_progress", snap
+        return int(snap["progress"])
+
+    return int(wait_until(moved, timeout=timeout, interval=0.05, what="capture progress"))
+
+
+def staging_has_data(state: Path) -> bool:
+    """A restore of `state` is building its new tree and has written file data into it."""
+    for name in os.listdir(state.parent):
+        if name.startswith(f".{state.name}.restore-") and "journal" not in name:
+            staging = state.parent / name
+            try:
+                return any(
+                    p.is_file() and p.stat().st_size > 0 for p in staging.rglob("*.bin")
+                )
+            except OSError:
+                return False
+    return False

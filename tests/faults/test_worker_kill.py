@@ -1,0 +1,177 @@
+"""A worker killed mid-job (SIGKILL: a crash; SIGTERM: a deploy) loses nothing.
+
+The message comes back (the broker requeues a dead worker's unacked messages once its
+heartbeat is stale; an interrupted job is retried), the next worker takes the operation's
+lease over and resumes: a capture does not store again what it stored (the objects present
+at the kill keep their inodes, and the resumed capture's own count of newly written bytes
+leaves them out), a restore leaves the old tree or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from shared.store import Store
+from tests.e2e.flow import add_server, snapshot, wait_operation
+from tests.e2e.service import Service, wait_until
+from tests.engine.treecmp import describe
+from tests.faults.conftest import ServiceFactory
+from tests.faults.faults import (
+    objects,
+    staging_has_data,
+    store_for,
+    stored_bytes,
+    wait_progress,
+)
+
+
+def _capture_interrupted(
+    svc: Service, state: Path, sig: int, max_exit_s: float | None = None
+) -> None:
+    """Starts a capture of `state`, interrupts its worker with `sig` mid-way, lets another
+    worker finish it, and proves nothing stored before the interruption was stored again."""
+    client = svc.client()
+    server = add_server(client, str(state))
+    resp = client.post("/snapshots/", json={"server_id": server["id"], "name": "big"})
+    assert resp.status_code == 201, resp.text
+    snap_id, op_id = resp.json()["id"], resp.json()["operation_id"]
+    wait_progress(client, snap_id)
+    before = objects(svc.repository)
+    assert before, "the capture had stored nothing yet"
+    victim = svc.workers[0]
+    svc.start_worker()  # "elsewhere": the job resumes on another worker process
+    started = time.monotonic()
+    svc.kill(victim, sig)
+    took = time.monotonic() - started
+    if max_exit_s is not None:
+        assert took < max_exit_s, f"the worker took {took:.1f} s to exit"
+    assert client.get(f"/snapshots/{snap_id}/").json()["status"] == "in_progress"
+
+    op = wait_operation(client, op_id, timeout=120)
+    assert op["status"] == "succeeded", op
+    assert store_for(svc).get_operation(op_id).attempts >= 2  # type: ignore[union-attr]
+    after = objects(svc.repository)
+    # What was stored before the interruption is still there, the very same files...
+    assert {k: after.get(k) for k in before} == before
+    # ...and the resumed capture wrote at most what was missing.
+    missing = sum(size for key, (_ino, size) in after.items() if key not in before)
+    assert 0 < stored_bytes(svc, snap_id) <= missing
+    assert sum(size for _ino, size in before.values()) > 0
+
+
+def test_sigkill_mid_capture_resumes_and_restores_exactly(
+    make_service: ServiceFactory, big_state: Path, tmp_path: Path
+) -> None:
+    svc = make_service().start(workers=1)
+    reference = describe(big_state)
+    _capture_interrupted(svc, big_state, signal.SIGKILL)
+
+    client = svc.client()
+    snap = client.get("/snapshots/").json()["snapshots"][0]
+    assert snap["status"] == "available" and snap["progress"] == 100
+    (big_state / "data0.bin").unlink()
+    (big_state / "etc" / "app.conf").write_text("broken\n")
+    resp = client.post(f"/snapshots/{snap['id']}/restore/")
+    assert resp.status_code == 200, resp.text
+    assert wait_operation(client, resp.json()["operation_id"])["status"] == "succeeded"
+    assert describe(big_state) == reference
+
+
+def test_sigterm_mid_capture_exits_in_time_and_resumes_elsewhere(
+    make_service: ServiceFactory, big_state: Path
+) -> None:
+    # SIGTERM to the whole process group, as Heroku and systemd do: the worker must be
+    # gone within 30 s, and the capture continues on the other worker.
+    svc = make_service().start(workers=1)
+    _capture_interrupted(svc, big_state, signal.SIGTERM, max_exit_s=30)
+
+
+def test_sigkill_mid_restore_leaves_old_or_new_state_then_finishes(
+    make_service: ServiceFactory, big_state: Path, tmp_path: Path
+) -> None:
+    svc = make_service().start(workers=1)
+    client = svc.client()
+    server = add_server(client, str(big_state))
+    new = describe(big_state)
+    snap = snapshot(client, server["id"], name="before")
+    # The current state differs in every big file, so the restore must write them all.
+    for f in big_state.glob("data*.bin"):
+        f.unlink()
+    (big_state / "etc" / "app.conf").write_text("changed\n")
+    (big_state / "added").write_text("created after the snapshot\n")
+    old = describe(big_state)
+
+    resp = client.post(f"/snapshots/{snap['id']}/restore/")
+    assert resp.status_code == 200, resp.text
+    op_id = resp.json()["operation_id"]
+    wait_until(lambda: staging_has_data(big_state), timeout=60, interval=0.01,
+               what="the restore to write into its staging tree")
+    svc.kill(svc.workers[0], signal.SIGKILL)
+
+    # Between the kill and the next worker: the old tree or the new one, never a mix.
+    assert describe(big_state) in (old, new)
+    assert client.get(f"/servers/{server['id']}/").json()["status"] == "restoring"
+
+    svc.start_worker()
+    op = wait_operation(client, op_id, timeout=120)
+    assert op["status"] == "succeeded", op
+    assert describe(big_state) == new
+    assert client.get(f"/servers/{server['id']}/").json()["status"] == "running"
+    leftovers = [p.name for p in big_state.parent.iterdir() if ".restore-" in p.name]
+    assert leftovers == []
+
+
+def test_sigkill_mid_delete_finishes_and_reclaims(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    svc = make_service().start(workers=1)
+    client = svc.client()
+    state = states / "web"
+    (state / "etc").mkdir(parents=True)
+    (state / "etc" / "keep.conf").write_text("kept by the first snapshot\n")
+    server = add_server(client, str(state))
+    keep = snapshot(client, server["id"], name="keep")
+    (state / "gone.bin").write_bytes(b"x" * 3_000_000 + bytes(range(256)) * 4000)
+    doomed = snapshot(client, server["id"], name="doomed")
+    before = objects(svc.repository)
+
+    # Stop the worker, then put the delete exactly where a worker killed in the middle of
+    # it leaves it: operation running under a dead owner, manifest gone, data not swept.
+    svc.kill(svc.workers[0], signal.SIGKILL)
+    resp = client.delete(f"/snapshots/{doomed['id']}/")
+    assert resp.status_code == 204, resp.text
+    store = store_for(svc)
+    op_id = max(store.active_operation_ids())
+    code, _op = store.claim_operation(op_id, "dead-worker/1", "dead-worker", "hb:none", 3000)
+    assert code == "ok"
+    (svc.repository / "snapshots" / str(doomed["id"])).unlink()
+
+    # A real worker started and SIGKILLed right as it picks the operation up.
+    svc.start_worker()
+    wait_until(lambda: _taken_over(store, op_id), timeout=30, interval=0.005,
+               what="a worker to take the delete over")
+    svc.kill(svc.workers[-1], signal.SIGKILL)
+
+    svc.start_worker()
+    op = wait_operation(client, op_id, timeout=60)
+    assert op["status"] == "succeeded", op
+    assert client.get(f"/snapshots/{doomed['id']}/").status_code == 404
+    after = wait_until(
+        lambda: (o := objects(svc.repository)) and len(o) < len(before) and o,
+        timeout=30, what="the doomed snapshot's data to be reclaimed")
+    assert set(after) < set(before)
+    # The snapshot that was kept still restores exactly.
+    (state / "etc" / "keep.conf").write_text("changed\n")
+    resp = client.post(f"/snapshots/{keep['id']}/restore/")
+    assert wait_operation(client, resp.json()["operation_id"])["status"] == "succeeded"
+    assert (state / "etc" / "keep.conf").read_text() == "kept by the first snapshot\n"
+    assert not (state / "gone.bin").exists()
+
+
+def _taken_over(store: Store, op_id: int) -> bool:
+    """A live worker claimed the operation from the dead owner (or already finished it)."""
+    owner = store.redis.hget(f"operation:{op_id}", "owner_process")
+    status = store.redis.hget(f"operation:{op_id}", "status")
+    return status != "running" or (owner is not None and owner != "dead-worker")
