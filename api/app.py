@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from api import events, health, openapi, operations, servers, snapshots, tokens
+from api import events, health, openapi, operations, servers, snapshots, tokens, webhooks
 from api.auth import BearerAuth, TokenCache
 from api.idempotency import idempotent
 from api.middleware import RequestContext
@@ -67,6 +67,9 @@ def routes(openapi_body: bytes) -> list[BaseRoute]:
         _route(f"{v1}/tokens/", post=tokens.create),
         _route(f"{v1}/tokens/{{token_id}}/", delete=tokens.revoke),
         _route(f"{v1}/events/", get=events.stream),
+        _route(f"{v1}/webhooks/", get=webhooks.list_all, post=webhooks.create),
+        _route(f"{v1}/webhooks/{{webhook_id}}/", get=webhooks.get_one, delete=webhooks.delete),
+        _route(f"{v1}/webhooks/{{webhook_id}}/deliveries/", get=webhooks.deliveries),
         _route("/healthz", get=health.healthz),
         _route("/readyz", get=health.readyz),
         _route(OPENAPI_PATH, get=openapi_doc),

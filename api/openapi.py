@@ -8,6 +8,7 @@ import msgspec
 
 from shared import events as ev
 from shared import schemas as s
+from shared import webhooks as wh
 
 REF = "#/components/schemas/{name}"
 _TYPES: tuple[Any, ...] = (
@@ -27,6 +28,10 @@ _TYPES: tuple[Any, ...] = (
     s.Health,
     s.Readiness,
     ev.Event,
+    wh.WebhookCreate,
+    wh.Webhook,
+    wh.WebhookList,
+    wh.DeliveryList,
 )
 
 
@@ -161,6 +166,28 @@ def build() -> dict[str, Any]:
                                           "content": {"text/event-stream": {
                                               "schema": _ref("Event")}}},
                                   **_errors(400, 401, 503)}},
+        },
+        "/api/v1/webhooks/": {
+            "post": {"summary": "Register a webhook for an account (admin); the secret is "
+                                "shown once", "requestBody": _body("WebhookCreate"),
+                     "responses": {"201": _json("Webhook", "Registered, with its secret"),
+                                   **_errors(*body_errors)}},
+            "get": {"summary": "List webhooks (admin)",
+                    "responses": {"200": _json("WebhookList", "A page"), **_errors(*std)}},
+        },
+        "/api/v1/webhooks/{webhook_id}/": {
+            "parameters": [_id("webhook_id")],
+            "get": {"summary": "Get a webhook (admin)",
+                    "responses": {"200": _json("Webhook", "The webhook"), **_errors(*std)}},
+            "delete": {"summary": "Delete a webhook (admin)",
+                       "responses": {"204": {"description": "Deleted"}, **_errors(*std)}},
+        },
+        "/api/v1/webhooks/{webhook_id}/deliveries/": {
+            "parameters": [_id("webhook_id")],
+            "get": {"summary": "A webhook's deliveries, newest first, with every attempt",
+                    "parameters": [_query("limit", {"type": "integer", "minimum": 1,
+                                                    "maximum": 200, "default": 50})],
+                    "responses": {"200": _json("DeliveryList", "Deliveries"), **_errors(*std)}},
         },
         "/healthz": {"get": {"summary": "Liveness", "security": [],
                              "responses": {"200": _json("Health", "Alive")}}},

@@ -96,3 +96,5 @@ def snapshot_restore(**kwargs: object) -> None:
 def snapshot_delete(**kwargs: object) -> None:
     if (op_id := _operation_id(**kwargs)) is not None:
         jobs().run(op_id)
+
+from workers import webhooks  # noqa: E402, F401  (registers the webhook actor; needs broker)
