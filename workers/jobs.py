@@ -218,6 +218,12 @@ class Jobs:
         try:
             if driver.status() == "running":
                 driver.stop()
+            if not self._still_running(op.id):
+                # The reaper ended it while the stop hung (deadline): restore nothing, and
+                # leave the server as it was before, its status saying what it really is.
+                power = self._settle_power(driver, prior == "running")
+                self.store.set_server_power(server.id, power)
+                return
             self.engine.recover(state)
             self.engine.restore(
                 snapshot_id,
@@ -241,6 +247,10 @@ class Jobs:
             )
             return
         self.store.complete_restore(op.id, status)
+
+    def _still_running(self, op_id: int) -> bool:
+        current = self.store.get_operation(op_id)
+        return current is not None and current.status == "running"
 
     def _settle_power(self, driver: PowerDriver, run: bool) -> PowerStatus:
         """Brings the server to the wanted power state and answers what it really is."""

@@ -59,3 +59,28 @@ def staging_has_data(state: Path) -> bool:
             except OSError:
                 return False
     return False
+
+
+def enqueue_again(svc: Service, op_type: str, op_id: int, times: int = 1) -> None:
+    """Sends the operation's message again, as a redelivery or a duplicate would."""
+    from shared.broker import enqueue_operation, make_broker
+
+    broker = make_broker(Settings.from_env(svc.env))
+    try:
+        for _ in range(times):
+            enqueue_operation(broker, op_type, op_id)
+    finally:
+        broker.close()
+
+
+def events(svc: Service, event_type: str, snapshot_id: int) -> int:
+    """How many events of a type the store emitted for a snapshot."""
+    client = redis.Redis.from_url(svc.redis.url, decode_responses=True)
+    try:
+        entries: list[tuple[str, dict[str, str]]] = client.xrange("events")  # type: ignore[assignment]
+        return len([
+            1 for _id, fields in entries
+            if fields.get("type") == event_type and fields.get("snapshot_id") == str(snapshot_id)
+        ])
+    finally:
+        client.close()
