@@ -185,7 +185,18 @@ def seed(base: str, tmp: Path) -> Seeded:
         )
         if one.status_code != 200:
             raise RuntimeError(f"GET one snapshot answered {one.status_code}: {one.text[:300]}")
+        check_list(c, token, len(snap_ids))
         return Seeded(token, snap_ids[0], len(snap_ids), one.content)
+
+
+def check_list(c: httpx.Client, token: str, expected: int) -> None:
+    """The list we load-test answers what we seeded (so we do not time an error page)."""
+    r = c.get("/api/v1/snapshots/", headers={"Authorization": f"Bearer {token}"})
+    body = r.json() if r.status_code == 200 else {}
+    got = len(body.get("snapshots", []))
+    total = body.get("meta", {}).get("total")
+    if r.status_code != 200 or got != expected or total != expected:
+        raise RuntimeError(f"GET the list answered {r.status_code} with {got} items, total {total}")
 
 
 # --------------------------------------------------------------------------- wrk
