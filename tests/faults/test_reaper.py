@@ -1,0 +1,141 @@
+"""The reaper (workers/reaper.py, a thread in every worker process) ends what would stay
+stuck: an operation whose message never left the web process, one whose worker died more
+times than it may be retried, and one that runs past SNAPSHOTS_OPERATION_DEADLINE."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.broker import HEARTBEATS_KEY
+from tests.e2e.flow import add_server, snapshot, wait_operation
+from tests.e2e.service import wait_until
+from tests.faults.conftest import ServiceFactory
+from tests.faults.faults import events, store_for
+from workers.actors import MAX_ATTEMPTS
+
+
+def _small_state(states: Path, name: str) -> Path:
+    state = states / name
+    (state / "etc").mkdir(parents=True)
+    (state / "etc" / "app.conf").write_text(f"{name}\n" * 100)
+    return state
+
+
+def test_state_written_but_never_enqueued_is_finished_by_the_reaper(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    # The web process's crash window, made deterministic: the create's state is written
+    # (the Lua script the API runs) and the process dies before it enqueues. Two workers,
+    # so two reapers race for it: the compare-and-set lets one message through per round.
+    svc = make_service().start(workers=2)
+    client = svc.client()
+    server = add_server(client, str(_small_state(states, "web")))
+    store = store_for(svc)
+    snap_id, op_id = store.create_snapshot(server["id"], "never-enqueued")
+    op = wait_operation(client, op_id, timeout=60)
+    assert op["status"] == "succeeded", op
+    assert store.get_operation(op_id).attempts == 1  # type: ignore[union-attr]
+    assert client.get(f"/snapshots/{snap_id}/").json()["status"] == "available"
+    assert events(svc, "snapshot.available", snap_id) == 1
+
+
+def test_web_sigkilled_during_creates_leaves_nothing_stuck(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    svc = make_service().start(workers=1)
+    client = svc.client()
+    servers = [add_server(client, str(_small_state(states, f"s{i}")), name=f"s{i}")
+               for i in range(8)]
+    answered: list[int] = []
+
+    def create(server_id: int) -> None:
+        try:
+            with svc.client() as c:
+                if c.post("/snapshots/", json={"server_id": server_id, "name": "x"}).status_code:
+                    answered.append(server_id)
+        except httpx.HTTPError:
+            pass  # the web process died under this request
+
+    threads = [threading.Thread(target=create, args=(s["id"],)) for s in servers]
+    for t in threads:
+        t.start()
+    assert svc.web is not None
+    svc.kill(svc.web, signal.SIGKILL)
+    for t in threads:
+        t.join()
+    svc.start_web()
+
+    # Whatever the kill interrupted, every snapshot that exists gets to an end.
+    store = store_for(svc)
+    page = store.list_snapshots(limit=200)
+    for snap in page.items:
+        assert snap.operation_id is not None
+        op = wait_operation(client, snap.operation_id, timeout=60)
+        assert op["status"] == "succeeded", op
+    assert store.active_operation_ids() == []
+
+
+def test_operation_whose_worker_died_too_often_ends_worker_lost(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    svc = make_service().start(workers=0)
+    client = svc.client()
+    server = add_server(client, str(_small_state(states, "web")))
+    store = store_for(svc)
+    snap_id, op_id = store.create_snapshot(server["id"], "doomed")
+    # Every allowed attempt was claimed by a worker that then died (no heartbeat).
+    for i in range(MAX_ATTEMPTS):
+        code, _ = store.claim_operation(op_id, f"dead{i}/1", f"dead{i}", HEARTBEATS_KEY, 3000)
+        assert code == "ok"
+    svc.start_worker()  # its reaper sends the message again; the claim sees the count
+    op = wait_operation(client, op_id, timeout=60)
+    assert op["status"] == "failed" and op["error"]["code"] == "worker_lost", op
+    snap = client.get(f"/snapshots/{snap_id}/").json()
+    assert snap["status"] == "failed" and snap["error"]["code"] == "worker_lost", snap
+    # The server is free again: a new snapshot can be taken.
+    assert snapshot(client, server["id"], name="after")["status"] == "available"
+
+
+def test_operations_past_their_deadline_end_failed_with_truthful_status(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    svc = make_service(SNAPSHOTS_OPERATION_DEADLINE="4").start(workers=1)
+    client = svc.client()
+    flag = states / "running"
+    flag.touch()
+    # A server whose stop command hangs: the job stays in `running` until the reaper.
+    power = {"kind": "command", "stop": "sleep 600", "start": f"touch {flag}",
+             "status": f"test -e {flag}"}
+    state = _small_state(states, "web")
+    server = add_server(client, str(state), power=power)
+    snap = snapshot(client, server["id"], name="good")
+    before = (state / "etc" / "app.conf").read_text()
+
+    resp = client.post(f"/snapshots/{snap['id']}/restore/")
+    assert resp.status_code == 200, resp.text
+    op = wait_operation(client, resp.json()["operation_id"], timeout=60)
+    assert op["status"] == "failed" and op["error"]["code"] == "deadline_exceeded", op
+    assert "deadline" in op["error"]["message"]
+    # The server is out of `restoring`, in the status its driver reports; its state as it was.
+    assert client.get(f"/servers/{server['id']}/").json()["status"] == "running"
+    assert (state / "etc" / "app.conf").read_text() == before
+    assert client.get(f"/snapshots/{snap['id']}/").json()["status"] == "available"
+
+    # A capture that stops the server (and hangs there) ends failed the same way.
+    other = add_server(client, str(_small_state(states, "other")), power=power, name="other")
+    svc.start_worker()  # the first worker's threads may both be stuck in `sleep 600`
+    resp = client.post("/snapshots/", json={"server_id": other["id"], "name": "stuck",
+                                            "stop_server": True})
+    assert resp.status_code == 201, resp.text
+    created: dict[str, Any] = resp.json()
+    op = wait_operation(client, created["operation_id"], timeout=60)
+    assert op["status"] == "failed" and op["error"]["code"] == "deadline_exceeded", op
+    stuck = client.get(f"/snapshots/{created['id']}/").json()
+    assert stuck["status"] == "failed" and stuck["error"]["code"] == "deadline_exceeded"
+    wait_until(lambda: store_for(svc).get_server(other["id"]).active_op is None,  # type: ignore[union-attr]
+               timeout=10, what="the server to be released")
