@@ -65,7 +65,7 @@ def jobs() -> Jobs:
 
 
 def reaper() -> Reaper:
-    return Reaper(store(), engine(), broker, driver_for, settings)
+    return Reaper(store(), engine(), broker, driver_for, settings, jobs())
 
 
 # Every worker process runs a reaper thread (see workers/reaper.py).

@@ -63,10 +63,29 @@ class Jobs:
         self.power_for = power_for
         self.max_attempts = max_attempts
         self.lease = lease
+        # Operations this process's threads are running now: the reaper of this process
+        # releases a lease it holds in Redis for an operation none of them runs (a job
+        # that died while Redis was away and could neither release it nor be retried).
+        self.running: set[int] = set()
+        self._running_lock = threading.Lock()
 
     # -- entry points -------------------------------------------------------------------
 
     def run(self, operation_id: int) -> None:
+        # Registered before the claim, so the reaper never sees our fresh lease as stale.
+        with self._running_lock:
+            self.running.add(operation_id)
+        try:
+            self._claim_and_run(operation_id)
+        finally:
+            with self._running_lock:
+                self.running.discard(operation_id)
+
+    def is_running(self, operation_id: int) -> bool:
+        with self._running_lock:
+            return operation_id in self.running
+
+    def _claim_and_run(self, operation_id: int) -> None:
         if self.lease is None:
             op = self.store.begin_operation(operation_id)
             code = "terminal"
@@ -121,6 +140,17 @@ class Jobs:
                 return
             raise
 
+    def _report(self, op_id: int, percent: int) -> None:
+        # Progress is best effort: a Redis outage must not kill an hours-long capture.
+        with contextlib.suppress(redis.RedisError):
+            self.store.report_progress(op_id, percent)
+
+    def _cancelled(self, op_id: int) -> bool:
+        try:
+            return self.store.is_cancelled(op_id)
+        except redis.RedisError:
+            return False  # asked again a second later; a delete waits for us anyway
+
     @staticmethod
     def _transient(exc: EngineError) -> bool:
         """A plain EngineError (e.g. "a capture worker process died", which is what a
@@ -156,8 +186,8 @@ class Jobs:
             result = self.engine.capture(
                 meta,
                 state,
-                progress=ProgressReporter(lambda p: self.store.report_progress(op.id, p)),
-                should_stop=CancelCheck(lambda: self.store.is_cancelled(op.id)),
+                progress=ProgressReporter(lambda p: self._report(op.id, p)),
+                should_stop=CancelCheck(lambda: self._cancelled(op.id)),
             )
         except Cancelled:
             log.info("snapshot %s was deleted while it was being created", snap.id)
@@ -228,7 +258,7 @@ class Jobs:
             self.engine.restore(
                 snapshot_id,
                 state,
-                progress=ProgressReporter(lambda p: self.store.report_progress(op.id, p)),
+                progress=ProgressReporter(lambda p: self._report(op.id, p)),
             )
         except (EngineError, PowerError) as exc:
             if isinstance(exc, EngineError) and self._transient(exc):

@@ -34,10 +34,11 @@ from dramatiq.brokers.redis import RedisBroker
 
 from shared.broker import HEARTBEATS_KEY, enqueue_operation
 from shared.records import OperationRecord
+from shared.scripts import text
 from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
-from workers.jobs import PowerFactory
+from workers.jobs import Jobs, PowerFactory
 from workers.power import PowerError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class Reaper:
         broker: RedisBroker,
         power_for: PowerFactory,
         settings: Settings,
+        jobs: Jobs | None = None,
     ) -> None:
+        self.jobs = jobs
         self.store = store
         self.engine = engine
         self.broker = broker
@@ -75,12 +78,27 @@ class Reaper:
         if now - since > self.settings.operation_deadline:
             self._expire(op, int(now - self.settings.operation_deadline))
             return
+        if op.status == "running":
+            self._release_if_stale(op.id)
         op_type = self.store.mark_requeue(
             op.id, self.settings.requeue_after, HEARTBEATS_KEY, self.timeout_ms
         )
         if op_type is not None:
             log.warning("operation %s (%s) looked stuck; sending it again", op.id, op.status)
             enqueue_operation(self.broker, op_type, op.id)
+
+    def _release_if_stale(self, op_id: int) -> None:
+        """A lease this very process holds while none of its threads runs the operation:
+        the job died while Redis was away, so neither its release nor its retry message
+        got through, and this process's heartbeat keeps the lease looking alive. Release
+        it; the requeue below sends the message again ``requeue_after`` seconds later."""
+        if self.jobs is None or self.jobs.lease is None:
+            return
+        owner, process = self.store.redis.hmget(f"operation:{op_id}", ["owner", "owner_process"])
+        if process is None or text(process) != self.jobs.lease.process_id:
+            return
+        if not self.jobs.is_running(op_id) and self.store.release_operation(op_id, text(owner)):
+            log.warning("operation %s: released the lease of a job that is gone", op_id)
 
     def _expire(self, op: OperationRecord, started_before: int) -> None:
         hours = self.settings.operation_deadline / 3600
