@@ -21,7 +21,6 @@ from . import fsutil
 from .model import EngineError, StorageFull
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
-FSYNC_MAX = 64  # above this many new objects, one syncfs beats individual fsyncs
 TMP_PREFIX = ".tmp-"  # temp files of writers; never listed as objects
 
 
@@ -32,9 +31,10 @@ class Backend(Protocol):
         replaces an existing object and returns False if the key existed."""
         ...
 
-    def _put_tmpfile(self, final: str, data: bytes) -> None:
+    def _put_tmpfile(self, final: str, data: bytes) -> bool:
         """Unnamed O_TMPFILE inode, written, then linked into place: one directory operation
-        per object, and a writer killed mid-way leaves nothing behind to clean up."""
+        per object, and a writer killed mid-way leaves nothing behind to clean up. False
+        when a different-sized object already holds the name (the caller replaces it)."""
         d = os.path.dirname(final)
         flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
         try:
@@ -44,17 +44,25 @@ class Backend(Protocol):
             fd = os.open(d, flags, 0o644)
         try:
             fsutil.write_full(fd, data, 0)
-            with contextlib.suppress(FileExistsError):  # same content from a concurrent writer
+            try:
                 # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
                 # /proc link (plain link() would try to link the symlink itself: EXDEV).
                 os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+            except FileExistsError:  # same content from a concurrent writer, or torn
+                return os.stat(final).st_size == len(data)
         finally:
             os.close(fd)
+        return True
 
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
         """(key, size, mtime_ns) of every object under a directory-like prefix."""
+        ...
+
+    def list_since(self, prefix: str, since_ns: int) -> Iterator[tuple[str, bool]]:
+        """(key, maybe written at or after since_ns) of the non-empty objects under a fan-out
+        prefix; empty objects (torn by a crash) are deleted instead of listed."""
         ...
 
     def delete(self, key: str) -> None: ...
@@ -102,7 +110,7 @@ class LocalBackend:
         final = self._path(key)
         if not durable and not exclusive and self._tmpfile:
             try:
-                self._put_tmpfile(final, data)
+                stored = self._put_tmpfile(final, data)
             except OSError as e:
                 if e.errno in _FULL:
                     raise StorageFull(f"repository storage is full while writing {key}: {e}") from e
@@ -110,10 +118,12 @@ class LocalBackend:
                     raise
                 self._tmpfile = False  # filesystem without O_TMPFILE: temp + rename below
             else:
-                with self._lock:
-                    self.puts += 1
-                    self.put_keys.append(key)
-                return True
+                if stored:
+                    with self._lock:
+                        self.puts += 1
+                        self.put_keys.append(key)
+                    return True
+                # an object of another size is in the way (torn by a crash): replace it below
         # The temp file lives in the destination directory: a same-directory rename does not
         # take the filesystem-wide rename mutex that cross-directory renames serialize on.
         tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.getpid()}-{next(self._seq)}")
@@ -155,9 +165,10 @@ class LocalBackend:
             self.put_keys.append(key)
         return True
 
-    def _put_tmpfile(self, final: str, data: bytes) -> None:
+    def _put_tmpfile(self, final: str, data: bytes) -> bool:
         """Unnamed O_TMPFILE inode, written, then linked into place: one directory operation
-        per object, and a writer killed mid-way leaves nothing behind to clean up."""
+        per object, and a writer killed mid-way leaves nothing behind to clean up. False
+        when a different-sized object already holds the name (the caller replaces it)."""
         d = os.path.dirname(final)
         flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
         try:
@@ -167,12 +178,15 @@ class LocalBackend:
             fd = os.open(d, flags, 0o644)
         try:
             fsutil.write_full(fd, data, 0)
-            with contextlib.suppress(FileExistsError):  # same content from a concurrent writer
+            try:
                 # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
                 # /proc link (plain link() would try to link the symlink itself: EXDEV).
                 os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+            except FileExistsError:  # same content from a concurrent writer, or torn
+                return os.stat(final).st_size == len(data)
         finally:
             os.close(fd)
+        return True
 
     def get(self, key: str) -> bytes:
         with open(self._path(key), "rb") as f:
@@ -189,6 +203,39 @@ class LocalBackend:
 
     def list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
         yield from self._list(prefix.rstrip("/"), tmp=False)
+
+    def list_since(self, prefix: str, since_ns: int) -> Iterator[tuple[str, bool]]:
+        # A fan-out directory whose mtime predates since_ns gained no entry since then, so
+        # its objects need no stat (cold-cache incremental captures stat 256 dirs, not
+        # every object). Objects in newer directories are stat'd: size and mtime matter.
+        base = prefix.rstrip("/")
+        try:
+            top = os.scandir(self._path(base))
+        except FileNotFoundError:
+            return
+        with top:
+            for d in top:
+                if not d.is_dir(follow_symlinks=False):
+                    continue
+                old = d.stat(follow_symlinks=False).st_mtime_ns < since_ns
+                with os.scandir(d.path) as it:
+                    for e in it:
+                        if e.name.startswith(TMP_PREFIX):
+                            continue
+                        key = f"{base}/{d.name}/{e.name}"
+                        if old:
+                            yield key, False
+                            continue
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if st.st_size == 0:
+                            # Objects appear only complete (linkat/rename), so an empty one
+                            # was torn by a crash: remove it so it is stored again.
+                            self.delete(key)
+                            continue
+                        yield key, st.st_mtime_ns >= since_ns
 
     def _list(self, prefix: str, *, tmp: bool) -> Iterator[tuple[str, int, int]]:
         try:
@@ -212,10 +259,10 @@ class LocalBackend:
             os.unlink(self._path(key))
 
     def barrier(self, keys: Sequence[str] | None) -> None:
-        # Few new objects (an incremental capture): fsync them and their directories, so
-        # the commit does not wait for other writers' dirty data on the same filesystem.
-        # Many: one syncfs is far cheaper than thousands of fsyncs.
-        if keys is None or len(keys) > FSYNC_MAX:
+        # keys: fsync those objects and their directories, so an incremental commit does
+        # not wait for other writers' dirty data on the filesystem; None: one syncfs (far
+        # cheaper than thousands of fsyncs).
+        if keys is None:
             fsutil.syncfs(self.root)
             return
         dirs = set()

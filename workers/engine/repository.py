@@ -22,6 +22,7 @@ from .backend import Backend
 from .model import EngineError, SnapshotCorrupt, SnapshotNotFound
 
 RAW, ZSTD = 0, 1
+FULL_SYNC_AT = 64  # more new objects than this: one syncfs instead of an fsync each
 SYNCED_KEY = "synced"  # start time (ns) of the last full-filesystem sync before a commit
 ZSTD_LEVEL = 3
 
@@ -93,19 +94,18 @@ class Repository:
 
     def load_known(self) -> None:
         """Load the ids of every stored chunk once per capture: existence checks become set
-        lookups. Zero-length files (a crash before the data reached disk) do not count."""
+        lookups. Empty objects (a crash before the data reached disk) are removed; objects
+        stored after the last full sync are noted as possibly not durable yet."""
         known: set[bytes] = set()
         fresh: set[bytes] = set()
-        synced = self._synced_at()
-        for key, size, mtime_ns in self.backend.list("data/"):
-            if size > 0:
-                try:
-                    cid = bytes.fromhex(key.rsplit("/", 1)[1])
-                except ValueError:
-                    continue
-                known.add(cid)
-                if mtime_ns >= synced:
-                    fresh.add(cid)
+        for key, maybe_fresh in self.backend.list_since("data/", self._synced_at()):
+            try:
+                cid = bytes.fromhex(key.rsplit("/", 1)[1])
+            except ValueError:
+                continue
+            known.add(cid)
+            if maybe_fresh:
+                fresh.add(cid)
         with self._known_lock:
             self._known, self._fresh, self._reused_fresh = known, fresh, False
             self._written = []
@@ -215,8 +215,10 @@ class Repository:
         with self._known_lock:
             written, full = self._written, self._reused_fresh
             self._written, self._reused_fresh = [], False
-        if full:
-            started = time.time_ns()
+        if full or len(written) > FULL_SYNC_AT:
+            # Everything stored before the sync started is durable from now on; the margin
+            # covers the coarse clock the filesystem stamps mtimes with.
+            started = time.time_ns() - 2_000_000_000
             self.backend.barrier(None)
             self.backend.put(SYNCED_KEY, str(started).encode(), durable=True)
         else:
