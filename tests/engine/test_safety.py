@@ -281,3 +281,17 @@ def test_cancelled_capture_commits_nothing(monkeypatch: pytest.MonkeyPatch, engi
     with pytest.raises(Cancelled):
         engine.capture(make_meta(1), dir_state(src), should_stop=lambda: True)
     assert engine.get_snapshot(1) is None
+
+
+def test_unreadable_manifest_is_not_listed_and_blocks_reclaim(engine: Engine,
+                                                              tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    engine.capture(make_meta(1), dir_state(src))
+    (Path(engine.backend.root) / "snapshots" / "99").write_bytes(b"garbage")
+    assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [1]
+    assert not engine.verify(99).ok
+    with pytest.raises(SnapshotCorrupt):  # never sweep when the mark may be incomplete
+        engine.reclaim()
+    assert engine.verify(1).ok

@@ -55,6 +55,10 @@ class Backend(Protocol):
         return True
 
     def get(self, key: str) -> bytes: ...
+    def get_head(self, key: str, n: int) -> bytes:
+        """The first n bytes (or fewer) of an object (S3: a Range GET)."""
+        ...
+
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
         """(key, size, mtime_ns) of every object under a directory-like prefix."""
@@ -191,6 +195,10 @@ class LocalBackend:
     def get(self, key: str) -> bytes:
         with open(self._path(key), "rb") as f:
             return f.read()
+
+    def get_head(self, key: str, n: int) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return f.read(n)
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))

@@ -88,6 +88,13 @@ def _split(data: bytes) -> tuple[bytes, bytes]:
     return data[12 : 12 + n], data[12 + n :]
 
 
+def header_length(prefix: bytes) -> int:
+    """Bytes needed to decode the header, from the first 12 bytes of a manifest."""
+    if prefix[:8] != MAGIC or len(prefix) < 12:
+        raise ValueError("not a snapshot manifest")
+    return 12 + int(struct.unpack(">I", prefix[8:12])[0])
+
+
 def decode_header(data: bytes) -> Header:
     return _hdr_dec.decode(_split(data)[0])
 

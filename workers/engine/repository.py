@@ -241,8 +241,16 @@ class Repository:
             raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e
 
     def get_header(self, snapshot_id: int) -> manifest.Header:
+        """Decodes the header only, reading just its bytes (listing stays cheap)."""
+        key = self.manifest_key(snapshot_id)
         try:
-            return manifest.decode_header(self._get_manifest_raw(snapshot_id))
+            head = self.backend.get_head(key, 4096)
+            need = manifest.header_length(head)
+            if need > len(head):
+                head = self.backend.get_head(key, need)
+            return manifest.decode_header(head)
+        except FileNotFoundError as e:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e
         except (ValueError, msgspec.DecodeError) as e:
             raise EngineError(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 
