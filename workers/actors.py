@@ -7,6 +7,7 @@ place both the API and the workers import, before any actor is declared.
 from __future__ import annotations
 
 import logging
+import threading
 from functools import cache
 from typing import Any
 
@@ -46,18 +47,39 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
-@cache
+# One Store and one Engine per process, built under a lock: the reaper thread and the
+# first jobs ask at the same moment, and two LocalBackends in one process name their temp
+# files alike (see tests/faults/test_engine_bugs.py).
+_build = threading.RLock()
+
+
 def store() -> Store:
+    with _build:
+        return _store()
+
+
+def engine() -> Engine:
+    with _build:
+        return _engine()
+
+
+@cache
+def _store() -> Store:
     return Store(redis.Redis.from_url(settings.effective_redis_url), settings)
 
 
 @cache
-def engine() -> Engine:
+def _engine() -> Engine:
     return Engine(settings.storage_url)
 
 
-@cache
 def jobs() -> Jobs:
+    with _build:
+        return _jobs()
+
+
+@cache
+def _jobs() -> Jobs:
     # The lease names this process by its broker id: the id whose heartbeat the broker
     # watches, so "this worker is dead" means the same thing to both.
     lease = Lease(broker.broker_id, HEARTBEATS_KEY, int(settings.heartbeat_timeout * 1000))
