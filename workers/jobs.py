@@ -146,8 +146,10 @@ class Jobs:
             self.store.report_progress(op_id, percent)
 
     def _cancelled(self, op_id: int) -> bool:
+        """Stop the capture when its operation is no longer ours to finish: cancelled by a
+        delete, or ended by the reaper (deadline)."""
         try:
-            return self.store.is_cancelled(op_id)
+            return self.store.is_cancelled(op_id) or not self._still_running(op_id)
         except redis.RedisError:
             return False  # asked again a second later; a delete waits for us anyway
 
@@ -190,7 +192,7 @@ class Jobs:
                 should_stop=CancelCheck(lambda: self._cancelled(op.id)),
             )
         except Cancelled:
-            log.info("snapshot %s was deleted while it was being created", snap.id)
+            log.info("snapshot %s: deleted or ended while it was being created", snap.id)
             return
         except (EngineError, PowerError) as exc:
             if isinstance(exc, EngineError) and self._transient(exc):
