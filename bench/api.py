@@ -470,12 +470,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     ap.add_argument("--max-wait", type=float, default=180, help="s to wait for a quiet machine")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, _on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     try:
         with benchlib.exclusive():
             return bench(args, procs, tmp)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything we started")
+        return 130
     except (RuntimeError, httpx.HTTPError) as e:
         print(f"\nERROR: {e}")
         for log in sorted(tmp.glob("*.log")):
