@@ -96,9 +96,9 @@ SLOW_READ = """
 import time
 from workers.engine.repository import Repository
 _orig = Repository.read_chunk
-def _slow(self, cid):
+def _slow(self, *args):
     time.sleep(0.02)
-    return _orig(self, cid)
+    return _orig(self, *args)
 Repository.read_chunk = _slow
 """
 

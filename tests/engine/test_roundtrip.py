@@ -103,17 +103,20 @@ def test_incremental_capture_does_not_read_unchanged_files(
         (src / f"f{i}").write_bytes(os.urandom(300_000))
     r1 = engine.capture(make_meta(1), dir_state(src))
     assert engine.last_bytes_read == 20 * 300_000
-    (src / "f3").write_bytes(os.urandom(1000))
+    (src / "f3").write_bytes(os.urandom(10_000))
+    (src / "tiny").write_bytes(b"small files live inline in the manifest")
     puts = engine.backend.puts
     barriers = record_barriers(monkeypatch, engine)
     r2 = engine.capture(make_meta(2), dir_state(src))
     assert len(barriers) == 1 and barriers[0] == [engine.backend.put_keys[-2]]  # one fsync
-    assert engine.last_bytes_read == 1000  # only the changed file was read
-    assert engine.backend.puts == puts + 2  # one chunk + the manifest
-    assert r2.stored_bytes <= 1001 and r1.stored_bytes > 6_000_000
+    assert engine.last_bytes_read == 10_000 + 39  # only the changed and new files were read
+    assert engine.backend.puts == puts + 2  # f3's chunk + the manifest (tiny is inline)
+    manifest_size = engine.backend.stat("snapshots/2")
+    assert manifest_size is not None
+    assert 10_001 < r2.stored_bytes < 10_001 + manifest_size and r1.stored_bytes > 6_000_000
     # another server's snapshot is never used as parent
     engine.capture(make_meta(3, server_id=2), dir_state(src))
-    assert engine.last_bytes_read == 19 * 300_000 + 1000
+    assert engine.last_bytes_read == 19 * 300_000 + 10_039
     dst = tmp_path / "out"
     engine.restore(2, dir_state(dst))
     assert_same(src, dst)

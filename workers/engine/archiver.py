@@ -28,7 +28,7 @@ from .manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 from .model import StateInvalid
 from .procpool import WorkerPool
 from .progress import Progress
-from .repository import Repository
+from .repository import INLINE_MAX, Repository
 
 WORKERS = 4
 MAX_INFLIGHT = 64  # open file fds handed to the pool
@@ -188,11 +188,11 @@ class Archiver:
             finally:
                 os.close(dfd)
 
-    def _done(self, idx: int, chunks: list[tuple[bytes, int]], info: tuple[int, ...],
-              nread: int, changed: bool) -> None:
+    def _done(self, idx: int, chunks: list[tuple[bytes, int]], inline: bytes,
+              info: tuple[int, ...], nread: int, changed: bool) -> None:
         e = self.entries[idx]
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
-        e.chunks = chunks
+        e.chunks, e.inline = chunks, inline
         with self._lock:
             self.bytes_read += nread
             self.files_read += 1
@@ -242,9 +242,9 @@ class Archiver:
         if (p is None or p.kind != FILE or p.size != e.size or p.mtime_ns != e.mtime_ns
                 or p.ctime_ns != e.ctime_ns or p.ino != e.ino):
             return False
-        if not all(self.repo.has_chunk(cid) for cid, _ in p.chunks):
+        if not p.inline and not all(self.repo.has_chunk(cid) for cid, _ in p.chunks):
             return False  # parent data went missing: read the file again
-        e.chunks = p.chunks
+        e.chunks, e.inline = p.chunks, p.inline
         self.progress.add(e.size)
         return True
 
@@ -275,13 +275,27 @@ class Archiver:
             self.progress.check()
             chunks: list[tuple[bytes, int]] = []
             nread = [0]
+            small = st.st_size <= INLINE_MAX
+            pieces: list[tuple[bytes, int]] = []
             for data, off in iter_chunks(fd, st.st_size, self._cdc(), self._cdc_args[1], nread):
+                if small:  # decided below, once we know it is a single chunk
+                    pieces.append((bytes(data), off))
+                    continue
                 cid, n = self.repo.store_chunk(data)
                 stored += n
                 chunks.append((cid, off))
                 self.progress.add(len(data))
                 counted += len(data)
                 self.progress.check()
+            inline = b""
+            if len(pieces) == 1:
+                cid, inline = self.repo.encode_inline(pieces[0][0])
+                chunks.append((cid, pieces[0][1]))
+            else:
+                for data, off in pieces:
+                    cid, n = self.repo.store_chunk(data)
+                    stored += n
+                    chunks.append((cid, off))
             st2 = os.fstat(fd)
             with self._lock:
                 self.bytes_read += nread[0]
@@ -297,7 +311,7 @@ class Archiver:
         e.size, e.mtime_ns, e.ctime_ns = st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns
         e.ino = st2.st_ino
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
-        e.chunks = chunks
+        e.chunks, e.inline = chunks, inline
         self.progress.add(max(0, e.size - counted))
         with self._lock:
             self.stored_bytes += stored

@@ -85,9 +85,11 @@ class Engine:
             else:
                 raise StateInvalid(f"unknown state kind {state.kind!r}")
             prog.check()
-            header = Header(meta=meta, state_kind=state.kind, size_bytes=size, stored_bytes=stored,
-                            files=files, warnings=warnings, completed_at=_now())
-            repo.put_manifest(header, body)
+            encoded = manifest.encode_body(body)  # written by this capture too: counted
+            header = Header(meta=meta, state_kind=state.kind, size_bytes=size,
+                            stored_bytes=stored + len(encoded), files=files, warnings=warnings,
+                            completed_at=_now())
+            repo.put_manifest(header, encoded)
         prog.finish()
         return self._result(header)
 
@@ -171,6 +173,14 @@ class Engine:
                 self.repo.read_chunk(cid)
             except ObjectCorrupt as e:
                 errors.append(f"snapshot {snapshot_id}: {e} ({chunk_key(cid)})")
+        if isinstance(body, DirBody):
+            for ent in body.entries:
+                for cid, _off in ent.chunks if ent.inline else ():
+                    try:
+                        self.repo.read_chunk(cid, ent.inline)
+                    except ObjectCorrupt as err:
+                        errors.append(f"snapshot {snapshot_id}: {err} "
+                                      f"(file {ent.path.decode(errors='replace')})")
         return VerifyReport(snapshot_id=snapshot_id, ok=not errors, errors=errors)
 
     # --- delete and reclaim -----------------------------------------------------------

@@ -36,6 +36,7 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True):
     target: bytes = b""  # symlink target, or the primary path of a hard link
     rdev: int = 0
     xattrs: list[tuple[str, bytes]] = []
+    inline: bytes = b""  # encoded payload of the only chunk of a small file (no object)
 
 
 class DirBody(msgspec.Struct, tag="dir"):
@@ -75,10 +76,17 @@ _hdr_dec = msgspec.msgpack.Decoder(Header)
 _body_dec = msgspec.msgpack.Decoder(Body)
 
 
-def encode(header: Header, body: Body) -> bytes:
+def encode_body(body: Body) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(_hdr_enc.encode(body))
+
+
+def assemble(header: Header, body: bytes) -> bytes:
     h = _hdr_enc.encode(header)
-    b = zstandard.ZstdCompressor(level=3).compress(_hdr_enc.encode(body))
-    return MAGIC + struct.pack(">I", len(h)) + h + b
+    return MAGIC + struct.pack(">I", len(h)) + h + body
+
+
+def encode(header: Header, body: Body) -> bytes:
+    return assemble(header, encode_body(body))
 
 
 def _split(data: bytes) -> tuple[bytes, bytes]:
@@ -105,6 +113,7 @@ def decode(data: bytes) -> tuple[Header, Body]:
 
 
 def chunk_ids(body: Body) -> set[bytes]:
+    """Ids of the chunks stored as objects (inline chunks live in the manifest)."""
     if isinstance(body, ImageBody):
         return {cid for _i, cid in body.blocks}
-    return {cid for e in body.entries for cid, _off in e.chunks}
+    return {cid for e in body.entries if not e.inline for cid, _off in e.chunks}

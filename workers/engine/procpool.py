@@ -19,7 +19,7 @@ from .repository import ZSTD_LEVEL, Repository
 WINDOW = 8  # files queued per worker: keeps both busy, never blocks the parent on send
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-Done = Callable[[int, list[tuple[bytes, int]], tuple[int, ...], int, bool], None]
+Done = Callable[[int, list[tuple[bytes, int]], bytes, tuple[int, ...], int, bool], None]
 
 
 class _Worker:
@@ -136,9 +136,10 @@ class WorkerPool:
             assert isinstance(raw_chunks, list) and isinstance(raw_info, list)
             chunks = [(bytes(c), int(o)) for c, o in raw_chunks]
             info = tuple(int(x) for x in raw_info)
-            nread, changed = frame[6], frame[7]
+            nread, changed, inline = frame[6], frame[7], frame[8]
             assert isinstance(nread, int) and isinstance(changed, bool)
-            done(idx, chunks, info, nread, changed)
+            assert isinstance(inline, bytes)
+            done(idx, chunks, inline, info, nread, changed)
         elif kind == "gone":
             gone(idx, str(frame[2]))
         else:

@@ -24,7 +24,7 @@ import zstandard
 from pyfastcdc import FastCDC
 
 from .chunker import RETRIES, iter_chunks
-from .repository import encode_payload
+from .repository import INLINE_MAX, encode_payload
 
 FRAME = struct.Struct(">I")
 REQ = struct.Struct(">Q")
@@ -41,7 +41,8 @@ class Setup(msgspec.Struct, array_like=True):
 
 
 Blobs = list[tuple[bytes, bytes]]
-# ("blobs", idx, blobs, raw bytes) | ("done", idx, blobs, raw, chunks, stat, nread, changed)
+# ("blobs", idx, blobs, raw bytes)
+# | ("done", idx, blobs, raw, chunks, stat, nread, changed, inline payload)
 # | ("gone", idx, why) | ("err", idx, message)
 _enc = msgspec.msgpack.Encoder()
 
@@ -79,10 +80,15 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
     for attempt in range(RETRIES + 1):
         chunks: list[tuple[bytes, int]] = []
         nread = [0]
+        small = st.st_size <= INLINE_MAX
+        pieces: list[tuple[bytes, bytes, int]] = []
         for data, off in iter_chunks(fd, st.st_size, cdc, setup.chunk_min, nread):
             cid = blake3.blake3(data, key=setup.key).digest()
             chunks.append((cid, off))
             raw += len(data)
+            if small:  # one chunk: kept inline in the manifest; several: stored below
+                pieces.append((cid, bytes(data), off))
+                continue
             if cid not in known:
                 known.add(cid)
                 payload = encode_payload(zc, data)
@@ -91,6 +97,14 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
             if pending >= BATCH or raw >= BATCH:
                 send_frame(res, ("blobs", idx, blobs, raw))
                 blobs, pending, raw = [], 0, 0
+        inline = b""
+        if len(pieces) == 1:
+            inline = encode_payload(zc, pieces[0][1])
+        else:
+            for cid, data, _off in pieces:
+                if cid not in known:
+                    known.add(cid)
+                    blobs.append((cid, encode_payload(zc, data)))
         nread_total += nread[0]
         st2 = os.fstat(fd)
         same = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
@@ -100,7 +114,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
         st = st2
     info = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, st2.st_mode,
             st2.st_uid, st2.st_gid)
-    send_frame(res, ("done", idx, blobs, raw, chunks, info, nread_total, not same))
+    send_frame(res, ("done", idx, blobs, raw, chunks, info, nread_total, not same, inline))
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from .backend import Backend
 from .model import EngineError, SnapshotCorrupt, SnapshotNotFound
 
 RAW, ZSTD = 0, 1
+INLINE_MAX = 4096  # files up to this size with a single chunk live inside the manifest
 FULL_SYNC_AT = 64  # more new objects than this: one syncfs instead of an fsync each
 SYNCED_KEY = "synced"  # start time (ns) of the last full-filesystem sync before a commit
 ZSTD_LEVEL = 3
@@ -172,29 +173,41 @@ class Repository:
         with self._known_lock:
             return list(self._known)
 
-    def read_chunk(self, cid: bytes) -> bytes:
+    def read_chunk(self, cid: bytes, inline: bytes = b"") -> bytes:
+        """The verified plaintext of a chunk: from its object, or from the encoded payload
+        a small file keeps inline in the manifest."""
+        if inline:
+            return self.decode_checked(cid, inline, f"inline data of chunk {cid.hex()}")
         try:
             obj = self.backend.get(chunk_key(cid))
         except FileNotFoundError as e:
             raise ObjectCorrupt(f"object {cid.hex()} is missing") from e
+        return self.decode_checked(cid, obj, f"object {cid.hex()}")
+
+    def decode_checked(self, cid: bytes, obj: bytes, what: str) -> bytes:
         if not obj:
-            raise ObjectCorrupt(f"object {cid.hex()} is empty")
+            raise ObjectCorrupt(f"{what} is empty")
         try:
             if obj[0] == RAW:
                 data = obj[1:]
             elif obj[0] == ZSTD:
                 data = self._zd().decompress(obj[1:])
             else:
-                raise ObjectCorrupt(f"object {cid.hex()} has an unknown header")
+                raise ObjectCorrupt(f"{what} has an unknown header")
         except zstandard.ZstdError as e:
-            raise ObjectCorrupt(f"object {cid.hex()} does not decompress: {e}") from e
+            raise ObjectCorrupt(f"{what} does not decompress: {e}") from e
         if self.chunk_id(data) != cid:
-            raise ObjectCorrupt(f"object {cid.hex()} fails its id check")
+            raise ObjectCorrupt(f"{what} fails its id check")
         return data
 
-    def read_chunk_for(self, snapshot_id: int, cid: bytes) -> bytes:
+    def encode_inline(self, data: bytes | memoryview) -> tuple[bytes, bytes]:
+        """(id, encoded payload) of a small file's only chunk, kept in the manifest: no
+        object (an inode, a 4 KiB block, a lookup on restore) for files under INLINE_MAX."""
+        return self.chunk_id(data), encode_payload(self._zc(), data)
+
+    def read_chunk_for(self, snapshot_id: int, cid: bytes, inline: bytes = b"") -> bytes:
         try:
-            return self.read_chunk(cid)
+            return self.read_chunk(cid, inline)
         except ObjectCorrupt as e:
             raise SnapshotCorrupt(f"snapshot {snapshot_id} is corrupt: {e}") from e
 
@@ -206,7 +219,8 @@ class Repository:
     def manifest_key(snapshot_id: int) -> str:
         return f"snapshots/{snapshot_id}"
 
-    def put_manifest(self, header: manifest.Header, body: manifest.Body) -> None:
+    def put_manifest(self, header: manifest.Header, body: bytes) -> None:
+        """body: manifest.encode_body() of the tree (the caller counts its size as stored)."""
         # One barrier makes every chunk the snapshot needs durable, then the manifest itself
         # is written durably (temp, fsync, rename, fsync dir): after this the snapshot exists.
         # Chunks of committed snapshots are durable already. A chunk reused from a killed
@@ -224,7 +238,7 @@ class Repository:
         else:
             self.backend.barrier(written)
         self.backend.put(self.manifest_key(header.meta.snapshot_id),
-                         manifest.encode(header, body), durable=True)
+                         manifest.assemble(header, body), durable=True)
 
     def manifest_ids(self) -> list[int]:
         out = []

@@ -326,7 +326,7 @@ class Restorer:
         try:
             written = 0
             for cid, off in e.chunks:
-                data = self.repo.read_chunk_for(self.sid, cid)
+                data = self.repo.read_chunk_for(self.sid, cid, e.inline)
                 fsutil.write_full(fd, data, off)
                 written += len(data)
                 self.progress.add(len(data))
