@@ -295,3 +295,26 @@ def test_unreadable_manifest_is_not_listed_and_blocks_reclaim(engine: Engine,
     with pytest.raises(SnapshotCorrupt):  # never sweep when the mark may be incomplete
         engine.reclaim()
     assert engine.verify(1).ok
+
+
+def test_corrupt_tiny_pack_is_detected(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    for i in range(20):  # small files share one "tiny pack" object
+        (src / f"small{i}").write_bytes(b"small file %d " % i * 20)
+    engine.capture(make_meta(3), dir_state(src))
+    _h, body = engine.repo.get_manifest(3)
+    packs = {e.pack for e in body.entries if e.pack}  # type: ignore[union-attr]
+    assert len(packs) == 1
+    pack = packs.pop()
+    obj = Path(engine.backend.root) / chunk_key(pack)
+    raw = bytearray(obj.read_bytes())
+    raw[-3] ^= 0x10
+    obj.write_bytes(bytes(raw))
+    report = engine.verify(3)
+    assert not report.ok and "snapshot 3" in report.errors[0] and pack.hex() in report.errors[0]
+    (src / "small0").write_bytes(b"current")
+    current = describe(src)
+    with pytest.raises(SnapshotCorrupt, match=f"snapshot 3 .*{pack.hex()}"):
+        engine.restore(3, dir_state(src))
+    assert describe(src) == current

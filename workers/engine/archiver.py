@@ -55,6 +55,7 @@ class Archiver:
         self._links: dict[tuple[int, int], bytes] = {}
         self._dirs: list[tuple[bytes, int, int, list[int]]] = []  # path, dev, ino, file idxs
         self._dropped: set[bytes] = set()
+        self._tiny: dict[bytes, bytes] = {}  # path -> bytes of a small file read this run
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
@@ -78,8 +79,25 @@ class Archiver:
             self._read_files(root_fd)
         finally:
             os.close(root_fd)
-        return [ent for ent in self.entries if ent.path not in self._dropped
-                and not (ent.kind == HARDLINK and ent.target in self._dropped)]
+        out = [ent for ent in self.entries if ent.path not in self._dropped
+               and not (ent.kind == HARDLINK and ent.target in self._dropped)]
+        self._store_tiny_pack(out)
+        return out
+
+    def _store_tiny_pack(self, entries: list[Entry]) -> None:
+        """All small files read by this capture go into one object, compressed as a whole."""
+        small = [e for e in entries if e.path in self._tiny]
+        if not small:
+            return
+        buf = bytearray()
+        for e in small:
+            data = self._tiny[e.path]
+            e.pack_off, e.pack_len = len(buf), len(data)
+            buf += data
+        pack_id, n = self.repo.store_chunk(bytes(buf))
+        self.stored_bytes += n
+        for e in small:
+            e.pack = pack_id
 
     def _walk(self, fd: int, rel: bytes) -> None:
         self.progress.poll()
@@ -188,11 +206,14 @@ class Archiver:
             finally:
                 os.close(dfd)
 
-    def _done(self, idx: int, chunks: list[tuple[bytes, int]], inline: bytes,
+    def _done(self, idx: int, chunks: list[tuple[bytes, int]], tiny: bytes,
               info: tuple[int, ...], nread: int, changed: bool) -> None:
         e = self.entries[idx]
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
-        e.chunks, e.inline = chunks, inline
+        e.chunks = chunks
+        if tiny:
+            with self._lock:
+                self._tiny[e.path] = tiny
         with self._lock:
             self.bytes_read += nread
             self.files_read += 1
@@ -242,9 +263,10 @@ class Archiver:
         if (p is None or p.kind != FILE or p.size != e.size or p.mtime_ns != e.mtime_ns
                 or p.ctime_ns != e.ctime_ns or p.ino != e.ino):
             return False
-        if not p.inline and not all(self.repo.has_chunk(cid) for cid, _ in p.chunks):
+        needed = [p.pack] if p.pack else [cid for cid, _ in p.chunks]
+        if not all(self.repo.has_chunk(cid) for cid in needed):
             return False  # parent data went missing: read the file again
-        e.chunks, e.inline = p.chunks, p.inline
+        e.chunks, e.pack, e.pack_off, e.pack_len = p.chunks, p.pack, p.pack_off, p.pack_len
         self.progress.add(e.size)
         return True
 
@@ -287,10 +309,10 @@ class Archiver:
                 self.progress.add(len(data))
                 counted += len(data)
                 self.progress.check()
-            inline = b""
+            tiny = b""
             if len(pieces) == 1:
-                cid, inline = self.repo.encode_inline(pieces[0][0])
-                chunks.append((cid, pieces[0][1]))
+                tiny = pieces[0][0]
+                chunks.append((self.repo.chunk_id(tiny), pieces[0][1]))
             else:
                 for data, off in pieces:
                     cid, n = self.repo.store_chunk(data)
@@ -311,7 +333,10 @@ class Archiver:
         e.size, e.mtime_ns, e.ctime_ns = st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns
         e.ino = st2.st_ino
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
-        e.chunks, e.inline = chunks, inline
+        e.chunks = chunks
+        if tiny:
+            with self._lock:
+                self._tiny[e.path] = tiny
         self.progress.add(max(0, e.size - counted))
         with self._lock:
             self.stored_bytes += stored

@@ -34,7 +34,7 @@ from .model import (
 )
 from .progress import Progress
 from .repository import ObjectCorrupt, Repository, chunk_key
-from .restorer import Restorer, cleanup, split_state
+from .restorer import PackCache, Restorer, cleanup, split_state
 
 
 def _now() -> str:
@@ -174,13 +174,14 @@ class Engine:
             except ObjectCorrupt as e:
                 errors.append(f"snapshot {snapshot_id}: {e} ({chunk_key(cid)})")
         if isinstance(body, DirBody):
+            packs = PackCache(self.repo, snapshot_id)
             for ent in body.entries:
-                for cid, _off in ent.chunks if ent.inline else ():
+                if ent.pack:
                     try:
-                        self.repo.read_chunk(cid, ent.inline)
-                    except ObjectCorrupt as err:
-                        errors.append(f"snapshot {snapshot_id}: {err} "
-                                      f"(file {ent.path.decode(errors='replace')})")
+                        packs.read(ent)
+                    except SnapshotCorrupt as err:
+                        if chunk_key(ent.pack) not in " ".join(errors):
+                            errors.append(f"{err} (file {ent.path.decode(errors='replace')})")
         return VerifyReport(snapshot_id=snapshot_id, ok=not errors, errors=errors)
 
     # --- delete and reclaim -----------------------------------------------------------

@@ -36,7 +36,11 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True):
     target: bytes = b""  # symlink target, or the primary path of a hard link
     rdev: int = 0
     xattrs: list[tuple[str, bytes]] = []
-    inline: bytes = b""  # encoded payload of the only chunk of a small file (no object)
+    # Small files (one chunk, <= INLINE_MAX): their bytes live in a "tiny pack" object
+    # shared by all small files of one capture, at [pack_off, pack_off + pack_len).
+    pack: bytes = b""
+    pack_off: int = 0
+    pack_len: int = 0
 
 
 class DirBody(msgspec.Struct, tag="dir"):
@@ -113,7 +117,8 @@ def decode(data: bytes) -> tuple[Header, Body]:
 
 
 def chunk_ids(body: Body) -> set[bytes]:
-    """Ids of the chunks stored as objects (inline chunks live in the manifest)."""
+    """Ids of the objects a snapshot needs (chunks, and tiny packs of small files)."""
     if isinstance(body, ImageBody):
         return {cid for _i, cid in body.blocks}
-    return {cid for e in body.entries if not e.inline for cid, _off in e.chunks}
+    ids = {cid for e in body.entries if not e.pack for cid, _off in e.chunks}
+    return ids | {e.pack for e in body.entries if e.pack}

@@ -136,10 +136,10 @@ class WorkerPool:
             assert isinstance(raw_chunks, list) and isinstance(raw_info, list)
             chunks = [(bytes(c), int(o)) for c, o in raw_chunks]
             info = tuple(int(x) for x in raw_info)
-            nread, changed, inline = frame[6], frame[7], frame[8]
+            nread, changed, tiny = frame[6], frame[7], frame[8]
             assert isinstance(nread, int) and isinstance(changed, bool)
-            assert isinstance(inline, bytes)
-            done(idx, chunks, inline, info, nread, changed)
+            assert isinstance(tiny, bytes)
+            done(idx, chunks, tiny, info, nread, changed)
         elif kind == "gone":
             gone(idx, str(frame[2]))
         else:

@@ -42,7 +42,7 @@ class Setup(msgspec.Struct, array_like=True):
 
 Blobs = list[tuple[bytes, bytes]]
 # ("blobs", idx, blobs, raw bytes)
-# | ("done", idx, blobs, raw, chunks, stat, nread, changed, inline payload)
+# | ("done", idx, blobs, raw, chunks, stat, nread, changed, bytes of a small file)
 # | ("gone", idx, why) | ("err", idx, message)
 _enc = msgspec.msgpack.Encoder()
 
@@ -86,7 +86,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
             cid = blake3.blake3(data, key=setup.key).digest()
             chunks.append((cid, off))
             raw += len(data)
-            if small:  # one chunk: kept inline in the manifest; several: stored below
+            if small:  # one chunk: goes into the capture's tiny pack; several: stored below
                 pieces.append((cid, bytes(data), off))
                 continue
             if cid not in known:
@@ -97,9 +97,9 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
             if pending >= BATCH or raw >= BATCH:
                 send_frame(res, ("blobs", idx, blobs, raw))
                 blobs, pending, raw = [], 0, 0
-        inline = b""
+        tiny = b""
         if len(pieces) == 1:
-            inline = encode_payload(zc, pieces[0][1])
+            tiny = pieces[0][1]  # the parent packs all small files of the capture together
         else:
             for cid, data, _off in pieces:
                 if cid not in known:
@@ -114,7 +114,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
         st = st2
     info = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, st2.st_mode,
             st2.st_uid, st2.st_gid)
-    send_frame(res, ("done", idx, blobs, raw, chunks, info, nread_total, not same, inline))
+    send_frame(res, ("done", idx, blobs, raw, chunks, info, nread_total, not same, tiny))
 
 
 def main() -> None:

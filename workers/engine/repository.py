@@ -22,7 +22,10 @@ from .backend import Backend
 from .model import EngineError, SnapshotCorrupt, SnapshotNotFound
 
 RAW, ZSTD = 0, 1
-INLINE_MAX = 4096  # files up to this size with a single chunk live inside the manifest
+# Files up to this size with a single chunk go into one "tiny pack" object per capture
+# (compressed as a whole) instead of an object each: no inode, 4 KiB block and lookup per
+# tiny file, and better compression across them.
+INLINE_MAX = 4096
 FULL_SYNC_AT = 64  # more new objects than this: one syncfs instead of an fsync each
 SYNCED_KEY = "synced"  # start time (ns) of the last full-filesystem sync before a commit
 ZSTD_LEVEL = 3
@@ -173,11 +176,8 @@ class Repository:
         with self._known_lock:
             return list(self._known)
 
-    def read_chunk(self, cid: bytes, inline: bytes = b"") -> bytes:
-        """The verified plaintext of a chunk: from its object, or from the encoded payload
-        a small file keeps inline in the manifest."""
-        if inline:
-            return self.decode_checked(cid, inline, f"inline data of chunk {cid.hex()}")
+    def read_chunk(self, cid: bytes) -> bytes:
+        """The verified plaintext of a stored object (a chunk or a tiny pack)."""
         try:
             obj = self.backend.get(chunk_key(cid))
         except FileNotFoundError as e:
@@ -200,14 +200,9 @@ class Repository:
             raise ObjectCorrupt(f"{what} fails its id check")
         return data
 
-    def encode_inline(self, data: bytes | memoryview) -> tuple[bytes, bytes]:
-        """(id, encoded payload) of a small file's only chunk, kept in the manifest: no
-        object (an inode, a 4 KiB block, a lookup on restore) for files under INLINE_MAX."""
-        return self.chunk_id(data), encode_payload(self._zc(), data)
-
-    def read_chunk_for(self, snapshot_id: int, cid: bytes, inline: bytes = b"") -> bytes:
+    def read_chunk_for(self, snapshot_id: int, cid: bytes) -> bytes:
         try:
-            return self.read_chunk(cid, inline)
+            return self.read_chunk(cid)
         except ObjectCorrupt as e:
             raise SnapshotCorrupt(f"snapshot {snapshot_id} is corrupt: {e}") from e
 

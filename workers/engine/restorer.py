@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from . import fsutil
 from .chunker import iter_chunks, make_cdc
 from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
-from .model import EngineError, RestoreResult, StateInvalid
+from .model import EngineError, RestoreResult, SnapshotCorrupt, StateInvalid
 from .progress import Progress
 from .repository import Repository
 from .statecache import Record, StateCache, content_digest, record_tree
@@ -106,6 +106,27 @@ def validate(entries: list[Entry]) -> None:
             raise EngineError(f"hard link {e.path!r} precedes its target")
 
 
+class PackCache:
+    """Tiny packs of a snapshot, each read (and verified as a whole) once, then sliced;
+    every slice is checked against its file's chunk id too."""
+
+    def __init__(self, repo: Repository, snapshot_id: int) -> None:
+        self.repo, self.sid = repo, snapshot_id
+        self._packs: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+
+    def read(self, e: Entry) -> bytes:
+        with self._lock:
+            pack = self._packs.get(e.pack)
+            if pack is None:
+                pack = self._packs[e.pack] = self.repo.read_chunk_for(self.sid, e.pack)
+        data = pack[e.pack_off : e.pack_off + e.pack_len]
+        if len(e.chunks) != 1 or self.repo.chunk_id(data) != e.chunks[0][0]:
+            raise SnapshotCorrupt(f"snapshot {self.sid} is corrupt: {e.path!r} does not match "
+                                  f"its id in object {e.pack.hex()}")
+        return data
+
+
 class Restorer:
     def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
                  progress: Progress) -> None:
@@ -124,6 +145,7 @@ class Restorer:
         self.cache = StateCache(repo.backend, state_path)
         self.known: Record = {}
         self._digests: dict[bytes, bytes] = {}
+        self.packs = PackCache(repo, snapshot_id)
 
     def run(self) -> RestoreResult:
         validate(self.entries)
@@ -326,7 +348,8 @@ class Restorer:
         try:
             written = 0
             for cid, off in e.chunks:
-                data = self.repo.read_chunk_for(self.sid, cid, e.inline)
+                data = (self.packs.read(e) if e.pack
+                        else self.repo.read_chunk_for(self.sid, cid))
                 fsutil.write_full(fd, data, off)
                 written += len(data)
                 self.progress.add(len(data))
