@@ -176,3 +176,18 @@ def test_concurrent_captures_on_one_engine(engine: Engine, tmp_path: Path) -> No
         dst = tmp_path / f"out{n}"
         engine.restore(n + 1, dir_state(dst))
         assert_same(srcs[n], dst)
+
+
+def test_small_files_spread_over_several_tiny_packs(monkeypatch: pytest.MonkeyPatch,
+                                                    engine: Engine, tmp_path: Path) -> None:
+    monkeypatch.setattr(archiver, "TINY_PACK", 1000)
+    src = tmp_path / "srv"
+    src.mkdir()
+    for i in range(20):
+        (src / f"s{i}").write_bytes(os.urandom(300))
+    engine.capture(make_meta(1), dir_state(src))
+    _h, body = engine.repo.get_manifest(1)
+    assert len({e.pack for e in body.entries if e.pack}) == 5  # type: ignore[union-attr]
+    dst = tmp_path / "out"
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)

@@ -35,6 +35,7 @@ MAX_INFLIGHT = 64  # open file fds handed to the pool
 # Big captures use worker processes (both cores, no GIL); small ones are not worth the
 # ~0.1 s start of a Python process and use threads.
 PROCESSES = 2
+TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
 log = logging.getLogger(__name__)
 PROCESS_THRESHOLD = 64 << 20
 
@@ -55,7 +56,8 @@ class Archiver:
         self._links: dict[tuple[int, int], bytes] = {}
         self._dirs: list[tuple[bytes, int, int, list[int]]] = []  # path, dev, ino, file idxs
         self._dropped: set[bytes] = set()
-        self._tiny: dict[bytes, bytes] = {}  # path -> bytes of a small file read this run
+        self._tiny: list[tuple[Entry, bytes]] = []  # small files read, not yet packed
+        self._tiny_bytes = 0
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
@@ -79,24 +81,33 @@ class Archiver:
             self._read_files(root_fd)
         finally:
             os.close(root_fd)
-        out = [ent for ent in self.entries if ent.path not in self._dropped
-               and not (ent.kind == HARDLINK and ent.target in self._dropped)]
-        self._store_tiny_pack(out)
-        return out
+        batch, self._tiny = self._tiny, []
+        self._store_tiny_pack(batch)
+        return [ent for ent in self.entries if ent.path not in self._dropped
+                and not (ent.kind == HARDLINK and ent.target in self._dropped)]
 
-    def _store_tiny_pack(self, entries: list[Entry]) -> None:
-        """All small files read by this capture go into one object, compressed as a whole."""
-        small = [e for e in entries if e.path in self._tiny]
-        if not small:
+    def _add_tiny(self, e: Entry, data: bytes) -> None:
+        """Queue a small file's bytes for a tiny pack; store a pack every TINY_PACK bytes."""
+        with self._lock:
+            self._tiny.append((e, data))
+            self._tiny_bytes += len(data)
+            if self._tiny_bytes < TINY_PACK:
+                return
+            batch, self._tiny, self._tiny_bytes = self._tiny, [], 0
+        self._store_tiny_pack(batch)
+
+    def _store_tiny_pack(self, batch: list[tuple[Entry, bytes]]) -> None:
+        """Small files go into one object, compressed as a whole (see INLINE_MAX)."""
+        if not batch:
             return
         buf = bytearray()
-        for e in small:
-            data = self._tiny[e.path]
+        for e, data in batch:
             e.pack_off, e.pack_len = len(buf), len(data)
             buf += data
         pack_id, n = self.repo.store_chunk(bytes(buf))
-        self.stored_bytes += n
-        for e in small:
+        with self._lock:
+            self.stored_bytes += n
+        for e, _data in batch:
             e.pack = pack_id
 
     def _walk(self, fd: int, rel: bytes) -> None:
@@ -212,8 +223,7 @@ class Archiver:
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
         e.chunks = chunks
         if tiny:
-            with self._lock:
-                self._tiny[e.path] = tiny
+            self._add_tiny(e, tiny)
         with self._lock:
             self.bytes_read += nread
             self.files_read += 1
@@ -335,8 +345,7 @@ class Archiver:
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
         e.chunks = chunks
         if tiny:
-            with self._lock:
-                self._tiny[e.path] = tiny
+            self._add_tiny(e, tiny)
         self.progress.add(max(0, e.size - counted))
         with self._lock:
             self.stored_bytes += stored
