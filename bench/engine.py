@@ -18,6 +18,7 @@ import random
 import shlex
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ class Outcome:
     error: str | None = None
     out: str = ""
     noise: float = 0.0  # share of the machine that other work used meanwhile
+    failed: int = 0  # runs in which this failed (medians over several runs)
 
 
 def sh(cmd: str | list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Outcome:
@@ -674,12 +676,14 @@ def phase_partial_restore(run: Run, where: Path, targets: dict[str, Path], warm:
             continue
         what = _change_one_percent(state, targets[f"ours/{state.name}"], 8 if warm else 7)
         run.checks.append(f"1%-changed{label} {state.name} target: {what}")
-        run.record(
+        res = run.record(
             phase,
             ours,
             lambda s=state: ours.restore(s, 2, where / f"restore-ours-{s.name}"),
             cold=not warm,
         )
+        if res.error:
+            run.checks.append(f"restore onto 1%-changed{label} {state.name} FAILED: {res.error}")
     phase_verify_ours(run, targets, f"restore onto 1%-changed{label}, compared with source")
 
 
@@ -737,6 +741,8 @@ def fmt(res: Outcome | None, ours: Outcome | None, is_bytes: bool) -> str:
     val = f"{res.secs / MiB:.1f} MiB" if is_bytes else f"{res.secs:.2f} s"
     if res.noise > NOISY:
         val += "*"
+    if res.failed:
+        val += f" ({res.failed} FAILED)"
     if ours is None or ours.secs is None or ours is res or not ours.secs:
         return val
     return f"{val} ({res.secs / ours.secs:.1f}x)"
@@ -896,6 +902,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="rootfs subset + 64 MiB image")
     ap.add_argument("--keep", action="store_true", help="keep bench/.data/run-* afterwards")
     ap.add_argument("--max-wait", type=float, default=180, help="s to wait for a quiet machine")
+    ap.add_argument("--repeat", type=int, default=1, help="runs; the table shows medians")
     args = ap.parse_args()
     with benchlib.exclusive():
         return bench(args)
@@ -914,13 +921,8 @@ def wait_for_space(states: list[State], max_wait: float) -> bool:
     return True
 
 
-def bench(args: argparse.Namespace) -> int:
-    states, desc = build_dataset(args.quick)
-    if not wait_for_space(states, args.max_wait):
-        return 1
-    cold = drop_caches()
-    header(args, cold, desc)
-    where = DATA / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+def one_run(args: argparse.Namespace, states: list[State], cold: bool, i: int) -> Run:
+    where = DATA / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{i}"
     where.mkdir(parents=True)
     run = Run(states, make_tools(where), cold)
     run.engine_error = engine_available(run.tools[0].env)
@@ -928,14 +930,58 @@ def bench(args: argparse.Namespace) -> int:
         print(f"engine not available: {run.engine_error}")
     try:
         settle()
+        print(f"run {i}/{args.repeat}")
         print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
         execute(run, where)
         print(f"load    : 1-minute load average at the end {os.getloadavg()[0]:.2f}")
-        print_report(run, f"snapshot engine vs others ({'quick' if args.quick else 'full'})")
     finally:
         if not args.keep:
             rmtree(where)
             SETTLE_MARK.touch()
+    return run
+
+
+def _median(outs: list[Outcome]) -> Outcome:
+    ok = [o for o in outs if o.secs is not None]
+    if not ok:
+        return outs[-1]
+    return Outcome(
+        secs=statistics.median(o.secs or 0.0 for o in ok),
+        noise=statistics.median(o.noise for o in ok),
+        out=ok[-1].out,
+        failed=len(outs) - len(ok),
+    )
+
+
+def merge(runs: list[Run]) -> Run:
+    """Median of every cell over the runs; every correctness line of every run."""
+    last = runs[-1]
+    if len(runs) == 1:
+        return last
+    merged = Run(last.states, last.tools, last.cold, notes=last.notes)
+    merged.engine_error = last.engine_error
+    for phase, cells in last.results.items():
+        merged.results[phase] = {
+            tool: _median(
+                [r.results[phase][tool] for r in runs if tool in r.results.get(phase, {})]
+            )
+            for tool in cells
+        }
+    for i, run in enumerate(runs, 1):
+        merged.checks += [f"run {i}: {line}" for line in run.checks]
+    return merged
+
+
+def bench(args: argparse.Namespace) -> int:
+    states, desc = build_dataset(args.quick)
+    if not wait_for_space(states, args.max_wait):
+        return 1
+    cold = drop_caches()
+    header(args, cold, desc)
+    runs = [one_run(args, states, cold, i) for i in range(1, args.repeat + 1)]
+    kind = "quick" if args.quick else "full"
+    median = f", median of {args.repeat} runs" if args.repeat > 1 else ""
+    print_report(merge(runs), f"snapshot engine vs others ({kind}{median})")
     return 0
 
 
