@@ -6,6 +6,7 @@ event, so it is sent at most once per interval and only when the percentage move
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -20,14 +21,17 @@ class ProgressReporter:
         self._interval = interval
         self._last_sent = -1
         self._last_time = 0.0
+        # The engine may call back from several of its threads at once.
+        self._lock = threading.Lock()
 
     def __call__(self, done: int, total: int) -> None:
         percent = 0 if total <= 0 else min(99, done * 100 // total)
-        now = time.monotonic()
-        if percent == self._last_sent or now - self._last_time < self._interval:
-            return
-        self._last_sent = percent
-        self._last_time = now
+        with self._lock:
+            now = time.monotonic()
+            if percent == self._last_sent or now - self._last_time < self._interval:
+                return
+            self._last_sent = percent
+            self._last_time = now
         self._report(percent)
 
 
