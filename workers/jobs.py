@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,7 +67,9 @@ class Jobs:
         # Operations this process's threads are running now: the reaper of this process
         # releases a lease it holds in Redis for an operation none of them runs (a job
         # that died while Redis was away and could neither release it nor be retried).
-        self.running: set[int] = set()
+        # A count, not a set: a duplicate message may be refused ("busy") on one thread
+        # while another thread of this process runs the same operation.
+        self.running: Counter[int] = Counter()
         self._running_lock = threading.Lock()
 
     # -- entry points -------------------------------------------------------------------
@@ -74,16 +77,18 @@ class Jobs:
     def run(self, operation_id: int) -> None:
         # Registered before the claim, so the reaper never sees our fresh lease as stale.
         with self._running_lock:
-            self.running.add(operation_id)
+            self.running[operation_id] += 1
         try:
             self._claim_and_run(operation_id)
         finally:
             with self._running_lock:
-                self.running.discard(operation_id)
+                self.running[operation_id] -= 1
+                if self.running[operation_id] <= 0:
+                    del self.running[operation_id]
 
     def is_running(self, operation_id: int) -> bool:
         with self._running_lock:
-            return operation_id in self.running
+            return self.running[operation_id] > 0
 
     def _claim_and_run(self, operation_id: int) -> None:
         if self.lease is None:
