@@ -234,6 +234,14 @@ class Store:
                 return True
         return False
 
+    def note_server_stopped(self, op_id: int) -> None:
+        """A create job stopped the server (``stop_server``): a plain field, not a status,
+        that lets a retry after a kill start the server again."""
+        self.redis.hset(keys.operation(op_id), "server_stopped", 1)
+
+    def server_stopped_by(self, op_id: int) -> bool:
+        return bool(self.redis.hget(keys.operation(op_id), "server_stopped"))
+
     def rebuild_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Puts back one committed snapshot (and its server if missing); see the script."""
         return result(self._run("rebuild_snapshot", arg(payload)))

@@ -187,9 +187,13 @@ class Jobs:
         warnings: list[str] = []
         try:
             if op.stop_server and driver.status() == "running":
+                # Noted before the stop, so a retry after a kill knows to start it again.
+                self.store.note_server_stopped(op.id)
                 driver.stop()
                 stopped_here = True
                 self.store.set_server_power(server.id, "stopped")
+            elif op.stop_server and self.store.server_stopped_by(op.id):
+                stopped_here = True  # an earlier attempt stopped it, then died
             result = self.engine.capture(
                 meta,
                 state,

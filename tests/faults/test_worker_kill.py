@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,13 +32,20 @@ from tests.faults.faults import (
 
 
 def _capture_interrupted(
-    svc: Service, state: Path, sig: int, max_exit_s: float | None = None, group: bool = True
-) -> None:
+    svc: Service,
+    state: Path,
+    sig: int,
+    max_exit_s: float | None = None,
+    group: bool = True,
+    power: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Starts a capture of `state`, interrupts its worker with `sig` mid-way, lets another
-    worker finish it, and proves nothing stored before the interruption was stored again."""
+    worker finish it, and proves nothing stored before the interruption was stored again.
+    Answers the server."""
     client = svc.client()
-    server = add_server(client, str(state))
-    resp = client.post("/snapshots/", json={"server_id": server["id"], "name": "big"})
+    server = add_server(client, str(state), power=power)
+    resp = client.post("/snapshots/", json={"server_id": server["id"], "name": "big",
+                                            "stop_server": power is not None})
     assert resp.status_code == 201, resp.text
     snap_id, op_id = resp.json()["id"], resp.json()["operation_id"]
     wait_progress(client, snap_id)
@@ -66,6 +74,7 @@ def _capture_interrupted(
     missing = sum(size for key, (_ino, size) in after.items() if key not in before)
     assert 0 < stored_bytes(svc, snap_id) <= missing
     assert sum(size for _ino, size in before.values()) > 0
+    return server
 
 
 def test_sigkill_mid_capture_resumes_and_restores_exactly(
@@ -84,6 +93,20 @@ def test_sigkill_mid_capture_resumes_and_restores_exactly(
     assert resp.status_code == 200, resp.text
     assert wait_operation(client, resp.json()["operation_id"])["status"] == "succeeded"
     assert describe(big_state) == reference
+
+
+def test_sigkill_mid_capture_with_stop_server_starts_it_again(
+    make_service: ServiceFactory, big_state: Path, states: Path
+) -> None:
+    # The killed attempt stopped the server; the attempt that finishes starts it again.
+    flag = states / "running"
+    flag.touch()
+    power = {"kind": "command", "stop": f"rm -f {flag}", "start": f"touch {flag}",
+             "status": f"test -e {flag}"}
+    svc = make_service().start(workers=1)
+    server = _capture_interrupted(svc, big_state, signal.SIGKILL, power=power)
+    assert flag.exists()
+    assert svc.client().get(f"/servers/{server['id']}/").json()["status"] == "running"
 
 
 @pytest.mark.parametrize("group", [True, False], ids=["process-group", "main-process"])
