@@ -7,7 +7,10 @@ if op.id == nil or not op_active(op.status) then return fail('conflict', 'not ac
 local t = now()
 local last = math.max(tonumber(op.created_at or '0'), tonumber(op.claimed_at or '0'),
   tonumber(op.requeued_at or '0'))
-if t - last < tonumber(ARGV[2]) then return fail('conflict', 'too recent') end
+-- Each resend of the same operation waits twice as long (up to 32x): an operation queued
+-- behind hours of work gets a handful of spare messages, not one per interval.
+local wait = tonumber(ARGV[2]) * math.pow(2, math.min(tonumber(op.requeues or '0'), 5))
+if t - last < wait then return fail('conflict', 'too recent') end
 if op.status == 'running' and not empty(op.owner) then
   local beat = redis.call('ZSCORE', ARGV[3], op.owner_process or '')
   local tm = redis.call('TIME')
@@ -17,6 +20,7 @@ if op.status == 'running' and not empty(op.owner) then
   end
 end
 redis.call('HSET', 'operation:' .. op.id, 'requeued_at', t)
+redis.call('HINCRBY', 'operation:' .. op.id, 'requeues', 1)
 emit('operation.requeued', op.account, op.server_id, op.snapshot_id, op.id, t,
   {status = op.status})
 return ok({type = op.type})

@@ -57,6 +57,9 @@ def test_mark_requeue_is_a_compare_and_set(store: Store, tmp_path: Path) -> None
     assert store.mark_requeue(op, 3600, HB, 3000) is None  # queued, but only just
     assert store.mark_requeue(op, 0, HB, 3000) == "snapshot.create"
     assert store.mark_requeue(op, 1, HB, 3000) is None  # another reaper, same round
+    key = f"operation:{op}"
+    store.redis.hset(key, "requeued_at", int(store.redis.hget(key, "requeued_at") or 0) - 1)
+    assert store.mark_requeue(op, 1, HB, 3000) is None  # the 2nd resend waits 2 s, not 1
     _beat(store, "a")
     store.claim_operation(op, "a/1", "a", HB, 3000)
     assert store.mark_requeue(op, 0, HB, 3000) is None  # running under a live owner
