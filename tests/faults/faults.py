@@ -16,15 +16,18 @@ from workers.engine import Engine
 
 
 def objects(repo: Path) -> dict[str, tuple[int, int]]:
-    """Every stored chunk of the repository: relative path → (inode, size)."""
+    """Every stored data object of the repository (chunks, packs; not manifests, locks or
+    top-level metadata): relative path → (inode, size)."""
     out: dict[str, tuple[int, int]] = {}
-    data = repo / "data"
-    if not data.exists():
+    if not repo.exists():
         return out
-    for entry in data.rglob("*"):
-        if entry.is_file() and not entry.name.startswith("."):
-            st = entry.stat()
-            out[str(entry.relative_to(repo))] = (st.st_ino, st.st_size)
+    for top in repo.iterdir():
+        if not top.is_dir() or top.name in ("snapshots", "locks", "tmp"):
+            continue
+        for entry in top.rglob("*"):
+            if entry.is_file() and not entry.name.startswith("."):
+                st = entry.stat()
+                out[str(entry.relative_to(repo))] = (st.st_ino, st.st_size)
     return out
 
 
