@@ -206,7 +206,7 @@ def test_torn_objects_are_never_trusted(engine: Engine, tmp_path: Path) -> None:
     """A power loss can leave a linked but empty object; it must be stored again."""
     src = tmp_path / "srv"
     src.mkdir()
-    (src / "a").write_bytes(os.urandom(5000))
+    (src / "a").write_bytes(os.urandom(300_000))
     engine.capture(make_meta(1), dir_state(src))
     _h, body = engine.repo.get_manifest(1)
     key = chunk_key(body.entries[1].chunks[0][0])  # type: ignore[union-attr]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, SnapshotNotFound, StateInvalid, StateSpec, archiver
+from workers.engine import Engine, SnapshotNotFound, StateInvalid, StateSpec, archiver, packcache
 
 from .conftest import build_full_tree, dir_state, make_meta, record_barriers
 from .treecmp import assert_same, describe
@@ -181,6 +181,7 @@ def test_concurrent_captures_on_one_engine(engine: Engine, tmp_path: Path) -> No
 def test_small_files_spread_over_several_tiny_packs(monkeypatch: pytest.MonkeyPatch,
                                                     engine: Engine, tmp_path: Path) -> None:
     monkeypatch.setattr(archiver, "TINY_PACK", 1000)
+    monkeypatch.setattr(packcache, "KEEP", 1)  # restore re-reads evicted packs
     src = tmp_path / "srv"
     src.mkdir()
     for i in range(20):
@@ -191,3 +192,4 @@ def test_small_files_spread_over_several_tiny_packs(monkeypatch: pytest.MonkeyPa
     dst = tmp_path / "out"
     engine.restore(1, dir_state(dst))
     assert_same(src, dst)
+    assert engine.verify(1).ok

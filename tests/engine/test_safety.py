@@ -104,8 +104,8 @@ def test_restore_of_stored_symlink_pointing_outside(engine: Engine, tmp_path: Pa
 def test_corruption_is_detected_and_restore_refuses(engine: Engine, tmp_path: Path) -> None:
     src = tmp_path / "srv"
     src.mkdir()
-    (src / "a").write_bytes(os.urandom(50_000))
-    (src / "b").write_bytes(b"compressible " * 10_000)
+    (src / "a").write_bytes(os.urandom(300_000))  # above INLINE_MAX: chunk objects
+    (src / "b").write_bytes(b"compressible " * 30_000)
     engine.capture(make_meta(7), dir_state(src))
     (src / "a").write_bytes(b"current state")
     (src / "b").write_bytes(b"current state too")
@@ -183,11 +183,11 @@ def test_capture_and_reclaim_at_once(monkeypatch: pytest.MonkeyPatch, engine: En
 def test_delete_and_reclaim(engine: Engine, tmp_path: Path) -> None:
     src = tmp_path / "srv"
     src.mkdir()
-    (src / "shared").write_bytes(os.urandom(100_000))
-    (src / "only1").write_bytes(os.urandom(70_000))
+    (src / "shared").write_bytes(os.urandom(400_000))  # above INLINE_MAX: chunk objects
+    (src / "only1").write_bytes(os.urandom(270_000))
     engine.capture(make_meta(1), dir_state(src))
     (src / "only1").unlink()
-    (src / "only2").write_bytes(os.urandom(60_000))
+    (src / "only2").write_bytes(os.urandom(300_000))
     engine.capture(make_meta(2), dir_state(src))
     leftover = Path(engine.backend.root) / "data" / "ab" / ".tmp-leftover"
     leftover.parent.mkdir(exist_ok=True)
@@ -198,7 +198,7 @@ def test_delete_and_reclaim(engine: Engine, tmp_path: Path) -> None:
     assert engine.get_snapshot(1) is None
     assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [2]
     stats = engine.reclaim()
-    assert stats.objects_removed == 1 and 70_000 <= stats.bytes_removed <= 70_100
+    assert stats.objects_removed == 1 and 270_000 <= stats.bytes_removed <= 270_100
     assert not list(Path(engine.backend.root).rglob(".tmp-*"))
     assert engine.verify(2).ok
     dst = tmp_path / "dst"
@@ -318,3 +318,34 @@ def test_corrupt_tiny_pack_is_detected(engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(SnapshotCorrupt, match=f"snapshot 3 .*{pack.hex()}"):
         engine.restore(3, dir_state(src))
     assert describe(src) == current
+
+
+def test_small_files_dedup_across_packs_and_reclaim(engine: Engine, tmp_path: Path) -> None:
+    """A small file's content already in a tiny pack is not stored again (even by another
+    server's capture); a pack and its index live while any snapshot references the pack."""
+    src = tmp_path / "srv"
+    src.mkdir()
+    for i in range(5):
+        (src / f"s{i}").write_bytes(os.urandom(3000 + i))
+    (src / "twin").write_bytes((src / "s0").read_bytes())  # same content, one copy
+    engine.capture(make_meta(1), dir_state(src))
+    (src / "new").write_bytes(os.urandom(2000))
+    engine.capture(make_meta(2, server_id=99), dir_state(src))  # no parent: all read
+    bodies = [engine.repo.get_manifest(i)[1] for i in (1, 2)]
+    packs = [{e.path: (e.pack, e.pack_off) for e in b.entries if e.pack}  # type: ignore[union-attr]
+             for b in bodies]
+    assert packs[0][b"twin"] == packs[0][b"s0"]
+    assert all(packs[1][p] == packs[0][p] for p in packs[0])
+    assert packs[1][b"new"][0] != packs[0][b"s0"][0]
+    root = Path(engine.backend.root)
+    assert len(list((root / "packidx").iterdir())) == 2
+    engine.delete(1)
+    assert engine.reclaim().objects_removed == 0  # snapshot 2 still uses the first pack
+    dst = tmp_path / "dst"
+    engine.restore(2, dir_state(dst))
+    assert_same(src, dst)
+    assert engine.verify(2).ok
+    engine.delete(2)
+    engine.reclaim()
+    assert not list((root / "packidx").iterdir())
+    assert not [p for p in (root / "data").rglob("*") if p.is_file()]

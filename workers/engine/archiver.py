@@ -87,7 +87,12 @@ class Archiver:
                 and not (ent.kind == HARDLINK and ent.target in self._dropped)]
 
     def _add_tiny(self, e: Entry, data: bytes) -> None:
-        """Queue a small file's bytes for a tiny pack; store a pack every TINY_PACK bytes."""
+        """Queue a small file's bytes for a tiny pack, unless a pack holds them already;
+        store a pack every TINY_PACK bytes."""
+        hit = self.repo.find_packed(e.chunks[0][0])
+        if hit is not None:
+            e.pack, e.pack_off, e.pack_len = hit
+            return
         with self._lock:
             self._tiny.append((e, data))
             self._tiny_bytes += len(data)
@@ -97,14 +102,20 @@ class Archiver:
         self._store_tiny_pack(batch)
 
     def _store_tiny_pack(self, batch: list[tuple[Entry, bytes]]) -> None:
-        """Small files go into one object, compressed as a whole (see INLINE_MAX)."""
+        """Small files go into one object, compressed as a whole (see INLINE_MAX); equal
+        contents are stored once."""
         if not batch:
             return
         buf = bytearray()
+        where: dict[bytes, tuple[int, int]] = {}
         for e, data in batch:
-            e.pack_off, e.pack_len = len(buf), len(data)
-            buf += data
-        pack_id, n = self.repo.store_chunk(bytes(buf))
+            cid = e.chunks[0][0]
+            if cid not in where:
+                where[cid] = (len(buf), len(data))
+                buf += data
+            e.pack_off, e.pack_len = where[cid]
+        members = [(cid, off, ln) for cid, (off, ln) in where.items()]
+        pack_id, n = self.repo.store_pack(bytes(buf), members)
         with self._lock:
             self.stored_bytes += n
         for e, _data in batch:

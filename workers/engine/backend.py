@@ -291,7 +291,7 @@ class LocalBackend:
 
     def clean_tmp(self) -> None:
         """Remove temp files of killed writers; only call while no writer can be running."""
-        for prefix in ("data", "snapshots", "tmp"):
+        for prefix in ("data", "packidx", "snapshots", "tmp"):
             for key, _size, _mtime in self._list(prefix, tmp=True):
                 self.delete(key)
 

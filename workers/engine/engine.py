@@ -32,9 +32,10 @@ from .model import (
     StateSpec,
     VerifyReport,
 )
+from .packcache import PackCache
 from .progress import Progress
-from .repository import ObjectCorrupt, Repository, chunk_key
-from .restorer import PackCache, Restorer, cleanup, split_state
+from .repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
+from .restorer import Restorer, cleanup, split_state
 
 
 def _now() -> str:
@@ -201,6 +202,11 @@ class Engine:
                 # An unreadable manifest raises: never sweep when the mark may be incomplete.
                 marked.update(chunk_key(c) for c in manifest.chunk_ids(body))
             removed = freed = 0
+            # A pack's index goes first: an index never names a pack that was removed.
+            for key, size, _mtime in self.backend.list(PACKIDX + "/"):
+                if pack_data_key(key) not in marked:
+                    self.backend.delete(key)
+                    freed += size
             for key, size in self.repo.list_chunks():
                 if key not in marked:
                     self.backend.delete(key)

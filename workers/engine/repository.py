@@ -22,10 +22,13 @@ from .backend import Backend
 from .model import EngineError, SnapshotCorrupt, SnapshotNotFound
 
 RAW, ZSTD = 0, 1
-# Files up to this size with a single chunk go into one "tiny pack" object per capture
-# (compressed as a whole) instead of an object each: no inode, 4 KiB block and lookup per
-# tiny file, and better compression across them.
-INLINE_MAX = 4096
+# Files up to this size with a single chunk go into "tiny pack" objects (compressed as a
+# whole, up to 16 MiB each) instead of an object each: no inode, block, temp file and
+# directory entry per small file, and better compression across them. Each pack has an
+# index object packidx/<pack id> listing (chunk id, offset, length) of its members, so a
+# small file's content already in any pack is never stored again (dedup, resumability).
+INLINE_MAX = 256 * 1024
+PACKIDX = "packidx"
 FULL_SYNC_AT = 64  # more new objects than this: one syncfs instead of an fsync each
 SYNCED_KEY = "synced"  # start time (ns) of the last full-filesystem sync before a commit
 ZSTD_LEVEL = 3
@@ -55,6 +58,16 @@ def chunk_key(cid: bytes) -> str:
     return f"data/{h[:2]}/{h}"
 
 
+def pack_index_key(pack: bytes) -> str:
+    return f"{PACKIDX}/{pack.hex()}"
+
+
+def pack_data_key(index_key: str) -> str:
+    """The object key of the pack an index key (packidx/<hex>) describes."""
+    h = index_key.rsplit("/", 1)[1]
+    return f"data/{h[:2]}/{h}"
+
+
 class Repository:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -76,6 +89,7 @@ class Repository:
         self._written: list[str] = []  # keys put since the last barrier
         self._fresh: set[bytes] = set()  # stored after the last full sync: maybe not durable
         self._reused_fresh = False
+        self._packed: dict[bytes, tuple[bytes, int, int]] = {}  # chunk -> (pack, off, len)
 
     # --- chunks -----------------------------------------------------------------------
     def chunk_id(self, data: bytes | memoryview) -> bytes:
@@ -110,9 +124,22 @@ class Repository:
             known.add(cid)
             if maybe_fresh:
                 fresh.add(cid)
+        packed: dict[bytes, tuple[bytes, int, int]] = {}
+        for key, _size, _mtime in self.backend.list(PACKIDX + "/"):
+            try:
+                pack = bytes.fromhex(key.rsplit("/", 1)[1])
+                if pack not in known:  # pack lost or torn (index written after it): skip
+                    continue
+                members = msgspec.msgpack.decode(self.backend.get(key),
+                                                 type=list[tuple[bytes, int, int]])
+            except (OSError, ValueError, msgspec.DecodeError):
+                continue  # an index only saves space: unreadable means not used
+            for cid, off, ln in members:
+                packed[cid] = (pack, off, ln)
         with self._known_lock:
             self._known, self._fresh, self._reused_fresh = known, fresh, False
             self._written = []
+            self._packed = packed
 
     def has_chunk(self, cid: bytes) -> bool:
         """For reuse of a committed parent's chunks (durable: synced before its commit)."""
@@ -165,6 +192,25 @@ class Repository:
             self._known.add(cid)
             self._written.append(chunk_key(cid))
         return len(payload)
+
+    def find_packed(self, cid: bytes) -> tuple[bytes, int, int] | None:
+        """(pack, offset, length) of a small file's content already stored in a pack."""
+        with self._known_lock:
+            hit = self._packed.get(cid)
+            if hit is not None and not self._present(hit[0]):
+                return None
+            return hit
+
+    def store_pack(self, data: bytes, members: list[tuple[bytes, int, int]]) -> tuple[bytes, int]:
+        """Store a tiny pack, then its index; returns (pack id, bytes newly written)."""
+        pack, n = self.store_chunk(data)
+        idx = msgspec.msgpack.encode(members)
+        self.backend.put(pack_index_key(pack), idx)
+        with self._known_lock:
+            self._written.append(pack_index_key(pack))
+            for cid, off, ln in members:
+                self._packed.setdefault(cid, (pack, off, ln))
+        return pack, n + len(idx)
 
     def _synced_at(self) -> int:
         try:

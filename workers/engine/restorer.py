@@ -36,7 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from . import fsutil
 from .chunker import iter_chunks, make_cdc
 from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
-from .model import EngineError, RestoreResult, SnapshotCorrupt, StateInvalid
+from .model import EngineError, RestoreResult, StateInvalid
+from .packcache import PackCache
 from .progress import Progress
 from .repository import Repository
 from .statecache import Record, StateCache, content_digest, record_tree
@@ -104,27 +105,6 @@ def validate(entries: list[Entry]) -> None:
             dirs.add(e.path)
         if e.kind == HARDLINK and e.target not in seen:
             raise EngineError(f"hard link {e.path!r} precedes its target")
-
-
-class PackCache:
-    """Tiny packs of a snapshot, each read (and verified as a whole) once, then sliced;
-    every slice is checked against its file's chunk id too."""
-
-    def __init__(self, repo: Repository, snapshot_id: int) -> None:
-        self.repo, self.sid = repo, snapshot_id
-        self._packs: dict[bytes, bytes] = {}
-        self._lock = threading.Lock()
-
-    def read(self, e: Entry) -> bytes:
-        with self._lock:
-            pack = self._packs.get(e.pack)
-            if pack is None:
-                pack = self._packs[e.pack] = self.repo.read_chunk_for(self.sid, e.pack)
-        data = pack[e.pack_off : e.pack_off + e.pack_len]
-        if len(e.chunks) != 1 or self.repo.chunk_id(data) != e.chunks[0][0]:
-            raise SnapshotCorrupt(f"snapshot {self.sid} is corrupt: {e.path!r} does not match "
-                                  f"its id in object {e.pack.hex()}")
-        return data
 
 
 class Restorer:
