@@ -36,6 +36,7 @@ MAX_INFLIGHT = 64  # open file fds handed to the pool
 # ~0.1 s start of a Python process and use threads.
 PROCESSES = 2
 TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
+PACKS_QUEUED = 2  # full packs waiting for the packer thread
 log = logging.getLogger(__name__)
 PROCESS_THRESHOLD = 64 << 20
 
@@ -61,6 +62,9 @@ class Archiver:
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
+        self._packer = ThreadPoolExecutor(1, thread_name_prefix="packer")
+        self._packing: list[Future[None]] = []
+        self._pack_lock = threading.Lock()
 
     # --- pass 1 -----------------------------------------------------------------------
     def run(self) -> list[Entry]:
@@ -79,10 +83,13 @@ class Archiver:
                                    "to capture") from e
             self.progress.total = sum(self.entries[i].size for d in self._dirs for i in d[3])
             self._read_files(root_fd)
+            batch, self._tiny = self._tiny, []
+            self._submit_pack(batch)
+            for f in self._packing:
+                f.result()
         finally:
             os.close(root_fd)
-        batch, self._tiny = self._tiny, []
-        self._store_tiny_pack(batch)
+            self._packer.shutdown(wait=True, cancel_futures=True)
         return [ent for ent in self.entries if ent.path not in self._dropped
                 and not (ent.kind == HARDLINK and ent.target in self._dropped)]
 
@@ -99,7 +106,22 @@ class Archiver:
             if self._tiny_bytes < TINY_PACK:
                 return
             batch, self._tiny, self._tiny_bytes = self._tiny, [], 0
-        self._store_tiny_pack(batch)
+        self._submit_pack(batch)
+
+    def _submit_pack(self, batch: list[tuple[Entry, bytes]]) -> None:
+        """Packs are compressed and stored by a thread of their own (zstd and IO release the
+        GIL), so the loop feeding the capture workers never stalls on them; at most
+        PACKS_QUEUED wait, which bounds memory."""
+        with self._pack_lock:  # callers may be capture threads: one submitter at a time
+            busy = []
+            for f in self._packing:
+                if f.done():
+                    f.result()  # a failed pack (e.g. storage full) fails the capture now
+                else:
+                    busy.append(f)
+            while len(busy) >= PACKS_QUEUED:
+                busy.pop(0).result()
+            self._packing = [*busy, self._packer.submit(self._store_tiny_pack, batch)]
 
     def _store_tiny_pack(self, batch: list[tuple[Entry, bytes]]) -> None:
         """Small files go into one object, compressed as a whole (see INLINE_MAX); equal

@@ -335,6 +335,8 @@ class Restorer:
                 self.progress.add(len(data))
                 self.progress.check()
             os.ftruncate(fd, e.size)
+            if written:
+                fsutil.start_writeback(fd)
             os.fchown(fd, e.uid, e.gid)
             os.fchmod(fd, stat.S_IMODE(e.mode))
             fsutil.write_xattrs(fd, e.xattrs)
