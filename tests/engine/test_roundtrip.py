@@ -108,10 +108,10 @@ def test_incremental_capture_does_not_read_unchanged_files(
     puts = engine.backend.puts
     barriers = record_barriers(monkeypatch, engine)
     r2 = engine.capture(make_meta(2), dir_state(src))
-    # fsyncs only for the new objects: f3's chunk and the tiny pack holding 'tiny'
+    # fsyncs only for the new objects: the tiny pack holding f3 and 'tiny', and its index
     assert barriers == [engine.backend.put_keys[-3:-1]]
     assert engine.last_bytes_read == 10_000 + 39  # only the changed and new files were read
-    assert engine.backend.puts == puts + 3  # f3's chunk, the tiny pack, the manifest
+    assert engine.backend.puts == puts + 3  # the tiny pack, its index, the manifest
     manifest_size = engine.backend.stat("snapshots/2")
     assert manifest_size is not None
     assert 10_001 < r2.stored_bytes < 10_001 + manifest_size and r1.stored_bytes > 6_000_000
@@ -193,3 +193,21 @@ def test_small_files_spread_over_several_tiny_packs(monkeypatch: pytest.MonkeyPa
     engine.restore(1, dir_state(dst))
     assert_same(src, dst)
     assert engine.verify(1).ok
+
+
+def test_touched_files_right_after_a_full_capture_need_no_full_sync(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """Objects of the committed parent are durable however recent: reusing them (a touched
+    file's chunk or pack slice) fsyncs only what is new, not the whole filesystem."""
+    src = tmp_path / "srv"
+    src.mkdir()
+    for i in range(70):  # more new objects than FULL_SYNC_AT: the first capture syncs all
+        (src / f"f{i}").write_bytes(os.urandom(300_000))
+    (src / "small").write_bytes(os.urandom(5000))
+    barriers = record_barriers(monkeypatch, engine)
+    engine.capture(make_meta(1), dir_state(src))
+    assert barriers == [None]
+    for name in ("f1", "small"):  # same content, new mtime: read again, found stored
+        os.utime(src / name, ns=(1, 1))
+    engine.capture(make_meta(2), dir_state(src))
+    assert barriers == [None, []] and engine.last_bytes_read == 305_000

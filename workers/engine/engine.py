@@ -67,6 +67,8 @@ class Engine:
             repo = Repository(self.backend)
             repo.load_known()
             parent = self._parent_body(meta)
+            if parent is not None:
+                repo.durable = manifest.chunk_ids(parent)
             if state.kind == "directory":
                 pmap: dict[bytes, Entry] = {}
                 if isinstance(parent, DirBody):

@@ -90,6 +90,9 @@ class Repository:
         self._fresh: set[bytes] = set()  # stored after the last full sync: maybe not durable
         self._reused_fresh = False
         self._packed: dict[bytes, tuple[bytes, int, int]] = {}  # chunk -> (pack, off, len)
+        # objects a committed snapshot (the parent) references: synced before its commit,
+        # so reusing them never calls for a full sync however recently they were written
+        self.durable: set[bytes] = set()
 
     # --- chunks -----------------------------------------------------------------------
     def chunk_id(self, data: bytes | memoryview) -> bytes:
@@ -149,7 +152,7 @@ class Repository:
         """Under _known_lock: is cid stored (or being stored)? Notes reuse of a chunk that
         may not be durable yet (written after the last full sync, by a killed capture)."""
         if cid in self._known:
-            if cid in self._fresh:
+            if cid in self._fresh and cid not in self.durable:
                 self._reused_fresh = True
             return True
         return cid in self._pending
