@@ -13,7 +13,6 @@ Two passes over the tree, both through directory fds without following any symli
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import threading
@@ -26,7 +25,6 @@ from . import fsutil
 from .chunker import RETRIES, iter_chunks, make_cdc
 from .manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 from .model import StateInvalid
-from .procpool import WorkerPool
 from .progress import Progress
 from .repository import INLINE_MAX, Repository
 
@@ -37,7 +35,6 @@ MAX_INFLIGHT = 64  # open file fds handed to the pool
 PROCESSES = 2
 TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
 PACKS_QUEUED = 2  # full packs waiting for the packer thread
-log = logging.getLogger(__name__)
 PROCESS_THRESHOLD = 64 << 20
 
 
@@ -205,10 +202,15 @@ class Archiver:
         items = self._open_files(root_fd, todo)
         pool = None
         if PROCESSES > 0 and to_read >= PROCESS_THRESHOLD:
+            from .procpool import WorkerPool  # only big captures pay for its imports
+
             try:
                 pool = WorkerPool(self.repo, PROCESSES)
             except OSError as err:  # cannot start processes here: threads do the same work
-                log.warning("capture worker processes unavailable (%s); using threads", err)
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "capture worker processes unavailable (%s); using threads", err)
         if pool is not None:
             ok = False
             try:

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import itertools
 import os
-import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -299,7 +298,7 @@ class LocalBackend:
 
     def writable(self) -> bool:
         try:
-            probe = os.path.join(self.tmp, TMP_PREFIX + secrets.token_hex(4))
+            probe = os.path.join(self.tmp, TMP_PREFIX + os.urandom(4).hex())
             with open(probe, "wb") as f:
                 f.write(b"x")
             os.unlink(probe)

@@ -13,9 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from . import manifest
-from .archiver import Archiver
 from .backend import LocalBackend
-from .image import capture_image, image_cleanup, restore_image
 from .locks import FlockLock, RepoLock
 from .manifest import DirBody, Entry, Header, ImageBody
 from .model import (
@@ -32,10 +30,8 @@ from .model import (
     StateSpec,
     VerifyReport,
 )
-from .packcache import PackCache
 from .progress import Progress
 from .repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
-from .restorer import Restorer, cleanup, split_state
 
 
 def _now() -> str:
@@ -70,6 +66,8 @@ class Engine:
             if parent is not None:
                 repo.durable = manifest.chunk_ids(parent)
             if state.kind == "directory":
+                from .archiver import Archiver  # each operation imports only what it uses
+
                 pmap: dict[bytes, Entry] = {}
                 if isinstance(parent, DirBody):
                     pmap = {e.path: e for e in parent.entries if e.kind == manifest.FILE}
@@ -81,6 +79,8 @@ class Engine:
                 stored, warnings = arch.stored_bytes, arch.warnings
                 self.last_bytes_read = arch.bytes_read
             elif state.kind == "image":
+                from .image import capture_image
+
                 ibody, stored, warnings, nread = capture_image(
                     repo, state.path, parent if isinstance(parent, ImageBody) else None, prog)
                 body, size, files = ibody, ibody.size, 1
@@ -143,7 +143,11 @@ class Engine:
                 raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} state, "
                                    f"not a {state.kind}")
             if isinstance(body, ImageBody):
+                from .image import restore_image
+
                 return restore_image(self.repo, snapshot_id, body, state.path, prog)
+            from .restorer import Restorer
+
             restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog)
             try:
                 return restorer.run()
@@ -151,6 +155,9 @@ class Engine:
                 self.last_bytes_read = restorer.bytes_read
 
     def recover(self, state: StateSpec) -> None:
+        from .image import image_cleanup
+        from .restorer import cleanup, split_state
+
         parent, base = split_state(state.path)
         try:
             pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -177,6 +184,8 @@ class Engine:
             except ObjectCorrupt as e:
                 errors.append(f"snapshot {snapshot_id}: {e} ({chunk_key(cid)})")
         if isinstance(body, DirBody):
+            from .packcache import PackCache
+
             packs = PackCache(self.repo, snapshot_id)
             for ent in body.entries:
                 if ent.pack:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 import time
 
@@ -75,7 +75,7 @@ class Repository:
         if backend.exists("config"):
             raw = backend.get("config")
         else:
-            cfg = Config(version=1, key=secrets.token_bytes(32))
+            cfg = Config(version=1, key=os.urandom(32))
             if backend.put("config", msgspec.msgpack.encode(cfg), durable=True, exclusive=True):
                 raw = msgspec.msgpack.encode(cfg)
             else:  # another process initialised the repository first: use its key
