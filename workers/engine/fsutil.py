@@ -247,7 +247,17 @@ def remove_tree(parent_fd: int, name: bytes, mounts: set[tuple[int, int]]) -> No
     try:
         if os.fstat(fd).st_ino != st.st_ino:
             return  # swapped under us: leave it
-        for child in list(iter_names(fd)):
+        with os.scandir(fd) as it:
+            children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
+        for child, is_dir in children:
+            if not is_dir:  # d_type from readdir: no lstat per file
+                try:
+                    os.unlink(child, dir_fd=fd)
+                    continue
+                except FileNotFoundError:
+                    continue
+                except IsADirectoryError:  # replaced by a directory meanwhile
+                    pass
             remove_tree(fd, child, mounts)
     finally:
         os.close(fd)
