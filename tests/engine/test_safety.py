@@ -180,14 +180,16 @@ def test_capture_and_reclaim_at_once(monkeypatch: pytest.MonkeyPatch, engine: En
     assert_same(src, dst)
 
 
-def test_delete_and_reclaim(engine: Engine, tmp_path: Path) -> None:
+def test_delete_and_reclaim(monkeypatch: pytest.MonkeyPatch, engine: Engine,
+                            tmp_path: Path) -> None:
+    monkeypatch.setattr(archiver, "INLINE_MAX", 4096)  # these files: one chunk object each
     src = tmp_path / "srv"
     src.mkdir()
-    (src / "shared").write_bytes(os.urandom(400_000))  # above INLINE_MAX: chunk objects
-    (src / "only1").write_bytes(os.urandom(270_000))
+    (src / "shared").write_bytes(os.urandom(100_000))
+    (src / "only1").write_bytes(os.urandom(70_000))
     engine.capture(make_meta(1), dir_state(src))
     (src / "only1").unlink()
-    (src / "only2").write_bytes(os.urandom(300_000))
+    (src / "only2").write_bytes(os.urandom(60_000))
     engine.capture(make_meta(2), dir_state(src))
     leftover = Path(engine.backend.root) / "data" / "ab" / ".tmp-leftover"
     leftover.parent.mkdir(exist_ok=True)
@@ -198,7 +200,7 @@ def test_delete_and_reclaim(engine: Engine, tmp_path: Path) -> None:
     assert engine.get_snapshot(1) is None
     assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [2]
     stats = engine.reclaim()
-    assert stats.objects_removed == 1 and 270_000 <= stats.bytes_removed <= 270_100
+    assert stats.objects_removed == 1 and 70_000 <= stats.bytes_removed <= 70_100
     assert not list(Path(engine.backend.root).rglob(".tmp-*"))
     assert engine.verify(2).ok
     dst = tmp_path / "dst"
