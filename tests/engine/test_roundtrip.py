@@ -211,3 +211,28 @@ def test_touched_files_right_after_a_full_capture_need_no_full_sync(
         os.utime(src / name, ns=(1, 1))
     engine.capture(make_meta(2), dir_state(src))
     assert barriers == [None, []] and engine.last_bytes_read == 305_000
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_incremental_capture_sees_xattr_changes(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path, processes: bool) -> None:
+    """Unchanged files (same inode and ctime) keep the parent's xattrs without listing them;
+    setting or removing an xattr changes ctime, so such a file's xattrs are read again."""
+    if processes:
+        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
+    src = tmp_path / "srv"
+    src.mkdir()
+    for name in ("keep", "add", "drop"):
+        (src / name).write_bytes(name.encode() * 1000)
+    os.setxattr(src / "keep", "user.k", b"1")
+    os.setxattr(src / "drop", "user.d", b"2")
+    engine.capture(make_meta(1), dir_state(src))
+    os.setxattr(src / "add", "user.a", b"3")
+    os.removexattr(src / "drop", "user.d")
+    engine.capture(make_meta(2), dir_state(src))
+    _h, body = engine.repo.get_manifest(2)
+    got = {e.path: e.xattrs for e in body.entries if e.path}  # type: ignore[union-attr]
+    assert got == {b"keep": [("user.k", b"1")], b"add": [("user.a", b"3")], b"drop": []}
+    dst = tmp_path / "out"
+    engine.restore(2, dir_state(dst))
+    assert_same(src, dst)

@@ -38,6 +38,14 @@ PACKS_QUEUED = 2  # full packs waiting for the packer thread
 PROCESS_THRESHOLD = 64 << 20
 
 
+def _xattrs_maybe_stale(e: Entry, walk_ctime: int) -> None:
+    """The inode changed between the walk (which read its xattrs) and the read of its
+    data: the xattrs may predate the change, so the entry's ctime must not vouch for them
+    (the next capture reads the file and its xattrs again; restore never trusts it)."""
+    if e.ctime_ns != walk_ctime:
+        e.ctime_ns = 0
+
+
 class Archiver:
     def __init__(self, repo: Repository, root: str, parent: dict[bytes, Entry],
                  progress: Progress) -> None:
@@ -181,7 +189,12 @@ class Archiver:
                     self.entries.append(ent)
                     continue
                 self._links[key] = path
-            ent.xattrs = fsutil.read_xattrs(fsutil.proc_path(fd, name))
+            p = self.parent.get(path) if stat.S_ISREG(mode) else None
+            if p is not None and p.ctime_ns and (p.ino, p.ctime_ns) == (st.st_ino,
+                                                                        st.st_ctime_ns):
+                ent.xattrs = p.xattrs  # setting/removing an xattr changes ctime: unchanged
+            else:
+                ent.xattrs = fsutil.read_xattrs(fsutil.proc_path(fd, name))
             if stat.S_ISREG(mode):
                 ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
                 files.append(len(self.entries))
@@ -255,7 +268,9 @@ class Archiver:
     def _done(self, idx: int, chunks: list[tuple[bytes, int]], tiny: bytes,
               info: tuple[int, ...], nread: int, changed: bool) -> None:
         e = self.entries[idx]
+        walk_ctime = e.ctime_ns
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
+        _xattrs_maybe_stale(e, walk_ctime)
         e.chunks = chunks
         if tiny:
             self._add_tiny(e, tiny)
@@ -375,7 +390,9 @@ class Archiver:
                                              f"{RETRIES + 1} times; stored as last read")
                 break
             st = st2
+        walk_ctime = e.ctime_ns
         e.size, e.mtime_ns, e.ctime_ns = st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns
+        _xattrs_maybe_stale(e, walk_ctime)
         e.ino = st2.st_ino
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
         e.chunks = chunks
