@@ -236,3 +236,23 @@ def test_incremental_capture_sees_xattr_changes(
     dst = tmp_path / "out"
     engine.restore(2, dir_state(dst))
     assert_same(src, dst)
+
+
+def test_restore_under_a_setgid_parent_keeps_owners(engine: Engine, tmp_path: Path) -> None:
+    """Files made in a setgid directory take its group: restore must chown them back even
+    when the snapshot's owner is the restoring user (it skips chown otherwise)."""
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "mine").write_bytes(b"x" * 5000)
+    os.chown(src / "mine", os.geteuid(), os.getegid())
+    (src / "theirs").write_bytes(b"y" * 300_000)
+    os.chown(src / "theirs", 4321, 4321)
+    engine.capture(make_meta(1), dir_state(src))
+    parent = tmp_path / "sgid"
+    parent.mkdir()
+    os.chown(parent, -1, 2345)
+    parent.chmod(0o2775)
+    dst = parent / "srv"
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
+    assert (dst / "mine").stat().st_gid == os.getegid()

@@ -156,7 +156,7 @@ class Engine:
 
     def recover(self, state: StateSpec) -> None:
         from .image import image_cleanup
-        from .restorer import cleanup, split_state
+        from .staging import cleanup, split_state
 
         parent, base = split_state(state.path)
         try:

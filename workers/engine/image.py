@@ -31,7 +31,7 @@ from .manifest import ImageBody
 from .model import RestoreResult, StateInvalid
 from .progress import Progress
 from .repository import Repository
-from .restorer import split_state
+from .staging import split_state
 
 RETRIES = 3
 J_MAGIC = b"SNAPJRN1"

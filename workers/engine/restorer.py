@@ -36,10 +36,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from . import fsutil
 from .chunker import iter_chunks, make_cdc
 from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
-from .model import EngineError, RestoreResult, StateInvalid
+from .model import RestoreResult, StateInvalid
 from .packcache import PackCache
 from .progress import Progress
 from .repository import Repository
+from .staging import cleanup, split_state, validate
 from .statecache import Record, StateCache, content_digest, record_tree
 
 Candidate = tuple[int, os.stat_result] | None
@@ -47,64 +48,6 @@ Candidate = tuple[int, os.stat_result] | None
 WORKERS = 4
 MAX_INFLIGHT = 64
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def split_state(path: str) -> tuple[str, bytes]:
-    path = os.path.normpath(path)
-    if not os.path.isabs(path) or path == "/":
-        raise StateInvalid(f"state path must be an absolute path below /: {path!r}")
-    parent, base = os.path.split(path)
-    return parent, os.fsencode(base)
-
-
-def _leftovers(parent_fd: int, base: bytes) -> list[bytes]:
-    prefix = b"." + base + b".restore-"
-    return [n for n in fsutil.iter_names(parent_fd) if n.startswith(prefix)]
-
-
-def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
-    """Finish or undo whatever a crashed restore left beside the state path."""
-    journal = b"." + base + b".restore-journal"
-    try:
-        jfd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=parent_fd)
-    except FileNotFoundError:
-        pass
-    else:
-        with os.fdopen(jfd, "rb") as f:
-            staging = f.read()
-        try:
-            os.stat(base, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            if staging:  # crashed between the two renames: roll forward
-                os.rename(staging, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-                os.fsync(parent_fd)
-        os.unlink(journal, dir_fd=parent_fd)
-    names = _leftovers(parent_fd, base)
-    if names:
-        mounts = fsutil.mount_roots(parent_path)
-        for name in names:
-            try:
-                fsutil.remove_tree(parent_fd, name, mounts)
-            except RecursionError:  # absurdly deep leftover: leave it rather than fail
-                continue
-
-
-def validate(entries: list[Entry]) -> None:
-    """A manifest must describe a tree: root first, parents before children, no '..'."""
-    if not entries or entries[0].path != b"" or entries[0].kind != DIR:
-        raise EngineError("manifest tree does not start with its root directory")
-    dirs = {b""}
-    seen: set[bytes] = set()
-    for e in entries[1:]:
-        fsutil.split(e.path)
-        parent = e.path.rpartition(b"/")[0]
-        if parent not in dirs or e.path in seen:
-            raise EngineError(f"manifest tree is malformed at {e.path!r}")
-        seen.add(e.path)
-        if e.kind == DIR:
-            dirs.add(e.path)
-        if e.kind == HARDLINK and e.target not in seen:
-            raise EngineError(f"hard link {e.path!r} precedes its target")
 
 
 class Restorer:
@@ -126,6 +69,8 @@ class Restorer:
         self.known: Record = {}
         self._digests: dict[bytes, bytes] = {}
         self.packs = PackCache(repo, snapshot_id)
+        # owner of the files we create in staging, when known (chown is skipped for them)
+        self._new_owner: tuple[int, int] | None = None
 
     def run(self) -> RestoreResult:
         validate(self.entries)
@@ -149,6 +94,8 @@ class Restorer:
             try:
                 os.mkdir(staging, 0o700, dir_fd=parent_fd)
                 st_fd = os.open(staging, fsutil.DIR_FLAGS, dir_fd=parent_fd)
+                if not os.fstat(st_fd).st_mode & stat.S_ISGID:  # else files take its group
+                    self._new_owner = (os.geteuid(), os.getegid())
                 try:
                     self._build(st_fd, cur_fd)
                 finally:
@@ -326,18 +273,21 @@ class Restorer:
             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
         assert fd is not None
         try:
-            written = 0
+            written = end = 0
             for cid, off in e.chunks:
                 data = (self.packs.read(e) if e.pack
                         else self.repo.read_chunk_for(self.sid, cid))
                 fsutil.write_full(fd, data, off)
                 written += len(data)
+                end = max(end, off + len(data))
                 self.progress.add(len(data))
                 self.progress.check()
-            os.ftruncate(fd, e.size)
+            if end != e.size:  # a new file: its size is its data's end unless a hole ends it
+                os.ftruncate(fd, e.size)
             if written:
                 fsutil.start_writeback(fd)
-            os.fchown(fd, e.uid, e.gid)
+            if (e.uid, e.gid) != self._new_owner:
+                os.fchown(fd, e.uid, e.gid)
             os.fchmod(fd, stat.S_IMODE(e.mode))
             fsutil.write_xattrs(fd, e.xattrs)
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))

@@ -1,0 +1,72 @@
+"""The staging names beside a state path, and recovery of what a crashed restore left.
+
+A directory restore builds `<parent>/.<base>.restore-<snapshot_id>` and swaps it with the
+state path (see restorer.py); anything named `.<base>.restore-*` afterwards is a leftover
+that cleanup() removes, rolling a journaled swap forward first when needed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import fsutil
+from .manifest import DIR, HARDLINK, Entry
+from .model import EngineError, StateInvalid
+
+
+def split_state(path: str) -> tuple[str, bytes]:
+    path = os.path.normpath(path)
+    if not os.path.isabs(path) or path == "/":
+        raise StateInvalid(f"state path must be an absolute path below /: {path!r}")
+    parent, base = os.path.split(path)
+    return parent, os.fsencode(base)
+
+
+def _leftovers(parent_fd: int, base: bytes) -> list[bytes]:
+    prefix = b"." + base + b".restore-"
+    return [n for n in fsutil.iter_names(parent_fd) if n.startswith(prefix)]
+
+
+def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
+    """Finish or undo whatever a crashed restore left beside the state path."""
+    journal = b"." + base + b".restore-journal"
+    try:
+        jfd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except FileNotFoundError:
+        pass
+    else:
+        with os.fdopen(jfd, "rb") as f:
+            staging = f.read()
+        try:
+            os.stat(base, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if staging:  # crashed between the two renames: roll forward
+                os.rename(staging, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                os.fsync(parent_fd)
+        os.unlink(journal, dir_fd=parent_fd)
+    names = _leftovers(parent_fd, base)
+    if names:
+        mounts = fsutil.mount_roots(parent_path)
+        for name in names:
+            try:
+                fsutil.remove_tree(parent_fd, name, mounts)
+            except RecursionError:  # absurdly deep leftover: leave it rather than fail
+                continue
+
+
+def validate(entries: list[Entry]) -> None:
+    """A manifest must describe a tree: root first, parents before children, no '..'."""
+    if not entries or entries[0].path != b"" or entries[0].kind != DIR:
+        raise EngineError("manifest tree does not start with its root directory")
+    dirs = {b""}
+    seen: set[bytes] = set()
+    for e in entries[1:]:
+        fsutil.split(e.path)
+        parent = e.path.rpartition(b"/")[0]
+        if parent not in dirs or e.path in seen:
+            raise EngineError(f"manifest tree is malformed at {e.path!r}")
+        seen.add(e.path)
+        if e.kind == DIR:
+            dirs.add(e.path)
+        if e.kind == HARDLINK and e.target not in seen:
+            raise EngineError(f"hard link {e.path!r} precedes its target")
