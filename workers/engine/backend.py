@@ -43,7 +43,6 @@ class Backend(Protocol):
             fd = os.open(d, flags, 0o644)
         try:
             fsutil.write_full(fd, data, 0)
-            fsutil.start_writeback(fd)
             try:
                 # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
                 # /proc link (plain link() would try to link the symlink itself: EXDEV).
@@ -182,7 +181,6 @@ class LocalBackend:
             fd = os.open(d, flags, 0o644)
         try:
             fsutil.write_full(fd, data, 0)
-            fsutil.start_writeback(fd)
             try:
                 # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
                 # /proc link (plain link() would try to link the symlink itself: EXDEV).

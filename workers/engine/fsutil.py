@@ -46,20 +46,6 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
-_SYNC_FILE_RANGE_WRITE = 2
-_sfr = getattr(_libc, "sync_file_range", None)
-if _sfr is not None:
-    _sfr.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-
-
-def start_writeback(fd: int) -> None:
-    """Start (not wait for) writing a file's dirty pages to disk, so that the one syncfs
-    barrier at the end finds little left to flush: the disk works while we compute.
-    Only a hint; durability still comes from the barrier."""
-    if _sfr is not None:
-        _sfr(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
 def fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
 

@@ -284,8 +284,6 @@ class Restorer:
                 self.progress.check()
             if end != e.size:  # a new file: its size is its data's end unless a hole ends it
                 os.ftruncate(fd, e.size)
-            if written:
-                fsutil.start_writeback(fd)
             if (e.uid, e.gid) != self._new_owner:
                 os.fchown(fd, e.uid, e.gid)
             os.fchmod(fd, stat.S_IMODE(e.mode))
