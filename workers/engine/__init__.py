@@ -5,7 +5,7 @@ for file://), repository (keyed BLAKE3 ids, zstd, verify-on-read, manifests, com
 barrier), manifest (msgpack+zstd format with a cheap header), locks (capture/restore vs
 reclaim), chunker (FastCDC over data extents), archiver (directory capture), procpool and
 procworker (capture worker processes), restorer (staged, atomic directory restore),
-packcache (small files read back out of tiny packs),
+packcache and blocks (small files read back out of tiny packs, compressed in 1 MiB blocks),
 statecache (trusted record that lets restore skip re-reading files), image (block images
 with a redo journal), progress, fsutil (symlink-safe fd helpers), engine (the facade).
 """

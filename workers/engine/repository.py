@@ -17,7 +17,7 @@ import blake3
 import msgspec
 import zstandard
 
-from . import manifest
+from . import blocks, manifest
 from .backend import Backend
 from .model import EngineError, SnapshotCorrupt, SnapshotNotFound
 
@@ -206,7 +206,8 @@ class Repository:
 
     def store_pack(self, data: bytes, members: list[tuple[bytes, int, int]]) -> tuple[bytes, int]:
         """Store a tiny pack, then its index; returns (pack id, bytes newly written)."""
-        pack, n = self.store_chunk(data)
+        pack = self.chunk_id(data)
+        n = self.store_payload(pack, blocks.encode(self._zc(), data))
         idx = msgspec.msgpack.encode(members)
         self.backend.put(pack_index_key(pack), idx)
         with self._known_lock:
@@ -241,13 +242,22 @@ class Repository:
                 data = obj[1:]
             elif obj[0] == ZSTD:
                 data = self._zd().decompress(obj[1:])
+            elif obj[0] == blocks.BLOCKS:
+                data = blocks.decode_all(self._zd(), obj)
             else:
                 raise ObjectCorrupt(f"{what} has an unknown header")
-        except zstandard.ZstdError as e:
+        except (zstandard.ZstdError, ValueError) as e:
             raise ObjectCorrupt(f"{what} does not decompress: {e}") from e
         if self.chunk_id(data) != cid:
             raise ObjectCorrupt(f"{what} fails its id check")
         return data
+
+    def read_object(self, cid: bytes) -> bytes:
+        """The stored bytes of an object, not decoded (see PackCache)."""
+        try:
+            return self.backend.get(chunk_key(cid))
+        except FileNotFoundError as e:
+            raise ObjectCorrupt(f"object {cid.hex()} is missing") from e
 
     def read_chunk_for(self, snapshot_id: int, cid: bytes) -> bytes:
         try:
