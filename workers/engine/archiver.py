@@ -30,8 +30,7 @@ from .repository import INLINE_MAX, Repository
 
 WORKERS = 4
 MAX_INFLIGHT = 64  # open file fds handed to the pool
-# Big captures use worker processes (both cores, no GIL); small ones are not worth the
-# ~0.1 s start of a Python process and use threads.
+# Big captures use worker processes (no GIL); small ones threads (a process takes ~0.1 s).
 PROCESSES = 2
 TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
 PACKS_QUEUED = 2  # full packs waiting for the packer thread
@@ -39,9 +38,8 @@ PROCESS_THRESHOLD = 64 << 20
 
 
 def _xattrs_maybe_stale(e: Entry, walk_ctime: int) -> None:
-    """The inode changed between the walk (which read its xattrs) and the read of its
-    data: the xattrs may predate the change, so the entry's ctime must not vouch for them
-    (the next capture reads the file and its xattrs again; restore never trusts it)."""
+    """The inode changed between the walk (which read its xattrs) and the read of its data:
+    its ctime must not vouch for those xattrs (next capture re-reads; restore never trusts)."""
     if e.ctime_ns != walk_ctime:
         e.ctime_ns = 0
 
@@ -99,8 +97,7 @@ class Archiver:
                 and not (ent.kind == HARDLINK and ent.target in self._dropped)]
 
     def _add_tiny(self, e: Entry, data: bytes) -> None:
-        """Queue a small file's bytes for a tiny pack, unless a pack holds them already;
-        store a pack every TINY_PACK bytes."""
+        """Queue a small file's bytes for a tiny pack unless a pack holds them already."""
         hit = self.repo.find_packed(e.chunks[0][0])
         if hit is not None:
             e.pack, e.pack_off, e.pack_len = hit
@@ -115,8 +112,7 @@ class Archiver:
 
     def _submit_pack(self, batch: list[tuple[Entry, bytes]]) -> None:
         """Packs are compressed and stored by a thread of their own (zstd and IO release the
-        GIL), so the loop feeding the capture workers never stalls on them; at most
-        PACKS_QUEUED wait, which bounds memory."""
+        GIL): the loop feeding capture workers never stalls; PACKS_QUEUED bounds memory."""
         with self._pack_lock:  # callers may be capture threads: one submitter at a time
             busy = []
             for f in self._packing:
@@ -129,8 +125,7 @@ class Archiver:
             self._packing = [*busy, self._packer.submit(self._store_tiny_pack, batch)]
 
     def _store_tiny_pack(self, batch: list[tuple[Entry, bytes]]) -> None:
-        """Small files go into one object, compressed as a whole (see INLINE_MAX); equal
-        contents are stored once."""
+        """Small files go into one object (see INLINE_MAX); equal contents are stored once."""
         if not batch:
             return
         buf = bytearray()
