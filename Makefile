@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint unit run bench clean
+.PHONY: install test lint run bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
