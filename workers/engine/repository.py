@@ -209,9 +209,10 @@ class Repository:
         pack = self.chunk_id(data)
         n = self.store_payload(pack, blocks.encode(self._zc(), data))
         idx = msgspec.msgpack.encode(members)
+        # Not part of the commit barrier: an index lost or torn in a crash only costs
+        # dedup (load_known skips what does not decode or names a missing pack).
         self.backend.put(pack_index_key(pack), idx)
         with self._known_lock:
-            self._written.append(pack_index_key(pack))
             for cid, off, ln in members:
                 self._packed.setdefault(cid, (pack, off, ln))
         return pack, n + len(idx)
