@@ -1,18 +1,13 @@
-"""Engine bugs found by the fault work, pinned as tests (the engine is not ours to edit;
-strict xfail turns into a failure, to be dropped, once the engine is fixed)."""
+"""Engine bugs found by the fault work, kept as regression tests."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-import pytest
-
 from workers.engine.backend import LocalBackend
 
 
-@pytest.mark.xfail(strict=True, reason="LocalBackend temp names are <pid>-<per-instance "
-                   "counter>: two backends in one process collide on durable puts")
 def test_two_backends_in_one_process_put_durably_at_once(tmp_path: Path) -> None:
     # What a worker did when its reaper thread and its first job built their Engine at the
     # same moment: both initialised the repository, and one failed with FileExistsError.

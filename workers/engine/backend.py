@@ -21,6 +21,9 @@ from .model import EngineError, StorageFull
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 TMP_PREFIX = ".tmp-"  # temp files of writers; never listed as objects
+# One counter per process, not per backend: two backends of one process (a worker's reaper
+# and its job) must never pick the same temp name.
+_TMP_SEQ = itertools.count()
 
 
 class Backend(Protocol):
@@ -87,7 +90,6 @@ class LocalBackend:
         self.puts = 0  # number of objects written: tests count it to prove no re-writes
         self.put_keys: list[str] = []
         self._lock = threading.Lock()
-        self._seq = itertools.count()
         self._tmpfile = hasattr(os, "O_TMPFILE")
         try:
             os.makedirs(self.tmp, exist_ok=True)
@@ -129,7 +131,7 @@ class LocalBackend:
                 # an object of another size is in the way (torn by a crash): replace it below
         # The temp file lives in the destination directory: a same-directory rename does not
         # take the filesystem-wide rename mutex that cross-directory renames serialize on.
-        tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.getpid()}-{next(self._seq)}")
+        tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.getpid()}-{next(_TMP_SEQ)}")
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
