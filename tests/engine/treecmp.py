@@ -1,7 +1,7 @@
 """Compare two directory trees exactly, never following a symlink.
 
 Compared per entry: type, mode (incl. setuid/setgid/sticky), uid, gid, mtime_ns (files,
-symlinks, dirs, special files), size and bytes of files, allocated blocks (sparseness),
+symlinks, dirs, special files), size and bytes of files, the map of data and holes (sparseness),
 symlink targets, rdev, xattrs, and hard-link grouping (which relative paths share an inode).
 """
 
@@ -23,6 +23,30 @@ def _xattrs(path: bytes) -> dict[str, bytes]:
     return {n: os.getxattr(path, n, follow_symlinks=False) for n in sorted(names)}
 
 
+def data_extents(path: bytes) -> list[tuple[int, int]]:
+    """Where a file holds data (SEEK_DATA/SEEK_HOLE), the rest being holes.
+
+    Compared instead of st_blocks, which also counts the filesystem's own extent metadata
+    and so differs between two equally sparse files written in a different order.
+    """
+    extents: list[tuple[int, int]] = []
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole remains
+                break
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, stop))
+            pos = stop
+    finally:
+        os.close(fd)
+    return extents
+
+
 def describe(root: PathLike, *, root_mtime: bool = True) -> dict[bytes, dict[str, Any]]:
     root_b = os.fsencode(root)
     out: dict[bytes, dict[str, Any]] = {}
@@ -39,7 +63,7 @@ def describe(root: PathLike, *, root_mtime: bool = True) -> dict[bytes, dict[str
             with open(path, "rb") as f:
                 d["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
             d["size"] = st.st_size
-            d["blocks"] = st.st_blocks
+            d["data_extents"] = data_extents(path)
         elif stat.S_ISLNK(st.st_mode):
             d["target"] = os.readlink(path)
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):

@@ -92,12 +92,7 @@ def events(svc: Service, event_type: str, snapshot_id: int) -> int:
 def tree_diff(
     expected: dict[bytes, dict[str, Any]], actual: dict[bytes, dict[str, Any]]
 ) -> list[str]:
-    """What differs between two `treecmp.describe` results, field by field.
-
-    ``blocks`` may differ by a few blocks of the filesystem's own extent metadata (ext4
-    counts them; a file written in a different order has more extents): only a difference
-    of more than 64 KiB (a hole filled or punched) counts.
-    """
+    """What differs between two `treecmp.describe` results, field by field."""
     problems: list[str] = []
     for path in sorted(set(expected) | set(actual)):
         a, b = expected.get(path), actual.get(path)
@@ -105,8 +100,6 @@ def tree_diff(
             problems.append(f"{path!r}: {'missing' if b is None else 'unexpected'}")
             continue
         for k in sorted(set(a) | set(b)):
-            if k == "blocks" and abs(int(a.get(k) or 0) - int(b.get(k) or 0)) <= 128:
-                continue  # 512-byte units: up to 64 KiB of extent metadata
             if a.get(k) != b.get(k):
                 problems.append(f"{path!r}: {k} {a.get(k)!r} != {b.get(k)!r}")
     return problems
