@@ -29,7 +29,7 @@ import msgspec
 
 from shared.settings import Settings
 from shared.store import Store
-from workers.engine import Engine
+from workers.engine import Engine, EngineError, VerifyReport
 from workers.jobs import MIB, PLACEHOLDER_PREFIX
 
 
@@ -48,19 +48,21 @@ def rebuild(store: Store, engine: Engine, servers: dict[str, Any] | None = None)
     report = RebuildReport()
     for snap in sorted(engine.list_snapshots(), key=lambda s: s.meta.snapshot_id):
         m = snap.meta
-        answer = store.rebuild_snapshot({
-            "snapshot_id": m.snapshot_id,
-            "server_id": m.server_id,
-            "server_name": m.server_name,
-            "account": m.account,
-            "name": m.name,
-            "description": m.description,
-            "created_at": _epoch(m.created_at),
-            "completed_at": _epoch(snap.completed_at),
-            "size_mb": f"{round(snap.size_bytes / MIB, 2):.2f}",
-            "state_kind": snap.state_kind,
-            "placeholder_path": f"{PLACEHOLDER_PREFIX}server-{m.server_id}",
-        })
+        answer = store.rebuild_snapshot(
+            {
+                "snapshot_id": m.snapshot_id,
+                "server_id": m.server_id,
+                "server_name": m.server_name,
+                "account": m.account,
+                "name": m.name,
+                "description": m.description,
+                "created_at": _epoch(m.created_at),
+                "completed_at": _epoch(snap.completed_at),
+                "size_mb": f"{round(snap.size_bytes / MIB, 2):.2f}",
+                "state_kind": snap.state_kind,
+                "placeholder_path": f"{PLACEHOLDER_PREFIX}server-{m.server_id}",
+            }
+        )
         report.snapshots += bool(answer.get("snapshot"))
         report.kept += not answer.get("snapshot")
         report.servers += bool(answer.get("server"))
@@ -85,13 +87,34 @@ def _set_server(store: Store, server_id: int, spec: dict[str, Any]) -> None:
         store.redis.hset(key, name, value)
 
 
+def verify(engine: Engine, ids: list[int]) -> int:
+    """Like `restic check --read-data`: exit 1 when any object of a snapshot is corrupt."""
+    ids = ids or [c.meta.snapshot_id for c in engine.list_snapshots()]
+    bad = 0
+    for snapshot_id in ids:
+        try:
+            report = engine.verify(snapshot_id)
+        except EngineError as exc:
+            report = VerifyReport(snapshot_id=snapshot_id, ok=False, errors=[str(exc)])
+        print(f"snapshot {snapshot_id}: {'ok' if report.ok else 'CORRUPT'}")
+        for error in report.errors:
+            print(f"  {error}")
+        bad += not report.ok
+    print(f"{len(ids)} snapshots verified, {bad} corrupt")
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.catalog")
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("rebuild", help="bring back every committed snapshot from the repository")
     cmd.add_argument("--servers", type=Path, help="JSON: state/power/host of missing servers")
+    check = sub.add_parser("verify", help="read back snapshots and check every object")
+    check.add_argument("ids", nargs="*", type=int, help="snapshot ids (default: all)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    if args.command == "verify":
+        return verify(Engine(settings.storage_url), args.ids)
     servers = msgspec.json.decode(args.servers.read_bytes()) if args.servers else None
     report = rebuild(Store.from_settings(settings), Engine(settings.storage_url), servers)
     print(
