@@ -33,29 +33,6 @@ class Backend(Protocol):
         replaces an existing object and returns False if the key existed."""
         ...
 
-    def _put_tmpfile(self, final: str, data: bytes) -> bool:
-        """Unnamed O_TMPFILE inode, written, then linked into place: one directory operation
-        per object, and a writer killed mid-way leaves nothing behind to clean up. False
-        when a different-sized object already holds the name (the caller replaces it)."""
-        d = os.path.dirname(final)
-        flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
-        try:
-            fd = os.open(d, flags, 0o644)
-        except FileNotFoundError:  # first object of a fan-out directory
-            os.makedirs(d, exist_ok=True)
-            fd = os.open(d, flags, 0o644)
-        try:
-            fsutil.write_full(fd, data, 0)
-            try:
-                # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
-                # /proc link (plain link() would try to link the symlink itself: EXDEV).
-                os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
-            except FileExistsError:  # same content from a concurrent writer, or torn
-                return os.stat(final).st_size == len(data)
-        finally:
-            os.close(fd)
-        return True
-
     def get(self, key: str) -> bytes: ...
     def get_head(self, key: str, n: int) -> bytes:
         """The first n bytes (or fewer) of an object (S3: a Range GET)."""
