@@ -1,0 +1,213 @@
+"""One run of bench/engine.py: its phases (capture, restore, restore onto a 1 %-changed
+state, checks) and their timings, and the median over several runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import benchlib
+from commands import PY, ROOT, Outcome, sh
+from comparison import compare_images, compare_trees, describe
+from dataset import State, change_one_percent_of_image, change_one_percent_of_tree, touch_one_file
+from filesystem import DATA, EXT4_RECENT_S, SETTLE_MARK, drop_caches, du_bytes, rmtree, settle
+from tools import Ours, Tool, engine_available, make_tools
+
+Results = dict[str, dict[str, Outcome]]  # phase -> tool -> outcome
+
+
+@dataclass
+class Run:
+    states: list[State]
+    tools: list[Tool]
+    cold: bool
+    results: Results = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    engine_error: str | None = None
+
+    def record(self, phase: str, tool: Tool, fn: Callable[[], Outcome], cold: bool) -> Outcome:
+        if isinstance(tool, Ours) and self.engine_error:
+            res = Outcome(error="engine not available")
+        else:
+            if cold and self.cold:
+                drop_caches()
+            noise = benchlib.Noise()
+            res = fn()
+            res.noise = noise.fraction()
+        self.results.setdefault(phase, {})[tool.name] = res
+        status = f"{res.secs:.2f} s" if res.secs is not None else f"ERROR {res.error}"
+        status += f"   (other work meanwhile: {res.noise:.0%} of the CPUs)"
+        print(f"  {phase:<34} {tool.name:<9} {status}", flush=True)
+        return res
+
+
+def phase_capture(run: Run) -> None:
+    for tool in run.tools:
+        init = tool.init() if not (isinstance(tool, Ours) and run.engine_error) else Outcome(0.0)
+        if init.error:
+            print(f"  {tool.name}: init failed: {init.error}")
+    for seq, label in ((1, "full capture"), (2, "incremental capture")):
+        if seq == 2:
+            touch_one_file(run.states, seq)
+        for state in run.states:
+            for tool in run.tools:
+                run.record(
+                    f"{label} · {state.name}",
+                    tool,
+                    lambda t=tool, s=state, q=seq: t.capture(s, q),
+                    cold=seq == 1,
+                )
+
+
+def phase_restore(run: Run, where: Path) -> dict[str, Path]:
+    targets: dict[str, Path] = {}
+    for state in run.states:
+        for tool in run.tools:
+            dst = where / f"restore-{tool.repo.name}-{state.name}"
+            run.record(
+                f"full restore · {state.name}",
+                tool,
+                lambda t=tool, s=state, d=dst: t.restore(s, 2, d),
+                cold=True,
+            )
+            targets[f"{tool.name}/{state.name}"] = tool.restored_path(state, dst)
+            if state.kind == "image" and not isinstance(tool, Ours):
+                rmtree(dst)  # disk space; one big file, so no ext4 inode churn (see settle)
+    return targets
+
+
+def phase_verify_ours(run: Run, targets: dict[str, Path], label: str) -> None:
+    if run.engine_error:
+        return
+    for state in run.states:
+        got = targets[f"ours/{state.name}"]
+        if run.results[f"full restore · {state.name}"]["ours"].error:
+            continue
+        if state.kind == "directory":
+            problems = compare_trees(state.path, got)
+        else:
+            problems = compare_images(state.path, got)
+        run.checks.append(f"{label} · {state.name}: {describe(problems)}")
+
+
+def _change_one_percent(state: State, target: Path, seed: int) -> str:
+    if state.kind == "directory":
+        n = change_one_percent_of_tree(target, seed)
+        return f"{n} files changed/deleted/chmod-ed + 1 added"
+    n = change_one_percent_of_image(target, seed)
+    return f"{n} MiB blocks rewritten"
+
+
+def phase_partial_restore(run: Run, where: Path, targets: dict[str, Path], warm: bool) -> None:
+    """Our restore of the snapshot onto our restored state after 1% of it changed."""
+    ours = next(t for t in run.tools if isinstance(t, Ours))
+    label = " (warm)" if warm else ""
+    for state in run.states:
+        phase = f"restore onto 1%-changed{label} · {state.name}"
+        full = run.results[f"full restore · {state.name}"]["ours"]
+        if full.error or run.engine_error:
+            run.record(phase, ours, lambda: Outcome(error="no full restore to start from"), False)
+            continue
+        what = _change_one_percent(state, targets[f"ours/{state.name}"], 8 if warm else 7)
+        run.checks.append(f"1%-changed{label} {state.name} target: {what}")
+        res = run.record(
+            phase,
+            ours,
+            lambda s=state: ours.restore(s, 2, where / f"restore-ours-{s.name}"),
+            cold=not warm,
+        )
+        if res.error:
+            run.checks.append(f"restore onto 1%-changed{label} {state.name} FAILED: {res.error}")
+    phase_verify_ours(run, targets, f"restore onto 1%-changed{label}, compared with source")
+
+
+def startup_cost(run: Run) -> None:
+    """What every one of our operations pays before doing any work (warm cache, best of 3)."""
+    if run.engine_error:
+        return
+    argv = [PY, "-c", "import workers.engine"]
+    best = min(sh(argv, cwd=ROOT, env=run.tools[0].env).secs or 0.0 for _ in range(3))
+    bare = min(sh([PY, "-c", "pass"]).secs or 0.0 for _ in range(3))
+    run.notes.append(
+        f"start-up included in each of our timings: python {bare:.3f} s, "
+        f"python + import workers.engine {best:.3f} s (warm, best of 3)"
+    )
+
+
+def execute(run: Run, where: Path) -> None:
+    print("capture:", flush=True)
+    phase_capture(run)
+    startup_cost(run)
+    for tool in run.tools:
+        if tool.repo.exists() or isinstance(tool, Ours):
+            sizes = {"stored bytes (apparent)": True, "stored bytes (on disk)": False}
+            for phase, apparent in sizes.items():
+                res = Outcome(secs=float(du_bytes(tool.repo, apparent)))
+                if isinstance(tool, Ours) and run.engine_error:
+                    res = Outcome(error="engine not available")
+                run.results.setdefault(phase, {})[tool.name] = res
+    print("restore:", flush=True)
+    targets = phase_restore(run, where)
+    phase_verify_ours(run, targets, "full restore, compared with source")
+    print("restore onto a 1%-changed state (cold cache):", flush=True)
+    phase_partial_restore(run, where, targets, warm=False)
+    print(f"restore onto a 1%-changed state (warm cache, after {EXT4_RECENT_S} s):", flush=True)
+    time.sleep(EXT4_RECENT_S)  # our restore removed the old tree: let ext4 settle (see settle)
+    phase_partial_restore(run, where, targets, warm=True)
+
+
+def one_run(args: argparse.Namespace, states: list[State], cold: bool, i: int) -> Run:
+    where = DATA / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{i}"
+    where.mkdir(parents=True)
+    run = Run(states, make_tools(where), cold)
+    run.engine_error = engine_available(run.tools[0].env)
+    if run.engine_error:
+        print(f"engine not available: {run.engine_error}")
+    try:
+        settle()
+        print(f"run {i}/{args.repeat}")
+        print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
+        execute(run, where)
+        print(f"load    : 1-minute load average at the end {os.getloadavg()[0]:.2f}")
+    finally:
+        if not args.keep:
+            rmtree(where)
+            SETTLE_MARK.touch()
+    return run
+
+
+def _median(outs: list[Outcome]) -> Outcome:
+    ok = [o for o in outs if o.secs is not None]
+    if not ok:
+        return outs[-1]
+    return Outcome(
+        secs=statistics.median(o.secs or 0.0 for o in ok),
+        noise=statistics.median(o.noise for o in ok),
+        out=ok[-1].out,
+        failed=len(outs) - len(ok),
+    )
+
+
+def merge(runs: list[Run]) -> Run:
+    """Median of every cell over the runs; every correctness line of every run."""
+    last = runs[-1]
+    if len(runs) == 1:
+        return last
+    merged = Run(last.states, last.tools, last.cold, notes=last.notes)
+    merged.engine_error = last.engine_error
+    for phase, cells in last.results.items():
+        merged.results[phase] = {
+            tool: _median(
+                [r.results[phase][tool] for r in runs if tool in r.results.get(phase, {})]
+            )
+            for tool in cells
+        }
+    for i, run in enumerate(runs, 1):
+        merged.checks += [f"run {i}: {line}" for line in run.checks]
+    return merged

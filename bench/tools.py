@@ -1,0 +1,221 @@
+"""The backup tools bench/engine.py compares: ours (through bench/engine_op.py, a fresh
+process per operation), restic, borg, tar | zstd and cp -a."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from commands import BENCH, PY, ROOT, Outcome, sh
+from dataset import State
+
+TOOLS = ["ours", "restic", "borg", "tar|zstd", "cp -a"]
+
+
+@dataclass
+class Tool:
+    """A backup tool: captures states into repo/, restores them into a directory."""
+
+    name: str
+    run: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def repo(self) -> Path:
+        return self.run / "repo" / self.name.replace(" ", "").replace("|", "-")
+
+    def init(self) -> Outcome:
+        self.repo.mkdir(parents=True)
+        return Outcome(secs=0.0)
+
+    def capture(self, state: State, seq: int) -> Outcome:
+        raise NotImplementedError
+
+    def restore(self, state: State, seq: int, dst: Path) -> Outcome:
+        raise NotImplementedError
+
+    def restored_path(self, state: State, dst: Path) -> Path:
+        return dst
+
+
+class Ours(Tool):
+    def snapshot_id(self, state: State, seq: int) -> int:
+        return 2 * (seq - 1) + state.server_id
+
+    def _op(self, *args: str) -> Outcome:
+        res = sh([PY, str(BENCH / "engine_op.py"), *args], cwd=ROOT, env=self.env)
+        for line in res.out.splitlines():
+            if line.startswith("RESULT "):
+                res.out = line[7:]
+        return res
+
+    def capture(self, state: State, seq: int) -> Outcome:
+        sid = str(self.snapshot_id(state, seq))
+        return self._op(
+            "capture", str(self.repo), sid, str(state.server_id), state.kind, str(state.path)
+        )
+
+    def restore(self, state: State, seq: int, dst: Path) -> Outcome:
+        target = dst / state.path.name if state.kind == "image" else dst
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if state.kind == "image":
+            dst.mkdir(parents=True, exist_ok=True)
+        return self._op(
+            "restore", str(self.repo), str(self.snapshot_id(state, seq)), state.kind, str(target)
+        )
+
+    def restored_path(self, state: State, dst: Path) -> Path:
+        return dst / state.path.name if state.kind == "image" else dst
+
+
+class Restic(Tool):
+    ids: dict[tuple[str, int], str]
+
+    def init(self) -> Outcome:
+        self.ids = {}
+        return sh(
+            ["restic", "-r", str(self.repo), "init", "--repository-version", "2"], env=self.env
+        )
+
+    def capture(self, state: State, seq: int) -> Outcome:
+        res = sh(
+            [
+                "restic",
+                "-r",
+                str(self.repo),
+                "backup",
+                "--json",
+                "--host",
+                "bench",
+                "--compression",
+                "auto",
+                str(state.path),
+            ],
+            env=self.env,
+        )
+        for line in res.out.splitlines():
+            if '"summary"' in line:
+                self.ids[(state.name, seq)] = json.loads(line)["snapshot_id"]
+        return res
+
+    def restore(self, state: State, seq: int, dst: Path) -> Outcome:
+        sid = self.ids.get((state.name, seq), "latest")
+        return sh(
+            ["restic", "-r", str(self.repo), "restore", sid, "--target", str(dst)], env=self.env
+        )
+
+    def restored_path(self, state: State, dst: Path) -> Path:
+        return dst / str(state.path).lstrip("/")
+
+
+class Borg(Tool):
+    def init(self) -> Outcome:
+        return sh(["borg", "init", "-e", "none", str(self.repo)], env=self.env)
+
+    def capture(self, state: State, seq: int) -> Outcome:
+        src = state.path if state.kind == "directory" else state.path.parent
+        what = "." if state.kind == "directory" else state.path.name
+        return sh(
+            ["borg", "create", "--compression", "zstd,3", f"{self.repo}::{state.name}-{seq}", what],
+            cwd=src,
+            env=self.env,
+        )
+
+    def restore(self, state: State, seq: int, dst: Path) -> Outcome:
+        dst.mkdir(parents=True)
+        return sh(["borg", "extract", f"{self.repo}::{state.name}-{seq}"], cwd=dst, env=self.env)
+
+    def restored_path(self, state: State, dst: Path) -> Path:
+        return dst / state.path.name if state.kind == "image" else dst
+
+
+TAR_OPTS = "--xattrs --xattrs-include='*' --numeric-owner"
+
+
+class TarZstd(Tool):
+    """GNU tar with --listed-incremental, piped to zstd -3 -T0."""
+
+    def _src(self, state: State) -> tuple[Path, str]:
+        if state.kind == "directory":
+            return state.path, "."
+        return state.path.parent, state.path.name
+
+    def capture(self, state: State, seq: int) -> Outcome:
+        snar = self.repo / f"{state.name}.snar"
+        if seq > 1:
+            shutil.copy(snar, self.repo / f"{state.name}-{seq}.snar")
+            snar = self.repo / f"{state.name}-{seq}.snar"
+        src, what = self._src(state)
+        out = self.repo / f"{state.name}-{seq}.tar.zst"
+        return sh(
+            f"tar -C {shlex.quote(str(src))} {TAR_OPTS} --listed-incremental={snar} "
+            f"-cf - {shlex.quote(what)} | zstd -3 -T0 -q -o {out}"
+        )
+
+    def restore(self, state: State, seq: int, dst: Path) -> Outcome:
+        dst.mkdir(parents=True)
+        cmds = [
+            f"zstd -dc {self.repo}/{state.name}-{i}.tar.zst | tar -C {dst} {TAR_OPTS} "
+            f"--listed-incremental=/dev/null -xpf -"
+            for i in range(1, seq + 1)
+        ]
+        return sh(" && ".join(cmds))
+
+    def restored_path(self, state: State, dst: Path) -> Path:
+        return dst / state.path.name if state.kind == "image" else dst
+
+
+class Copy(Tool):
+    """cp -a for the full run, cp -au (newer files only) for the incremental one."""
+
+    def capture(self, state: State, seq: int) -> Outcome:
+        dst = self.repo / state.name
+        if seq == 1:
+            return sh(["cp", "-a", str(state.path), str(dst)])
+        if state.kind == "directory":
+            return sh(["cp", "-au", f"{state.path}/.", f"{dst}/"])
+        return sh(["cp", "-au", str(state.path), str(dst)])
+
+    def restore(self, state: State, seq: int, dst: Path) -> Outcome:
+        if state.kind == "image":
+            dst.mkdir(parents=True)
+            return sh(["cp", "-a", str(self.repo / state.name), str(dst / state.path.name)])
+        return sh(["cp", "-a", str(self.repo / state.name), str(dst)])
+
+    def restored_path(self, state: State, dst: Path) -> Path:
+        return dst / state.path.name if state.kind == "image" else dst
+
+
+def make_tools(run: Path) -> list[Tool]:
+    env = dict(os.environ)
+    env.update(
+        RESTIC_PASSWORD="bench",
+        RESTIC_CACHE_DIR=str(run / "cache" / "restic"),
+        BORG_BASE_DIR=str(run / "cache" / "borg"),
+        BORG_PASSPHRASE="",
+        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+        BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+        XDG_CACHE_HOME=str(run / "cache" / "xdg"),
+        PYTHONPATH=str(ROOT),
+    )
+    return [
+        Ours("ours", run, env),
+        Restic("restic", run, env),
+        Borg("borg", run, env),
+        TarZstd("tar|zstd", run, env),
+        Copy("cp -a", run, env),
+    ]
+
+
+def engine_available(env: dict[str, str]) -> str | None:
+    """None when `import workers.engine` works in a fresh process, else the reason."""
+    code = "from workers.engine import Engine, StateSpec, SnapshotMeta"
+    p = subprocess.run([PY, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    if p.returncode == 0:
+        return None
+    return (p.stderr.strip().splitlines() or ["import failed"])[-1]
