@@ -46,6 +46,8 @@ def _epoch(rfc3339: str) -> int:
 
 def rebuild(store: Store, engine: Engine, servers: dict[str, Any] | None = None) -> RebuildReport:
     report = RebuildReport()
+    newest_specs: dict[int, dict[str, Any]] = {}
+    created: set[int] = set()
     for snap in sorted(engine.list_snapshots(), key=lambda s: s.meta.snapshot_id):
         m = snap.meta
         answer = store.rebuild_snapshot(
@@ -66,7 +68,14 @@ def rebuild(store: Store, engine: Engine, servers: dict[str, Any] | None = None)
         report.snapshots += bool(answer.get("snapshot"))
         report.kept += not answer.get("snapshot")
         report.servers += bool(answer.get("server"))
-    for server_id, spec in (servers or {}).items():
+        if answer.get("server"):
+            created.add(m.server_id)
+        if m.server_spec:
+            newest_specs[m.server_id] = m.server_spec  # ids ascend: the newest wins
+    # Servers this run recreated get the spec their newest manifest recorded; --servers
+    # overrides it (and may fix servers of earlier runs: _set_server touches rebuilt ones).
+    from_manifests = {str(i): spec for i, spec in newest_specs.items() if i in created}
+    for server_id, spec in {**from_manifests, **(servers or {})}.items():
         _set_server(store, int(server_id), spec)
     return report
 

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import redis
 
 from shared.records import OperationRecord, ServerRecord
@@ -180,6 +181,11 @@ class Jobs:
             name=snap.name,
             description=snap.description,
             created_at=rfc3339(snap.created_at) or "",
+            server_spec={
+                "state": msgspec.to_builtins(server.state),
+                "power": msgspec.to_builtins(server.power),
+                "host": server.host,
+            },
         )
         state = StateSpec(kind=server.state.kind, path=server.state.path)
         driver = self.power_for(server)

@@ -63,15 +63,18 @@ def test_catalog_rebuild_after_flushall(make_service: ServiceFactory, states: Pa
     assert servers[web["id"]]["name"] == "web-01" and servers[web["id"]]["account"] == "acme"
     assert servers[db["id"]]["account"] == "beta"
 
-    # The state path is not in the repository: a restore is refused until it is given.
+    # The manifest recorded the server's state and power: a restore works at once.
     (paths["web"] / "data.txt").write_text("web v2\n")
     resp = client.post(f"/snapshots/{first['id']}/restore/")
     assert resp.status_code == 200, resp.text
-    op = wait_operation(client, resp.json()["operation_id"])
-    assert op["status"] == "failed" and op["error"]["code"] == "state_invalid", op
-    assert (paths["web"] / "data.txt").read_text() == "web v2\n"
+    assert wait_operation(client, resp.json()["operation_id"])["status"] == "succeeded"
+    assert (paths["web"] / "data.txt").read_text() == "web v1\n"
+
+    # --servers overrides what the manifests say (a server moved to another path).
+    moved = states / "web-moved"
+    moved.mkdir()
     spec: dict[str, Any] = {str(web["id"]): {"state": {"kind": "directory",
-                                                     "path": str(paths["web"])},
+                                                     "path": str(moved)},
                                            "power": {"kind": "none"}}}
     (svc.root / "servers.json").write_text(json.dumps(spec))
     out = _rebuild(svc, "--servers", str(svc.root / "servers.json"))
@@ -79,7 +82,7 @@ def test_catalog_rebuild_after_flushall(make_service: ServiceFactory, states: Pa
     resp = client.post(f"/snapshots/{first['id']}/restore/")
     assert resp.status_code == 200, resp.text
     assert wait_operation(client, resp.json()["operation_id"])["status"] == "succeeded"
-    assert (paths["web"] / "data.txt").read_text() == "web v1\n"
+    assert (moved / "data.txt").read_text() == "web v1\n"
 
     # New ids start above the rebuilt ones.
     new_path = states / "new"

@@ -6,7 +6,7 @@ These are the names the API and the actors code against; keep them stable.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -28,6 +28,9 @@ class SnapshotMeta(msgspec.Struct, frozen=True):
     name: str
     description: str | None
     created_at: str  # RFC3339 'Z'
+    # The server's state, power and host as the service registered them, so a catalog
+    # rebuild brings the server back usable; the engine itself never reads it.
+    server_spec: dict[str, Any] | None = None
 
 
 class CaptureResult(msgspec.Struct, frozen=True):
