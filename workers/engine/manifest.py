@@ -60,6 +60,11 @@ class ImageBody(msgspec.Struct, tag="image"):
 Body = DirBody | ImageBody
 
 
+# 2: small files in block-compressed packs, server spec in the meta. A reader refuses a
+# newer version instead of misreading it (and reclaim, seeing it unreadable, sweeps nothing).
+MANIFEST_VERSION = 2
+
+
 class Header(msgspec.Struct):
     meta: SnapshotMeta
     state_kind: Literal["directory", "image"]
@@ -68,7 +73,7 @@ class Header(msgspec.Struct):
     files: int
     warnings: list[str]
     completed_at: str
-    version: int = 1
+    version: int = MANIFEST_VERSION
 
     def committed(self) -> CommittedSnapshot:
         return CommittedSnapshot(meta=self.meta, state_kind=self.state_kind,
@@ -107,13 +112,23 @@ def header_length(prefix: bytes) -> int:
     return 12 + int(struct.unpack(">I", prefix[8:12])[0])
 
 
+def _checked(header: Header) -> Header:
+    if header.version > MANIFEST_VERSION:
+        raise ValueError(
+            f"written by a newer engine (manifest version {header.version}, this engine "
+            f"reads up to {MANIFEST_VERSION})"
+        )
+    return header
+
+
 def decode_header(data: bytes) -> Header:
-    return _hdr_dec.decode(_split(data)[0])
+    return _checked(_hdr_dec.decode(_split(data)[0]))
 
 
 def decode(data: bytes) -> tuple[Header, Body]:
     h, b = _split(data)
-    return _hdr_dec.decode(h), _body_dec.decode(zstandard.ZstdDecompressor().decompress(b))
+    header = _checked(_hdr_dec.decode(h))
+    return header, _body_dec.decode(zstandard.ZstdDecompressor().decompress(b))
 
 
 def chunk_ids(body: Body) -> set[bytes]:
