@@ -162,20 +162,8 @@ class Repository:
         cid = self.chunk_id(data)
         with self._known_lock:
             if self._present(cid):
-                return cid, 0
-            self._pending.add(cid)
-        try:
-            payload = encode_payload(self._zc(), data)
-            self.backend.put(chunk_key(cid), payload)
-        except BaseException:
-            with self._known_lock:
-                self._pending.discard(cid)
-            raise
-        with self._known_lock:
-            self._pending.discard(cid)
-            self._known.add(cid)
-            self._written.append(chunk_key(cid))
-        return cid, len(payload)
+                return cid, 0  # checked before compressing: a known chunk costs one hash
+        return cid, self.store_payload(cid, encode_payload(self._zc(), data))
 
     def store_payload(self, cid: bytes, payload: bytes) -> int:
         """Store an already encoded chunk (from a capture worker process) unless present;
