@@ -10,15 +10,8 @@ from tests.e2e.service import Service
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    svc = Service(tmp_path_factory.mktemp("service"))
-    try:
-        svc.start(workers=1)
+    with Service.running(tmp_path_factory.mktemp("service")) as svc:
         yield svc
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()
 
 
 @pytest.fixture

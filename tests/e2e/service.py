@@ -4,13 +4,14 @@ workers, each started the way the Procfile starts them, so tests can SIGKILL any
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,20 @@ class Service:
             if proc.poll() is None:
                 self.kill(proc, signal.SIGTERM)
         self.redis.stop()
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, root: Path, workers: int = 1, **extra_env: str) -> Iterator[Service]:
+        """A started service, stopped on exit; its logs are printed when the block fails."""
+        svc = cls(root, **extra_env)
+        try:
+            svc.start(workers=workers)
+            yield svc
+        except BaseException:
+            print(svc.logs())
+            raise
+        finally:
+            svc.stop()
 
     def logs(self) -> str:
         return "\n".join(

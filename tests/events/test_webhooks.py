@@ -21,16 +21,9 @@ from tests.events.receiver import Receiver
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    svc = Service(tmp_path_factory.mktemp("service"), SNAPSHOTS_WEBHOOK_BACKOFF="0.2",
-                  SNAPSHOTS_WEBHOOK_ATTEMPTS="3")
-    try:
-        svc.start(workers=1)
+    with Service.running(tmp_path_factory.mktemp("service"), SNAPSHOTS_WEBHOOK_BACKOFF="0.2",
+                         SNAPSHOTS_WEBHOOK_ATTEMPTS="3") as svc:
         yield svc
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()
 
 
 @pytest.fixture

@@ -20,15 +20,9 @@ SNAPCTL = str(Path(sys.executable).parent / "snapctl")
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    svc = Service(tmp_path_factory.mktemp("service"), SNAPSHOTS_EVENTS_KEEPALIVE="1")
-    try:
-        svc.start(workers=1)
+    with Service.running(tmp_path_factory.mktemp("service"),
+                         SNAPSHOTS_EVENTS_KEEPALIVE="1") as svc:
         yield svc
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()
 
 
 @dataclass
