@@ -121,6 +121,8 @@ class Jobs:
 
     def _run(self, op: OperationRecord) -> None:
         if op.attempts > self.max_attempts:
+            if op.type == "snapshot.restore":
+                self._undo_restore(op)
             self.store.fail_operation(
                 op.id,
                 "worker_lost",
@@ -145,6 +147,17 @@ class Jobs:
                 self.store.fail_operation(op.id, "internal_error", f"The job failed: {exc}")
                 return
             raise
+
+    def _undo_restore(self, op: OperationRecord) -> None:
+        """A restore killed for the last time: put back what a killed patch left half done
+        (the next restore or capture would too, but the server may start before then)."""
+        server = self.store.get_server(op.server_id)
+        if server is None or server.state.path.startswith(PLACEHOLDER_PREFIX):
+            return
+        try:
+            self.engine.recover(StateSpec(kind=server.state.kind, path=server.state.path))
+        except (EngineError, OSError):
+            log.exception("operation %s: could not recover the server's state", op.id)
 
     def _report(self, op_id: int, percent: int) -> None:
         # Progress is best effort: a Redis outage must not kill an hours-long capture.

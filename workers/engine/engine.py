@@ -54,6 +54,8 @@ class Engine:
         if done is not None:
             return done
         prog = Progress(progress, should_stop)
+        if state.kind == "directory":
+            self.recover(state)  # never capture the mix a killed patch restore left
         with self.lock.shared():
             done = self._committed_result(meta.snapshot_id)
             if done is not None:

@@ -181,6 +181,18 @@ def write_full(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
+def create_durable(dir_fd: int, name: bytes, data: bytes) -> None:
+    """Create dir/name (never an existing one) holding data, on disk with its name."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dir_fd)
+    try:
+        write_full(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.fsync(dir_fd)
+
+
 def is_dir_mode(mode: int) -> bool:
     return stat.S_ISDIR(mode)
 

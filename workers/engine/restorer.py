@@ -38,6 +38,8 @@ from .chunker import iter_chunks, make_cdc
 from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 from .model import RestoreResult, StateInvalid
 from .packcache import PackCache
+from .patcher import Patcher
+from .patchplan import Planner
 from .progress import Progress
 from .repository import Repository
 from .staging import cleanup, split_state, validate
@@ -47,6 +49,10 @@ Candidate = tuple[int, os.stat_result] | None
 
 WORKERS = 4
 MAX_INFLIGHT = 64
+# A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
+# differ; beyond that, rebuilding in staging costs about the same and needs no undo.
+PATCH_MIN = 16
+PATCH_FRACTION = 5
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -90,14 +96,25 @@ class Restorer:
                 cur_fd = None
             except OSError as e:
                 raise StateInvalid(f"state path is not a directory (or is a symlink): {e}") from e
+            if cur_fd is not None:
+                try:
+                    patched = self._patched(parent_fd, cur_fd)
+                except BaseException:
+                    os.close(cur_fd)
+                    with contextlib.suppress(OSError):
+                        cleanup(parent_fd, self.base, self.parent_path)
+                    raise
+                if patched:
+                    os.close(cur_fd)
+                    self.progress.finish()
+                    return self._result()
             staging = b"." + self.base + b".restore-%d" % self.sid
             try:
                 os.mkdir(staging, 0o700, dir_fd=parent_fd)
                 st_fd = os.open(staging, fsutil.DIR_FLAGS, dir_fd=parent_fd)
-                if not os.fstat(st_fd).st_mode & stat.S_ISGID:  # else files take its group
-                    self._new_owner = (os.geteuid(), os.getegid())
+                self.creating_in(st_fd)
                 try:
-                    self._build(st_fd, cur_fd)
+                    self._build(st_fd, cur_fd, self.entries, self.linked)
                 finally:
                     os.close(st_fd)
                 fsutil.syncfs(self.parent_path)
@@ -120,8 +137,33 @@ class Restorer:
         finally:
             os.close(parent_fd)
         self.progress.finish()
+        return self._result()
+
+    def _result(self) -> RestoreResult:
         return RestoreResult(snapshot_id=self.sid, bytes_written=self.bytes_written,
                              files_reused=self.files_reused, files_written=self.files_written)
+
+    def creating_in(self, fd: int) -> None:
+        """New files will be created in directory fd: under a setgid directory they take its
+        group, else ours (and chown is skipped for files that should be ours)."""
+        setgid = os.fstat(fd).st_mode & stat.S_ISGID
+        self._new_owner = None if setgid else (os.geteuid(), os.getegid())
+
+    def _patched(self, parent_fd: int, cur_fd: int) -> bool:
+        """Patch the current tree in place when few entries differ (see patcher.py)."""
+        limit = max(PATCH_MIN, len(self.entries) // PATCH_FRACTION)
+        mounts = fsutil.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
+        plan = Planner(self.entries, limit, mounts, self._trusted,
+                       self._same_content).run(cur_fd)
+        if plan is None:
+            return False
+        self.progress.add(plan.reused_bytes)
+        self.files_reused = plan.reused
+        Patcher(self, plan, parent_fd, cur_fd).run()
+        record = {e.path: (ino, ctime, self.digest(e)) for e, ino, ctime in plan.kept_files}
+        record.update(record_tree(cur_fd, plan.new_files(), self.linked, self.digest))
+        self.cache.save(record)
+        return True
 
     def _swap(self, parent_fd: int, staging: bytes, exists: bool) -> None:
         try:
@@ -138,13 +180,7 @@ class Restorer:
     def _swap_journaled(self, parent_fd: int, staging: bytes, exists: bool) -> None:
         journal = b"." + self.base + b".restore-journal"
         old = b"." + self.base + b".restore-old"
-        jfd = os.open(journal, CREATE, 0o600, dir_fd=parent_fd)
-        try:
-            fsutil.write_full(jfd, staging, 0)
-            os.fsync(jfd)
-        finally:
-            os.close(jfd)
-        os.fsync(parent_fd)
+        fsutil.create_durable(parent_fd, journal, staging)
         if exists:
             os.rename(self.base, old, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         os.rename(staging, self.base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
@@ -154,14 +190,15 @@ class Restorer:
             fsutil.remove_tree(parent_fd, old, fsutil.mount_roots(self.parent_path))
 
     # --- building the staging tree ------------------------------------------------------
-    def _build(self, st_fd: int, cur_fd: int | None) -> None:
+    def _build(self, st_fd: int, cur_fd: int | None, entries: list[Entry],
+               linked: set[bytes]) -> None:
         sem = threading.BoundedSemaphore(MAX_INFLIGHT)
         futures: list[Future[None]] = []
         failed = threading.Event()
         # stack of (path, staging fd, current-tree fd or None) for the open directories
         cur_dup = os.dup(cur_fd) if cur_fd is not None else None
         stack: list[tuple[bytes, int, int | None]] = [(b"", os.dup(st_fd), cur_dup)]
-        dirs: list[Entry] = [self.entries[0]]
+        dirs: list[Entry] = [entries[0]]
 
         def job(dfd: int | None, name: bytes, e: Entry, fd: int | None, cand: Candidate) -> None:
             try:
@@ -185,7 +222,7 @@ class Restorer:
 
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="restore") as pool:
             try:
-                for e in self.entries[1:]:
+                for e in entries[1:]:
                     if failed.is_set():
                         break
                     parent, _, name = e.path.rpartition(b"/")
@@ -205,7 +242,7 @@ class Restorer:
                         dirs.append(e)
                     elif e.kind == FILE:
                         fd = cand = None
-                        if e.path in self.linked:  # must exist before its links are made
+                        if e.path in linked:  # must exist before its links are made
                             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
                         elif cfd is not None:
                             cand = self._candidate(cfd, name, e)
@@ -227,7 +264,7 @@ class Restorer:
                         os.link(e.target, name, src_dir_fd=st_fd, dst_dir_fd=dfd,
                                 follow_symlinks=False)
                     else:
-                        self._special(dfd, name, e)
+                        self.special(dfd, name, e)
                     self.progress.poll()
             except BaseException:
                 failed.set()
@@ -250,7 +287,19 @@ class Restorer:
             finally:
                 os.close(fd)
 
-    def _special(self, dfd: int, name: bytes, e: Entry) -> None:
+    def build_into(self, fd: int, entries: list[Entry], linked: set[bytes]) -> None:
+        """Build a tree (entries rooted at b"") in the empty directory fd: a new subtree of a
+        patch restore."""
+        self._build(fd, None, entries, linked)
+
+    def write_files(self, files: list[tuple[int, Entry]]) -> None:
+        """Write the given new files (created, empty, open for writing) with the pool."""
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="restore") as pool:
+            futures = [pool.submit(self._file, None, b"", e, fd, None) for fd, e in files]
+        for f in futures:
+            f.result()
+
+    def special(self, dfd: int, name: bytes, e: Entry) -> None:
         if e.kind == SYMLINK:
             os.symlink(e.target, name, dir_fd=dfd)
         elif e.kind == "p":

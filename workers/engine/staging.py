@@ -12,6 +12,7 @@ import os
 from . import fsutil
 from .manifest import DIR, HARDLINK, Entry
 from .model import EngineError, StateInvalid
+from .patcher import undo as undo_patch
 
 
 def split_state(path: str) -> tuple[str, bytes]:
@@ -44,6 +45,7 @@ def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
                 os.rename(staging, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
                 os.fsync(parent_fd)
         os.unlink(journal, dir_fd=parent_fd)
+    undo_patch(parent_fd, base)  # before its work directory goes with the leftovers
     names = _leftovers(parent_fd, base)
     if names:
         mounts = fsutil.mount_roots(parent_path)
