@@ -15,7 +15,12 @@ import pytest
 
 from tests.e2e.service import Service
 
+THROTTLE = Path(__file__).resolve().parent / "throttle"  # see throttle/sitecustomize.py
+
 FAST_ENV = {
+    # Jobs on the big state take seconds on any machine, so a kill lands mid-job.
+    "FAULT_TEST_MBPS": "50",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(THROTTLE), os.environ.get("PYTHONPATH")) if p),
     "SNAPSHOTS_HEARTBEAT_TIMEOUT": "3",
     "SNAPSHOTS_MAINTENANCE_CHANCE": "1000000",
     "SNAPSHOTS_REAPER_INTERVAL": "0.5",
@@ -26,7 +31,7 @@ FAST_ENV = {
 # Big enough that a capture or restore takes seconds, so a kill lands mid-job; small
 # enough to keep the suite quick and its disk use modest (FAULT_STATE_MB overrides it).
 BIG_FILES = 6
-BIG_FILE_MB = int(os.environ.get("FAULT_STATE_MB", "240")) // BIG_FILES
+BIG_FILE_MB = int(os.environ.get("FAULT_STATE_MB", "120")) // BIG_FILES
 
 ServiceFactory = Callable[..., Service]
 
@@ -52,7 +57,8 @@ def make_service(tmp_path: Path) -> Iterator[ServiceFactory]:
 
 @pytest.fixture
 def big_state(tmp_path: Path) -> Iterator[Path]:
-    """A directory state big enough (~240 MB of random data) that a kill lands mid-job."""
+    """A directory state (~120 MB of random data) whose jobs take seconds under the test
+    throttle (FAULT_TEST_MBPS), so that a kill lands mid-job."""
     root = tmp_path / "servers" / "big"
     root.mkdir(parents=True)
     (root / "etc").mkdir()

@@ -50,15 +50,14 @@ def wait_progress(client: httpx.Client, snapshot_id: int, timeout: float = 60) -
     return int(wait_until(moved, timeout=timeout, interval=0.05, what="capture progress"))
 
 
-def staging_has_data(state: Path) -> bool:
-    """A restore of `state` is building its new tree and has written file data into it."""
+def restore_has_data(state: Path) -> bool:
+    """A restore of `state` is writing big files beside it: into its staging tree (a
+    rebuild) or into the work directory of a patch (see workers/engine/patcher.py)."""
     for name in os.listdir(state.parent):
         if name.startswith(f".{state.name}.restore-") and "journal" not in name:
-            staging = state.parent / name
             try:
-                return any(
-                    p.is_file() and p.stat().st_size > 0 for p in staging.rglob("*.bin")
-                )
+                return any(p.is_file() and p.stat().st_size > (1 << 20)
+                           for p in (state.parent / name).rglob("*"))
             except OSError:
                 return False
     return False

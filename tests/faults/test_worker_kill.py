@@ -24,7 +24,7 @@ from tests.engine.treecmp import describe
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faults import (
     objects,
-    staging_has_data,
+    restore_has_data,
     store_for,
     stored_bytes,
     tree_diff,
@@ -125,8 +125,9 @@ def test_sigterm_mid_capture_exits_in_time_and_resumes_elsewhere(
     _capture_interrupted(svc, big_state, signal.SIGTERM, max_exit_s=30, group=group)
 
 
+@pytest.mark.parametrize("path", ["staging", "patch"])
 def test_sigkill_mid_restore_leaves_old_or_new_state_then_finishes(
-    make_service: ServiceFactory, big_state: Path, tmp_path: Path
+    make_service: ServiceFactory, big_state: Path, tmp_path: Path, path: str
 ) -> None:
     svc = make_service().start(workers=1)
     client = svc.client()
@@ -138,12 +139,16 @@ def test_sigkill_mid_restore_leaves_old_or_new_state_then_finishes(
         f.unlink()
     (big_state / "etc" / "app.conf").write_text("changed\n")
     (big_state / "added").write_text("created after the snapshot\n")
+    if path == "staging":  # many entries differ: the tree is rebuilt beside and swapped in
+        for i in range(40):
+            (big_state / f"added-{i}").write_text("created after the snapshot\n")
+    # else few entries differ: patched in place, the new files prepared beside first
     old = describe(big_state)
 
     resp = client.post(f"/snapshots/{snap['id']}/restore/")
     assert resp.status_code == 200, resp.text
     op_id = resp.json()["operation_id"]
-    wait_until(lambda: staging_has_data(big_state), timeout=60, interval=0.01,
+    wait_until(lambda: restore_has_data(big_state), timeout=60, interval=0.01,
                what="the restore to write into its staging tree")
     svc.kill(svc.workers[0], signal.SIGKILL)
 
