@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, SnapshotNotFound, StateInvalid, StateSpec, archiver, packcache
+from workers.engine import (
+    Engine,
+    SnapshotNotFound,
+    StateInvalid,
+    StateSpec,
+    archiver,
+    packcache,
+    restorer,
+)
 
 from .conftest import build_full_tree, dir_state, make_meta, record_barriers
 from .treecmp import assert_same, describe
@@ -16,8 +24,9 @@ from .treecmp import assert_same, describe
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_roundtrip_every_kind_of_entry(monkeypatch: pytest.MonkeyPatch, engine: Engine,
                                        tmp_path: Path, processes: bool) -> None:
-    if processes:  # big captures read files in worker processes: force that path here
+    if processes:  # big captures and restores use worker processes: force that path here
         monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(restorer, "PROCESS_THRESHOLD", 0)
     src = tmp_path / "src"
     build_full_tree(src)
     seen: list[tuple[int, int]] = []
@@ -39,6 +48,13 @@ def test_roundtrip_every_kind_of_entry(monkeypatch: pytest.MonkeyPatch, engine: 
     # sparse file came back sparse
     assert os.stat(dst / "sparse.img").st_blocks * 512 < 1 << 20
     assert not [n for n in os.listdir(dst.parent) if n != "srv"]
+    # restore over a tree that differs in everything (the staging path, workers creating
+    # files beside the reused-candidate checks of the threads)
+    for p in sorted(dst.rglob("*"), key=lambda q: -len(q.parts)):
+        if p.is_file() and not p.is_symlink() and os.stat(p).st_nlink == 1:
+            p.write_bytes(b"tenant data")
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
 
 
 def test_restore_over_modified_tree_is_exact(engine: Engine, tmp_path: Path) -> None:

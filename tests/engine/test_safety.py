@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Cancelled, Engine, SnapshotCorrupt, StorageFull, archiver, chunker
+from workers.engine import (
+    Cancelled,
+    Engine,
+    SnapshotCorrupt,
+    StorageFull,
+    archiver,
+    chunker,
+    restorer,
+)
 from workers.engine.repository import Repository, chunk_key
 
 from .conftest import dir_state, make_meta
@@ -101,7 +109,13 @@ def test_restore_of_stored_symlink_pointing_outside(engine: Engine, tmp_path: Pa
     assert "trusted.x" not in os.listxattr(out)
 
 
-def test_corruption_is_detected_and_restore_refuses(engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_corruption_is_detected_and_restore_refuses(monkeypatch: pytest.MonkeyPatch,
+                                                    engine: Engine, tmp_path: Path,
+                                                    processes: bool) -> None:
+    if processes:  # a worker process finds the corruption: the parent raises it the same
+        monkeypatch.setattr(restorer, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(restorer, "PATCH_MIN", 0)  # staging: the path workers write
     src = tmp_path / "srv"
     src.mkdir()
     (src / "a").write_bytes(os.urandom(300_000))  # above INLINE_MAX: chunk objects

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from . import manifest
 from .backend import LocalBackend
@@ -32,6 +33,9 @@ from .model import (
 )
 from .progress import Progress
 from .repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
+
+if TYPE_CHECKING:
+    from .restorepool import RestorePool
 
 
 def _now() -> str:
@@ -140,21 +144,43 @@ class Engine:
                 progress: ProgressFn | None = None) -> RestoreResult:
         prog = Progress(progress)
         with self.lock.shared():
-            header, body = self.repo.get_manifest(snapshot_id)
-            if header.state_kind != state.kind:
-                raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} state, "
-                                   f"not a {state.kind}")
-            if isinstance(body, ImageBody):
-                from .image import restore_image
-
-                return restore_image(self.repo, snapshot_id, body, state.path, prog)
-            from .restorer import Restorer
-
-            restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog)
+            pool = self._early_pool(snapshot_id, state)
             try:
-                return restorer.run()
+                header, body = self.repo.get_manifest(snapshot_id)
+                if header.state_kind != state.kind:
+                    raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} "
+                                       f"state, not a {state.kind}")
+                if isinstance(body, ImageBody):
+                    from .image import restore_image
+
+                    return restore_image(self.repo, snapshot_id, body, state.path, prog)
+                from .restorer import Restorer
+
+                restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog,
+                                    pool)
+                try:
+                    return restorer.run()
+                finally:
+                    self.last_bytes_read = restorer.bytes_read
             finally:
-                self.last_bytes_read = restorer.bytes_read
+                if pool is not None:
+                    pool.close(kill=True)  # unused (or already closed by the restore)
+
+    def _early_pool(self, snapshot_id: int, state: StateSpec) -> RestorePool | None:
+        """A big directory restore into a new state starts its worker processes first, so
+        their start-up overlaps reading the manifest (nothing to reuse, no patch to plan)."""
+        if state.kind != "directory" or os.path.lexists(state.path):
+            return None
+        try:
+            header = self.repo.get_header(snapshot_id)
+        except EngineError:
+            return None  # get_manifest says what is wrong
+        from .restorepool import start_pool
+        from .restorer import PROCESS_THRESHOLD
+
+        if header.state_kind != "directory" or header.size_bytes < PROCESS_THRESHOLD:
+            return None
+        return start_pool(self.repo, snapshot_id, state.path)
 
     def recover(self, state: StateSpec) -> None:
         from .image import image_cleanup

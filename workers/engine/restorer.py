@@ -17,24 +17,25 @@ rename: recovery rolls forward (staging -> state path) if the state path is miss
 Files already identical in the current tree are hard-linked into staging instead of being
 rewritten: same relative path reached through O_NOFOLLOW directory fds only, a regular
 file with one link, identical size/mode/owner/mtime/xattrs, and identical content proven
-either without reading (same inode and ctime as captured, or as the previous restore left
-it: see statecache.py) or by chunking it and comparing chunk ids (mtime alone is forgeable
-by the tenant). The fd that was checked is the one linked (linkat via /proc/self/fd), so
+as reuse.py says. The fd that was checked is the one linked (linkat via /proc/self/fd), so
 there is no race between check and link. Nothing outside the state path is ever opened,
 and removing the old tree never descends into a mount inside it.
+
+When few entries differ, the tree is patched in place instead (patcher.py, under an undo
+journal). A big restore writes its files in worker processes (restorepool.py), and a
+background syncfs keeps the final one, the durability point before the swap, short.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from . import fsutil
-from .chunker import iter_chunks, make_cdc
 from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 from .model import RestoreResult, StateInvalid
 from .packcache import PackCache
@@ -42,12 +43,15 @@ from .patcher import Patcher
 from .patchplan import Planner
 from .progress import Progress
 from .repository import Repository
-from .staging import cleanup, split_state, validate
-from .statecache import Record, StateCache, content_digest, record_tree
+from .reuse import Candidate, ReuseCheck
+from .staging import Flusher, cleanup, split_state, swap, validate
+from .statecache import StateCache, record_tree
 
-Candidate = tuple[int, os.stat_result] | None
+if TYPE_CHECKING:
+    from .restorepool import RestorePool
 
 WORKERS = 4
+PROCESS_THRESHOLD = 64 << 20  # bytes of files to restore
 MAX_INFLIGHT = 64
 # A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
 # differ; beyond that, rebuilding in staging costs about the same and needs no undo.
@@ -58,7 +62,8 @@ CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class Restorer:
     def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
-                 progress: Progress) -> None:
+                 progress: Progress, pool: RestorePool | None = None) -> None:
+        self.pool = pool  # started early by the caller for a big restore into a new state
         self.repo = repo
         self.sid = snapshot_id
         self.entries = entries
@@ -67,14 +72,14 @@ class Restorer:
         self.bytes_written = 0
         self.files_reused = 0
         self.files_written = 0
-        self.bytes_read = 0  # current-tree bytes read to prove files identical
         self._lock = threading.Lock()
-        self._local = threading.local()
         self.linked = {e.target for e in entries if e.kind == HARDLINK}
         self.cache = StateCache(repo.backend, state_path)
-        self.known: Record = {}
-        self._digests: dict[bytes, bytes] = {}
+        self.check = ReuseCheck(repo)
         self.packs = PackCache(repo, snapshot_id)
+        self.by_path = {e.path: e for e in entries}
+        self.written: dict[bytes, tuple[int, int]] = {}  # path -> (ino, ctime) as written
+        self.reused: list[Entry] = []  # current files linked into staging
         # owner of the files we create in staging, when known (chown is skipped for them)
         self._new_owner: tuple[int, int] | None = None
 
@@ -87,7 +92,7 @@ class Restorer:
             raise StateInvalid(f"parent of the state path is unusable: {e}") from e
         try:
             cleanup(parent_fd, self.base, self.parent_path)
-            self.known = self.cache.load()
+            self.check.known = self.cache.load()
             self.cache.forget()  # the tree is about to change: the record would be stale
             cur_fd: int | None
             try:
@@ -113,12 +118,14 @@ class Restorer:
                 os.mkdir(staging, 0o700, dir_fd=parent_fd)
                 st_fd = os.open(staging, fsutil.DIR_FLAGS, dir_fd=parent_fd)
                 self.creating_in(st_fd)
+                flusher = Flusher(self.parent_path, self.progress)
                 try:
                     self._build(st_fd, cur_fd, self.entries, self.linked)
                 finally:
+                    flusher.stop()
                     os.close(st_fd)
                 fsutil.syncfs(self.parent_path)
-                self._swap(parent_fd, staging, cur_fd is not None)
+                swap(parent_fd, staging, self.base, cur_fd is not None, self.parent_path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     cleanup(parent_fd, self.base, self.parent_path)
@@ -128,16 +135,25 @@ class Restorer:
                     os.close(cur_fd)
             # the old tree, now under the staging name
             fsutil.remove_tree(parent_fd, staging, fsutil.mount_roots(self.parent_path))
+            digest = self.check.digest
+            record = {p: (*ids, digest(self.by_path[p])) for p, ids in self.written.items()
+                      if p not in self.linked}
             # after the removal: unlinking old names changed the ctime of reused inodes
             new_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
             try:
-                self.cache.save(record_tree(new_fd, self.entries, self.linked, self.digest))
+                record.update(record_tree(new_fd, self.reused, self.linked, self.check.digest))
             finally:
                 os.close(new_fd)
+            self.cache.save(record)
         finally:
             os.close(parent_fd)
         self.progress.finish()
         return self._result()
+
+    @property
+    def bytes_read(self) -> int:
+        """Current-tree bytes read to prove files identical."""
+        return self.check.bytes_read
 
     def _result(self) -> RestoreResult:
         return RestoreResult(snapshot_id=self.sid, bytes_written=self.bytes_written,
@@ -153,41 +169,17 @@ class Restorer:
         """Patch the current tree in place when few entries differ (see patcher.py)."""
         limit = max(PATCH_MIN, len(self.entries) // PATCH_FRACTION)
         mounts = fsutil.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
-        plan = Planner(self.entries, limit, mounts, self._trusted,
-                       self._same_content).run(cur_fd)
+        plan = Planner(self.entries, limit, mounts, self.check.trusted,
+                       self.check.same_content).run(cur_fd)
         if plan is None:
             return False
         self.progress.add(plan.reused_bytes)
         self.files_reused = plan.reused
         Patcher(self, plan, parent_fd, cur_fd).run()
-        record = {e.path: (ino, ctime, self.digest(e)) for e, ino, ctime in plan.kept_files}
-        record.update(record_tree(cur_fd, plan.new_files(), self.linked, self.digest))
+        record = {e.path: (ino, ctime, self.check.digest(e)) for e, ino, ctime in plan.kept_files}
+        record.update(record_tree(cur_fd, plan.new_files(), self.linked, self.check.digest))
         self.cache.save(record)
         return True
-
-    def _swap(self, parent_fd: int, staging: bytes, exists: bool) -> None:
-        try:
-            if exists:
-                fsutil.renameat2(parent_fd, staging, parent_fd, self.base, fsutil.RENAME_EXCHANGE)
-            else:
-                fsutil.renameat2(parent_fd, staging, parent_fd, self.base, fsutil.RENAME_NOREPLACE)
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-                raise
-            self._swap_journaled(parent_fd, staging, exists)
-        os.fsync(parent_fd)
-
-    def _swap_journaled(self, parent_fd: int, staging: bytes, exists: bool) -> None:
-        journal = b"." + self.base + b".restore-journal"
-        old = b"." + self.base + b".restore-old"
-        fsutil.create_durable(parent_fd, journal, staging)
-        if exists:
-            os.rename(self.base, old, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-        os.rename(staging, self.base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-        os.fsync(parent_fd)
-        os.unlink(journal, dir_fd=parent_fd)
-        if exists:  # the caller removes `staging`; the old tree is here
-            fsutil.remove_tree(parent_fd, old, fsutil.mount_roots(self.parent_path))
 
     # --- building the staging tree ------------------------------------------------------
     def _build(self, st_fd: int, cur_fd: int | None, entries: list[Entry],
@@ -220,9 +212,12 @@ class Restorer:
             if b is not None:
                 os.close(b)
 
+        procs = self._processes() if entries is self.entries else None
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="restore") as pool:
             try:
-                for e in entries[1:]:
+                for idx, e in enumerate(entries):
+                    if not idx:
+                        continue  # the root: it is st_fd
                     if failed.is_set():
                         break
                     parent, _, name = e.path.rpartition(b"/")
@@ -245,20 +240,27 @@ class Restorer:
                         if e.path in linked:  # must exist before its links are made
                             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
                         elif cfd is not None:
-                            cand = self._candidate(cfd, name, e)
+                            cand = self.check.candidate(cfd, name, e)
                             # Proven identical without reading: link it right here, cheaply.
-                            if cand is not None and self._trusted(cand[1], e):
+                            if cand is not None and self.check.trusted(cand[1], e):
                                 try:
                                     if self._link_reused(cand, dfd, name, e):
                                         continue
                                 finally:
                                     os.close(cand[0])
                                 cand = None
+                        if procs is not None and cand is None:
+                            procs.submit(idx, dfd if fd is None else fd,
+                                         name if fd is None else b"")
+                            if fd is not None:
+                                os.close(fd)
+                            continue
                         sem.acquire()
-                        if cand is None and fd is None:  # plain write: create it here
+                        # the pool creates the file (plain write) or links/creates it after a
+                        # hash check: creating inodes is much of a restore's kernel time
+                        if cand is None and fd is None:
                             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
-                        # only a hash check may need the directory later (to link or create)
-                        jdfd = os.dup(dfd) if cand is not None else None
+                        jdfd = os.dup(dfd) if fd is None else None
                         futures.append(pool.submit(job, jdfd, name, e, fd, cand))
                     elif e.kind == HARDLINK:
                         os.link(e.target, name, src_dir_fd=st_fd, dst_dir_fd=dfd,
@@ -266,6 +268,8 @@ class Restorer:
                     else:
                         self.special(dfd, name, e)
                     self.progress.poll()
+                if procs is not None:
+                    procs.finish()
             except BaseException:
                 failed.set()
                 raise
@@ -274,6 +278,8 @@ class Restorer:
                     pop()
                 for f in futures:
                     f.exception()
+                if procs is not None:
+                    procs.close(kill=failed.is_set())
         for f in futures:
             f.result()
         # Directory metadata last, deepest first, so creating children cannot change it.
@@ -286,6 +292,34 @@ class Restorer:
                 os.utime(fd, ns=(d.mtime_ns, d.mtime_ns))
             finally:
                 os.close(fd)
+
+    def _processes(self) -> RestorePool | None:
+        """Worker processes for a big restore (no GIL between files); small ones stay on
+        threads (a process costs ~0.1 s to start)."""
+        pool, self.pool = self.pool, None
+        if pool is None and self.progress.total >= PROCESS_THRESHOLD:
+            from .restorepool import start_pool  # only big restores pay for its imports
+
+            pool = start_pool(self.repo, self.sid, os.path.join(self.parent_path,
+                                                                os.fsdecode(self.base)))
+        if pool is None:
+            return None
+
+        def done(idx: int, ino: int, ctime: int, nbytes: int) -> None:
+            self.written[self.entries[idx].path] = (ino, ctime)
+            self.files_written += 1
+            self.bytes_written += nbytes
+
+        pool.attach(self.progress.add, self.progress.check, done, self._new_owner)
+        return pool
+
+    def assume_owner(self, owner: tuple[int, int] | None) -> None:
+        """The owner new files get where they are created (a worker process's files)."""
+        self._new_owner = owner
+
+    def write_file(self, dfd: int | None, name: bytes, e: Entry, fd: int | None) -> None:
+        """Create (in dfd) or fill (fd, closed here) one file of the snapshot, verified."""
+        self._file(dfd, name, e, fd, None)
 
     def build_into(self, fd: int, entries: list[Entry], linked: set[bytes]) -> None:
         """Build a tree (entries rooted at b"") in the empty directory fd: a new subtree of a
@@ -316,11 +350,12 @@ class Restorer:
 
     def _file(self, dfd: int | None, name: bytes, e: Entry, fd: int | None,
               cand: Candidate) -> None:
-        if cand is not None and dfd is not None:
-            if self._same_content(cand[0], e) and self._link_reused(cand, dfd, name, e):
-                return
+        if (cand is not None and dfd is not None and self.check.same_content(cand[0], e)
+                and self._link_reused(cand, dfd, name, e)):
+            return
+        if fd is None:
+            assert dfd is not None
             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
-        assert fd is not None
         try:
             written = end = 0
             for cid, off in e.chunks:
@@ -338,55 +373,13 @@ class Restorer:
             os.fchmod(fd, stat.S_IMODE(e.mode))
             fsutil.write_xattrs(fd, e.xattrs)
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            st = os.fstat(fd)  # final: renaming the tree's root does not touch its files
         finally:
             os.close(fd)
         with self._lock:
             self.bytes_written += written
             self.files_written += 1
-
-    def _trusted(self, st: os.stat_result, e: Entry) -> bool:
-        """Content known without reading it (see statecache): the captured inode itself,
-        unchanged since, or the inode a previous restore wrote, unchanged since."""
-        if (st.st_ino, st.st_ctime_ns) == (e.ino, e.ctime_ns):
-            return True
-        rec = self.known.get(e.path)
-        return (rec is not None and rec[:2] == (st.st_ino, st.st_ctime_ns)
-                and rec[2] == self.digest(e))
-
-    def _same_content(self, fd: int, e: Entry) -> bool:
-        cdc = getattr(self._local, "cdc", None)
-        if cdc is None:
-            cdc = self._local.cdc = make_cdc(self.repo)
-        i = 0
-        counter = [0]
-        try:
-            for data, off in iter_chunks(fd, e.size, cdc, self.repo.config.chunk_min, counter):
-                if i >= len(e.chunks) or e.chunks[i] != (self.repo.chunk_id(data), off):
-                    return False
-                i += 1
-            return i == len(e.chunks)
-        finally:
-            with self._lock:
-                self.bytes_read += counter[0]
-
-    def _candidate(self, cfd: int, name: bytes, e: Entry) -> Candidate:
-        """The current file at the same path, opened without following symlinks, if it is a
-        regular file with one link and exactly the entry's metadata (else None)."""
-        try:
-            fd = fsutil.open_noatime(name, cfd)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size == e.size
-                    and st.st_mode == e.mode and st.st_uid == e.uid and st.st_gid == e.gid
-                    and st.st_mtime_ns == e.mtime_ns and fsutil.read_xattrs(fd) == e.xattrs):
-                return fd, st
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-        return None
+            self.written[e.path] = (st.st_ino, st.st_ctime_ns)
 
     def _link_reused(self, cand: tuple[int, os.stat_result], dfd: int, name: bytes,
                      e: Entry) -> bool:
@@ -400,10 +393,5 @@ class Restorer:
         self.progress.add(e.size)
         with self._lock:
             self.files_reused += 1
+            self.reused.append(e)
         return True
-
-    def digest(self, e: Entry) -> bytes:
-        d = self._digests.get(e.path)
-        if d is None:
-            d = self._digests[e.path] = content_digest(e)
-        return d

@@ -1,0 +1,83 @@
+"""Proving that a file of the current tree already holds a snapshot entry's content.
+
+A restore reuses such a file instead of rewriting it (hard-linked into staging, or kept by
+a patch). The tenant controls the tree, so metadata alone (size, mtime) proves nothing;
+identity is established without reading from facts a tenant cannot forge (see
+statecache.py: the very inode that was captured, or the one a previous restore wrote,
+unchanged since: same ino and ctime), or else by chunking the file and comparing chunk
+ids with the entry's.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+from . import fsutil
+from .chunker import iter_chunks, make_cdc
+from .manifest import Entry
+from .repository import Repository
+from .statecache import Record, content_digest
+
+Candidate = tuple[int, os.stat_result] | None
+
+
+class ReuseCheck:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.known: Record = {}  # what the previous restore left (statecache)
+        self.bytes_read = 0  # current-tree bytes read to prove files identical
+        self._digests: dict[bytes, bytes] = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def trusted(self, st: os.stat_result, e: Entry) -> bool:
+        """Content known without reading it (see statecache): the captured inode itself,
+        unchanged since, or the inode a previous restore wrote, unchanged since."""
+        if (st.st_ino, st.st_ctime_ns) == (e.ino, e.ctime_ns):
+            return True
+        rec = self.known.get(e.path)
+        return (rec is not None and rec[:2] == (st.st_ino, st.st_ctime_ns)
+                and rec[2] == self.digest(e))
+
+    def same_content(self, fd: int, e: Entry) -> bool:
+        cdc = getattr(self._local, "cdc", None)
+        if cdc is None:
+            cdc = self._local.cdc = make_cdc(self.repo)
+        i = 0
+        counter = [0]
+        try:
+            for data, off in iter_chunks(fd, e.size, cdc, self.repo.config.chunk_min, counter):
+                if i >= len(e.chunks) or e.chunks[i] != (self.repo.chunk_id(data), off):
+                    return False
+                i += 1
+            return i == len(e.chunks)
+        finally:
+            with self._lock:
+                self.bytes_read += counter[0]
+
+    def candidate(self, cfd: int, name: bytes, e: Entry) -> Candidate:
+        """The current file at the same path, opened without following symlinks, if it is a
+        regular file with one link and exactly the entry's metadata (else None)."""
+        try:
+            fd = fsutil.open_noatime(name, cfd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size == e.size
+                    and st.st_mode == e.mode and st.st_uid == e.uid and st.st_gid == e.gid
+                    and st.st_mtime_ns == e.mtime_ns and fsutil.read_xattrs(fd) == e.xattrs):
+                return fd, st
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    def digest(self, e: Entry) -> bytes:
+        d = self._digests.get(e.path)
+        if d is None:
+            d = self._digests[e.path] = content_digest(e)
+        return d

@@ -1,0 +1,47 @@
+"""A worker process of the engine (capture or restore), talked to over two sockets.
+
+The child runs `code` with the fds of a SOCK_SEQPACKET request socket (messages that may
+carry fds) and a SOCK_STREAM result socket (length-prefixed frames) as its last two
+arguments; the first frame on the result socket is the setup the parent sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class WorkerProcess:
+    def __init__(self, code: str, setup: bytes) -> None:
+        self.req, req_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.res, res_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH")) if p)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(req_child.fileno()), str(res_child.fileno())],
+                pass_fds=(req_child.fileno(), res_child.fileno()), env=env,
+                stdin=subprocess.DEVNULL, cwd="/")
+        finally:
+            req_child.close()
+            res_child.close()
+        self.inflight = 0  # requests sent, not answered yet
+        self.buf = bytearray()  # result bytes received, not yet a whole frame
+        self.res.sendall(len(setup).to_bytes(4, "big") + setup)
+
+    def close(self, *, kill: bool) -> None:
+        with contextlib.suppress(OSError):
+            self.req.close()
+        if kill:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.res.close()
