@@ -203,6 +203,11 @@ def make_tools(run: Path) -> list[Tool]:
         XDG_CACHE_HOME=str(run / "cache" / "xdg"),
         PYTHONPATH=str(ROOT),
     )
+    # As installed (pip compiles bytecode): without this, a PYTHONDONTWRITEBYTECODE=1 in
+    # the environment (this machine sets it) recompiles our modules in every process.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([PY, "-m", "compileall", "-q", "workers"], cwd=ROOT, env=env,
+                   capture_output=True, check=False)
     return [
         Ours("ours", run, env),
         Restic("restic", run, env),

@@ -126,7 +126,7 @@ def test_planner_gives_up_when_much_differs(tmp_path: Path, engine: Engine) -> N
     assert_same(src, cur)
 
 
-def _die_at_rename(n: int) -> str:
+def die_at_rename(n: int) -> str:
     return f"""
 import os, signal
 from workers.engine import fsutil, patcher
@@ -144,7 +144,7 @@ patcher.fsutil.renameat2 = dying
 def test_patch_killed_midway_is_undone(tmp_path: Path, repo_url: str, engine: Engine) -> None:
     src, cur = _setup(tmp_path, engine)
     old = describe(cur)
-    proc = spawn(_die_at_rename(4) + f"""
+    proc = spawn(die_at_rename(4) + f"""
 from workers.engine import Engine
 from tests.engine.conftest import dir_state
 Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
@@ -163,7 +163,7 @@ def test_capture_after_a_killed_patch_sees_the_old_state(tmp_path: Path, repo_ur
                                                           engine: Engine) -> None:
     _src, cur = _setup(tmp_path, engine)
     old = describe(cur)
-    proc = spawn(_die_at_rename(3) + f"""
+    proc = spawn(die_at_rename(3) + f"""
 from workers.engine import Engine
 from tests.engine.conftest import dir_state
 Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))

@@ -14,6 +14,9 @@ import httpx
 from shared.broker import HEARTBEATS_KEY
 from tests.e2e.flow import add_server, snapshot, wait_operation
 from tests.e2e.service import wait_until
+from tests.engine.test_crash import spawn
+from tests.engine.test_patch import die_at_rename
+from tests.engine.treecmp import describe
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faults import events, store_for
 from workers.actors import MAX_ATTEMPTS
@@ -139,3 +142,41 @@ def test_operations_past_their_deadline_end_failed_with_truthful_status(
     assert stuck["status"] == "failed" and stuck["error"]["code"] == "deadline_exceeded"
     wait_until(lambda: store_for(svc).get_server(other["id"]).active_op is None,  # type: ignore[union-attr]
                timeout=10, what="the server to be released")
+
+
+def test_restore_whose_worker_died_too_often_puts_the_state_back(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    # A patch restore (few entries differ) killed while applying its renames leaves a mix
+    # and an undo journal; when the operation is given up, the worker undoes it at once,
+    # so the server does not start on half a restore.
+    svc = make_service().start(workers=1)
+    client = svc.client()
+    state = _small_state(states, "web")
+    for i in range(30):
+        (state / "etc" / f"f{i:02}.conf").write_text(f"{i}\n" * 100)
+    server = add_server(client, str(state))
+    snap = snapshot(client, server["id"], name="before")
+    assert svc.workers
+    svc.kill(svc.workers[0], signal.SIGKILL)
+    for i in range(3):
+        (state / "etc" / f"f{i:02}.conf").write_text("changed since the snapshot\n")
+    old = describe(state)
+    proc = spawn(die_at_rename(3) + f"""
+from workers.engine import Engine
+from tests.engine.conftest import dir_state
+Engine("file://{svc.repository}").restore({snap["id"]}, dir_state({str(state)!r}))
+""")
+    assert proc.wait() == -signal.SIGKILL
+    assert describe(state) != old  # a mix, with the undo journal beside it
+
+    store = store_for(svc)
+    op_id = store.start_restore(snap["id"])
+    for i in range(MAX_ATTEMPTS):
+        code, _ = store.claim_operation(op_id, f"dead{i}/1", f"dead{i}", HEARTBEATS_KEY, 3000)
+        assert code == "ok"
+    svc.start_worker()
+    op = wait_operation(client, op_id, timeout=60)
+    assert op["status"] == "failed" and op["error"]["code"] == "worker_lost", op
+    assert describe(state) == old
+    assert sorted(p.name for p in states.iterdir()) == ["web"]
