@@ -19,7 +19,7 @@ import msgspec
 import redis
 
 from shared.records import OperationRecord, ServerRecord
-from shared.schemas import rfc3339
+from shared.schemas import PowerNone, rfc3339
 from shared.store import Store
 from workers.engine import Cancelled, Engine, EngineError, SnapshotMeta, StateSpec, StorageFull
 from workers.power import PowerDriver, PowerError, PowerStatus
@@ -289,6 +289,7 @@ class Jobs:
                 snapshot_id,
                 state,
                 progress=ProgressReporter(lambda p: self._report(op.id, p)),
+                live=isinstance(server.power, PowerNone),  # nothing stopped it: never patch
             )
         except (EngineError, PowerError) as exc:
             if isinstance(exc, EngineError) and self._transient(exc):

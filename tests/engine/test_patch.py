@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, fsutil
+from workers.engine import Engine, fsutil, patcher
 from workers.engine.patchplan import Planner
 
 from .conftest import dir_state, make_meta
@@ -233,3 +233,20 @@ def test_patch_leaves_a_mount_point_alone(tmp_path: Path, engine: Engine) -> Non
     finally:
         subprocess.run(["umount", "-l", str(tmp_path / ".srv.restore-1" / "mnt")], check=False)
         subprocess.run(["umount", "-l", str(cur / "mnt")], check=False)
+
+
+def test_a_live_server_is_never_patched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                        engine: Engine) -> None:
+    # Nothing stopped it: a process still writing must write into the old tree, which a
+    # rebuild and swap leaves behind, never into the restored one.
+    src, cur = _setup(tmp_path, engine)
+
+    def no_patch(*a: object) -> None:
+        raise AssertionError("a live server was patched in place")
+
+    monkeypatch.setattr(patcher.Patcher, "run", no_patch)
+    engine.restore(1, dir_state(cur), live=True)
+    assert_same(src, cur)
+    with pytest.raises(AssertionError, match="patched in place"):
+        (cur / "a" / "f010").write_text("changed")
+        engine.restore(1, dir_state(cur))

@@ -131,7 +131,12 @@ def test_sigkill_mid_restore_leaves_old_or_new_state_then_finishes(
 ) -> None:
     svc = make_service().start(workers=1)
     client = svc.client()
-    server = add_server(client, str(big_state))
+    # A server the worker stops (a live one, power "none", is never patched in place).
+    flag = tmp_path / "running"
+    flag.touch()
+    power = {"kind": "command", "stop": f"rm -f {flag}", "start": f"touch {flag}",
+             "status": f"test -e {flag}"}
+    server = add_server(client, str(big_state), power=power)
     new = describe(big_state)
     snap = snapshot(client, server["id"], name="before")
     # The current state differs in every big file, so the restore must write them all.
@@ -151,6 +156,8 @@ def test_sigkill_mid_restore_leaves_old_or_new_state_then_finishes(
     wait_until(lambda: restore_has_data(big_state), timeout=60, interval=0.01,
                what="the restore to write into its staging tree")
     svc.kill(svc.workers[0], signal.SIGKILL)
+    work = ".big.restore-patch" if path == "patch" else f".big.restore-{snap['id']}"
+    assert (big_state.parent / work).is_dir()  # the path the restore took
 
     # Between the kill and the next worker: the old tree or the new one, never a mix.
     now = describe(big_state)

@@ -141,7 +141,10 @@ class Engine:
 
     # --- restore ----------------------------------------------------------------------
     def restore(self, snapshot_id: int, state: StateSpec, *,
-                progress: ProgressFn | None = None) -> RestoreResult:
+                progress: ProgressFn | None = None, live: bool = False) -> RestoreResult:
+        """Make the state equal to the snapshot. `live`: the server runs during the restore
+        (nothing stops it), so a directory is always rebuilt and swapped in, never patched
+        in place: a process still writing keeps writing into the old tree, not the new."""
         prog = Progress(progress)
         with self.lock.shared():
             pool = self._early_pool(snapshot_id, state)
@@ -157,7 +160,7 @@ class Engine:
                 from .restorer import Restorer
 
                 restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog,
-                                    pool)
+                                    pool, patch=not live)
                 try:
                     return restorer.run()
                 finally:

@@ -62,8 +62,10 @@ CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class Restorer:
     def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
-                 progress: Progress, pool: RestorePool | None = None) -> None:
+                 progress: Progress, pool: RestorePool | None = None, *,
+                 patch: bool = True) -> None:
         self.pool = pool  # started early by the caller for a big restore into a new state
+        self.patch = patch  # may a tree that differs little be patched in place?
         self.repo = repo
         self.sid = snapshot_id
         self.entries = entries
@@ -101,7 +103,7 @@ class Restorer:
                 cur_fd = None
             except OSError as e:
                 raise StateInvalid(f"state path is not a directory (or is a symlink): {e}") from e
-            if cur_fd is not None:
+            if cur_fd is not None and self.patch:
                 try:
                     patched = self._patched(parent_fd, cur_fd)
                 except BaseException:
