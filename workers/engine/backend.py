@@ -38,6 +38,10 @@ class Backend(Protocol):
         """The first n bytes (or fewer) of an object (S3: a Range GET)."""
         ...
 
+    def get_range(self, key: str, offset: int, n: int) -> bytes:
+        """n bytes (or fewer, at the end) of an object from offset (S3: a Range GET)."""
+        ...
+
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
         """(key, size, mtime_ns) of every object under a directory-like prefix."""
@@ -177,6 +181,13 @@ class LocalBackend:
     def get_head(self, key: str, n: int) -> bytes:
         with open(self._path(key), "rb") as f:
             return f.read(n)
+
+    def get_range(self, key: str, offset: int, n: int) -> bytes:
+        fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return fsutil.pread_full(fd, n, offset)
+        finally:
+            os.close(fd)
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))

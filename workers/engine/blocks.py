@@ -7,9 +7,10 @@ decompress the whole pack. Instead a pack object is
     BLOCKS (1 byte) | u32 block count n | n x u32 compressed block sizes | n zstd frames
 
 where frame i holds plaintext bytes [i * BLOCK, (i + 1) * BLOCK). A reader of one file
-decompresses only the blocks its slice spans; the slice is then checked against the
-file's own chunk id, so a partial read is verified as strictly as a whole one (which
-re-hashes the whole plaintext against the pack id, as for any object).
+reads (a range read after the table) and decompresses only the blocks its slice spans;
+the slice is then checked against the file's own chunk id, so a partial read is verified
+as strictly as a whole one (which re-hashes the whole plaintext against the pack id, as
+for any object).
 """
 
 from __future__ import annotations
@@ -29,31 +30,29 @@ def encode(zc: zstandard.ZstdCompressor, data: bytes) -> bytes:
     return bytes([BLOCKS]) + _U32.pack(len(frames)) + table + b"".join(frames)
 
 
-def _frames(obj: bytes) -> list[tuple[int, int]]:
-    """(start, end) in obj of each block's frame; ValueError when the table is damaged."""
-    if len(obj) < 5:
+def table_size(head: bytes) -> int:
+    """Bytes of the header + block table, from at least the first 5 bytes of an object."""
+    if len(head) < 5:
         raise ValueError("truncated block table")
-    (n,) = _U32.unpack_from(obj, 1)
-    pos = 5 + 4 * n
-    if pos > len(obj):
+    (n,) = _U32.unpack_from(head, 1)
+    return 5 + 4 * int(n)
+
+
+def frames(head: bytes, size: int) -> list[tuple[int, int]]:
+    """(start, end) in the object of each block's frame, from its first table_size() bytes
+    and its total size; ValueError when the table is damaged."""
+    pos = table_size(head)
+    if pos > len(head) or pos > size:
         raise ValueError("truncated block table")
     out = []
-    for i in range(n):
-        (size,) = _U32.unpack_from(obj, 5 + 4 * i)
-        out.append((pos, pos + size))
-        pos += size
-    if pos != len(obj):
+    for i in range((pos - 5) // 4):
+        (n,) = _U32.unpack_from(head, 5 + 4 * i)
+        out.append((pos, pos + n))
+        pos += n
+    if pos != size:
         raise ValueError("block sizes do not add up")
     return out
 
 
 def decode_all(zd: zstandard.ZstdDecompressor, obj: bytes) -> bytes:
-    return b"".join(zd.decompress(obj[a:b]) for a, b in _frames(obj))
-
-
-def decode_block(zd: zstandard.ZstdDecompressor, obj: bytes, index: int) -> bytes:
-    frames = _frames(obj)
-    if not 0 <= index < len(frames):
-        raise ValueError("block out of range")
-    a, b = frames[index]
-    return zd.decompress(obj[a:b])
+    return b"".join(zd.decompress(obj[a:b]) for a, b in frames(obj, len(obj)))

@@ -1,8 +1,8 @@
 """Reading small files out of tiny packs (restore and verify).
 
-A pack object is kept compressed in memory (the few most recently used) and only the
-1 MiB blocks a file's slice spans are decompressed (see blocks.py), so restoring a few
-small files costs a few blocks, not whole packs. Every slice is checked against its file's
+Only the 1 MiB blocks a file's slice spans are read (a range read of their frames, after
+the pack's small block table) and decompressed (see blocks.py), so restoring a few small
+files costs a few blocks, not whole packs. Every slice is checked against its file's
 chunk id. Packs written before block framing are decoded whole and checked against their
 id, as before. Memory stays bounded: KEEP objects and KEEP_BLOCKS decoded blocks.
 """
@@ -12,28 +12,33 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 import zstandard
 
 from . import blocks
 from .manifest import Entry
 from .model import SnapshotCorrupt
-from .repository import ObjectCorrupt, Repository
+from .repository import ObjectCorrupt, Repository, chunk_key
 
-KEEP = 4  # compressed pack objects kept (16 MiB of small files each, at most)
+KEEP = 4  # compressed single-frame (older) pack objects kept
+KEEP_TABLES = 256  # block tables of packs (a few hundred bytes each)
 KEEP_BLOCKS = 32  # decoded 1 MiB blocks kept
+OLD_FORMAT: list[tuple[int, int]] = []  # the table of a pack without blocks
+
+V = TypeVar("V")
 
 
-class _Lru:
+class _Lru(Generic[V]):
     """A small thread-safe LRU; a missing value is loaded by one thread, others wait."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
         self._loading: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, load: Callable[[], bytes]) -> bytes:
+    def get(self, key: Hashable, load: Callable[[], V]) -> V:
         with self._lock:
             val = self._items.get(key)
             if val is not None:
@@ -56,8 +61,9 @@ class _Lru:
 class PackCache:
     def __init__(self, repo: Repository, snapshot_id: int) -> None:
         self.repo, self.sid = repo, snapshot_id
-        self._objs = _Lru(KEEP)
-        self._blocks = _Lru(KEEP_BLOCKS)
+        self._objs: _Lru[bytes] = _Lru(KEEP)
+        self._tables: _Lru[list[tuple[int, int]]] = _Lru(KEEP_TABLES)
+        self._blocks: _Lru[bytes] = _Lru(KEEP_BLOCKS)
         self._local = threading.local()
 
     def _corrupt(self, e: Entry, why: object) -> SnapshotCorrupt:
@@ -71,21 +77,42 @@ class PackCache:
         return d
 
     def _slice(self, e: Entry) -> bytes:
-        obj = self._objs.get(e.pack, lambda: self.repo.read_object(e.pack))
+        table = self._tables.get(e.pack, lambda: self._table(e.pack))
         off, ln = e.pack_off, e.pack_len
-        if obj[:1] != bytes([blocks.BLOCKS]):  # older pack: one frame, decoded and checked
+        if table is OLD_FORMAT:  # one frame, decoded and checked whole
+            obj = self._objs.get(e.pack, lambda: self.repo.read_object(e.pack))
             whole = self._blocks.get((e.pack, -1), lambda: self.repo.decode_checked(
                 e.pack, obj, f"object {e.pack.hex()}"))
             return whole[off : off + ln]
         if ln == 0:
             return b""
         first, last = off // blocks.BLOCK, (off + ln - 1) // blocks.BLOCK
-        parts = [self._block(e.pack, obj, i) for i in range(first, last + 1)]
+        if last >= len(table):
+            raise ValueError("block out of range")
+        parts = [self._block(e.pack, table[i], i) for i in range(first, last + 1)]
         start = off - first * blocks.BLOCK
         return b"".join(parts)[start : start + ln]
 
-    def _block(self, pack: bytes, obj: bytes, i: int) -> bytes:
-        return self._blocks.get((pack, i), lambda: blocks.decode_block(self._zd(), obj, i))
+    def _table(self, pack: bytes) -> list[tuple[int, int]]:
+        key = chunk_key(pack)
+        try:
+            head = self.repo.backend.get_head(key, 5 + 4 * 32)
+            if head[:1] != bytes([blocks.BLOCKS]):
+                return OLD_FORMAT
+            need = blocks.table_size(head)
+            if need > len(head):
+                head = self.repo.backend.get_head(key, need)
+            size = self.repo.backend.stat(key)
+        except FileNotFoundError as err:
+            raise ObjectCorrupt(f"object {pack.hex()} is missing") from err
+        if size is None:
+            raise ObjectCorrupt(f"object {pack.hex()} is missing")
+        return blocks.frames(head, size)
+
+    def _block(self, pack: bytes, frame: tuple[int, int], i: int) -> bytes:
+        a, b = frame
+        return self._blocks.get((pack, i), lambda: self._zd().decompress(
+            self.repo.backend.get_range(chunk_key(pack), a, b - a)))
 
     def read(self, e: Entry) -> bytes:
         try:
