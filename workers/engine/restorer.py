@@ -285,15 +285,15 @@ class Restorer:
         for f in futures:
             f.result()
         # Directory metadata last, deepest first, so creating children cannot change it.
+        # By path under st_fd: every directory on the way is one this restore created in
+        # its private (0700) staging directory, so no component can be a planted symlink.
         for d in reversed(dirs):
-            fd = fsutil.open_dir_beneath(st_fd, fsutil.split(d.path))
-            try:
-                os.chown(fd, d.uid, d.gid)
-                os.chmod(fd, stat.S_IMODE(d.mode))
-                fsutil.write_xattrs(fd, d.xattrs)
-                os.utime(fd, ns=(d.mtime_ns, d.mtime_ns))
-            finally:
-                os.close(fd)
+            path = d.path or b"."
+            os.chown(path, d.uid, d.gid, dir_fd=st_fd, follow_symlinks=False)
+            os.chmod(path, stat.S_IMODE(d.mode), dir_fd=st_fd)
+            if d.xattrs:
+                fsutil.write_xattrs(b"/proc/self/fd/%d/%s" % (st_fd, path), d.xattrs)
+            os.utime(path, ns=(d.mtime_ns, d.mtime_ns), dir_fd=st_fd, follow_symlinks=False)
 
     def _processes(self) -> RestorePool | None:
         """Worker processes for a big restore (no GIL between files); small ones stay on
