@@ -115,7 +115,6 @@ def test_corruption_is_detected_and_restore_refuses(monkeypatch: pytest.MonkeyPa
                                                     processes: bool) -> None:
     if processes:  # a worker process finds the corruption: the parent raises it the same
         monkeypatch.setattr(restorer, "PROCESS_THRESHOLD", 0)
-        monkeypatch.setattr(restorer, "PATCH_MIN", 0)  # staging: the path workers write
     src = tmp_path / "srv"
     src.mkdir()
     (src / "a").write_bytes(os.urandom(300_000))  # above INLINE_MAX: chunk objects
@@ -135,11 +134,13 @@ def test_corruption_is_detected_and_restore_refuses(monkeypatch: pytest.MonkeyPa
         report = engine.verify(7)
         assert not report.ok
         assert any("snapshot 7" in e and cid.hex() in e for e in report.errors)
+        # workers write only into a new state: the processes variant restores into one
+        dst = tmp_path / "new" if processes else src
         with pytest.raises(SnapshotCorrupt) as exc:
-            engine.restore(7, dir_state(src))
+            engine.restore(7, dir_state(dst))
         assert "snapshot 7" in str(exc.value) and cid.hex() in str(exc.value)
         assert describe(src) == current  # the current state was not touched
-        assert sorted(os.listdir(tmp_path)) == ["repo", "srv"]
+        assert sorted(os.listdir(tmp_path)) == ["repo", "srv"]  # no new state, no leftovers
         raw[len(raw) // 2] ^= 0x01
         obj.write_bytes(bytes(raw))
     assert engine.verify(7).ok

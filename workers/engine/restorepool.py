@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import selectors
@@ -14,89 +13,84 @@ import msgspec
 from .backend import LocalBackend
 from .model import EngineError, SnapshotCorrupt
 from .repository import Repository
-from .restoreworker import Request, Setup
+from .restoreworker import Setup, Share
 from .subproc import WorkerProcess
 
 PROCESSES = 2
-WINDOW = 16  # files queued per worker: both stay busy, the parent never blocks on send
 _CODE = "from workers.engine.restoreworker import main; main()"
 
-Done = Callable[[int, int, int, int], None]  # entry index, ino, ctime_ns, bytes written
+Done = Callable[[int, int, int], None]  # entry index, ino, ctime_ns
 
 
 class RestorePool:
-    """Started as early as possible (the workers' start-up overlaps the parent's reading of
-    the manifest), then attached to the restore that feeds it."""
+    """Started as early as possible (the workers' start-up and manifest loading overlap the
+    parent's), then given the staging directory and the files, split into shares."""
 
     def __init__(self, storage: str, snapshot_id: int, state_path: str, n: int) -> None:
         setup = msgspec.msgpack.encode(Setup(storage, snapshot_id, state_path))
         self.workers: list[WorkerProcess] = []
-        self.owner: tuple[int, int] | None = None
+        self.bytes_written = 0
         try:
             for _ in range(n):
                 self.workers.append(WorkerProcess(_CODE, setup))
         except BaseException:
             self.close(kill=True)
             raise
-        self.sel = selectors.DefaultSelector()
-        for i, w in enumerate(self.workers):
-            self.sel.register(w.res, selectors.EVENT_READ, i)
-        self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(list[object]).decode
 
-    def attach(self, progress: Callable[[int], None], poll: Callable[[], None], done: Done,
-               owner: tuple[int, int] | None) -> None:
-        self.progress, self.poll, self.done, self.owner = progress, poll, done, owner
+    def run(self, st_fd: int, shares: list[list[int]], owner: tuple[int, int] | None,
+            progress: Callable[[int], None], poll: Callable[[], None], done: Done) -> None:
+        """Have each worker write its share of files into st_fd; returns when all did."""
+        enc = msgspec.msgpack.Encoder()
+        for w, share in zip(self.workers, shares, strict=True):
+            socket.send_fds(w.req, [b"go"], [st_fd])
+            data = enc.encode(Share(owner, share))
+            w.res.sendall(len(data).to_bytes(4, "big") + data)
+        sel = selectors.DefaultSelector()
+        try:
+            for i, w in enumerate(self.workers):
+                sel.register(w.res, selectors.EVENT_READ, i)
+            running = len(self.workers)
+            while running:
+                for key, _ev in sel.select(timeout=0.25):
+                    w = self.workers[key.data]
+                    for frame in self._frames(w):
+                        running -= self._handle(frame, progress, done)
+                poll()
+        finally:
+            sel.close()
 
-    def submit(self, idx: int, fd: int, name: bytes) -> None:
-        """Hand entry idx to the least busy worker: created as `name` in directory fd, or
-        (name b"") written through the file fd. The caller keeps and closes its fd."""
-        while True:
-            w = min(self.workers, key=lambda x: x.inflight)
-            if w.inflight < WINDOW:
+    def _frames(self, w: WorkerProcess) -> list[list[object]]:
+        """Every complete frame a ready worker sent (all of them: not one per wake-up)."""
+        data = w.res.recv(1 << 20)
+        if not data:
+            raise EngineError("a restore worker process died")
+        w.buf += data
+        out, pos = [], 0
+        while len(w.buf) - pos >= 4:
+            n = int.from_bytes(w.buf[pos : pos + 4], "big")
+            if len(w.buf) - pos - 4 < n:
                 break
-            self._receive(timeout=0.25)
-        socket.send_fds(w.req, [self._enc.encode(Request(idx, name, self.owner))], [fd])
-        w.inflight += 1
-        self._receive(timeout=0)
+            out.append(self._dec(w.buf[pos + 4 : pos + 4 + n]))
+            pos += 4 + n
+        del w.buf[:pos]
+        return out
 
-    def finish(self) -> None:
-        while any(w.inflight for w in self.workers):
-            self._receive(timeout=0.25)
-
-    def _receive(self, timeout: float) -> None:
-        """Handle every complete frame the ready workers sent (not one per wake-up: a
-        worker blocked on a full socket would stall)."""
-        for key, _ev in self.sel.select(timeout=timeout):
-            w = self.workers[key.data]
-            data = w.res.recv(1 << 20)
-            if not data:
-                raise EngineError("a restore worker process died")
-            w.buf += data
-            pos = 0
-            while len(w.buf) - pos >= 4:
-                n = int.from_bytes(w.buf[pos : pos + 4], "big")
-                if len(w.buf) - pos - 4 < n:
-                    break
-                self._handle(w, self._dec(w.buf[pos + 4 : pos + 4 + n]))
-                pos += 4 + n
-            del w.buf[:pos]
-        self.poll()
-
-    def _handle(self, w: WorkerProcess, frame: list[object]) -> None:
+    def _handle(self, frame: list[object], progress: Callable[[int], None], done: Done) -> int:
+        """Act on one frame; 1 when it says that worker finished its share."""
         kind = frame[0]
         if kind == "p":
             n = frame[1]
             assert isinstance(n, int)
-            self.progress(n)
-            return
-        w.inflight -= 1
-        idx = frame[1]
-        assert isinstance(idx, int)
-        if kind == "done":
-            ino, ctime, nbytes = frame[2], frame[3], frame[4]
-            assert isinstance(ino, int) and isinstance(ctime, int) and isinstance(nbytes, int)
-            self.done(idx, ino, ctime, nbytes)
+            progress(n)
+        elif kind == "done":
+            batch, nbytes = frame[1], frame[2]
+            assert isinstance(batch, list) and isinstance(nbytes, int)
+            for idx, ino, ctime in batch:
+                done(idx, ino, ctime)
+            self.bytes_written += nbytes
+        elif kind == "end":
+            return 1
         elif frame[2] == "corrupt":
             raise SnapshotCorrupt(str(frame[3]))
         elif frame[2] == "os":
@@ -104,15 +98,25 @@ class RestorePool:
             raise OSError(int(code) or errno.EIO, str(msg))  # type: ignore[has-type]
         else:
             raise EngineError(f"a restore worker failed: {frame[3]}")
+        return 0
 
     def close(self, *, kill: bool) -> None:
         """Stop the workers (idempotent)."""
-        if self.workers:
-            with contextlib.suppress(AttributeError):
-                self.sel.close()
         for w in self.workers:
             w.close(kill=kill)
         self.workers = []
+
+
+def split(entries_cost: list[tuple[int, int]], n: int) -> list[list[int]]:
+    """(index, cost) pairs cut into n contiguous runs of about equal cost: neighbours in a
+    manifest share directories and pack blocks, so each worker decodes each block once."""
+    total = sum(c for _i, c in entries_cost) or 1
+    shares: list[list[int]] = [[] for _ in range(n)]
+    acc = 0
+    for idx, cost in entries_cost:
+        shares[min(n - 1, acc * n // total)].append(idx)
+        acc += cost
+    return shares
 
 
 def start_pool(repo: Repository, snapshot_id: int, state_path: str) -> RestorePool | None:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 WORKERS = 4
 PROCESS_THRESHOLD = 64 << 20  # bytes of files to restore
+FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between processes
 MAX_INFLIGHT = 64
 # A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
 # differ; beyond that, rebuilding in staging costs about the same and needs no undo.
@@ -70,6 +71,7 @@ class Restorer:
         self.sid = snapshot_id
         self.entries = entries
         self.parent_path, self.base = split_state(state_path)
+        self.state_path = state_path
         self.progress = progress
         self.bytes_written = 0
         self.files_reused = 0
@@ -121,9 +123,19 @@ class Restorer:
                 st_fd = os.open(staging, fsutil.DIR_FLAGS, dir_fd=parent_fd)
                 self.creating_in(st_fd)
                 flusher = Flusher(self.parent_path, self.progress)
+                pool, self.pool = self.pool, None
+                if pool is None and cur_fd is None and self.progress.total >= PROCESS_THRESHOLD:
+                    from .restorepool import start_pool  # only big restores pay its imports
+
+                    pool = start_pool(self.repo, self.sid, self.state_path)
                 try:
-                    self._build(st_fd, cur_fd, self.entries, self.linked)
+                    if pool is not None and cur_fd is None:
+                        self._build_fresh(st_fd, pool)
+                    else:
+                        self._build(st_fd, cur_fd, self.entries, self.linked)
                 finally:
+                    if pool is not None:
+                        pool.close(kill=True)
                     flusher.stop()
                     os.close(st_fd)
                 fsutil.syncfs(self.parent_path)
@@ -214,12 +226,9 @@ class Restorer:
             if b is not None:
                 os.close(b)
 
-        procs = self._processes() if entries is self.entries else None
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="restore") as pool:
             try:
-                for idx, e in enumerate(entries):
-                    if not idx:
-                        continue  # the root: it is st_fd
+                for e in entries[1:]:
                     if failed.is_set():
                         break
                     parent, _, name = e.path.rpartition(b"/")
@@ -251,12 +260,6 @@ class Restorer:
                                 finally:
                                     os.close(cand[0])
                                 cand = None
-                        if procs is not None and cand is None:
-                            procs.submit(idx, dfd if fd is None else fd,
-                                         name if fd is None else b"")
-                            if fd is not None:
-                                os.close(fd)
-                            continue
                         sem.acquire()
                         # the pool creates the file (plain write) or links/creates it after a
                         # hash check: creating inodes is much of a restore's kernel time
@@ -270,8 +273,6 @@ class Restorer:
                     else:
                         self.special(dfd, name, e)
                     self.progress.poll()
-                if procs is not None:
-                    procs.finish()
             except BaseException:
                 failed.set()
                 raise
@@ -280,10 +281,49 @@ class Restorer:
                     pop()
                 for f in futures:
                     f.exception()
-                if procs is not None:
-                    procs.close(kill=failed.is_set())
         for f in futures:
             f.result()
+        self._dir_metadata(st_fd, dirs)
+
+    def _build_fresh(self, st_fd: int, pool: RestorePool) -> None:
+        """A new tree, nothing to reuse: directories, symlinks and device nodes here, the
+        files by the worker processes (each its contiguous share, created by path under
+        the private staging fd), hard links once their targets exist."""
+        from .restorepool import split
+
+        dirs: list[Entry] = [self.entries[0]]
+        files: list[tuple[int, int]] = []  # (index, cost)
+        links: list[Entry] = []
+        for idx, e in enumerate(self.entries):
+            if not idx:
+                continue  # the root: st_fd itself
+            if e.kind == DIR:
+                os.mkdir(e.path, 0o700, dir_fd=st_fd)
+                dirs.append(e)
+            elif e.kind == FILE:
+                files.append((idx, e.size + FILE_COST))
+            elif e.kind == HARDLINK:
+                links.append(e)
+            else:
+                self.special(st_fd, e.path, e)
+            self.progress.poll()
+
+        def done(idx: int, ino: int, ctime: int) -> None:
+            self.written[self.entries[idx].path] = (ino, ctime)
+            self.files_written += 1
+
+        try:
+            pool.run(st_fd, split(files, len(pool.workers)), self._new_owner,
+                     self.progress.add, self.progress.check, done)
+            self.bytes_written += pool.bytes_written
+        finally:
+            pool.close(kill=True)
+        for e in links:
+            os.link(e.target, e.path, src_dir_fd=st_fd, dst_dir_fd=st_fd,
+                    follow_symlinks=False)
+        self._dir_metadata(st_fd, dirs)
+
+    def _dir_metadata(self, st_fd: int, dirs: list[Entry]) -> None:
         # Directory metadata last, deepest first, so creating children cannot change it.
         # By path under st_fd: every directory on the way is one this restore created in
         # its private (0700) staging directory, so no component can be a planted symlink.
@@ -294,26 +334,6 @@ class Restorer:
             if d.xattrs:
                 fsutil.write_xattrs(b"/proc/self/fd/%d/%s" % (st_fd, path), d.xattrs)
             os.utime(path, ns=(d.mtime_ns, d.mtime_ns), dir_fd=st_fd, follow_symlinks=False)
-
-    def _processes(self) -> RestorePool | None:
-        """Worker processes for a big restore (no GIL between files); small ones stay on
-        threads (a process costs ~0.1 s to start)."""
-        pool, self.pool = self.pool, None
-        if pool is None and self.progress.total >= PROCESS_THRESHOLD:
-            from .restorepool import start_pool  # only big restores pay for its imports
-
-            pool = start_pool(self.repo, self.sid, os.path.join(self.parent_path,
-                                                                os.fsdecode(self.base)))
-        if pool is None:
-            return None
-
-        def done(idx: int, ino: int, ctime: int, nbytes: int) -> None:
-            self.written[self.entries[idx].path] = (ino, ctime)
-            self.files_written += 1
-            self.bytes_written += nbytes
-
-        pool.attach(self.progress.add, self.progress.check, done, self._new_owner)
-        return pool
 
     def assume_owner(self, owner: tuple[int, int] | None) -> None:
         """The owner new files get where they are created (a worker process's files)."""

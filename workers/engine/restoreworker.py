@@ -1,15 +1,17 @@
 """Restore worker process (child side), started by restorepool with two socket fds.
 
 Writing a tree of small files is mostly per-file work in Python (create, decode, verify,
-write, metadata) that one GIL serialises. A big restore therefore hands files to worker
-processes: the parent sends, over a SOCK_SEQPACKET socket with SCM_RIGHTS, an entry index
-and either the staging directory fd to create the file in (by name, O_EXCL|O_NOFOLLOW) or
-the fd of a file it created itself (a hard-link primary). The worker loads the same
-manifest from the repository, writes the file exactly as the thread path does
-(Restorer._file: every chunk checked against its id) and answers, over a SOCK_STREAM
-socket in length-prefixed msgpack frames, ("p", bytes) progress, ("done", idx, ino,
-ctime) or ("err", idx, kind, message). A worker only ever touches fds its parent opened
-in its private staging directory, and dies with its parent (PR_SET_PDEATHSIG).
+write, metadata) that one GIL serialises. A big restore into a new state therefore splits
+its files between worker processes: once the parent has created every directory in its
+private staging directory, it sends each worker (over a SOCK_SEQPACKET socket, with the
+staging directory's fd by SCM_RIGHTS) its share: a contiguous run of manifest indexes.
+The worker loads the same manifest from the repository, creates each file by its path
+under that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just made
+in its 0700 staging directory) and writes it exactly as the thread path does
+(Restorer.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
+socket in length-prefixed msgpack frames: ("p", bytes) progress, ("done", [[idx, ino,
+ctime], ...], bytes) in batches, then ("end",), or ("err", idx, kind, message) and stops.
+It dies with its parent (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .progress import Progress
 from .repository import Repository
 
 PR_SET_PDEATHSIG = 1
+BATCH = 64  # files per "done" frame
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Setup(msgspec.Struct, array_like=True):
@@ -38,10 +42,9 @@ class Setup(msgspec.Struct, array_like=True):
     state_path: str
 
 
-class Request(msgspec.Struct, array_like=True):
-    idx: int
-    name: bytes  # created in the directory fd sent along, or b"": the fd is the file
+class Share(msgspec.Struct, array_like=True):
     owner: tuple[int, int] | None  # what new files get where they are created
+    indexes: list[int]  # manifest entries (regular files) to write
 
 
 def _die_with_parent() -> None:
@@ -64,35 +67,39 @@ def main() -> None:
     repo = Repository(LocalBackend(setup.storage))
     _h, body = repo.get_manifest(setup.snapshot_id)
     assert isinstance(body, DirBody)
+    entries = body.entries
     sent = [0]
 
     def report(done: int, _total: int) -> None:
         send_frame(res, ("p", done - sent[0]))
         sent[0] = done
 
-    r = Restorer(repo, setup.snapshot_id, body.entries, setup.state_path, Progress(report))
-    decode = msgspec.msgpack.Decoder(Request).decode
-    while True:
-        msg, fds, _flags, _addr = socket.recv_fds(req, 1 << 16, 1)
-        if not msg:
-            return  # the parent closed the channel: done
-        rq = decode(msg)
-        r.assume_owner(rq.owner)
-        fd = fds[0]
-        before = r.bytes_written
-        try:
-            if rq.name:  # fd is the directory to create it in
-                r.write_file(fd, rq.name, body.entries[rq.idx], None)
-            else:  # fd is the file, closed by write_file
-                r.write_file(None, b"", body.entries[rq.idx], fd)
-            ino, ctime = r.written[body.entries[rq.idx].path]
-            send_frame(res, ("done", rq.idx, ino, ctime, r.bytes_written - before))
-        except SnapshotCorrupt as e:
-            send_frame(res, ("err", rq.idx, "corrupt", str(e)))
-        except OSError as e:
-            send_frame(res, ("err", rq.idx, "os", [e.errno or 0, str(e)]))
-        except Exception as e:  # reported to the parent, which raises it
-            send_frame(res, ("err", rq.idx, "other", repr(e)))
-        finally:
-            if rq.name:
-                os.close(fd)
+    r = Restorer(repo, setup.snapshot_id, entries, setup.state_path, Progress(report))
+    msg, fds, _flags, _addr = socket.recv_fds(req, 16, 1)
+    if not msg or not fds:
+        return  # the parent closed the channel: nothing to do
+    st_fd = fds[0]
+    share = msgspec.msgpack.decode(recv_frame(res), type=Share)  # a stream: any size
+    r.assume_owner(share.owner)
+    batch: list[tuple[int, int, int]] = []
+    before = 0
+    idx = -1
+    try:
+        for idx in share.indexes:
+            e = entries[idx]
+            r.write_file(None, b"", e, os.open(e.path, CREATE, 0o600, dir_fd=st_fd))
+            batch.append((idx, *r.written[e.path]))
+            if len(batch) >= BATCH:
+                send_frame(res, ("done", batch, r.bytes_written - before))
+                batch, before = [], r.bytes_written
+        send_frame(res, ("done", batch, r.bytes_written - before))
+        send_frame(res, ("end",))
+    except SnapshotCorrupt as e:
+        send_frame(res, ("err", idx, "corrupt", str(e)))
+    except OSError as e:
+        send_frame(res, ("err", idx, "os", [e.errno or 0, str(e)]))
+    except Exception as e:  # reported to the parent, which raises it
+        send_frame(res, ("err", idx, "other", repr(e)))
+    finally:
+        os.close(st_fd)
+    req.recv(1)  # until the parent closes the channel, having read our last frames
