@@ -27,6 +27,7 @@ def test_roundtrip_every_kind_of_entry(monkeypatch: pytest.MonkeyPatch, engine: 
     if processes:  # big captures and restores use worker processes: force that path here
         monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
         monkeypatch.setattr(restorer, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(restorer, "PATCH_MIN", 0)  # rebuild below, not patch
     src = tmp_path / "src"
     build_full_tree(src)
     seen: list[tuple[int, int]] = []
@@ -48,8 +49,8 @@ def test_roundtrip_every_kind_of_entry(monkeypatch: pytest.MonkeyPatch, engine: 
     # sparse file came back sparse
     assert os.stat(dst / "sparse.img").st_blocks * 512 < 1 << 20
     assert not [n for n in os.listdir(dst.parent) if n != "srv"]
-    # restore over a tree that differs in everything (the staging path, workers creating
-    # files beside the reused-candidate checks of the threads)
+    # restore over a tree that differs in every file: patched (threads), or rebuilt with
+    # the worker processes writing the files beside the reuse checks of the threads
     for p in sorted(dst.rglob("*"), key=lambda q: -len(q.parts)):
         if p.is_file() and not p.is_symlink() and os.stat(p).st_nlink == 1:
             p.write_bytes(b"tenant data")

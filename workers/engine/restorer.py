@@ -124,7 +124,7 @@ class Restorer:
                 self.creating_in(st_fd)
                 flusher = Flusher(self.parent_path, self.progress)
                 pool, self.pool = self.pool, None
-                if pool is None and cur_fd is None and self.progress.total >= PROCESS_THRESHOLD:
+                if pool is None and self.progress.total >= PROCESS_THRESHOLD:
                     from .restorepool import start_pool  # only big restores pay its imports
 
                     pool = start_pool(self.repo, self.sid, self.state_path)
@@ -132,7 +132,7 @@ class Restorer:
                     if pool is not None and cur_fd is None:
                         self._build_fresh(st_fd, pool)
                     else:
-                        self._build(st_fd, cur_fd, self.entries, self.linked)
+                        self._build(st_fd, cur_fd, self.entries, self.linked, pool)
                 finally:
                     if pool is not None:
                         pool.close(kill=True)
@@ -197,7 +197,10 @@ class Restorer:
 
     # --- building the staging tree ------------------------------------------------------
     def _build(self, st_fd: int, cur_fd: int | None, entries: list[Entry],
-               linked: set[bytes]) -> None:
+               linked: set[bytes], procs: RestorePool | None = None) -> None:
+        """Build `entries` in st_fd, reusing what is proven identical in cur_fd; with
+        worker processes, the files written from scratch are theirs (see _build_fresh)."""
+        plain: list[tuple[int, int]] = []  # (index, cost) of files left to `procs`
         sem = threading.BoundedSemaphore(MAX_INFLIGHT)
         futures: list[Future[None]] = []
         failed = threading.Event()
@@ -228,7 +231,9 @@ class Restorer:
 
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="restore") as pool:
             try:
-                for e in entries[1:]:
+                for idx, e in enumerate(entries):
+                    if not idx:
+                        continue  # the root: st_fd itself
                     if failed.is_set():
                         break
                     parent, _, name = e.path.rpartition(b"/")
@@ -260,11 +265,13 @@ class Restorer:
                                 finally:
                                     os.close(cand[0])
                                 cand = None
+                        if cand is None and fd is None and procs is not None:
+                            plain.append((idx, e.size + FILE_COST))
+                            continue
                         sem.acquire()
-                        # the pool creates the file (plain write) or links/creates it after a
-                        # hash check: creating inodes is much of a restore's kernel time
-                        if cand is None and fd is None:
+                        if cand is None and fd is None:  # plain write: create it here
                             fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
+                        # a hash check may still need the directory (to link or create)
                         jdfd = os.dup(dfd) if fd is None else None
                         futures.append(pool.submit(job, jdfd, name, e, fd, cand))
                     elif e.kind == HARDLINK:
@@ -283,14 +290,14 @@ class Restorer:
                     f.exception()
         for f in futures:
             f.result()
+        if procs is not None:
+            self._write_shares(st_fd, procs, plain)
         self._dir_metadata(st_fd, dirs)
 
     def _build_fresh(self, st_fd: int, pool: RestorePool) -> None:
         """A new tree, nothing to reuse: directories, symlinks and device nodes here, the
         files by the worker processes (each its contiguous share, created by path under
         the private staging fd), hard links once their targets exist."""
-        from .restorepool import split
-
         dirs: list[Entry] = [self.entries[0]]
         files: list[tuple[int, int]] = []  # (index, cost)
         links: list[Entry] = []
@@ -308,16 +315,7 @@ class Restorer:
                 self.special(st_fd, e.path, e)
             self.progress.poll()
 
-        def done(idx: int, ino: int, ctime: int) -> None:
-            self.written[self.entries[idx].path] = (ino, ctime)
-            self.files_written += 1
-
-        try:
-            pool.run(st_fd, split(files, len(pool.workers)), self._new_owner,
-                     self.progress.add, self.progress.check, done)
-            self.bytes_written += pool.bytes_written
-        finally:
-            pool.close(kill=True)
+        self._write_shares(st_fd, pool, files)
         for e in links:
             os.link(e.target, e.path, src_dir_fd=st_fd, dst_dir_fd=st_fd,
                     follow_symlinks=False)
@@ -334,6 +332,21 @@ class Restorer:
             if d.xattrs:
                 fsutil.write_xattrs(b"/proc/self/fd/%d/%s" % (st_fd, path), d.xattrs)
             os.utime(path, ns=(d.mtime_ns, d.mtime_ns), dir_fd=st_fd, follow_symlinks=False)
+
+    def _write_shares(self, st_fd: int, pool: RestorePool, files: list[tuple[int, int]]) -> None:
+        """The worker processes create and write these files (index, cost) under st_fd."""
+        from .restorepool import split
+
+        def done(idx: int, ino: int, ctime: int) -> None:
+            self.written[self.entries[idx].path] = (ino, ctime)
+            self.files_written += 1
+
+        try:
+            pool.run(st_fd, split(files, len(pool.workers)), self._new_owner,
+                     self.progress.add, self.progress.check, done)
+            self.bytes_written += pool.bytes_written
+        finally:
+            pool.close(kill=True)
 
     def assume_owner(self, owner: tuple[int, int] | None) -> None:
         """The owner new files get where they are created (a worker process's files)."""
