@@ -13,11 +13,13 @@ Two passes over the tree, both through directory fds without following any symli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from pyfastcdc import FastCDC
 
@@ -28,6 +30,9 @@ from .model import StateInvalid
 from .progress import Progress
 from .repository import INLINE_MAX, Repository
 
+if TYPE_CHECKING:
+    from .procpool import WorkerPool
+
 WORKERS = 4
 MAX_INFLIGHT = 64  # open file fds handed to the pool
 # Big captures use worker processes (no GIL); small ones threads (a process takes ~0.1 s).
@@ -35,6 +40,10 @@ PROCESSES = 2
 TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
 PACKS_QUEUED = 2  # full packs waiting for the packer thread
 PROCESS_THRESHOLD = 64 << 20
+# Each opened file is announced to the kernel (WILLNEED: asynchronous readahead), so the
+# files queued for the readers are fetched from disk in parallel, not one read at a time
+# (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.
+PREFETCH_MAX = 8 << 20
 
 
 def _xattrs_maybe_stale(e: Entry, walk_ctime: int) -> None:
@@ -68,6 +77,9 @@ class Archiver:
         self._packer = ThreadPoolExecutor(1, thread_name_prefix="packer")
         self._packing: list[Future[None]] = []
         self._pack_lock = threading.Lock()
+        self._pool: WorkerPool | None = None
+        self._pool_tried = False
+        self._walk_bytes = 0  # bytes of files the walk saw that the parent cannot vouch for
 
     # --- pass 1 -----------------------------------------------------------------------
     def run(self) -> list[Entry]:
@@ -92,6 +104,8 @@ class Archiver:
                 f.result()
         finally:
             os.close(root_fd)
+            if self._pool is not None:  # the walk failed after starting it
+                self._pool.close(kill=True)
             self._packer.shutdown(wait=True, cancel_futures=True)
         return [ent for ent in self.entries if ent.path not in self._dropped
                 and not (ent.kind == HARDLINK and ent.target in self._dropped)]
@@ -193,6 +207,11 @@ class Archiver:
             if stat.S_ISREG(mode):
                 ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
                 files.append(len(self.entries))
+                if p is None or (p.size, p.mtime_ns, p.ctime_ns, p.ino) != (
+                        st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+                    self._walk_bytes += st.st_size
+                    if self._walk_bytes >= PROCESS_THRESHOLD:
+                        self._start_pool()
             elif stat.S_ISLNK(mode):
                 ent.kind, ent.size = SYMLINK, st.st_size
                 ent.target = os.fsencode(os.readlink(name, dir_fd=fd))
@@ -208,17 +227,9 @@ class Archiver:
                 for rel, _dev, ino, idxs in self._dirs]
         to_read = sum(self.entries[i].size for _r, _i, idxs in todo for i in idxs)
         items = self._open_files(root_fd, todo)
-        pool = None
-        if PROCESSES > 0 and to_read >= PROCESS_THRESHOLD:
-            from .procpool import WorkerPool  # only big captures pay for its imports
-
-            try:
-                pool = WorkerPool(self.repo, PROCESSES)
-            except OSError as err:  # cannot start processes here: threads do the same work
-                import logging
-
-                logging.getLogger(__name__).warning(
-                    "capture worker processes unavailable (%s); using threads", err)
+        if to_read >= PROCESS_THRESHOLD:
+            self._start_pool()
+        pool, self._pool = self._pool, None
         if pool is not None:
             ok = False
             try:
@@ -232,6 +243,22 @@ class Archiver:
         else:
             self._read_threads(items)
         self.progress.check()
+
+    def _start_pool(self) -> None:
+        """Worker processes, once the capture is known to be big: started while the walk
+        goes on, so their start-up (~0.05 s warm) overlaps it instead of delaying reads."""
+        if self._pool_tried or PROCESSES <= 0:
+            return
+        self._pool_tried = True
+        from .procpool import WorkerPool  # only big captures pay for its imports
+
+        try:
+            self._pool = WorkerPool(self.repo, PROCESSES)
+        except OSError as err:  # cannot start processes here: threads do the same work
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "capture worker processes unavailable (%s); using threads", err)
 
     def _open_files(self, root_fd: int,
                     todo: list[tuple[bytes, int, list[int]]]) -> Generator[tuple[int, int]]:
@@ -256,6 +283,10 @@ class Archiver:
                     except OSError as err:
                         self._drop(e, f"vanished or replaced during capture ({err})")
                         continue
+                    if e.size:
+                        with contextlib.suppress(OSError):  # e.g. replaced by a fifo: ESPIPE
+                            os.posix_fadvise(fd, 0, min(e.size, PREFETCH_MAX),
+                                             os.POSIX_FADV_WILLNEED)
                     yield fd, i
             finally:
                 os.close(dfd)

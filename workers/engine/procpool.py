@@ -16,7 +16,9 @@ from .model import EngineError
 from .procworker import REQ, Setup, recv_frame
 from .repository import ZSTD_LEVEL, Repository
 
-WINDOW = 8  # files queued per worker: keeps both busy, never blocks the parent on send
+# Files queued per worker: keeps both busy, never blocks the parent on send, and lets the
+# WILLNEED readahead of the queued files (see archiver) run well ahead of the readers.
+WINDOW = 32
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 Done = Callable[[int, list[tuple[bytes, int]], bytes, tuple[int, ...], int, bool], None]
