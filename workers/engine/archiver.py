@@ -27,6 +27,7 @@ from . import fsutil
 from .chunker import RETRIES, iter_chunks, make_cdc
 from .manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 from .model import StateInvalid
+from .packer import TinyPacker
 from .progress import Progress
 from .repository import INLINE_MAX, Repository
 
@@ -38,7 +39,6 @@ MAX_INFLIGHT = 64  # open file fds handed to the pool
 # Big captures use worker processes (no GIL); small ones threads (a process takes ~0.1 s).
 PROCESSES = 2
 TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
-PACKS_QUEUED = 2  # full packs waiting for the packer thread
 PROCESS_THRESHOLD = 64 << 20
 # Each opened file is announced to the kernel (WILLNEED: asynchronous readahead), so the
 # files queued for the readers are fetched from disk in parallel, not one read at a time
@@ -69,14 +69,10 @@ class Archiver:
         self._links: dict[tuple[int, int], bytes] = {}
         self._dirs: list[tuple[bytes, int, int, list[int]]] = []  # path, dev, ino, file idxs
         self._dropped: set[bytes] = set()
-        self._tiny: list[tuple[Entry, bytes]] = []  # small files read, not yet packed
-        self._tiny_bytes = 0
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
-        self._packer = ThreadPoolExecutor(1, thread_name_prefix="packer")
-        self._packing: list[Future[None]] = []
-        self._pack_lock = threading.Lock()
+        self._packs = TinyPacker(repo, TINY_PACK)
         self._pool: WorkerPool | None = None
         self._pool_tried = False
         self._walk_bytes = 0  # bytes of files the walk saw that the parent cannot vouch for
@@ -98,64 +94,15 @@ class Archiver:
                                    "to capture") from e
             self.progress.total = sum(self.entries[i].size for d in self._dirs for i in d[3])
             self._read_files(root_fd)
-            batch, self._tiny = self._tiny, []
-            self._submit_pack(batch)
-            for f in self._packing:
-                f.result()
+            self._packs.finish()
+            self.stored_bytes += self._packs.stored_bytes
         finally:
             os.close(root_fd)
             if self._pool is not None:  # the walk failed after starting it
                 self._pool.close(kill=True)
-            self._packer.shutdown(wait=True, cancel_futures=True)
+            self._packs.close()
         return [ent for ent in self.entries if ent.path not in self._dropped
                 and not (ent.kind == HARDLINK and ent.target in self._dropped)]
-
-    def _add_tiny(self, e: Entry, data: bytes) -> None:
-        """Queue a small file's bytes for a tiny pack unless a pack holds them already."""
-        hit = self.repo.find_packed(e.chunks[0][0])
-        if hit is not None:
-            e.pack, e.pack_off, e.pack_len = hit
-            return
-        with self._lock:
-            self._tiny.append((e, data))
-            self._tiny_bytes += len(data)
-            if self._tiny_bytes < TINY_PACK:
-                return
-            batch, self._tiny, self._tiny_bytes = self._tiny, [], 0
-        self._submit_pack(batch)
-
-    def _submit_pack(self, batch: list[tuple[Entry, bytes]]) -> None:
-        """Packs are compressed and stored by a thread of their own (zstd and IO release the
-        GIL): the loop feeding capture workers never stalls; PACKS_QUEUED bounds memory."""
-        with self._pack_lock:  # callers may be capture threads: one submitter at a time
-            busy = []
-            for f in self._packing:
-                if f.done():
-                    f.result()  # a failed pack (e.g. storage full) fails the capture now
-                else:
-                    busy.append(f)
-            while len(busy) >= PACKS_QUEUED:
-                busy.pop(0).result()
-            self._packing = [*busy, self._packer.submit(self._store_tiny_pack, batch)]
-
-    def _store_tiny_pack(self, batch: list[tuple[Entry, bytes]]) -> None:
-        """Small files go into one object (see INLINE_MAX); equal contents are stored once."""
-        if not batch:
-            return
-        buf = bytearray()
-        where: dict[bytes, tuple[int, int]] = {}
-        for e, data in batch:
-            cid = e.chunks[0][0]
-            if cid not in where:
-                where[cid] = (len(buf), len(data))
-                buf += data
-            e.pack_off, e.pack_len = where[cid]
-        members = [(cid, off, ln) for cid, (off, ln) in where.items()]
-        pack_id, n = self.repo.store_pack(bytes(buf), members)
-        with self._lock:
-            self.stored_bytes += n
-        for e, _data in batch:
-            e.pack = pack_id
 
     def _walk(self, fd: int, rel: bytes) -> None:
         self.progress.poll()
@@ -299,7 +246,7 @@ class Archiver:
         _xattrs_maybe_stale(e, walk_ctime)
         e.chunks = chunks
         if tiny:
-            self._add_tiny(e, tiny)
+            self._packs.add(e, tiny)
         with self._lock:
             self.bytes_read += nread
             self.files_read += 1
@@ -423,7 +370,7 @@ class Archiver:
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
         e.chunks = chunks
         if tiny:
-            self._add_tiny(e, tiny)
+            self._packs.add(e, tiny)
         self.progress.add(max(0, e.size - counted))
         with self._lock:
             self.stored_bytes += stored

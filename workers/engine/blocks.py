@@ -24,8 +24,12 @@ BLOCK = 1 << 20
 _U32 = struct.Struct(">I")
 
 
-def encode(zc: zstandard.ZstdCompressor, data: bytes) -> bytes:
-    frames = [zc.compress(data[i : i + BLOCK]) for i in range(0, len(data), BLOCK)]
+def encode(zc: zstandard.ZstdCompressor, data: bytes | memoryview) -> bytes:
+    return assemble([zc.compress(data[i : i + BLOCK]) for i in range(0, len(data), BLOCK)])
+
+
+def assemble(frames: list[bytes]) -> bytes:
+    """The object for zstd frames of consecutive BLOCK-sized pieces (the last may be short)."""
     table = b"".join(_U32.pack(len(f)) for f in frames)
     return bytes([BLOCKS]) + _U32.pack(len(frames)) + table + b"".join(frames)
 

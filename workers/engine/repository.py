@@ -192,10 +192,13 @@ class Repository:
                 return None
             return hit
 
-    def store_pack(self, data: bytes, members: list[tuple[bytes, int, int]]) -> tuple[bytes, int]:
-        """Store a tiny pack, then its index; returns (pack id, bytes newly written)."""
+    def store_pack(self, data: bytes | memoryview, members: list[tuple[bytes, int, int]], *,
+                   frames: list[bytes] | None = None) -> tuple[bytes, int]:
+        """Store a tiny pack, then its index; returns (pack id, bytes newly written). frames:
+        the blocks of data already compressed (blocks.py), by a caller that streams them."""
         pack = self.chunk_id(data)
-        n = self.store_payload(pack, blocks.encode(self._zc(), data))
+        payload = blocks.encode(self._zc(), data) if frames is None else blocks.assemble(frames)
+        n = self.store_payload(pack, payload)
         idx = msgspec.msgpack.encode(members)
         # Not part of the commit barrier: an index lost or torn in a crash only costs
         # dedup (load_known skips what does not decode or names a missing pack).
