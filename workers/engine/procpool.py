@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import selectors
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 
 import msgspec
@@ -15,48 +12,14 @@ import msgspec
 from .model import EngineError
 from .procworker import REQ, Setup, recv_frame
 from .repository import ZSTD_LEVEL, Repository
+from .subproc import WorkerProcess
 
 # Files queued per worker: keeps both busy, never blocks the parent on send, and lets the
 # WILLNEED readahead of the queued files (see archiver) run well ahead of the readers.
 WINDOW = 32
-_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CODE = "from workers.engine.procworker import main; main()"
 
 Done = Callable[[int, list[tuple[bytes, int]], bytes, tuple[int, ...], int, bool], None]
-
-
-class _Worker:
-    def __init__(self, setup: bytes) -> None:
-        self.req, req_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.res, res_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH")) if p)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from workers.engine.procworker import main; main()",
-                 str(req_child.fileno()), str(res_child.fileno())],
-                pass_fds=(req_child.fileno(), res_child.fileno()), env=env,
-                stdin=subprocess.DEVNULL, cwd="/")
-        finally:
-            req_child.close()
-            res_child.close()
-        self.inflight = 0
-        send_frame_raw(self.res, setup)
-
-    def close(self, *, kill: bool) -> None:
-        with contextlib.suppress(OSError):
-            self.req.close()
-        if kill:
-            self.proc.kill()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.res.close()
-
-
-def send_frame_raw(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(len(data).to_bytes(4, "big") + data)
 
 
 class WorkerPool:
@@ -66,10 +29,10 @@ class WorkerPool:
             key=repo.key, chunk_min=cfg.chunk_min, chunk_avg=cfg.chunk_avg,
             chunk_max=cfg.chunk_max, level=ZSTD_LEVEL, known=b"".join(repo.known_ids())))
         self.repo = repo
-        self.workers: list[_Worker] = []
+        self.workers: list[WorkerProcess] = []
         try:
             for _ in range(n):
-                self.workers.append(_Worker(setup))
+                self.workers.append(WorkerProcess(_CODE, setup))
         except BaseException:
             self.close(kill=True)
             raise
@@ -117,7 +80,7 @@ class WorkerPool:
         finally:
             sel.close()
 
-    def _handle(self, w: _Worker, frame: list[object], done: Done,
+    def _handle(self, w: WorkerProcess, frame: list[object], done: Done,
                 gone: Callable[[int, str], None], progress: Callable[[int], None],
                 describe: Callable[[int], str]) -> None:
         kind, idx = frame[0], frame[1]
