@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, fsutil, patcher
+from workers.engine import Engine, EngineError, fsutil, patcher
 from workers.engine.patchplan import Planner
 
 from .conftest import dir_state, make_meta
@@ -250,3 +250,20 @@ def test_a_live_server_is_never_patched(monkeypatch: pytest.MonkeyPatch, tmp_pat
     with pytest.raises(AssertionError, match="patched in place"):
         (cur / "a" / "f010").write_text("changed")
         engine.restore(1, dir_state(cur))
+
+
+def test_one_restore_at_a_time_per_state(tmp_path: Path, engine: Engine) -> None:
+    # A job taken over while its first worker still runs (a long Redis outage) must not
+    # undo, clean up or swap under it: the second restore fails with a retried error.
+    src, cur = _setup(tmp_path, engine)
+    old = describe(cur)
+    with engine._state_lock(dir_state(cur)):  # what the running restore holds
+        with pytest.raises(EngineError, match="still running") as exc:
+            engine.restore(1, dir_state(cur))
+        assert type(exc.value) is EngineError  # plain: the job layer retries it
+        with pytest.raises(EngineError, match="still running"):
+            engine.recover(dir_state(cur))
+        assert describe(cur) == old
+        engine.restore(1, dir_state(tmp_path / "other"))  # other states are not blocked
+    engine.restore(1, dir_state(cur))
+    assert_same(src, cur)

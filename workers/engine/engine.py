@@ -8,10 +8,13 @@ plus the set of stored ids loaded at start). See locks.py for capture/reclaim ex
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+import blake3
 
 from . import manifest
 from .backend import LocalBackend
@@ -146,7 +149,7 @@ class Engine:
         (nothing stops it), so a directory is always rebuilt and swapped in, never patched
         in place: a process still writing keeps writing into the old tree, not the new."""
         prog = Progress(progress)
-        with self.lock.shared():
+        with self.lock.shared(), self._state_lock(state):
             pool = self._early_pool(snapshot_id, state)
             try:
                 header, body = self.repo.get_manifest(snapshot_id)
@@ -168,6 +171,16 @@ class Engine:
             finally:
                 if pool is not None:
                     pool.close(kill=True)  # unused (or already closed by the restore)
+
+    @contextlib.contextmanager
+    def _state_lock(self, state: StateSpec) -> Iterator[None]:
+        """One restore or recovery at a time per state (see locks.py)."""
+        digest = blake3.blake3(os.fsencode(os.path.normpath(state.path))).hexdigest()[:32]
+        lock = FlockLock(os.path.join(self.backend.root, "locks", f"state-{digest}.lock"))
+        with lock.exclusive(wait=False) as got:
+            if not got:
+                raise EngineError(f"another restore of {state.path} is still running")
+            yield
 
     def _early_pool(self, snapshot_id: int, state: StateSpec) -> RestorePool | None:
         """A big directory restore into a new state starts its worker processes first, so
@@ -195,10 +208,11 @@ class Engine:
         except FileNotFoundError:
             return
         try:
-            if state.kind == "image":
-                image_cleanup(pfd, base)
-            else:
-                cleanup(pfd, base, parent)
+            with self._state_lock(state):
+                if state.kind == "image":
+                    image_cleanup(pfd, base)
+                else:
+                    cleanup(pfd, base, parent)
         finally:
             os.close(pfd)
 

@@ -17,6 +17,10 @@ Protocol
   per open file description, so two Engine objects in one process also exclude each other.
   For several hosts on S3 the same interface would be backed by a Redis lease (readers
   count + writer flag with TTL renewed by a heartbeat).
+* A restore or recovery of a state also holds `<repo>/locks/state-<hash of its path>.lock`
+  EXCLUSIVE, without waiting: a job taken over while its first worker still runs (after a
+  Redis outage longer than the heartbeat timeout) fails with a retried error instead of
+  cleaning up, undoing or swapping under it.
 """
 
 from __future__ import annotations

@@ -126,3 +126,4 @@ class Flusher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
