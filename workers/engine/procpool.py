@@ -12,7 +12,7 @@ import msgspec
 from .model import EngineError
 from .procworker import REQ, Setup, recv_frame
 from .repository import ZSTD_LEVEL, Repository
-from .subproc import WorkerProcess
+from .subproc import WorkerProcess, start_workers
 
 # Files queued per worker: keeps both busy, never blocks the parent on send, and lets the
 # WILLNEED readahead of the queued files (see archiver) run well ahead of the readers.
@@ -29,13 +29,7 @@ class WorkerPool:
             key=repo.key, chunk_min=cfg.chunk_min, chunk_avg=cfg.chunk_avg,
             chunk_max=cfg.chunk_max, level=ZSTD_LEVEL, known=b"".join(repo.known_ids())))
         self.repo = repo
-        self.workers: list[WorkerProcess] = []
-        try:
-            for _ in range(n):
-                self.workers.append(WorkerProcess(_CODE, setup))
-        except BaseException:
-            self.close(kill=True)
-            raise
+        self.workers = start_workers(_CODE, setup, n)
         self.stored_bytes = 0
 
     def close(self, *, kill: bool) -> None:

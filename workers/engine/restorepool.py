@@ -14,7 +14,7 @@ from .backend import LocalBackend
 from .model import EngineError, SnapshotCorrupt
 from .repository import Repository
 from .restoreworker import Setup, Share
-from .subproc import WorkerProcess
+from .subproc import WorkerProcess, start_workers
 
 PROCESSES = 2
 _CODE = "from workers.engine.restoreworker import main; main()"
@@ -28,14 +28,8 @@ class RestorePool:
 
     def __init__(self, storage: str, snapshot_id: int, state_path: str, n: int) -> None:
         setup = msgspec.msgpack.encode(Setup(storage, snapshot_id, state_path))
-        self.workers: list[WorkerProcess] = []
         self.bytes_written = 0
-        try:
-            for _ in range(n):
-                self.workers.append(WorkerProcess(_CODE, setup))
-        except BaseException:
-            self.close(kill=True)
-            raise
+        self.workers = start_workers(_CODE, setup, n)
         self._dec = msgspec.msgpack.Decoder(list[object]).decode
 
     def run(self, st_fd: int, shares: list[list[int]], owner: tuple[int, int] | None,

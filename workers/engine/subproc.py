@@ -45,3 +45,16 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
         self.res.close()
+
+
+def start_workers(code: str, setup: bytes, n: int) -> list[WorkerProcess]:
+    """n worker processes, or none: those already started are killed if one fails."""
+    workers: list[WorkerProcess] = []
+    try:
+        for _ in range(n):
+            workers.append(WorkerProcess(code, setup))
+    except BaseException:
+        for w in workers:
+            w.close(kill=True)
+        raise
+    return workers
