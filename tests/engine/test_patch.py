@@ -267,3 +267,18 @@ def test_one_restore_at_a_time_per_state(tmp_path: Path, engine: Engine) -> None
         engine.restore(1, dir_state(tmp_path / "other"))  # other states are not blocked
     engine.restore(1, dir_state(cur))
     assert_same(src, cur)
+
+
+def test_patch_without_renameat2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                 engine: Engine) -> None:
+    src, cur = _setup(tmp_path, engine)
+
+    def no_renameat2(*a: object) -> None:
+        raise OSError(errno.ENOSYS, "renameat2 not available")
+
+    monkeypatch.setattr(fsutil, "renameat2", no_renameat2)
+    before = _inodes(cur)
+    engine.restore(1, dir_state(cur))
+    assert_same(src, cur)
+    assert before["c"] == _inodes(cur)["c"]  # the same directory: patched, not rebuilt
+    assert sorted(os.listdir(tmp_path)) == ["ref", "repo", "srv"]

@@ -25,6 +25,7 @@ O_NOFOLLOW fds from the state root, and a name swapped by a tenant is moved, nev
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from typing import TYPE_CHECKING
@@ -58,6 +59,19 @@ def _new(i: int) -> bytes:
 
 def _old(i: int) -> bytes:
     return b"o%d" % i
+
+
+def _move_in(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> None:
+    """Rename, never replacing an entry at dst (renameat2 NOREPLACE; on a filesystem without
+    it, a plain rename after checking dst is free: the server is stopped meanwhile)."""
+    try:
+        fsutil.renameat2(src_dir, src, dst_dir, dst, fsutil.RENAME_NOREPLACE)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise
+        if _exists(dst, dst_dir):
+            raise FileExistsError(errno.EEXIST, "entry appeared during the restore", dst) from e
+        os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
 
 
 def _exists(name: bytes, dfd: int) -> bool:
@@ -187,7 +201,7 @@ class Patcher:
                 if op.kind != CREATE:
                     os.rename(name, _old(i), src_dir_fd=pfd, dst_dir_fd=wfd)
                 if op.kind != DELETE:
-                    fsutil.renameat2(wfd, _new(i), pfd, name, fsutil.RENAME_NOREPLACE)
+                    _move_in(wfd, _new(i), pfd, name)
             for d in reversed(dirs):  # children first: their mtimes are final when set
                 e = self.plan.manifest_dirs[d.path]
                 set_dir_meta(fds.get(d.path), e.mode, e.uid, e.gid, e.xattrs, e.mtime_ns)
@@ -228,7 +242,7 @@ def undo(parent_fd: int, base: bytes) -> None:
                     if st is not None and st.st_ino == op.ino:
                         os.rename(name, _new(i), src_dir_fd=pfd, dst_dir_fd=wfd)
                 if op.kind != CREATE and _exists(_old(i), wfd):
-                    fsutil.renameat2(wfd, _old(i), pfd, name, fsutil.RENAME_NOREPLACE)
+                    _move_in(wfd, _old(i), pfd, name)
             for d in reversed(journal.dirs):
                 set_dir_meta(fds.get(d.path), d.mode, d.uid, d.gid, d.xattrs, d.mtime_ns)
         finally:
