@@ -34,6 +34,7 @@ import msgspec
 
 from . import fsutil
 from .manifest import DIR, FILE, HARDLINK, Entry
+from .metadata import make_special
 from .patchplan import CREATE, DELETE, DirState, Op, Plan
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class Patcher:
                         os.link(tname, name, src_dir_fd=dirs.get(parent), dst_dir_fd=wfd,
                                 follow_symlinks=False)
                 else:
-                    r.special(wfd, name, e)
+                    make_special(wfd, name, e)
         except BaseException:
             for fd, _e in files:
                 os.close(fd)

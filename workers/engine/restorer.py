@@ -36,7 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from . import fsutil
-from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
+from .manifest import DIR, FILE, HARDLINK, Entry
+from .metadata import make_special, set_dir_metadata
 from .model import RestoreResult, StateInvalid
 from .packcache import PackCache
 from .patcher import Patcher
@@ -278,7 +279,7 @@ class Restorer:
                         os.link(e.target, name, src_dir_fd=st_fd, dst_dir_fd=dfd,
                                 follow_symlinks=False)
                     else:
-                        self.special(dfd, name, e)
+                        make_special(dfd, name, e)
                     self.progress.poll()
             except BaseException:
                 failed.set()
@@ -292,7 +293,7 @@ class Restorer:
             f.result()
         if procs is not None:
             self._write_shares(st_fd, procs, plain)
-        self._dir_metadata(st_fd, dirs)
+        set_dir_metadata(st_fd, dirs)
 
     def _build_fresh(self, st_fd: int, pool: RestorePool) -> None:
         """A new tree, nothing to reuse: directories, symlinks and device nodes here, the
@@ -312,26 +313,14 @@ class Restorer:
             elif e.kind == HARDLINK:
                 links.append(e)
             else:
-                self.special(st_fd, e.path, e)
+                make_special(st_fd, e.path, e)
             self.progress.poll()
 
         self._write_shares(st_fd, pool, files)
         for e in links:
             os.link(e.target, e.path, src_dir_fd=st_fd, dst_dir_fd=st_fd,
                     follow_symlinks=False)
-        self._dir_metadata(st_fd, dirs)
-
-    def _dir_metadata(self, st_fd: int, dirs: list[Entry]) -> None:
-        # Directory metadata last, deepest first, so creating children cannot change it.
-        # By path under st_fd: every directory on the way is one this restore created in
-        # its private (0700) staging directory, so no component can be a planted symlink.
-        for d in reversed(dirs):
-            path = d.path or b"."
-            os.chown(path, d.uid, d.gid, dir_fd=st_fd, follow_symlinks=False)
-            os.chmod(path, stat.S_IMODE(d.mode), dir_fd=st_fd)
-            if d.xattrs:
-                fsutil.write_xattrs(b"/proc/self/fd/%d/%s" % (st_fd, path), d.xattrs)
-            os.utime(path, ns=(d.mtime_ns, d.mtime_ns), dir_fd=st_fd, follow_symlinks=False)
+        set_dir_metadata(st_fd, dirs)
 
     def _write_shares(self, st_fd: int, pool: RestorePool, files: list[tuple[int, int]]) -> None:
         """The worker processes create and write these files (index, cost) under st_fd."""
@@ -367,21 +356,6 @@ class Restorer:
             futures = [pool.submit(self._file, None, b"", e, fd, None) for fd, e in files]
         for f in futures:
             f.result()
-
-    def special(self, dfd: int, name: bytes, e: Entry) -> None:
-        if e.kind == SYMLINK:
-            os.symlink(e.target, name, dir_fd=dfd)
-        elif e.kind == "p":
-            os.mkfifo(name, 0o600, dir_fd=dfd)
-        else:
-            os.mknod(name, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=dfd)
-        os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
-        if e.kind != SYMLINK:
-            # Safe to follow: we just created this fifo/device node in our private staging dir.
-            os.chmod(name, stat.S_IMODE(e.mode), dir_fd=dfd)
-        if e.xattrs:
-            fsutil.write_xattrs(fsutil.proc_path(dfd, name), e.xattrs)
-        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
     def _file(self, dfd: int | None, name: bytes, e: Entry, fd: int | None,
               cand: Candidate) -> None:

@@ -126,4 +126,3 @@ class Flusher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
