@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, EngineError, fsutil, patcher
+from workers.engine import Engine, EngineError, fsutil, patcher, restorer
 from workers.engine.patchplan import Planner
 
 from .conftest import dir_state, make_meta
@@ -282,3 +282,24 @@ def test_patch_without_renameat2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert_same(src, cur)
     assert before["c"] == _inodes(cur)["c"]  # the same directory: patched, not rebuilt
     assert sorted(os.listdir(tmp_path)) == ["ref", "repo", "srv"]
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_a_rebuilt_tree_is_trusted_by_the_next_restore(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path, engine: Engine,
+                                                       processes: bool) -> None:
+    # The rebuild records (inode, ctime) of every file it wrote (in threads or in worker
+    # processes), so a patch restore right after it reads none of them back.
+    if processes:
+        monkeypatch.setattr(restorer, "PROCESS_THRESHOLD", 0)
+    src = tmp_path / "orig"
+    _tree(src)
+    engine.capture(make_meta(1), dir_state(src))
+    cur = tmp_path / "srv"
+    engine.restore(1, dir_state(cur))  # a new state: rebuilt
+    assert_same(src, cur)
+    (cur / "c" / "f003").write_bytes(b"changed")
+    r = engine.restore(1, dir_state(cur))
+    assert_same(src, cur)
+    # only the hard-linked file is re-read (records never vouch for hard links)
+    assert (r.files_written, engine.last_bytes_read) == (1, len(b"linked"))

@@ -82,8 +82,8 @@ class Restorer:
         self.cache = StateCache(repo.backend, state_path)
         self.check = ReuseCheck(repo)
         self.packs = PackCache(repo, snapshot_id)
-        self.by_path = {e.path: e for e in entries}
-        self.written: dict[bytes, tuple[int, int]] = {}  # path -> (ino, ctime) as written
+        # path -> (entry, ino, ctime) of each file as written: the trusted record's source
+        self.written: dict[bytes, tuple[Entry, int, int]] = {}
         self.reused: list[Entry] = []  # current files linked into staging
         # owner of the files we create in staging, when known (chown is skipped for them)
         self._new_owner: tuple[int, int] | None = None
@@ -151,7 +151,7 @@ class Restorer:
             # the old tree, now under the staging name
             fsutil.remove_tree(parent_fd, staging, fsutil.mount_roots(self.parent_path))
             digest = self.check.digest
-            record = {p: (*ids, digest(self.by_path[p])) for p, ids in self.written.items()
+            record = {p: (ino, ctime, digest(e)) for p, (e, ino, ctime) in self.written.items()
                       if p not in self.linked}
             # after the removal: unlinking old names changed the ctime of reused inodes
             new_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
@@ -327,7 +327,8 @@ class Restorer:
         from .restorepool import split
 
         def done(idx: int, ino: int, ctime: int) -> None:
-            self.written[self.entries[idx].path] = (ino, ctime)
+            e = self.entries[idx]
+            self.written[e.path] = (e, ino, ctime)
             self.files_written += 1
 
         try:
@@ -388,7 +389,7 @@ class Restorer:
         with self._lock:
             self.bytes_written += written
             self.files_written += 1
-            self.written[e.path] = (st.st_ino, st.st_ctime_ns)
+            self.written[e.path] = (e, st.st_ino, st.st_ctime_ns)
 
     def _link_reused(self, cand: tuple[int, os.stat_result], dfd: int, name: bytes,
                      e: Entry) -> bool:

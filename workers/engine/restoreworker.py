@@ -88,7 +88,8 @@ def main() -> None:
         for idx in share.indexes:
             e = entries[idx]
             r.write_file(None, b"", e, os.open(e.path, CREATE, 0o600, dir_fd=st_fd))
-            batch.append((idx, *r.written[e.path]))
+            _e, ino, ctime = r.written[e.path]
+            batch.append((idx, ino, ctime))
             if len(batch) >= BATCH:
                 send_frame(res, ("done", batch, r.bytes_written - before))
                 batch, before = [], r.bytes_written
