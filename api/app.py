@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import msgspec
@@ -14,30 +14,30 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from api import events, health, openapi, operations, servers, snapshots, tokens, webhooks
+from api import openapi
 from api.auth import BearerAuth, TokenCache
-from api.idempotency import idempotent
+from api.endpoint import PUBLIC, Endpoint, Handler
 from api.middleware import RequestContext
+from api.routes import TABLE
 from api.services import Services
 from shared.async_store import AsyncStore
 from shared.broker import make_broker
 from shared.settings import ADMIN_TOKEN_FILE, Settings
 
 OPENAPI_PATH = "/api/v1/openapi.json"
-Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _route(path: str, **handlers: Handler) -> BaseRoute:
+def _route(path: str, rows: list[Endpoint]) -> BaseRoute:
     """One route per path, dispatching on the method, so a 405 lists every allowed one.
 
     Every route is registered with a trailing slash; RequestContext adds a missing one,
     so both spellings answer the same without a redirect or a second route to match.
     """
-    by_method = {m.upper(): h for m, h in handlers.items()}
+    by_method: dict[str, Handler] = {e.method: e.handler for e in rows}
     if "GET" in by_method:
         by_method["HEAD"] = by_method["GET"]
-    if len(handlers) == 1:
-        endpoint = next(iter(handlers.values()))
+    if len(rows) == 1:
+        endpoint = rows[0].handler
     else:
 
         async def endpoint(request: Request) -> Response:
@@ -47,33 +47,26 @@ def _route(path: str, **handlers: Handler) -> BaseRoute:
     return Route(path.rstrip("/") + "/", endpoint, methods=list(by_method))
 
 
-def routes(openapi_body: bytes) -> list[BaseRoute]:
+def routes(table: Iterable[Endpoint]) -> list[BaseRoute]:
+    """The router's routes: the table's rows grouped by path (in the table's order), then
+    the OpenAPI document built from the same rows."""
+    rows = list(table)
+    by_path: dict[str, list[Endpoint]] = {}
+    for e in rows:
+        by_path.setdefault(e.path, []).append(e)
+    openapi_body = msgspec.json.encode(openapi.build(rows))
+
     async def openapi_doc(request: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
 
-    v1 = "/api/v1"
-    # The hottest routes first: the router tries them in order.
-    return [
-        _route(f"{v1}/snapshots/{{snapshot_id}}/", get=snapshots.get_one,
-               delete=snapshots.delete),
-        _route(f"{v1}/snapshots/", get=snapshots.list_all,
-               post=idempotent(snapshots.create)),
-        _route(f"{v1}/operations/{{operation_id}}/", get=operations.get_one),
-        _route(f"{v1}/snapshots/{{snapshot_id}}/restore/",
-               post=idempotent(snapshots.restore)),
-        _route(f"{v1}/operations/", get=operations.list_all),
-        _route(f"{v1}/servers/", get=servers.list_all, post=servers.create),
-        _route(f"{v1}/servers/{{server_id}}/", get=servers.get_one, delete=servers.delete),
-        _route(f"{v1}/tokens/", post=tokens.create),
-        _route(f"{v1}/tokens/{{token_id}}/", delete=tokens.revoke),
-        _route(f"{v1}/events/", get=events.stream),
-        _route(f"{v1}/webhooks/", get=webhooks.list_all, post=webhooks.create),
-        _route(f"{v1}/webhooks/{{webhook_id}}/", get=webhooks.get_one, delete=webhooks.delete),
-        _route(f"{v1}/webhooks/{{webhook_id}}/deliveries/", get=webhooks.deliveries),
-        _route("/healthz", get=health.healthz),
-        _route("/readyz", get=health.readyz),
-        _route(OPENAPI_PATH, get=openapi_doc),
-    ]
+    doc = Route(OPENAPI_PATH + "/", openapi_doc, methods=["GET", "HEAD"])
+    return [*(_route(path, group) for path, group in by_path.items()), doc]
+
+
+def public_paths(table: Iterable[Endpoint]) -> frozenset[str]:
+    """Paths under /api/v1/ that need no token (as the router sees them: with a slash)."""
+    public = {e.path.rstrip("/") + "/" for e in table if e.scope == PUBLIC}
+    return frozenset({*public, OPENAPI_PATH + "/"})
 
 
 class SnapshotsApp(Starlette):
@@ -104,19 +97,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     store = AsyncStore.from_settings(settings)
     cache = TokenCache()
     svc = Services(settings=settings, store=store, broker=make_broker(settings), tokens=cache)
-    openapi_body = msgspec.json.encode(openapi.build())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await store.close()
 
-    app = SnapshotsApp(routes=routes(openapi_body), lifespan=lifespan)
+    app = SnapshotsApp(routes=routes(TABLE), lifespan=lifespan)
     app.auth_options = {
         "store": store,
         "admin_token": settings.admin_token,
         "cache": cache,
-        "public": frozenset({OPENAPI_PATH + "/"}),
+        "public": public_paths(TABLE),
     }
     app.router.redirect_slashes = False
     app.state.services = svc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -10,9 +12,9 @@ from api.errors import NotFound
 from api.inputs import path_id, query_choice, query_id, query_limit
 from api.services import services
 from api.views import JSON, next_link, operation_view
-from shared.schemas import ListLinks, ListMeta, OperationList
+from shared.schemas import ListLinks, ListMeta, OperationList, OperationStatus
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = get_args(OperationStatus)
 
 
 async def get_one(request: Request) -> Response:

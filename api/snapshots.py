@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.auth import principal, require
+from api.auth import principal
 from api.errors import NotFound, from_refusal
-from api.inputs import decode_body, path_id, query_choice, query_id, query_limit
+from api.inputs import path_id, query_choice, query_id, query_limit
 from api.services import services
 from api.views import JSON, next_link, snapshot_view
 from shared.records import SnapshotRecord
@@ -24,16 +26,16 @@ from shared.schemas import (
     Snapshot,
     SnapshotCreate,
     SnapshotList,
+    SnapshotStatus,
     rfc3339,
 )
 from shared.scripts import TransitionRefused
 
-STATUSES = ("in_progress", "available", "failed")
+STATUSES = get_args(SnapshotStatus)
 
 
-async def create(request: Request) -> Response:
-    who = require(request, "write")
-    body = await decode_body(request, SnapshotCreate)
+async def create(request: Request, body: SnapshotCreate) -> Response:
+    who = principal(request)
     svc = services(request)
     try:
         made = await svc.store.create_snapshot(who.account_filter, body)
@@ -94,10 +96,9 @@ async def list_all(request: Request) -> Response:
     )
 
 
-async def restore(request: Request) -> Response:
-    who = require(request, "write")
+async def restore(request: Request, body: RestoreRequest) -> Response:
+    who = principal(request)
     snapshot_id = path_id(request, "snapshot_id")
-    body = await decode_body(request, RestoreRequest, optional=True)
     svc = services(request)
     try:
         started = await svc.store.start_restore(who.account_filter, snapshot_id, body.start_after)
@@ -122,7 +123,7 @@ async def restore(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    who = require(request, "write")
+    who = principal(request)
     snapshot_id = path_id(request, "snapshot_id")
     svc = services(request)
     try:
