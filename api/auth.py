@@ -20,18 +20,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import Forbidden, Unauthorized
 from shared.async_store import AsyncStore
+from shared.schemas import TokenScope
 
 TOKEN_PREFIX: Final = "snp_"
 CACHE_TTL: Final = 5.0
 CACHE_MAX: Final = 10_000
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=\-]{8,256}$")
-SCOPE_RANK: Final = {"read": 0, "write": 1, "admin": 2}
+# Each scope allows what the ones before it allow.
+SCOPE_RANK: Final[dict[TokenScope, int]] = {"read": 0, "write": 1, "admin": 2}
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     account: str
-    scope: str
+    scope: TokenScope
 
     @property
     def is_admin(self) -> bool:
@@ -59,7 +61,7 @@ def principal(request: Request) -> Principal:
     return p
 
 
-def require(request: Request, scope: str) -> Principal:
+def require(request: Request, scope: TokenScope) -> Principal:
     """The caller, if its scope reaches ``scope``; else 403."""
     p = principal(request)
     if SCOPE_RANK[p.scope] < SCOPE_RANK[scope]:

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from api.auth import require
 from api.idempotency import idempotent as with_idempotency
 from api.inputs import decode_body
-from shared.schemas import Scope
+from shared.schemas import TokenScope
 
 Handler = Callable[[Request], Awaitable[Response]]
 B = TypeVar("B")
@@ -32,6 +32,7 @@ BodyHandler = Callable[[Request, B], Awaitable[Response]]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # A route without a token (outside /api/v1/ or listed as public to BearerAuth).
 PUBLIC: Literal["public"] = "public"
+RowScope = TokenScope | Literal["public"]
 
 _PATH_PARAM = re.compile(r"\{([a-z_]+)\}")
 
@@ -51,7 +52,7 @@ class Endpoint:
     method: Method
     path: str
     handler: Handler  # already wrapped: scope, idempotency and body decoding applied
-    scope: Scope | Literal["public"]
+    scope: RowScope
     summary: str
     request: type[Any] | None
     request_required: bool
@@ -71,7 +72,7 @@ class Endpoint:
         return _PATH_PARAM.findall(self.path)
 
 
-def _scoped(handler: Handler, scope: Scope) -> Handler:
+def _scoped(handler: Handler, scope: TokenScope) -> Handler:
     async def checked(request: Request) -> Response:
         require(request, scope)
         return await handler(request)
@@ -88,7 +89,7 @@ def _decoding(handler: BodyHandler[B], cls: type[B], optional: bool) -> Handler:
 
 @overload
 def endpoint(
-    method: Method, path: str, handler: Handler, *, scope: Scope | Literal["public"],
+    method: Method, path: str, handler: Handler, *, scope: RowScope,
     summary: str, response: type[Any] | None, status: int = ..., request: None = None,
     request_required: bool = ..., query: tuple[Query, ...] = ..., idempotent: bool = ...,
     description: str | None = ..., media_type: str = ..., errors: tuple[int, ...] | None = ...,
@@ -98,7 +99,7 @@ def endpoint(
 
 @overload
 def endpoint(
-    method: Method, path: str, handler: BodyHandler[B], *, scope: Scope | Literal["public"],
+    method: Method, path: str, handler: BodyHandler[B], *, scope: RowScope,
     summary: str, response: type[Any] | None, status: int = ..., request: type[B],
     request_required: bool = ..., query: tuple[Query, ...] = ..., idempotent: bool = ...,
     description: str | None = ..., media_type: str = ..., errors: tuple[int, ...] | None = ...,
@@ -111,7 +112,7 @@ def endpoint(
     path: str,
     handler: Any,
     *,
-    scope: Scope | Literal["public"],
+    scope: RowScope,
     summary: str,
     response: type[Any] | None,
     status: int = 200,

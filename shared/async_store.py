@@ -22,7 +22,7 @@ from shared.records import (
     TokenRecord,
     decode_record,
 )
-from shared.schemas import ServerCreate, SnapshotCreate
+from shared.schemas import ServerCreate, SnapshotCreate, TokenScope
 from shared.scripts import Page, arg, as_dict, result, script_sources
 from shared.settings import Settings
 
@@ -185,7 +185,7 @@ class AsyncStore:
         # cjson encodes an empty Lua table as {}, not [].
         return [int(o) for o in ops] if isinstance(ops, list) else []
 
-    async def create_token(self, digest: str, account: str, scope: str) -> CreatedToken:
+    async def create_token(self, digest: str, account: str, scope: TokenScope) -> CreatedToken:
         answer = result(await self._run("create_token", arg({
             "sha": digest, "account": account, "scope": scope,
         })))

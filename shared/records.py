@@ -18,10 +18,10 @@ from shared.schemas import (
     OperationType,
     Power,
     PowerNone,
-    Scope,
     ServerState,
     ServerStatus,
     SnapshotStatus,
+    TokenScope,
 )
 
 # Fields stored as JSON text inside a hash.
@@ -81,7 +81,7 @@ class ServerRecord(Struct, kw_only=True):
 class TokenRecord(Struct, kw_only=True):
     id: int
     account: str
-    scope: Scope
+    scope: TokenScope
     created_at: int
 
 

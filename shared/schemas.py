@@ -18,7 +18,8 @@ SnapshotStatus = Literal["in_progress", "available", "failed"]
 OperationType = Literal["snapshot.create", "snapshot.restore", "snapshot.delete"]
 OperationStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ServerStatus = Literal["running", "stopped", "restoring"]
-Scope = Literal["read", "write", "admin"]
+# What a token may do; each scope allows what the ones before it allow.
+TokenScope = Literal["read", "write", "admin"]
 
 CREATE_MESSAGE = "Snapshot is being created. This may take 3-10 minutes depending on server size."
 RESTORE_MESSAGE = "Server is being restored from snapshot. This may take 5-15 minutes."
@@ -113,7 +114,7 @@ class ServerCreate(Struct, forbid_unknown_fields=True):
 
 class TokenCreate(Struct, forbid_unknown_fields=True):
     account: AccountName
-    scope: Scope
+    scope: TokenScope
 
 
 # ---------------------------------------------------------------- responses
@@ -229,7 +230,7 @@ class ServerList(Struct):
 class Token(Struct):
     id: int
     account: str
-    scope: Scope
+    scope: TokenScope
     token: str
     created_at: str
 
