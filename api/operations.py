@@ -36,7 +36,9 @@ async def list_all(request: Request) -> Response:
     account = who.account_filter
     # Operations outlive their server, so the server filter goes through the account's
     # own index intersection rather than a server ownership check.
-    page = await svc.store.list_operations(account, server_id, status, cursor, limit)
+    page = await svc.store.list_operations(
+        account=account, server_id=server_id, status=status, cursor=cursor, limit=limit
+    )
     items = page.items
     total = page.total
     if account is not None and server_id is not None and any(r.account != account for r in items):

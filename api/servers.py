@@ -38,7 +38,9 @@ async def list_all(request: Request) -> Response:
     who = principal(request)
     limit = query_limit(request)
     cursor = query_id(request, "cursor")
-    page = await services(request).store.list_servers(who.account_filter, cursor, limit)
+    page = await services(request).store.list_servers(
+        account=who.account_filter, cursor=cursor, limit=limit
+    )
     return JSON(
         ServerList(
             servers=[server_view(r, admin=who.is_admin) for r in page.items],
@@ -52,7 +54,7 @@ async def delete(request: Request) -> Response:
     server_id = path_id(request, "server_id")
     svc = services(request)
     try:
-        op_ids = await svc.store.delete_server(None, server_id)
+        op_ids = await svc.store.delete_server(account=None, server_id=server_id)
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
     for op_id in op_ids:

@@ -38,7 +38,7 @@ async def create(request: Request, body: SnapshotCreate) -> Response:
     who = principal(request)
     svc = services(request)
     try:
-        made = await svc.store.create_snapshot(who.account_filter, body)
+        made = await svc.store.create_snapshot(account=who.account_filter, body=body)
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
     await svc.enqueue("snapshot.create", made.operation_id)
@@ -85,7 +85,9 @@ async def list_all(request: Request) -> Response:
         if server is None or server.account != who.account:
             empty = SnapshotList(snapshots=[], meta=ListMeta(total=0), links=ListLinks(next=None))
             return JSON(empty)
-    page = await svc.store.list_snapshots(who.account_filter, server_id, status, cursor, limit)
+    page = await svc.store.list_snapshots(
+        account=who.account_filter, server_id=server_id, status=status, cursor=cursor, limit=limit
+    )
     link = next_link(request, page.next_cursor, server_id=server_id, status=status, limit=limit)
     return JSON(
         SnapshotList(
@@ -101,7 +103,9 @@ async def restore(request: Request, body: RestoreRequest) -> Response:
     snapshot_id = path_id(request, "snapshot_id")
     svc = services(request)
     try:
-        started = await svc.store.start_restore(who.account_filter, snapshot_id, body.start_after)
+        started = await svc.store.start_restore(
+            account=who.account_filter, snapshot_id=snapshot_id, start_after=body.start_after
+        )
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
     await svc.enqueue("snapshot.restore", started.operation_id)
@@ -127,7 +131,9 @@ async def delete(request: Request) -> Response:
     snapshot_id = path_id(request, "snapshot_id")
     svc = services(request)
     try:
-        op_id = await svc.store.delete_snapshot(who.account_filter, snapshot_id)
+        op_id = await svc.store.delete_snapshot(
+            account=who.account_filter, snapshot_id=snapshot_id
+        )
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
     await svc.enqueue("snapshot.delete", op_id)

@@ -23,7 +23,17 @@ from shared.records import (
     decode_record,
 )
 from shared.schemas import ServerCreate, SnapshotCreate, TokenScope
-from shared.scripts import Page, arg, as_dict, result, script_sources
+from shared.scripts import (
+    Page,
+    arg,
+    as_dict,
+    create_server_arg,
+    create_snapshot_arg,
+    delete_snapshot_arg,
+    result,
+    script_sources,
+    start_restore_arg,
+)
 from shared.settings import Settings
 
 
@@ -110,29 +120,31 @@ class AsyncStore:
         return await self._get(keys.operation(operation_id), OperationRecord)
 
     async def list_servers(
-        self, account: str | None, cursor: int | None, limit: int
+        self, *, account: str | None, cursor: int | None = None, limit: int = 50
     ) -> Page[ServerRecord]:
         key = f"idx:servers:account:{account}" if account is not None else "idx:servers:all"
         return await self._page(key, "server:", cursor, limit, ServerRecord)
 
     async def list_snapshots(
         self,
+        *,
         account: str | None,
-        server_id: int | None,
-        status: str | None,
-        cursor: int | None,
-        limit: int,
+        server_id: int | None = None,
+        status: str | None = None,
+        cursor: int | None = None,
+        limit: int = 50,
     ) -> Page[SnapshotRecord]:
         key = keys.index("snapshots", account, server_id, status)
         return await self._page(key, "snapshot:", cursor, limit, SnapshotRecord)
 
     async def list_operations(
         self,
+        *,
         account: str | None,
-        server_id: int | None,
-        status: str | None,
-        cursor: int | None,
-        limit: int,
+        server_id: int | None = None,
+        status: str | None = None,
+        cursor: int | None = None,
+        limit: int = 50,
     ) -> Page[OperationRecord]:
         key = keys.index("operations", account, server_id, status)
         return await self._page(key, "operation:", cursor, limit, OperationRecord)
@@ -140,43 +152,29 @@ class AsyncStore:
     # ------------------------------------------------------------ transitions
     # ``account`` None means an admin acting across accounts.
 
-    async def create_snapshot(self, account: str | None, body: SnapshotCreate) -> CreatedSnapshot:
-        answer = result(await self._run("create_snapshot", arg({
-            "server_id": str(body.server_id),
-            "account": account,
-            "name": body.name,
-            "description": body.description,
-            "stop_server": body.stop_server,
-            "max": self.settings.max_per_server,
-        })))
+    async def create_snapshot(
+        self, *, account: str | None, body: SnapshotCreate
+    ) -> CreatedSnapshot:
+        payload = create_snapshot_arg(account, body, self.settings.max_per_server)
+        answer = result(await self._run("create_snapshot", payload))
         return msgspec.convert(answer, CreatedSnapshot)
 
     async def start_restore(
-        self, account: str | None, snapshot_id: int, start_after: bool | None
+        self, *, account: str | None, snapshot_id: int, start_after: bool | None = None
     ) -> StartedRestore:
-        answer = result(await self._run("start_restore", arg({
-            "snapshot_id": str(snapshot_id), "account": account, "start_after": start_after,
-        })))
+        payload = start_restore_arg(account, snapshot_id, start_after)
+        answer = result(await self._run("start_restore", payload))
         return msgspec.convert(answer, StartedRestore, strict=False)
 
-    async def delete_snapshot(self, account: str | None, snapshot_id: int) -> int:
-        answer = result(await self._run("delete_snapshot", arg({
-            "snapshot_id": str(snapshot_id), "account": account,
-        })))
-        return int(answer["operation_id"])
+    async def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
+        payload = delete_snapshot_arg(account, snapshot_id)
+        return int(result(await self._run("delete_snapshot", payload))["operation_id"])
 
     async def create_server(self, body: ServerCreate, status: str = "running") -> int:
-        answer = result(await self._run("create_server", arg({
-            "name": body.name,
-            "account": body.account,
-            "state": msgspec.json.encode(body.state).decode(),
-            "power": msgspec.json.encode(body.power).decode(),
-            "host": body.host,
-            "status": status,
-        })))
+        answer = result(await self._run("create_server", create_server_arg(body, status)))
         return int(answer["server_id"])
 
-    async def delete_server(self, account: str | None, server_id: int) -> list[int]:
+    async def delete_server(self, *, account: str | None, server_id: int) -> list[int]:
         """Deletes the server; returns the delete operations queued for its snapshots."""
         answer = result(await self._run("delete_server", arg({
             "server_id": str(server_id), "account": account,

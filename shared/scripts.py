@@ -12,6 +12,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from shared.schemas import ServerCreate, SnapshotCreate
+
 LUA_DIR = Path(__file__).with_name("lua")
 
 SCRIPT_NAMES = (
@@ -69,6 +71,40 @@ def ok(raw: str | bytes) -> bool:
 def arg(payload: dict[str, Any]) -> bytes:
     """Script arguments as one JSON object; None values are left out (nil in Lua)."""
     return msgspec.json.encode({k: v for k, v in payload.items() if v is not None})
+
+
+# The API-side transitions' arguments, built once for both stores (Store and AsyncStore
+# take the same keyword-only parameters; ``account`` None means an admin across accounts).
+
+
+def create_snapshot_arg(account: str | None, body: SnapshotCreate, max_per_server: int) -> bytes:
+    return arg({
+        "server_id": str(body.server_id),
+        "account": account,
+        "name": body.name,
+        "description": body.description,
+        "stop_server": body.stop_server,
+        "max": max_per_server,
+    })
+
+
+def start_restore_arg(account: str | None, snapshot_id: int, start_after: bool | None) -> bytes:
+    return arg({"snapshot_id": str(snapshot_id), "account": account, "start_after": start_after})
+
+
+def delete_snapshot_arg(account: str | None, snapshot_id: int) -> bytes:
+    return arg({"snapshot_id": str(snapshot_id), "account": account})
+
+
+def create_server_arg(body: ServerCreate, status: str) -> bytes:
+    return arg({
+        "name": body.name,
+        "account": body.account,
+        "state": msgspec.json.encode(body.state).decode(),
+        "power": msgspec.json.encode(body.power).decode(),
+        "host": body.host,
+        "status": status,
+    })
 
 
 def text(value: Any) -> str:

@@ -20,8 +20,20 @@ from shared.records import (
     TokenRecord,
     decode_record,
 )
-from shared.schemas import ServerCreate
-from shared.scripts import Page, arg, as_dict, ok, result, script_sources, text
+from shared.schemas import ServerCreate, SnapshotCreate
+from shared.scripts import (
+    Page,
+    arg,
+    as_dict,
+    create_server_arg,
+    create_snapshot_arg,
+    delete_snapshot_arg,
+    ok,
+    result,
+    script_sources,
+    start_restore_arg,
+    text,
+)
 from shared.settings import Settings
 
 
@@ -49,11 +61,13 @@ class Store:
         except redis.RedisError:
             return False
 
-    def get_operation(self, op_id: int) -> OperationRecord | None:
-        return decode_record(as_dict(self.redis.hgetall(keys.operation(op_id))), OperationRecord)
+    def get_operation(self, operation_id: int) -> OperationRecord | None:
+        raw = self.redis.hgetall(keys.operation(operation_id))
+        return decode_record(as_dict(raw), OperationRecord)
 
-    def get_snapshot(self, snap_id: int) -> SnapshotRecord | None:
-        return decode_record(as_dict(self.redis.hgetall(keys.snapshot(snap_id))), SnapshotRecord)
+    def get_snapshot(self, snapshot_id: int) -> SnapshotRecord | None:
+        raw = self.redis.hgetall(keys.snapshot(snapshot_id))
+        return decode_record(as_dict(raw), SnapshotRecord)
 
     def get_server(self, server_id: int) -> ServerRecord | None:
         return decode_record(as_dict(self.redis.hgetall(keys.server(server_id))), ServerRecord)
@@ -68,7 +82,8 @@ class Store:
 
     def list_snapshots(
         self,
-        account: str | None = None,
+        *,
+        account: str | None,
         server_id: int | None = None,
         status: str | None = None,
         cursor: int | None = None,
@@ -79,7 +94,8 @@ class Store:
 
     def list_operations(
         self,
-        account: str | None = None,
+        *,
+        account: str | None,
         server_id: int | None = None,
         status: str | None = None,
         cursor: int | None = None,
@@ -100,48 +116,24 @@ class Store:
     # (the HTTP API uses AsyncStore; these let tools and tests drive the same scripts)
 
     def create_server(self, body: ServerCreate, status: str = "running") -> int:
-        answer = result(self._run("create_server", arg({
-            "name": body.name,
-            "account": body.account,
-            "state": msgspec.json.encode(body.state).decode(),
-            "power": msgspec.json.encode(body.power).decode(),
-            "host": body.host,
-            "status": status,
-        })))
+        answer = result(self._run("create_server", create_server_arg(body, status)))
         return int(answer["server_id"])
 
-    def create_snapshot(
-        self,
-        server_id: int,
-        name: str,
-        account: str | None = None,
-        description: str | None = None,
-        stop_server: bool = False,
-    ) -> tuple[int, int]:
+    def create_snapshot(self, *, account: str | None, body: SnapshotCreate) -> tuple[int, int]:
         """(snapshot_id, operation_id); raises TransitionRefused like the API's call."""
-        answer = result(self._run("create_snapshot", arg({
-            "server_id": str(server_id),
-            "account": account,
-            "name": name,
-            "description": description,
-            "stop_server": stop_server,
-            "max": self.settings.max_per_server,
-        })))
+        payload = create_snapshot_arg(account, body, self.settings.max_per_server)
+        answer = result(self._run("create_snapshot", payload))
         return int(answer["snapshot_id"]), int(answer["operation_id"])
 
     def start_restore(
-        self, snapshot_id: int, account: str | None = None, start_after: bool | None = None
+        self, *, account: str | None, snapshot_id: int, start_after: bool | None = None
     ) -> int:
-        answer = result(self._run("start_restore", arg({
-            "snapshot_id": str(snapshot_id), "account": account, "start_after": start_after,
-        })))
-        return int(answer["operation_id"])
+        payload = start_restore_arg(account, snapshot_id, start_after)
+        return int(result(self._run("start_restore", payload))["operation_id"])
 
-    def delete_snapshot(self, snapshot_id: int, account: str | None = None) -> int:
-        answer = result(self._run("delete_snapshot", arg({
-            "snapshot_id": str(snapshot_id), "account": account,
-        })))
-        return int(answer["operation_id"])
+    def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
+        payload = delete_snapshot_arg(account, snapshot_id)
+        return int(result(self._run("delete_snapshot", payload))["operation_id"])
 
     # ------------------------------------------------------------ worker-side transitions
 

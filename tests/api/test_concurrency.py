@@ -10,7 +10,7 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
-from shared.schemas import ServerCreate, ServerState
+from shared.schemas import ServerCreate, ServerState, SnapshotCreate
 from shared.store import Store
 from tests.conftest import ADMIN_TOKEN
 
@@ -54,7 +54,7 @@ async def test_20_concurrent_creates_accept_exactly_one(
         headers = await token(client, "acme")
         responses = await create_many(client, headers, server_id, 20)
     assert codes(responses) == {201: 1, "server_invalid_state": 19}
-    assert store.list_snapshots(server_id=server_id).total == 1
+    assert store.list_snapshots(account=None, server_id=server_id).total == 1
     assert redis_client.hlen("snapshots-dramatiq:snapshots.msgs") == 1
 
 
@@ -63,7 +63,9 @@ async def test_limit_holds_under_concurrency(app: Starlette, store: Store) -> No
         ServerCreate(name="s", account="acme", state=ServerState(kind="directory", path="/s"))
     )
     for i in range(4):
-        _, op = store.create_snapshot(server_id, f"done{i}")
+        _, op = store.create_snapshot(
+            account=None, body=SnapshotCreate(server_id=server_id, name=f"done{i}")
+        )
         store.begin_operation(op)
         assert store.complete_create(op, 1.0, [])
     transport = httpx.ASGITransport(app=app)
@@ -77,7 +79,7 @@ async def test_limit_holds_under_concurrency(app: Starlette, store: Store) -> No
         # Now at the limit of 5: every one of 20 concurrent creates is refused.
         responses = await create_many(client, headers, server_id, 20)
         assert codes(responses) == {"snapshot_limit_reached": 20}
-    page = store.list_snapshots(server_id=server_id)
+    page = store.list_snapshots(account=None, server_id=server_id)
     assert page.total == 5 and {s.status for s in page.items} == {"available"}
 
 
@@ -85,7 +87,9 @@ async def test_concurrent_restores_and_deletes(app: Starlette, store: Store) -> 
     server_id = store.create_server(
         ServerCreate(name="s", account="acme", state=ServerState(kind="directory", path="/s"))
     )
-    snap, op = store.create_snapshot(server_id, "base")
+    snap, op = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="base")
+    )
     store.begin_operation(op)
     store.complete_create(op, 1.0, [])
     transport = httpx.ASGITransport(app=app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import dramatiq
@@ -11,7 +12,7 @@ import redis
 
 from shared.broker import HEARTBEAT_TIMEOUT_MS, make_broker, operation_message
 from shared.messages import OperationMessage
-from shared.schemas import ServerCreate, ServerState
+from shared.schemas import ServerCreate, ServerState, SnapshotCreate
 from shared.settings import Settings, SettingsError
 from shared.store import Store
 
@@ -77,7 +78,9 @@ def test_store_works_with_a_bytes_client(settings: Settings) -> None:
     sid = store.create_server(
         ServerCreate(name="s", account="acme", state=ServerState(kind="image", path="/d"))
     )
-    snap, op = store.create_snapshot(sid, "n", description="é")
+    snap, op = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=sid, name="n", description="é")
+    )
     rec = store.begin_operation(op)
     assert rec is not None and rec.status == "running" and rec.attempts == 1
     assert store.begin_operation(op) is not None  # redelivery: still running, attempts 2
@@ -99,10 +102,10 @@ def test_fail_operation_with_truthful_server_status(settings: Settings, store: S
     sid = store.create_server(
         ServerCreate(name="s", account="acme", state=ServerState(kind="image", path="/d"))
     )
-    snap, op = store.create_snapshot(sid, "n")
+    snap, op = store.create_snapshot(account=None, body=SnapshotCreate(server_id=sid, name="n"))
     store.begin_operation(op)
     store.complete_create(op, 1.0, [])
-    rop = store.start_restore(snap, start_after=False)
+    rop = store.start_restore(account=None, snapshot_id=snap, start_after=False)
     store.begin_operation(rop)
     store.report_progress(rop, 50)
     assert store.fail_operation(rop, "start_failed", "could not start", server_status="stopped")
@@ -138,3 +141,16 @@ def test_env_for_round_trips_settings(settings: Settings) -> None:
     from tests.support.env import env_for
 
     assert Settings.from_env(env_for(settings)) == settings
+
+
+def test_both_stores_take_the_same_arguments() -> None:
+    """Store (workers, tools) and AsyncStore (the API) run the same scripts; a method both
+    have takes the same parameters, by the same names, in the same way (no swapped ids)."""
+    from shared.async_store import AsyncStore
+
+    common = {n for n in vars(Store) if not n.startswith("_")} & set(vars(AsyncStore))
+    assert {"create_snapshot", "start_restore", "delete_snapshot", "list_snapshots"} <= common
+    for name in sorted(common - {"from_settings"}):
+        sync, aio = inspect.signature(getattr(Store, name)), inspect.signature(
+            getattr(AsyncStore, name))
+        assert list(sync.parameters.values()) == list(aio.parameters.values()), name

@@ -140,4 +140,4 @@ async def test_identical_requests_at_once_start_one_operation(app: Starlette, st
         )
     assert {r.status_code for r in answers} == {201}, [r.text for r in answers]
     assert len({r.json()["id"] for r in answers}) == 1
-    assert store.list_snapshots(server_id=server_id).total == 1
+    assert store.list_snapshots(account=None, server_id=server_id).total == 1

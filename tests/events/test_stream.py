@@ -12,6 +12,7 @@ import httpx
 import redis
 
 from api.events import CLIENT_NAME
+from shared.schemas import SnapshotCreate
 from shared.store import Store
 from tests.events.conftest import Live
 from tests.events.sse import has, read
@@ -104,7 +105,9 @@ def test_accounts_see_only_their_own_and_admin_sees_all(
     ta, tb = _token(live, "acme", "read"), _token(live, "globex")
     with live.client(ta) as ca, live.client(tb) as cb, live.client() as admin, \
             ca.stream("GET", EVENTS) as ra, admin.stream("GET", EVENTS) as rx:
-        store.create_snapshot(a["id"], "acme-snap", account="acme")
+        store.create_snapshot(
+            account="acme", body=SnapshotCreate(server_id=a["id"], name="acme-snap")
+        )
         _snapshot(cb, b["id"])
         got_admin = read(rx, lambda g: len(g.frames) >= 2)
         assert sorted(f.data["account"] for f in got_admin.frames) == ["acme", "globex"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from shared.schemas import PowerNone, ServerCreate, ServerState
+from shared.schemas import PowerNone, ServerCreate, ServerState, SnapshotCreate
 from shared.store import Store
 
 HB = "test:heartbeats"
@@ -16,7 +16,9 @@ def _create(store: Store, tmp_path: Path) -> tuple[int, int, int]:
     server_id = store.create_server(ServerCreate(
         name="s", account="acme", state=ServerState(kind="directory", path=str(tmp_path)),
         power=PowerNone()))
-    snap_id, op_id = store.create_snapshot(server_id, "n")
+    snap_id, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="n")
+    )
     return server_id, snap_id, op_id
 
 

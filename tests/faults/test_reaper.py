@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from shared.broker import HEARTBEATS_KEY
+from shared.schemas import SnapshotCreate
 from tests.e2e.flow import add_server, snapshot, wait_operation
 from tests.e2e.service import wait_until
 from tests.engine.test_crash import spawn
@@ -39,7 +40,9 @@ def test_state_written_but_never_enqueued_is_finished_by_the_reaper(
     client = svc.client()
     server = add_server(client, str(_small_state(states, "web")))
     store = store_for(svc)
-    snap_id, op_id = store.create_snapshot(server["id"], "never-enqueued")
+    snap_id, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server["id"], name="never-enqueued")
+    )
     op = wait_operation(client, op_id, timeout=60)
     assert op["status"] == "succeeded", op
     assert store.get_operation(op_id).attempts == 1  # type: ignore[union-attr]
@@ -75,7 +78,7 @@ def test_web_sigkilled_during_creates_leaves_nothing_stuck(
 
     # Whatever the kill interrupted, every snapshot that exists gets to an end.
     store = store_for(svc)
-    page = store.list_snapshots(limit=200)
+    page = store.list_snapshots(account=None, limit=200)
     for snap in page.items:
         assert snap.operation_id is not None
         op = wait_operation(client, snap.operation_id, timeout=60)
@@ -90,7 +93,9 @@ def test_operation_whose_worker_died_too_often_ends_worker_lost(
     client = svc.client()
     server = add_server(client, str(_small_state(states, "web")))
     store = store_for(svc)
-    snap_id, op_id = store.create_snapshot(server["id"], "doomed")
+    snap_id, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server["id"], name="doomed")
+    )
     # Every allowed attempt was claimed by a worker that then died (no heartbeat).
     for i in range(MAX_ATTEMPTS):
         code, _ = store.claim_operation(op_id, f"dead{i}/1", f"dead{i}", HEARTBEATS_KEY, 3000)
@@ -171,7 +176,7 @@ Engine("file://{svc.repository}").restore({snap["id"]}, dir_state({str(state)!r}
     assert describe(state) != old  # a mix, with the undo journal beside it
 
     store = store_for(svc)
-    op_id = store.start_restore(snap["id"])
+    op_id = store.start_restore(account=None, snapshot_id=snap["id"])
     for i in range(MAX_ATTEMPTS):
         code, _ = store.claim_operation(op_id, f"dead{i}/1", f"dead{i}", HEARTBEATS_KEY, 3000)
         assert code == "ok"

@@ -52,14 +52,14 @@ def test_rebuild_uses_the_recorded_server_spec_else_a_refused_placeholder(
 
     jobs = Jobs(store, engine, driver_for, max_attempts=5)
     (state / "f").write_text("v2")
-    refused = store.start_restore(2)
+    refused = store.start_restore(account=None, snapshot_id=2)
     jobs.run(refused)
     op = store.get_operation(refused)
     assert op is not None and op.status == "failed"
     assert op.error is not None and op.error.code == "state_invalid"
     assert (state / "f").read_text() == "v2"
 
-    restored = store.start_restore(1)
+    restored = store.start_restore(account=None, snapshot_id=1)
     jobs.run(restored)
     op = store.get_operation(restored)
     assert op is not None and op.status == "succeeded", op
