@@ -50,6 +50,11 @@ class SnapshotInUse(ApiError):
     default_message = "The snapshot is being restored from."
 
 
+class SnapshotProtected(ApiError):
+    status, code = 400, "snapshot_protected"
+    default_message = "The snapshot is protected; unprotect it before deleting it."
+
+
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
     default_message = "A valid bearer token is required."
@@ -101,6 +106,7 @@ BY_CODE: dict[str, type[ApiError]] = {
         ServerInvalidState,
         SnapshotNotAvailable,
         SnapshotInUse,
+        SnapshotProtected,
         NotFound,
     )
 }

@@ -27,6 +27,7 @@ from shared.schemas import (
     SnapshotCreate,
     SnapshotList,
     SnapshotStatus,
+    SnapshotUpdate,
     rfc3339,
 )
 from shared.scripts import TransitionRefused
@@ -55,6 +56,8 @@ async def create(request: Request, body: SnapshotCreate) -> Response:
         message=CREATE_MESSAGE,
         error=None,
         operation_id=made.operation_id,
+        protected=False,
+        origin="manual",
     )
     return JSON(view, 201, headers={"Location": f"/api/v1/snapshots/{made.snapshot_id}/"})
 
@@ -124,6 +127,20 @@ async def restore(request: Request, body: RestoreRequest) -> Response:
             operation_id=started.operation_id,
         )
     )
+
+
+async def update(request: Request, body: SnapshotUpdate) -> Response:
+    """PATCH: rename, describe, protect or unprotect; answers the snapshot as it is now."""
+    who = principal(request)
+    snapshot_id = path_id(request, "snapshot_id")
+    store = services(request).store
+    try:
+        await store.update_snapshot(
+            account=who.account_filter, snapshot_id=snapshot_id, body=body
+        )
+    except TransitionRefused as refused:
+        raise from_refusal(refused.code, refused.message) from None
+    return JSON(snapshot_view(await _visible(request, snapshot_id)))
 
 
 async def delete(request: Request) -> Response:

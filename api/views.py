@@ -50,6 +50,8 @@ def snapshot_view(rec: SnapshotRecord) -> Snapshot:
         message=SNAPSHOT_MESSAGES[rec.status],
         error=ErrorInfo(rec.error.code, rec.error.message) if rec.error else None,
         operation_id=rec.operation_id,
+        protected=rec.protected,
+        origin=rec.origin,
     )
 
 

@@ -22,7 +22,7 @@ from shared.records import (
     TokenRecord,
     decode_record,
 )
-from shared.schemas import ServerCreate, SnapshotCreate, TokenScope
+from shared.schemas import ServerCreate, SnapshotCreate, SnapshotUpdate, TokenScope
 from shared.scripts import (
     Page,
     arg,
@@ -33,6 +33,7 @@ from shared.scripts import (
     result,
     script_sources,
     start_restore_arg,
+    update_snapshot_arg,
 )
 from shared.settings import Settings
 
@@ -169,6 +170,11 @@ class AsyncStore:
     async def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
         payload = delete_snapshot_arg(account, snapshot_id)
         return int(result(await self._run("delete_snapshot", payload))["operation_id"])
+
+    async def update_snapshot(
+        self, *, account: str | None, snapshot_id: int, body: SnapshotUpdate
+    ) -> None:
+        result(await self._run("update_snapshot", update_snapshot_arg(account, snapshot_id, body)))
 
     async def create_server(self, body: ServerCreate, status: str = "running") -> int:
         answer = result(await self._run("create_server", create_server_arg(body, status)))

@@ -26,6 +26,7 @@ EventType = Literal[
     "snapshot.available",
     "snapshot.failed",
     "snapshot.deleted",
+    "snapshot.updated",
     "restore.started",
     "restore.progress",
     "restore.succeeded",

@@ -20,6 +20,7 @@ from shared.schemas import (
     PowerNone,
     ServerState,
     ServerStatus,
+    SnapshotOrigin,
     SnapshotStatus,
     TokenScope,
 )
@@ -45,6 +46,8 @@ class SnapshotRecord(Struct, kw_only=True):
     deleted: bool = False
     # Id of the restore operation reading this snapshot, while one runs.
     in_use_by: int | None = None
+    protected: bool = False
+    origin: SnapshotOrigin = "manual"
 
 
 class OperationRecord(Struct, kw_only=True):

@@ -15,6 +15,8 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 PositiveInt = Annotated[int, Meta(ge=1, le=2**53 - 1)]
 SnapshotStatus = Literal["in_progress", "available", "failed"]
+# Who made a snapshot: a caller (manual), a schedule's run, or a restore's safety capture.
+SnapshotOrigin = Literal["manual", "schedule", "safety"]
 OperationType = Literal["snapshot.create", "snapshot.restore", "snapshot.delete"]
 OperationStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ServerStatus = Literal["running", "stopped", "restoring"]
@@ -51,10 +53,14 @@ def _printable(field: str, value: str, allow_newlines: bool = False) -> None:
 # ---------------------------------------------------------------- requests
 
 
+SnapshotName = Annotated[str, Meta(min_length=1, max_length=255)]
+SnapshotDescription = Annotated[str, Meta(max_length=1000)]
+
+
 class SnapshotCreate(Struct, forbid_unknown_fields=True):
     server_id: PositiveInt
-    name: Annotated[str, Meta(min_length=1, max_length=255)]
-    description: Annotated[str, Meta(max_length=1000)] | None = None
+    name: SnapshotName
+    description: SnapshotDescription | None = None
     stop_server: bool = False
 
     def __post_init__(self) -> None:
@@ -62,6 +68,24 @@ class SnapshotCreate(Struct, forbid_unknown_fields=True):
         if not self.name.strip():
             raise ValueError("name: must not be blank")
         if self.description is not None:
+            _printable("description", self.description, allow_newlines=True)
+
+
+class SnapshotUpdate(Struct, forbid_unknown_fields=True):
+    """PATCH body: any of the three; ``description: null`` clears the description."""
+
+    name: SnapshotName | UnsetType = UNSET
+    description: SnapshotDescription | UnsetType | None = UNSET
+    protected: bool | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if self.name is UNSET and self.description is UNSET and self.protected is UNSET:
+            raise ValueError("body: give at least one of name, description, protected")
+        if isinstance(self.name, str):
+            _printable("name", self.name)
+            if not self.name.strip():
+                raise ValueError("name: must not be blank")
+        if isinstance(self.description, str):
             _printable("description", self.description, allow_newlines=True)
 
 
@@ -153,6 +177,8 @@ class Snapshot(Struct):
     message: str
     error: ErrorInfo | None
     operation_id: int | None
+    protected: bool = False
+    origin: SnapshotOrigin = "manual"
 
 
 class ListMeta(Struct):

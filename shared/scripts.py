@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
+from msgspec import UNSET
 
-from shared.schemas import ServerCreate, SnapshotCreate
+from shared.schemas import ServerCreate, SnapshotCreate, SnapshotUpdate
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -20,6 +21,7 @@ SCRIPT_NAMES = (
     "create_snapshot",
     "start_restore",
     "delete_snapshot",
+    "update_snapshot",
     "create_server",
     "delete_server",
     "create_token",
@@ -105,6 +107,20 @@ def create_server_arg(body: ServerCreate, status: str) -> bytes:
         "host": body.host,
         "status": status,
     })
+
+
+def update_snapshot_arg(account: str | None, snapshot_id: int, body: SnapshotUpdate) -> bytes:
+    """update_snapshot's argument: only the fields the PATCH body names."""
+    payload: dict[str, Any] = {"snapshot_id": str(snapshot_id), "account": account}
+    if body.name is not UNSET:
+        payload["name"] = body.name
+    if body.description is None:
+        payload["clear_description"] = True
+    elif body.description is not UNSET:
+        payload["description"] = body.description
+    if body.protected is not UNSET:
+        payload["protected"] = body.protected
+    return arg(payload)
 
 
 def text(value: Any) -> str:

@@ -20,7 +20,7 @@ from shared.records import (
     TokenRecord,
     decode_record,
 )
-from shared.schemas import ServerCreate, SnapshotCreate
+from shared.schemas import ServerCreate, SnapshotCreate, SnapshotUpdate
 from shared.scripts import (
     Page,
     arg,
@@ -33,6 +33,7 @@ from shared.scripts import (
     script_sources,
     start_restore_arg,
     text,
+    update_snapshot_arg,
 )
 from shared.settings import Settings
 
@@ -134,6 +135,11 @@ class Store:
     def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
         payload = delete_snapshot_arg(account, snapshot_id)
         return int(result(self._run("delete_snapshot", payload))["operation_id"])
+
+    def update_snapshot(
+        self, *, account: str | None, snapshot_id: int, body: SnapshotUpdate
+    ) -> None:
+        result(self._run("update_snapshot", update_snapshot_arg(account, snapshot_id, body)))
 
     # ------------------------------------------------------------ worker-side transitions
 

@@ -127,3 +127,48 @@ local function error_json(code, message)
   return cjson.encode({code = code, message = message})
 end
 
+
+-- Snapshots that count toward the per-server limit (in progress or available).
+local function snapshot_count(server_id)
+  local base = 'idx:snapshots:server:' .. server_id .. ':status:'
+  return redis.call('ZCARD', base .. 'in_progress') + redis.call('ZCARD', base .. 'available')
+end
+
+-- Why a new snapshot of this server cannot start now: (code, message), or nil.
+local function snapshot_refusal(srv, max)
+  if srv.status == 'restoring' then
+    return 'server_invalid_state', 'Server ' .. srv.id .. ' is being restored.'
+  end
+  if not empty(srv.active_op) then
+    return 'server_invalid_state',
+      'Server ' .. srv.id .. ' has another operation in progress (operation ' .. srv.active_op .. ').'
+  end
+  if snapshot_count(srv.id) >= tonumber(max) then
+    return 'snapshot_limit_reached',
+      'Server ' .. srv.id .. ' already has the maximum of ' .. max .. ' snapshots.'
+  end
+  return nil
+end
+
+-- A new in_progress snapshot of srv with id sid, made by operation oid; origin is
+-- 'manual', 'schedule' or 'safety'; extra: more hash fields. Emits snapshot.created.
+local function new_snapshot(srv, sid, oid, name, description, origin, t, extra)
+  local skey = 'snapshot:' .. sid
+  redis.call('HSET', skey, 'id', sid, 'server_id', srv.id, 'server_name', srv.name,
+    'account', srv.account, 'name', name, 'status', 'in_progress', 'progress', 0,
+    'created_at', t, 'operation_id', oid, 'deleted', 0, 'origin', origin, 'protected', 0)
+  if description ~= nil then redis.call('HSET', skey, 'description', description) end
+  for k, v in pairs(extra or {}) do redis.call('HSET', skey, k, v) end
+  idx_add('snapshots', sid, srv.account, srv.id, 'in_progress')
+  emit('snapshot.created', srv.account, srv.id, sid, oid, t, {name = name, origin = origin})
+end
+
+-- Takes a snapshot away at once (listings, limit) and queues the delete operation that
+-- reclaims its storage; emits snapshot.deleted with data. Returns the operation id.
+local function drop_snapshot(snap, t, data)
+  snap_mark_deleted(snap, t)
+  local srv = {id = snap.server_id, account = snap.account}
+  local oid = new_operation('snapshot.delete', srv, snap.id, t, {})
+  emit('snapshot.deleted', snap.account, snap.server_id, snap.id, oid, t, data or {})
+  return oid
+end

@@ -9,16 +9,19 @@ if srv.status == 'restoring' or not empty(srv.active_op) then
   return fail('server_invalid_state',
     'Server ' .. srv.id .. ' has an operation in progress; wait for it to finish.')
 end
+local ids = redis.call('ZRANGE', 'idx:snapshots:server:' .. srv.id, 0, -1)
+for _, sid in ipairs(ids) do
+  if redis.call('HGET', 'snapshot:' .. sid, 'protected') == '1' then
+    return fail('snapshot_protected', 'Server ' .. srv.id .. ' has protected snapshot ' .. sid ..
+      '; unprotect it before deleting the server.')
+  end
+end
 local t = now()
 local ops = {}
-local ids = redis.call('ZRANGE', 'idx:snapshots:server:' .. srv.id, 0, -1)
 for _, sid in ipairs(ids) do
   local snap = hgetall('snapshot:' .. sid)
   if snap.id ~= nil then
-    snap_mark_deleted(snap, t)
-    local oid = new_operation('snapshot.delete', srv, snap.id, t, {})
-    emit('snapshot.deleted', srv.account, srv.id, snap.id, oid, t, {server_deleted = true})
-    ops[#ops + 1] = oid
+    ops[#ops + 1] = drop_snapshot(snap, t, {server_deleted = true})
   end
 end
 redis.call('DEL', 'server:' .. srv.id)

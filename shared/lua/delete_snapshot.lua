@@ -4,6 +4,10 @@ local snap = hgetall('snapshot:' .. a.snapshot_id)
 if snap.id == nil or snap.deleted == '1' or (a.account ~= nil and snap.account ~= a.account) then
   return fail('not_found', 'Snapshot ' .. a.snapshot_id .. ' not found.')
 end
+if snap.protected == '1' then
+  return fail('snapshot_protected',
+    'Snapshot ' .. snap.id .. ' is protected; unprotect it (PATCH "protected": false) first.')
+end
 if not empty(snap.in_use_by) then
   local user = redis.call('HGET', 'operation:' .. snap.in_use_by, 'status')
   if user == 'queued' or user == 'running' then
@@ -23,9 +27,5 @@ if snap.status == 'in_progress' and not empty(snap.operation_id) then
     cancelled = op.id
   end
 end
-snap_mark_deleted(snap, t)
-local srv = {id = snap.server_id, account = snap.account}
-local oid = new_operation('snapshot.delete', srv, snap.id, t, {})
-emit('snapshot.deleted', snap.account, snap.server_id, snap.id, oid, t,
-  {cancelled_operation_id = cancelled})
+local oid = drop_snapshot(snap, t, {cancelled_operation_id = cancelled})
 return ok({operation_id = oid, cancelled_operation_id = cancelled})

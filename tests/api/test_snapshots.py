@@ -50,6 +50,8 @@ def test_create_answers_exact_201_body_and_location(
         "completed_at": None,
         "message": CREATE_MESSAGE,
         "error": None,
+        "protected": False,
+        "origin": "manual",
     }
     snap_id = r.json()["id"]
     assert r.headers["location"] == f"/api/v1/snapshots/{snap_id}/"
@@ -308,4 +310,4 @@ def test_names_with_quotes_backslashes_and_emoji_round_trip(
     assert got["server"]["name"] == 'srv "quoted" \\ 🚀'
     events: Any = redis_client.xrange("events")
     created = [f for _, f in events if f["type"] == "snapshot.created"]
-    assert json.loads(created[-1]["data"]) == {"name": name}
+    assert json.loads(created[-1]["data"]) == {"name": name, "origin": "manual"}

@@ -1,0 +1,28 @@
+-- ARGV[1]: JSON {snapshot_id, account?, name?, description?, clear_description?, protected?}
+-- PATCH: renames, describes, protects or unprotects a snapshot (any status).
+local a = cjson.decode(ARGV[1])
+local snap = hgetall('snapshot:' .. a.snapshot_id)
+if snap.id == nil or snap.deleted == '1' or (a.account ~= nil and snap.account ~= a.account) then
+  return fail('not_found', 'Snapshot ' .. a.snapshot_id .. ' not found.')
+end
+local key = 'snapshot:' .. snap.id
+local changed = {}
+if a.name ~= nil then
+  redis.call('HSET', key, 'name', a.name)
+  changed.name = a.name
+end
+if a.clear_description then
+  redis.call('HDEL', key, 'description')
+  changed.description = cjson.null
+elseif a.description ~= nil then
+  redis.call('HSET', key, 'description', a.description)
+  changed.description = a.description
+end
+if a.protected ~= nil then
+  local flag = 0
+  if a.protected then flag = 1 end
+  redis.call('HSET', key, 'protected', flag)
+  changed.protected = a.protected
+end
+emit('snapshot.updated', snap.account, snap.server_id, snap.id, nil, now(), changed)
+return ok({})
