@@ -66,7 +66,7 @@ async def stream(request: Request) -> Response:
         start=start,
         account=who.account_filter,
         server_id=server_id,
-        keepalive=events.keepalive_interval(),
+        keepalive=svc.settings.events_keepalive,
     )
 
 

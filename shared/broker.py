@@ -20,14 +20,10 @@ NAMESPACE: Final = "snapshots-dramatiq"
 # the broker id of the worker that holds them, so liveness means the same thing for the
 # broker's requeue and for our operation leases.
 HEARTBEATS_KEY: Final = f"{NAMESPACE}:__heartbeats__"
-# A worker that sent no heartbeat for this long counts as dead; its unacked messages go
-# back to the queue at the next maintenance run. 30 s + the maintenance interval keeps a
-# dead worker's job waiting well under a minute. (Defaults; SNAPSHOTS_HEARTBEAT_TIMEOUT
-# and SNAPSHOTS_MAINTENANCE_CHANCE override them, see Settings.)
-HEARTBEAT_TIMEOUT_MS: Final = 30_000
-# Maintenance runs on this many dispatch calls out of a million. An idle consumer polls
-# about once a second, so 5 % means a maintenance pass every ~20 s per worker process.
-MAINTENANCE_CHANCE: Final = 50_000
+# The liveness tuning (how long without a heartbeat a worker counts as dead, how often
+# maintenance requeues a dead worker's messages) is Settings.heartbeat_timeout and
+# Settings.maintenance_chance; their defaults keep a dead worker's job waiting well
+# under a minute.
 # Dead-lettered messages are kept a day for inspection, not Dramatiq's week.
 DEAD_MESSAGE_TTL_MS: Final = 24 * 3600 * 1000
 HEARTBEAT_INTERVAL_S: Final = 5.0

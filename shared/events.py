@@ -11,7 +11,6 @@ The stream also carries internal entries (``operation.started``, ``server.power`
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Final, Literal
 
@@ -42,21 +41,6 @@ TERMINAL_TYPES: Final = frozenset(
 
 STREAM: Final = keys.EVENTS
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-
-# A comment line every this many seconds keeps proxies and load balancers from closing an
-# idle stream (most cut at 30-60 s) and lets the server notice a vanished client.
-DEFAULT_KEEPALIVE: Final = 15.0
-KEEPALIVE_ENV: Final = "SNAPSHOTS_EVENTS_KEEPALIVE"
-
-
-def keepalive_interval(env: dict[str, str] | None = None) -> float:
-    """Seconds between keep-alive comments (``SNAPSHOTS_EVENTS_KEEPALIVE``, default 15)."""
-    raw = (os.environ if env is None else env).get(KEEPALIVE_ENV, "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_KEEPALIVE
-    except ValueError:
-        return DEFAULT_KEEPALIVE
-    return value if value > 0 else DEFAULT_KEEPALIVE
 
 
 class Event(msgspec.Struct):

@@ -1,4 +1,8 @@
-"""Service settings, read once from the environment (SPEC section 3)."""
+"""Service settings, read once from the environment (SPEC section 3).
+
+The only place that reads the environment: every other module takes a ``Settings`` (or a
+value of one). Each default is written once, as the field's default below.
+"""
 
 from __future__ import annotations
 
@@ -74,6 +78,13 @@ class Settings:
     requeue_after: float = 120.0
     # How often the reaper sweeps the repository of unreferenced data.
     reclaim_interval: float = 3600.0
+    # Webhook deliveries: attempts before a delivery is failed, and the first retry's delay
+    # (doubling after each failed attempt, capped at an hour): 8 is about 20 minutes.
+    webhook_attempts: int = 8
+    webhook_backoff: float = 10.0
+    # A comment line this often keeps proxies and load balancers from closing an idle event
+    # stream (most cut at 30-60 s) and lets the server notice a vanished client.
+    events_keepalive: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,21 +102,25 @@ class Settings:
             raise SettingsError(
                 f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}"
             )
+        d = cls(data_dir=data_dir, storage_url=storage_url)  # the defaults
         return cls(
             data_dir=data_dir,
             storage_url=storage_url,
-            port=_int(env, "PORT", 8000),
+            port=_int(env, "PORT", d.port),
             redis_url=redis_url,
             admin_token=_optional(env, "SNAPSHOTS_ADMIN_TOKEN"),
-            max_per_server=_int(env, "SNAPSHOTS_MAX_PER_SERVER", 5),
-            worker_processes=_int(env, "WORKER_PROCESSES", 1),
-            worker_threads=_int(env, "WORKER_THREADS", 2),
-            operation_deadline=_float(env, "SNAPSHOTS_OPERATION_DEADLINE", 6 * 3600.0),
-            heartbeat_timeout=_float(env, "SNAPSHOTS_HEARTBEAT_TIMEOUT", 30.0),
-            maintenance_chance=_int(env, "SNAPSHOTS_MAINTENANCE_CHANCE", 50_000),
-            reaper_interval=_float(env, "SNAPSHOTS_REAPER_INTERVAL", 15.0),
-            requeue_after=_float(env, "SNAPSHOTS_REQUEUE_AFTER", 120.0),
-            reclaim_interval=_float(env, "SNAPSHOTS_RECLAIM_INTERVAL", 3600.0),
+            max_per_server=_int(env, "SNAPSHOTS_MAX_PER_SERVER", d.max_per_server),
+            worker_processes=_int(env, "WORKER_PROCESSES", d.worker_processes),
+            worker_threads=_int(env, "WORKER_THREADS", d.worker_threads),
+            operation_deadline=_float(env, "SNAPSHOTS_OPERATION_DEADLINE", d.operation_deadline),
+            heartbeat_timeout=_float(env, "SNAPSHOTS_HEARTBEAT_TIMEOUT", d.heartbeat_timeout),
+            maintenance_chance=_int(env, "SNAPSHOTS_MAINTENANCE_CHANCE", d.maintenance_chance),
+            reaper_interval=_float(env, "SNAPSHOTS_REAPER_INTERVAL", d.reaper_interval),
+            requeue_after=_float(env, "SNAPSHOTS_REQUEUE_AFTER", d.requeue_after),
+            reclaim_interval=_float(env, "SNAPSHOTS_RECLAIM_INTERVAL", d.reclaim_interval),
+            webhook_attempts=_int(env, "SNAPSHOTS_WEBHOOK_ATTEMPTS", d.webhook_attempts),
+            webhook_backoff=_float(env, "SNAPSHOTS_WEBHOOK_BACKOFF", d.webhook_backoff),
+            events_keepalive=_float(env, "SNAPSHOTS_EVENTS_KEEPALIVE", d.events_keepalive),
         )
 
     @property

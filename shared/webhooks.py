@@ -79,29 +79,14 @@ def verify(secret: str, header: str, body: bytes, now: int, tolerance: int = 300
     return abs(now - t) <= tolerance and hmac.compare_digest(expected, parts["v1"])
 
 
-# --------------------------------------------------------------- retry settings
+# --------------------------------------------------------------- retries
 
 
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
-def max_attempts() -> int:
-    """``SNAPSHOTS_WEBHOOK_ATTEMPTS`` (default 8: about 20 minutes of retries)."""
-    return int(_env_number("SNAPSHOTS_WEBHOOK_ATTEMPTS", 8))
-
-
-def backoff(attempt: int) -> float:
+def backoff(attempt: int, base: float) -> float:
     """Seconds before attempt ``attempt + 1``: base * 2^(attempt-1), capped at an hour.
 
-    The base is ``SNAPSHOTS_WEBHOOK_BACKOFF`` (default 10 s), so 10 s, 20 s, 40 s, ...
+    ``base`` is ``Settings.webhook_backoff`` (default 10 s), so 10 s, 20 s, 40 s, ...
     """
-    base = _env_number("SNAPSHOTS_WEBHOOK_BACKOFF", 10.0)
     return float(min(3600.0, base * 2 ** max(0, attempt - 1)))
 
 

@@ -41,10 +41,10 @@ TIMEOUT: Final = 10.0
 broker = dramatiq.get_broker()  # workers.actors set it before importing this module
 
 
-def _client() -> redis.Redis:
-    url = Settings.from_env().effective_redis_url
+def _client(settings: Settings) -> redis.Redis:
     # A blocked XREADGROUP must not hit the socket timeout.
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=BLOCK_MS / 1000 + 10)
+    return redis.Redis.from_url(settings.effective_redis_url, decode_responses=True,
+                                socket_timeout=BLOCK_MS / 1000 + 10)
 
 
 # ------------------------------------------------------------------ dispatch
@@ -87,7 +87,7 @@ def dispatch(r: redis.Redis, entry_id: str, fields: dict[str, str]) -> int:
 
 
 def dispatch_loop(stop: threading.Event, consumer: str) -> None:
-    r = _client()
+    r = _client(Settings.from_env())
     last_claim = 0.0
     while not stop.is_set():
         try:
@@ -155,7 +155,9 @@ def _record(r: redis.Redis, msg: wh.DeliveryMessage, started: float, status_code
         pipe.execute()
 
 
-def deliver(r: redis.Redis, http: httpx.Client, msg: wh.DeliveryMessage) -> None:
+def deliver(
+    r: redis.Redis, http: httpx.Client, msg: wh.DeliveryMessage, settings: Settings
+) -> None:
     key = wh.delivery_key(msg.webhook_id, msg.event_id)
     delivery = as_dict(r.hgetall(key))
     if delivery.get("status") != "pending":
@@ -186,10 +188,10 @@ def deliver(r: redis.Redis, http: httpx.Client, msg: wh.DeliveryMessage) -> None
     _record(r, msg, started, status_code, error)
     if error is None:
         r.hset(key, mapping={"status": "delivered", "next_attempt_at": ""})
-    elif msg.attempt >= wh.max_attempts():
+    elif msg.attempt >= settings.webhook_attempts:
         r.hset(key, mapping={"status": "failed", "next_attempt_at": ""})
     else:
-        delay = wh.backoff(msg.attempt)
+        delay = wh.backoff(msg.attempt, settings.webhook_backoff)
         r.hset(key, "next_attempt_at", str(int(time.time() + delay)))
         webhook_deliver.send_with_options(
             kwargs={"webhook_id": msg.webhook_id, "event_id": msg.event_id,
@@ -202,14 +204,15 @@ _state: dict[str, Any] = {}
 _state_lock = threading.Lock()
 
 
-def _resources() -> tuple[redis.Redis, httpx.Client]:
+def _resources() -> tuple[redis.Redis, httpx.Client, Settings]:
     # Worker threads share one Redis client and one HTTP connection pool (both thread-safe).
     with _state_lock:
         if "r" not in _state:
-            _state["r"] = _client()
+            _state["settings"] = settings = Settings.from_env()
+            _state["r"] = _client(settings)
             # Redirects are not followed: a webhook URL that moved must be re-registered.
             _state["http"] = httpx.Client(timeout=TIMEOUT, follow_redirects=False)
-        return _state["r"], _state["http"]
+        return _state["r"], _state["http"], _state["settings"]
 
 
 @dramatiq.actor(actor_name=wh.ACTOR, queue_name=wh.QUEUE, max_retries=0,
@@ -220,8 +223,8 @@ def webhook_deliver(**kwargs: object) -> None:
     except msgspec.ValidationError as exc:
         log.error("dropping a malformed webhook message %r: %s", kwargs, exc)
         return
-    r, http = _resources()
-    deliver(r, http, msg)
+    r, http, settings = _resources()
+    deliver(r, http, msg, settings)
 
 
 broker.add_middleware(WebhookDispatcher())

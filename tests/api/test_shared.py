@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import dramatiq
@@ -10,7 +11,7 @@ import msgspec
 import pytest
 import redis
 
-from shared.broker import HEARTBEAT_TIMEOUT_MS, make_broker, operation_message
+from shared.broker import make_broker, operation_message
 from shared.messages import OperationMessage
 from shared.schemas import ServerCreate, ServerState, SnapshotCreate
 from shared.settings import Settings, SettingsError
@@ -32,22 +33,39 @@ def test_settings_from_env(tmp_path: Path) -> None:
         "PORT": "9000", "REDIS_URL": "redis://h:1/2", "SNAPSHOTS_DATA_DIR": str(tmp_path),
         "SNAPSHOTS_STORAGE_URL": "file:///srv/repo", "SNAPSHOTS_ADMIN_TOKEN": "t0ken-admin",
         "SNAPSHOTS_MAX_PER_SERVER": "7", "WORKER_PROCESSES": "3", "WORKER_THREADS": "4",
-        "SNAPSHOTS_OPERATION_DEADLINE": "60",
+        "SNAPSHOTS_OPERATION_DEADLINE": "60", "SNAPSHOTS_WEBHOOK_ATTEMPTS": "3",
+        "SNAPSHOTS_WEBHOOK_BACKOFF": "0.5", "SNAPSHOTS_EVENTS_KEEPALIVE": "2",
     })
     assert (s.port, s.redis_url, s.admin_token, s.max_per_server) == (
         9000, "redis://h:1/2", "t0ken-admin", 7)
     assert s.storage_path == Path("/srv/repo")
     assert (s.worker_processes, s.worker_threads, s.operation_deadline) == (3, 4, 60.0)
+    assert (s.webhook_attempts, s.webhook_backoff, s.events_keepalive) == (3, 0.5, 2.0)
 
 
 @pytest.mark.parametrize(("name", "value"), [
     ("PORT", "http"), ("SNAPSHOTS_MAX_PER_SERVER", "0"), ("WORKER_THREADS", "-1"),
     ("REDIS_URL", "localhost:6379"), ("SNAPSHOTS_STORAGE_URL", "s3://bucket"),
-    ("SNAPSHOTS_OPERATION_DEADLINE", "soon"),
+    ("SNAPSHOTS_OPERATION_DEADLINE", "soon"), ("SNAPSHOTS_WEBHOOK_ATTEMPTS", "0"),
+    ("SNAPSHOTS_WEBHOOK_BACKOFF", "-1"), ("SNAPSHOTS_EVENTS_KEEPALIVE", "often"),
 ])
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_only_settings_reads_the_environment() -> None:
+    """One place reads settings: no other module of api/, shared/ or workers/ looks up a
+    variable (handing the whole environment on to a child process is not a read)."""
+    root = Path(__file__).resolve().parents[2]
+    lookup = re.compile(r"os\.getenv\(|os\.environ\.get\(|os\.environ\[|environ\.get\(")
+    readers = [
+        str(p.relative_to(root))
+        for d in ("api", "shared", "workers")
+        for p in sorted((root / d).rglob("*.py"))
+        if lookup.search(p.read_text())
+    ]
+    assert readers == [], readers
 
 
 def test_admin_token_generated_once_and_persisted(tmp_path: Path) -> None:
@@ -68,7 +86,7 @@ def test_operation_message_matches_the_actor_contract(settings: Settings) -> Non
     with pytest.raises(ValueError):
         operation_message("snapshot.explode", 1)
     broker = make_broker(settings)
-    assert broker.heartbeat_timeout == HEARTBEAT_TIMEOUT_MS
+    assert broker.heartbeat_timeout == int(settings.heartbeat_timeout * 1000) == 30_000
     assert "snapshots" in broker.get_declared_queues()
 
 

@@ -3,6 +3,7 @@ HTTP server (httpx's ASGI transport buffers whole responses), but not the worker
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -32,12 +33,12 @@ class Live:
 
 
 @pytest.fixture
-def live(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+def live(settings: Settings) -> Iterator[Live]:
     # Short keep-alives so the test sees several without waiting 15 s.
-    monkeypatch.setenv("SNAPSHOTS_EVENTS_KEEPALIVE", "0.3")
+    fast = dataclasses.replace(settings, events_keepalive=0.3)
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+        create_app(fast), host="127.0.0.1", port=port, log_level="warning",
         timeout_graceful_shutdown=1, lifespan="on",
     )
     server = uvicorn.Server(config)
