@@ -23,7 +23,7 @@ from shared.schemas import PowerNone, rfc3339
 from shared.store import Store
 from workers.engine import Cancelled, Engine, EngineError, SnapshotMeta, StateSpec, StorageFull
 from workers.power import PowerDriver, PowerError, PowerStatus
-from workers.progress import CancelCheck, ProgressReporter
+from workers.reporting import CancelCheck, ProgressReporter
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, archiver, fsutil, procpool
+from workers.engine import Engine
+from workers.engine.capture import archiver, readerpool
+from workers.engine.fs import fsutil
 
 from .conftest import dir_state, make_meta
 
@@ -21,18 +23,19 @@ def _tree(root: Path) -> None:
             (root / d / f"f{i}").write_bytes(os.urandom(50_000))
 
 
-def _record_pools(monkeypatch: pytest.MonkeyPatch,
-                  procs: list[subprocess.Popen[bytes]] | None = None) -> list[procpool.WorkerPool]:
-    pools: list[procpool.WorkerPool] = []
-    orig = procpool.WorkerPool.__init__
+def _record_pools(
+        monkeypatch: pytest.MonkeyPatch,
+        procs: list[subprocess.Popen[bytes]] | None = None) -> list[readerpool.WorkerPool]:
+    pools: list[readerpool.WorkerPool] = []
+    orig = readerpool.WorkerPool.__init__
 
-    def init(self: procpool.WorkerPool, *a: object, **kw: object) -> None:
+    def init(self: readerpool.WorkerPool, *a: object, **kw: object) -> None:
         orig(self, *a, **kw)  # type: ignore[arg-type]
         pools.append(self)
         if procs is not None:
             procs.extend(w.proc for w in self.workers)
 
-    monkeypatch.setattr(procpool.WorkerPool, "__init__", init)
+    monkeypatch.setattr(readerpool.WorkerPool, "__init__", init)
     return pools
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, fsutil
-from workers.engine.repository import chunk_key
+from workers.engine import Engine
+from workers.engine.fs import fsutil
+from workers.engine.repository.repository import chunk_key
 
 from .conftest import dir_state, make_meta, record_barriers
 from .treecmp import assert_same, describe
@@ -46,7 +47,7 @@ def count_objects(repo: Path) -> set[str]:
 
 SLOW_STORE = """
 import time
-from workers.engine.repository import Repository
+from workers.engine.repository.repository import Repository
 _orig = Repository.store_chunk
 def _slow(self, data):
     time.sleep(0.01)
@@ -66,8 +67,9 @@ def test_capture_killed_then_rerun_stores_nothing_twice(monkeypatch: pytest.Monk
     proc = spawn(SLOW_STORE + f"""
 import pytest
 
-from workers.engine import Engine, fsutil
-from workers.engine.repository import chunk_key
+from workers.engine import Engine
+from workers.engine.fs import fsutil
+from workers.engine.repository.repository import chunk_key
 from tests.engine.conftest import make_meta, dir_state
 Engine({repo_url!r}).capture(make_meta(1), dir_state({str(src)!r}))
 """)
@@ -94,7 +96,7 @@ Engine({repo_url!r}).capture(make_meta(1), dir_state({str(src)!r}))
 
 SLOW_READ = """
 import time
-from workers.engine.repository import Repository
+from workers.engine.repository.repository import Repository
 _orig = Repository.read_chunk
 def _slow(self, *args):
     time.sleep(0.02)
@@ -127,8 +129,9 @@ def test_restore_killed_midway_leaves_old_tree(tmp_path: Path, repo_url: str,
     proc = spawn(SLOW_READ + f"""
 import pytest
 
-from workers.engine import Engine, fsutil
-from workers.engine.repository import chunk_key
+from workers.engine import Engine
+from workers.engine.fs import fsutil
+from workers.engine.repository.repository import chunk_key
 from tests.engine.conftest import dir_state
 Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
 """)
@@ -147,7 +150,8 @@ def test_restore_killed_after_swap_leaves_new_tree(tmp_path: Path, repo_url: str
     src, cur = _restore_setup(tmp_path, engine)
     proc = spawn(f"""
 import os, signal
-from workers.engine import Engine, restorer
+from workers.engine import Engine
+from workers.engine.restore import restorer
 from tests.engine.conftest import dir_state
 def _die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)

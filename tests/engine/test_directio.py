@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, StateSpec, directio
+from workers.engine import Engine, StateSpec
+from workers.engine.fs import directio
 
 from .conftest import make_meta
 

@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from tests.engine.conftest import dir_state, make_meta
-from workers.engine import Engine, EngineError, manifest
+from workers.engine import Engine, EngineError
+from workers.engine.repository import manifest
 
 
 def test_newer_manifest_is_refused_and_its_chunks_are_kept(engine: Engine, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from workers.engine import Engine, SnapshotCorrupt, StateSpec
-from workers.engine.repository import chunk_key
+from workers.engine.repository.repository import chunk_key
 
 from .conftest import make_meta
 from .test_crash import spawn
@@ -86,7 +86,7 @@ def _killed_restore(tmp_path: Path, repo_url: str, patch: str) -> Path:
 import pytest
 
 from workers.engine import Engine, SnapshotCorrupt, StateSpec
-from workers.engine.repository import chunk_key
+from workers.engine.repository.repository import chunk_key
 Engine({repo_url!r}).restore(1, StateSpec(kind="image", path={str(img)!r}))
 """)
     assert proc.wait() == -signal.SIGKILL
@@ -101,7 +101,7 @@ def test_image_restore_killed_while_applying_is_rolled_forward(
     modify(img)
     journal = _killed_restore(tmp_path, repo_url, """
 import os, signal
-from workers.engine import fsutil
+from workers.engine.fs import fsutil
 _orig = fsutil.write_full
 _n = [0]
 def _write(fd, data, off):
@@ -126,7 +126,7 @@ def test_image_restore_killed_while_journaling_leaves_old_image(
     before = img.read_bytes()
     journal = _killed_restore(tmp_path, repo_url, """
 import os, signal
-from workers.engine.repository import Repository
+from workers.engine.repository.repository import Repository
 _orig = Repository.read_chunk_for
 _n = [0]
 def _read(self, sid, cid):

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import zstandard
 
-from workers.engine import Engine, blocks
-from workers.engine.repository import ZSTD_LEVEL, chunk_key
+from workers.engine import Engine
+from workers.engine.repository import packformat
+from workers.engine.repository.repository import ZSTD_LEVEL, chunk_key
 
 from .conftest import dir_state, make_meta
 from .treecmp import assert_same
@@ -29,7 +30,7 @@ def test_streamed_pack_is_the_same_object_as_a_whole_one(engine: Engine,
     obj = (tmp_path / "repo" / chunk_key(pack)).read_bytes()
     plain = engine.repo.read_chunk(pack)
     assert len(plain) == 12 * 200_000
-    assert obj == blocks.encode(zstandard.ZstdCompressor(level=ZSTD_LEVEL), plain)
+    assert obj == packformat.encode(zstandard.ZstdCompressor(level=ZSTD_LEVEL), plain)
     assert engine.verify(1).ok
     dst = tmp_path / "out"
     engine.restore(1, dir_state(dst))

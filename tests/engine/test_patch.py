@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, EngineError, fsutil, patcher, restorer
-from workers.engine.patchplan import Planner
+from workers.engine import Engine, EngineError
+from workers.engine.fs import fsutil
+from workers.engine.restore import patch, restorer
+from workers.engine.restore.patchplan import Planner
 
 from .conftest import dir_state, make_meta
 from .test_crash import spawn
@@ -129,7 +131,8 @@ def test_planner_gives_up_when_much_differs(tmp_path: Path, engine: Engine) -> N
 def die_at_rename(n: int) -> str:
     return f"""
 import os, signal
-from workers.engine import fsutil, patcher
+from workers.engine.fs import fsutil
+from workers.engine.restore import patch
 calls = [0]
 orig = fsutil.renameat2
 def dying(*a):
@@ -137,7 +140,7 @@ def dying(*a):
     if calls[0] == {n}:
         os.kill(os.getpid(), signal.SIGKILL)
     return orig(*a)
-patcher.fsutil.renameat2 = dying
+patch.fsutil.renameat2 = dying
 """
 
 
@@ -181,11 +184,12 @@ def test_patch_killed_after_commit_keeps_the_new_state(tmp_path: Path, repo_url:
     src, cur = _setup(tmp_path, engine)
     proc = spawn(f"""
 import os, signal
-from workers.engine import Engine, patcher
+from workers.engine import Engine
+from workers.engine.restore import patch
 from tests.engine.conftest import dir_state
 def _die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
-patcher.fsutil.remove_tree = _die
+patch.fsutil.remove_tree = _die
 Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
 """)
     assert proc.wait() == -signal.SIGKILL
@@ -244,7 +248,7 @@ def test_a_live_server_is_never_patched(monkeypatch: pytest.MonkeyPatch, tmp_pat
     def no_patch(*a: object) -> None:
         raise AssertionError("a live server was patched in place")
 
-    monkeypatch.setattr(patcher.Patcher, "run", no_patch)
+    monkeypatch.setattr(patch.Patcher, "run", no_patch)
     engine.restore(1, dir_state(cur), live=True)
     assert_same(src, cur)
     with pytest.raises(AssertionError, match="patched in place"):

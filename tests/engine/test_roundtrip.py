@@ -12,10 +12,10 @@ from workers.engine import (
     SnapshotNotFound,
     StateInvalid,
     StateSpec,
-    archiver,
-    packcache,
-    restorer,
 )
+from workers.engine.capture import archiver
+from workers.engine.repository import packreader
+from workers.engine.restore import restorer
 
 from .conftest import build_full_tree, dir_state, make_meta, record_barriers
 from .treecmp import assert_same, describe
@@ -199,7 +199,7 @@ def test_concurrent_captures_on_one_engine(engine: Engine, tmp_path: Path) -> No
 def test_small_files_spread_over_several_tiny_packs(monkeypatch: pytest.MonkeyPatch,
                                                     engine: Engine, tmp_path: Path) -> None:
     monkeypatch.setattr(archiver, "TINY_PACK", 1000)
-    monkeypatch.setattr(packcache, "KEEP", 1)  # restore re-reads evicted packs
+    monkeypatch.setattr(packreader, "KEEP", 1)  # restore re-reads evicted packs
     src = tmp_path / "srv"
     src.mkdir()
     for i in range(20):
@@ -280,9 +280,9 @@ def test_pack_blocks_decoded_only_where_needed(monkeypatch: pytest.MonkeyPatch,
                                                engine: Engine, tmp_path: Path) -> None:
     """Packs are compressed in independent blocks; files straddling block boundaries come
     back exactly, and restoring one changed small file decodes only its blocks."""
-    from workers.engine import blocks
+    from workers.engine.repository import packformat
 
-    monkeypatch.setattr(blocks, "BLOCK", 1000)
+    monkeypatch.setattr(packformat, "BLOCK", 1000)
     src = tmp_path / "srv"
     src.mkdir()
     for i in range(30):

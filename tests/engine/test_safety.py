@@ -11,16 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import (
-    Cancelled,
-    Engine,
-    SnapshotCorrupt,
-    StorageFull,
-    archiver,
-    chunker,
-    restorer,
-)
-from workers.engine.repository import Repository, chunk_key
+from workers.engine import Cancelled, Engine, SnapshotCorrupt, StorageFull
+from workers.engine.capture import archiver
+from workers.engine.repository import chunker
+from workers.engine.repository.repository import Repository, chunk_key
+from workers.engine.restore import restorer
 
 from .conftest import dir_state, make_meta
 from .treecmp import assert_same, describe

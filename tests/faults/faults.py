@@ -52,7 +52,7 @@ def wait_progress(client: httpx.Client, snapshot_id: int, timeout: float = 60) -
 
 def restore_has_data(state: Path) -> bool:
     """A restore of `state` is writing big files beside it: into its staging tree (a
-    rebuild) or into the work directory of a patch (see workers/engine/patcher.py)."""
+    rebuild) or into the work directory of a patch (see workers/engine/restore/patch.py)."""
     for name in os.listdir(state.parent):
         if name.startswith(f".{state.name}.restore-") and "journal" not in name:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from workers.engine.backend import LocalBackend
+from workers.engine.repository.backend import LocalBackend
 
 
 def test_two_backends_in_one_process_put_durably_at_once(tmp_path: Path) -> None:

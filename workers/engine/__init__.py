@@ -1,13 +1,25 @@
 """Snapshot engine: exact, deduplicated capture and restore of a server's state.
 
-Modules (restic's split): model (public types, errors), backend (object store; LocalBackend
-for file://), repository (keyed BLAKE3 ids, zstd, verify-on-read, manifests, commit
-barrier), manifest (msgpack+zstd format with a cheap header), locks (capture/restore vs
-reclaim), chunker (FastCDC over data extents), archiver (directory capture), procpool and
-procworker (capture worker processes), restorer (staged, atomic directory restore),
-packcache and blocks (small files read back out of tiny packs, compressed in 1 MiB blocks),
-statecache (trusted record that lets restore skip re-reading files), image (block images
-with a redo journal), progress, fsutil (symlink-safe fd helpers), engine (the facade).
+Packages by concept (restic's `internal/` split); data flows down, never up:
+
+    engine.py           Engine: the facade (capture, restore, verify, delete, reclaim, recover)
+      |
+      +-- capture/      directory capture: archiver, reader worker processes
+      +-- restore/      directory restore: patch or rebuild, tree writer, patch journal,
+      |                 recovery, writer worker processes
+      +-- image/        block images: capture, restore through a redo journal
+      |       (these three never import each other)
+      v
+    repository/         chunk ids, compression, manifests, packs, backend, locks, chunker
+      v
+    fs/   workerproc/   filesystem primitives  |  worker-process start-up and frames
+      v
+    progress.py         the engine's byte meter and stop flag (Progress)
+    model.py            public types and errors
+
+Each package's __init__ names its modules. The rule is checked by import-linter in
+`make lint` (pyproject.toml, [tool.importlinter]). Package __init__ files import nothing,
+so each operation loads only the modules it uses.
 """
 
 from .engine import Engine

@@ -16,10 +16,6 @@ from typing import TYPE_CHECKING
 
 import blake3
 
-from . import manifest
-from .backend import LocalBackend
-from .locks import FlockLock, RepoLock
-from .manifest import DirBody, Entry, Header, ImageBody
 from .model import (
     CaptureResult,
     CommittedSnapshot,
@@ -35,10 +31,14 @@ from .model import (
     VerifyReport,
 )
 from .progress import Progress
-from .repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
+from .repository import manifest
+from .repository.backend import LocalBackend
+from .repository.locks import FlockLock, RepoLock
+from .repository.manifest import DirBody, Entry, Header, ImageBody
+from .repository.repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
 
 if TYPE_CHECKING:
-    from .restorepool import RestorePool
+    from .restore.writerpool import RestorePool
 
 
 def _now() -> str:
@@ -75,7 +75,7 @@ class Engine:
             if parent is not None:
                 repo.durable = manifest.chunk_ids(parent)
             if state.kind == "directory":
-                from .archiver import Archiver  # each operation imports only what it uses
+                from .capture.archiver import Archiver  # each operation imports only what it uses
 
                 pmap: dict[bytes, Entry] = {}
                 if isinstance(parent, DirBody):
@@ -88,7 +88,7 @@ class Engine:
                 stored, warnings = arch.stored_bytes, arch.warnings
                 self.last_bytes_read = arch.bytes_read
             elif state.kind == "image":
-                from .image import capture_image
+                from .image.image import capture_image
 
                 ibody, stored, warnings, nread = capture_image(
                     repo, state.path, parent if isinstance(parent, ImageBody) else None, prog)
@@ -157,10 +157,10 @@ class Engine:
                     raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} "
                                        f"state, not a {state.kind}")
                 if isinstance(body, ImageBody):
-                    from .image import restore_image
+                    from .image.image import restore_image
 
                     return restore_image(self.repo, snapshot_id, body, state.path, prog)
-                from .restorer import Restorer
+                from .restore.restorer import Restorer
 
                 restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog,
                                     pool, patch=not live)
@@ -191,16 +191,17 @@ class Engine:
             header = self.repo.get_header(snapshot_id)
         except EngineError:
             return None  # get_manifest says what is wrong
-        from .restorepool import start_pool
-        from .restorer import PROCESS_THRESHOLD
+        from .restore.restorer import PROCESS_THRESHOLD
+        from .restore.writerpool import start_pool
 
         if header.state_kind != "directory" or header.size_bytes < PROCESS_THRESHOLD:
             return None
         return start_pool(self.repo, snapshot_id, state.path)
 
     def recover(self, state: StateSpec) -> None:
-        from .image import image_cleanup
-        from .staging import cleanup, split_state
+        from .fs.fsutil import split_state
+        from .image.image import image_cleanup
+        from .restore.recovery import cleanup
 
         parent, base = split_state(state.path)
         try:
@@ -229,7 +230,7 @@ class Engine:
             except ObjectCorrupt as e:
                 errors.append(f"snapshot {snapshot_id}: {e} ({chunk_key(cid)})")
         if isinstance(body, DirBody):
-            from .packcache import PackCache
+            from .repository.packreader import PackCache
 
             packs = PackCache(self.repo, snapshot_id)
             for ent in body.entries:

@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 
-_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the directory holding the `workers` package (workers/engine/workerproc/process.py)
+_PKG_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3))
 
 
 class WorkerProcess:

@@ -1,7 +1,7 @@
 """Reading small files out of tiny packs (restore and verify).
 
 Only the 1 MiB blocks a file's slice spans are read (a range read of their frames, after
-the pack's small block table) and decompressed (see blocks.py), so restoring a few small
+the pack's small block table) and decompressed (see packformat.py), so restoring a few small
 files costs a few blocks, not whole packs. Every slice is checked against its file's
 chunk id. Packs written before block framing are decoded whole and checked against their
 id, as before. Memory stays bounded: KEEP objects and KEEP_BLOCKS decoded blocks.
@@ -16,9 +16,9 @@ from typing import Generic, TypeVar
 
 import zstandard
 
-from . import blocks
+from ..model import SnapshotCorrupt
+from . import packformat
 from .manifest import Entry
-from .model import SnapshotCorrupt
 from .repository import ObjectCorrupt, Repository, chunk_key
 
 KEEP = 4  # compressed single-frame (older) pack objects kept
@@ -86,20 +86,20 @@ class PackCache:
             return whole[off : off + ln]
         if ln == 0:
             return b""
-        first, last = off // blocks.BLOCK, (off + ln - 1) // blocks.BLOCK
+        first, last = off // packformat.BLOCK, (off + ln - 1) // packformat.BLOCK
         if last >= len(table):
             raise ValueError("block out of range")
         parts = [self._block(e.pack, table[i], i) for i in range(first, last + 1)]
-        start = off - first * blocks.BLOCK
+        start = off - first * packformat.BLOCK
         return b"".join(parts)[start : start + ln]
 
     def _table(self, pack: bytes) -> list[tuple[int, int]]:
         key = chunk_key(pack)
         try:
             head = self.repo.backend.get_head(key, 5 + 4 * 32)
-            if head[:1] != bytes([blocks.BLOCKS]):
+            if head[:1] != bytes([packformat.BLOCKS]):
                 return OLD_FORMAT
-            need = blocks.table_size(head)
+            need = packformat.table_size(head)
             if need > len(head):
                 head = self.repo.backend.get_head(key, need)
             size = self.repo.backend.stat(key)
@@ -107,7 +107,7 @@ class PackCache:
             raise ObjectCorrupt(f"object {pack.hex()} is missing") from err
         if size is None:
             raise ObjectCorrupt(f"object {pack.hex()} is missing")
-        return blocks.frames(head, size)
+        return packformat.frames(head, size)
 
     def _block(self, pack: bytes, frame: tuple[int, int], i: int) -> bytes:
         a, b = frame

@@ -1,4 +1,4 @@
-"""Restore worker process (child side), started by restorepool with two socket fds.
+"""Restore worker process (child side), started by writerpool with two socket fds.
 
 Writing a tree of small files is mostly per-file work in Python (create, decode, verify,
 write, metadata) that one GIL serialises. A big restore into a new state therefore splits
@@ -8,7 +8,7 @@ staging directory's fd by SCM_RIGHTS) its share: a contiguous run of manifest in
 The worker loads the same manifest from the repository, creates each file by its path
 under that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just made
 in its 0700 staging directory) and writes it exactly as the thread path does
-(Restorer.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
+(TreeWriter.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
 socket in length-prefixed msgpack frames: ("p", bytes) progress, ("done", [[idx, ino,
 ctime], ...], bytes) in batches, then ("end",), or ("err", idx, kind, message) and stops.
 It dies with its parent (PR_SET_PDEATHSIG).
@@ -24,27 +24,17 @@ import sys
 
 import msgspec
 
-from .backend import LocalBackend
-from .manifest import DirBody
-from .model import SnapshotCorrupt
-from .procworker import recv_frame, send_frame
-from .progress import Progress
-from .repository import Repository
+from ..model import SnapshotCorrupt
+from ..progress import Progress
+from ..repository.backend import LocalBackend
+from ..repository.manifest import DirBody
+from ..repository.repository import Repository
+from ..workerproc.frames import recv_frame, send_frame
+from .messages import Setup, Share
 
 PR_SET_PDEATHSIG = 1
 BATCH = 64  # files per "done" frame
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class Setup(msgspec.Struct, array_like=True):
-    storage: str  # root of the local repository
-    snapshot_id: int
-    state_path: str
-
-
-class Share(msgspec.Struct, array_like=True):
-    owner: tuple[int, int] | None  # what new files get where they are created
-    indexes: list[int]  # manifest entries (regular files) to write
 
 
 def _die_with_parent() -> None:
@@ -59,7 +49,7 @@ def _die_with_parent() -> None:
 
 def main() -> None:
     _die_with_parent()
-    from .restorer import Restorer  # after the death pact: imports take a while
+    from .treewriter import TreeWriter  # after the death pact: imports take a while
 
     req = socket.socket(fileno=int(sys.argv[-2]))
     res = socket.socket(fileno=int(sys.argv[-1]))
@@ -74,26 +64,26 @@ def main() -> None:
         send_frame(res, ("p", done - sent[0]))
         sent[0] = done
 
-    r = Restorer(repo, setup.snapshot_id, entries, setup.state_path, Progress(report))
+    w = TreeWriter(repo, setup.snapshot_id, entries, Progress(report))
     msg, fds, _flags, _addr = socket.recv_fds(req, 16, 1)
     if not msg or not fds:
         return  # the parent closed the channel: nothing to do
     st_fd = fds[0]
     share = msgspec.msgpack.decode(recv_frame(res), type=Share)  # a stream: any size
-    r.assume_owner(share.owner)
+    w.assume_owner(share.owner)
     batch: list[tuple[int, int, int]] = []
     before = 0
     idx = -1
     try:
         for idx in share.indexes:
             e = entries[idx]
-            r.write_file(None, b"", e, os.open(e.path, CREATE, 0o600, dir_fd=st_fd))
-            _e, ino, ctime = r.written[e.path]
+            w.write_file(None, b"", e, os.open(e.path, CREATE, 0o600, dir_fd=st_fd))
+            _e, ino, ctime = w.written[e.path]
             batch.append((idx, ino, ctime))
             if len(batch) >= BATCH:
-                send_frame(res, ("done", batch, r.bytes_written - before))
-                batch, before = [], r.bytes_written
-        send_frame(res, ("done", batch, r.bytes_written - before))
+                send_frame(res, ("done", batch, w.bytes_written - before))
+                batch, before = [], w.bytes_written
+        send_frame(res, ("done", batch, w.bytes_written - before))
         send_frame(res, ("end",))
     except SnapshotCorrupt as e:
         send_frame(res, ("err", idx, "corrupt", str(e)))

@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING
 
 from pyfastcdc import FastCDC
 
-from . import fsutil
-from .chunker import RETRIES, iter_chunks, make_cdc
-from .manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
-from .model import StateInvalid
-from .packer import TinyPacker
-from .progress import Progress
-from .repository import INLINE_MAX, Repository
+from ..fs import fsutil
+from ..model import StateInvalid
+from ..progress import Progress
+from ..repository.chunker import RETRIES, iter_chunks, make_cdc
+from ..repository.manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
+from ..repository.packwriter import TinyPacker
+from ..repository.repository import INLINE_MAX, Repository
 
 if TYPE_CHECKING:
-    from .procpool import WorkerPool
+    from .readerpool import WorkerPool
 
 WORKERS = 4
 MAX_INFLIGHT = 64  # open file fds handed to the pool
@@ -197,7 +197,7 @@ class Archiver:
         if self._pool_tried or PROCESSES <= 0:
             return
         self._pool_tried = True
-        from .procpool import WorkerPool  # only big captures pay for its imports
+        from .readerpool import WorkerPool  # only big captures pay for its imports
 
         try:
             self._pool = WorkerPool(self.repo, PROCESSES)

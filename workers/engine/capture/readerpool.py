@@ -1,4 +1,4 @@
-"""Capture worker processes (parent side); see procworker.py for why and the protocol."""
+"""Capture reader processes (parent side); see readerproc.py for why and the protocol."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
-from .model import EngineError
-from .procworker import REQ, Setup, recv_frame
-from .repository import ZSTD_LEVEL, Repository
-from .subproc import WorkerProcess, start_workers
+from ..model import EngineError
+from ..repository.repository import ZSTD_LEVEL, Repository
+from ..workerproc.frames import recv_frame
+from ..workerproc.process import WorkerProcess, start_workers
+from .readerproc import REQ, Setup
 
 # Files queued per worker: keeps both busy, never blocks the parent on send, and lets the
 # WILLNEED readahead of the queued files (see archiver) run well ahead of the readers.
 WINDOW = 32
-_CODE = "from workers.engine.procworker import main; main()"
+_CODE = "from workers.engine.capture.readerproc import main; main()"
 
 Done = Callable[[int, list[tuple[bytes, int]], bytes, tuple[int, ...], int, bool], None]
 

@@ -28,12 +28,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from . import directio, fsutil
-from .manifest import ImageBody
-from .model import RestoreResult, StateInvalid
-from .progress import Progress
-from .repository import Repository
-from .staging import split_state
+from ..fs import directio, fsutil
+from ..fs.fsutil import split_state
+from ..model import RestoreResult, StateInvalid
+from ..progress import Progress
+from ..repository.manifest import ImageBody
+from ..repository.repository import Repository
 
 RETRIES = 3
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from pyfastcdc import FastCDC
 
-from . import fsutil
+from ..fs import fsutil
 from .repository import Repository
 
 RETRIES = 3  # re-reads of a file that changes while it is read, before a warning

@@ -1,4 +1,4 @@
-"""Throttled progress reporting from the engine's callback to the state store.
+"""Throttled progress reports and cancel checks from the engine's callbacks to the state store.
 
 The engine calls back often and cheaply; every report here is a Redis round trip and an
 event, so it is sent at most once per interval and only when the percentage moved.

@@ -14,10 +14,10 @@ import os
 import stat
 import threading
 
-from . import fsutil
-from .chunker import iter_chunks, make_cdc
-from .manifest import Entry
-from .repository import Repository
+from ..fs import fsutil
+from ..repository.chunker import iter_chunks, make_cdc
+from ..repository.manifest import Entry
+from ..repository.repository import Repository
 from .statecache import Record, content_digest
 
 Candidate = tuple[int, os.stat_result] | None

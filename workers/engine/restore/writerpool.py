@@ -1,4 +1,4 @@
-"""Restore worker processes (parent side); see restoreworker.py for why and the protocol."""
+"""Restore worker processes (parent side); see writerproc.py for why and the protocol."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 import msgspec
 
-from .backend import LocalBackend
-from .model import EngineError, SnapshotCorrupt
-from .repository import Repository
-from .restoreworker import Setup, Share
-from .subproc import WorkerProcess, start_workers
+from ..model import EngineError, SnapshotCorrupt
+from ..repository.backend import LocalBackend
+from ..repository.repository import Repository
+from ..workerproc.process import WorkerProcess, start_workers
+from .messages import Setup, Share
 
 PROCESSES = 2
-_CODE = "from workers.engine.restoreworker import main; main()"
+_CODE = "from workers.engine.restore.writerproc import main; main()"
 
 Done = Callable[[int, int, int], None]  # entry index, ino, ctime_ns
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from . import fsutil
-from .model import EngineError, StorageFull
+from ..fs import fsutil
+from ..model import EngineError, StorageFull
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 TMP_PREFIX = ".tmp-"  # temp files of writers; never listed as objects

@@ -13,7 +13,8 @@ from typing import Literal
 import msgspec
 import zstandard
 
-from .model import CommittedSnapshot, SnapshotMeta
+from ..fs import fsutil
+from ..model import CommittedSnapshot, EngineError, SnapshotMeta
 
 MAGIC = b"SNAPMF1\n"
 
@@ -137,3 +138,21 @@ def chunk_ids(body: Body) -> set[bytes]:
         return {cid for _i, cid in body.blocks}
     ids = {cid for e in body.entries if not e.pack for cid, _off in e.chunks}
     return ids | {e.pack for e in body.entries if e.pack}
+
+
+def check_tree(entries: list[Entry]) -> None:
+    """A manifest must describe a tree: root first, parents before children, no '..'."""
+    if not entries or entries[0].path != b"" or entries[0].kind != DIR:
+        raise EngineError("manifest tree does not start with its root directory")
+    dirs = {b""}
+    seen: set[bytes] = set()
+    for e in entries[1:]:
+        fsutil.split(e.path)
+        parent = e.path.rpartition(b"/")[0]
+        if parent not in dirs or e.path in seen:
+            raise EngineError(f"manifest tree is malformed at {e.path!r}")
+        seen.add(e.path)
+        if e.kind == DIR:
+            dirs.add(e.path)
+        if e.kind == HARDLINK and e.target not in seen:
+            raise EngineError(f"hard link {e.path!r} precedes its target")

@@ -17,9 +17,9 @@ import blake3
 import msgspec
 import zstandard
 
-from . import blocks, manifest
+from ..model import EngineError, SnapshotCorrupt, SnapshotNotFound
+from . import manifest, packformat
 from .backend import Backend
-from .model import EngineError, SnapshotCorrupt, SnapshotNotFound
 
 RAW, ZSTD = 0, 1
 # Files up to this size with a single chunk go into "tiny pack" objects (compressed as a
@@ -195,9 +195,10 @@ class Repository:
     def store_pack(self, data: bytes | memoryview, members: list[tuple[bytes, int, int]], *,
                    frames: list[bytes] | None = None) -> tuple[bytes, int]:
         """Store a tiny pack, then its index; returns (pack id, bytes newly written). frames:
-        the blocks of data already compressed (blocks.py), by a caller that streams them."""
+        the blocks of data already compressed (packformat.py), by a caller that streams them."""
         pack = self.chunk_id(data)
-        payload = blocks.encode(self._zc(), data) if frames is None else blocks.assemble(frames)
+        payload = (packformat.encode(self._zc(), data) if frames is None
+                   else packformat.assemble(frames))
         n = self.store_payload(pack, payload)
         idx = msgspec.msgpack.encode(members)
         # Not part of the commit barrier: an index lost or torn in a crash only costs
@@ -234,8 +235,8 @@ class Repository:
                 data = obj[1:]
             elif obj[0] == ZSTD:
                 data = self._zd().decompress(obj[1:])
-            elif obj[0] == blocks.BLOCKS:
-                data = blocks.decode_all(self._zd(), obj)
+            elif obj[0] == packformat.BLOCKS:
+                data = packformat.decode_all(self._zd(), obj)
             else:
                 raise ObjectCorrupt(f"{what} has an unknown header")
         except (zstandard.ZstdError, ValueError) as e:

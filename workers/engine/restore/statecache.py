@@ -24,9 +24,9 @@ from collections.abc import Callable
 import blake3
 import msgspec
 
-from . import fsutil
-from .backend import Backend
-from .manifest import FILE, Entry
+from ..fs import fsutil
+from ..repository.backend import Backend
+from ..repository.manifest import FILE, Entry
 
 Record = dict[bytes, tuple[int, int, bytes]]  # path -> (ino, ctime_ns, content digest)
 

@@ -14,6 +14,8 @@ import re
 import stat
 from collections.abc import Iterator
 
+from ..model import StateInvalid
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 RENAME_NOREPLACE = 1
@@ -264,3 +266,12 @@ def remove_tree(parent_fd: int, name: bytes, mounts: set[tuple[int, int]]) -> No
     except OSError as e:
         if e.errno not in (errno.ENOTEMPTY, errno.EBUSY, errno.ENOENT):
             raise
+
+
+def split_state(path: str) -> tuple[str, bytes]:
+    """A state path as (its parent directory, its base name), or StateInvalid."""
+    path = os.path.normpath(path)
+    if not os.path.isabs(path) or path == "/":
+        raise StateInvalid(f"state path must be an absolute path below /: {path!r}")
+    parent, base = os.path.split(path)
+    return parent, os.fsencode(base)

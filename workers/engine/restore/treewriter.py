@@ -1,85 +1,51 @@
-"""Directory restore.
+"""The tree writer: a snapshot's entries created and filled in a directory of our own,
+every chunk checked against its id while reading.
 
-The new tree is built in a staging directory beside the state path
-(`<parent>/.<base>.restore-<snapshot_id>`, same filesystem, mode 0700 while building),
-every chunk is checked against its id while reading, metadata is applied (files: chown,
-then chmod so setuid/setgid survive, then xattrs so security.capability survives, then
-times; directories last, children first), one syncfs makes it durable, and
-renameat2(RENAME_EXCHANGE) swaps it with the current tree atomically. The old tree, now
-under the staging name, is removed. A crash at any point leaves either the old or the new
-tree at the state path; everything named `.<base>.restore-*` is a leftover that
-`cleanup()` removes (recover() and every restore call it first).
-
-Where RENAME_EXCHANGE is not supported, a rename pair is used under a journal file
-`.<base>.restore-journal` (naming the staging dir), written and fsynced before the first
-rename: recovery rolls forward (staging -> state path) if the state path is missing.
-
-Files already identical in the current tree are hard-linked into staging instead of being
-rewritten: same relative path reached through O_NOFOLLOW directory fds only, a regular
-file with one link, identical size/mode/owner/mtime/xattrs, and identical content proven
-as reuse.py says. The fd that was checked is the one linked (linkat via /proc/self/fd), so
-there is no race between check and link. Nothing outside the state path is ever opened,
-and removing the old tree never descends into a mount inside it.
-
-When few entries differ, the tree is patched in place instead (patcher.py, under an undo
-journal). A big restore writes its files in worker processes (restorepool.py), and a
-background syncfs keeps the final one, the durability point before the swap, short.
+Used by the rebuild (the whole tree, in staging), by the patch (its new entries and
+subtrees, in the patch's work directory) and by the restore worker processes (their share
+of files). Files are written by a thread pool, or by worker processes (writerpool.py) for
+the files a big restore writes from scratch. A file already identical in the current tree
+(proven as reuse.py says) is hard-linked instead of being rewritten: the fd that was checked
+is the one linked (linkat via /proc/self/fd), so there is no race between check and link.
+Metadata is applied to files as they are written (chown, then chmod so setuid/setgid
+survive, then xattrs so security.capability survives, then times) and to directories last,
+children first (metadata.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
-from . import fsutil
-from .manifest import DIR, FILE, HARDLINK, Entry
+from ..fs import fsutil
+from ..progress import Progress
+from ..repository.manifest import DIR, FILE, HARDLINK, Entry
+from ..repository.packreader import PackCache
+from ..repository.repository import Repository
 from .metadata import make_special, set_dir_metadata
-from .model import RestoreResult, StateInvalid
-from .packcache import PackCache
-from .patcher import Patcher
-from .patchplan import Planner
-from .progress import Progress
-from .repository import Repository
 from .reuse import Candidate, ReuseCheck
-from .staging import Flusher, cleanup, split_state, swap, validate
-from .statecache import StateCache, record_tree
-
-if TYPE_CHECKING:
-    from .restorepool import RestorePool
+from .writerpool import RestorePool, split
 
 WORKERS = 4
-PROCESS_THRESHOLD = 64 << 20  # bytes of files to restore
 FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between processes
 MAX_INFLIGHT = 64
-# A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
-# differ; beyond that, rebuilding in staging costs about the same and needs no undo.
-PATCH_MIN = 16
-PATCH_FRACTION = 5
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class Restorer:
-    def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
-                 progress: Progress, pool: RestorePool | None = None, *,
-                 patch: bool = True) -> None:
-        self.pool = pool  # started early by the caller for a big restore into a new state
-        self.patch = patch  # may a tree that differs little be patched in place?
+class TreeWriter:
+    def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry],
+                 progress: Progress) -> None:
         self.repo = repo
         self.sid = snapshot_id
         self.entries = entries
-        self.parent_path, self.base = split_state(state_path)
-        self.state_path = state_path
         self.progress = progress
         self.bytes_written = 0
         self.files_reused = 0
         self.files_written = 0
         self._lock = threading.Lock()
         self.linked = {e.target for e in entries if e.kind == HARDLINK}
-        self.cache = StateCache(repo.backend, state_path)
         self.check = ReuseCheck(repo)
         self.packs = PackCache(repo, snapshot_id)
         # path -> (entry, ino, ctime) of each file as written: the trusted record's source
@@ -88,119 +54,16 @@ class Restorer:
         # owner of the files we create in staging, when known (chown is skipped for them)
         self._new_owner: tuple[int, int] | None = None
 
-    def run(self) -> RestoreResult:
-        validate(self.entries)
-        self.progress.total = sum(e.size for e in self.entries if e.kind == FILE)
-        try:
-            parent_fd = os.open(self.parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise StateInvalid(f"parent of the state path is unusable: {e}") from e
-        try:
-            cleanup(parent_fd, self.base, self.parent_path)
-            self.check.known = self.cache.load()
-            self.cache.forget()  # the tree is about to change: the record would be stale
-            cur_fd: int | None
-            try:
-                cur_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
-            except FileNotFoundError:
-                cur_fd = None
-            except OSError as e:
-                raise StateInvalid(f"state path is not a directory (or is a symlink): {e}") from e
-            if cur_fd is not None and self.patch:
-                try:
-                    patched = self._patched(parent_fd, cur_fd)
-                except BaseException:
-                    os.close(cur_fd)
-                    with contextlib.suppress(OSError):
-                        cleanup(parent_fd, self.base, self.parent_path)
-                    raise
-                if patched:
-                    os.close(cur_fd)
-                    self.progress.finish()
-                    return self._result()
-            staging = b"." + self.base + b".restore-%d" % self.sid
-            try:
-                os.mkdir(staging, 0o700, dir_fd=parent_fd)
-                st_fd = os.open(staging, fsutil.DIR_FLAGS, dir_fd=parent_fd)
-                self.creating_in(st_fd)
-                flusher = Flusher(self.parent_path, self.progress)
-                pool, self.pool = self.pool, None
-                if pool is None and self.progress.total >= PROCESS_THRESHOLD:
-                    from .restorepool import start_pool  # only big restores pay its imports
-
-                    pool = start_pool(self.repo, self.sid, self.state_path)
-                try:
-                    if pool is not None and cur_fd is None:
-                        self._build_fresh(st_fd, pool)
-                    else:
-                        self._build(st_fd, cur_fd, self.entries, self.linked, pool)
-                finally:
-                    if pool is not None:
-                        pool.close(kill=True)
-                    flusher.stop()
-                    os.close(st_fd)
-                fsutil.syncfs(self.parent_path)
-                swap(parent_fd, staging, self.base, cur_fd is not None, self.parent_path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    cleanup(parent_fd, self.base, self.parent_path)
-                raise
-            finally:
-                if cur_fd is not None:
-                    os.close(cur_fd)
-            # the old tree, now under the staging name
-            fsutil.remove_tree(parent_fd, staging, fsutil.mount_roots(self.parent_path))
-            digest = self.check.digest
-            record = {p: (ino, ctime, digest(e)) for p, (e, ino, ctime) in self.written.items()
-                      if p not in self.linked}
-            # after the removal: unlinking old names changed the ctime of reused inodes
-            new_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
-            try:
-                record.update(record_tree(new_fd, self.reused, self.linked, self.check.digest))
-            finally:
-                os.close(new_fd)
-            self.cache.save(record)
-        finally:
-            os.close(parent_fd)
-        self.progress.finish()
-        return self._result()
-
-    @property
-    def bytes_read(self) -> int:
-        """Current-tree bytes read to prove files identical."""
-        return self.check.bytes_read
-
-    def _result(self) -> RestoreResult:
-        return RestoreResult(snapshot_id=self.sid, bytes_written=self.bytes_written,
-                             files_reused=self.files_reused, files_written=self.files_written)
-
     def creating_in(self, fd: int) -> None:
         """New files will be created in directory fd: under a setgid directory they take its
         group, else ours (and chown is skipped for files that should be ours)."""
         setgid = os.fstat(fd).st_mode & stat.S_ISGID
         self._new_owner = None if setgid else (os.geteuid(), os.getegid())
 
-    def _patched(self, parent_fd: int, cur_fd: int) -> bool:
-        """Patch the current tree in place when few entries differ (see patcher.py)."""
-        limit = max(PATCH_MIN, len(self.entries) // PATCH_FRACTION)
-        mounts = fsutil.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
-        plan = Planner(self.entries, limit, mounts, self.check.trusted,
-                       self.check.same_content).run(cur_fd)
-        if plan is None:
-            return False
-        self.progress.add(plan.reused_bytes)
-        self.files_reused = plan.reused
-        Patcher(self, plan, parent_fd, cur_fd).run()
-        record = {e.path: (ino, ctime, self.check.digest(e)) for e, ino, ctime in plan.kept_files}
-        record.update(record_tree(cur_fd, plan.new_files(), self.linked, self.check.digest))
-        self.cache.save(record)
-        return True
-
-    # --- building the staging tree ------------------------------------------------------
-    def _build(self, st_fd: int, cur_fd: int | None, entries: list[Entry],
-               linked: set[bytes], procs: RestorePool | None = None) -> None:
+    def build(self, st_fd: int, cur_fd: int | None, entries: list[Entry],
+              linked: set[bytes], procs: RestorePool | None = None) -> None:
         """Build `entries` in st_fd, reusing what is proven identical in cur_fd; with
-        worker processes, the files written from scratch are theirs (see _build_fresh)."""
+        worker processes, the files written from scratch are theirs (see build_fresh)."""
         plain: list[tuple[int, int]] = []  # (index, cost) of files left to `procs`
         sem = threading.BoundedSemaphore(MAX_INFLIGHT)
         futures: list[Future[None]] = []
@@ -295,7 +158,7 @@ class Restorer:
             self._write_shares(st_fd, procs, plain)
         set_dir_metadata(st_fd, dirs)
 
-    def _build_fresh(self, st_fd: int, pool: RestorePool) -> None:
+    def build_fresh(self, st_fd: int, pool: RestorePool) -> None:
         """A new tree, nothing to reuse: directories, symlinks and device nodes here, the
         files by the worker processes (each its contiguous share, created by path under
         the private staging fd), hard links once their targets exist."""
@@ -324,7 +187,6 @@ class Restorer:
 
     def _write_shares(self, st_fd: int, pool: RestorePool, files: list[tuple[int, int]]) -> None:
         """The worker processes create and write these files (index, cost) under st_fd."""
-        from .restorepool import split
 
         def done(idx: int, ino: int, ctime: int) -> None:
             e = self.entries[idx]
@@ -349,7 +211,7 @@ class Restorer:
     def build_into(self, fd: int, entries: list[Entry], linked: set[bytes]) -> None:
         """Build a tree (entries rooted at b"") in the empty directory fd: a new subtree of a
         patch restore."""
-        self._build(fd, None, entries, linked)
+        self.build(fd, None, entries, linked)
 
     def write_files(self, files: list[tuple[int, Entry]]) -> None:
         """Write the given new files (created, empty, open for writing) with the pool."""

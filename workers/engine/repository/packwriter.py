@@ -1,6 +1,6 @@
 """Tiny packs: the small files of a capture packed into shared objects (see INLINE_MAX).
 
-Files are appended to the open pack as they are read; each full block (blocks.BLOCK) of
+Files are appended to the open pack as they are read; each full block (packformat.BLOCK) of
 it is compressed right away by the packer thread (zstd and IO release the GIL), so when
 the last file of a capture has been read only the last partial block is left to
 compress. Compressing each 16 MiB pack only once it was complete left a rootfs capture
@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
 
-from . import blocks
+from . import packformat
 from .manifest import Entry
 from .repository import ZSTD_LEVEL, Repository
 
@@ -52,9 +52,9 @@ class TinyPacker:
                 self._buf += data
             e.pack_off, e.pack_len = self._where[cid]
             self._entries.append(e)
-            while len(self._buf) >= (len(self._frames) + 1) * blocks.BLOCK:
-                k = len(self._frames) * blocks.BLOCK
-                block = bytes(self._buf[k : k + blocks.BLOCK])
+            while len(self._buf) >= (len(self._frames) + 1) * packformat.BLOCK:
+                k = len(self._frames) * packformat.BLOCK
+                block = bytes(self._buf[k : k + packformat.BLOCK])
                 self._frames.append(self._thread.submit(self._compress, block))
             if len(self._buf) < self.pack_size:
                 return
@@ -101,7 +101,7 @@ class TinyPacker:
     def _store(self, buf: bytearray, where: dict[bytes, tuple[int, int]], entries: list[Entry],
                frames: list[Future[bytes]]) -> None:
         done = [f.result() for f in frames]
-        tail = buf[len(done) * blocks.BLOCK :]
+        tail = buf[len(done) * packformat.BLOCK :]
         if tail:
             done.append(self._compress(bytes(tail)))
         members = [(cid, off, ln) for cid, (off, ln) in where.items()]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import stat
 
-from . import fsutil
-from .manifest import SYMLINK, Entry
+from ..fs import fsutil
+from ..repository.manifest import SYMLINK, Entry
 
 
 def make_special(dfd: int, name: bytes, e: Entry) -> None:

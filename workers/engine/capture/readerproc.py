@@ -1,4 +1,4 @@
-"""Capture worker process (child side), started by procpool with two socket fds.
+"""Capture worker process (child side), started by readerpool with two socket fds.
 
 Python threads share one GIL, so hashing + compressing a root filesystem of small files
 cannot use both cores from one process. The capture therefore hands already opened file
@@ -23,10 +23,10 @@ import msgspec
 import zstandard
 from pyfastcdc import FastCDC
 
-from .chunker import RETRIES, iter_chunks
-from .repository import INLINE_MAX, encode_payload
+from ..repository.chunker import RETRIES, iter_chunks
+from ..repository.repository import INLINE_MAX, encode_payload
+from ..workerproc.frames import recv_frame, send_frame
 
-FRAME = struct.Struct(">I")
 REQ = struct.Struct(">Q")
 BATCH = 8 << 20  # flush encoded chunks / progress at least every 8 MiB
 
@@ -44,29 +44,6 @@ Blobs = list[tuple[bytes, bytes]]
 # ("blobs", idx, blobs, raw bytes)
 # | ("done", idx, blobs, raw, chunks, stat, nread, changed, bytes of a small file)
 # | ("gone", idx, why) | ("err", idx, message)
-_enc = msgspec.msgpack.Encoder()
-
-
-def send_frame(sock: socket.socket, obj: object) -> None:
-    data = _enc.encode(obj)
-    sock.sendall(FRAME.pack(len(data)) + data)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        part = sock.recv(min(n - len(buf), 1 << 20))
-        if not part:
-            raise EOFError("peer closed")
-        buf += part
-    return bytes(buf)
-
-
-def recv_frame(sock: socket.socket) -> bytes:
-    (n,) = FRAME.unpack(recv_exact(sock, FRAME.size))
-    return recv_exact(sock, n)
-
-
 def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
              zc: zstandard.ZstdCompressor, res: socket.socket) -> None:
     st = os.fstat(fd)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from . import fsutil
-from .manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
+from ..fs import fsutil
+from ..repository.manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 
 REPLACE, CREATE, DELETE = "r", "c", "d"
 

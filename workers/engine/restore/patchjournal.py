@@ -1,0 +1,144 @@
+"""The patch restore's undo journal, and undo(): putting back what an uncommitted patch
+changed (see patch.py for the steps).
+
+The work directory `<parent>/.<base>.restore-patch` holds the prepared new entries (`n<i>`),
+the entries moved out of the tree (`o<i>`), `journal` (the operations, each with the inode
+of its new entry, and the metadata of every kept directory as found; fsynced before the
+first rename) and, once the patch is durable, `committed`. undo() rolls back an uncommitted
+journal: in reverse order it moves back exactly the entries whose inode the journal names,
+then puts the directories' metadata back. recovery.cleanup() runs it on every later
+restore, capture and recover(), and patch.py at once when a patch fails. Nothing is
+opened through a symlink: every directory is reached through O_NOFOLLOW fds from the state
+root, and a name swapped by a tenant is moved, never followed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import msgspec
+
+from ..fs import fsutil
+from .patchplan import CREATE, DELETE, DirState, Op
+
+JOURNAL = b"journal"
+COMMITTED = b"committed"
+
+
+class Journal(msgspec.Struct, array_like=True):
+    ops: list[Op]
+    dirs: list[DirState]  # parents first
+
+
+def work_name(base: bytes) -> bytes:
+    return b"." + base + b".restore-patch"
+
+
+def new_name(i: int) -> bytes:
+    return b"n%d" % i
+
+
+def old_name(i: int) -> bytes:
+    return b"o%d" % i
+
+
+def move_in(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> None:
+    """Rename, never replacing an entry at dst (renameat2 NOREPLACE; on a filesystem without
+    it, a plain rename after checking dst is free: the server is stopped meanwhile)."""
+    try:
+        fsutil.renameat2(src_dir, src, dst_dir, dst, fsutil.RENAME_NOREPLACE)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise
+        if exists(dst, dst_dir):
+            raise FileExistsError(errno.EEXIST, "entry appeared during the restore", dst) from e
+        os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+
+
+def exists(name: bytes, dfd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class Dirs:
+    """Open directory fds of the state tree by relative path (O_NOFOLLOW all the way)."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.fds: dict[bytes, int] = {}
+
+    def get(self, path: bytes) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = fsutil.open_dir_beneath(self.root_fd, fsutil.split(path))
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def set_dir_meta(fd: int, mode: int, uid: int, gid: int, xattrs: list[tuple[str, bytes]],
+                 mtime_ns: int) -> None:
+    os.chown(fd, uid, gid)
+    os.chmod(fd, stat.S_IMODE(mode))
+    want = dict(xattrs)
+    for n, v in fsutil.read_xattrs(fd):
+        if n not in want:
+            os.removexattr(fd, n)
+        elif want[n] == v:
+            del want[n]
+    fsutil.write_xattrs(fd, list(want.items()))
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+def undo(parent_fd: int, base: bytes) -> None:
+    """Roll back an uncommitted patch (idempotent; a committed one needs nothing)."""
+    try:
+        wfd = os.open(work_name(base), fsutil.DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
+    try:
+        if exists(COMMITTED, wfd):
+            return
+        try:
+            jfd = os.open(JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=wfd)
+        except FileNotFoundError:
+            return  # nothing was applied before the journal existed
+        with os.fdopen(jfd, "rb") as f:
+            try:
+                journal = msgspec.msgpack.decode(f.read(), type=Journal)
+            except msgspec.DecodeError:
+                return  # torn: it was being written, so nothing was applied
+        root_fd = os.open(base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
+        fds = Dirs(root_fd)
+        try:
+            for i in reversed(range(len(journal.ops))):
+                op = journal.ops[i]
+                parent, _, name = op.path.rpartition(b"/")
+                pfd = fds.get(parent)
+                if op.kind != DELETE:
+                    try:
+                        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        st = None
+                    if st is not None and st.st_ino == op.ino:
+                        os.rename(name, new_name(i), src_dir_fd=pfd, dst_dir_fd=wfd)
+                if op.kind != CREATE and exists(old_name(i), wfd):
+                    move_in(wfd, old_name(i), pfd, name)
+            for d in reversed(journal.dirs):
+                set_dir_meta(fds.get(d.path), d.mode, d.uid, d.gid, d.xattrs, d.mtime_ns)
+        finally:
+            fds.close()
+            os.close(root_fd)
+        os.fsync(parent_fd)
+        fsutil.syncfs(f"/proc/self/fd/{parent_fd}")
+        os.unlink(JOURNAL, dir_fd=wfd)
+    finally:
+        os.close(wfd)

@@ -1,0 +1,170 @@
+"""Directory restore.
+
+The new tree is built in a staging directory beside the state path
+(`<parent>/.<base>.restore-<snapshot_id>`, same filesystem, mode 0700 while building),
+every chunk is checked against its id while reading, metadata is applied (files: chown,
+then chmod so setuid/setgid survive, then xattrs so security.capability survives, then
+times; directories last, children first), one syncfs makes it durable, and
+renameat2(RENAME_EXCHANGE) swaps it with the current tree atomically. The old tree, now
+under the staging name, is removed. A crash at any point leaves either the old or the new
+tree at the state path; everything named `.<base>.restore-*` is a leftover that
+recovery.cleanup() removes (recover() and every restore call it first).
+
+Where RENAME_EXCHANGE is not supported, a rename pair is used under a journal file
+`.<base>.restore-journal` (naming the staging dir), written and fsynced before the first
+rename: recovery rolls forward (staging -> state path) if the state path is missing.
+
+Files already identical in the current tree are hard-linked into staging instead of being
+rewritten (treewriter.py): same relative path reached through O_NOFOLLOW directory fds
+only, a regular file with one link, identical size/mode/owner/mtime/xattrs, and identical
+content proven as reuse.py says. Nothing outside the state path is ever opened, and
+removing the old tree never descends into a mount inside it.
+
+When few entries differ, the tree is patched in place instead (patch.py, under an undo
+journal). A big restore writes its files in worker processes (writerpool.py), and a
+background syncfs keeps the final one, the durability point before the swap, short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ..fs import fsutil
+from ..model import RestoreResult, StateInvalid
+from ..progress import Progress
+from ..repository.manifest import FILE, Entry, check_tree
+from ..repository.repository import Repository
+from .patch import Patcher
+from .patchplan import Planner
+from .recovery import cleanup
+from .staging import Flusher, swap
+from .statecache import StateCache, record_tree
+from .treewriter import TreeWriter
+from .writerpool import RestorePool, start_pool
+
+PROCESS_THRESHOLD = 64 << 20  # bytes of files to restore
+# A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
+# differ; beyond that, rebuilding in staging costs about the same and needs no undo.
+PATCH_MIN = 16
+PATCH_FRACTION = 5
+
+
+class Restorer:
+    def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
+                 progress: Progress, pool: RestorePool | None = None, *,
+                 patch: bool = True) -> None:
+        self.pool = pool  # started early by the caller for a big restore into a new state
+        self.patch = patch  # may a tree that differs little be patched in place?
+        self.repo = repo
+        self.sid = snapshot_id
+        self.entries = entries
+        self.parent_path, self.base = fsutil.split_state(state_path)
+        self.state_path = state_path
+        self.progress = progress
+        self.cache = StateCache(repo.backend, state_path)
+        self.writer = TreeWriter(repo, snapshot_id, entries, progress)
+        self.check = self.writer.check
+
+    def run(self) -> RestoreResult:
+        w = self.writer
+        check_tree(self.entries)
+        self.progress.total = sum(e.size for e in self.entries if e.kind == FILE)
+        try:
+            parent_fd = os.open(self.parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise StateInvalid(f"parent of the state path is unusable: {e}") from e
+        try:
+            cleanup(parent_fd, self.base, self.parent_path)
+            self.check.known = self.cache.load()
+            self.cache.forget()  # the tree is about to change: the record would be stale
+            cur_fd: int | None
+            try:
+                cur_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
+            except FileNotFoundError:
+                cur_fd = None
+            except OSError as e:
+                raise StateInvalid(f"state path is not a directory (or is a symlink): {e}") from e
+            if cur_fd is not None and self.patch:
+                try:
+                    patched = self._patched(parent_fd, cur_fd)
+                except BaseException:
+                    os.close(cur_fd)
+                    with contextlib.suppress(OSError):
+                        cleanup(parent_fd, self.base, self.parent_path)
+                    raise
+                if patched:
+                    os.close(cur_fd)
+                    self.progress.finish()
+                    return self._result()
+            staging = b"." + self.base + b".restore-%d" % self.sid
+            try:
+                os.mkdir(staging, 0o700, dir_fd=parent_fd)
+                st_fd = os.open(staging, fsutil.DIR_FLAGS, dir_fd=parent_fd)
+                w.creating_in(st_fd)
+                flusher = Flusher(self.parent_path, self.progress)
+                pool, self.pool = self.pool, None
+                if pool is None and self.progress.total >= PROCESS_THRESHOLD:
+                    pool = start_pool(self.repo, self.sid, self.state_path)
+                try:
+                    if pool is not None and cur_fd is None:
+                        w.build_fresh(st_fd, pool)
+                    else:
+                        w.build(st_fd, cur_fd, self.entries, w.linked, pool)
+                finally:
+                    if pool is not None:
+                        pool.close(kill=True)
+                    flusher.stop()
+                    os.close(st_fd)
+                fsutil.syncfs(self.parent_path)
+                swap(parent_fd, staging, self.base, cur_fd is not None, self.parent_path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    cleanup(parent_fd, self.base, self.parent_path)
+                raise
+            finally:
+                if cur_fd is not None:
+                    os.close(cur_fd)
+            # the old tree, now under the staging name
+            fsutil.remove_tree(parent_fd, staging, fsutil.mount_roots(self.parent_path))
+            digest = self.check.digest
+            record = {p: (ino, ctime, digest(e)) for p, (e, ino, ctime) in w.written.items()
+                      if p not in w.linked}
+            # after the removal: unlinking old names changed the ctime of reused inodes
+            new_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                record.update(record_tree(new_fd, w.reused, w.linked, self.check.digest))
+            finally:
+                os.close(new_fd)
+            self.cache.save(record)
+        finally:
+            os.close(parent_fd)
+        self.progress.finish()
+        return self._result()
+
+    @property
+    def bytes_read(self) -> int:
+        """Current-tree bytes read to prove files identical."""
+        return self.check.bytes_read
+
+    def _result(self) -> RestoreResult:
+        w = self.writer
+        return RestoreResult(snapshot_id=self.sid, bytes_written=w.bytes_written,
+                             files_reused=w.files_reused, files_written=w.files_written)
+
+    def _patched(self, parent_fd: int, cur_fd: int) -> bool:
+        """Patch the current tree in place when few entries differ (see patch.py)."""
+        limit = max(PATCH_MIN, len(self.entries) // PATCH_FRACTION)
+        mounts = fsutil.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
+        plan = Planner(self.entries, limit, mounts, self.check.trusted,
+                       self.check.same_content).run(cur_fd)
+        if plan is None:
+            return False
+        self.progress.add(plan.reused_bytes)
+        self.writer.files_reused = plan.reused
+        Patcher(self.writer, plan, self.parent_path, self.base, parent_fd, cur_fd).run()
+        record = {e.path: (ino, ctime, self.check.digest(e)) for e, ino, ctime in plan.kept_files}
+        record.update(record_tree(cur_fd, plan.new_files(), self.writer.linked,
+                                  self.check.digest))
+        self.cache.save(record)
+        return True
