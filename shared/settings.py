@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from shared.logs import LOG_FORMATS
+
 ADMIN_TOKEN_FILE = "admin_token"
 EMBEDDED_REDIS_SOCKET = "redis.sock"
 
@@ -53,6 +55,13 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return raw.strip()
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (_optional(env, name) or default).lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
@@ -85,6 +94,11 @@ class Settings:
     # A comment line this often keeps proxies and load balancers from closing an idle event
     # stream (most cut at 30-60 s) and lets the server notice a vanished client.
     events_keepalive: float = 15.0
+    # Where `make run` binds the web process (the Procfile's default too); production
+    # sets HOST explicitly (0.0.0.0 on Heroku).
+    host: str = "127.0.0.1"
+    # "text" (readable, the default) or "json" (one object a line); see shared/logs.py.
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -121,6 +135,8 @@ class Settings:
             webhook_attempts=_int(env, "SNAPSHOTS_WEBHOOK_ATTEMPTS", d.webhook_attempts),
             webhook_backoff=_float(env, "SNAPSHOTS_WEBHOOK_BACKOFF", d.webhook_backoff),
             events_keepalive=_float(env, "SNAPSHOTS_EVENTS_KEEPALIVE", d.events_keepalive),
+            host=_optional(env, "HOST") or d.host,
+            log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS, d.log_format),
         )
 
     @property

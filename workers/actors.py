@@ -14,6 +14,7 @@ from typing import Any
 import dramatiq
 import msgspec
 import redis
+from dramatiq.middleware import Shutdown
 
 from shared.broker import HEARTBEATS_KEY, make_broker
 from shared.messages import OperationMessage
@@ -102,21 +103,31 @@ def _operation_id(**kwargs: object) -> int | None:
         return None
 
 
+def _run(**kwargs: object) -> None:
+    if (op_id := _operation_id(**kwargs)) is None:
+        return
+    try:
+        jobs().run(op_id)
+    except Shutdown:
+        # The worker is stopping (SIGTERM, Ctrl-C under make run) and the job gave its
+        # lease back: a Retry sends the message again, without the error and traceback
+        # Dramatiq logs for an unexpected exception.
+        log.info("operation %s interrupted by the worker's shutdown; it will resume", op_id)
+        raise dramatiq.Retry() from None
+
+
 @dramatiq.actor(actor_name="snapshot_create", **_OPTIONS)
 def snapshot_create(**kwargs: object) -> None:
-    if (op_id := _operation_id(**kwargs)) is not None:
-        jobs().run(op_id)
+    _run(**kwargs)
 
 
 @dramatiq.actor(actor_name="snapshot_restore", **_OPTIONS)
 def snapshot_restore(**kwargs: object) -> None:
-    if (op_id := _operation_id(**kwargs)) is not None:
-        jobs().run(op_id)
+    _run(**kwargs)
 
 
 @dramatiq.actor(actor_name="snapshot_delete", **_OPTIONS)
 def snapshot_delete(**kwargs: object) -> None:
-    if (op_id := _operation_id(**kwargs)) is not None:
-        jobs().run(op_id)
+    _run(**kwargs)
 
 from workers import webhooks  # noqa: E402, F401  (registers the webhook actor; needs broker)

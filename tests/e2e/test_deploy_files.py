@@ -1,0 +1,61 @@
+"""The production descriptions agree with the Procfile and restart what dies.
+
+systemd itself is not PID 1 on the test machine, so the units are checked as files:
+the restart policy, the stop that honours the graceful shutdown, and that each ExecStart
+runs the Procfile's command (the one description of the processes).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shlex
+from pathlib import Path
+
+import honcho.environ
+import pytest
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+PROCFILE = honcho.environ.parse_procfile((DEPLOY.parent / "Procfile").read_text()).processes
+
+
+def _unit(name: str) -> configparser.SectionProxy:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(DEPLOY / "systemd" / name)
+    return parser["Service"]
+
+
+def _words(command: str) -> list[str]:
+    """A command with its ${VAR:-default} / ${VAR} expansions reduced to the names."""
+    out = []
+    for word in shlex.split(command):
+        if word.startswith("${"):
+            word = "$" + word[2:].split(":-")[0].rstrip("}")
+        out.append(word.rsplit("/", 1)[-1] if "/.venv/bin/" in word else word)
+    return out
+
+
+@pytest.mark.parametrize(("unit", "process"), [
+    ("snapshots-web.service", "web"),
+    ("snapshots-worker@.service", "worker"),
+])
+def test_units_restart_on_failure_and_run_the_procfile_command(unit: str, process: str) -> None:
+    service = _unit(unit)
+    assert service["Restart"] == "always"
+    assert 0 < float(service["RestartSec"]) <= 5
+    assert service["TimeoutStopSec"] == "30"  # the Procfile's 25 s graceful stop fits
+    assert _words(service["ExecStart"]) == _words(PROCFILE[process])
+
+
+def test_worker_unit_signals_the_main_process_once_and_restarts_after_an_oom_kill() -> None:
+    service = _unit("snapshots-worker@.service")
+    assert service["KillMode"] == "mixed"
+    assert service["OOMPolicy"] == "stop"
+
+
+def test_heroku_manifest_binds_every_interface_and_says_what_restarts() -> None:
+    app = json.loads((DEPLOY / "app.json").read_text())
+    assert set(app["formation"]) == set(PROCFILE) - {"release"}
+    assert app["env"]["HOST"]["value"] == "0.0.0.0"
+    assert "restarts" in app["description"]
