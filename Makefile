@@ -15,6 +15,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check api workers shared tests bench deploy snapctl
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy bench
 	$(VENV)/bin/lint-imports --no-cache
 
 test: lint

@@ -30,8 +30,7 @@ class Outcome:
 
 def sh(cmd: str | list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Outcome:
     """Run a command, time it, never raise."""
-    shell = isinstance(cmd, str)
-    argv: str | list[str] = ["bash", "-o", "pipefail", "-c", cmd] if shell else cmd
+    argv = ["bash", "-o", "pipefail", "-c", cmd] if isinstance(cmd, str) else cmd
     t0 = time.perf_counter()
     try:
         p = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=TIMEOUT)

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.engine import StateSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the repository root, not bench/ (bench/api.py would shadow `api`)
@@ -27,8 +30,17 @@ def _to_builtins(obj: Any) -> Any:
         return repr(obj)
 
 
+def _spec(kind: str, path: str) -> StateSpec:
+    """The state to work on, validated like the service validates a server's state."""
+    import msgspec
+
+    from workers.engine import StateSpec
+
+    return msgspec.convert({"kind": kind, "path": path}, StateSpec)
+
+
 def _capture(repo: str, snapshot_id: int, server_id: int, kind: str, path: str) -> Any:
-    from workers.engine import Engine, SnapshotMeta, StateSpec
+    from workers.engine import Engine, SnapshotMeta
 
     meta = SnapshotMeta(
         snapshot_id=snapshot_id,
@@ -39,13 +51,13 @@ def _capture(repo: str, snapshot_id: int, server_id: int, kind: str, path: str) 
         description=None,
         created_at="2026-11-27T00:00:00Z",
     )
-    return Engine(f"file://{repo}").capture(meta, StateSpec(kind=kind, path=path), progress=None)
+    return Engine(f"file://{repo}").capture(meta, _spec(kind, path), progress=None)
 
 
 def _restore(repo: str, snapshot_id: int, kind: str, path: str) -> Any:
-    from workers.engine import Engine, StateSpec
+    from workers.engine import Engine
 
-    return Engine(f"file://{repo}").restore(snapshot_id, StateSpec(kind=kind, path=path))
+    return Engine(f"file://{repo}").restore(snapshot_id, _spec(kind, path))
 
 
 def main(argv: list[str]) -> int:

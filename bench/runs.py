@@ -9,6 +9,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import benchlib
@@ -60,7 +61,7 @@ def phase_capture(run: Run) -> None:
                 run.record(
                     f"{label} · {state.name}",
                     tool,
-                    lambda t=tool, s=state, q=seq: t.capture(s, q),
+                    partial(tool.capture, state, seq),
                     cold=seq == 1,
                 )
 
@@ -73,7 +74,7 @@ def phase_restore(run: Run, where: Path) -> dict[str, Path]:
             run.record(
                 f"full restore · {state.name}",
                 tool,
-                lambda t=tool, s=state, d=dst: t.restore(s, 2, d),
+                partial(tool.restore, state, 2, dst),
                 cold=True,
             )
             targets[f"{tool.name}/{state.name}"] = tool.restored_path(state, dst)
@@ -119,7 +120,7 @@ def phase_partial_restore(run: Run, where: Path, targets: dict[str, Path], warm:
         res = run.record(
             phase,
             ours,
-            lambda s=state: ours.restore(s, 2, where / f"restore-ours-{s.name}"),
+            partial(ours.restore, state, 2, where / f"restore-ours-{state.name}"),
             cold=not warm,
         )
         if res.error:

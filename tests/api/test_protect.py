@@ -10,10 +10,11 @@ from starlette.testclient import TestClient
 from shared.store import Store
 from tests.api.test_snapshots import complete
 from tests.support.api import ApiHelper
+from tests.support.streams import entries
 
 
 def _events(r: redis.Redis, etype: str) -> list[dict[str, str]]:
-    return [f for _, f in r.xrange("events") if f["type"] == etype]
+    return [f for _, f in entries(r) if f["type"] == etype]
 
 
 def test_patch_renames_describes_and_protects(

@@ -296,9 +296,17 @@ def test_pack_blocks_decoded_only_where_needed(monkeypatch: pytest.MonkeyPatch,
     wholes: list[str] = []
     backend = engine.backend
     get_range, get = backend.get_range, backend.get
-    monkeypatch.setattr(backend, "get_range", lambda key, off, n: ranges.append(n) or get_range(
-        key, off, n))
-    monkeypatch.setattr(backend, "get", lambda key: wholes.append(key) or get(key))
+
+    def counted_range(key: str, offset: int, n: int) -> bytes:
+        ranges.append(n)
+        return get_range(key, offset, n)
+
+    def counted_get(key: str) -> bytes:
+        wholes.append(key)
+        return get(key)
+
+    monkeypatch.setattr(backend, "get_range", counted_range)
+    monkeypatch.setattr(backend, "get", counted_get)
     (dst / "s17").write_bytes(b"changed")
     engine.restore(1, dir_state(dst))
     assert_same(src, dst)

@@ -12,6 +12,7 @@ import redis
 from shared.settings import Settings
 from shared.store import Store
 from tests.e2e.service import Service, wait_until
+from tests.support.streams import entries
 from workers.engine import Engine
 
 
@@ -79,9 +80,8 @@ def events(svc: Service, event_type: str, snapshot_id: int) -> int:
     """How many events of a type the store emitted for a snapshot."""
     client = redis.Redis.from_url(svc.redis.url, decode_responses=True)
     try:
-        entries: list[tuple[str, dict[str, str]]] = client.xrange("events")  # type: ignore[assignment]
         return len([
-            1 for _id, fields in entries
+            1 for _id, fields in entries(client)
             if fields.get("type") == event_type and fields.get("snapshot_id") == str(snapshot_id)
         ])
     finally:

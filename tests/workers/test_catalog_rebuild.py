@@ -34,7 +34,7 @@ def test_rebuild_uses_the_recorded_server_spec_else_a_refused_placeholder(
     state.mkdir()
     (state / "f").write_text("v1")
     engine = Engine(settings.storage_url)
-    spec = {
+    spec: dict[str, object] = {
         "state": {"kind": "directory", "path": str(state)},
         "power": {"kind": "none"},
         "host": "h1",
