@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def _wait_answers(client: httpx.Client, path: str, within: float) -> float:
     return time.monotonic() - started
 
 
-VICTIMS = {
+VICTIMS: dict[str, Callable[[MakeRun], int]] = {
     "worker child": lambda run: children(run.program("dramatiq"))[0],
     "worker main": lambda run: run.program("dramatiq"),
     "web": lambda run: run.program("uvicorn"),
