@@ -26,6 +26,8 @@ SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A new file, never an existing one nor a symlink's target (every file the engine creates).
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK so that a fifo planted where a file was expected never blocks an open.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -185,8 +187,7 @@ def write_full(fd: int, data: bytes | memoryview, offset: int) -> None:
 
 def create_durable(dir_fd: int, name: bytes, data: bytes) -> None:
     """Create dir/name (never an existing one) holding data, on disk with its name."""
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600, dir_fd=dir_fd)
+    fd = os.open(name, CREATE_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         write_full(fd, data, 0)
         os.fsync(fd)

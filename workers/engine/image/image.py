@@ -255,8 +255,7 @@ def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
 def _create(repo: Repository, sid: int, body: ImageBody, parent_fd: int, base: bytes,
             progress: Progress) -> RestoreResult:
     tmp = b"." + base + b".restore-%d" % sid
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                 dir_fd=parent_fd)
+    fd = os.open(tmp, fsutil.CREATE_FLAGS, 0o600, dir_fd=parent_fd)
     direct: int | None = None
     try:
         # Sized first: the block writes below then fill holes inside the file instead of

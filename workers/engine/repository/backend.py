@@ -124,10 +124,10 @@ class LocalBackend:
         tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.getpid()}-{next(_TMP_SEQ)}")
         try:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = os.open(tmp, fsutil.CREATE_FLAGS, 0o644)
             except FileNotFoundError:  # first object of a fan-out directory
                 os.makedirs(os.path.dirname(final), exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = os.open(tmp, fsutil.CREATE_FLAGS, 0o644)
             try:
                 fsutil.write_full(fd, data, 0)
                 if durable:

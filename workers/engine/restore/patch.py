@@ -47,8 +47,6 @@ from .patchjournal import (
 from .patchplan import CREATE, DELETE, DirState, Plan
 from .treewriter import TreeWriter
 
-CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
 
 class Patcher:
     def __init__(self, writer: TreeWriter, plan: Plan, parent_path: str, base: bytes,
@@ -105,7 +103,7 @@ class Patcher:
                     finally:
                         os.close(sub)
                 elif e.kind == FILE:
-                    fd = os.open(name, CREATE_FLAGS, 0o600, dir_fd=wfd)
+                    fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=wfd)
                     files.append((fd, e))
                     new_of[e.path] = name
                 elif e.kind == HARDLINK:

@@ -31,7 +31,6 @@ from .writerpool import RestorePool, split
 WORKERS = 4
 FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between processes
 MAX_INFLIGHT = 64
-CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TreeWriter:
@@ -118,7 +117,7 @@ class TreeWriter:
                     elif e.kind == FILE:
                         fd = cand = None
                         if e.path in linked:  # must exist before its links are made
-                            fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
+                            fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
                         elif cfd is not None:
                             cand = self.check.candidate(cfd, name, e)
                             # Proven identical without reading: link it right here, cheaply.
@@ -134,7 +133,7 @@ class TreeWriter:
                             continue
                         sem.acquire()
                         if cand is None and fd is None:  # plain write: create it here
-                            fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
+                            fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
                         # a hash check may still need the directory (to link or create)
                         jdfd = os.dup(dfd) if fd is None else None
                         futures.append(pool.submit(job, jdfd, name, e, fd, cand))
@@ -227,7 +226,7 @@ class TreeWriter:
             return
         if fd is None:
             assert dfd is not None
-            fd = os.open(name, CREATE, 0o600, dir_fd=dfd)
+            fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
         try:
             written = end = 0
             for cid, off in e.chunks:

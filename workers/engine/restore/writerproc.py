@@ -24,6 +24,7 @@ import sys
 
 import msgspec
 
+from ..fs import fsutil
 from ..model import SnapshotCorrupt
 from ..progress import Progress
 from ..repository.backend import LocalBackend
@@ -34,7 +35,6 @@ from .messages import Setup, Share
 
 PR_SET_PDEATHSIG = 1
 BATCH = 64  # files per "done" frame
-CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _die_with_parent() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
     try:
         for idx in share.indexes:
             e = entries[idx]
-            w.write_file(None, b"", e, os.open(e.path, CREATE, 0o600, dir_fd=st_fd))
+            w.write_file(None, b"", e, os.open(e.path, fsutil.CREATE_FLAGS, 0o600, dir_fd=st_fd))
             _e, ino, ctime = w.written[e.path]
             batch.append((idx, ino, ctime))
             if len(batch) >= BATCH:
