@@ -21,7 +21,15 @@ import redis
 from shared.records import OperationRecord, ServerRecord
 from shared.schemas import PowerNone, rfc3339
 from shared.store import Store
-from workers.engine import Cancelled, Engine, EngineError, SnapshotMeta, StateSpec, StorageFull
+from workers.engine import (
+    Cancelled,
+    Engine,
+    EngineError,
+    SnapshotMeta,
+    StateSpec,
+    StorageFull,
+    TransientEngineError,
+)
 from workers.power import PowerDriver, PowerError, PowerStatus
 from workers.reporting import CancelCheck, ProgressReporter
 
@@ -172,13 +180,6 @@ class Jobs:
         except redis.RedisError:
             return False  # asked again a second later; a delete waits for us anyway
 
-    @staticmethod
-    def _transient(exc: EngineError) -> bool:
-        """A plain EngineError (e.g. "a capture worker process died", which is what a
-        SIGTERM to the whole process group looks like from here) is worth a retry; the
-        specific ones (storage_full, snapshot_corrupt, state_invalid...) are final."""
-        return type(exc) is EngineError
-
     # -- create -------------------------------------------------------------------------
 
     def _create(self, op: OperationRecord, snapshot_id: int) -> None:
@@ -222,9 +223,9 @@ class Jobs:
         except Cancelled:
             log.info("snapshot %s: deleted or ended while it was being created", snap.id)
             return
+        except TransientEngineError:
+            raise  # delivered again (see TransientEngineError); the others are final
         except (EngineError, PowerError) as exc:
-            if isinstance(exc, EngineError) and self._transient(exc):
-                raise
             self.store.fail_operation(op.id, exc.code, str(exc))
             if isinstance(exc, StorageFull):
                 # Free what the capture stored before it hit the wall (nothing references
@@ -291,9 +292,9 @@ class Jobs:
                 progress=ProgressReporter(lambda p: self._report(op.id, p)),
                 live=isinstance(server.power, PowerNone),  # nothing stopped it: never patch
             )
+        except TransientEngineError:
+            raise  # delivered again (see TransientEngineError); the others are final
         except (EngineError, PowerError) as exc:
-            if isinstance(exc, EngineError) and self._transient(exc):
-                raise
             # The engine left the previous state intact; put the power back as it was.
             status = self._settle_power(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)

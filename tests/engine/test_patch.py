@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, EngineError
+from workers.engine import Engine, EngineError, TransientEngineError
 from workers.engine.fs import fsutil
 from workers.engine.restore import patch, restorer
 from workers.engine.restore.patchplan import Planner
@@ -264,7 +264,7 @@ def test_one_restore_at_a_time_per_state(tmp_path: Path, engine: Engine) -> None
     with engine._state_lock(dir_state(cur)):  # what the running restore holds
         with pytest.raises(EngineError, match="still running") as exc:
             engine.restore(1, dir_state(cur))
-        assert type(exc.value) is EngineError  # plain: the job layer retries it
+        assert isinstance(exc.value, TransientEngineError)  # the job layer retries it
         with pytest.raises(EngineError, match="still running"):
             engine.recover(dir_state(cur))
         assert describe(cur) == old

@@ -37,6 +37,7 @@ from .model import (
     StateInvalid,
     StateSpec,
     StorageFull,
+    TransientEngineError,
     VerifyReport,
 )
 
@@ -55,5 +56,6 @@ __all__ = [
     "StateInvalid",
     "StateSpec",
     "StorageFull",
+    "TransientEngineError",
     "VerifyReport",
 ]

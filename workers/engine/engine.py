@@ -28,6 +28,7 @@ from .model import (
     SnapshotNotFound,
     StateInvalid,
     StateSpec,
+    TransientEngineError,
     VerifyReport,
 )
 from .progress import Progress
@@ -179,7 +180,7 @@ class Engine:
         lock = FlockLock(os.path.join(self.backend.root, "locks", f"state-{digest}.lock"))
         with lock.exclusive(wait=False) as got:
             if not got:
-                raise EngineError(f"another restore of {state.path} is still running")
+                raise TransientEngineError(f"another restore of {state.path} is still running")
             yield
 
     def _early_pool(self, snapshot_id: int, state: StateSpec) -> RestorePool | None:

@@ -69,7 +69,19 @@ class CommittedSnapshot(msgspec.Struct, frozen=True):
 
 
 class EngineError(Exception):
+    """Base of the engine's errors. The subclasses below are final for the operation (each
+    has its SPEC code); TransientEngineError says the same call may succeed if run again."""
+
     code: ClassVar[str] = "engine_error"
+
+
+class TransientEngineError(EngineError):
+    """Worth retrying as it is: a worker process died (a SIGTERM to the whole process group
+    looks like that), another restore of the same state still runs, a manifest header could
+    not be read (it may be written by a newer engine that another worker runs), and, as
+    before this type existed, a manifest whose tree fails manifest.check_tree(). The job
+    layer (workers/jobs.py) lets the message be delivered again instead of failing the
+    operation; after the last attempt the operation fails."""
 
 
 class StorageFull(EngineError):

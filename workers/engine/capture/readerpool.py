@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
-from ..model import EngineError
+from ..model import TransientEngineError
 from ..repository.repository import ZSTD_LEVEL, Repository
 from ..workerproc.frames import recv_frame
 from ..workerproc.process import WorkerProcess, start_workers
@@ -69,7 +69,7 @@ class WorkerPool:
                     try:
                         frame = msgspec.msgpack.decode(recv_frame(w.res))
                     except EOFError as e:
-                        raise EngineError("a capture worker process died") from e
+                        raise TransientEngineError("a capture worker process died") from e
                     self._handle(w, frame, done, gone, progress, describe)
                 poll()
         finally:
@@ -103,4 +103,4 @@ class WorkerPool:
         elif kind == "gone":
             gone(idx, str(frame[2]))
         else:
-            raise EngineError(f"reading {describe(idx)} failed: {frame[2]}")
+            raise TransientEngineError(f"reading {describe(idx)} failed: {frame[2]}")

@@ -8,23 +8,31 @@ snapshots of a repository (catalog rebuild) stays cheap.
 from __future__ import annotations
 
 import struct
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 import zstandard
 
 from ..fs import fsutil
-from ..model import CommittedSnapshot, EngineError, SnapshotMeta
+from ..model import CommittedSnapshot, SnapshotMeta, TransientEngineError
 
 MAGIC = b"SNAPMF1\n"
 
 # Entry kinds (one letter keeps the manifest of a 10k-file tree small).
-FILE, DIR, SYMLINK, FIFO, CHR, BLK, SOCK, HARDLINK = "f", "d", "l", "p", "c", "b", "s", "h"
+EntryKind = Literal["f", "d", "l", "p", "c", "b", "s", "h"]
+FILE: Final = "f"
+DIR: Final = "d"
+SYMLINK: Final = "l"
+FIFO: Final = "p"
+CHR: Final = "c"
+BLK: Final = "b"
+SOCK: Final = "s"
+HARDLINK: Final = "h"  # a further name of a regular file: `target` is its first path
 
 
 class Entry(msgspec.Struct, array_like=True, omit_defaults=True):
     path: bytes  # relative to the state root, b"" is the root itself
-    kind: str
+    kind: EntryKind
     mode: int  # full st_mode (type + setuid/setgid/sticky + permissions)
     uid: int
     gid: int
@@ -143,16 +151,16 @@ def chunk_ids(body: Body) -> set[bytes]:
 def check_tree(entries: list[Entry]) -> None:
     """A manifest must describe a tree: root first, parents before children, no '..'."""
     if not entries or entries[0].path != b"" or entries[0].kind != DIR:
-        raise EngineError("manifest tree does not start with its root directory")
+        raise TransientEngineError("manifest tree does not start with its root directory")
     dirs = {b""}
     seen: set[bytes] = set()
     for e in entries[1:]:
         fsutil.split(e.path)
         parent = e.path.rpartition(b"/")[0]
         if parent not in dirs or e.path in seen:
-            raise EngineError(f"manifest tree is malformed at {e.path!r}")
+            raise TransientEngineError(f"manifest tree is malformed at {e.path!r}")
         seen.add(e.path)
         if e.kind == DIR:
             dirs.add(e.path)
         if e.kind == HARDLINK and e.target not in seen:
-            raise EngineError(f"hard link {e.path!r} precedes its target")
+            raise TransientEngineError(f"hard link {e.path!r} precedes its target")

@@ -17,7 +17,7 @@ import blake3
 import msgspec
 import zstandard
 
-from ..model import EngineError, SnapshotCorrupt, SnapshotNotFound
+from ..model import SnapshotCorrupt, SnapshotNotFound, TransientEngineError
 from . import manifest, packformat
 from .backend import Backend
 
@@ -313,7 +313,8 @@ class Repository:
         except FileNotFoundError as e:
             raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e
         except (ValueError, msgspec.DecodeError) as e:
-            raise EngineError(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
+            raise TransientEngineError(
+                f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 
     def get_manifest(self, snapshot_id: int) -> tuple[manifest.Header, manifest.Body]:
         try:

@@ -17,17 +17,21 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
 import msgspec
 
 from ..fs import fsutil
 from ..repository.manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 
-REPLACE, CREATE, DELETE = "r", "c", "d"
+OpKind = Literal["r", "c", "d"]
+REPLACE: Final = "r"
+CREATE: Final = "c"
+DELETE: Final = "d"
 
 
 class Op(msgspec.Struct, array_like=True):
-    kind: str  # REPLACE, CREATE or DELETE
+    kind: OpKind  # REPLACE, CREATE or DELETE
     path: bytes
     ino: int = 0  # inode of the new entry, once prepared: undo moves back only that one
 
@@ -162,7 +166,7 @@ class Planner:
         stack.pop()
         os.close(fd)
 
-    def _op(self, kind: str, path: bytes, news: list[Entry], cost: int) -> None:
+    def _op(self, kind: OpKind, path: bytes, news: list[Entry], cost: int) -> None:
         self.plan.ops.append(Op(kind, path))
         self.plan.news.append(news)
         self.plan.changed += cost
@@ -175,7 +179,7 @@ class Planner:
                stack: list[tuple[bytes, int, set[bytes]]]) -> int:
         """Decide entry i (kept, or an op); the index of the next entry to visit."""
         st = _lstat(name, dfd)
-        kind = CREATE if st is None else REPLACE
+        kind: OpKind = CREATE if st is None else REPLACE
         if e.kind == DIR:
             if st is not None and stat.S_ISDIR(st.st_mode):
                 try:
@@ -193,7 +197,7 @@ class Planner:
         self._op(kind, e.path, [e], 1)
         return i + 1
 
-    def _subtree(self, i: int, e: Entry, kind: str) -> int:
+    def _subtree(self, i: int, e: Entry, kind: OpKind) -> int:
         prefix = e.path + b"/"
         j = i + 1
         while j < len(self.entries) and self.entries[j].path.startswith(prefix):

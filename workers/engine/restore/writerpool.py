@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from ..model import EngineError, SnapshotCorrupt
+from ..model import SnapshotCorrupt, TransientEngineError
 from ..repository.backend import LocalBackend
 from ..repository.repository import Repository
 from ..workerproc.process import WorkerProcess, start_workers
@@ -58,7 +58,7 @@ class RestorePool:
         """Every complete frame a ready worker sent (all of them: not one per wake-up)."""
         data = w.res.recv(1 << 20)
         if not data:
-            raise EngineError("a restore worker process died")
+            raise TransientEngineError("a restore worker process died")
         w.buf += data
         out, pos = [], 0
         while len(w.buf) - pos >= 4:
@@ -91,7 +91,7 @@ class RestorePool:
             code, msg = frame[3]  # type: ignore[misc]
             raise OSError(int(code) or errno.EIO, str(msg))  # type: ignore[has-type]
         else:
-            raise EngineError(f"a restore worker failed: {frame[3]}")
+            raise TransientEngineError(f"a restore worker failed: {frame[3]}")
         return 0
 
     def close(self, *, kill: bool) -> None:
