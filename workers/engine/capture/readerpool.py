@@ -11,16 +11,17 @@ import msgspec
 
 from ..model import TransientEngineError
 from ..repository.repository import ZSTD_LEVEL, Repository
-from ..workerproc.frames import recv_frame
+from ..workerproc import frames
 from ..workerproc.process import WorkerProcess, start_workers
-from .readerproc import REQ, Setup
+from .messages import REQ, Blobs, Done, Failed, Gone, ReaderMessage, Setup, StatInfo
 
 # Files queued per worker: keeps both busy, never blocks the parent on send, and lets the
 # WILLNEED readahead of the queued files (see archiver) run well ahead of the readers.
 WINDOW = 32
 _CODE = "from workers.engine.capture.readerproc import main; main()"
+_decode = msgspec.msgpack.Decoder(ReaderMessage).decode
 
-Done = Callable[[int, list[tuple[bytes, int]], bytes, tuple[int, ...], int, bool], None]
+FileDone = Callable[[int, list[tuple[bytes, int]], bytes, StatInfo, int, bool], None]
 
 
 class WorkerPool:
@@ -38,8 +39,9 @@ class WorkerPool:
             w.close(kill=kill)
         self.workers = []
 
-    def run(self, items: Iterator[tuple[int, int]], done: Done, gone: Callable[[int, str], None],
-            progress: Callable[[int], None], poll: Callable[[], None],
+    def run(self, items: Iterator[tuple[int, int]], done: FileDone,
+            gone: Callable[[int, str], None], progress: Callable[[int], None],
+            poll: Callable[[], None],
             describe: Callable[[int], str]) -> None:
         """Feed (fd, entry index) items to the workers; the parent closes its fd copies."""
         sel = selectors.DefaultSelector()
@@ -67,40 +69,30 @@ class WorkerPool:
                 for key, _ev in sel.select(timeout=0.25):
                     w = self.workers[key.data]
                     try:
-                        frame = msgspec.msgpack.decode(recv_frame(w.res))
+                        msg = _decode(frames.recv(w.res))
                     except EOFError as e:
                         raise TransientEngineError("a capture worker process died") from e
-                    self._handle(w, frame, done, gone, progress, describe)
+                    self._handle(w, msg, done, gone, progress, describe)
                 poll()
         finally:
             sel.close()
 
-    def _handle(self, w: WorkerProcess, frame: list[object], done: Done,
+    def _handle(self, w: WorkerProcess, msg: ReaderMessage, done: FileDone,
                 gone: Callable[[int, str], None], progress: Callable[[int], None],
                 describe: Callable[[int], str]) -> None:
-        kind, idx = frame[0], frame[1]
-        assert isinstance(idx, int)
-        if kind in ("blobs", "done"):
-            blobs = frame[2]
-            assert isinstance(blobs, list)
-            for cid, payload in blobs:
+        if isinstance(msg, Blobs | Done):
+            for cid, payload in msg.blobs:
                 self.stored_bytes += self.repo.store_payload(cid, payload)
-            raw = frame[3]
-            assert isinstance(raw, int)
-            progress(raw)
-        if kind == "blobs":
-            return
-        w.inflight -= 1
-        if kind == "done":
-            raw_chunks, raw_info = frame[4], frame[5]
-            assert isinstance(raw_chunks, list) and isinstance(raw_info, list)
-            chunks = [(bytes(c), int(o)) for c, o in raw_chunks]
-            info = tuple(int(x) for x in raw_info)
-            nread, changed, tiny = frame[6], frame[7], frame[8]
-            assert isinstance(nread, int) and isinstance(changed, bool)
-            assert isinstance(tiny, bytes)
-            done(idx, chunks, tiny, info, nread, changed)
-        elif kind == "gone":
-            gone(idx, str(frame[2]))
-        else:
-            raise TransientEngineError(f"reading {describe(idx)} failed: {frame[2]}")
+            progress(msg.raw)
+        match msg:
+            case Blobs():
+                return
+            case Done():
+                w.inflight -= 1
+                done(msg.idx, msg.chunks, msg.tiny, msg.info, msg.nread, msg.changed)
+            case Gone():
+                w.inflight -= 1
+                gone(msg.idx, msg.why)
+            case Failed():
+                w.inflight -= 1
+                raise TransientEngineError(f"reading {describe(msg.idx)} failed: {msg.message}")

@@ -3,9 +3,9 @@
 Python threads share one GIL, so hashing + compressing a root filesystem of small files
 cannot use both cores from one process. The capture therefore hands already opened file
 descriptors (SCM_RIGHTS over a SOCK_SEQPACKET socket) to worker processes that read,
-chunk, hash and compress, and stream back (over a SOCK_STREAM socket, length-prefixed
-msgpack frames) the chunk list and the encoded chunks that are new to them. The parent
-stays the only writer of the repository: it deduplicates exactly, counts stored bytes and
+chunk, hash and compress, and stream back (over a SOCK_STREAM socket, the typed messages
+of messages.py, one per frame) the chunk list and the encoded chunks that are new to them.
+The parent stays the only writer of the repository: it deduplicates exactly, counts stored bytes and
 turns ENOSPC into StorageFull. A worker never opens a path itself, so the parent's
 symlink-safe opening rules hold unchanged.
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import struct
-import sys
 
 import blake3
 import msgspec
@@ -25,32 +23,25 @@ from pyfastcdc import FastCDC
 
 from ..repository.chunker import RETRIES, iter_chunks
 from ..repository.repository import INLINE_MAX, encode_payload
-from ..workerproc.frames import recv_frame, send_frame
+from ..workerproc import child, frames
+from .messages import REQ, Blobs, Done, Failed, Gone, ReaderMessage, Setup, StoredChunks
 
-REQ = struct.Struct(">Q")
 BATCH = 8 << 20  # flush encoded chunks / progress at least every 8 MiB
 
-
-class Setup(msgspec.Struct, array_like=True):
-    key: bytes
-    chunk_min: int
-    chunk_avg: int
-    chunk_max: int
-    level: int
-    known: bytes  # concatenated 32-byte ids already stored
+_encode = msgspec.msgpack.Encoder().encode
 
 
-Blobs = list[tuple[bytes, bytes]]
-# ("blobs", idx, blobs, raw bytes)
-# | ("done", idx, blobs, raw, chunks, stat, nread, changed, bytes of a small file)
-# | ("gone", idx, why) | ("err", idx, message)
+def _send(res: socket.socket, msg: ReaderMessage) -> None:
+    frames.send(res, _encode(msg))
+
+
 def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
              zc: zstandard.ZstdCompressor, res: socket.socket) -> None:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        send_frame(res, ("gone", idx, "replaced by a non-regular file during capture"))
+        _send(res, Gone(idx, "replaced by a non-regular file during capture"))
         return
-    blobs: Blobs = []
+    blobs: StoredChunks = []
     pending = raw = 0
     nread_total = 0
     same = True
@@ -72,7 +63,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
                 blobs.append((cid, payload))
                 pending += len(payload)
             if pending >= BATCH or raw >= BATCH:
-                send_frame(res, ("blobs", idx, blobs, raw))
+                _send(res, Blobs(idx, blobs, raw))
                 blobs, pending, raw = [], 0, 0
         tiny = b""
         if len(pieces) == 1:
@@ -91,13 +82,12 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
         st = st2
     info = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, st2.st_mode,
             st2.st_uid, st2.st_gid)
-    send_frame(res, ("done", idx, blobs, raw, chunks, info, nread_total, not same, tiny))
+    _send(res, Done(idx, blobs, raw, chunks, info, nread_total, not same, tiny))
 
 
 def main() -> None:
-    req = socket.socket(fileno=int(sys.argv[-2]))
-    res = socket.socket(fileno=int(sys.argv[-1]))
-    setup = msgspec.msgpack.decode(recv_frame(res), type=Setup)
+    req, res = child.sockets()
+    setup = msgspec.msgpack.decode(frames.recv(res), type=Setup)
     known = {setup.known[i : i + 32] for i in range(0, len(setup.known), 32)}
     cdc = FastCDC(setup.chunk_avg, min_size=setup.chunk_min, max_size=setup.chunk_max)
     zc = zstandard.ZstdCompressor(level=setup.level)
@@ -109,12 +99,12 @@ def main() -> None:
         for extra in fds[1:]:
             os.close(extra)
         if not fds:
-            send_frame(res, ("err", idx, "no file descriptor received"))
+            _send(res, Failed(idx, "no file descriptor received"))
             continue
         try:
             _process(idx, fds[0], setup, known, cdc, zc, res)
         except OSError as e:
-            send_frame(res, ("err", idx, f"{e.strerror or e}"))
+            _send(res, Failed(idx, f"{e.strerror or e}"))
         finally:
             os.close(fds[0])
 

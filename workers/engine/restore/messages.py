@@ -1,6 +1,14 @@
-"""What a restore worker process and its parent send each other (see writerproc.py)."""
+"""What a restore writer process and its parent send each other (see writerproc.py).
+
+Parent -> writer, as frames on the result socket: Setup once, then Share (after the
+staging directory's fd went over the request socket). Writer -> parent: one WriterMessage
+per frame, a tagged union (the tag is the first array element): Wrote as bytes are
+written, Written for each batch of finished files, then End, or Failed and it stops.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import msgspec
 
@@ -14,3 +22,28 @@ class Setup(msgspec.Struct, array_like=True):
 class Share(msgspec.Struct, array_like=True):
     owner: tuple[int, int] | None  # what new files get where they are created
     indexes: list[int]  # manifest entries (regular files) to write
+
+
+class Wrote(msgspec.Struct, array_like=True, tag="p"):
+    """Progress: bytes written since the last report."""
+
+    nbytes: int
+
+
+class Written(msgspec.Struct, array_like=True, tag="done"):
+    files: list[tuple[int, int, int]]  # (entry index, ino, ctime_ns) of each file written
+    nbytes: int  # bytes these files took
+
+
+class End(msgspec.Struct, array_like=True, tag="end"):
+    """The whole share is written."""
+
+
+class Failed(msgspec.Struct, array_like=True, tag="err"):
+    idx: int  # the entry being written
+    kind: Literal["corrupt", "os", "other"]  # SnapshotCorrupt, OSError (errno), anything else
+    message: str
+    errno: int = 0
+
+
+WriterMessage = Wrote | Written | End | Failed

@@ -13,12 +13,14 @@ import msgspec
 from ..model import SnapshotCorrupt, TransientEngineError
 from ..repository.backend import LocalBackend
 from ..repository.repository import Repository
-from ..workerproc.process import WorkerProcess, start_workers
-from .messages import Setup, Share
+from ..workerproc import frames
+from ..workerproc.process import start_workers
+from .messages import End, Failed, Setup, Share, WriterMessage, Written, Wrote
 
 PROCESSES = 2
 _CODE = "from workers.engine.restore.writerproc import main; main()"
 
+_decode = msgspec.msgpack.Decoder(WriterMessage).decode
 Done = Callable[[int, int, int], None]  # entry index, ino, ctime_ns
 
 
@@ -30,7 +32,6 @@ class RestorePool:
         setup = msgspec.msgpack.encode(Setup(storage, snapshot_id, state_path))
         self.bytes_written = 0
         self.workers = start_workers(_CODE, setup, n)
-        self._dec = msgspec.msgpack.Decoder(list[object]).decode
 
     def run(self, st_fd: int, shares: list[list[int]], owner: tuple[int, int] | None,
             progress: Callable[[int], None], poll: Callable[[], None], done: Done) -> None:
@@ -38,8 +39,7 @@ class RestorePool:
         enc = msgspec.msgpack.Encoder()
         for w, share in zip(self.workers, shares, strict=True):
             socket.send_fds(w.req, [b"go"], [st_fd])
-            data = enc.encode(Share(owner, share))
-            w.res.sendall(len(data).to_bytes(4, "big") + data)
+            frames.send(w.res, enc.encode(Share(owner, share)))
         sel = selectors.DefaultSelector()
         try:
             for i, w in enumerate(self.workers):
@@ -48,50 +48,32 @@ class RestorePool:
             while running:
                 for key, _ev in sel.select(timeout=0.25):
                     w = self.workers[key.data]
-                    for frame in self._frames(w):
-                        running -= self._handle(frame, progress, done)
+                    data = w.res.recv(1 << 20)
+                    if not data:
+                        raise TransientEngineError("a restore worker process died")
+                    for frame in w.frames.feed(data):
+                        running -= self._handle(_decode(frame), progress, done)
                 poll()
         finally:
             sel.close()
 
-    def _frames(self, w: WorkerProcess) -> list[list[object]]:
-        """Every complete frame a ready worker sent (all of them: not one per wake-up)."""
-        data = w.res.recv(1 << 20)
-        if not data:
-            raise TransientEngineError("a restore worker process died")
-        w.buf += data
-        out, pos = [], 0
-        while len(w.buf) - pos >= 4:
-            n = int.from_bytes(w.buf[pos : pos + 4], "big")
-            if len(w.buf) - pos - 4 < n:
-                break
-            out.append(self._dec(w.buf[pos + 4 : pos + 4 + n]))
-            pos += 4 + n
-        del w.buf[:pos]
-        return out
-
-    def _handle(self, frame: list[object], progress: Callable[[int], None], done: Done) -> int:
-        """Act on one frame; 1 when it says that worker finished its share."""
-        kind = frame[0]
-        if kind == "p":
-            n = frame[1]
-            assert isinstance(n, int)
-            progress(n)
-        elif kind == "done":
-            batch, nbytes = frame[1], frame[2]
-            assert isinstance(batch, list) and isinstance(nbytes, int)
-            for idx, ino, ctime in batch:
-                done(idx, ino, ctime)
-            self.bytes_written += nbytes
-        elif kind == "end":
-            return 1
-        elif frame[2] == "corrupt":
-            raise SnapshotCorrupt(str(frame[3]))
-        elif frame[2] == "os":
-            code, msg = frame[3]  # type: ignore[misc]
-            raise OSError(int(code) or errno.EIO, str(msg))  # type: ignore[has-type]
-        else:
-            raise TransientEngineError(f"a restore worker failed: {frame[3]}")
+    def _handle(self, msg: WriterMessage, progress: Callable[[int], None], done: Done) -> int:
+        """Act on one message; 1 when it says that worker finished its share."""
+        match msg:
+            case Wrote():
+                progress(msg.nbytes)
+            case Written():
+                for idx, ino, ctime in msg.files:
+                    done(idx, ino, ctime)
+                self.bytes_written += msg.nbytes
+            case End():
+                return 1
+            case Failed(kind="corrupt"):
+                raise SnapshotCorrupt(msg.message)
+            case Failed(kind="os"):
+                raise OSError(msg.errno or errno.EIO, msg.message)
+            case Failed():
+                raise TransientEngineError(f"a restore worker failed: {msg.message}")
         return 0
 
     def close(self, *, kill: bool) -> None:

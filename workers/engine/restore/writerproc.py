@@ -9,18 +9,15 @@ The worker loads the same manifest from the repository, creates each file by its
 under that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just made
 in its 0700 staging directory) and writes it exactly as the thread path does
 (TreeWriter.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
-socket in length-prefixed msgpack frames: ("p", bytes) progress, ("done", [[idx, ino,
-ctime], ...], bytes) in batches, then ("end",), or ("err", idx, kind, message) and stops.
-It dies with its parent (PR_SET_PDEATHSIG).
+socket with the typed messages of messages.py, one per frame: Wrote (progress), Written
+(a batch of finished files), then End, or Failed and it stops. It dies with its parent
+(PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
-import sys
 
 import msgspec
 
@@ -30,30 +27,23 @@ from ..progress import Progress
 from ..repository.backend import LocalBackend
 from ..repository.manifest import DirBody
 from ..repository.repository import Repository
-from ..workerproc.frames import recv_frame, send_frame
-from .messages import Setup, Share
+from ..workerproc import child, frames
+from .messages import End, Failed, Setup, Share, WriterMessage, Written, Wrote
 
-PR_SET_PDEATHSIG = 1
-BATCH = 64  # files per "done" frame
+BATCH = 64  # files per Written message
+_encode = msgspec.msgpack.Encoder().encode
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the closed request socket still ends the worker
-    if os.getppid() == 1:
-        os._exit(1)  # the parent died before prctl took effect
+def _send(res: socket.socket, msg: WriterMessage) -> None:
+    frames.send(res, _encode(msg))
 
 
 def main() -> None:
-    _die_with_parent()
+    child.die_with_parent()
     from .treewriter import TreeWriter  # after the death pact: imports take a while
 
-    req = socket.socket(fileno=int(sys.argv[-2]))
-    res = socket.socket(fileno=int(sys.argv[-1]))
-    setup = msgspec.msgpack.decode(recv_frame(res), type=Setup)
+    req, res = child.sockets()
+    setup = msgspec.msgpack.decode(frames.recv(res), type=Setup)
     repo = Repository(LocalBackend(setup.storage))
     _h, body = repo.get_manifest(setup.snapshot_id)
     assert isinstance(body, DirBody)
@@ -61,7 +51,7 @@ def main() -> None:
     sent = [0]
 
     def report(done: int, _total: int) -> None:
-        send_frame(res, ("p", done - sent[0]))
+        _send(res, Wrote(done - sent[0]))
         sent[0] = done
 
     w = TreeWriter(repo, setup.snapshot_id, entries, Progress(report))
@@ -69,7 +59,7 @@ def main() -> None:
     if not msg or not fds:
         return  # the parent closed the channel: nothing to do
     st_fd = fds[0]
-    share = msgspec.msgpack.decode(recv_frame(res), type=Share)  # a stream: any size
+    share = msgspec.msgpack.decode(frames.recv(res), type=Share)  # a stream: any size
     w.assume_owner(share.owner)
     batch: list[tuple[int, int, int]] = []
     before = 0
@@ -81,16 +71,16 @@ def main() -> None:
             _e, ino, ctime = w.written[e.path]
             batch.append((idx, ino, ctime))
             if len(batch) >= BATCH:
-                send_frame(res, ("done", batch, w.bytes_written - before))
+                _send(res, Written(batch, w.bytes_written - before))
                 batch, before = [], w.bytes_written
-        send_frame(res, ("done", batch, w.bytes_written - before))
-        send_frame(res, ("end",))
+        _send(res, Written(batch, w.bytes_written - before))
+        _send(res, End())
     except SnapshotCorrupt as e:
-        send_frame(res, ("err", idx, "corrupt", str(e)))
+        _send(res, Failed(idx, "corrupt", str(e)))
     except OSError as e:
-        send_frame(res, ("err", idx, "os", [e.errno or 0, str(e)]))
+        _send(res, Failed(idx, "os", str(e), e.errno or 0))
     except Exception as e:  # reported to the parent, which raises it
-        send_frame(res, ("err", idx, "other", repr(e)))
+        _send(res, Failed(idx, "other", repr(e)))
     finally:
         os.close(st_fd)
     req.recv(1)  # until the parent closes the channel, having read our last frames

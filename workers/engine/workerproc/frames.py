@@ -1,20 +1,21 @@
-"""The frame format on a worker process's result socket: a 4-byte big-endian length, then
-that many bytes (a msgpack message)."""
+"""The one frame format between the engine and its worker processes, on the result socket
+(SOCK_STREAM) in both directions: a 4-byte big-endian length, then that many bytes (one
+msgpack-encoded message; capture/messages.py and restore/messages.py say which)."""
 
 from __future__ import annotations
 
 import socket
 import struct
 
-import msgspec
-
 FRAME = struct.Struct(">I")
-_enc = msgspec.msgpack.Encoder()
 
 
-def send_frame(sock: socket.socket, obj: object) -> None:
-    data = _enc.encode(obj)
-    sock.sendall(FRAME.pack(len(data)) + data)
+def pack(data: bytes) -> bytes:
+    return FRAME.pack(len(data)) + data
+
+
+def send(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(pack(data))
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -27,6 +28,27 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def recv_frame(sock: socket.socket) -> bytes:
+def recv(sock: socket.socket) -> bytes:
+    """One whole frame's payload (blocks until it arrived)."""
     (n,) = FRAME.unpack(recv_exact(sock, FRAME.size))
     return recv_exact(sock, n)
+
+
+class FrameBuffer:
+    """The receiving end of a socket read without blocking: bytes in, whole frames out."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Every frame completed by `data` (all of them: not one per wake-up)."""
+        self.buf += data
+        out, pos = [], 0
+        while len(self.buf) - pos >= FRAME.size:
+            (n,) = FRAME.unpack_from(self.buf, pos)
+            if len(self.buf) - pos - FRAME.size < n:
+                break
+            out.append(bytes(self.buf[pos + FRAME.size : pos + FRAME.size + n]))
+            pos += FRAME.size + n
+        del self.buf[:pos]
+        return out

@@ -2,7 +2,8 @@
 
 The child runs `code` with the fds of a SOCK_SEQPACKET request socket (messages that may
 carry fds) and a SOCK_STREAM result socket (length-prefixed frames) as its last two
-arguments; the first frame on the result socket is the setup the parent sends.
+arguments (child.py is the child's side); the first frame on the result socket is the
+setup the parent sends (frames.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import socket
 import subprocess
 import sys
+
+from .frames import FrameBuffer, send
 
 # the directory holding the `workers` package (workers/engine/workerproc/process.py)
 _PKG_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3))
@@ -32,8 +35,8 @@ class WorkerProcess:
             req_child.close()
             res_child.close()
         self.inflight = 0  # requests sent, not answered yet
-        self.buf = bytearray()  # result bytes received, not yet a whole frame
-        self.res.sendall(len(setup).to_bytes(4, "big") + setup)
+        self.frames = FrameBuffer()  # result bytes received, not yet a whole frame
+        send(self.res, setup)
 
     def close(self, *, kill: bool) -> None:
         with contextlib.suppress(OSError):
