@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final, get_args
 
-from api import events, health, operations, servers, snapshots, tokens, webhooks
+from api import events, health, operations, schedules, servers, snapshots, tokens, webhooks
 from api.endpoint import PUBLIC, Endpoint, Query, endpoint
 from shared import events as ev
 from shared import schemas as s
@@ -69,6 +69,13 @@ TABLE: Final[tuple[Endpoint, ...]] = (
              summary="Register a server (admin)"),
     endpoint("GET", f"{V1}/servers/{{server_id}}/", servers.get_one, scope="read",
              response=s.Server, summary="Get a server"),
+    endpoint("PUT", f"{V1}/servers/{{server_id}}/schedule/", schedules.put, scope="write",
+             request=s.ScheduleSet, response=s.Schedule,
+             summary="Set (create or replace) the server's snapshot schedule"),
+    endpoint("GET", f"{V1}/servers/{{server_id}}/schedule/", schedules.get_one, scope="read",
+             response=s.Schedule, summary="The server's schedule, next run and last run"),
+    endpoint("DELETE", f"{V1}/servers/{{server_id}}/schedule/", schedules.delete,
+             scope="write", response=None, status=204, summary="Remove the server's schedule"),
     endpoint("DELETE", f"{V1}/servers/{{server_id}}/", servers.delete, scope="admin",
              response=None, status=204, summary="Delete a server and its snapshots (admin)"),
     endpoint("POST", f"{V1}/tokens/", tokens.create, scope="admin",

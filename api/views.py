@@ -13,7 +13,9 @@ from shared.records import OperationRecord, ServerRecord, SnapshotRecord
 from shared.schemas import (
     CREATE_MESSAGE,
     ErrorInfo,
+    LastRun,
     Operation,
+    Schedule,
     Server,
     ServerRef,
     Snapshot,
@@ -70,9 +72,31 @@ def operation_view(rec: OperationRecord) -> Operation:
     )
 
 
+def schedule_view(rec: ServerRecord) -> Schedule | None:
+    sched = rec.schedule
+    if sched is None:
+        return None
+    last = rec.last_run
+    return Schedule(
+        server_id=rec.id,
+        cron=sched.cron,
+        timezone=sched.timezone,
+        retention=sched.retention,
+        stop_server=sched.stop_server,
+        next_run_at=rfc3339(rec.schedule_next),
+        last_run=None if last is None else LastRun(
+            at=rfc3339(last.at) or "", status=last.status, snapshot_id=last.snapshot_id,
+            error=last.error,
+        ),
+        created_at=rfc3339(sched.created_at) or "",
+        updated_at=rfc3339(sched.updated_at) or "",
+    )
+
+
 def server_view(rec: ServerRecord, admin: bool) -> Server:
     view = Server(
-        id=rec.id, name=rec.name, status=rec.status, created_at=rfc3339(rec.created_at) or ""
+        id=rec.id, name=rec.name, status=rec.status, created_at=rfc3339(rec.created_at) or "",
+        schedule=schedule_view(rec),
     )
     if admin:
         view.account = rec.account

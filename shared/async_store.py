@@ -22,7 +22,7 @@ from shared.records import (
     TokenRecord,
     decode_record,
 )
-from shared.schemas import ServerCreate, SnapshotCreate, SnapshotUpdate, TokenScope
+from shared.schemas import ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate, TokenScope
 from shared.scripts import (
     Page,
     arg,
@@ -32,6 +32,7 @@ from shared.scripts import (
     delete_snapshot_arg,
     result,
     script_sources,
+    set_schedule_arg,
     start_restore_arg,
     update_snapshot_arg,
 )
@@ -175,6 +176,17 @@ class AsyncStore:
         self, *, account: str | None, snapshot_id: int, body: SnapshotUpdate
     ) -> None:
         result(await self._run("update_snapshot", update_snapshot_arg(account, snapshot_id, body)))
+
+    async def set_schedule(
+        self, *, account: str | None, server_id: int, body: ScheduleSet, next_at: int
+    ) -> None:
+        payload = set_schedule_arg(account, server_id, body, next_at)
+        result(await self._run("set_schedule", payload))
+
+    async def delete_schedule(self, *, account: str | None, server_id: int) -> None:
+        result(await self._run("delete_schedule", arg({
+            "server_id": str(server_id), "account": account,
+        })))
 
     async def create_server(self, body: ServerCreate, status: str = "running") -> int:
         answer = result(await self._run("create_server", create_server_arg(body, status)))

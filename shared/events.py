@@ -30,6 +30,8 @@ EventType = Literal[
     "restore.progress",
     "restore.succeeded",
     "restore.failed",
+    "schedule.run",
+    "schedule.failed",
 ]
 PUBLIC_TYPES: Final[frozenset[str]] = frozenset(EventType.__args__)  # type: ignore[attr-defined]
 

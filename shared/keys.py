@@ -6,6 +6,9 @@
 - ``idx:{snapshots|operations}:{all|account:A|server:S}[:status:X]``: sorted sets,
   score = id, so a reverse range lists newest first. ``idx:servers:{all|account:A}``.
 - ``events``: the stream every transition appends to.
+- ``schedules:due``: sorted set of servers with a schedule, score = its next slot (epoch s);
+  the schedule itself is JSON in the server's hash (``schedule``, ``schedule_next``,
+  ``schedule_rev``, ``last_run``), so it goes when the server goes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import Final
 
 EVENTS: Final = "events"
+SCHEDULES_DUE: Final = "schedules:due"
 
 
 def server(server_id: int) -> str:

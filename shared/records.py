@@ -7,7 +7,7 @@ seconds (ints) here and become RFC 3339 only in responses.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Struct
@@ -18,6 +18,7 @@ from shared.schemas import (
     OperationType,
     Power,
     PowerNone,
+    Retention,
     ServerState,
     ServerStatus,
     SnapshotOrigin,
@@ -26,7 +27,7 @@ from shared.schemas import (
 )
 
 # Fields stored as JSON text inside a hash.
-JSON_FIELDS = ("error", "state", "power")
+JSON_FIELDS = ("error", "state", "power", "schedule", "last_run", "hooks")
 
 
 class SnapshotRecord(Struct, kw_only=True):
@@ -48,6 +49,8 @@ class SnapshotRecord(Struct, kw_only=True):
     in_use_by: int | None = None
     protected: bool = False
     origin: SnapshotOrigin = "manual"
+    # A scheduled snapshot: when its run started (the scheduler's clock); retention's time.
+    scheduled_at: int | None = None
 
 
 class OperationRecord(Struct, kw_only=True):
@@ -67,6 +70,24 @@ class OperationRecord(Struct, kw_only=True):
     stop_server: bool = False
 
 
+class ScheduleRecord(Struct, kw_only=True):
+    """A server's schedule, JSON inside the server's hash (so it goes with the server)."""
+
+    cron: str
+    timezone: str
+    retention: Retention
+    stop_server: bool = False
+    created_at: int
+    updated_at: int
+
+
+class LastRunRecord(Struct, kw_only=True):
+    at: int
+    status: Literal["succeeded", "failed"]
+    snapshot_id: int | None = None
+    error: ErrorInfo | None = None
+
+
 class ServerRecord(Struct, kw_only=True):
     id: int
     name: str
@@ -79,6 +100,12 @@ class ServerRecord(Struct, kw_only=True):
     # Power status before a restore began, so a failed restore can put it back.
     prior_status: str | None = None
     active_op: int | None = None
+    schedule: ScheduleRecord | None = None
+    # Bumped by every PUT: a scheduler's claim names the revision it planned for.
+    schedule_rev: int = 0
+    # The slot the schedule runs at next (epoch s); the scheduler's compare-and-set field.
+    schedule_next: int | None = None
+    last_run: LastRunRecord | None = None
 
 
 class TokenRecord(Struct, kw_only=True):

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from shared import cron as cronexpr
+
 PositiveInt = Annotated[int, Meta(ge=1, le=2**53 - 1)]
 SnapshotStatus = Literal["in_progress", "available", "failed"]
 # Who made a snapshot: a caller (manual), a schedule's run, or a restore's safety capture.
@@ -136,6 +138,38 @@ class ServerCreate(Struct, forbid_unknown_fields=True):
         _printable("host", self.host)
 
 
+KeepCount = Annotated[int, Meta(ge=0, le=10_000)]
+
+
+class Retention(Struct, forbid_unknown_fields=True):
+    """restic's ``forget --keep-last/-hourly/-daily/-weekly/-monthly``, in the schedule's
+    zone; their sum is at least 1 and at most the per-server limit (checked by the API)."""
+
+    last: KeepCount = 0
+    hourly: KeepCount = 0
+    daily: KeepCount = 0
+    weekly: KeepCount = 0
+    monthly: KeepCount = 0
+
+    def total(self) -> int:
+        return self.last + self.hourly + self.daily + self.weekly + self.monthly
+
+
+class ScheduleSet(Struct, forbid_unknown_fields=True):
+    """PUT /servers/{id}/schedule/."""
+
+    cron: Annotated[str, Meta(min_length=1, max_length=255)]
+    retention: Retention
+    timezone: Annotated[str, Meta(min_length=1, max_length=64)] = cronexpr.DEFAULT_ZONE
+    stop_server: bool = False
+
+    def __post_init__(self) -> None:
+        cronexpr.check(self.cron)
+        cronexpr.zone(self.timezone)
+        if self.retention.total() < 1:
+            raise ValueError("retention: the counts must add up to at least 1")
+
+
 class TokenCreate(Struct, forbid_unknown_fields=True):
     account: AccountName
     scope: TokenScope
@@ -245,6 +279,27 @@ class Server(Struct, omit_defaults=True):
     state: ServerState | UnsetType = UNSET
     power: Power | UnsetType = UNSET
     host: str | UnsetType = UNSET
+    # Always present (null without a schedule); UNSET only so omit_defaults keeps a None.
+    schedule: Schedule | UnsetType | None = UNSET
+
+
+class LastRun(Struct):
+    at: str
+    status: Literal["succeeded", "failed"]
+    snapshot_id: int | None
+    error: ErrorInfo | None
+
+
+class Schedule(Struct):
+    server_id: int
+    cron: str
+    timezone: str
+    retention: Retention
+    stop_server: bool
+    next_run_at: str | None
+    last_run: LastRun | None
+    created_at: str
+    updated_at: str
 
 
 class ServerList(Struct):

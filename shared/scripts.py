@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from msgspec import UNSET
 
-from shared.schemas import ServerCreate, SnapshotCreate, SnapshotUpdate
+from shared.schemas import ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -38,6 +38,9 @@ SCRIPT_NAMES = (
     "release_operation",
     "mark_requeue",
     "rebuild_snapshot",
+    "set_schedule",
+    "delete_schedule",
+    "run_schedule",
 )
 
 
@@ -121,6 +124,15 @@ def update_snapshot_arg(account: str | None, snapshot_id: int, body: SnapshotUpd
     if body.protected is not UNSET:
         payload["protected"] = body.protected
     return arg(payload)
+
+
+def set_schedule_arg(account: str | None, server_id: int, body: ScheduleSet, next_at: int) -> bytes:
+    """set_schedule's argument: the schedule and its first slot."""
+    return arg({
+        "server_id": str(server_id), "account": account, "cron": body.cron,
+        "timezone": body.timezone, "retention": msgspec.to_builtins(body.retention),
+        "stop_server": body.stop_server, "next": next_at,
+    })
 
 
 def text(value: Any) -> str:

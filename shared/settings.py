@@ -99,6 +99,9 @@ class Settings:
     host: str = "127.0.0.1"
     # "text" (readable, the default) or "json" (one object a line); see shared/logs.py.
     log_format: str = "text"
+    # How often each worker's scheduler looks for due schedule slots (a run starts at most
+    # this long after its slot).
+    scheduler_interval: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +140,7 @@ class Settings:
             events_keepalive=_float(env, "SNAPSHOTS_EVENTS_KEEPALIVE", d.events_keepalive),
             host=_optional(env, "HOST") or d.host,
             log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS, d.log_format),
+            scheduler_interval=_float(env, "SNAPSHOTS_SCHEDULER_INTERVAL", d.scheduler_interval),
         )
 
     @property

@@ -20,7 +20,7 @@ from shared.records import (
     TokenRecord,
     decode_record,
 )
-from shared.schemas import ServerCreate, SnapshotCreate, SnapshotUpdate
+from shared.schemas import ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
 from shared.scripts import (
     Page,
     arg,
@@ -31,11 +31,19 @@ from shared.scripts import (
     ok,
     result,
     script_sources,
+    set_schedule_arg,
     start_restore_arg,
     text,
     update_snapshot_arg,
 )
 from shared.settings import Settings
+
+SCHEDULES_DUE = keys.SCHEDULES_DUE
+
+
+def _ids(raw: Any) -> list[int]:
+    # cjson encodes an empty Lua table as {}, not [].
+    return [int(i) for i in raw] if isinstance(raw, list) else []
 
 
 class Store:
@@ -153,8 +161,19 @@ class Store:
         self._run("report_progress", op_id, int(progress))
 
     def complete_create(self, op_id: int, size_mb: float, warnings: list[str]) -> bool:
+        return self.complete_scheduled(op_id, size_mb, warnings, []) is not None
+
+    def complete_scheduled(
+        self, op_id: int, size_mb: float, warnings: list[str], drop: list[int]
+    ) -> list[int] | None:
+        """complete_create that also drops what a scheduled snapshot's retention lets go;
+        answers the delete operations it queued (None: the operation was not active)."""
         size = f"{round(max(size_mb, 0.0), 2):.2f}"
-        return ok(self._run("complete_create", op_id, size, msgspec.json.encode(list(warnings))))
+        answer: dict[str, Any] = msgspec.json.decode(self._run(
+            "complete_create", op_id, size, msgspec.json.encode(list(warnings)),
+            msgspec.json.encode(drop),
+        ))
+        return _ids(answer.get("delete_operation_ids")) if answer.get("ok") else None
 
     def complete_restore(self, op_id: int, server_status: str) -> bool:
         if server_status not in ("running", "stopped"):
@@ -184,6 +203,31 @@ class Store:
         if status not in ("running", "stopped"):
             raise ValueError(f"status must be running or stopped, not {status!r}")
         self._run("set_server_power", server_id, status)
+
+    # ------------------------------------------------------------ schedules
+
+    def set_schedule(
+        self, *, account: str | None, server_id: int, body: ScheduleSet, next_at: int
+    ) -> None:
+        result(self._run("set_schedule", set_schedule_arg(account, server_id, body, next_at)))
+
+    def due_schedules(self, now: float) -> list[int]:
+        """Servers whose schedule's next slot is at or before ``now``, soonest first."""
+        return [int(text(v)) for v in self.redis.zrangebyscore(SCHEDULES_DUE, "-inf", now)]
+
+    def server_snapshots(self, server_id: int) -> list[SnapshotRecord]:
+        """Every listed snapshot of a server (a few: the limit bounds them, failed aside)."""
+        ids = self.redis.zrange(keys.index("snapshots", None, server_id, None), 0, -1)
+        snaps = (self.get_snapshot(int(text(i))) for i in ids)
+        return [s for s in snaps if s is not None]
+
+    def run_schedule(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One slot's claim and run; see run_schedule.lua. Answers its JSON (ok false:
+        'claimed' or 'gone', nothing done)."""
+        answer: dict[str, Any] = msgspec.json.decode(self._run("run_schedule", arg(payload)))
+        if answer.get("ok"):
+            answer["delete_operation_ids"] = _ids(answer.get("delete_operation_ids"))
+        return answer
 
     # ------------------------------------------------------------ leases, reaper, catalog
 

@@ -16,14 +16,16 @@ import msgspec
 import redis
 from dramatiq.middleware import Shutdown
 
-from shared.broker import HEARTBEATS_KEY, make_broker
+from shared.broker import HEARTBEATS_KEY, enqueue_operation, make_broker
 from shared.messages import OperationMessage
 from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
 from workers.jobs import Jobs, Lease
+from workers.periodic import Periodic
 from workers.power import driver_for
-from workers.reaper import Reaper, ReaperMiddleware
+from workers.reaper import Reaper
+from workers.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +86,25 @@ def _jobs() -> Jobs:
     # The lease names this process by its broker id: the id whose heartbeat the broker
     # watches, so "this worker is dead" means the same thing to both.
     lease = Lease(broker.broker_id, HEARTBEATS_KEY, int(settings.heartbeat_timeout * 1000))
-    return Jobs(store(), engine(), driver_for, MAX_ATTEMPTS, lease)
+    return Jobs(store(), engine(), driver_for, MAX_ATTEMPTS, lease, enqueue)
+
+
+def enqueue(op_type: str, operation_id: int) -> None:
+    """The workers' one way to send an operation's message (new runs, retention deletes)."""
+    enqueue_operation(broker, op_type, operation_id)
 
 
 def reaper() -> Reaper:
     return Reaper(store(), engine(), broker, driver_for, settings, jobs())
 
 
-# Every worker process runs a reaper thread (see workers/reaper.py).
-broker.add_middleware(ReaperMiddleware(reaper, settings.reaper_interval))
+def scheduler() -> Scheduler:
+    return Scheduler(store(), enqueue, settings)
+
+
+# Every worker process runs a reaper and a scheduler thread (workers/reaper.py, scheduler.py).
+broker.add_middleware(Periodic("reaper", reaper, settings.reaper_interval))
+broker.add_middleware(Periodic("scheduler", scheduler, settings.scheduler_interval))
 
 
 def _operation_id(**kwargs: object) -> int | None:

@@ -32,12 +32,14 @@ from workers.engine import (
 )
 from workers.power import PowerDriver, PowerError, PowerStatus
 from workers.reporting import CancelCheck, ProgressReporter
+from workers.retention import retention_drop
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 
 PowerFactory = Callable[[ServerRecord], PowerDriver]
+Enqueue = Callable[[str, int], None]
 # Where catalog rebuild points a server whose state path it could not know; a restore into
 # it is refused until an admin sets the real path (see workers/catalog.py).
 PLACEHOLDER_PREFIX = "/.snapshots-rebuilt/"
@@ -67,12 +69,14 @@ class Jobs:
         power_for: PowerFactory,
         max_attempts: int,
         lease: Lease | None = None,
+        enqueue: Enqueue | None = None,
     ):
         self.store = store
         self.engine = engine
         self.power_for = power_for
         self.max_attempts = max_attempts
         self.lease = lease
+        self.enqueue = enqueue
         # Operations this process's threads are running now: the reaper of this process
         # releases a lease it holds in Redis for an operation none of them runs (a job
         # that died while Redis was away and could neither release it nor be retried).
@@ -237,7 +241,12 @@ class Jobs:
                 warnings += self._start_again(server, driver)
         warnings += result.warnings
         size_mb = round(result.size_bytes / MIB, 2)
-        if not self.store.complete_create(op.id, size_mb, warnings):
+        drop = retention_drop(self.store, snap.id, server.id) if snap.origin == "schedule" else []
+        deletes = self.store.complete_scheduled(op.id, size_mb, warnings, drop)
+        for delete_id in deletes or []:
+            if self.enqueue is not None:  # else the reaper sends it (requeue_after)
+                self.enqueue("snapshot.delete", delete_id)
+        if deletes is None:
             current = self.store.get_snapshot(snap.id)
             if current is not None and not current.deleted and current.status == "available":
                 # A duplicate delivery committed and completed the same snapshot: it is the

@@ -1,7 +1,7 @@
 """The reaper: what makes "no status stays in_progress, running or restoring forever" true.
 
-One runs as a thread in every worker process (started by `ReaperMiddleware` when the
-worker boots), so it needs no scheduler and no one to call it. Each pass:
+One runs as a thread in every worker process (started by `workers.periodic.Periodic` when
+the worker boots), so it needs no process of its own and no one to call it. Each pass:
 
 1. sends again the message of an operation that is queued, or running without a live
    owner, and that nothing happened to for ``requeue_after`` seconds: the web process died
@@ -21,15 +21,9 @@ repository's exclusive lock.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
-import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from shared.broker import HEARTBEATS_KEY, enqueue_operation
@@ -136,32 +130,3 @@ class Reaper:
             self.store.redis.delete(RECLAIM_KEY)
         elif stats.objects_removed:
             log.info("reclaimed %d objects (%d bytes)", stats.objects_removed, stats.bytes_removed)
-
-
-class ReaperMiddleware(dramatiq.Middleware):
-    """Runs a `Reaper` every ``interval`` seconds in a daemon thread of the worker process."""
-
-    def __init__(self, make: Callable[[], Reaper], interval: float) -> None:
-        self.make = make
-        self.interval = interval
-        self._stop = threading.Event()
-
-    def after_worker_boot(self, broker: Any, worker: Any) -> None:
-        self._stop.clear()
-        threading.Thread(target=self._loop, name="reaper", daemon=True).start()
-
-    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        reaper: Reaper | None = None
-        while not self._stop.wait(self.interval):
-            try:
-                reaper = reaper or self.make()
-                reaper.tick()
-            except redis.RedisError as exc:
-                # Redis is away (restarting): the next pass tries again.
-                log.warning("reaper pass skipped: %s", exc)
-            except Exception:
-                with contextlib.suppress(Exception):
-                    log.exception("reaper pass failed")

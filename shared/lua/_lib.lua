@@ -134,8 +134,8 @@ local function snapshot_count(server_id)
   return redis.call('ZCARD', base .. 'in_progress') + redis.call('ZCARD', base .. 'available')
 end
 
--- Why a new snapshot of this server cannot start now: (code, message), or nil.
-local function snapshot_refusal(srv, max)
+-- Why no operation may start on this server now: (code, message), or nil.
+local function server_busy(srv)
   if srv.status == 'restoring' then
     return 'server_invalid_state', 'Server ' .. srv.id .. ' is being restored.'
   end
@@ -143,6 +143,13 @@ local function snapshot_refusal(srv, max)
     return 'server_invalid_state',
       'Server ' .. srv.id .. ' has another operation in progress (operation ' .. srv.active_op .. ').'
   end
+  return nil
+end
+
+-- Why a new snapshot of this server cannot start now: (code, message), or nil.
+local function snapshot_refusal(srv, max)
+  local code, message = server_busy(srv)
+  if code ~= nil then return code, message end
   if snapshot_count(srv.id) >= tonumber(max) then
     return 'snapshot_limit_reached',
       'Server ' .. srv.id .. ' already has the maximum of ' .. max .. ' snapshots.'
@@ -172,3 +179,22 @@ local function drop_snapshot(snap, t, data)
   emit('snapshot.deleted', snap.account, snap.server_id, snap.id, oid, t, data or {})
   return oid
 end
+
+-- Whether a schedule's retention may delete this snapshot (of server_id) now: only the
+-- schedule's own, unprotected, finished snapshots that no restore is reading.
+local function retention_may_drop(snap, server_id)
+  if snap.id == nil or snap.deleted == '1' or snap.server_id ~= tostring(server_id) then
+    return false
+  end
+  if snap.origin ~= 'schedule' or snap.protected == '1' or snap.status == 'in_progress' then
+    return false
+  end
+  if not empty(snap.in_use_by) then
+    local user = redis.call('HGET', 'operation:' .. snap.in_use_by, 'status')
+    if user == 'queued' or user == 'running' then return false end
+  end
+  return true
+end
+
+-- The sorted set of schedules by their next slot (score = epoch s, member = server id).
+local SCHEDULES_DUE = 'schedules:due'

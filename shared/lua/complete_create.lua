@@ -1,4 +1,5 @@
--- ARGV: op id, size_mb (text, 2 decimals), warnings (JSON list).
+-- ARGV: op id, size_mb (text, 2 decimals), warnings (JSON list), and for a scheduled
+-- snapshot the ids its retention drops now that it exists (JSON list; each re-checked).
 local op = hgetall('operation:' .. ARGV[1])
 if op.id == nil or op.type ~= 'snapshot.create' or not op_active(op.status) then
   return fail('conflict', 'operation not active')
@@ -15,4 +16,18 @@ redis.call('HSET', 'operation:' .. op.id, 'progress', 100)
 server_release(op.server_id, op.id)
 emit('snapshot.available', op.account, op.server_id, snap.id, op.id, t,
   {size_mb = tonumber(ARGV[2]), warnings = cjson.decode(ARGV[3])})
-return ok({})
+local deletes = {}
+if snap.origin == 'schedule' then
+  local skey = 'server:' .. op.server_id
+  if not empty(redis.call('HGET', skey, 'schedule')) then
+    redis.call('HSET', skey, 'last_run', cjson.encode({status = 'succeeded',
+      at = tonumber(snap.scheduled_at or snap.created_at), snapshot_id = tonumber(snap.id)}))
+  end
+  for _, id in ipairs(cjson.decode(ARGV[4] or '[]')) do
+    local old = hgetall('snapshot:' .. id)
+    if old.id ~= snap.id and retention_may_drop(old, op.server_id) then
+      deletes[#deletes + 1] = drop_snapshot(old, t, {retention = true})
+    end
+  end
+end
+return ok({delete_operation_ids = deletes})

@@ -25,6 +25,7 @@ for _, sid in ipairs(ids) do
   end
 end
 redis.call('DEL', 'server:' .. srv.id)
+redis.call('ZREM', SCHEDULES_DUE, srv.id)
 redis.call('ZREM', 'idx:servers:all', srv.id)
 redis.call('ZREM', 'idx:servers:account:' .. srv.account, srv.id)
 emit('server.deleted', srv.account, srv.id, nil, nil, t, {})

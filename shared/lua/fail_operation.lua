@@ -21,6 +21,14 @@ if op.type == 'snapshot.create' then
   if snap.id ~= nil and snap.status == 'in_progress' then
     snap_set_status(snap, 'failed')
     redis.call('HSET', 'snapshot:' .. snap.id, 'error', err, 'completed_at', t)
+    local skey = 'server:' .. op.server_id
+    if snap.origin == 'schedule' and not empty(redis.call('HGET', skey, 'schedule')) then
+      redis.call('HSET', skey, 'last_run', cjson.encode({status = 'failed',
+        at = tonumber(snap.scheduled_at or snap.created_at), snapshot_id = tonumber(snap.id),
+        error = {code = ARGV[2], message = ARGV[3]}}))
+      emit('schedule.failed', op.account, op.server_id, snap.id, op.id, t,
+        {code = ARGV[2], message = ARGV[3]})
+    end
   end
   server_release(op.server_id, op.id)
 elseif op.type == 'snapshot.restore' then

@@ -167,7 +167,7 @@ def test_tenant_isolation(client: TestClient, api: ApiHelper, store: Store) -> N
     servers = client.get("/api/v1/servers/", headers=b).json()["servers"]
     assert [s["id"] for s in servers] == [b_server["id"]]
     # The account view has no admin fields.
-    assert set(servers[0]) == {"id", "name", "status", "created_at"}
+    assert set(servers[0]) == {"id", "name", "status", "created_at", "schedule"}
     # A still sees its snapshot, untouched.
     assert client.get(f"/api/v1/snapshots/{snap['id']}/", headers=a).json()["status"] == (
         "in_progress"
