@@ -72,12 +72,14 @@ class Service:
     def repository(self) -> Path:
         return self.data_dir / "repository"
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.root / f"{name}.log"
         self._logs.append(log)
         return subprocess.Popen(
             argv,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -114,9 +116,10 @@ class Service:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, threads: int = 2) -> subprocess.Popen[bytes]:
+    def start_worker(self, threads: int = 2, host: str | None = None) -> subprocess.Popen[bytes]:
+        """A worker process (of ``host``: SNAPSHOTS_HOST)."""
         proc = self._spawn(
-            f"worker{len(self.workers)}",
+            f"worker{len(self.workers)}" + (f"-{host}" if host else ""),
             [
                 str(BIN / "dramatiq"),
                 "workers.actors",
@@ -127,6 +130,7 @@ class Service:
                 "--worker-shutdown-timeout",
                 "25000",
             ],
+            env={"SNAPSHOTS_HOST": host} if host else None,
         )
         self.workers.append(proc)
         return proc
