@@ -20,13 +20,14 @@ from shared.store import Store
 from tests.e2e.flow import add_server, snapshot, wait_operation
 from tests.e2e.service import Service, wait_until
 from tests.events.receiver import Receiver
+from tests.support.streams import of_type
 from workers.scheduler import Scheduler
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def berlin(*args: int) -> float:
-    return datetime(*args, tzinfo=BERLIN).timestamp()  # type: ignore[misc]
+def berlin(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
+    return datetime(y, mo, d, h, mi, s, tzinfo=BERLIN).timestamp()
 
 
 class Clock:
@@ -68,9 +69,6 @@ def _scheduled(client: httpx.Client, server_id: int) -> dict[int, dict[str, Any]
     return {s["id"]: s for s in listed["snapshots"] if s["origin"] == "schedule"}
 
 
-def _events(r: redis.Redis, etype: str) -> list[dict[str, Any]]:
-    return [{**f, "id": i, "data": json.loads(f["data"])} for i, f in r.xrange("events")
-            if f["type"] == etype]
 
 
 def test_a_week_of_slots_keeps_what_the_table_says(tmp_path: Path) -> None:
@@ -129,8 +127,8 @@ def test_a_week_of_slots_keeps_what_the_table_says(tmp_path: Path) -> None:
         others = client.get("/snapshots/", params={"server_id": sid}).json()["snapshots"]
         assert sorted(s["name"] for s in others if s["origin"] == "manual") == [
             "keep forever", "manual"]
-        assert len(_events(rclient, "schedule.run")) == len(WEEK)
-        assert [e["data"]["code"] for e in _events(rclient, "schedule.failed")] == [
+        assert len(of_type(rclient, "schedule.run")) == len(WEEK)
+        assert [e["data"]["code"] for e in of_type(rclient, "schedule.failed")] == [
             "snapshot_limit_reached"]
         # Every deleted scheduled snapshot's storage was reclaimed by its delete operation.
         deletes = client.get("/operations/", params={"server_id": sid, "limit": 200}).json()
@@ -172,14 +170,14 @@ def test_every_minute_runs_exactly_once_per_slot_across_three_workers(tmp_path: 
 
             wait_until(all_ran, timeout=75, interval=0.5, what="a run of every schedule")
             rclient = redis.Redis.from_url(svc.redis.url, decode_responses=True)
-            runs = _events(rclient, "schedule.run")
+            runs = of_type(rclient, "schedule.run")
             per_slot = Counter((e["server_id"], e["data"]["slot"]) for e in runs)
             assert per_slot and max(per_slot.values()) == 1, per_slot
             assert {int(s) for s, _ in per_slot} == set(ids)
             for i in ids:
                 snaps = _scheduled(client, i)
                 assert len(snaps) == len([k for k in per_slot if int(k[0]) == i])
-            assert not _events(rclient, "schedule.failed")
+            assert not of_type(rclient, "schedule.failed")
 
             # Each run's event reaches the webhook (at least once; dedupe by event id).
             def delivered() -> set[str]:

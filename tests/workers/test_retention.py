@@ -14,8 +14,8 @@ from workers.retention import keep
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def ts(*args: int, zone: ZoneInfo = BERLIN) -> float:
-    return datetime(*args, tzinfo=zone).timestamp()  # type: ignore[misc]
+def ts(y: int, mo: int, d: int, h: int = 0, mi: int = 0, zone: ZoneInfo = BERLIN) -> float:
+    return datetime(y, mo, d, h, mi, tzinfo=zone).timestamp()
 
 
 def test_daily_run_across_both_dst_changes_runs_once_a_day() -> None:

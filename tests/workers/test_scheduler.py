@@ -6,7 +6,6 @@ tests/e2e/test_schedules.py runs the same scheduler with real worker processes.
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,8 @@ from starlette.testclient import TestClient
 from shared.settings import Settings
 from shared.store import Store
 from tests.support.api import ApiHelper
-from workers.scheduler import Scheduler
+from tests.support.streams import of_type
+from workers.scheduler import RunResult, Scheduler
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -31,13 +31,18 @@ class Clock:
         return self.at
 
 
-def berlin(*args: int) -> float:
-    return datetime(*args, tzinfo=BERLIN).timestamp()  # type: ignore[misc]
+def berlin(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
+    return datetime(y, mo, d, h, mi, s, tzinfo=BERLIN).timestamp()
 
 
 def _scheduler(store: Store, settings: Settings, clock: Clock) -> tuple[Scheduler, list[Any]]:
     sent: list[Any] = []
     return Scheduler(store, lambda t, i: sent.append((t, i)), settings, clock), sent
+
+
+def _op(run: RunResult) -> int:
+    assert run.operation_id is not None
+    return run.operation_id
 
 
 def _schedule(client: TestClient, api: ApiHelper, headers: dict[str, str], **body: Any) -> int:
@@ -49,9 +54,6 @@ def _schedule(client: TestClient, api: ApiHelper, headers: dict[str, str], **bod
     return int(server["id"])
 
 
-def _events(r: redis.Redis, etype: str) -> list[dict[str, Any]]:
-    return [{**f, "data": json.loads(f["data"])} for _, f in r.xrange("events")
-            if f["type"] == etype]
 
 
 def test_missed_slots_are_made_up_by_one_run(
@@ -71,7 +73,7 @@ def test_missed_slots_are_made_up_by_one_run(
     snap = client.get(f"/api/v1/snapshots/{runs[0].snapshot_id}/", headers=headers).json()
     assert snap["origin"] == "schedule" and snap["status"] == "in_progress"
     assert snap["name"] == "scheduled 2027-03-20 12:00 Europe/Berlin"
-    assert len(_events(redis_client, "schedule.run")) == 1
+    assert len(of_type(redis_client, "schedule.run")) == 1
 
 
 def test_a_slot_is_claimed_once_among_racing_schedulers(
@@ -100,7 +102,7 @@ def test_a_slot_is_claimed_once_among_racing_schedulers(
         t.join()
     assert sorted(r.server_id for r in results) == sorted(ids)
     assert all(r.run for r in results)
-    runs = _events(redis_client, "schedule.run")
+    runs = of_type(redis_client, "schedule.run")
     assert sorted(int(e["server_id"]) for e in runs) == sorted(ids)
 
 
@@ -122,7 +124,7 @@ def test_a_run_that_cannot_proceed_records_last_run_and_emits_schedule_failed(
     assert got["last_run"]["error"]["code"] == "server_invalid_state"
     assert got["last_run"]["snapshot_id"] is None
     assert got["next_run_at"] == "2027-03-21T02:00:00Z"  # the slot is spent, not retried
-    failed = _events(redis_client, "schedule.failed")
+    failed = of_type(redis_client, "schedule.failed")
     assert [e["data"]["code"] for e in failed] == ["server_invalid_state"]
 
     # The manual snapshot fails; the next slot runs; its capture fails too: last_run says so.
@@ -130,21 +132,21 @@ def test_a_run_that_cannot_proceed_records_last_run_and_emits_schedule_failed(
     clock.at = berlin(2027, 3, 21, 3, 0, 5)
     [run] = sched.tick()
     assert run.run
-    assert store.begin_operation(run.operation_id) is not None
-    assert store.fail_operation(run.operation_id, "storage_full", "The repository is full.")
+    assert store.begin_operation(_op(run)) is not None
+    assert store.fail_operation(_op(run), "storage_full", "The repository is full.")
     got = client.get(f"/api/v1/servers/{server_id}/schedule/", headers=headers).json()
     assert got["last_run"] == {
         "at": "2027-03-21T02:00:05Z", "status": "failed", "snapshot_id": run.snapshot_id,
         "error": {"code": "storage_full", "message": "The repository is full."},
     }
-    assert [e["data"]["code"] for e in _events(redis_client, "schedule.failed")] == [
+    assert [e["data"]["code"] for e in of_type(redis_client, "schedule.failed")] == [
         "server_invalid_state", "storage_full"]
 
     # A successful run: last_run succeeded with its snapshot.
     clock.at = berlin(2027, 3, 22, 3, 0, 1)
     [run] = sched.tick()
-    assert store.begin_operation(run.operation_id) is not None
-    assert store.complete_scheduled(run.operation_id, 1.0, [], []) == []
+    assert store.begin_operation(_op(run)) is not None
+    assert store.complete_scheduled(_op(run), 1.0, [], []) == []
     got = client.get(f"/api/v1/servers/{server_id}/schedule/", headers=headers).json()
     assert got["last_run"] == {"at": "2027-03-22T02:00:01Z", "status": "succeeded",
                                "snapshot_id": run.snapshot_id, "error": None}
@@ -159,8 +161,8 @@ def test_limit_full_of_manual_and_protected_snapshots_fails_the_run(
     clock = Clock(berlin(2027, 3, 20, 12))
     sched, _ = _scheduler(store, settings, clock)
     [run] = sched.tick()
-    assert store.begin_operation(run.operation_id) is not None
-    assert store.complete_scheduled(run.operation_id, 1.0, [], []) == []
+    assert store.begin_operation(_op(run)) is not None
+    assert store.complete_scheduled(_op(run), 1.0, [], []) == []
     # The scheduled snapshot is protected; four manual ones fill the limit of 5.
     r = client.patch(f"/api/v1/snapshots/{run.snapshot_id}/", json={"protected": True},
                      headers=headers)
@@ -177,7 +179,7 @@ def test_limit_full_of_manual_and_protected_snapshots_fails_the_run(
     last = client.get(f"/api/v1/servers/{server_id}/schedule/", headers=headers).json()
     assert last["last_run"]["error"]["code"] == "snapshot_limit_reached"
     assert "never deletes manual, safety or protected" in last["last_run"]["error"]["message"]
-    assert _events(redis_client, "schedule.failed")[-1]["data"]["code"] == (
+    assert of_type(redis_client, "schedule.failed")[-1]["data"]["code"] == (
         "snapshot_limit_reached")
 
 
