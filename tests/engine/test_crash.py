@@ -151,11 +151,11 @@ def test_restore_killed_after_swap_leaves_new_tree(tmp_path: Path, repo_url: str
     proc = spawn(f"""
 import os, signal
 from workers.engine import Engine
-from workers.engine.restore import restorer
+from workers.engine.fs import removal
 from tests.engine.conftest import dir_state
 def _die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
-restorer.fsutil.remove_tree = _die
+removal.remove_tree = _die
 Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
 """)
     assert proc.wait() == -signal.SIGKILL
@@ -202,8 +202,12 @@ def test_old_tree_removal_never_enters_a_mount(tmp_path: Path, engine: Engine) -
         engine.restore(1, dir_state(cur))
         assert_same(src, cur)
         assert (outside / "precious").read_text() == "host data"
+        # the old tree is removed around the mount point, then set aside for later
+        [old] = tmp_path.glob(".srv.restore-trash-*")
+        assert sorted(os.listdir(old)) == ["mnt"]
     finally:
-        subprocess.run(["umount", "-l", str(tmp_path / ".srv.restore-1" / "mnt")], check=False)
+        for old in tmp_path.glob(".srv.restore-*"):
+            subprocess.run(["umount", "-l", str(old / "mnt")], check=False)
 
 
 def test_torn_objects_are_never_trusted(engine: Engine, tmp_path: Path) -> None:

@@ -185,11 +185,11 @@ def test_patch_killed_after_commit_keeps_the_new_state(tmp_path: Path, repo_url:
     proc = spawn(f"""
 import os, signal
 from workers.engine import Engine
-from workers.engine.restore import patch
+from workers.engine.fs import removal
 from tests.engine.conftest import dir_state
 def _die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
-patch.fsutil.remove_tree = _die
+removal.remove_tree = _die
 Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
 """)
     assert proc.wait() == -signal.SIGKILL
@@ -231,11 +231,13 @@ def test_patch_leaves_a_mount_point_alone(tmp_path: Path, engine: Engine) -> Non
     try:
         engine.restore(1, dir_state(cur))  # an extra mount point: the staging path
         assert (outside / "precious").read_text() == "host data"
-        # the mount point went with the old tree, which is removed around it
-        assert (tmp_path / ".srv.restore-1" / "mnt" / "precious").exists()
+        # the mount point went with the old tree, which is removed around it and set aside
+        [old] = tmp_path.glob(".srv.restore-trash-*")
+        assert (old / "mnt" / "precious").exists()
         assert_same(src, cur)
     finally:
-        subprocess.run(["umount", "-l", str(tmp_path / ".srv.restore-1" / "mnt")], check=False)
+        for old in tmp_path.glob(".srv.restore-*"):
+            subprocess.run(["umount", "-l", str(old / "mnt")], check=False)
         subprocess.run(["umount", "-l", str(cur / "mnt")], check=False)
 
 

@@ -1,7 +1,9 @@
 """Filesystem primitives, with no knowledge of snapshots.
 
 - fsutil: symlink-safe fd helpers (O_NOFOLLOW walks, renameat2, syncfs, xattrs, data
-  extents, hole punching, mount-aware tree removal) and split_state() of a state path.
+  extents, hole punching) and split_state() of a state path.
+- removal: removing a tree a tenant may still be changing (iterative, race-tolerant,
+  mount-aware), and the janitor thread that retries what could not be removed at once.
 - directio: O_DIRECT reads and writes with aligned buffers, and the buffered fallback.
 
 Imports: model only.

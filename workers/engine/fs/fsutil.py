@@ -231,44 +231,6 @@ def mount_roots(under: str) -> set[tuple[int, int]]:
     return out
 
 
-def remove_tree(parent_fd: int, name: bytes, mounts: set[tuple[int, int]]) -> None:
-    """Remove parent/name recursively through dir fds: never follows a symlink and never
-    descends into a filesystem mounted inside the tree (a tenant's bind mount of something
-    outside must not be emptied); such a mount point is left in place."""
-    try:
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=parent_fd)
-        return
-    if st.st_dev != os.fstat(parent_fd).st_dev or (st.st_dev, st.st_ino) in mounts:
-        return
-    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    try:
-        if os.fstat(fd).st_ino != st.st_ino:
-            return  # swapped under us: leave it
-        with os.scandir(fd) as it:
-            children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
-        for child, is_dir in children:
-            if not is_dir:  # d_type from readdir: no lstat per file
-                try:
-                    os.unlink(child, dir_fd=fd)
-                    continue
-                except FileNotFoundError:
-                    continue
-                except IsADirectoryError:  # replaced by a directory meanwhile
-                    pass
-            remove_tree(fd, child, mounts)
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=parent_fd)
-    except OSError as e:
-        if e.errno not in (errno.ENOTEMPTY, errno.EBUSY, errno.ENOENT):
-            raise
-
-
 def split_state(path: str) -> tuple[str, bytes]:
     """A state path as (its parent directory, its base name), or StateInvalid."""
     path = os.path.normpath(path)

@@ -45,6 +45,7 @@ from .patchjournal import (
     work_name,
 )
 from .patchplan import CREATE, DELETE, DirState, Plan
+from .recovery import dispose
 from .treewriter import TreeWriter
 
 
@@ -81,7 +82,7 @@ class Patcher:
                 raise
         finally:
             os.close(wfd)
-        fsutil.remove_tree(self.parent_fd, self.work, fsutil.mount_roots(self.parent_path))
+        dispose(self.parent_fd, self.parent_path, self.base, self.work)  # committed
 
     def _prepare(self, wfd: int) -> None:
         """Every new entry as n<i> in the work dir; files are written by the thread pool."""

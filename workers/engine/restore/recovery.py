@@ -4,14 +4,17 @@ A rebuild leaves `.<base>.restore-<id>` (its staging tree, see staging.py) and m
 swap journal `.<base>.restore-journal`; a patch leaves its work directory
 `.<base>.restore-patch` with its undo journal (see patchjournal.py). cleanup() rolls a
 journaled swap forward, undoes an uncommitted patch, then removes every leftover. Every
-restore, capture and recover() runs it first.
+restore, capture and recover() runs it first. A leftover that cannot be removed now (a
+tenant still filling the old tree, an immutable file) never fails it nor blocks a later
+restore: it is renamed aside to `.<base>.restore-trash-<random>` and left to the janitor
+(fs/removal.py).
 """
 
 from __future__ import annotations
 
 import os
 
-from ..fs import fsutil
+from ..fs import fsutil, removal
 from .patchjournal import undo as undo_patch
 
 
@@ -38,11 +41,10 @@ def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
                 os.fsync(parent_fd)
         os.unlink(journal, dir_fd=parent_fd)
     undo_patch(parent_fd, base)  # before its work directory goes with the leftovers
-    names = _leftovers(parent_fd, base)
-    if names:
-        mounts = fsutil.mount_roots(parent_path)
-        for name in names:
-            try:
-                fsutil.remove_tree(parent_fd, name, mounts)
-            except RecursionError:  # absurdly deep leftover: leave it rather than fail
-                continue
+    for name in _leftovers(parent_fd, base):
+        dispose(parent_fd, parent_path, base, name)
+
+
+def dispose(parent_fd: int, parent_path: str, base: bytes, name: bytes) -> None:
+    """Remove a leftover beside the state, or set it aside for the janitor (never fails)."""
+    removal.dispose(parent_fd, parent_path, name, b"." + base + b".restore-trash-")

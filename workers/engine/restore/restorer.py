@@ -37,7 +37,7 @@ from ..repository.manifest import FILE, Entry, check_tree
 from ..repository.repository import Repository
 from .patch import Patcher
 from .patchplan import Planner
-from .recovery import cleanup
+from .recovery import cleanup, dispose
 from .staging import Flusher, swap
 from .statecache import StateCache, record_tree
 from .treewriter import TreeWriter
@@ -117,7 +117,7 @@ class Restorer:
                     flusher.stop()
                     os.close(st_fd)
                 fsutil.syncfs(self.parent_path)
-                swap(parent_fd, staging, self.base, cur_fd is not None, self.parent_path)
+                old = swap(parent_fd, staging, self.base, cur_fd is not None)
             except BaseException:
                 with contextlib.suppress(OSError):
                     cleanup(parent_fd, self.base, self.parent_path)
@@ -125,8 +125,9 @@ class Restorer:
             finally:
                 if cur_fd is not None:
                     os.close(cur_fd)
-            # the old tree, now under the staging name
-            fsutil.remove_tree(parent_fd, staging, fsutil.mount_roots(self.parent_path))
+            # Committed. The old tree is garbage now: nothing about removing it (a tenant
+            # still changing it, its depth, an immutable file) can fail the restore.
+            dispose(parent_fd, self.parent_path, self.base, old)
             digest = self.check.digest
             record = {p: (ino, ctime, digest(e)) for p, (e, ino, ctime) in w.written.items()
                       if p not in w.linked}

@@ -18,31 +18,31 @@ from ..progress import Progress
 FLUSH_EVERY = 0.1  # seconds
 
 
-def swap(parent_fd: int, staging: bytes, base: bytes, exists: bool, parent_path: str) -> None:
-    """Put the staging tree at the state path in one step (exchanging it with the current
-    tree, which is left under the staging name for the caller to remove)."""
+def swap(parent_fd: int, staging: bytes, base: bytes, exists: bool) -> bytes:
+    """Put the staging tree at the state path in one step; returns the name the current
+    tree is left under, for the caller to remove (the staging name, after an exchange)."""
     try:
         flags = fsutil.RENAME_EXCHANGE if exists else fsutil.RENAME_NOREPLACE
         fsutil.renameat2(parent_fd, staging, parent_fd, base, flags)
+        old = staging
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
             raise
-        _swap_journaled(parent_fd, staging, base, exists, parent_path)
+        old = _swap_journaled(parent_fd, staging, base, exists)
     os.fsync(parent_fd)
+    return old
 
 
-def _swap_journaled(parent_fd: int, staging: bytes, base: bytes, exists: bool,
-                    parent_path: str) -> None:
+def _swap_journaled(parent_fd: int, staging: bytes, base: bytes, exists: bool) -> bytes:
     journal = b"." + base + b".restore-journal"
-    old = b"." + base + b".restore-old"
+    old = b"." + base + b".restore-old"  # free: recovery.cleanup() ran before the build
     fsutil.create_durable(parent_fd, journal, staging)
     if exists:
         os.rename(base, old, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
     os.rename(staging, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
     os.fsync(parent_fd)
     os.unlink(journal, dir_fd=parent_fd)
-    if exists:  # the caller removes `staging`; the old tree is here
-        fsutil.remove_tree(parent_fd, old, fsutil.mount_roots(parent_path))
+    return old
 
 
 class Flusher:

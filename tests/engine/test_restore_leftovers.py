@@ -1,0 +1,119 @@
+"""Issue 9, item 3: a restore that swapped the new tree in has succeeded, whatever removing
+the old tree runs into, and what an earlier attempt left never blocks the next one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from workers.engine import Engine
+
+from .conftest import dir_state, make_meta
+from .tenant import dir_swapper
+from .treecmp import describe
+
+DEEP = 5000
+
+
+def _leftovers(state: Path) -> list[str]:
+    return sorted(n for n in os.listdir(state.parent) if n.startswith(f".{state.name}.restore-"))
+
+
+def _wait_no_leftovers(state: Path, timeout: float = 10.0) -> None:
+    """The old tree goes at once, or soon, in the background."""
+    deadline = time.monotonic() + timeout
+    while _leftovers(state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _leftovers(state) == []
+
+
+def _nest(root: Path, depth: int) -> None:
+    """root/d/d/.../d, depth levels (far beyond PATH_MAX), built through directory fds."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        with open(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+            f.write(b"bottom")
+    finally:
+        os.close(fd)
+
+
+def test_restore_succeeds_while_a_tenant_swaps_old_dirs_for_symlinks(
+        engine: Engine, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("never removed")
+    src = tmp_path / "srv"
+    names = [f"d{i}" for i in range(40)]
+    for n in names:
+        (src / "w" / n).mkdir(parents=True)
+        for j in range(20):
+            (src / "w" / n / f"f{j}").write_text("x")
+    engine.capture(make_meta(1), dir_state(src))
+    ref = describe(src)
+    before_outside = describe(outside)
+    for attempt in range(6):
+        (src / "w" / "new").write_text("forces a rebuild")
+        # its working directory is w/ of the tree that the restore swaps out and removes
+        racer = dir_swapper(src / "w", outside, names)
+        try:
+            engine.restore(1, dir_state(src), live=True)
+        finally:
+            racer.close()
+        # restored files are linked from the old tree until it is gone
+        _wait_no_leftovers(src)
+        assert describe(src) == ref, attempt
+        assert describe(outside) == before_outside
+
+
+def test_restore_removes_a_5000_deep_tree_added_after_the_snapshot(
+        engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "keep").write_text("kept")
+    engine.capture(make_meta(1), dir_state(src))
+    ref = describe(src)
+    try:
+        for _ in range(2):  # and again: nothing an earlier restore left blocks the next
+            (src / "deep").mkdir()
+            _nest(src / "deep", DEEP)
+            engine.restore(1, dir_state(src), live=True)
+            assert describe(src) == ref
+            _wait_no_leftovers(src)
+    finally:  # never leave a tree pytest's own (recursive) clean-up cannot remove
+        subprocess.run(["rm", "-rf", str(src), *(str(tmp_path / n) for n in _leftovers(src))],
+                       check=False)
+
+
+def test_a_leftover_that_cannot_be_removed_never_blocks_the_next_restore(
+        engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "f").write_text("v1")
+    engine.capture(make_meta(1), dir_state(src))
+    ref = describe(src)
+    # what an earlier attempt at this very restore left, holding an immutable file
+    stuck = tmp_path / ".srv.restore-1"
+    stuck.mkdir()
+    (stuck / "pinned").write_text("immutable")
+    if subprocess.run(["chattr", "+i", str(stuck / "pinned")], capture_output=True).returncode:
+        (stuck / "pinned").unlink()  # no chattr here: a plain leftover then
+    try:
+        for _ in range(2):
+            (src / "f").write_text("v2")
+            engine.restore(1, dir_state(src), live=True)
+            assert describe(src) == ref
+            engine.restore(1, dir_state(src))
+            assert describe(src) == ref
+        # set aside under a name of its own, for the janitor
+        [aside] = tmp_path.glob(".srv.restore-trash-*")
+        assert (aside / "pinned").exists() or not (stuck / "pinned").exists()
+    finally:
+        for pinned in tmp_path.glob(".srv.restore-*/pinned"):
+            subprocess.run(["chattr", "-i", str(pinned)], capture_output=True)
