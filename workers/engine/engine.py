@@ -72,9 +72,11 @@ class Engine:
             # are per-run state, so concurrent captures on one Engine do not mix them.
             repo = Repository(self.backend)
             repo.load_known()
-            parent = self._parent_body(meta)
-            if parent is not None:
+            parent_header, parent = self._parent(meta)
+            if parent_header is not None and parent is not None:
                 repo.durable = manifest.chunk_ids(parent)
+                if not parent_header.ctimes_vouched:
+                    parent = None  # its ctimes may not stand for its bytes: read it all
             if state.kind == "directory":
                 from .capture.archiver import Archiver  # each operation imports only what it uses
 
@@ -101,7 +103,7 @@ class Engine:
             encoded = manifest.encode_body(body)  # written by this capture too: counted
             header = Header(meta=meta, state_kind=state.kind, size_bytes=size,
                             stored_bytes=stored + len(encoded), files=files, warnings=warnings,
-                            completed_at=_now())
+                            completed_at=_now(), ctimes_vouched=True)
             repo.put_manifest(header, encoded)
         prog.finish()
         return self._result(header)
@@ -118,7 +120,7 @@ class Engine:
         except SnapshotNotFound:
             return None
 
-    def _parent_body(self, meta: SnapshotMeta) -> manifest.Body | None:
+    def _parent(self, meta: SnapshotMeta) -> tuple[Header, manifest.Body] | tuple[None, None]:
         """Newest committed snapshot of the same server (by completion time, then id)."""
         best: tuple[str, int] | None = None
         for h in self._headers():
@@ -128,11 +130,11 @@ class Engine:
                 if best is None or key > best:
                     best = key
         if best is None:
-            return None
+            return None, None
         try:
-            return self.repo.get_manifest(best[1])[1]
+            return self.repo.get_manifest(best[1])
         except EngineError:
-            return None  # deleted meanwhile or unreadable: capture in full
+            return None, None  # deleted meanwhile or unreadable: capture in full
 
     def _headers(self) -> list[Header]:
         out = []
@@ -164,7 +166,8 @@ class Engine:
                 from .restore.restorer import Restorer
 
                 restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog,
-                                    pool, patch=not live)
+                                    pool, patch=not live,
+                                    trust_manifest=header.ctimes_vouched)
                 try:
                     return restorer.run()
                 finally:

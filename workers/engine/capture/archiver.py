@@ -9,6 +9,8 @@ Two passes over the tree, both through directory fds without following any symli
    hashes, compresses and stores the chunks. blake3, zstd and file IO release the GIL, so
    the two cores overlap. A file whose size/mtime/ctime change while being read is read
    again up to 3 times, then kept with a warning naming it.
+A sync point comes first (fs/syncpoint.py): a file's ctime is recorded only where it
+vouches for the bytes read, so "same inode and ctime" lets the next capture skip it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 from pyfastcdc import FastCDC
 
 from ..fs import fsutil
+from ..fs.syncpoint import SyncPoint, sync_point
 from ..model import StateInvalid
 from ..progress import Progress
 from ..repository.chunker import RETRIES, iter_chunks, make_cdc
@@ -46,10 +49,13 @@ PROCESS_THRESHOLD = 64 << 20
 PREFETCH_MAX = 8 << 20
 
 
-def _xattrs_maybe_stale(e: Entry, walk_ctime: int) -> None:
-    """The inode changed between the walk (which read its xattrs) and the read of its data:
-    its ctime must not vouch for those xattrs (next capture re-reads; restore never trusts)."""
-    if e.ctime_ns != walk_ctime:
+def _vouch(e: Entry, walk_ctime: int, sync: SyncPoint) -> None:
+    """Keep the ctime just read only where it stands for what was read: not when the inode
+    changed between the walk (which read its xattrs) and the read of its data, nor when it
+    changed after the capture's sync point (a store through a mapping may then follow
+    without moving it). 0 vouches for nothing: the next capture reads the file again and
+    no restore trusts it."""
+    if e.ctime_ns != walk_ctime or not sync.vouches(e.ctime_ns):
         e.ctime_ns = 0
 
 
@@ -86,6 +92,8 @@ class Archiver:
                                f"directory (symlinks are refused): {e.strerror}") from e
         try:
             self._root_dev = os.fstat(root_fd).st_dev
+            # From here on every change to a file moves its ctime (see syncpoint.py).
+            self.sync = sync_point(root_fd)
             self._mounts = fsutil.mount_roots(self.root)
             try:
                 self._walk(root_fd, b"")
@@ -243,7 +251,7 @@ class Archiver:
         e = self.entries[idx]
         walk_ctime = e.ctime_ns
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
-        _xattrs_maybe_stale(e, walk_ctime)
+        _vouch(e, walk_ctime, self.sync)
         e.chunks = chunks
         if tiny:
             self._packs.add(e, tiny)
@@ -365,7 +373,7 @@ class Archiver:
             st = st2
         walk_ctime = e.ctime_ns
         e.size, e.mtime_ns, e.ctime_ns = st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns
-        _xattrs_maybe_stale(e, walk_ctime)
+        _vouch(e, walk_ctime, self.sync)
         e.ino = st2.st_ino
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
         e.chunks = chunks

@@ -4,6 +4,8 @@
   extents, hole punching) and split_state() of a state path.
 - removal: removing a tree a tenant may still be changing (iterative, race-tolerant,
   mount-aware), and the janitor thread that retries what could not be removed at once.
+- syncpoint: the sync point after which every change to a file moves its ctime, and which
+  ctimes therefore stand for a file's bytes.
 - directio: O_DIRECT reads and writes with aligned buffers, and the buffered fallback.
 
 Imports: model only.

@@ -43,11 +43,16 @@ def syncfs(path: str) -> None:
     """Flush the whole filesystem holding path: one barrier instead of an fsync per object."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fn = getattr(_libc, "syncfs", None)
-        if fn is None or fn(ctypes.c_int(fd)) != 0:
-            os.sync()
+        syncfs_fd(fd)
     finally:
         os.close(fd)
+
+
+def syncfs_fd(fd: int) -> None:
+    """syncfs of the filesystem holding an open file or directory."""
+    fn = getattr(_libc, "syncfs", None)
+    if fn is None or fn(ctypes.c_int(fd)) != 0:
+        os.sync()
 
 
 def fsync_dir(dir_fd: int) -> None:

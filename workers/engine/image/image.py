@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from ..fs import directio, fsutil
 from ..fs.fsutil import split_state
+from ..fs.syncpoint import sync_point
 from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
 from ..repository.manifest import ImageBody
@@ -77,6 +78,7 @@ def capture_image(repo: Repository, path: str, parent: ImageBody | None,
     fd, size, blockdev = _open_image(path, os.O_RDONLY)
     warnings: list[str] = []
     try:
+        sync = sync_point(fd)  # from here on any change moves ctime (see syncpoint.py)
         st = os.fstat(fd)
         progress.total = size
         if (parent is not None and not blockdev and parent.size == size
@@ -133,7 +135,8 @@ def capture_image(repo: Repository, path: str, parent: ImageBody | None,
             if direct is not None:
                 os.close(direct)
         body = ImageBody(size=size, block_size=bs, blocks=sorted(blocks.items()),
-                         mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, ino=st.st_ino)
+                         mtime_ns=st.st_mtime_ns, ctime_ns=sync.recorded(st.st_ctime_ns),
+                         ino=st.st_ino)
         return body, stored, warnings, nread
     finally:
         os.close(fd)

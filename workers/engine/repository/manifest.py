@@ -83,6 +83,10 @@ class Header(msgspec.Struct):
     warnings: list[str]
     completed_at: str
     version: int = MANIFEST_VERSION
+    # Its ctimes were recorded after a sync point (fs/syncpoint.py), so an inode still at
+    # one holds the bytes captured. False in manifests written before that rule: their
+    # ctimes are never trusted (the next capture reads everything once).
+    ctimes_vouched: bool = False
 
     def committed(self) -> CommittedSnapshot:
         return CommittedSnapshot(meta=self.meta, state_kind=self.state_kind,

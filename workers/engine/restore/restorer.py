@@ -31,6 +31,7 @@ import contextlib
 import os
 
 from ..fs import fsutil
+from ..fs.syncpoint import sync_point
 from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
 from ..repository.manifest import FILE, Entry, check_tree
@@ -53,7 +54,7 @@ PATCH_FRACTION = 5
 class Restorer:
     def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
                  progress: Progress, pool: RestorePool | None = None, *,
-                 patch: bool = True) -> None:
+                 patch: bool = True, trust_manifest: bool = False) -> None:
         self.pool = pool  # started early by the caller for a big restore into a new state
         self.patch = patch  # may a tree that differs little be patched in place?
         self.repo = repo
@@ -65,6 +66,7 @@ class Restorer:
         self.cache = StateCache(repo.backend, state_path)
         self.writer = TreeWriter(repo, snapshot_id, entries, progress)
         self.check = self.writer.check
+        self.check.trust_manifest = trust_manifest  # its ctimes vouch (Header.ctimes_vouched)
 
     def run(self) -> RestoreResult:
         w = self.writer
@@ -76,6 +78,9 @@ class Restorer:
             raise StateInvalid(f"parent of the state path is unusable: {e}") from e
         try:
             cleanup(parent_fd, self.base, self.parent_path)
+            # Before any file is trusted or proven: from here on every change to a file of
+            # the state moves its ctime (see syncpoint.py and reuse.py).
+            self.check.sync = sync_point(parent_fd)
             self.check.known = self.cache.load()
             self.cache.forget()  # the tree is about to change: the record would be stale
             cur_fd: int | None

@@ -6,6 +6,13 @@ identity is established without reading from facts a tenant cannot forge (see
 statecache.py: the very inode that was captured, or the one a previous restore wrote,
 unchanged since: same ino and ctime), or else by chunking the file and comparing chunk
 ids with the entry's.
+
+Both rest on the sync point (fs/syncpoint.py) the restore takes before it looks at the
+tree: a recorded ctime vouches for content only because the capture or restore that
+recorded it had taken one, and a file is proven by hashing only if its ctime predates
+this restore's own sync point (else a store through a mapping could follow the proof
+unseen, and the kept inode, or its record, would lie). On a filesystem where a ctime
+vouches for nothing (tmpfs), every file is rewritten.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import stat
 import threading
 
 from ..fs import fsutil
+from ..fs.syncpoint import SyncPoint
 from ..repository.chunker import iter_chunks, make_cdc
 from ..repository.manifest import Entry
 from ..repository.repository import Repository
@@ -27,6 +35,8 @@ class ReuseCheck:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.known: Record = {}  # what the previous restore left (statecache)
+        self.sync = SyncPoint(0, False)  # the restore's own sync point, set before use
+        self.trust_manifest = False  # may the manifest's ino/ctime stand for content?
         self.bytes_read = 0  # current-tree bytes read to prove files identical
         self._digests: dict[bytes, bytes] = {}
         self._local = threading.local()
@@ -35,13 +45,19 @@ class ReuseCheck:
     def trusted(self, st: os.stat_result, e: Entry) -> bool:
         """Content known without reading it (see statecache): the captured inode itself,
         unchanged since, or the inode a previous restore wrote, unchanged since."""
-        if (st.st_ino, st.st_ctime_ns) == (e.ino, e.ctime_ns):
+        if not self.sync.sound:
+            return False
+        if self.trust_manifest and (st.st_ino, st.st_ctime_ns) == (e.ino, e.ctime_ns):
             return True
         rec = self.known.get(e.path)
         return (rec is not None and rec[:2] == (st.st_ino, st.st_ctime_ns)
                 and rec[2] == self.digest(e))
 
     def same_content(self, fd: int, e: Entry) -> bool:
+        """Does the open file hold e's content? Hashes it; the callers check that its
+        ctime did not move meanwhile."""
+        if not self.sync.vouches(os.fstat(fd).st_ctime_ns):
+            return False  # changed since the sync point: a proof now would not hold
         cdc = getattr(self._local, "cdc", None)
         if cdc is None:
             cdc = self._local.cdc = make_cdc(self.repo)

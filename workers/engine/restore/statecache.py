@@ -47,7 +47,8 @@ class StateCache:
     def __init__(self, backend: Backend, state_path: str) -> None:
         self.backend = backend
         digest = blake3.blake3(os.fsencode(os.path.normpath(state_path))).hexdigest()[:32]
-        self.key = f"states/{digest}"
+        # "-2": records written since restores take a sync point (older ones are ignored)
+        self.key = f"states/{digest}-2"
 
     def load(self) -> Record:
         try:
