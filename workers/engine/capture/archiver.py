@@ -16,6 +16,7 @@ vouches for the bytes read, so "same inode and ctime" lets the next capture skip
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -145,20 +146,33 @@ class Archiver:
                 continue
             ent = Entry(path=path, kind=FILE, mode=mode, uid=st.st_uid, gid=st.st_gid,
                         mtime_ns=st.st_mtime_ns)
+            key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
                 primary = self._links.get(key)
                 if primary is not None:
                     ent.kind, ent.target = HARDLINK, primary
                     self.entries.append(ent)
                     continue
-                self._links[key] = path
             p = self.parent.get(path) if stat.S_ISREG(mode) else None
-            if p is not None and p.ctime_ns and (p.ino, p.ctime_ns) == (st.st_ino,
-                                                                        st.st_ctime_ns):
-                ent.xattrs = p.xattrs  # setting/removing an xattr changes ctime: unchanged
-            else:
-                ent.xattrs = fsutil.read_xattrs(fsutil.proc_path(fd, name))
+            try:
+                if p is not None and p.ctime_ns and (p.ino, p.ctime_ns) == (st.st_ino,
+                                                                            st.st_ctime_ns):
+                    ent.xattrs = p.xattrs  # setting/removing an xattr changes ctime: unchanged
+                else:
+                    ent.xattrs = fsutil.read_xattrs(fsutil.proc_path(fd, name))
+                if stat.S_ISLNK(mode):
+                    ent.target = os.fsencode(os.readlink(name, dir_fd=fd))
+            except FileNotFoundError:
+                continue  # vanished after its lstat: not there, as if gone before
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise  # a real error (EIO...) fails the capture
+                # readlink of what is no longer a symlink: replaced since its lstat
+                self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err}); "
+                                     "not captured")
+                continue
+            if st.st_nlink > 1:
+                self._links[key] = path  # only once it is surely an entry: links name it
             if stat.S_ISREG(mode):
                 ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
                 files.append(len(self.entries))
@@ -169,7 +183,6 @@ class Archiver:
                         self._start_pool()
             elif stat.S_ISLNK(mode):
                 ent.kind, ent.size = SYMLINK, st.st_size
-                ent.target = os.fsencode(os.readlink(name, dir_fd=fd))
             else:
                 ent.kind = (FIFO if stat.S_ISFIFO(mode) else CHR if stat.S_ISCHR(mode)
                             else BLK if stat.S_ISBLK(mode) else SOCK)

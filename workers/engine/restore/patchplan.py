@@ -190,8 +190,11 @@ class Planner:
                     self._enter(e, fd, os.fstat(fd), stack)
                     return i + 1
             return self._subtree(i, e, kind)
-        if st is not None and self._keep(e, st, name, dfd):
-            return i + 1
+        try:
+            if st is not None and self._keep(e, st, name, dfd):
+                return i + 1
+        except FileNotFoundError:  # vanished since its lstat: written as a new entry
+            kind = CREATE
         if e.kind == HARDLINK and e.target not in self._replaced and e.target not in self._ino:
             raise _GiveUp  # its primary lies in a replaced subtree
         self._op(kind, e.path, [e], 1)
