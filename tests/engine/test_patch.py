@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, EngineError, TransientEngineError
+from workers.engine import Engine, EngineError, StateFull, TransientEngineError
 from workers.engine.fs import fsutil
 from workers.engine.restore import patch, restorer
 from workers.engine.restore.patchplan import Planner
@@ -213,7 +213,7 @@ def test_patch_failing_midway_rolls_back(monkeypatch: pytest.MonkeyPatch, tmp_pa
         orig(*a)  # type: ignore[arg-type]
 
     monkeypatch.setattr(fsutil, "renameat2", failing)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StateFull, match="No space"):  # ENOSPC in a restore: state_full
         engine.restore(1, dir_state(cur))
     assert describe(cur) == old
     assert sorted(os.listdir(tmp_path)) == ["ref", "repo", "srv"]

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,33 @@ def test_corrupted_object_refuses_restore_and_keeps_state(
     assert client.get(f"/servers/{server['id']}/").json()["status"] == "running"
     leftovers = [p.name for p in state.parent.iterdir() if ".restore-" in p.name]
     assert leftovers == []
+
+
+def test_restore_onto_a_full_state_filesystem_fails_at_once_with_state_full(
+    small_fs: Path, make_service: ServiceFactory
+) -> None:
+    svc = make_service().start(workers=1)
+    client = svc.client()
+    state = small_fs / "web"
+    state.mkdir()
+    (state / "config.txt").write_text("v1\n")
+    (state / "data.bin").write_bytes(os.urandom(5 << 20))
+    server = add_server(client, str(state))
+    snap = snapshot(client, server["id"], name="before")
+    # The tenant replaces data.bin: the rebuild needs 5 MiB more beside the current 5 MiB
+    # of an 8 MiB filesystem.
+    (state / "data.bin").write_bytes(os.urandom(5 << 20))
+    current = describe(state)
+
+    resp = client.post(f"/snapshots/{snap['id']}/restore/")
+    assert resp.status_code == 200, resp.text
+    op = wait_operation(client, resp.json()["operation_id"], timeout=60)
+    assert op["status"] == "failed" and op["error"]["code"] == "state_full", op
+    assert "bytes free" in op["error"]["message"] and "needs up to" in op["error"]["message"]
+    detail = client.get(f"/operations/{op['id']}/").json()
+    started = datetime.fromisoformat(detail["started_at"].replace("Z", "+00:00"))
+    finished = datetime.fromisoformat(detail["finished_at"].replace("Z", "+00:00"))
+    assert (finished - started).total_seconds() <= 5, detail  # at once: no retries
+    assert describe(state) == current
+    assert client.get(f"/servers/{server['id']}/").json()["status"] == "running"
+    assert [p.name for p in small_fs.iterdir()] == ["web"]

@@ -9,6 +9,7 @@ plus the set of stored ids loaded at start). See locks.py for capture/reclaim ex
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from .model import (
     SnapshotCorrupt,
     SnapshotMeta,
     SnapshotNotFound,
+    StateFull,
     StateInvalid,
     StateSpec,
     TransientEngineError,
@@ -40,6 +42,19 @@ from .repository.repository import PACKIDX, ObjectCorrupt, Repository, chunk_key
 
 if TYPE_CHECKING:
     from .restore.writerpool import RestorePool
+
+
+def _state_full(state: StateSpec, header: Header, err: OSError) -> StateFull:
+    """ENOSPC/EDQUOT while a restore wrote beside the state: nothing was swapped in (a
+    failed restore rolls back), so the state is as it was."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.normpath(state.path)))
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = 0
+    return StateFull(f"the filesystem holding {state.path} is full ({err.strerror}): "
+                     f"{free:,} bytes free, the restore needs up to {header.size_bytes:,} "
+                     "bytes (the snapshot's size) beside the current state, which is untouched")
 
 
 def _now() -> str:
@@ -159,22 +174,30 @@ class Engine:
                 if header.state_kind != state.kind:
                     raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} "
                                        f"state, not a {state.kind}")
-                if isinstance(body, ImageBody):
-                    from .image.image import restore_image
-
-                    return restore_image(self.repo, snapshot_id, body, state.path, prog)
-                from .restore.restorer import Restorer
-
-                restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog,
-                                    pool, patch=not live,
-                                    trust_manifest=header.ctimes_vouched)
                 try:
-                    return restorer.run()
-                finally:
-                    self.last_bytes_read = restorer.bytes_read
+                    return self._restore(snapshot_id, header, body, state, prog, pool, live)
+                except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise _state_full(state, header, e) from e
+                    raise
             finally:
                 if pool is not None:
                     pool.close(kill=True)  # unused (or already closed by the restore)
+
+    def _restore(self, snapshot_id: int, header: Header, body: manifest.Body, state: StateSpec,
+                 prog: Progress, pool: RestorePool | None, live: bool) -> RestoreResult:
+        if isinstance(body, ImageBody):
+            from .image.image import restore_image
+
+            return restore_image(self.repo, snapshot_id, body, state.path, prog)
+        from .restore.restorer import Restorer
+
+        restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog, pool,
+                            patch=not live, trust_manifest=header.ctimes_vouched)
+        try:
+            return restorer.run()
+        finally:
+            self.last_bytes_read = restorer.bytes_read
 
     @contextlib.contextmanager
     def _state_lock(self, state: StateSpec) -> Iterator[None]:

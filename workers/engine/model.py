@@ -90,6 +90,13 @@ class StorageFull(EngineError):
     code: ClassVar[str] = "storage_full"
 
 
+class StateFull(EngineError):
+    """ENOSPC/EDQUOT on the server's state filesystem during a restore; the state is as it
+    was before (the message names the free and the needed space)."""
+
+    code: ClassVar[str] = "state_full"
+
+
 class SnapshotCorrupt(EngineError):
     """A stored object fails its id check; the message names the snapshot and the object."""
 
