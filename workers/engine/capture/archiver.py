@@ -4,11 +4,11 @@ Two passes over the tree, both through directory fds without following any symli
 1. walk: lstat every entry, record metadata, xattrs, symlink targets, device numbers and
    hard-link groups (cheap; gives the progress total);
 2. read: regular files that are not unchanged since the parent snapshot are opened
-   (O_NOFOLLOW, O_NOATIME when permitted) by the walker thread and handed to a thread
-   pool that reads only data extents (SEEK_DATA/SEEK_HOLE), chunks them with FastCDC,
-   hashes, compresses and stores the chunks. blake3, zstd and file IO release the GIL, so
-   the two cores overlap. A file whose size/mtime/ctime change while being read is read
-   again up to 3 times, then kept with a warning naming it.
+   (fsutil.open_regular: never a device or fifo, O_NOATIME when permitted) by the walker
+   thread and handed to a thread pool that reads only data extents (SEEK_DATA/SEEK_HOLE),
+   chunks them with FastCDC, hashes, compresses and stores the chunks. blake3, zstd and
+   file IO release the GIL, so the two cores overlap. A file whose size/mtime/ctime
+   change while being read is read again up to 3 times, then kept with a warning.
 A sync point comes first (fs/syncpoint.py): a file's ctime is recorded only where it
 vouches for the bytes read, so "same inode and ctime" lets the next capture skip it.
 """
@@ -247,12 +247,12 @@ class Archiver:
                 for i in idxs:
                     e = self.entries[i]
                     try:
-                        fd = fsutil.open_noatime(e.path.rsplit(b"/", 1)[-1], dfd)
+                        fd = fsutil.open_regular(e.path.rsplit(b"/", 1)[-1], dfd)
                     except OSError as err:
                         self._drop(e, f"vanished or replaced during capture ({err})")
                         continue
                     if e.size:
-                        with contextlib.suppress(OSError):  # e.g. replaced by a fifo: ESPIPE
+                        with contextlib.suppress(OSError):  # advice only
                             os.posix_fadvise(fd, 0, min(e.size, PREFETCH_MAX),
                                              os.POSIX_FADV_WILLNEED)
                     yield fd, i

@@ -28,8 +28,9 @@ SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A new file, never an existing one nor a symlink's target (every file the engine creates).
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK so that a fifo planted where a file was expected never blocks an open.
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+# Reopening an O_PATH descriptor's inode for reading (see open_regular): the magic link
+# /proc/self/fd/N is followed on purpose; it names that inode, whatever the path holds now.
+REOPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
@@ -73,14 +74,26 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
                            ctypes.c_int64(offset), ctypes.c_int64(length)))
 
 
-def open_noatime(name: bytes, dir_fd: int, flags: int = READ_FLAGS) -> int:
-    """Open without updating atime when permitted (owner or CAP_FOWNER), else plainly."""
-    if _NOATIME:
-        try:
-            return os.open(name, flags | _NOATIME, dir_fd=dir_fd)
-        except PermissionError:
-            pass
-    return os.open(name, flags, dir_fd=dir_fd)
+def open_regular(name: bytes, dir_fd: int) -> int:
+    """Open dir/name for reading only if it is a regular file, never opening anything else:
+    an O_PATH | O_NOFOLLOW descriptor pins the inode without opening it for I/O (no driver
+    open of a device node, no fifo open), fstat checks its type on that descriptor, and
+    only then that very inode is reopened for reading through /proc/self/fd, so a device
+    or fifo swapped in at any moment is never opened. Without updating atime when
+    permitted (owner or CAP_FOWNER). OSError (ENOENT, ELOOP, EINVAL...) otherwise."""
+    pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(pfd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        proc = b"/proc/self/fd/%d" % pfd
+        if _NOATIME:
+            try:
+                return os.open(proc, REOPEN_FLAGS | _NOATIME)
+            except PermissionError:
+                pass
+        return os.open(proc, REOPEN_FLAGS)
+    finally:
+        os.close(pfd)
 
 
 def split(path: bytes) -> list[bytes]:

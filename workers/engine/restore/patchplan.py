@@ -243,7 +243,7 @@ class Planner:
 
     def _check_content(self, e: Entry, st: os.stat_result, name: bytes, dfd: int) -> bool:
         try:
-            fd = fsutil.open_noatime(name, dfd)
+            fd = fsutil.open_regular(name, dfd)
         except OSError:
             return False
         try:

@@ -77,7 +77,7 @@ class ReuseCheck:
         """The current file at the same path, opened without following symlinks, if it is a
         regular file with one link and exactly the entry's metadata (else None)."""
         try:
-            fd = fsutil.open_noatime(name, cfd)
+            fd = fsutil.open_regular(name, cfd)
         except OSError:
             return None
         try:
