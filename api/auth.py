@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import Forbidden, Unauthorized
+from shared import logs
 from shared.async_store import AsyncStore
 from shared.schemas import TokenScope
 
@@ -122,7 +123,9 @@ class BearerAuth:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith(self.prefix) and path not in self.public:
-                scope["principal"] = await self.authenticate(scope)
+                found = await self.authenticate(scope)
+                scope["principal"] = found
+                logs.bind(account=found.account)
         await self.app(scope, receive, send)
 
     async def authenticate(self, scope: Scope) -> Principal:

@@ -22,6 +22,7 @@ from api.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from shared.logs import log_context
 
 log = logging.getLogger("api")
 
@@ -103,12 +104,13 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            err = to_api_error(exc)
-            if started:
-                # Too late for an error body; the client sees a cut response.
-                log.error("error after response start (request %s): %r", request_id, exc)
-                return
-            await send_error(send_with_id, err)
+        with log_context(request_id=scope["state"]["request_id"]):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                err = to_api_error(exc)
+                if started:
+                    # Too late for an error body; the client sees a cut response.
+                    log.error("error after the response started: %r", exc)
+                    return
+                await send_error(send_with_id, err)

@@ -4,8 +4,8 @@
 The ids a line is about (``request_id``, ``operation_id``, ``account``, ``server_id``)
 live in a context variable, set once where they become known (the request middleware, a
 job's start) and added to every line logged below that point, in any module. Fields of
-one line go in ``extra={...}``; the JSON format keeps them as keys, the text format
-appends them as ``key=value``.
+one line go in ``extra={...}``; the JSON format keeps them all as keys, the text format
+appends the ids as ``key=value``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ LOG_FORMATS: Final = ("text", "json")
 CONTEXT_FIELDS: Final = ("request_id", "operation_id", "account", "server_id")
 
 _context: ContextVar[dict[str, Any]] = ContextVar("log_context", default={})  # noqa: B039
-# The attributes every LogRecord has; anything else on a record came from ``extra``.
-_STANDARD: Final = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
-) | {"message", "asctime", "color_message", "taskName"}
 
 
 def bind(**fields: Any) -> None:
@@ -55,16 +51,17 @@ class ContextFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``12:00:01 INFO  api.access: GET /api/v1/snapshots/ 200 3.1ms request_id=...``"""
+    """``12:00:01 INFO  api.access: GET /api/v1/snapshots/ 200 3.1ms request_id=… account=acme``
+    (the ids of the context after the message)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
+        # The message already says what happened; the ids say what it is about.
         extras = [
-            f"{k}={v}" for k, v in record.__dict__.items()
-            if k not in _STANDARD and not k.startswith("_")
+            f"{k}={v}" for k in CONTEXT_FIELDS if (v := getattr(record, k, None)) is not None
         ]
         if not extras:
             return line
@@ -90,8 +87,8 @@ def formatter(fmt: str) -> logging.Formatter:
 def configure(fmt: str, level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Sets the root logger's format, keeping the handlers a runner already installed
     (Dramatiq's worker processes log into a pipe to their main process); with none, one
-    handler on ``stream`` (stderr). Libraries' own handlers (uvicorn's) are removed so
-    their lines go through the root, in the same format."""
+    handler on ``stream`` (stderr). uvicorn's own handlers are removed so its lines go
+    through the root, in the same format."""
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler(stream or sys.stderr))
@@ -100,7 +97,10 @@ def configure(fmt: str, level: int = logging.INFO, stream: TextIO | None = None)
         if not any(isinstance(f, ContextFilter) for f in handler.filters):
             handler.addFilter(ContextFilter())
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         lib = logging.getLogger(name)
         lib.handlers.clear()
         lib.propagate = True
+    # api.access writes one line per request, with the route and the ids: uvicorn's own
+    # access line would only repeat it.
+    logging.getLogger("uvicorn.access").disabled = True

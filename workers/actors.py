@@ -16,6 +16,7 @@ import msgspec
 import redis
 from dramatiq.middleware import Shutdown
 
+from shared import logs
 from shared.broker import HEARTBEATS_KEY, enqueue_operation, make_broker
 from shared.messages import OperationMessage
 from shared.settings import Settings
@@ -30,6 +31,9 @@ from workers.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
+# Dramatiq's worker process logs into a pipe to its main process: keep that handler, in
+# our format (LOG_FORMAT), so jobs' lines carry their operation's ids.
+logs.configure(settings.log_format)
 broker = make_broker(settings, worker=True)
 dramatiq.set_broker(broker)
 
@@ -119,7 +123,8 @@ def _run(**kwargs: object) -> None:
     if (op_id := _operation_id(**kwargs)) is None:
         return
     try:
-        jobs().run(op_id)
+        with logs.log_context(operation_id=op_id):
+            jobs().run(op_id)
     except Shutdown:
         # The worker is stopping (SIGTERM, Ctrl-C under make run) and the job gave its
         # lease back: a Retry sends the message again, without the error and traceback
