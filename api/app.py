@@ -18,8 +18,10 @@ from api import openapi
 from api.auth import BearerAuth, TokenCache
 from api.endpoint import PUBLIC, Endpoint, Handler
 from api.middleware import RequestContext
+from api.observe import HttpMetrics, Observe
 from api.routes import TABLE
 from api.services import Services
+from shared import logs
 from shared.async_store import AsyncStore
 from shared.broker import make_broker
 from shared.settings import ADMIN_TOKEN_FILE, Settings
@@ -72,20 +74,25 @@ def public_paths(table: Iterable[Endpoint]) -> frozenset[str]:
 class SnapshotsApp(Starlette):
     """Starlette with our own, shorter middleware stack.
 
-    Starlette's ServerErrorMiddleware and ExceptionMiddleware are left out: RequestContext
+    Outermost, Observe logs each request and counts it in the metrics. Starlette's
+    ServerErrorMiddleware and ExceptionMiddleware are left out: RequestContext
     already turns every exception (the router's 404/405 included) into the SPEC's error
     shape, and two fewer layers are measurable on the hot GET paths.
     """
 
     auth_options: dict[str, Any]
+    http_metrics: HttpMetrics
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContext(BearerAuth(self.router, **self.auth_options))
+        return Observe(RequestContext(BearerAuth(self.router, **self.auth_options)),
+                       self.http_metrics, self.router.routes)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
         settings, generated = Settings.from_env().with_admin_token()
+        # The process's logging (uvicorn's loggers included); a test's app leaves it alone.
+        logs.configure(settings.log_format)
         if generated:
             # SPEC: generated at first start and printed (shown once; kept 0600 on disk).
             print(
@@ -96,7 +103,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
     store = AsyncStore.from_settings(settings)
     cache = TokenCache()
-    svc = Services(settings=settings, store=store, broker=make_broker(settings), tokens=cache)
+    http_metrics = HttpMetrics(settings.prometheus_multiproc_dir)
+    svc = Services(settings=settings, store=store, broker=make_broker(settings), tokens=cache,
+                   http_metrics=http_metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,6 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         "cache": cache,
         "public": public_paths(TABLE),
     }
+    app.http_metrics = http_metrics
     app.router.redirect_slashes = False
     app.state.services = svc
     return app

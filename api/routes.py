@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Final, get_args
 
-from api import events, health, operations, schedules, servers, snapshots, tokens, webhooks
+from api import (
+    events,
+    health,
+    metrics,
+    operations,
+    schedules,
+    servers,
+    snapshots,
+    tokens,
+    webhooks,
+)
 from api.endpoint import PUBLIC, Endpoint, Query, endpoint
 from shared import events as ev
 from shared import schemas as s
@@ -104,6 +114,9 @@ TABLE: Final[tuple[Endpoint, ...]] = (
              summary="A webhook's deliveries, newest first, with every attempt"),
     endpoint("GET", "/healthz", health.healthz, scope=PUBLIC, response=s.Health,
              summary="Liveness"),
+    endpoint("GET", "/metrics", metrics.endpoint, scope=PUBLIC, response=None,
+             media_type="text/plain", errors=(401, 503),
+             summary="Prometheus metrics (a bearer token when SNAPSHOTS_METRICS_TOKEN is set)"),
     endpoint("GET", "/readyz", health.readyz, scope=PUBLIC, response=s.Readiness,
              other_responses={503: (s.Readiness, "Not ready")}, summary="Readiness"),
 )

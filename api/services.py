@@ -1,4 +1,5 @@
-"""What the handlers share: settings, the state store, the broker and the token cache."""
+"""What the handlers share: settings, the state store, the broker, the token cache and
+the HTTP metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import anyio.to_thread
 from starlette.requests import Request
 
 from api.auth import TokenCache
+from api.observe import HttpMetrics
 from shared.async_store import AsyncStore
 from shared.broker import enqueue_operation
 from shared.settings import Settings
@@ -20,6 +22,7 @@ class Services:
     store: AsyncStore
     broker: Any  # dramatiq RedisBroker (untyped)
     tokens: TokenCache
+    http_metrics: HttpMetrics
 
     async def enqueue(self, op_type: str, operation_id: int) -> None:
         # Dramatiq's broker is synchronous; a worker thread keeps the event loop free.

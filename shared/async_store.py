@@ -6,13 +6,14 @@ transition script. Refusals raise ``TransitionRefused`` with the SPEC error code
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from shared import keys
+from shared import keys, metrics
 from shared.fastread import FastReads
 from shared.records import (
     OperationRecord,
@@ -37,6 +38,8 @@ from shared.scripts import (
     update_snapshot_arg,
 )
 from shared.settings import Settings
+
+log = logging.getLogger("operations")
 
 
 class CreatedSnapshot(msgspec.Struct):
@@ -159,18 +162,36 @@ class AsyncStore:
     ) -> CreatedSnapshot:
         payload = create_snapshot_arg(account, body, self.settings.max_per_server)
         answer = result(await self._run("create_snapshot", payload))
-        return msgspec.convert(answer, CreatedSnapshot)
+        made = msgspec.convert(answer, CreatedSnapshot)
+        self._queued(made.operation_id, "snapshot.create", made.snapshot_id)
+        return made
 
     async def start_restore(
         self, *, account: str | None, snapshot_id: int, start_after: bool | None = None
     ) -> StartedRestore:
         payload = start_restore_arg(account, snapshot_id, start_after)
         answer = result(await self._run("start_restore", payload))
-        return msgspec.convert(answer, StartedRestore, strict=False)
+        started = msgspec.convert(answer, StartedRestore, strict=False)
+        self._queued(started.operation_id, "snapshot.restore", snapshot_id)
+        return started
 
     async def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
         payload = delete_snapshot_arg(account, snapshot_id)
-        return int(result(await self._run("delete_snapshot", payload))["operation_id"])
+        answer = result(await self._run("delete_snapshot", payload))
+        if answer.get("cancelled_operation_id"):
+            cancelled = int(answer["cancelled_operation_id"])
+            log.info("operation %d cancelled: snapshot.create", cancelled,
+                     extra={"operation_id": cancelled, "snapshot_id": snapshot_id,
+                            "status": "cancelled"})
+            await metrics.record_operation_async(self.redis, "snapshot.create", "cancelled")
+        return self._queued(int(answer["operation_id"]), "snapshot.delete", snapshot_id)
+
+    @staticmethod
+    def _queued(op_id: int, op_type: str, snapshot_id: int) -> int:
+        log.info("operation %d queued: %s", op_id, op_type,
+                 extra={"operation_id": op_id, "type": op_type, "snapshot_id": snapshot_id,
+                        "status": "queued"})
+        return op_id
 
     async def update_snapshot(
         self, *, account: str | None, snapshot_id: int, body: SnapshotUpdate

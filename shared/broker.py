@@ -27,6 +27,12 @@ HEARTBEATS_KEY: Final = f"{NAMESPACE}:__heartbeats__"
 # Dead-lettered messages are kept a day for inspection, not Dramatiq's week.
 DEAD_MESSAGE_TTL_MS: Final = 24 * 3600 * 1000
 HEARTBEAT_INTERVAL_S: Final = 5.0
+# Worker processes' heartbeats, member "<host>/<broker id>" (GET /metrics counts the
+# fresh ones per host); entries a day old are dropped.
+WORKERS_KEY: Final = "workers:heartbeats"
+WORKERS_KEPT_MS: Final = 24 * 3600 * 1000
+# Until hosts exist (SPEC section 5), every worker is on this one.
+DEFAULT_HOST: Final = "default"
 
 
 class BrokerHeartbeat(dramatiq.Middleware):
@@ -53,10 +59,22 @@ class BrokerHeartbeat(dramatiq.Middleware):
 
     def _run(self, broker: RedisBroker) -> None:
         key = f"{broker.namespace}:__heartbeats__"
-        while not self._stop.wait(self.interval):
+        # The broker's own set also holds every process that only enqueues (the web's
+        # dispatch records a heartbeat too); WORKERS_KEY holds worker processes only.
+        member = f"{DEFAULT_HOST}/{broker.broker_id}"
+        while True:
             # Redis may be away; the consumers reconnect, and we simply try next round.
             with contextlib.suppress(redis.RedisError):
-                broker.client.zadd(key, {broker.broker_id: int(time.time() * 1000)})
+                now_ms = int(time.time() * 1000)
+                pipe = broker.client.pipeline(transaction=False)
+                pipe.zadd(key, {broker.broker_id: now_ms})
+                pipe.zadd(WORKERS_KEY, {member: now_ms})
+                pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms - WORKERS_KEPT_MS)
+                pipe.execute()
+            if self._stop.wait(self.interval):
+                break
+        with contextlib.suppress(redis.RedisError):
+            broker.client.zrem(WORKERS_KEY, member)  # a clean stop is not a dead worker
 
 
 def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:

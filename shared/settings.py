@@ -55,6 +55,11 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return raw.strip()
 
 
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = _optional(env, name)
+    return None if raw is None else Path(raw).expanduser().resolve()
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
     value = (_optional(env, name) or default).lower()
     if value not in choices:
@@ -102,6 +107,11 @@ class Settings:
     # How often each worker's scheduler looks for due schedule slots (a run starts at most
     # this long after its slot).
     scheduler_interval: float = 5.0
+    # A bearer token that GET /metrics requires when set.
+    metrics_token: str | None = None
+    # prometheus_client's multi-process mode (several web processes on a host): the
+    # directory their metric files share (PROMETHEUS_MULTIPROC_DIR, the library's name).
+    prometheus_multiproc_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -141,6 +151,8 @@ class Settings:
             host=_optional(env, "HOST") or d.host,
             log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS, d.log_format),
             scheduler_interval=_float(env, "SNAPSHOTS_SCHEDULER_INTERVAL", d.scheduler_interval),
+            metrics_token=_optional(env, "SNAPSHOTS_METRICS_TOKEN"),
+            prometheus_multiproc_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
         )
 
     @property

@@ -6,12 +6,13 @@ moved on without this worker (cancelled, deleted, reaped), and the actor just st
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
 import redis
 
-from shared import keys
+from shared import keys, metrics
 from shared.records import (
     OperationRecord,
     R,
@@ -44,6 +45,16 @@ SCHEDULES_DUE = keys.SCHEDULES_DUE
 def _ids(raw: Any) -> list[int]:
     # cjson encodes an empty Lua table as {}, not [].
     return [int(i) for i in raw] if isinstance(raw, list) else []
+
+
+log = logging.getLogger("operations")
+
+
+def operation_fields(op: OperationRecord, **more: Any) -> dict[str, Any]:
+    """The ids a log line about an operation carries (see shared/logs.py)."""
+    fields = {"operation_id": op.id, "type": op.type, "account": op.account,
+              "server_id": op.server_id, "snapshot_id": op.snapshot_id, **more}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 class Store:
@@ -155,7 +166,32 @@ class Store:
         """queued|running → running. None when the operation is finished (or unknown)."""
         if not ok(self._run("begin_operation", op_id)):
             return None
-        return self.get_operation(op_id)
+        return self._running(self.get_operation(op_id))
+
+    @staticmethod
+    def _running(op: OperationRecord | None) -> OperationRecord | None:
+        if op is not None:
+            log.info("operation %d running: %s, attempt %d", op.id, op.type, op.attempts,
+                     extra=operation_fields(op, status="running", attempt=op.attempts))
+        return op
+
+    def _ended(self, op_id: int, done: bool, status: str) -> bool:
+        """One line and the fleet's counters for an operation this call ended."""
+        if not done:
+            return False
+        op = self.get_operation(op_id)
+        if op is None:
+            return True
+        seconds = None
+        if op.started_at is not None and op.finished_at is not None:
+            seconds = float(op.finished_at - op.started_at)
+        error = f" ({op.error.code}: {op.error.message})" if op.error is not None else ""
+        log.log(logging.WARNING if status == "failed" else logging.INFO,
+                "operation %d %s: %s%s", op.id, status, op.type, error,
+                extra=operation_fields(op, status=status, duration_s=seconds,
+                                       error_code=op.error.code if op.error else None))
+        metrics.record_operation(self.redis, op.type, status, seconds)
+        return True
 
     def report_progress(self, op_id: int, progress: int) -> None:
         self._run("report_progress", op_id, int(progress))
@@ -173,15 +209,19 @@ class Store:
             "complete_create", op_id, size, msgspec.json.encode(list(warnings)),
             msgspec.json.encode(drop),
         ))
-        return _ids(answer.get("delete_operation_ids")) if answer.get("ok") else None
+        if not answer.get("ok"):
+            return None
+        self._ended(op_id, True, "succeeded")
+        return _ids(answer.get("delete_operation_ids"))
 
     def complete_restore(self, op_id: int, server_status: str) -> bool:
         if server_status not in ("running", "stopped"):
             raise ValueError(f"server_status must be running or stopped, not {server_status!r}")
-        return ok(self._run("complete_restore", op_id, server_status))
+        return self._ended(op_id, ok(self._run("complete_restore", op_id, server_status)),
+                           "succeeded")
 
     def complete_delete(self, op_id: int) -> bool:
-        return ok(self._run("complete_delete", op_id))
+        return self._ended(op_id, ok(self._run("complete_delete", op_id)), "succeeded")
 
     def fail_operation(
         self,
@@ -197,7 +237,8 @@ class Store:
         if server_status not in (None, "running", "stopped"):
             raise ValueError(f"server_status must be running, stopped or None: {server_status!r}")
         guard = "" if started_before is None else str(int(started_before))
-        return ok(self._run("fail_operation", op_id, code, message, server_status or "", guard))
+        done = ok(self._run("fail_operation", op_id, code, message, server_status or "", guard))
+        return self._ended(op_id, done, "failed")
 
     def set_server_power(self, server_id: int, status: str) -> None:
         if status not in ("running", "stopped"):
@@ -244,7 +285,7 @@ class Store:
         ))
         if not answer.get("ok"):
             return str(answer.get("code")), None
-        return "ok", self.get_operation(op_id)
+        return "ok", self._running(self.get_operation(op_id))
 
     def release_operation(self, op_id: int, owner: str) -> bool:
         answer: dict[str, Any] = msgspec.json.decode(self._run("release_operation", op_id, owner))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import msgspec
 import redis
 
+from shared import logs, metrics
 from shared.records import OperationRecord, ServerRecord
 from shared.schemas import PowerNone, rfc3339
 from shared.store import Store
@@ -121,6 +122,8 @@ class Jobs:
             # worker runs it now, and if that worker dies its own message comes back.
             log.info("operation %s: nothing to do here (%s)", operation_id, code)
             return
+        # Every line of this job names its account and server too (shared/logs.py).
+        logs.bind(account=op.account, server_id=op.server_id)
         try:
             self._run(op)
         except BaseException:
@@ -246,7 +249,12 @@ class Jobs:
         for delete_id in deletes or []:
             if self.enqueue is not None:  # else the reaper sends it (requeue_after)
                 self.enqueue("snapshot.delete", delete_id)
-        if deletes is None:
+        if deletes is not None:
+            # Per engine, not per capture: with two captures at once on this process's
+            # threads, "read" may be the other's (the totals still add up over time).
+            metrics.record_capture(self.store.redis, read=self.engine.last_bytes_read,
+                                   stored=result.stored_bytes, captured=result.size_bytes)
+        else:
             current = self.store.get_snapshot(snap.id)
             if current is not None and not current.deleted and current.status == "available":
                 # A duplicate delivery committed and completed the same snapshot: it is the
@@ -350,4 +358,7 @@ class Jobs:
         resumes from them). False when deferred; the reaper's periodic reclaim catches up."""
         if self.store.captures_active():
             return False
-        return not self.engine.reclaim().skipped_locked
+        stats = self.engine.reclaim()
+        if not stats.skipped_locked:
+            metrics.record_repository_size(self.store.redis, stats.bytes_kept)
+        return not stats.skipped_locked

@@ -26,6 +26,7 @@ import time
 
 from dramatiq.brokers.redis import RedisBroker
 
+from shared import metrics
 from shared.broker import HEARTBEATS_KEY, enqueue_operation
 from shared.records import OperationRecord
 from shared.scripts import text
@@ -128,5 +129,8 @@ class Reaper:
         if stats.skipped_locked:
             # A capture or restore holds the repository: try again at the next pass.
             self.store.redis.delete(RECLAIM_KEY)
-        elif stats.objects_removed:
+            return
+        # Reclaim listed every object: the repository's true size for GET /metrics.
+        metrics.record_repository_size(self.store.redis, stats.bytes_kept)
+        if stats.objects_removed:
             log.info("reclaimed %d objects (%d bytes)", stats.objects_removed, stats.bytes_removed)

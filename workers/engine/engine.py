@@ -285,19 +285,24 @@ class Engine:
                     continue
                 # An unreadable manifest raises: never sweep when the mark may be incomplete.
                 marked.update(chunk_key(c) for c in manifest.chunk_ids(body))
-            removed = freed = 0
+            removed = freed = kept = 0
             # A pack's index goes first: an index never names a pack that was removed.
             for key, size, _mtime in self.backend.list(PACKIDX + "/"):
                 if pack_data_key(key) not in marked:
                     self.backend.delete(key)
                     freed += size
+                else:
+                    kept += size
             for key, size in self.repo.list_chunks():
                 if key not in marked:
                     self.backend.delete(key)
                     removed += 1
                     freed += size
+                else:
+                    kept += size
             self.backend.clean_tmp()  # no writer can be running under the exclusive lock
-            return ReclaimStats(objects_removed=removed, bytes_removed=freed, skipped_locked=False)
+            return ReclaimStats(objects_removed=removed, bytes_removed=freed,
+                                skipped_locked=False, bytes_kept=kept)
 
     # --- catalog ----------------------------------------------------------------------
     def list_snapshots(self) -> list[CommittedSnapshot]:

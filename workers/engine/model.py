@@ -59,6 +59,7 @@ class ReclaimStats(msgspec.Struct, frozen=True):
     objects_removed: int
     bytes_removed: int
     skipped_locked: bool
+    bytes_kept: int = 0  # the data objects left: the repository's size, less manifests
 
 
 class CommittedSnapshot(msgspec.Struct, frozen=True):
