@@ -19,12 +19,13 @@ from api.auth import BearerAuth, TokenCache
 from api.endpoint import PUBLIC, Endpoint, Handler
 from api.middleware import RequestContext
 from api.observe import HttpMetrics, Observe
+from api.ratelimit import RateLimiter
 from api.routes import TABLE
 from api.services import Services
 from shared import logs
 from shared.async_store import AsyncStore
 from shared.broker import make_broker
-from shared.settings import ADMIN_TOKEN_FILE, Settings
+from shared.settings import ADMIN_TOKEN_FILE, RateLimit, Settings
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 
@@ -82,9 +83,13 @@ class SnapshotsApp(Starlette):
 
     auth_options: dict[str, Any]
     http_metrics: HttpMetrics
+    rate_limit: RateLimit | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
-        return Observe(RequestContext(BearerAuth(self.router, **self.auth_options)),
+        inner: ASGIApp = self.router
+        if self.rate_limit is not None:
+            inner = RateLimiter(inner, self.auth_options["store"], self.rate_limit)
+        return Observe(RequestContext(BearerAuth(inner, **self.auth_options)),
                        self.http_metrics, self.router.routes)
 
 
@@ -120,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         "public": public_paths(TABLE),
     }
     app.http_metrics = http_metrics
+    app.rate_limit = settings.rate_limit
     app.router.redirect_slashes = False
     app.state.services = svc
     return app

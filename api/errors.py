@@ -88,6 +88,14 @@ class UnsupportedMediaType(ApiError):
     default_message = "The request body must be application/json."
 
 
+class RateLimited(ApiError):
+    status, code = 429, "rate_limited"
+    default_message = "Too many requests; come back after Retry-After seconds."
+
+    def __init__(self, message: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, {"Retry-After": str(max(1, retry_after))})
+
+
 class InternalError(ApiError):
     pass
 

@@ -68,6 +68,41 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """SNAPSHOTS_RATE_LIMIT="<per second>[:<burst>]": a token bucket per API token."""
+
+    rate: float
+    burst: int
+    # What a write (POST, PUT, PATCH, DELETE) costs, in requests; a read costs 1.
+    write_cost: int = 5
+    # Admin tokens are not limited unless SNAPSHOTS_RATE_LIMIT_ADMIN=1.
+    limit_admin: bool = False
+
+
+def _rate_limit(env: Mapping[str, str]) -> RateLimit | None:
+    raw = _optional(env, "SNAPSHOTS_RATE_LIMIT")
+    if raw is None or raw.lower() in ("0", "off", "none"):
+        return None
+    rate_s, _, burst_s = raw.partition(":")
+    try:
+        rate = float(rate_s)
+        burst = int(burst_s) if burst_s else max(1, int(rate))
+    except ValueError:
+        raise SettingsError(
+            f"SNAPSHOTS_RATE_LIMIT must be '<requests per second>[:<burst>]', got {raw!r}"
+        ) from None
+    if not rate > 0 or burst < 1:
+        raise SettingsError(f"SNAPSHOTS_RATE_LIMIT needs a rate > 0 and a burst >= 1, got {raw!r}")
+    admin = _optional(env, "SNAPSHOTS_RATE_LIMIT_ADMIN") or "0"
+    return RateLimit(
+        rate=rate,
+        burst=burst,
+        write_cost=_int(env, "SNAPSHOTS_RATE_LIMIT_WRITE_COST", 5),
+        limit_admin=admin.lower() in ("1", "true", "yes", "on"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     storage_url: str
@@ -112,6 +147,8 @@ class Settings:
     # prometheus_client's multi-process mode (several web processes on a host): the
     # directory their metric files share (PROMETHEUS_MULTIPROC_DIR, the library's name).
     prometheus_multiproc_dir: Path | None = None
+    # Per-token request budget (SNAPSHOTS_RATE_LIMIT; see api/ratelimit.py); None: no limit.
+    rate_limit: RateLimit | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +190,7 @@ class Settings:
             scheduler_interval=_float(env, "SNAPSHOTS_SCHEDULER_INTERVAL", d.scheduler_interval),
             metrics_token=_optional(env, "SNAPSHOTS_METRICS_TOKEN"),
             prometheus_multiproc_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
+            rate_limit=_rate_limit(env),
         )
 
     @property
