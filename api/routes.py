@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Final, get_args
 
 from api import (
+    docs,
     events,
     health,
     metrics,
@@ -114,6 +115,12 @@ TABLE: Final[tuple[Endpoint, ...]] = (
              summary="A webhook's deliveries, newest first, with every attempt"),
     endpoint("GET", "/healthz", health.healthz, scope=PUBLIC, response=s.Health,
              summary="Liveness"),
+    endpoint("GET", f"{V1}/docs/", docs.page, scope=PUBLIC, response=None,
+             media_type="text/html", errors=(),
+             summary="This reference as a page (Swagger UI over openapi.json)"),
+    endpoint("GET", "/static/docs/{name}/", docs.asset, scope=PUBLIC, response=None,
+             media_type="application/octet-stream", errors=(404,),
+             summary="The reference page's scripts and styles (shipped in the package)"),
     endpoint("GET", "/metrics", metrics.endpoint, scope=PUBLIC, response=None,
              media_type="text/plain", errors=(401, 503),
              summary="Prometheus metrics (a bearer token when SNAPSHOTS_METRICS_TOKEN is set)"),

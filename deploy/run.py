@@ -125,6 +125,7 @@ def main() -> int:
     print(f"\n  Snapshots API:  http://{shown}:{settings.port}/api/v1/", flush=True)
     if shown != settings.host:
         print(f"  Listening on:   {settings.host} (every interface)", flush=True)
+    print(f"  API reference:  http://{shown}:{settings.port}/api/v1/docs/", flush=True)
     print(f"  Admin token:    {settings.admin_token}", flush=True)
     print(f"  Redis:          {settings.effective_redis_url}", flush=True)
     print(f"  Data:           {settings.data_dir}", flush=True)
