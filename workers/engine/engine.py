@@ -193,7 +193,7 @@ class Engine:
         from .restore.restorer import Restorer
 
         restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog, pool,
-                            patch=not live, trust_manifest=header.ctimes_vouched)
+                            live=live, trust_manifest=header.ctimes_vouched)
         try:
             return restorer.run()
         finally:

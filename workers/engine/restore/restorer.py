@@ -15,7 +15,8 @@ Where RENAME_EXCHANGE is not supported, a rename pair is used under a journal fi
 rename: recovery rolls forward (staging -> state path) if the state path is missing.
 
 Files already identical in the current tree are hard-linked into staging instead of being
-rewritten (treewriter.py): same relative path reached through O_NOFOLLOW directory fds
+rewritten (treewriter.py; copied instead for a live restore, so no inode a running process
+has open ends up in the new tree): same relative path reached through O_NOFOLLOW directory fds
 only, a regular file with one link, identical size/mode/owner/mtime/xattrs, and identical
 content proven as reuse.py says. Nothing outside the state path is ever opened, and
 removing the old tree never descends into a mount inside it.
@@ -54,9 +55,10 @@ PATCH_FRACTION = 5
 class Restorer:
     def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
                  progress: Progress, pool: RestorePool | None = None, *,
-                 patch: bool = True, trust_manifest: bool = False) -> None:
+                 live: bool = False, trust_manifest: bool = False) -> None:
         self.pool = pool  # started early by the caller for a big restore into a new state
-        self.patch = patch  # may a tree that differs little be patched in place?
+        # A live server (nothing stopped it) is never patched in place: always rebuilt.
+        self.patch = not live
         self.repo = repo
         self.sid = snapshot_id
         self.entries = entries
@@ -67,6 +69,7 @@ class Restorer:
         self.writer = TreeWriter(repo, snapshot_id, entries, progress)
         self.check = self.writer.check
         self.check.trust_manifest = trust_manifest  # its ctimes vouch (Header.ctimes_vouched)
+        self.writer.copy_reused = live  # no inode the running server has open is kept
 
     def run(self) -> RestoreResult:
         w = self.writer

@@ -6,7 +6,8 @@ subtrees, in the patch's work directory) and by the restore worker processes (th
 of files). Files are written by a thread pool, or by worker processes (writerpool.py) for
 the files a big restore writes from scratch. A file already identical in the current tree
 (proven as reuse.py says) is hard-linked instead of being rewritten: the fd that was checked
-is the one linked (linkat via /proc/self/fd), so there is no race between check and link.
+is the one linked (linkat via /proc/self/fd), so there is no race between check and link;
+a live restore copies it into a new inode instead (copy_reused).
 Metadata is applied to files as they are written (chown, then chmod so setuid/setgid
 survive, then xattrs so security.capability survives, then times) and to directories last,
 children first (metadata.py).
@@ -14,6 +15,7 @@ children first (metadata.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -31,6 +33,7 @@ from .writerpool import RestorePool, split
 WORKERS = 4
 FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between processes
 MAX_INFLIGHT = 64
+COPY_BLOCK = 1 << 20  # a live restore's copy of a current file, per read
 
 
 class TreeWriter:
@@ -52,6 +55,10 @@ class TreeWriter:
         self.reused: list[Entry] = []  # current files linked into staging
         # owner of the files we create in staging, when known (chown is skipped for them)
         self._new_owner: tuple[int, int] | None = None
+        # A live restore (the server runs) copies a verified current file instead of
+        # linking it: a process that has it open or mapped keeps writing into the old
+        # inode, never into the restored tree.
+        self.copy_reused = False
 
     def creating_in(self, fd: int) -> None:
         """New files will be created in directory fd: under a setgid directory they take its
@@ -72,10 +79,11 @@ class TreeWriter:
         stack: list[tuple[bytes, int, int | None]] = [(b"", os.dup(st_fd), cur_dup)]
         dirs: list[Entry] = [entries[0]]
 
-        def job(dfd: int | None, name: bytes, e: Entry, fd: int | None, cand: Candidate) -> None:
+        def job(dfd: int | None, name: bytes, e: Entry, fd: int | None, cand: Candidate,
+                proven: bool = False) -> None:
             try:
                 if not failed.is_set():
-                    self._file(dfd, name, e, fd, cand)
+                    self._file(dfd, name, e, fd, cand, proven)
             except BaseException:
                 failed.set()
                 raise
@@ -116,12 +124,15 @@ class TreeWriter:
                         dirs.append(e)
                     elif e.kind == FILE:
                         fd = cand = None
+                        proven = False
                         if e.path in linked:  # must exist before its links are made
                             fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
                         elif cfd is not None:
                             cand = self.check.candidate(cfd, name, e)
-                            # Proven identical without reading: link it right here, cheaply.
-                            if cand is not None and self.check.trusted(cand[1], e):
+                            # Proven identical without reading: link it right here, cheaply
+                            # (a live restore's copy goes to the pool, below).
+                            proven = cand is not None and self.check.trusted(cand[1], e)
+                            if cand is not None and proven and not self.copy_reused:
                                 try:
                                     if self._link_reused(cand, dfd, name, e):
                                         continue
@@ -136,7 +147,8 @@ class TreeWriter:
                             fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
                         # a hash check may still need the directory (to link or create)
                         jdfd = os.dup(dfd) if fd is None else None
-                        futures.append(pool.submit(job, jdfd, name, e, fd, cand))
+                        futures.append(pool.submit(job, jdfd, name, e, fd, cand,
+                                                   cand is not None and proven))
                     elif e.kind == HARDLINK:
                         os.link(e.target, name, src_dir_fd=st_fd, dst_dir_fd=dfd,
                                 follow_symlinks=False)
@@ -220,8 +232,11 @@ class TreeWriter:
             f.result()
 
     def _file(self, dfd: int | None, name: bytes, e: Entry, fd: int | None,
-              cand: Candidate) -> None:
-        if (cand is not None and dfd is not None and self.check.same_content(cand[0], e)
+              cand: Candidate, proven: bool = False) -> None:
+        """Reuse the candidate if it is proven (trusted, or now by hashing) to hold e's
+        content, else write e from the snapshot."""
+        if (cand is not None and dfd is not None
+                and (proven or self.check.same_content(cand[0], e))
                 and self._link_reused(cand, dfd, name, e)):
             return
         if fd is None:
@@ -239,12 +254,7 @@ class TreeWriter:
                 self.progress.check()
             if end != e.size:  # a new file: its size is its data's end unless a hole ends it
                 os.ftruncate(fd, e.size)
-            if (e.uid, e.gid) != self._new_owner:
-                os.fchown(fd, e.uid, e.gid)
-            os.fchmod(fd, stat.S_IMODE(e.mode))
-            fsutil.write_xattrs(fd, e.xattrs)
-            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-            st = os.fstat(fd)  # final: renaming the tree's root does not touch its files
+            st = self._finish(fd, e)
         finally:
             os.close(fd)
         with self._lock:
@@ -252,17 +262,61 @@ class TreeWriter:
             self.files_written += 1
             self.written[e.path] = (e, st.st_ino, st.st_ctime_ns)
 
+    def _finish(self, fd: int, e: Entry) -> os.stat_result:
+        """A new file's metadata, in the order that keeps setuid bits and capabilities."""
+        if (e.uid, e.gid) != self._new_owner:
+            os.fchown(fd, e.uid, e.gid)
+        os.fchmod(fd, stat.S_IMODE(e.mode))
+        fsutil.write_xattrs(fd, e.xattrs)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        return os.fstat(fd)  # final: renaming the tree's root does not touch its files
+
     def _link_reused(self, cand: tuple[int, os.stat_result], dfd: int, name: bytes,
                      e: Entry) -> bool:
-        """Hard-link the very inode that was checked (via its fd) into staging."""
+        """Put the very inode that was checked (via its fd) into staging: hard-linked, or
+        for a live restore copied into a new inode (see copy_reused)."""
         fd, st = cand
         st2 = os.fstat(fd)
         if (st2.st_mtime_ns, st2.st_ctime_ns, st2.st_size) != (
                 st.st_mtime_ns, st.st_ctime_ns, st.st_size):
             return False
+        if self.copy_reused:
+            return self._copy_reused(fd, st, dfd, name, e)
         os.link(b"/proc/self/fd/%d" % fd, name, dst_dir_fd=dfd, follow_symlinks=True)
         self.progress.add(e.size)
         with self._lock:
             self.files_reused += 1
             self.reused.append(e)
+        return True
+
+    def _copy_reused(self, src: int, st: os.stat_result, dfd: int, name: bytes,
+                     e: Entry) -> bool:
+        """Copy a verified current file into a new inode of staging, data extents only, so
+        holes stay holes. A store into it during the copy moves its ctime (the restore's
+        sync point): then the copy is dropped and the file is written from the snapshot.
+        Plain reads and writes: copy_file_range on ext4 was 1.8x slower for small files
+        (2,000 x 100 KiB: 5.8 s against 3.3 s, machine shared)."""
+        out = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
+        try:
+            for off, ln in fsutil.data_extents(src, st.st_size):
+                for pos in range(off, off + ln, COPY_BLOCK):
+                    data = fsutil.pread_full(src, min(COPY_BLOCK, off + ln - pos), pos)
+                    fsutil.write_full(out, data, pos)
+            os.ftruncate(out, e.size)
+            st2 = os.fstat(src)
+            if (st2.st_mtime_ns, st2.st_ctime_ns, st2.st_size) != (
+                    st.st_mtime_ns, st.st_ctime_ns, st.st_size):
+                os.unlink(name, dir_fd=dfd)
+                return False
+            new = self._finish(out, e)
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dfd)
+            raise
+        os.close(out)
+        self.progress.add(e.size)
+        with self._lock:
+            self.files_reused += 1
+            self.written[e.path] = (e, new.st_ino, new.st_ctime_ns)
         return True
