@@ -316,12 +316,13 @@ class Jobs:
             status = self._settle_power(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)
             return
-        status = self._settle_power(driver, should_run)
+        status, why = self._settle(driver, should_run)
         if should_run and status != "running":
             self.store.fail_operation(
                 op.id,
                 "power_failed",
-                "The state was restored, but the server did not start again.",
+                "The state was restored, but the server did not start again"
+                + (f": {why}" if why else "."),
                 server_status=status,
             )
             return
@@ -333,16 +334,20 @@ class Jobs:
 
     def _settle_power(self, driver: PowerDriver, run: bool) -> PowerStatus:
         """Brings the server to the wanted power state and answers what it really is."""
+        return self._settle(driver, run)[0]
+
+    def _settle(self, driver: PowerDriver, run: bool) -> tuple[PowerStatus, str | None]:
+        """_settle_power, and why the start failed (the driver's error), if it did."""
         try:
             if run and driver.status() != "running":
                 driver.start()
-            return driver.status()
-        except PowerError:
-            log.exception("could not settle the server's power state")
+            return driver.status(), None
+        except PowerError as exc:
+            log.warning("could not settle the server's power state: %s", exc)
             try:
-                return driver.status()
+                return driver.status(), str(exc)
             except PowerError:
-                return "stopped"
+                return "stopped", str(exc)
 
     # -- delete -------------------------------------------------------------------------
 

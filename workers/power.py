@@ -65,9 +65,18 @@ def _run(argv: list[str] | str, timeout: float, *, shell: bool) -> subprocess.Co
         raise PowerError(f"power command could not run: {exc}") from exc
 
 
+# How much of a failed power command's output the operation's error keeps: its last
+# lines, where a command (systemctl, a start script) says why.
+TAIL_LINES = 8
+TAIL_CHARS = 800
+
+
 def _tail(proc: subprocess.CompletedProcess[str]) -> str:
-    text = (proc.stderr or proc.stdout or "").strip()
-    return text[-300:] if text else f"exit code {proc.returncode}"
+    """The exit code and the last lines of what the command printed (stdout, then stderr)."""
+    lines = [ln.rstrip() for ln in f"{proc.stdout or ''}\n{proc.stderr or ''}".splitlines()]
+    lines = [ln for ln in lines if ln.strip()][-TAIL_LINES:]
+    text = "\n".join(lines)[-TAIL_CHARS:]
+    return f"exit code {proc.returncode}" + (f"; its output ends:\n{text}" if text else "")
 
 
 class _WaitingDriver:
@@ -132,7 +141,14 @@ class SystemdPower(_WaitingDriver):
     def _call(self, verb: str) -> None:
         proc = _run([self._systemctl, verb, self._unit], self.timeout, shell=False)
         if proc.returncode != 0:
-            raise PowerError(f"systemctl {verb} {self._unit} failed: {_tail(proc)}")
+            # systemctl's own message says little ("see systemctl status"): the unit's
+            # status and its last journal lines say why.
+            status = _run([self._systemctl, "status", "--no-pager", "--full", "--lines=5",
+                           self._unit], self.timeout, shell=False)
+            raise PowerError(
+                f"systemctl {verb} {self._unit} failed: {_tail(proc)}\n"
+                f"systemctl status {self._unit}: {_tail(status)}"
+            )
 
     def stop(self) -> None:
         deadline = time.monotonic() + self.timeout

@@ -96,3 +96,36 @@ def test_no_power_is_always_running() -> None:
     driver = NoPower()
     driver.stop()
     assert driver.status() == "running"
+
+
+def test_failing_start_keeps_the_last_lines_of_the_output() -> None:
+    steps = "; ".join(f"echo step {i}" for i in range(20))
+    script = f"{steps}; echo 'bind: port 80 in use' >&2; exit 7"
+    driver = CommandPower(stop="true", start=script, status="false")
+    with pytest.raises(PowerError) as err:
+        driver.start()
+    message = str(err.value)
+    assert "exit code 7" in message and "bind: port 80 in use" in message
+    assert "step 19" in message and "step 2\n" not in message  # the last lines only
+
+
+def test_failing_systemd_start_says_why_from_the_units_status(tmp_path: Path) -> None:
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  start) echo 'Job for game@1.service failed because the control process exited"
+        " with error code.' >&2; echo \"See 'systemctl status game@1.service'\" >&2; exit 1;;\n"
+        "  status) echo '* game@1.service - Game server 1'; "
+        "echo '   Active: failed (Result: exit-code)'; "
+        "echo 'game[812]: config error: world.dat is corrupt'; exit 3;;\n"
+        "  is-active) exit 3;;\n"
+        "esac\n"
+    )
+    systemctl.chmod(systemctl.stat().st_mode | stat.S_IXUSR)
+    driver = SystemdPower("game@1.service", timeout=5, systemctl=str(systemctl))
+    with pytest.raises(PowerError) as err:
+        driver.start()
+    message = str(err.value)
+    assert "control process exited with error code" in message
+    assert "world.dat is corrupt" in message and "Result: exit-code" in message
