@@ -21,6 +21,18 @@ async def healthz(request: Request) -> Response:
     return JSON(_OK)
 
 
+def storage_problem(settings: Settings) -> str | None:
+    """None when the repository can be written, else why not (the 503's reason)."""
+    if settings.on_s3:
+        # The bucket is reached through the engine's own backend (one S3 client setup).
+        from workers.storage import storage_problem as bucket_problem
+
+        return bucket_problem(settings)
+    if storage_writable(settings):
+        return None
+    return f"storage directory {settings.storage_path} is not writable"
+
+
 def storage_writable(settings: Settings) -> bool:
     """Whether a file can really be created in the storage directory (not just mode bits)."""
     try:
@@ -40,7 +52,9 @@ async def readyz(request: Request) -> Response:
         redis_ok = await svc.store.ping()
     except Exception:
         redis_ok = False
-    storage_ok = await anyio.to_thread.run_sync(storage_writable, svc.settings)
+    problem = await anyio.to_thread.run_sync(storage_problem, svc.settings)
+    storage_ok = problem is None
     ready = redis_ok and storage_ok
-    body = Readiness(status="ok" if ready else "unavailable", redis=redis_ok, storage=storage_ok)
+    body = Readiness(status="ok" if ready else "unavailable", redis=redis_ok, storage=storage_ok,
+                     storage_error=problem)
     return JSON(body, 200 if ready else 503)

@@ -324,3 +324,4 @@ class Readiness(Struct):
     status: str
     redis: bool
     storage: bool
+    storage_error: str | None = None  # why storage is not ready (names the bucket on s3://)

@@ -7,6 +7,7 @@ value of one). Each default is written once, as the field's default below.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -65,6 +66,23 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     if value not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _check_storage_url(url: str) -> None:
+    """file:///abs/path, or s3://bucket[/prefix] with a valid bucket name."""
+    if url.startswith("file://") and len(url) > len("file://"):
+        return
+    if url.startswith("s3://"):
+        bucket = url[len("s3://"):].split("/", 1)[0]
+        if _BUCKET.match(bucket):
+            return
+        raise SettingsError(f"SNAPSHOTS_STORAGE_URL names no valid bucket (3-63 lowercase "
+                            f"letters, digits, dots, hyphens): {url!r}")
+    raise SettingsError(
+        f"SNAPSHOTS_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +167,15 @@ class Settings:
     prometheus_multiproc_dir: Path | None = None
     # Per-token request budget (SNAPSHOTS_RATE_LIMIT; see api/ratelimit.py); None: no limit.
     rate_limit: RateLimit | None = None
+    # s3:// repositories: the standard AWS variables (None: the client's own defaults)
+    # and the fleet-wide lock/reclaim timings (workers/engine/repository/s3reclaim.py).
+    aws_endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_region: str | None = None
+    lock_settle: float = 5.0  # a listing lags behind writes by less than this
+    lock_stale: float = 1800.0  # an unrefreshed lock is dead after this (restic: 30 min)
+    reclaim_margin: float = 3600.0  # nothing younger is deleted; condemn-to-sweep minimum
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -157,10 +184,7 @@ class Settings:
         storage_url = _optional(env, "SNAPSHOTS_STORAGE_URL") or (
             f"file://{data_dir / 'repository'}"
         )
-        if not storage_url.startswith("file://") or len(storage_url) <= len("file://"):
-            raise SettingsError(
-                f"SNAPSHOTS_STORAGE_URL must be a file:// URL, got {storage_url!r}"
-            )
+        _check_storage_url(storage_url)
         redis_url = _optional(env, "REDIS_URL")
         if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
@@ -191,7 +215,18 @@ class Settings:
             metrics_token=_optional(env, "SNAPSHOTS_METRICS_TOKEN"),
             prometheus_multiproc_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
             rate_limit=_rate_limit(env),
+            aws_endpoint_url=_optional(env, "AWS_ENDPOINT_URL"),
+            aws_access_key_id=_optional(env, "AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=_optional(env, "AWS_SECRET_ACCESS_KEY"),
+            aws_region=_optional(env, "AWS_REGION") or _optional(env, "AWS_DEFAULT_REGION"),
+            lock_settle=_float(env, "SNAPSHOTS_LOCK_SETTLE", d.lock_settle),
+            lock_stale=_float(env, "SNAPSHOTS_LOCK_STALE", d.lock_stale),
+            reclaim_margin=_float(env, "SNAPSHOTS_RECLAIM_MARGIN", d.reclaim_margin),
         )
+
+    @property
+    def on_s3(self) -> bool:
+        return self.storage_url.startswith("s3://")
 
     @property
     def storage_path(self) -> Path:

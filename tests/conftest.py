@@ -34,6 +34,7 @@ from shared.settings import Settings  # noqa: E402
 from shared.store import Store  # noqa: E402
 from tests.support.api import ApiHelper  # noqa: E402
 from tests.support.redis_proc import RedisProcess  # noqa: E402
+from tests.support.seaweed import S3_BUCKET, SeaweedProcess  # noqa: E402
 
 ADMIN_TOKEN = "snp_test-admin-token-0123456789abcdef"
 TEST_DB = 1
@@ -42,6 +43,18 @@ TEST_DB = 1
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisProcess]:
     server = RedisProcess().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedProcess]:
+    """One real S3 server (SeaweedFS) for the session, with bucket S3_BUCKET; tests use a
+    prefix of their own. Fault tests that kill the store start their own SeaweedProcess."""
+    server = SeaweedProcess().start()
+    server.make_bucket(S3_BUCKET)
     try:
         yield server
     finally:

@@ -27,6 +27,7 @@ from workers.periodic import Periodic
 from workers.power import driver_for
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
+from workers.storage import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _store() -> Store:
 
 @cache
 def _engine() -> Engine:
-    return Engine(settings.storage_url)
+    return open_engine(settings)
 
 
 def jobs() -> Jobs:

@@ -31,6 +31,7 @@ from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine, EngineError, VerifyReport
 from workers.jobs import MIB, PLACEHOLDER_PREFIX
+from workers.storage import open_engine
 
 
 @dataclass
@@ -123,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "verify":
-        return verify(Engine(settings.storage_url), args.ids)
+        return verify(open_engine(settings), args.ids)
     servers = msgspec.json.decode(args.servers.read_bytes()) if args.servers else None
-    report = rebuild(Store.from_settings(settings), Engine(settings.storage_url), servers)
+    report = rebuild(Store.from_settings(settings), open_engine(settings), servers)
     print(
         f"catalog rebuilt: {report.snapshots} snapshots and {report.servers} servers put back, "
         f"{report.kept} snapshots already present"

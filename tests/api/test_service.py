@@ -16,6 +16,7 @@ from shared.schemas import Snapshot, SnapshotCreate
 from tests.conftest import make_settings
 from tests.support.api import ApiHelper, bearer
 from tests.support.redis_proc import RedisProcess
+from tests.support.seaweed import ACCESS_KEY, REGION, S3_BUCKET, SECRET_KEY, SeaweedProcess
 
 
 def test_healthz(client: TestClient) -> None:
@@ -45,6 +46,7 @@ def test_readyz_storage_not_writable(redis_server: RedisProcess, tmp_path: Path)
         with TestClient(create_app(settings)) as c:
             r = c.get("/readyz")
             assert r.status_code == 503 and r.json()["storage"] is False
+            assert "not writable" in r.json()["storage_error"]
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", str(locked)], check=True)
@@ -60,7 +62,8 @@ def test_readyz_storage_is_a_file(redis_server: RedisProcess, tmp_path: Path) ->
     with TestClient(create_app(settings)) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json() == {
-            "status": "unavailable", "redis": True, "storage": False}
+            "status": "unavailable", "redis": True, "storage": False,
+            "storage_error": f"storage directory {blocker}/repo is not writable"}
 
 
 def test_openapi_document(client: TestClient) -> None:
@@ -166,3 +169,27 @@ def test_openapi_document_validates_as_3_1(client: TestClient) -> None:
 
     doc = client.get("/api/v1/openapi.json").json()
     validate(doc, cls=OpenAPIV31SpecValidator)
+
+
+def test_readyz_names_the_bucket_on_s3(redis_server: RedisProcess, seaweed: SeaweedProcess,
+                                       tmp_path: Path) -> None:
+    """s3://: ready with the right credentials; 503 naming the bucket and the reason with
+    wrong ones or a bucket that does not exist."""
+    def ready(**overrides: object) -> tuple[int, dict[str, Any]]:
+        values: dict[str, object] = {
+            "storage_url": f"s3://{S3_BUCKET}/readyz", "aws_endpoint_url": seaweed.endpoint,
+            "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY,
+            "aws_region": REGION, **overrides}
+        settings = make_settings(redis_server.url_for_db(1), tmp_path / "data", **values)
+        with TestClient(create_app(settings)) as c:
+            r = c.get("/readyz")
+            return r.status_code, r.json()
+
+    assert ready() == (200, {"status": "ok", "redis": True, "storage": True,
+                             "storage_error": None})
+    status, body = ready(aws_secret_access_key="wrong")
+    assert status == 503 and body["storage"] is False
+    assert f"bucket '{S3_BUCKET}'" in body["storage_error"]
+    assert "access denied" in body["storage_error"]
+    status, body = ready(storage_url="s3://no-such-bucket/x")
+    assert status == 503 and "bucket 'no-such-bucket' does not exist" in body["storage_error"]

@@ -45,7 +45,8 @@ def test_settings_from_env(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "value"), [
     ("PORT", "http"), ("SNAPSHOTS_MAX_PER_SERVER", "0"), ("WORKER_THREADS", "-1"),
-    ("REDIS_URL", "localhost:6379"), ("SNAPSHOTS_STORAGE_URL", "s3://bucket"),
+    ("REDIS_URL", "localhost:6379"), ("SNAPSHOTS_STORAGE_URL", "ftp://bucket"),
+    ("SNAPSHOTS_STORAGE_URL", "s3://Bad_Bucket/x"), ("SNAPSHOTS_LOCK_STALE", "0"),
     ("SNAPSHOTS_OPERATION_DEADLINE", "soon"), ("SNAPSHOTS_WEBHOOK_ATTEMPTS", "0"),
     ("SNAPSHOTS_WEBHOOK_BACKOFF", "-1"), ("SNAPSHOTS_EVENTS_KEEPALIVE", "often"),
 ])

@@ -4,14 +4,20 @@ import os
 import shutil
 import struct
 import subprocess
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from tests.support.seaweed import S3_BUCKET, SeaweedProcess
 from workers.engine import Engine, SnapshotMeta, StateSpec
+from workers.engine.model import StorageOptions
+from workers.engine.repository.backend import LocalBackend
 
 MetaFn = Callable[..., SnapshotMeta]
+# A test module that holds for both repositories says: pytestmark = BOTH_BACKENDS
+BOTH_BACKENDS = pytest.mark.parametrize("backend_kind", ["file", "s3"], indirect=True)
 
 
 def make_meta(snapshot_id: int, server_id: int = 1) -> SnapshotMeta:
@@ -25,13 +31,42 @@ def dir_state(path: Path | str) -> StateSpec:
 
 
 @pytest.fixture
-def repo_url(tmp_path: Path) -> str:
-    return f"file://{tmp_path / 'repo'}"
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    """"file" unless a module parametrizes it: pytestmark = BOTH_BACKENDS."""
+    return str(getattr(request, "param", "file"))
 
 
 @pytest.fixture
-def engine(repo_url: str) -> Engine:
-    return Engine(repo_url)
+def storage_options(backend_kind: str, tmp_path: Path,
+                    request: pytest.FixtureRequest) -> StorageOptions | None:
+    if backend_kind == "file":
+        return None
+    weed: SeaweedProcess = request.getfixturevalue("seaweed")
+    return weed.options(cache_dir=str(tmp_path / "host-cache"), lock_settle=0.05)
+
+
+@pytest.fixture
+def repo_url(backend_kind: str, tmp_path: Path) -> str:
+    if backend_kind == "file":
+        return f"file://{tmp_path / 'repo'}"
+    return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def open_engine(repo_url: str, storage_options: StorageOptions | None) -> Callable[[], Engine]:
+    """A new Engine on the test's repository (as another process would open it)."""
+    return lambda: Engine(repo_url, storage_options)
+
+
+@pytest.fixture
+def engine(open_engine: Callable[[], Engine]) -> Engine:
+    return open_engine()
+
+
+def repo_dir(engine: Engine) -> Path:
+    """The directory of a file:// repository (tests that reach into its files)."""
+    assert isinstance(engine.backend, LocalBackend)
+    return Path(engine.backend.root)
 
 
 def record_barriers(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> list[object]:

@@ -17,7 +17,7 @@ from workers.engine import Engine
 from workers.engine.fs import fsutil
 from workers.engine.repository.repository import chunk_key
 
-from .conftest import dir_state, make_meta, record_barriers
+from .conftest import dir_state, make_meta, record_barriers, repo_dir
 from .treecmp import assert_same, describe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +218,7 @@ def test_torn_objects_are_never_trusted(engine: Engine, tmp_path: Path) -> None:
     engine.capture(make_meta(1), dir_state(src))
     _h, body = engine.repo.get_manifest(1)
     key = chunk_key(body.entries[1].chunks[0][0])  # type: ignore[union-attr]
-    obj = Path(engine.backend.root) / key
+    obj = repo_dir(engine) / key
     obj.write_bytes(b"")  # torn
     engine.delete(1)  # no parent to reuse from: the capture must look the chunk up
     engine.capture(make_meta(2), dir_state(src))

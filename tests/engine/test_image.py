@@ -11,7 +11,7 @@ import pytest
 from workers.engine import Engine, SnapshotCorrupt, StateSpec
 from workers.engine.repository.repository import chunk_key
 
-from .conftest import make_meta
+from .conftest import make_meta, repo_dir
 from .test_crash import spawn
 
 MiB = 1 << 20
@@ -148,7 +148,7 @@ def test_image_restore_refuses_corrupt_data_before_touching_the_image(
     engine.capture(make_meta(1), img_state(img))
     _h, body = engine.repo.get_manifest(1)
     cid = dict(body.blocks)[10]  # type: ignore[union-attr]
-    obj = Path(engine.backend.root) / chunk_key(cid)
+    obj = repo_dir(engine) / chunk_key(cid)
     raw = bytearray(obj.read_bytes())
     raw[-1] ^= 0xFF
     obj.write_bytes(bytes(raw))

@@ -17,7 +17,7 @@ from workers.engine.repository import chunker
 from workers.engine.repository.repository import Repository, chunk_key
 from workers.engine.restore import restorer
 
-from .conftest import dir_state, make_meta
+from .conftest import dir_state, make_meta, repo_dir
 from .treecmp import assert_same, describe
 
 
@@ -122,7 +122,7 @@ def test_corruption_is_detected_and_restore_refuses(monkeypatch: pytest.MonkeyPa
     for target in ("a", "b"):
         entry = next(e for e in body.entries if e.path == target.encode())  # type: ignore[union-attr]
         cid = entry.chunks[0][0]
-        obj = Path(engine.backend.root) / chunk_key(cid)
+        obj = repo_dir(engine) / chunk_key(cid)
         raw = bytearray(obj.read_bytes())
         raw[len(raw) // 2] ^= 0x01
         obj.write_bytes(bytes(raw))
@@ -201,7 +201,7 @@ def test_delete_and_reclaim(monkeypatch: pytest.MonkeyPatch, engine: Engine,
     (src / "only1").unlink()
     (src / "only2").write_bytes(os.urandom(60_000))
     engine.capture(make_meta(2), dir_state(src))
-    leftover = Path(engine.backend.root) / "data" / "ab" / ".tmp-leftover"
+    leftover = repo_dir(engine) / "data" / "ab" / ".tmp-leftover"
     leftover.parent.mkdir(exist_ok=True)
     leftover.write_bytes(b"killed writer")
     assert engine.reclaim().objects_removed == 0
@@ -211,7 +211,7 @@ def test_delete_and_reclaim(monkeypatch: pytest.MonkeyPatch, engine: Engine,
     assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [2]
     stats = engine.reclaim()
     assert stats.objects_removed == 1 and 70_000 <= stats.bytes_removed <= 70_100
-    assert not list(Path(engine.backend.root).rglob(".tmp-*"))
+    assert not list(repo_dir(engine).rglob(".tmp-*"))
     assert engine.verify(2).ok
     dst = tmp_path / "dst"
     engine.restore(2, dir_state(dst))
@@ -301,7 +301,7 @@ def test_unreadable_manifest_is_not_listed_and_blocks_reclaim(engine: Engine,
     src.mkdir()
     (src / "a").write_bytes(b"a")
     engine.capture(make_meta(1), dir_state(src))
-    (Path(engine.backend.root) / "snapshots" / "99").write_bytes(b"garbage")
+    (repo_dir(engine) / "snapshots" / "99").write_bytes(b"garbage")
     assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [1]
     assert not engine.verify(99).ok
     with pytest.raises(SnapshotCorrupt):  # never sweep when the mark may be incomplete
@@ -319,7 +319,7 @@ def test_corrupt_tiny_pack_is_detected(engine: Engine, tmp_path: Path) -> None:
     packs = {e.pack for e in body.entries if e.pack}  # type: ignore[union-attr]
     assert len(packs) == 1
     pack = packs.pop()
-    obj = Path(engine.backend.root) / chunk_key(pack)
+    obj = repo_dir(engine) / chunk_key(pack)
     raw = bytearray(obj.read_bytes())
     raw[-3] ^= 0x10
     obj.write_bytes(bytes(raw))
@@ -349,7 +349,7 @@ def test_small_files_dedup_across_packs_and_reclaim(engine: Engine, tmp_path: Pa
     assert packs[0][b"twin"] == packs[0][b"s0"]
     assert all(packs[1][p] == packs[0][p] for p in packs[0])
     assert packs[1][b"new"][0] != packs[0][b"s0"][0]
-    root = Path(engine.backend.root)
+    root = repo_dir(engine)
     assert len(list((root / "packidx").iterdir())) == 2
     engine.delete(1)
     assert engine.reclaim().objects_removed == 0  # snapshot 2 still uses the first pack

@@ -3,7 +3,8 @@
 Commit protocol: chunks are written (temp + rename, no fsync each), one syncfs barrier,
 then the manifest snapshots/<id> is written durably; the manifest is the commit point, so
 an interrupted capture is invisible and a rerun stores no chunk twice (content addressing
-plus the set of stored ids loaded at start). See locks.py for capture/reclaim exclusion.
+plus the set of stored ids loaded at start). See locks.py for capture/reclaim exclusion
+on file://, and repository/s3reclaim.py for the fleet-wide protocol on s3://.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -30,12 +32,13 @@ from .model import (
     StateFull,
     StateInvalid,
     StateSpec,
+    StorageOptions,
     TransientEngineError,
     VerifyReport,
 )
 from .progress import Progress
 from .repository import manifest
-from .repository.backend import LocalBackend
+from .repository.backend import Backend, LocalBackend
 from .repository.locks import FlockLock, RepoLock
 from .repository.manifest import DirBody, Entry, Header, ImageBody
 from .repository.repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
@@ -62,10 +65,28 @@ def _now() -> str:
 
 
 class Engine:
-    def __init__(self, storage_url: str) -> None:
-        self.backend = LocalBackend.from_url(storage_url)
+    def __init__(self, storage_url: str, options: StorageOptions | None = None) -> None:
+        self.options = options or StorageOptions()
+        self.backend: Backend
+        self.lock: RepoLock
+        if storage_url.startswith("s3://"):
+            from .repository.s3backend import S3Backend
+            from .repository.s3locks import S3Locks
+
+            s3 = S3Backend.from_url(storage_url, self.options)
+            s3.check()  # a clear error naming the bucket now, not at the first capture
+            locks = S3Locks(s3, stale=self.options.lock_stale, settle=self.options.lock_settle)
+            s3.before_commit = locks.check_held  # a capture that lost its lock never commits
+            self.backend, self.lock = s3, locks
+            # this host's own locks (one restore per state) stay local files
+            self.local_dir = self.options.cache_dir or os.path.join(
+                tempfile.gettempdir(), f"snapshots-{os.getuid()}",
+                blake3.blake3(storage_url.encode()).hexdigest()[:16])
+        else:
+            local = LocalBackend.from_url(storage_url)
+            self.backend, self.local_dir = local, local.root
+            self.lock = FlockLock(os.path.join(local.root, "locks", "repo.lock"))
         self.repo = Repository(self.backend)
-        self.lock: RepoLock = FlockLock(os.path.join(self.backend.root, "locks", "repo.lock"))
         # bytes of file data read from the state by the last capture (or directory restore,
         # to prove current files identical): lets tests and benchmarks observe skipped reads
         self.last_bytes_read = 0
@@ -203,7 +224,7 @@ class Engine:
     def _state_lock(self, state: StateSpec) -> Iterator[None]:
         """One restore or recovery at a time per state (see locks.py)."""
         digest = blake3.blake3(os.fsencode(os.path.normpath(state.path))).hexdigest()[:32]
-        lock = FlockLock(os.path.join(self.backend.root, "locks", f"state-{digest}.lock"))
+        lock = FlockLock(os.path.join(self.local_dir, "locks", f"state-{digest}.lock"))
         with lock.exclusive(wait=False) as got:
             if not got:
                 raise TransientEngineError(f"another restore of {state.path} is still running")
@@ -274,6 +295,14 @@ class Engine:
         self.repo.delete_manifest(snapshot_id)
 
     def reclaim(self, *, wait: bool = False) -> ReclaimStats:
+        if not isinstance(self.backend, LocalBackend):
+            from .repository.s3backend import S3Backend
+            from .repository.s3locks import S3Locks
+            from .repository.s3reclaim import reclaim
+
+            assert isinstance(self.backend, S3Backend) and isinstance(self.lock, S3Locks)
+            return reclaim(self.repo, self.backend, self.lock, wait=wait,
+                           margin=self.options.reclaim_margin)
         with self.lock.exclusive(wait=wait) as got:
             if not got:
                 return ReclaimStats(objects_removed=0, bytes_removed=0, skipped_locked=True)

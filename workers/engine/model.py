@@ -33,6 +33,21 @@ class SnapshotMeta(msgspec.Struct, frozen=True):
     server_spec: dict[str, Any] | None = None
 
 
+class StorageOptions(msgspec.Struct, frozen=True):
+    """How to reach an s3:// repository (file:// needs none) and the timings of the
+    fleet-wide lock and reclaim protocol (repository/s3reclaim.py). The service fills it
+    from its settings (AWS_* and SNAPSHOTS_* variables); the engine reads no environment."""
+
+    endpoint: str | None = None  # AWS_ENDPOINT_URL; None: AWS itself
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    region: str | None = None
+    cache_dir: str | None = None  # this host's listing cache and per-state locks
+    lock_settle: float = 5.0  # seconds a new lock waits before looking for the others
+    lock_stale: float = 1800.0  # a lock not refreshed this long is dead (restic: 30 min)
+    reclaim_margin: float = 3600.0  # nothing younger is deleted; condemn-to-sweep minimum
+
+
 class CaptureResult(msgspec.Struct, frozen=True):
     snapshot_id: int
     size_bytes: int  # apparent size of all files / the image
@@ -83,6 +98,14 @@ class TransientEngineError(EngineError):
     before this type existed, a manifest whose tree fails manifest.check_tree(). The job
     layer (workers/jobs.py) lets the message be delivered again instead of failing the
     operation; after the last attempt the operation fails."""
+
+
+class StorageUnavailable(TransientEngineError):
+    """The object store cannot be used: wrong credentials, no such bucket, or down longer
+    than the retry window (transient errors are retried until then). The message names
+    the bucket. Transient: the job is delivered again (the store may be back by then)."""
+
+    code: ClassVar[str] = "storage_unavailable"
 
 
 class StorageFull(EngineError):

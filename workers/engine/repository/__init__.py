@@ -3,9 +3,15 @@
 - repository: keyed BLAKE3 chunk ids, zstd payloads, verify-on-read, manifests, packs'
   index objects, the commit barrier.
 - backend: where objects live (Backend protocol; LocalBackend for file://).
+- s3backend: S3Backend for s3:// (obstore; parallel uploads, ranged GETs, retries, a
+  start-up check naming the bucket); listcache: the per-host cache of what the bucket
+  holds, so a capture lists nothing; s3locks: lock objects in the bucket (shared vs
+  exclusive, refreshed, stale after 30 min); s3reclaim: the fleet-wide reclaim protocol
+  (condemn, then sweep a margin later), written down in its module doc.
 - manifest: the manifest format (msgpack + zstd body, cheap header; Entry, Header) and
   check_tree(), the tree check every restore runs.
-- locks: capture/restore (shared) versus reclaim (exclusive), and per-state restore locks.
+- locks: capture/restore (shared) versus reclaim (exclusive), and per-state restore locks
+  (flock: one machine; s3locks replaces the repository lock on s3://).
 - chunker: FastCDC over a file's data extents (holes are never read).
 - packformat / packwriter / packreader: tiny packs of small files: the block-framed
   object format, the writer (compresses 1 MiB blocks as they fill), and the reader (range

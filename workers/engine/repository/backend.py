@@ -36,6 +36,9 @@ def _start_writeback(fd: int) -> None:
 
 
 class Backend(Protocol):
+    puts: int  # objects written so far (tests count them to prove nothing is re-written)
+    put_keys: list[str]  # their keys, in the order they were stored
+
     def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
         """Store data under key atomically (readers see all or nothing). durable=True makes
         the object itself durable before returning (commit points). exclusive=True never
@@ -52,8 +55,9 @@ class Backend(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
-        """(key, size, mtime_ns) of every object under a directory-like prefix."""
+    def list(self, prefix: str, *, cached: bool = False) -> Iterator[tuple[str, int, int]]:
+        """(key, size, mtime_ns) of every object under a directory-like prefix. cached=True
+        (a capture's view): may come from a per-host cache (S3: see listcache.py)."""
         ...
 
     def list_since(self, prefix: str, since_ns: int) -> Iterator[tuple[str, bool]]:
@@ -65,7 +69,7 @@ class Backend(Protocol):
     def stat(self, key: str) -> int | None: ...
     def barrier(self, keys: Sequence[str] | None) -> None:
         """Make the objects put under keys durable, or every object when keys is None
-        (local: fsyncs or one syncfs; S3: a no-op)."""
+        (local: fsyncs or one syncfs; S3: waits for the uploads still running)."""
         ...
 
     def writable(self) -> bool: ...
@@ -210,7 +214,7 @@ class LocalBackend:
         except FileNotFoundError:
             return None
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
+    def list(self, prefix: str, *, cached: bool = False) -> Iterator[tuple[str, int, int]]:
         yield from self._list(prefix.rstrip("/"), tmp=False)
 
     def list_since(self, prefix: str, since_ns: int) -> Iterator[tuple[str, bool]]:

@@ -128,7 +128,7 @@ class Repository:
             if maybe_fresh:
                 fresh.add(cid)
         packed: dict[bytes, tuple[bytes, int, int]] = {}
-        for key, _size, _mtime in self.backend.list(PACKIDX + "/"):
+        for key, _size, _mtime in self.backend.list(PACKIDX + "/", cached=True):
             try:
                 pack = bytes.fromhex(key.rsplit("/", 1)[1])
                 if pack not in known:  # pack lost or torn (index written after it): skip

@@ -1,0 +1,141 @@
+"""The s3:// backend against a real SeaweedFS: objects, ranges, faults, the listing cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.s3proxy import S3Proxy
+from tests.support.seaweed import SeaweedProcess
+from workers.engine.model import StorageUnavailable
+from workers.engine.repository.listcache import CONDEMNED_KEY, Condemned
+from workers.engine.repository.repository import Repository
+from workers.engine.repository.s3backend import S3Backend
+
+
+@pytest.fixture
+def weed() -> Iterator[SeaweedProcess]:
+    server = SeaweedProcess().start()
+    server.make_bucket("snaps")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def backend_for(weed: SeaweedProcess, bucket: str = "snaps", cache_dir: str | None = None,
+                endpoint: str | None = None, secret: str | None = None) -> S3Backend:
+    opts = weed.options(endpoint=endpoint, cache_dir=cache_dir,
+                        **({"secret": secret} if secret else {}))  # type: ignore[arg-type]
+    return S3Backend.from_url(f"s3://{bucket}/repo", opts)
+
+
+def test_objects_ranges_and_listing(weed: SeaweedProcess) -> None:
+    b = backend_for(weed)
+    b.check()
+    assert b.writable()
+    data = {f"data/{i:02x}/{i:064x}": os.urandom(1000 + i) for i in range(40)}
+    for key, value in data.items():
+        assert b.put(key, value)  # asynchronous: up to STREAMS at once
+    b.barrier(list(data))
+    key, value = next(iter(data.items()))
+    assert b.get(key) == value
+    assert b.get_head(key, 10) == value[:10]
+    assert b.get_range(key, 500, 20) == value[500:520]
+    assert b.get_range(key, len(value) - 3, 100) == value[-3:]  # past the end: the rest
+    assert b.stat(key) == len(value) and b.exists(key)
+    assert sorted(k for k, _s, _m in b.list("data/")) == sorted(data)
+    assert b.put_exclusive("config", b"one") and not b.put_exclusive("config", b"two")
+    assert b.get("config") == b"one"
+    b.delete(key)
+    assert not b.exists(key) and b.stat(key) is None
+    with pytest.raises(FileNotFoundError):
+        b.get(key)
+    assert b.honours_if_none_match()
+    counts = weed.requests("snaps")
+    assert counts["PUT"] >= 40 and counts["LIST"] >= 1
+
+
+def test_bad_credentials_and_missing_bucket_name_the_bucket(weed: SeaweedProcess) -> None:
+    bad = backend_for(weed, secret="wrong-secret")
+    with pytest.raises(StorageUnavailable, match=r"bucket .snaps.*access denied"):
+        bad.check()
+    assert not bad.writable()
+    missing = backend_for(weed, bucket="nosuch")
+    with pytest.raises(StorageUnavailable, match="bucket 'nosuch' does not exist"):
+        missing.check()
+    down = backend_for(weed, endpoint="http://127.0.0.1:9")
+    down.retry_for = 1.0
+    with pytest.raises(StorageUnavailable, match="bucket 'snaps' did not answer"):
+        down.check()
+
+
+def test_store_killed_mid_upload_then_restarted_loses_nothing(weed: SeaweedProcess) -> None:
+    """SIGKILL the S3 server while uploads run; they are retried once it is back."""
+    b = backend_for(weed)
+    data = {f"data/{i % 256:02x}/{i:064x}": os.urandom(64 << 10) for i in range(200)}
+    killer = threading.Timer(0.05, weed.kill)
+    killer.start()
+    for key, value in data.items():
+        b.put(key, value)
+    killer.join()
+    time.sleep(1.0)  # the store stays down a moment
+    weed.start()
+    b.barrier(None)  # waits for every upload, retried across the outage
+    assert all(b.get(k) == v for k, v in data.items())
+
+
+def test_throttling_is_retried_with_back_off(weed: SeaweedProcess) -> None:
+    proxy = S3Proxy(weed.endpoint).start()
+    try:
+        b = backend_for(weed, endpoint=proxy.endpoint)
+        proxy.throttle = 6  # more than object_store's own retries for one request
+        started = time.monotonic()
+        b.put("data/aa/slow", b"payload", durable=True)
+        assert b.get("data/aa/slow") == b"payload"
+        assert proxy.throttle == 0 and time.monotonic() - started > 0.2
+    finally:
+        proxy.close()
+
+
+def test_a_store_that_ignores_if_none_match_is_detected(weed: SeaweedProcess) -> None:
+    proxy = S3Proxy(weed.endpoint).start()
+    try:
+        b = backend_for(weed, endpoint=proxy.endpoint)
+        assert b.honours_if_none_match()
+        proxy.ignore_if_none_match = True
+        assert not b.honours_if_none_match()
+    finally:
+        proxy.close()
+
+
+def test_capture_listing_comes_from_the_host_cache(weed: SeaweedProcess, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cache = str(tmp_path / "cache")
+    b = backend_for(weed, cache_dir=cache)
+    repo = Repository(b)
+    repo.load_known()
+    ids = [repo.store_chunk(os.urandom(5000))[0] for _ in range(30)]
+    b.barrier(None)
+    lists = weed.requests("snaps").get("LIST", 0)
+    # another process of this host: its view comes from the cache file, no LIST
+    b2 = backend_for(weed, cache_dir=cache)
+    repo2 = Repository(b2)
+    repo2.load_known()
+    assert set(repo2.known_ids()) == set(ids)
+    assert weed.requests("snaps").get("LIST", 0) == lists and b2.cache is not None
+    assert b2.cache.rebuilds == 0
+    # a reclaim condemns an object: every capture treats it as absent at once, and the
+    # changed marker makes the next view a fresh LIST
+    import msgspec
+
+    from workers.engine.repository.repository import chunk_key
+
+    marker = Condemned(cycle="c1", keys=[chunk_key(ids[0])])
+    b.put(CONDEMNED_KEY, msgspec.msgpack.encode(marker), durable=True)
+    repo2.load_known()
+    assert ids[0] not in repo2.known_ids() and len(repo2.known_ids()) == 29
+    assert b2.cache.rebuilds == 1

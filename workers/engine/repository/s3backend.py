@@ -1,0 +1,376 @@
+"""s3:// backend: the repository's objects in an S3-compatible bucket, through obstore.
+
+Same keys and bytes as the file:// layout (config, data/ab/<id>, packidx/<id>,
+snapshots/<id>, ...) under the URL's prefix, so a repository can be copied between the two
+with any S3 tool. Why obstore (Rust object_store) and not boto3: on SeaweedFS here, 1000
+PUTs of 16 KiB from 8 threads took 0.63 s and 0.23 s of CPU against boto3's 2.11 s and
+1.60 s (GETs 0.41 s vs 1.87 s); a capture's CPU goes to hashing and compressing instead.
+
+Throughput and faults:
+- Plain puts are asynchronous: up to STREAMS uploads run at once (bounded by bytes in
+  flight too), and barrier() waits for them and raises the first failure, so the commit
+  point (the manifest, put after the barrier) never precedes its objects. A get, stat or
+  exists of a key still uploading waits for that upload.
+- get_head/get_range are ranged GETs (a small file's block of a pack, a manifest header).
+- Transient failures (timeouts, connection errors, 5xx, 429/503 throttling) are retried
+  with exponential back-off for up to RETRY_FOR seconds; our writes are idempotent
+  (content-addressed, or whole-object replaces), so a PUT is retried too (object_store
+  itself retries only safe requests on a timeout). An outage longer than that fails the
+  operation with StorageUnavailable; the job is retried and resumes (nothing stored twice).
+- check() at start-up names the bucket on bad credentials, a missing bucket or an
+  unreachable endpoint; exclusive() reports whether the store honours If-None-Match.
+- The capture's listing of what the repository holds comes from a per-host cache
+  (listcache.py), not a LIST per capture.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+from urllib.parse import urlparse
+
+import obstore
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+)
+from obstore.store import S3Store
+
+from ..model import EngineError, StorageOptions, StorageUnavailable
+from .listcache import ListingCache, ObjectInfo
+
+T = TypeVar("T")
+STREAMS = 16  # concurrent uploads (and the HTTP pool's size); at least 8 by the issue
+IN_FLIGHT_BYTES = 128 * 1024 * 1024  # uploads queued or running, at most this many bytes
+RETRY_FOR = 120.0  # seconds a transient failure is retried before the operation fails
+_STATUS = re.compile(r"status code: (\d{3})")
+_NETWORK = re.compile(r"error sending request|timed? ?out|connect|reset|broken pipe|closed|"
+                      r"incomplete|end of file|retries", re.I)
+LOCKS_PREFIX = "locks/"
+PROBE_PREFIX = LOCKS_PREFIX + "probe-"
+MANIFEST_PREFIX = "snapshots/"
+
+
+def _transient(err: BaseException) -> bool:
+    if isinstance(err, (NotFoundError, AlreadyExistsError, PreconditionError,
+                        PermissionDeniedError, UnauthenticatedError)):
+        return False
+    if isinstance(err, (TimeoutError, ConnectionError)):
+        return True
+    if not isinstance(err, BaseError):
+        return False
+    m = _STATUS.search(str(err))
+    if m is None:  # connection refused/reset, timeouts: no HTTP status at all
+        return _NETWORK.search(str(err)) is not None
+    status = int(m.group(1))
+    return status >= 500 or status in (408, 429)
+
+
+class S3Backend:
+    """s3://bucket/prefix backend (see the module doc)."""
+
+    def __init__(self, bucket: str, prefix: str, *, endpoint: str | None, region: str | None,
+                 key_id: str | None, secret: str | None, retry_for: float = RETRY_FOR,
+                 cache: ListingCache | None = None) -> None:
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.endpoint = endpoint
+        # called before a manifest is committed: the lock protocol's last check (s3locks)
+        self.before_commit: Callable[[], None] | None = None
+        self.url = f"s3://{bucket}/{self.prefix}"
+        self.retry_for = retry_for
+        self.puts = 0  # objects written (tests count them to prove no re-writes)
+        self.put_keys: list[str] = []
+        opts: dict[str, object] = {"timeout": "120s", "connect_timeout": "5s",
+                                   "pool_max_idle_per_host": str(STREAMS)}
+        if endpoint and endpoint.startswith("http://"):
+            opts["allow_http"] = True
+        self.store = S3Store(
+            bucket, prefix=self.prefix or None, endpoint=endpoint, region=region or "us-east-1",
+            access_key_id=key_id, secret_access_key=secret,
+            virtual_hosted_style_request=False,
+            client_options=opts,  # type: ignore[arg-type]
+            retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
+        )
+        self._pool = ThreadPoolExecutor(STREAMS, thread_name_prefix="s3put")
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._pending: dict[str, Future[None]] = {}
+        self._failed: BaseException | None = None
+        self.cache = cache
+        if cache is not None:
+            cache.attach(self)
+
+    @classmethod
+    def from_url(cls, url: str, options: StorageOptions) -> S3Backend:
+        u = urlparse(url)
+        if u.scheme != "s3" or not u.netloc:
+            raise EngineError(f"unsupported storage URL {url!r}: use s3://bucket/prefix")
+        return cls(u.netloc, u.path, endpoint=options.endpoint, region=options.region,
+                   key_id=options.access_key_id, secret=options.secret_access_key,
+                   cache=ListingCache(options.cache_dir, url))
+
+    # --- the retry policy, in one place ---------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        delay, deadline = 0.2, time.monotonic() + self.retry_for
+        while True:
+            try:
+                return fn()
+            except (PermissionDeniedError, UnauthenticatedError) as e:
+                raise StorageUnavailable(
+                    f"bucket {self.bucket!r} refuses {what}: access denied; check "
+                    f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({_short(e)})") from e
+            except Exception as e:
+                if not _transient(e):
+                    status = _STATUS.search(str(e))
+                    if status is not None and status.group(1) in ("401", "403"):
+                        raise StorageUnavailable(
+                            f"bucket {self.bucket!r} refuses {what}: access denied; check "
+                            f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({_short(e)})") from e
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StorageUnavailable(
+                        f"bucket {self.bucket!r} did not answer {what} for "
+                        f"{self.retry_for:.0f} s: {_short(e)}") from e
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # --- writes -----------------------------------------------------------------------
+    def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
+        if exclusive:
+            return self.put_exclusive(key, data)
+        if durable:
+            if key.startswith(MANIFEST_PREFIX) and self.before_commit is not None:
+                self.before_commit()
+            self._wait_key(key)
+            self._call(f"PUT {key}", lambda: obstore.put(self.store, key, data))
+            self._stored(key, len(data))
+            return True
+        size = max(len(data), 1)
+        with self._room:
+            self._raise_failed()
+            while self._in_flight and self._in_flight + size > IN_FLIGHT_BYTES:
+                self._room.wait()
+                self._raise_failed()
+            self._in_flight += size
+            prior = self._pending.get(key)
+            fut = self._pool.submit(self._upload, key, data, size, prior)
+            self._pending[key] = fut
+        fut.add_done_callback(lambda f, k=key: self._forget(k, f))  # type: ignore[misc]
+        return True
+
+    def _forget(self, key: str, fut: Future[None]) -> None:
+        with self._lock:
+            if self._pending.get(key) is fut:
+                del self._pending[key]
+
+    def _upload(self, key: str, data: bytes, size: int, prior: Future[None] | None) -> None:
+        try:
+            if prior is not None:
+                prior.result()  # two puts of one key land in order
+            self._call(f"PUT {key}", lambda: obstore.put(self.store, key, data))
+            self._stored(key, len(data))
+        except BaseException as e:
+            with self._lock:
+                if self._failed is None:
+                    self._failed = e
+            raise
+        finally:
+            with self._room:
+                self._in_flight -= size
+                self._room.notify_all()
+
+    def _stored(self, key: str, size: int) -> None:
+        if key.startswith(LOCKS_PREFIX):
+            return  # lock objects and probes are not the repository's objects
+        with self._lock:
+            self.puts += 1
+            self.put_keys.append(key)
+        if self.cache is not None:
+            self.cache.added(key, size)
+
+    def put_exclusive(self, key: str, data: bytes) -> bool:
+        """Create key only if absent (If-None-Match: *); False when it existed."""
+        self._wait_key(key)
+        try:
+            self._call(f"PUT {key}", lambda: obstore.put(self.store, key, data, mode="create"))
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        self._stored(key, len(data))
+        return True
+
+    def _raise_failed(self) -> None:
+        err = self._failed
+        if err is not None:
+            self._failed = None
+            if isinstance(err, EngineError):
+                raise err
+            raise StorageUnavailable(f"an upload to bucket {self.bucket!r} failed: "
+                                     f"{_short(err)}") from err
+
+    def _wait_key(self, key: str) -> None:
+        with self._lock:
+            fut = self._pending.get(key)
+        if fut is not None:
+            try:
+                fut.result()
+            except BaseException:
+                self._raise_failed()
+                raise
+
+    def barrier(self, keys: Sequence[str] | None) -> None:
+        """Wait until every upload started so far is stored; raise the first failure. A
+        successful S3 PUT is durable, so there is nothing else to flush."""
+        with self._lock:
+            futs = list(self._pending.values())
+        for fut in futs:
+            try:
+                fut.result()
+            except BaseException:
+                break
+        with self._lock:
+            self._raise_failed()
+        if self.cache is not None:
+            self.cache.save()
+
+    def delete(self, key: str) -> None:
+        self._wait_key(key)
+        self.delete_many([key])
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """One multi-object DELETE per 1000 keys; keys that are gone already are fine."""
+        for i in range(0, len(keys), 1000):
+            batch = list(keys[i:i + 1000])
+            self._call("DELETE", lambda b=batch: obstore.delete(self.store, b))  # type: ignore[misc]
+            if self.cache is not None:
+                self.cache.removed(batch)
+
+    # --- reads ------------------------------------------------------------------------
+    def get(self, key: str) -> bytes:
+        self._wait_key(key)
+        return bytes(self._call(f"GET {key}", lambda: obstore.get(self.store, key).bytes()))
+
+    def get_head(self, key: str, n: int) -> bytes:
+        return self._range(key, 0, n)
+
+    def get_range(self, key: str, offset: int, n: int) -> bytes:
+        return self._range(key, offset, n)
+
+    def _range(self, key: str, offset: int, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        self._wait_key(key)
+        try:
+            return bytes(self._call(f"GET {key}", lambda: obstore.get_range(
+                self.store, key, start=offset, length=n)))
+        except BaseError as e:
+            if "416" in str(e):  # range past the end (an empty object): nothing there
+                return b""
+            raise
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size, last modified (by the store's clock) and ETag of an object, or None."""
+        self._wait_key(key)
+        try:
+            meta = self._call(f"HEAD {key}", lambda: obstore.head(self.store, key))
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(int(meta["size"]), meta["last_modified"], meta["e_tag"] or "")
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def stat(self, key: str) -> int | None:
+        found = self.head(key)
+        return None if found is None else found.size
+
+    def list(self, prefix: str, *, cached: bool = False) -> Iterator[tuple[str, int, int]]:
+        """(key, size, last modified ns). cached=True: the capture's view, from the per-host
+        cache when it is valid (see listcache.py); otherwise one LIST of the bucket."""
+        if cached and self.cache is not None:
+            yield from self.cache.listing(prefix)
+            return
+        yield from self.list_fresh(prefix)
+
+    def list_fresh(self, prefix: str) -> Iterator[tuple[str, int, int]]:
+        def page() -> list[tuple[str, int, int]]:
+            out = []
+            for batch in obstore.list(self.store, prefix=prefix, chunk_size=1000):
+                for meta in batch:
+                    ts = int(meta["last_modified"].timestamp() * 1e9)
+                    out.append((str(meta["path"]), int(meta["size"]), ts))
+            return out
+
+        # A LIST is retried whole: a listing half-read before a failure is not yielded.
+        yield from self._call(f"LIST {prefix}", page)
+
+    def list_since(self, prefix: str, since_ns: int) -> Iterator[tuple[str, bool]]:
+        # A stored S3 object is durable and whole: never "maybe not durable yet", never torn.
+        for key, size, _mtime in self.list(prefix, cached=True):
+            if size > 0:
+                yield key, False
+
+    # --- health -----------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise StorageUnavailable naming the bucket when it cannot be used at all."""
+        try:
+            self._call("GET config", lambda: obstore.get(self.store, "config").bytes())
+        except FileNotFoundError as e:
+            if "NoSuchBucket" in str(e):
+                raise StorageUnavailable(f"bucket {self.bucket!r} does not exist at "
+                                         f"{self._endpoint_name()}") from e
+
+    def _endpoint_name(self) -> str:
+        return self.endpoint or "the default AWS endpoint"
+
+    def writable(self) -> bool:
+        try:
+            self.check()
+            probe = PROBE_PREFIX + os.urandom(6).hex()
+            self._call("PUT probe", lambda: obstore.put(self.store, probe, b"x"))
+            self._call("DELETE probe", lambda: obstore.delete(self.store, probe))
+            return True
+        except (EngineError, BaseError, OSError):
+            return False
+
+    def honours_if_none_match(self) -> bool:
+        """Does a second create of one key fail? (rclone's S3 server, for one, ignores it.)"""
+        probe = PROBE_PREFIX + "inm-" + os.urandom(6).hex()
+        try:
+            first = self.put_exclusive(probe, b"1")
+            second = self.put_exclusive(probe, b"2")
+            return first and not second and self.get(probe) == b"1"
+        finally:
+            self._call("DELETE probe", lambda: obstore.delete(self.store, probe))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    m = re.search(r"<Code>([^<]+)</Code>", text)
+    head = text.split(" Debug source:", 1)[0]
+    return (m.group(1) + ": " if m else "") + head[:200]
+
+
+def server_now(backend: S3Backend) -> datetime:
+    """The store's clock (what it stamps LastModified with), read off a probe object; the
+    reclaim protocol compares only times of this one clock, so hosts' clocks may differ."""
+    probe = PROBE_PREFIX + "clock-" + os.urandom(6).hex()
+    backend.put(probe, b"", durable=True)
+    try:
+        found = backend.head(probe)
+    finally:
+        backend.delete(probe)
+    return found.modified if found is not None else datetime.now(UTC)
