@@ -62,6 +62,10 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+class _PortTaken(RuntimeError):
+    pass
+
+
 class SeaweedProcess:
     """One `weed mini` with one S3 identity (ACCESS_KEY/SECRET_KEY, all actions)."""
 
@@ -70,15 +74,19 @@ class SeaweedProcess:
             prefix="seaweed-test-")
         self.directory = Path(directory if directory is not None else self._tmp.name)  # type: ignore[union-attr]
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(len(_PORT_FLAGS) + 1)
-        self.port = ports[0]
-        self._ports = dict(zip(_PORT_FLAGS, ports[1:], strict=True))
+        self._pick_ports()
         self.config = self.directory / "s3.json"
         identity = {"name": "snapshots", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                     "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         self.config.write_text(json.dumps({"identities": [identity]}))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.directory / "weed.log"
+        self._started_once = False
+
+    def _pick_ports(self) -> None:
+        ports = _free_ports(len(_PORT_FLAGS) + 1)
+        self.port = ports[0]
+        self._ports = dict(zip(_PORT_FLAGS, ports[1:], strict=True))
 
     @property
     def endpoint(self) -> str:
@@ -103,6 +111,18 @@ class SeaweedProcess:
                               **timings)
 
     def start(self, timeout: float = 30.0) -> SeaweedProcess:
+        """Start weed; a first start whose free ports were taken meanwhile (another test
+        run on this machine) tries again on new ones. A restart keeps its ports."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if attempt == 2 or self._started_once:
+                    raise
+                self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> SeaweedProcess:
         args = [
             weed_executable(), "mini",
             f"-dir={self.directory / 'data'}",
@@ -119,11 +139,14 @@ class SeaweedProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.proc.returncode}; see {self.log}")
+                tail = self.log.read_text(errors="replace")[-2000:]
+                err = _PortTaken if "address already in use" in tail else RuntimeError
+                raise err(f"weed mini exited with {self.proc.returncode}: {tail}")
             try:
                 # Any S3 answer (403 for an anonymous request) means the gateway serves.
                 httpx.get(self.endpoint + "/", timeout=0.5)
                 if self._volume_ready():
+                    self._started_once = True
                     return self
             except httpx.HTTPError:
                 pass
