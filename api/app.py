@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from api import openapi
 from api.auth import BearerAuth, TokenCache
 from api.endpoint import PUBLIC, Endpoint, Handler
+from api.eventhub import EventHub
 from api.middleware import RequestContext
 from api.observe import HttpMetrics, Observe
 from api.ratelimit import RateLimiter
@@ -109,12 +110,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     store = AsyncStore.from_settings(settings)
     cache = TokenCache()
     http_metrics = HttpMetrics(settings.prometheus_multiproc_dir)
+    hub = EventHub(settings, cache)
     svc = Services(settings=settings, store=store, broker=make_broker(settings), tokens=cache,
-                   http_metrics=http_metrics)
+                   http_metrics=http_metrics, events=hub)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The event reader starts now, not with the first stream: it also carries token
+        # revocations from other processes to this one's token cache.
+        hub.start()
         yield
+        await hub.close()
         await store.close()
 
     app = SnapshotsApp(routes=routes(TABLE), lifespan=lifespan)

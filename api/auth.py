@@ -2,7 +2,9 @@
 
 Tokens are ``snp_`` + ``secrets.token_urlsafe(32)``; only their SHA-256 is stored. A
 lookup is cached in-process for a few seconds so a hot GET costs no extra round trip;
-revoking through this process drops the entry at once, other processes within CACHE_TTL.
+revoking drops the entry at once in this process and, through the ``token.revoked`` event
+their event readers see, in every other web process within milliseconds (CACHE_TTL bounds
+it should that reader be down).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ SCOPE_RANK: Final[dict[TokenScope, int]] = {"read": 0, "write": 1, "admin": 2}
 class Principal:
     account: str
     scope: TokenScope
+    # SHA-256 of the token (what revoking names); None for the environment's admin token.
+    token_digest: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -78,7 +82,7 @@ class TokenCache:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, Principal, str]] = {}
+        self._entries: dict[str, tuple[float, Principal]] = {}
 
     def get(self, token: str) -> Principal | None:
         entry = self._entries.get(token)
@@ -89,14 +93,14 @@ class TokenCache:
             return None
         return entry[1]
 
-    def put(self, token: str, value: Principal, token_digest: str) -> None:
+    def put(self, token: str, value: Principal) -> None:
         if len(self._entries) >= CACHE_MAX:
             self._entries.clear()
-        self._entries[token] = (time.monotonic() + CACHE_TTL, value, token_digest)
+        self._entries[token] = (time.monotonic() + CACHE_TTL, value)
 
     def drop(self, token_digest: str) -> None:
         """Forget a revoked token (known here only by its digest)."""
-        for token in [t for t, e in self._entries.items() if e[2] == token_digest]:
+        for token in [t for t, e in self._entries.items() if e[1].token_digest == token_digest]:
             self._entries.pop(token, None)
 
 
@@ -154,6 +158,6 @@ class BearerAuth:
         record = await self.store.get_token(key)
         if record is None:
             raise Unauthorized("Unknown or revoked token.")
-        found = Principal(account=record.account, scope=record.scope)
-        self.cache.put(token, found, key)
+        found = Principal(account=record.account, scope=record.scope, token_digest=key)
+        self.cache.put(token, found)
         return found

@@ -88,6 +88,15 @@ class UnsupportedMediaType(ApiError):
     default_message = "The request body must be application/json."
 
 
+class RequestTimeout(ApiError):
+    status, code = 408, "request_timeout"
+    default_message = "The request body did not arrive in time."
+
+    def __init__(self, message: str | None = None) -> None:
+        # The rest of the body may still be on its way: this connection is done.
+        super().__init__(message, {"Connection": "close"})
+
+
 class RateLimited(ApiError):
     status, code = 429, "rate_limited"
     default_message = "Too many requests; come back after Retry-After seconds."

@@ -1,23 +1,20 @@
 """``GET /api/v1/events/``: the caller's events as Server-Sent Events.
 
-Each client gets its own Redis connection blocked in ``XREAD BLOCK`` on the ``events``
-stream: a blocked connection cannot be shared, and one per client means a client that
-goes away takes exactly its own connection with it. The response is a small ASGI
-callable rather than Starlette's StreamingResponse so the two ways a stream ends are
-explicit: the client disconnects (a task watching ``receive()`` cancels the read) or
-Redis fails (the stream ends; the client resumes with ``Last-Event-ID``). Either way the
-``finally`` closes the connection.
+A stream holds no Redis connection: the process's ``EventHub`` (``api/eventhub.py``)
+reads the ``events`` stream once for every stream and queues each one its frames. The
+response is a small ASGI callable rather than Starlette's StreamingResponse so the ways a
+stream ends are explicit: the client disconnects (a task watching ``receive()`` cancels
+the pump), the hub ends it (its token was revoked, the process shuts down, or the client
+took no data for ``WRITE_TIMEOUT``). Either way the ``finally`` leaves the hub. Keep-alives
+and that timeout come from the hub's one ticker, so a waiting stream holds no timer.
 """
 
 from __future__ import annotations
 
-import logging
-import math
+import asyncio
 import time
-from typing import Any, Final
+from typing import Final
 
-import anyio
-import redis.asyncio as aioredis
 import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,16 +22,13 @@ from starlette.types import Receive, Scope, Send
 
 from api.auth import principal
 from api.errors import InvalidRequest
+from api.eventhub import EventHub, Subscription, id_key
 from api.inputs import query_id
 from api.services import services
 from shared import events
 
-log = logging.getLogger("api.events")
-
-# Client name of the per-stream connections, so tests and operators can count them.
-CLIENT_NAME: Final = "snapshots-sse"
-BATCH: Final = 100
 RETRY_MS: Final = 3000
+KEEPALIVE: Final = b": keep-alive\n\n"
 
 
 def _resume_from(request: Request) -> str | None:
@@ -55,32 +49,16 @@ async def stream(request: Request) -> Response:
     server_id = query_id(request, "server_id")
     start = _resume_from(request)
     svc = services(request)
-    if start is None:
-        # Pin "now" before the headers go out: whatever happens after the client sees
-        # the 200 is in the stream, so a client may subscribe first and read state second
-        # without a gap (XREAD's "$" would be resolved later, at the first read).
-        last = await svc.store.redis.xrevrange(events.STREAM, count=1)
-        start = str(last[0][0]) if last else "0-0"
-    return EventStream(
-        url=svc.settings.effective_redis_url,
-        start=start,
-        account=who.account_filter,
-        server_id=server_id,
-        keepalive=svc.settings.events_keepalive,
-    )
+    # Registered before the headers go out: whatever happens after the client sees the
+    # 200 is in the stream, so a client may subscribe first and read state second.
+    sub = await svc.events.subscribe(who, server_id, start)
+    return EventStream(svc.events, sub)
 
 
 class EventStream(Response):
     media_type = "text/event-stream"
 
-    def __init__(
-        self,
-        url: str,
-        start: str,
-        account: str | None,
-        server_id: int | None,
-        keepalive: float,
-    ) -> None:
+    def __init__(self, hub: EventHub, sub: Subscription) -> None:
         super().__init__(
             status_code=200,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -88,67 +66,83 @@ class EventStream(Response):
         )
         # Response computes a Content-Length of 0 for the empty body; a stream has none.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self.url = url
-        self.last_id = start
-        self.account = account
-        self.server_id = server_id
-        self.keepalive = keepalive
+        self.hub = hub
+        self.sub = sub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        conn = aioredis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            single_connection_client=True,
-            client_name=CLIENT_NAME,
-            socket_connect_timeout=5,
-            # XREAD blocks at most one keep-alive interval; anything longer is a hang.
-            socket_timeout=self.keepalive + 10,
-        )
+        sub = self.sub
+        sub.task = asyncio.current_task()
+
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            sub.end("disconnected")
+
+        watcher = asyncio.get_running_loop().create_task(until_disconnect())
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
-            await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS,
-                        "more_body": True})
-            async with anyio.create_task_group() as tg:
-
-                async def until_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(until_disconnect)
-                await self._pump(conn, send)
-                tg.cancel_scope.cancel()
+            await self._write(send, b"retry: %d\n\n" % RETRY_MS)
+            await self._pump(send)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass  # the client went away while we wrote; nothing left to tell it
+        except (OSError, redis.exceptions.RedisError):
+            # The client went away, or a catch-up read failed (the client reconnects after
+            # retry: and resumes from its last id).
+            pass
+        except asyncio.CancelledError:
+            if sub.ended != "stuck":
+                raise
+            # The hub's ticker gave up on a client that stopped reading: return without
+            # finishing the response, and uvicorn closes the connection.
         finally:
-            with anyio.CancelScope(shield=True):
-                await conn.aclose()
+            watcher.cancel()
+            self.hub.unsubscribe(sub)
 
-    async def _pump(self, conn: aioredis.Redis, send: Send) -> None:
-        last_sent = time.monotonic()
+    async def _write(self, send: Send, body: bytes) -> None:
+        sub = self.sub
+        sub.writing_since = time.monotonic()
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        sub.last_sent = time.monotonic()
+        sub.writing_since = None
+
+    async def _pump(self, send: Send) -> None:
+        sub = self.sub
         while True:
-            wait = max(0.0, last_sent + self.keepalive - time.monotonic())
-            try:
-                answer: Any = await conn.xread(
-                    {events.STREAM: self.last_id}, count=BATCH, block=max(1, math.ceil(wait * 1000))
-                )
-            except (redis.exceptions.RedisError, OSError) as exc:
-                # The client reconnects (retry: above) and resumes from its last id.
-                log.warning("event stream ends: redis failed: %s", exc)
+            if sub.ended is not None:
+                if sub.ended != "disconnected":
+                    await self._write(send, b": %s\n\n" % sub.ended.encode())
                 return
+            if sub.resync:
+                await self._catch_up(send, self.hub.start_resync(sub))
+                continue
+            floor = id_key(sub.last_id)
             chunks: list[bytes] = []
-            for _stream, entries in answer or ():
-                for entry_id, fields in entries:
-                    self.last_id = entry_id
-                    event = events.from_entry(entry_id, fields)
-                    if event is not None and events.visible(event, self.account, self.server_id):
-                        chunks.append(events.sse_frame(event))
-            now = time.monotonic()
-            if not chunks and now - last_sent >= self.keepalive:
-                chunks.append(b": keep-alive\n\n")
+            while sub.frames:
+                entry_id, frame = sub.frames.popleft()
+                if id_key(entry_id) > floor:
+                    chunks.append(frame)
+                    sub.last_id = entry_id
             if chunks:
-                await send({"type": "http.response.body", "body": b"".join(chunks),
-                            "more_body": True})
-                last_sent = now
+                await self._write(send, b"".join(chunks))
+            elif sub.keepalive_due:
+                sub.keepalive_due = False
+                await self._write(send, KEEPALIVE)
+            else:
+                # No await between the empty queue and clear(): the hub cannot slip in.
+                sub.wake.clear()
+                await sub.wake.wait()
+    async def _catch_up(self, send: Send, upto: str) -> None:
+        """Everything the caller may see after its last id up to ``upto``, from Redis."""
+        sub = self.sub
+        while id_key(sub.last_id) < id_key(upto):
+            entries = await self.hub.read_range(sub.last_id, upto)
+            if not entries:
+                return
+            chunks = []
+            for entry_id, fields in entries:
+                event = events.from_entry(entry_id, fields)
+                if event is not None and events.visible(event, sub.account, sub.server_id):
+                    chunks.append(events.sse_frame(event))
+            sub.last_id = entries[-1][0]
+            if chunks:
+                await self._write(send, b"".join(chunks))

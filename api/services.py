@@ -1,5 +1,5 @@
 """What the handlers share: settings, the state store, the broker, the token cache and
-the HTTP metrics."""
+the HTTP metrics and the event hub."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import anyio.to_thread
 from starlette.requests import Request
 
 from api.auth import TokenCache
+from api.eventhub import EventHub
 from api.observe import HttpMetrics
 from shared.async_store import AsyncStore
 from shared.broker import enqueue_operation
@@ -23,6 +24,7 @@ class Services:
     broker: Any  # dramatiq RedisBroker (untyped)
     tokens: TokenCache
     http_metrics: HttpMetrics
+    events: EventHub
 
     async def enqueue(self, op_type: str, operation_id: int) -> None:
         # Dramatiq's broker is synchronous; a worker thread keeps the event loop free.

@@ -7,7 +7,7 @@ transition script. Refusals raise ``TransitionRefused`` with the SPEC error code
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import redis.asyncio as aioredis
@@ -40,6 +40,11 @@ from shared.scripts import (
 from shared.settings import Settings
 
 log = logging.getLogger("operations")
+
+# The web process's connections for scripts (hot reads go over FastReads' one connection).
+POOL_CONNECTIONS: Final = 4
+# Seconds a request waits for a free connection before it answers 503.
+POOL_WAIT: Final = 5.0
 
 
 class CreatedSnapshot(msgspec.Struct):
@@ -75,14 +80,19 @@ class AsyncStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AsyncStore:
-        client = aioredis.Redis.from_url(
+        # A small pool that makes a burst wait its turn (each script is well under a
+        # millisecond) instead of opening a connection per concurrent request: a web
+        # process holds a handful of Redis connections however many clients it serves.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.effective_redis_url,
+            max_connections=POOL_CONNECTIONS,
+            timeout=POOL_WAIT,
             decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=10,
             health_check_interval=30,
         )
-        return cls(client, settings)
+        return cls(aioredis.Redis(connection_pool=pool), settings)
 
     async def close(self) -> None:
         await self.reads.close()

@@ -33,6 +33,8 @@ WORKERS_KEY: Final = "workers:heartbeats"
 WORKERS_KEPT_MS: Final = 24 * 3600 * 1000
 # Until hosts exist (SPEC section 5), every worker is on this one.
 DEFAULT_HOST: Final = "default"
+# Redis connections of an enqueue-only broker (the web process).
+ENQUEUE_CONNECTIONS: Final = 2
 
 
 class BrokerHeartbeat(dramatiq.Middleware):
@@ -80,8 +82,16 @@ class BrokerHeartbeat(dramatiq.Middleware):
 def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
     """A RedisBroker with our namespace and liveness tuning; ``worker`` adds the heartbeat."""
     timeout_ms = int(settings.heartbeat_timeout * 1000)
+    # The web process only enqueues, from worker threads: a small blocking pool bounds its
+    # connections (a burst waits its turn); a worker keeps Dramatiq's own pool.
+    client = None if worker else redis.Redis(
+        connection_pool=redis.BlockingConnectionPool.from_url(
+            settings.effective_redis_url, max_connections=ENQUEUE_CONNECTIONS, timeout=5
+        )
+    )
     broker = RedisBroker(  # type: ignore[no-untyped-call]
-        url=settings.effective_redis_url,
+        client=client,
+        url=None if client is not None else settings.effective_redis_url,
         namespace=NAMESPACE,
         heartbeat_timeout=timeout_ms,
         maintenance_chance=min(settings.maintenance_chance, 1_000_000),

@@ -44,6 +44,10 @@ TERMINAL_TYPES: Final = frozenset(
 STREAM: Final = keys.EVENTS
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
+# Internal: revoke_token.lua appends it (data: {"sha": <token digest>}) so that every web
+# process forgets the token at once and ends its event streams.
+TOKEN_REVOKED: Final = "token.revoked"
+
 
 class Event(msgspec.Struct):
     """One event, as the SSE ``data:`` line and a webhook's POST body carry it."""
@@ -88,6 +92,18 @@ def from_entry(entry_id: str, fields: dict[str, str]) -> Event | None:
         created_at=(rfc3339(int(at)) or "") if at.isdigit() else "",
         data=data,
     )
+
+
+def revoked_digest(fields: dict[str, str]) -> str | None:
+    """The token digest of a ``token.revoked`` entry; None for any other entry."""
+    if fields.get("type") != TOKEN_REVOKED:
+        return None
+    try:
+        data = msgspec.json.decode(fields.get("data") or "{}")
+    except msgspec.DecodeError:
+        return None
+    sha = data.get("sha") if isinstance(data, dict) else None
+    return sha if isinstance(sha, str) and sha else None
 
 
 def visible(event: Event, account: str | None, server_id: int | None) -> bool:

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shared.logs import LOG_FORMATS
 
@@ -149,9 +150,6 @@ class Settings:
     # (doubling after each failed attempt, capped at an hour): 8 is about 20 minutes.
     webhook_attempts: int = 8
     webhook_backoff: float = 10.0
-    # A comment line this often keeps proxies and load balancers from closing an idle event
-    # stream (most cut at 30-60 s) and lets the server notice a vanished client.
-    events_keepalive: float = 15.0
     # Where `make run` binds the web process (the Procfile's default too); production
     # sets HOST explicitly (0.0.0.0 on Heroku).
     host: str = "127.0.0.1"
@@ -176,6 +174,22 @@ class Settings:
     lock_settle: float = 5.0  # a listing lags behind writes by less than this
     lock_stale: float = 1800.0  # an unrefreshed lock is dead after this (restic: 30 min)
     reclaim_margin: float = 3600.0  # nothing younger is deleted; condemn-to-sweep minimum
+    # Event streams (GET /api/v1/events/, see README "The event stream"): a comment line
+    # this often keeps proxies and load balancers from closing an idle stream (most cut at
+    # 30-60 s) and lets the server notice a vanished client; how many streams one web
+    # process keeps open, per account and in all (past either cap a new stream answers
+    # 429); how many frames a stream may have queued before it is resynced from Redis.
+    events_keepalive: float = 15.0
+    events_max_per_account: int = 100
+    events_max_per_process: int = 10_000
+    events_queue: int = 1000
+    # Absolute base of the links the API returns (links.next), like
+    # https://snapshots.example.com; None: links are paths. Never the request's Host.
+    public_url: str | None = None
+    # Slow clients (README "Security"): seconds a connection may take to send a request's
+    # headers, and a request's body.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -191,6 +205,16 @@ class Settings:
                 f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}"
             )
         d = cls(data_dir=data_dir, storage_url=storage_url)  # the defaults
+        public_url = _optional(env, "SNAPSHOTS_PUBLIC_URL")
+        if public_url is not None:
+            parts = urlsplit(public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
+                    or parts.fragment:
+                raise SettingsError(
+                    "SNAPSHOTS_PUBLIC_URL must be an http:// or https:// URL without query, "
+                    f"like https://snapshots.example.com, got {public_url!r}"
+                )
+            public_url = public_url.rstrip("/")
         return cls(
             data_dir=data_dir,
             storage_url=storage_url,
@@ -222,6 +246,16 @@ class Settings:
             lock_settle=_float(env, "SNAPSHOTS_LOCK_SETTLE", d.lock_settle),
             lock_stale=_float(env, "SNAPSHOTS_LOCK_STALE", d.lock_stale),
             reclaim_margin=_float(env, "SNAPSHOTS_RECLAIM_MARGIN", d.reclaim_margin),
+            events_max_per_account=_int(
+                env, "SNAPSHOTS_EVENTS_MAX_PER_ACCOUNT", d.events_max_per_account
+            ),
+            events_max_per_process=_int(
+                env, "SNAPSHOTS_EVENTS_MAX_PER_PROCESS", d.events_max_per_process
+            ),
+            events_queue=_int(env, "SNAPSHOTS_EVENTS_QUEUE", d.events_queue),
+            public_url=public_url,
+            header_timeout=_float(env, "SNAPSHOTS_HEADER_TIMEOUT", d.header_timeout),
+            body_timeout=_float(env, "SNAPSHOTS_BODY_TIMEOUT", d.body_timeout),
         )
 
     @property

@@ -35,7 +35,8 @@ class Live:
 @pytest.fixture
 def live(settings: Settings) -> Iterator[Live]:
     # Short keep-alives so the test sees several without waiting 15 s.
-    fast = dataclasses.replace(settings, events_keepalive=0.3)
+    # A tiny per-stream queue, so that a burst of events overflows it.
+    fast = dataclasses.replace(settings, events_keepalive=0.3, events_queue=5)
     port = free_port()
     config = uvicorn.Config(
         create_app(fast), host="127.0.0.1", port=port, log_level="warning",
