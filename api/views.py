@@ -9,6 +9,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.services import services
 from shared.records import OperationRecord, ServerRecord, SnapshotRecord
 from shared.schemas import (
     CREATE_MESSAGE,
@@ -107,12 +108,16 @@ def server_view(rec: ServerRecord, admin: bool) -> Server:
 
 
 def next_link(request: Request, cursor: int | None, **filters: object) -> str | None:
-    """Absolute URL of the next page, keeping the caller's filters and limit."""
+    """The next page, keeping the caller's filters and limit: a path such as
+    ``/api/v1/snapshots/?limit=50&cursor=7``, or an absolute URL under
+    ``SNAPSHOTS_PUBLIC_URL`` when that is set. Never built from the request's ``Host``
+    header, which the caller controls (a link to ``http://evil.example/...`` handed to a
+    script or a console would carry its token to whoever answers there)."""
     if cursor is None:
         return None
     query = {k: v for k, v in filters.items() if v is not None}
     query["cursor"] = cursor
-    base = f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
-    if not base.endswith("/"):
-        base += "/"
-    return f"{base}?{urlencode(query)}"
+    # The matched route's own path (RequestContext gave it its trailing slash).
+    path = request.scope.get("root_path", "") + request.scope["path"]
+    base = services(request).settings.public_url or ""
+    return f"{base}{path}?{urlencode(query)}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import urlsplit
 
+import pytest
 from starlette.testclient import TestClient
 
+from api.app import create_app
+from shared.settings import Settings, SettingsError
 from shared.store import Store
 from tests.support.api import ApiHelper
 
@@ -41,9 +45,10 @@ def test_pagination_with_cursor_and_total(
         seen += [s["id"] for s in body["snapshots"]]
         url = body["links"]["next"]
         if url:
+            # A path on this service (no SNAPSHOTS_PUBLIC_URL here), keeping the limit.
             parts = urlsplit(url)
-            assert parts.scheme in ("http", "https") and "limit=4" in parts.query
-            url = f"{parts.path}?{parts.query}"
+            assert not parts.scheme and not parts.netloc and parts.path == "/api/v1/snapshots/"
+            assert "limit=4" in parts.query
         pages += 1
     assert pages == 3
     assert seen == sorted(ids, reverse=True)
@@ -122,3 +127,34 @@ def test_listing_survives_a_script_cache_flush(
     store.redis.script_flush()  # as after a Redis restart without persistence of scripts
     assert client.get("/api/v1/snapshots/", headers=h).json()["meta"]["total"] == 2
     assert client.get("/api/v1/snapshots/", headers=h).json()["meta"]["total"] == 2
+
+
+def test_next_link_never_comes_from_the_host_header(
+    client: TestClient, api: ApiHelper, store: Store, settings: Settings
+) -> None:
+    """A caller-chosen Host never makes it into a link (issue 9): paths by default,
+    SNAPSHOTS_PUBLIC_URL when set."""
+    server = api.server("acme")
+    make_snapshots(api, store, server["id"], 3)
+    headers = {**api.headers("acme", "read"), "Host": "evil.example"}
+    r = client.get("/api/v1/snapshots/?limit=1", headers=headers)
+    nxt = r.json()["links"]["next"]
+    assert nxt.startswith("/api/v1/snapshots/?") and "evil" not in nxt
+    r = client.get("/api/v1/operations/?limit=1", headers=headers)
+    assert r.json()["links"]["next"].startswith("/api/v1/operations/?")
+
+    public = dataclasses.replace(settings, public_url="https://snapshots.example.com")
+    with TestClient(create_app(public)) as other:
+        r = other.get("/api/v1/snapshots/?limit=1", headers=headers)
+    nxt = r.json()["links"]["next"]
+    assert nxt.startswith("https://snapshots.example.com/api/v1/snapshots/?limit=1&cursor=")
+    assert "evil" not in nxt
+
+
+def test_public_url_must_be_a_plain_http_url() -> None:
+    base = {"SNAPSHOTS_DATA_DIR": "/tmp/x"}
+    ok = Settings.from_env({**base, "SNAPSHOTS_PUBLIC_URL": "https://api.example.com/"})
+    assert ok.public_url == "https://api.example.com"
+    for bad in ("evil.example", "ftp://x.example", "https://x.example/?a=1", "https://"):
+        with pytest.raises(SettingsError, match="SNAPSHOTS_PUBLIC_URL"):
+            Settings.from_env({**base, "SNAPSHOTS_PUBLIC_URL": bad})
