@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/api.py [--duration 10] [--connections 32] [--threads 2]
 
-Starts, on free loopback ports, a throw-away redis-server, our API (uvicorn, 1 worker) and
-bench/bare_app.py (same uvicorn settings); seeds servers, a token and snapshots through the
-real API; then runs wrk against GET one snapshot, GET the list and the bare app, one after
-the other. Every process it started is stopped on exit, Ctrl-C included.
+Starts, on free loopback ports, a throw-away redis-server, our API (uvicorn, 1 worker),
+the same API with its hot reads on redis-py's asyncio client instead of shared/fastread.py
+(bench/redispy_app.py, same Redis and data) and bench/bare_app.py (same uvicorn settings);
+seeds servers, a token and snapshots through the real API; then runs wrk against GET one
+snapshot and GET the list on both APIs and against the bare app, one after the other, in
+interleaved rounds. Every process it started is stopped on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from types import FrameType
 import benchlib
 import httpx
 from api_report import header, print_table
-from processes import Procs, start_all, start_bare
+from processes import Procs, start_all, start_api, start_bare
 from seeding import SERVERS, seed
-from wrk import Target, measure
+from wrk import Target, WrkResult, measure
+
+
+def _cpu_us(r: WrkResult) -> float:
+    return 1e6 * r.cpu_s / r.requests if r.requests else float("nan")
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -38,21 +44,31 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
         f"seeded  : {SERVERS} servers, {seeded.snapshots} snapshots (in_progress, no worker);"
         f" GET one body {len(seeded.body)} bytes; bare app answers the same bytes"
     )
+    redispy = start_api(procs, tmp, "api-redispy",
+                        ["--factory", "bench.redispy_app:create_app"], env)
     bare_base = start_bare(procs, tmp, seeded.body, env)
-    api_pids, rpid = [procs.pid("api")], procs.pid("redis-server")
+    rpid = procs.pid("redis-server")
+    one, many = f"/api/v1/snapshots/{seeded.snapshot_id}/", "/api/v1/snapshots/"
     targets = [
-        Target("GET /api/v1/snapshots/{id}/", f"{base}/api/v1/snapshots/{seeded.snapshot_id}/",
-               seeded.token, api_pids, rpid),
-        Target(f"GET /api/v1/snapshots/ ({seeded.snapshots} items)", f"{base}/api/v1/snapshots/",
-               seeded.token, api_pids, rpid),
-        Target("bare Starlette, same body", f"{bare_base}/api/v1/snapshots/1/", None,
-               [procs.pid("bare")]),
+        Target("GET /api/v1/snapshots/{id}/", base + one, seeded.token, [procs.pid("api")], rpid),
+        Target("  same, reads on redis-py", redispy + one, seeded.token,
+               [procs.pid("api-redispy")], rpid),
+        Target(f"GET /api/v1/snapshots/ ({seeded.snapshots} items)", base + many,
+               seeded.token, [procs.pid("api")], rpid),
+        Target("  same, reads on redis-py", redispy + many, seeded.token,
+               [procs.pid("api-redispy")], rpid),
+        Target("bare Starlette, same body", f"{bare_base}{one}", None, [procs.pid("bare")]),
     ]  # fmt: skip
     print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
     results = measure(targets, args, procs)
     print()
-    print_table(results, results[2], args.rounds)
-    one_r, bare = results[0], results[2]
+    bare = results[-1]
+    print_table(results, bare, args.rounds)
+    for fast, slow in ((results[0], results[1]), (results[2], results[3])):
+        if fast.rps and slow.rps:
+            print(f"fastread vs redis-py, {fast.name}: {fast.rps / slow.rps:.2f} x req/s, "
+                  f"{_cpu_us(fast):.0f} vs {_cpu_us(slow):.0f} server CPU us/req")
+    one_r = results[0]
     if one_r.rps and bare.rps:
         ratio = one_r.rps / bare.rps
         verdict = "PASS" if ratio >= 0.5 else "FAIL"

@@ -139,13 +139,21 @@ def start_all(procs: Procs, tmp: Path) -> tuple[str, dict[str, str]]:
         SNAPSHOTS_MAX_PER_SERVER="5",
         PORT=str(aport),
     )
+    return start_api(procs, tmp, "api", api_target(), env, aport), env
+
+
+def start_api(
+    procs: Procs, tmp: Path, name: str, target: list[str], env: dict[str, str], port: int = 0
+) -> str:
+    """An API process (our app, or a variant of it) under uvicorn; answers its base URL."""
+    port = port or free_port()
     uvicorn = str(VENV_BIN / "uvicorn")
     procs.start(
-        "api", [uvicorn, *api_target(), *UVICORN_OPTS, "--port", str(aport)], env, tmp / "api.log"
+        name, [uvicorn, *target, *UVICORN_OPTS, "--port", str(port)], env, tmp / f"{name}.log"
     )
-    base = f"http://127.0.0.1:{aport}"
+    base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", procs)
-    return base, env
+    return base
 
 
 def start_bare(procs: Procs, tmp: Path, body: bytes, env: dict[str, str]) -> str:
