@@ -51,11 +51,11 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     one, many = f"/api/v1/snapshots/{seeded.snapshot_id}/", "/api/v1/snapshots/"
     targets = [
         Target("GET /api/v1/snapshots/{id}/", base + one, seeded.token, [procs.pid("api")], rpid),
-        Target("  same, reads on redis-py", redispy + one, seeded.token,
+        Target("  same, reads on redis-py (one)", redispy + one, seeded.token,
                [procs.pid("api-redispy")], rpid),
         Target(f"GET /api/v1/snapshots/ ({seeded.snapshots} items)", base + many,
                seeded.token, [procs.pid("api")], rpid),
-        Target("  same, reads on redis-py", redispy + many, seeded.token,
+        Target("  same, reads on redis-py (list)", redispy + many, seeded.token,
                [procs.pid("api-redispy")], rpid),
         Target("bare Starlette, same body", f"{bare_base}{one}", None, [procs.pid("bare")]),
     ]  # fmt: skip

@@ -113,6 +113,8 @@ def combine(name: str, runs: list[WrkResult]) -> WrkResult:
 def measure(targets: list[Target], args: argparse.Namespace, procs: Procs) -> list[WrkResult]:
     """Rounds of one wrk run per target, interleaved so background noise hits all alike."""
     runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+    if len(runs) != len(targets):
+        raise ValueError("two targets share a name; their rounds would be mixed")
     for i in range(args.rounds):
         for t in targets:
             res = run_wrk(t, args, show=i == 0)
