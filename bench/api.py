@@ -25,7 +25,7 @@ import httpx
 from api_report import header, print_table
 from processes import Procs, start_all, start_api, start_bare
 from seeding import SERVERS, seed
-from wrk import Target, WrkResult, measure
+from wrk import Target, WrkResult, measure, paired_ratio
 
 
 def _cpu_us(r: WrkResult) -> float:
@@ -60,14 +60,15 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
         Target("bare Starlette, same body", f"{bare_base}{one}", None, [procs.pid("bare")]),
     ]  # fmt: skip
     print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
-    results = measure(targets, args, procs)
+    results, rounds = measure(targets, args, procs)
     print()
     bare = results[-1]
     print_table(results, bare, args.rounds)
     for fast, slow in ((results[0], results[1]), (results[2], results[3])):
-        if fast.rps and slow.rps:
-            print(f"fastread vs redis-py, {fast.name}: {fast.rps / slow.rps:.2f} x req/s, "
-                  f"{_cpu_us(fast):.0f} vs {_cpu_us(slow):.0f} server CPU us/req")
+        paired = paired_ratio(rounds[fast.name], rounds[slow.name])
+        if paired is not None:
+            print(f"fastread vs redis-py, {fast.name}: {paired:.2f} x req/s (median of the "
+                  f"rounds' ratios), {_cpu_us(fast):.0f} vs {_cpu_us(slow):.0f} server CPU us/req")
     one_r = results[0]
     if one_r.rps and bare.rps:
         ratio = one_r.rps / bare.rps

@@ -110,8 +110,14 @@ def combine(name: str, runs: list[WrkResult]) -> WrkResult:
     return out
 
 
-def measure(targets: list[Target], args: argparse.Namespace, procs: Procs) -> list[WrkResult]:
-    """Rounds of one wrk run per target, interleaved so background noise hits all alike."""
+Rounds = dict[str, list[WrkResult]]  # target name -> its result in each round
+
+
+def measure(
+    targets: list[Target], args: argparse.Namespace, procs: Procs
+) -> tuple[list[WrkResult], Rounds]:
+    """Rounds of one wrk run per target, interleaved so background noise hits all alike;
+    the median of each target, and every round's result."""
     runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
     if len(runs) != len(targets):
         raise ValueError("two targets share a name; their rounds would be mixed")
@@ -122,4 +128,11 @@ def measure(targets: list[Target], args: argparse.Namespace, procs: Procs) -> li
             procs.check_alive()
         done = ", ".join(f"{n} {r[-1].rps or 0:,.0f}" for n, r in runs.items())
         print(f"  round {i + 1}/{args.rounds} req/s: {done}", flush=True)
-    return [combine(name, rs) for name, rs in runs.items()]
+    return [combine(name, rs) for name, rs in runs.items()], runs
+
+
+def paired_ratio(a: list[WrkResult], b: list[WrkResult]) -> float | None:
+    """Median over rounds of a's req/s over b's in the same round: on a shared machine the
+    noise of one round hits both alike, so the pair's ratio is steadier than the medians'."""
+    ratios = [x.rps / y.rps for x, y in zip(a, b, strict=True) if x.rps and y.rps]
+    return statistics.median(ratios) if ratios else None
