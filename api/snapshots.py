@@ -107,10 +107,12 @@ async def restore(request: Request, body: RestoreRequest) -> Response:
     svc = services(request)
     try:
         started = await svc.store.start_restore(
-            account=who.account_filter, snapshot_id=snapshot_id, start_after=body.start_after
+            account=who.account_filter, snapshot_id=snapshot_id, start_after=body.start_after,
+            target_id=body.server_id, safety=body.safety_snapshot,
         )
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
+    # The operation is the target server's: its host runs it (a clone's, the other server's).
     await svc.enqueue("snapshot.restore", started.operation_id)
     return JSON(
         RestoreAccepted(

@@ -70,6 +70,9 @@ def operation_view(rec: OperationRecord) -> Operation:
         started_at=rfc3339(rec.started_at),
         finished_at=rfc3339(rec.finished_at),
         error=rec.error,
+        source_server_id=rec.source_server_id,
+        safety_snapshot_id=rec.safety_snapshot_id,
+        hooks=rec.hooks,
     )
 
 
@@ -104,6 +107,7 @@ def server_view(rec: ServerRecord, admin: bool) -> Server:
         view.state = rec.state
         view.power = rec.power
         view.host = rec.host
+        view.hooks = rec.hooks
     return view
 
 

@@ -61,6 +61,7 @@ class StartedRestore(msgspec.Struct):
     snapshot_id: int
     snapshot_name: str
     snapshot_created_at: int
+    safety_snapshot_id: int | None = None
 
 
 class CreatedToken(msgspec.Struct):
@@ -177,9 +178,16 @@ class AsyncStore:
         return made
 
     async def start_restore(
-        self, *, account: str | None, snapshot_id: int, start_after: bool | None = None
+        self,
+        *,
+        account: str | None,
+        snapshot_id: int,
+        start_after: bool | None = None,
+        target_id: int | None = None,
+        safety: bool = False,
     ) -> StartedRestore:
-        payload = start_restore_arg(account, snapshot_id, start_after)
+        payload = start_restore_arg(account, snapshot_id, start_after, target_id, safety,
+                                    self.settings.max_per_server)
         answer = result(await self._run("start_restore", payload))
         started = msgspec.convert(answer, StartedRestore, strict=False)
         self._queued(started.operation_id, "snapshot.restore", snapshot_id)

@@ -32,6 +32,9 @@ EventType = Literal[
     "restore.failed",
     "schedule.run",
     "schedule.failed",
+    "clone.started",
+    "clone.succeeded",
+    "clone.failed",
 ]
 PUBLIC_TYPES: Final[frozenset[str]] = frozenset(EventType.__args__)  # type: ignore[attr-defined]
 

@@ -14,6 +14,8 @@ from msgspec import Struct
 
 from shared.schemas import (
     ErrorInfo,
+    HookRun,
+    Hooks,
     OperationStatus,
     OperationType,
     Power,
@@ -68,6 +70,9 @@ class OperationRecord(Struct, kw_only=True):
     attempts: int = 0
     start_after: bool | None = None
     stop_server: bool = False
+    source_server_id: int | None = None
+    safety_snapshot_id: int | None = None
+    hooks: list[HookRun] | None = None
 
 
 class ScheduleRecord(Struct, kw_only=True):
@@ -96,6 +101,7 @@ class ServerRecord(Struct, kw_only=True):
     state: ServerState
     power: Power = msgspec.field(default_factory=PowerNone)
     host: str = "default"
+    hooks: Hooks | None = None
     created_at: int
     # Power status before a restore began, so a failed restore can put it back.
     prior_status: str | None = None

@@ -93,6 +93,10 @@ class SnapshotUpdate(Struct, forbid_unknown_fields=True):
 
 class RestoreRequest(Struct, forbid_unknown_fields=True):
     start_after: bool | None = None
+    # Another server of the caller's, same state kind: restore into it (a clone).
+    server_id: PositiveInt | None = None
+    # First capture the target's current state as a snapshot with origin "safety".
+    safety_snapshot: bool = False
 
 
 class ServerState(Struct, forbid_unknown_fields=True):
@@ -123,6 +127,14 @@ class PowerSystemd(Struct, forbid_unknown_fields=True, tag_field="kind", tag="sy
 
 
 Power = PowerNone | PowerCommand | PowerSystemd
+
+
+class Hooks(Struct, forbid_unknown_fields=True):
+    """Commands run on the server's host around every capture (inside a stop_server stop)."""
+
+    pre_snapshot: Command | None = None
+    post_snapshot: Command | None = None
+    timeout: Annotated[int, Meta(ge=1, le=3600)] = 60
 AccountName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
@@ -132,6 +144,7 @@ class ServerCreate(Struct, forbid_unknown_fields=True):
     state: ServerState
     power: Power = msgspec.field(default_factory=PowerNone)
     host: Annotated[str, Meta(min_length=1, max_length=255)] = "default"
+    hooks: Hooks | None = None
 
     def __post_init__(self) -> None:
         _printable("name", self.name)
@@ -249,6 +262,14 @@ class RestoreAccepted(Struct):
     operation_id: int
 
 
+class HookRun(Struct):
+    hook: Literal["pre_snapshot", "post_snapshot"]
+    exit_code: int | None
+    timed_out: bool
+    seconds: float
+    output: str
+
+
 class Operation(Struct):
     id: int
     type: OperationType
@@ -260,6 +281,12 @@ class Operation(Struct):
     started_at: str | None
     finished_at: str | None
     error: ErrorInfo | None
+    # A restore into another server (a clone): the snapshot's own server.
+    source_server_id: int | None = None
+    # A restore that first captured the target: that safety snapshot.
+    safety_snapshot_id: int | None = None
+    # The server's hooks as they ran for this capture (exit code, last 4 KiB of output).
+    hooks: list[HookRun] | None = None
 
 
 class OperationList(Struct):
@@ -279,6 +306,7 @@ class Server(Struct, omit_defaults=True):
     state: ServerState | UnsetType = UNSET
     power: Power | UnsetType = UNSET
     host: str | UnsetType = UNSET
+    hooks: Hooks | UnsetType | None = UNSET
     # Always present (null without a schedule); UNSET only so omit_defaults keeps a None.
     schedule: Schedule | UnsetType | None = UNSET
 

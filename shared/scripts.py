@@ -41,6 +41,7 @@ SCRIPT_NAMES = (
     "set_schedule",
     "delete_schedule",
     "run_schedule",
+    "complete_safety",
 )
 
 
@@ -93,8 +94,20 @@ def create_snapshot_arg(account: str | None, body: SnapshotCreate, max_per_serve
     })
 
 
-def start_restore_arg(account: str | None, snapshot_id: int, start_after: bool | None) -> bytes:
-    return arg({"snapshot_id": str(snapshot_id), "account": account, "start_after": start_after})
+def start_restore_arg(
+    account: str | None,
+    snapshot_id: int,
+    start_after: bool | None,
+    target_id: int | None,
+    safety: bool,
+    max_per_server: int,
+) -> bytes:
+    return arg({
+        "snapshot_id": str(snapshot_id), "account": account, "start_after": start_after,
+        "target_id": None if target_id is None else str(target_id), "safety": safety,
+        "safety_name": f"safety copy before the restore of snapshot {snapshot_id}",
+        "max": max_per_server,
+    })
 
 
 def delete_snapshot_arg(account: str | None, snapshot_id: int) -> bytes:
@@ -109,6 +122,7 @@ def create_server_arg(body: ServerCreate, status: str) -> bytes:
         "power": msgspec.json.encode(body.power).decode(),
         "host": body.host,
         "status": status,
+        "hooks": None if body.hooks is None else msgspec.json.encode(body.hooks).decode(),
     })
 
 

@@ -21,7 +21,7 @@ from shared.records import (
     TokenRecord,
     decode_record,
 )
-from shared.schemas import ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
+from shared.schemas import HookRun, ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
 from shared.scripts import (
     Page,
     arg,
@@ -40,6 +40,8 @@ from shared.scripts import (
 from shared.settings import Settings
 
 SCHEDULES_DUE = keys.SCHEDULES_DUE
+# Hook runs kept on an operation (a retried capture runs its hooks again).
+HOOK_RUNS_KEPT = 12
 
 
 def _ids(raw: Any) -> list[int]:
@@ -146,9 +148,16 @@ class Store:
         return int(answer["snapshot_id"]), int(answer["operation_id"])
 
     def start_restore(
-        self, *, account: str | None, snapshot_id: int, start_after: bool | None = None
+        self,
+        *,
+        account: str | None,
+        snapshot_id: int,
+        start_after: bool | None = None,
+        target_id: int | None = None,
+        safety: bool = False,
     ) -> int:
-        payload = start_restore_arg(account, snapshot_id, start_after)
+        payload = start_restore_arg(account, snapshot_id, start_after, target_id, safety,
+                                    self.settings.max_per_server)
         return int(result(self._run("start_restore", payload))["operation_id"])
 
     def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
@@ -239,6 +248,31 @@ class Store:
         guard = "" if started_before is None else str(int(started_before))
         done = ok(self._run("fail_operation", op_id, code, message, server_status or "", guard))
         return self._ended(op_id, done, "failed")
+
+    def complete_safety(self, op_id: int, size_mb: float, warnings: list[str]) -> bool:
+        """A restore's safety snapshot is committed: it becomes available."""
+        size = f"{round(max(size_mb, 0.0), 2):.2f}"
+        return ok(self._run("complete_safety", op_id, size, msgspec.json.encode(warnings)))
+
+    # Hooks' bookkeeping on the operation: plain fields (no status), written by the one
+    # worker thread that holds the operation's lease.
+
+    def add_hook_run(self, op_id: int, run: HookRun) -> None:
+        key = keys.operation(op_id)
+        raw = self.redis.hget(key, "hooks")
+        runs: list[Any] = msgspec.json.decode(text(raw)) if raw else []
+        runs.append(msgspec.to_builtins(run))
+        self.redis.hset(key, "hooks", msgspec.json.encode(runs[-HOOK_RUNS_KEPT:]))
+
+    def hook_pending(self, op_id: int) -> bool:
+        """A pre hook ran and its post hook has not yet (the worker may have been killed)."""
+        return bool(self.redis.hget(keys.operation(op_id), "hook_pending"))
+
+    def set_hook_pending(self, op_id: int, pending: bool) -> None:
+        if pending:
+            self.redis.hset(keys.operation(op_id), "hook_pending", 1)
+        else:
+            self.redis.hdel(keys.operation(op_id), "hook_pending")
 
     def set_server_power(self, server_id: int, status: str) -> None:
         if status not in ("running", "stopped"):

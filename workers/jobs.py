@@ -15,24 +15,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgspec
 import redis
 
 from shared import logs, metrics
 from shared.records import OperationRecord, ServerRecord
-from shared.schemas import PowerNone, rfc3339
+from shared.schemas import PowerNone
 from shared.store import Store
-from workers.engine import (
-    Cancelled,
-    Engine,
-    EngineError,
-    SnapshotMeta,
-    StateSpec,
-    StorageFull,
-    TransientEngineError,
-)
+from workers.capturing import Capturer
+from workers.engine import Cancelled, Engine, EngineError, StateSpec, StorageFull
+from workers.hooks import HookFailed, HookRunner
 from workers.power import PowerDriver, PowerError, PowerStatus
-from workers.reporting import CancelCheck, ProgressReporter
+from workers.reporting import ProgressReporter
 from workers.retention import retention_drop
 
 log = logging.getLogger(__name__)
@@ -44,6 +37,14 @@ Enqueue = Callable[[str, int], None]
 # Where catalog rebuild points a server whose state path it could not know; a restore into
 # it is refused until an admin sets the real path (see workers/catalog.py).
 PLACEHOLDER_PREFIX = "/.snapshots-rebuilt/"
+
+
+class SafetyFailed(Exception):
+    """A restore's safety snapshot failed for good: the restore fails with its code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Jobs:
         self.max_attempts = max_attempts
         self.lease = lease
         self.enqueue = enqueue
+        self.hooks = HookRunner(store)
+        self.capturer = Capturer(engine, self.hooks)
         # Operations this process's threads are running now: the reaper of this process
         # releases a lease it holds in Redis for an operation none of them runs (a job
         # that died while Redis was away and could neither release it nor be retried).
@@ -136,6 +139,7 @@ class Jobs:
 
     def _run(self, op: OperationRecord) -> None:
         if op.attempts > self.max_attempts:
+            self._owed_hook(op)
             if op.type == "snapshot.restore":
                 self._undo_restore(op)
             self.store.fail_operation(
@@ -163,6 +167,13 @@ class Jobs:
                 return
             raise
 
+    def _owed_hook(self, op: OperationRecord) -> None:
+        """The post hook a killed capture owes its server, before the job is given up."""
+        server = self.store.get_server(op.server_id)
+        snapshot_id = op.safety_snapshot_id if op.type == "snapshot.restore" else op.snapshot_id
+        if server is not None and snapshot_id is not None:
+            self.hooks.owed(op.id, server, snapshot_id)
+
     def _undo_restore(self, op: OperationRecord) -> None:
         """A restore killed for the last time: put back what a killed patch left half done
         (the next restore or capture would too, but the server may start before then)."""
@@ -187,6 +198,13 @@ class Jobs:
         except redis.RedisError:
             return False  # asked again a second later; a delete waits for us anyway
 
+    @staticmethod
+    def _transient(exc: EngineError) -> bool:
+        """A plain EngineError (e.g. "a capture worker process died", which is what a
+        SIGTERM to the whole process group looks like from here) is worth a retry; the
+        specific ones (storage_full, snapshot_corrupt, state_invalid...) are final."""
+        return type(exc) is EngineError
+
     # -- create -------------------------------------------------------------------------
 
     def _create(self, op: OperationRecord, snapshot_id: int) -> None:
@@ -194,21 +212,6 @@ class Jobs:
         server = self.store.get_server(op.server_id)
         if snap is None or server is None or snap.deleted or snap.status != "in_progress":
             return
-        meta = SnapshotMeta(
-            snapshot_id=snap.id,
-            server_id=server.id,
-            server_name=server.name,
-            account=server.account,
-            name=snap.name,
-            description=snap.description,
-            created_at=rfc3339(snap.created_at) or "",
-            server_spec={
-                "state": msgspec.to_builtins(server.state),
-                "power": msgspec.to_builtins(server.power),
-                "host": server.host,
-            },
-        )
-        state = StateSpec(kind=server.state.kind, path=server.state.path)
         driver = self.power_for(server)
         stopped_here = False
         warnings: list[str] = []
@@ -221,18 +224,17 @@ class Jobs:
                 self.store.set_server_power(server.id, "stopped")
             elif op.stop_server and self.store.server_stopped_by(op.id):
                 stopped_here = True  # an earlier attempt stopped it, then died
-            result = self.engine.capture(
-                meta,
-                state,
-                progress=ProgressReporter(lambda p: self._report(op.id, p)),
-                should_stop=CancelCheck(lambda: self._cancelled(op.id)),
+            result, captured_warnings = self.capturer.capture(
+                op.id, snap, server,
+                progress=lambda p: self._report(op.id, p),
+                should_stop=lambda: self._cancelled(op.id),
             )
         except Cancelled:
             log.info("snapshot %s: deleted or ended while it was being created", snap.id)
             return
-        except TransientEngineError:
-            raise  # delivered again (see TransientEngineError); the others are final
-        except (EngineError, PowerError) as exc:
+        except (EngineError, PowerError, HookFailed) as exc:
+            if isinstance(exc, EngineError) and self._transient(exc):
+                raise
             self.store.fail_operation(op.id, exc.code, str(exc))
             if isinstance(exc, StorageFull):
                 # Free what the capture stored before it hit the wall (nothing references
@@ -242,7 +244,7 @@ class Jobs:
         finally:
             if stopped_here:
                 warnings += self._start_again(server, driver)
-        warnings += result.warnings
+        warnings += captured_warnings
         size_mb = round(result.size_bytes / MIB, 2)
         drop = retention_drop(self.store, snap.id, server.id) if snap.origin == "schedule" else []
         deletes = self.store.complete_scheduled(op.id, size_mb, warnings, drop)
@@ -302,6 +304,8 @@ class Jobs:
                 power = self._settle_power(driver, prior == "running")
                 self.store.set_server_power(server.id, power)
                 return
+            if op.safety_snapshot_id is not None:
+                self._safety_snapshot(op, server, op.safety_snapshot_id)
             self.engine.recover(state)
             self.engine.restore(
                 snapshot_id,
@@ -309,9 +313,13 @@ class Jobs:
                 progress=ProgressReporter(lambda p: self._report(op.id, p)),
                 live=isinstance(server.power, PowerNone),  # nothing stopped it: never patch
             )
-        except TransientEngineError:
-            raise  # delivered again (see TransientEngineError); the others are final
-        except (EngineError, PowerError) as exc:
+        except Cancelled:
+            # The reaper ended the operation while its safety snapshot was being captured.
+            self.store.set_server_power(server.id, self._settle_power(driver, prior == "running"))
+            return
+        except (EngineError, PowerError, HookFailed, SafetyFailed) as exc:
+            if isinstance(exc, EngineError) and self._transient(exc):
+                raise
             # The engine left the previous state intact; put the power back as it was.
             status = self._settle_power(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)
@@ -327,6 +335,26 @@ class Jobs:
             )
             return
         self.store.complete_restore(op.id, status)
+
+    def _safety_snapshot(self, op: OperationRecord, server: ServerRecord, snap_id: int) -> None:
+        """Captures the server's current state first (stopped, if it has a power driver);
+        the restore goes on only once that snapshot is available."""
+        snap = self.store.get_snapshot(snap_id)
+        if snap is None or snap.deleted or snap.status == "available":
+            return  # an earlier attempt committed it (and its owner may have deleted it since)
+        try:
+            result, warnings = self.capturer.capture(
+                op.id, snap, server, progress=None,
+                should_stop=lambda: not self._still_running(op.id),
+            )
+        except (EngineError, HookFailed) as exc:
+            if isinstance(exc, Cancelled) or (
+                    isinstance(exc, EngineError) and self._transient(exc)):
+                raise
+            raise SafetyFailed(exc.code, "The safety snapshot could not be captured, so "
+                               f"nothing was restored: {exc}") from exc
+        if not self.store.complete_safety(op.id, round(result.size_bytes / MIB, 2), warnings):
+            raise Cancelled("the restore ended while its safety snapshot was captured")
 
     def _still_running(self, op_id: int) -> bool:
         current = self.store.get_operation(op_id)

@@ -180,6 +180,35 @@ local function drop_snapshot(snap, t, data)
   return oid
 end
 
+-- The sorted set of schedules by their next slot (score = epoch s, member = server id).
+local SCHEDULES_DUE = 'schedules:due'
+
+-- Restores reading a snapshot: a set of operation ids (several clones may read one
+-- snapshot at once); ``in_use_by`` on the hash names the latest, for people reading it.
+local function snap_add_reader(snap_id, oid)
+  redis.call('SADD', 'snapshot:' .. snap_id .. ':readers', oid)
+  redis.call('HSET', 'snapshot:' .. snap_id, 'in_use_by', oid)
+end
+
+local function snap_remove_reader(snap_id, oid)
+  local key = 'snapshot:' .. snap_id .. ':readers'
+  redis.call('SREM', key, oid)
+  local left = redis.call('SRANDMEMBER', key)
+  if left then
+    redis.call('HSET', 'snapshot:' .. snap_id, 'in_use_by', left)
+  else
+    redis.call('HDEL', 'snapshot:' .. snap_id, 'in_use_by')
+  end
+end
+
+-- The id of a restore that is reading this snapshot now, or nil.
+local function snap_active_reader(snap_id)
+  for _, oid in ipairs(redis.call('SMEMBERS', 'snapshot:' .. snap_id .. ':readers')) do
+    if op_active(redis.call('HGET', 'operation:' .. oid, 'status')) then return oid end
+  end
+  return nil
+end
+
 -- Whether a schedule's retention may delete this snapshot (of server_id) now: only the
 -- schedule's own, unprotected, finished snapshots that no restore is reading.
 local function retention_may_drop(snap, server_id)
@@ -189,12 +218,5 @@ local function retention_may_drop(snap, server_id)
   if snap.origin ~= 'schedule' or snap.protected == '1' or snap.status == 'in_progress' then
     return false
   end
-  if not empty(snap.in_use_by) then
-    local user = redis.call('HGET', 'operation:' .. snap.in_use_by, 'status')
-    if user == 'queued' or user == 'running' then return false end
-  end
-  return true
+  return snap_active_reader(snap.id) == nil
 end
-
--- The sorted set of schedules by their next slot (score = epoch s, member = server id).
-local SCHEDULES_DUE = 'schedules:due'

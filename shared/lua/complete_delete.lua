@@ -6,6 +6,6 @@ end
 local t = now()
 op_set_status(op, 'succeeded', t)
 redis.call('HSET', 'operation:' .. op.id, 'progress', 100)
-redis.call('DEL', 'snapshot:' .. op.snapshot_id)
+redis.call('DEL', 'snapshot:' .. op.snapshot_id, 'snapshot:' .. op.snapshot_id .. ':readers')
 emit('snapshot.reclaimed', op.account, op.server_id, op.snapshot_id, op.id, t, {})
 return ok({})

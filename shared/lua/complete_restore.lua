@@ -12,8 +12,11 @@ if redis.call('HGET', skey, 'status') == 'restoring' then
   redis.call('HDEL', skey, 'prior_status')
 end
 server_release(op.server_id, op.id)
-local snapkey = 'snapshot:' .. op.snapshot_id
-if redis.call('HGET', snapkey, 'in_use_by') == op.id then redis.call('HDEL', snapkey, 'in_use_by') end
+snap_remove_reader(op.snapshot_id, op.id)
 emit('restore.succeeded', op.account, op.server_id, op.snapshot_id, op.id, t,
-  {server_status = ARGV[2]})
+  {server_status = ARGV[2], source_server_id = tonumber(op.source_server_id)})
+if not empty(op.source_server_id) then
+  emit('clone.succeeded', op.account, op.source_server_id, op.snapshot_id, op.id, t,
+    {target_server_id = tonumber(op.server_id)})
+end
 return ok({})

@@ -8,12 +8,14 @@ if snap.protected == '1' then
   return fail('snapshot_protected',
     'Snapshot ' .. snap.id .. ' is protected; unprotect it (PATCH "protected": false) first.')
 end
-if not empty(snap.in_use_by) then
-  local user = redis.call('HGET', 'operation:' .. snap.in_use_by, 'status')
-  if user == 'queued' or user == 'running' then
-    return fail('snapshot_in_use',
-      'Snapshot ' .. snap.id .. ' is being restored from (operation ' .. snap.in_use_by .. ').')
-  end
+local reader = snap_active_reader(snap.id)
+if reader ~= nil then
+  return fail('snapshot_in_use',
+    'Snapshot ' .. snap.id .. ' is being restored from (operation ' .. reader .. ').')
+end
+if snap.origin == 'safety' and snap.status == 'in_progress' then
+  return fail('snapshot_in_use', 'Snapshot ' .. snap.id .. ' is the safety snapshot of restore ' ..
+    'operation ' .. snap.operation_id .. ', being captured; it can be deleted once that ends.')
 end
 local t = now()
 local cancelled = nil

@@ -43,8 +43,21 @@ elseif op.type == 'snapshot.restore' then
     redis.call('HDEL', skey, 'prior_status')
   end
   server_release(op.server_id, op.id)
-  local snapkey = 'snapshot:' .. op.snapshot_id
-  if redis.call('HGET', snapkey, 'in_use_by') == op.id then redis.call('HDEL', snapkey, 'in_use_by') end
+  snap_remove_reader(op.snapshot_id, op.id)
+  if not empty(op.safety_snapshot_id) then
+    -- The restore never started without its safety snapshot: that one failed with it.
+    local safety = hgetall('snapshot:' .. op.safety_snapshot_id)
+    if safety.id ~= nil and safety.status == 'in_progress' then
+      snap_set_status(safety, 'failed')
+      redis.call('HSET', 'snapshot:' .. safety.id, 'error', err, 'completed_at', t)
+      emit('snapshot.failed', op.account, op.server_id, safety.id, op.id, t,
+        {code = ARGV[2], message = ARGV[3]})
+    end
+  end
+  if not empty(op.source_server_id) then
+    emit('clone.failed', op.account, op.source_server_id, op.snapshot_id, op.id, t,
+      {target_server_id = tonumber(op.server_id), code = ARGV[2], message = ARGV[3]})
+  end
 end
 emit(etype, op.account, op.server_id, op.snapshot_id, op.id, t,
   {code = ARGV[2], message = ARGV[3]})

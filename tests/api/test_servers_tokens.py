@@ -27,8 +27,8 @@ def test_create_server_answers_admin_view(client: TestClient, api: ApiHelper) ->
     got = r.json()
     assert TIME.match(got.pop("created_at"))
     sid = got.pop("id")
-    assert got == {"name": "web-server-01", "status": "running", "schedule": None, **{
-        k: body[k] for k in ("account", "state", "power", "host")}}
+    assert got == {"name": "web-server-01", "status": "running", "schedule": None,
+                   "hooks": None, **{k: body[k] for k in ("account", "state", "power", "host")}}
     assert r.headers["location"] == f"/api/v1/servers/{sid}/"
     mine = client.get(f"/api/v1/servers/{sid}/", headers=api.headers("acme", "read")).json()
     assert set(mine) == {"id", "name", "status", "created_at", "schedule"}
