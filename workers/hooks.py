@@ -81,22 +81,24 @@ class HookRunner:
         self.store = store
 
     def _run(self, op_id: int, server: ServerRecord, snapshot_id: int, hook: HookName,
-             outcome: Outcome | None = None) -> bool:
+             outcome: Outcome | None = None) -> HookRun | None:
+        """Runs one hook (None when the server has none) and keeps its record."""
         hooks = server.hooks
         command = None if hooks is None else getattr(hooks, hook)
         if hooks is None or command is None:
-            return True
+            return None
         env = _environment(server, snapshot_id, hook)
         if outcome is not None:
             env["SNAPSHOTS_CAPTURE"] = outcome
         started = time.monotonic()
         code, output = run_command(command, env, float(hooks.timeout))
-        self.store.add_hook_run(op_id, HookRun(
+        run = HookRun(
             hook=hook, exit_code=code, timed_out=code is None,
             seconds=round(time.monotonic() - started, 3), output=output,
-        ))
+        )
+        self.store.add_hook_run(op_id, run)
         log.info("operation %s: %s hook of server %s exited %s", op_id, hook, server.id, code)
-        return code == 0
+        return run
 
     def owed(self, op_id: int, server: ServerRecord, snapshot_id: int) -> None:
         """Runs the post hook an earlier, killed attempt owes the server (if any)."""
@@ -117,15 +119,17 @@ class HookRunner:
         self.store.set_hook_pending(op_id, True)
         outcome: Outcome = "failed"
         try:
-            if not self._run(op_id, server, snapshot_id, "pre_snapshot"):
-                timeout = server.hooks.timeout
-                raise HookFailed(
-                    f"The pre_snapshot hook failed (exit code, or killed after {timeout} s: "
-                    "see the operation's hooks); nothing was captured."
-                )
+            pre = self._run(op_id, server, snapshot_id, "pre_snapshot")
+            if pre is not None and pre.timed_out:
+                raise HookFailed(f"The pre_snapshot hook did not finish within its timeout of "
+                                 f"{server.hooks.timeout} s and was killed; nothing was captured.")
+            if pre is not None and pre.exit_code != 0:
+                raise HookFailed(f"The pre_snapshot hook failed with exit code {pre.exit_code} "
+                                 "(its output is on the operation); nothing was captured.")
             yield
             outcome = "succeeded"
         finally:
-            if not self._run(op_id, server, snapshot_id, "post_snapshot", outcome):
-                warnings.append("The post_snapshot hook failed; see the operation's hooks.")
+            post = self._run(op_id, server, snapshot_id, "post_snapshot", outcome)
+            if post is not None and post.exit_code != 0:
+                warnings.append("The post_snapshot hook failed; its output is on the operation.")
             self.store.set_hook_pending(op_id, False)
