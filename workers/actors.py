@@ -23,7 +23,7 @@ from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
 from workers.jobs import Jobs, Lease
-from workers.periodic import Periodic
+from workers.periodic import ReaperThread, SchedulerThread
 from workers.power import driver_for
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
@@ -108,8 +108,8 @@ def scheduler() -> Scheduler:
 
 
 # Every worker process runs a reaper and a scheduler thread (workers/reaper.py, scheduler.py).
-broker.add_middleware(Periodic("reaper", reaper, settings.reaper_interval))
-broker.add_middleware(Periodic("scheduler", scheduler, settings.scheduler_interval))
+broker.add_middleware(ReaperThread("reaper", reaper, settings.reaper_interval))
+broker.add_middleware(SchedulerThread("scheduler", scheduler, settings.scheduler_interval))
 
 
 def _operation_id(**kwargs: object) -> int | None:

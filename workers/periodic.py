@@ -51,3 +51,14 @@ class Periodic(dramatiq.Middleware):
             except Exception:
                 with contextlib.suppress(Exception):
                     log.exception("%s pass failed", self.name)
+
+
+# One type per task: Dramatiq warns about two middlewares of the same type on a broker.
+
+
+class ReaperThread(Periodic):
+    """The reaper's thread (workers/reaper.py)."""
+
+
+class SchedulerThread(Periodic):
+    """The scheduler's thread (workers/scheduler.py)."""
