@@ -20,12 +20,14 @@ from shared.schemas import (
     Server,
     ServerRef,
     Snapshot,
+    SnapshotStatus,
     rfc3339,
 )
 
 _encode = msgspec.json.Encoder().encode
 
-SNAPSHOT_MESSAGES = {
+# Keyed by the status Literal, so a status the schema does not have is a type error.
+SNAPSHOT_MESSAGES: dict[SnapshotStatus, str] = {
     "in_progress": CREATE_MESSAGE,
     "available": "Snapshot is available and can be restored.",
     "failed": "Snapshot creation failed; see error for the reason.",

@@ -14,6 +14,7 @@ from api.app import OPENAPI_PATH
 from api.auth import SCOPE_RANK as RANK
 from api.endpoint import PUBLIC, Endpoint
 from api.routes import TABLE
+from api.views import SNAPSHOT_MESSAGES
 from shared.schemas import OperationStatus, SnapshotStatus, TokenScope
 from tests.support.api import ApiHelper
 
@@ -52,6 +53,8 @@ def test_status_filters_come_from_the_schemas(client: TestClient) -> None:
 
     assert enum("/api/v1/snapshots/") == list(get_args(SnapshotStatus))
     assert enum("/api/v1/operations/") == list(get_args(OperationStatus))
+    # Every snapshot status has its message in responses.
+    assert set(SNAPSHOT_MESSAGES) == set(get_args(SnapshotStatus))
 
 
 @pytest.mark.parametrize("e", _token_rows(), ids=lambda e: f"{e.method} {e.path}")
