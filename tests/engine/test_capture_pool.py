@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine
+from workers.engine import Engine, tuning
 from workers.engine.capture import archiver, readerpool
 from workers.engine.fs import fsutil
 
@@ -41,7 +41,7 @@ def _record_pools(
 
 def test_pool_starts_while_walking_and_capture_is_complete(
         monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
-    monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 120_000)  # crossed in directory b
+    monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 120_000)  # crossed in directory b
     pools = _record_pools(monkeypatch)
     walked: list[bytes] = []
     orig_walk = archiver.Archiver._walk
@@ -66,7 +66,7 @@ def test_pool_starts_while_walking_and_capture_is_complete(
 
 def test_pool_started_by_the_walk_is_killed_when_the_walk_fails(
         monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
-    monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 1)
+    monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 1)
     procs: list[subprocess.Popen[bytes]] = []
     pools = _record_pools(monkeypatch, procs)
     orig = fsutil.read_xattrs

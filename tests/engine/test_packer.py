@@ -9,7 +9,8 @@ import zstandard
 
 from workers.engine import Engine
 from workers.engine.repository import packformat
-from workers.engine.repository.repository import ZSTD_LEVEL, chunk_key
+from workers.engine.repository.repository import chunk_key
+from workers.engine.tuning import ZSTD_LEVEL
 
 from .conftest import dir_state, make_meta
 from .treecmp import assert_same

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, EngineError, StateFull, TransientEngineError
+from workers.engine import Engine, EngineError, StateFull, TransientEngineError, tuning
 from workers.engine.fs import fsutil
-from workers.engine.restore import patch, restorer
+from workers.engine.restore import patch
 from workers.engine.restore.patchplan import Planner
 
 from .conftest import dir_state, make_meta
@@ -297,7 +297,7 @@ def test_a_rebuilt_tree_is_trusted_by_the_next_restore(monkeypatch: pytest.Monke
     # The rebuild records (inode, ctime) of every file it wrote (in threads or in worker
     # processes), so a patch restore right after it reads none of them back.
     if processes:
-        monkeypatch.setattr(restorer, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
     src = tmp_path / "orig"
     _tree(src)
     engine.capture(make_meta(1), dir_state(src))

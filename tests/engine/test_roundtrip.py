@@ -13,10 +13,8 @@ from workers.engine import (
     SnapshotNotFound,
     StateInvalid,
     StateSpec,
+    tuning,
 )
-from workers.engine.capture import archiver
-from workers.engine.repository import packreader
-from workers.engine.restore import restorer
 
 from .conftest import BOTH_BACKENDS, build_full_tree, dir_state, make_meta, record_barriers
 from .treecmp import assert_same, describe
@@ -28,9 +26,9 @@ pytestmark = BOTH_BACKENDS
 def test_roundtrip_every_kind_of_entry(monkeypatch: pytest.MonkeyPatch, engine: Engine,
                                        tmp_path: Path, processes: bool) -> None:
     if processes:  # big captures and restores use worker processes: force that path here
-        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
-        monkeypatch.setattr(restorer, "PROCESS_THRESHOLD", 0)
-        monkeypatch.setattr(restorer, "PATCH_MIN", 0)  # rebuild below, not patch
+        monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "PATCH_MIN", 0)  # rebuild below, not patch
     src = tmp_path / "src"
     build_full_tree(src)
     seen: list[tuple[int, int]] = []
@@ -116,7 +114,7 @@ def test_restore_reuses_identical_files(engine: Engine, tmp_path: Path) -> None:
 def test_incremental_capture_does_not_read_unchanged_files(
         monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path, processes: bool) -> None:
     if processes:
-        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
     src = tmp_path / "srv"
     src.mkdir()
     for i in range(20):
@@ -203,8 +201,8 @@ def test_concurrent_captures_on_one_engine(engine: Engine, tmp_path: Path) -> No
 
 def test_small_files_spread_over_several_tiny_packs(monkeypatch: pytest.MonkeyPatch,
                                                     engine: Engine, tmp_path: Path) -> None:
-    monkeypatch.setattr(archiver, "TINY_PACK", 1000)
-    monkeypatch.setattr(packreader, "KEEP", 1)  # restore re-reads evicted packs
+    monkeypatch.setattr(tuning, "TINY_PACK", 1000)
+    monkeypatch.setattr(tuning, "PACK_CACHE_OBJECTS", 1)  # restore re-reads evicted packs
     src = tmp_path / "srv"
     src.mkdir()
     for i in range(20):
@@ -242,7 +240,7 @@ def test_incremental_capture_sees_xattr_changes(
     """Unchanged files (same inode and ctime) keep the parent's xattrs without listing them;
     setting or removing an xattr changes ctime, so such a file's xattrs are read again."""
     if processes:
-        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
     src = tmp_path / "srv"
     src.mkdir()
     for name in ("keep", "add", "drop"):

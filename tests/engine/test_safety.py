@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Cancelled, Engine, SnapshotCorrupt, StorageFull
+from workers.engine import Cancelled, Engine, SnapshotCorrupt, StorageFull, tuning
 from workers.engine.capture import archiver
 from workers.engine.repository import chunker
 from workers.engine.repository.repository import Repository, chunk_key
-from workers.engine.restore import restorer
 
 from .conftest import dir_state, make_meta, repo_dir
 from .treecmp import assert_same, describe
@@ -109,7 +108,7 @@ def test_corruption_is_detected_and_restore_refuses(monkeypatch: pytest.MonkeyPa
                                                     engine: Engine, tmp_path: Path,
                                                     processes: bool) -> None:
     if processes:  # a worker process finds the corruption: the parent raises it the same
-        monkeypatch.setattr(restorer, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
     src = tmp_path / "srv"
     src.mkdir()
     (src / "a").write_bytes(os.urandom(300_000))  # above INLINE_MAX: chunk objects
@@ -192,7 +191,7 @@ def test_capture_and_reclaim_at_once(monkeypatch: pytest.MonkeyPatch, engine: En
 
 def test_delete_and_reclaim(monkeypatch: pytest.MonkeyPatch, engine: Engine,
                             tmp_path: Path) -> None:
-    monkeypatch.setattr(archiver, "INLINE_MAX", 4096)  # these files: one chunk object each
+    monkeypatch.setattr(tuning, "INLINE_MAX", 4096)  # these files: one chunk object each
     src = tmp_path / "srv"
     src.mkdir()
     (src / "shared").write_bytes(os.urandom(100_000))
@@ -255,7 +254,7 @@ def test_file_changing_while_read(monkeypatch: pytest.MonkeyPatch, engine: Engin
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_storage_full(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, processes: bool) -> None:
     if processes:
-        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
     small = tmp_path / "small"
     small.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
@@ -286,7 +285,7 @@ def test_storage_full(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, processes
 def test_cancelled_capture_commits_nothing(monkeypatch: pytest.MonkeyPatch, engine: Engine,
                                            tmp_path: Path, processes: bool) -> None:
     if processes:
-        monkeypatch.setattr(archiver, "PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
     src = tmp_path / "srv"
     src.mkdir()
     (src / "a").write_bytes(os.urandom(1000))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import blake3
 
+from . import tuning
 from .model import (
     CaptureResult,
     CommittedSnapshot,
@@ -239,10 +240,9 @@ class Engine:
             header = self.repo.get_header(snapshot_id)
         except EngineError:
             return None  # get_manifest says what is wrong
-        from .restore.restorer import PROCESS_THRESHOLD
         from .restore.writerpool import start_pool
 
-        if header.state_kind != "directory" or header.size_bytes < PROCESS_THRESHOLD:
+        if header.state_kind != "directory" or header.size_bytes < tuning.RESTORE_PROCESS_THRESHOLD:
             return None
         return start_pool(self.repo, snapshot_id, state.path)
 

@@ -6,9 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import tuning
 from .model import Cancelled, ProgressFn
-
-INTERVAL = 0.25  # seconds: well under the 1 s promise, cheap enough to ignore
 
 
 class Progress:
@@ -23,11 +22,12 @@ class Progress:
         self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
-        """Count n bytes done; calls the callback (and should_stop) at most every INTERVAL."""
+        """Count n bytes done; calls the callback (and should_stop) at most every
+        tuning.PROGRESS_INTERVAL."""
         now = time.monotonic()
         with self._lock:
             self.done += n
-            if now - self._last < INTERVAL:
+            if now - self._last < tuning.PROGRESS_INTERVAL:
                 return
             self._last = now
             done, total = self.done, max(self.total, self.done)

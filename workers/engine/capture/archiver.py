@@ -26,28 +26,18 @@ from typing import TYPE_CHECKING
 
 from pyfastcdc import FastCDC
 
+from .. import tuning
 from ..fs import fsutil
 from ..fs.syncpoint import SyncPoint, sync_point
 from ..model import StateInvalid
 from ..progress import Progress
-from ..repository.chunker import RETRIES, iter_chunks, make_cdc
+from ..repository.chunker import iter_chunks, make_cdc
 from ..repository.manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 from ..repository.packwriter import TinyPacker
-from ..repository.repository import INLINE_MAX, Repository
+from ..repository.repository import Repository
 
 if TYPE_CHECKING:
     from .readerpool import WorkerPool
-
-WORKERS = 4
-MAX_INFLIGHT = 64  # open file fds handed to the pool
-# Big captures use worker processes (no GIL); small ones threads (a process takes ~0.1 s).
-PROCESSES = 2
-TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
-PROCESS_THRESHOLD = 64 << 20
-# Each opened file is announced to the kernel (WILLNEED: asynchronous readahead), so the
-# files queued for the readers are fetched from disk in parallel, not one read at a time
-# (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.
-PREFETCH_MAX = 8 << 20
 
 
 def _vouch(e: Entry, walk_ctime: int, sync: SyncPoint) -> None:
@@ -79,7 +69,7 @@ class Archiver:
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
-        self._packs = TinyPacker(repo, TINY_PACK)
+        self._packs = TinyPacker(repo, tuning.TINY_PACK)
         self._pool: WorkerPool | None = None
         self._pool_tried = False
         self._walk_bytes = 0  # bytes of files the walk saw that the parent cannot vouch for
@@ -179,7 +169,7 @@ class Archiver:
                 if p is None or (p.size, p.mtime_ns, p.ctime_ns, p.ino) != (
                         st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
                     self._walk_bytes += st.st_size
-                    if self._walk_bytes >= PROCESS_THRESHOLD:
+                    if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
                         self._start_pool()
             elif stat.S_ISLNK(mode):
                 ent.kind, ent.size = SYMLINK, st.st_size
@@ -195,7 +185,7 @@ class Archiver:
                 for rel, _dev, ino, idxs in self._dirs]
         to_read = sum(self.entries[i].size for _r, _i, idxs in todo for i in idxs)
         items = self._open_files(root_fd, todo)
-        if to_read >= PROCESS_THRESHOLD:
+        if to_read >= tuning.CAPTURE_PROCESS_THRESHOLD:
             self._start_pool()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -215,13 +205,13 @@ class Archiver:
     def _start_pool(self) -> None:
         """Worker processes, once the capture is known to be big: started while the walk
         goes on, so their start-up (~0.05 s warm) overlaps it instead of delaying reads."""
-        if self._pool_tried or PROCESSES <= 0:
+        if self._pool_tried or tuning.CAPTURE_PROCESSES <= 0:
             return
         self._pool_tried = True
         from .readerpool import WorkerPool  # only big captures pay for its imports
 
         try:
-            self._pool = WorkerPool(self.repo, PROCESSES)
+            self._pool = WorkerPool(self.repo, tuning.CAPTURE_PROCESSES)
         except OSError as err:  # cannot start processes here: threads do the same work
             import logging
 
@@ -253,7 +243,7 @@ class Archiver:
                         continue
                     if e.size:
                         with contextlib.suppress(OSError):  # advice only
-                            os.posix_fadvise(fd, 0, min(e.size, PREFETCH_MAX),
+                            os.posix_fadvise(fd, 0, min(e.size, tuning.PREFETCH_MAX),
                                              os.POSIX_FADV_WILLNEED)
                     yield fd, i
             finally:
@@ -273,13 +263,13 @@ class Archiver:
             self.files_read += 1
             if changed:
                 self.warnings.append(f"{os.fsdecode(e.path)}: changed while being read "
-                                     f"{RETRIES + 1} times; stored as last read")
+                                     f"{tuning.READ_RETRIES + 1} times; stored as last read")
 
     def _gone(self, idx: int, why: str) -> None:
         self._drop(self.entries[idx], why)
 
     def _read_threads(self, items: Generator[tuple[int, int]]) -> None:
-        sem = threading.BoundedSemaphore(MAX_INFLIGHT)
+        sem = threading.BoundedSemaphore(tuning.CAPTURE_MAX_INFLIGHT)
         futures: list[Future[None]] = []
         failed = threading.Event()
 
@@ -294,7 +284,7 @@ class Archiver:
                 os.close(fd)
                 sem.release()
 
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="capture") as pool:
+        with ThreadPoolExecutor(tuning.CAPTURE_THREADS, thread_name_prefix="capture") as pool:
             try:
                 for fd, i in items:
                     if failed.is_set():
@@ -347,11 +337,11 @@ class Archiver:
             return
         stored = 0
         counted = 0
-        for attempt in range(RETRIES + 1):
+        for attempt in range(tuning.READ_RETRIES + 1):
             self.progress.check()
             chunks: list[tuple[bytes, int]] = []
             nread = [0]
-            small = st.st_size <= INLINE_MAX
+            small = st.st_size <= tuning.INLINE_MAX
             pieces: list[tuple[bytes, int]] = []
             for data, off in iter_chunks(fd, st.st_size, self._cdc(), self._cdc_args[1], nread):
                 if small:  # decided below, once we know it is a single chunk
@@ -377,11 +367,12 @@ class Archiver:
                 self.bytes_read += nread[0]
             same = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
                 st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if same or attempt == RETRIES:
+            if same or attempt == tuning.READ_RETRIES:
                 if not same:
                     with self._lock:
-                        self.warnings.append(f"{os.fsdecode(e.path)}: changed while being read "
-                                             f"{RETRIES + 1} times; stored as last read")
+                        self.warnings.append(
+                            f"{os.fsdecode(e.path)}: changed while being read "
+                            f"{tuning.READ_RETRIES + 1} times; stored as last read")
                 break
             st = st2
         walk_ctime = e.ctime_ns

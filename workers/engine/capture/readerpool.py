@@ -9,15 +9,15 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
+from .. import tuning
 from ..model import TransientEngineError
-from ..repository.repository import ZSTD_LEVEL, Repository
+from ..repository.repository import Repository
 from ..workerproc import frames
 from ..workerproc.process import WorkerProcess, start_workers
 from .messages import REQ, Blobs, Done, Failed, Gone, ReaderMessage, Setup, StatInfo
 
 # Files queued per worker: keeps both busy, never blocks the parent on send, and lets the
 # WILLNEED readahead of the queued files (see archiver) run well ahead of the readers.
-WINDOW = 32
 _CODE = "from workers.engine.capture.readerproc import main; main()"
 _decode = msgspec.msgpack.Decoder(ReaderMessage).decode
 
@@ -29,7 +29,7 @@ class WorkerPool:
         cfg = repo.config
         setup = msgspec.msgpack.encode(Setup(
             key=repo.key, chunk_min=cfg.chunk_min, chunk_avg=cfg.chunk_avg,
-            chunk_max=cfg.chunk_max, level=ZSTD_LEVEL, known=b"".join(repo.known_ids())))
+            chunk_max=cfg.chunk_max, level=tuning.ZSTD_LEVEL, known=b"".join(repo.known_ids())))
         self.repo = repo
         self.workers = start_workers(_CODE, setup, n)
         self.stored_bytes = 0
@@ -52,7 +52,7 @@ class WorkerPool:
             while True:
                 while not exhausted:
                     w = min(self.workers, key=lambda x: x.inflight)
-                    if w.inflight >= WINDOW:
+                    if w.inflight >= tuning.READER_WINDOW:
                         break
                     item = next(items, None)
                     if item is None:

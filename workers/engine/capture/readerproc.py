@@ -21,12 +21,11 @@ import msgspec
 import zstandard
 from pyfastcdc import FastCDC
 
-from ..repository.chunker import RETRIES, iter_chunks
-from ..repository.repository import INLINE_MAX, encode_payload
+from .. import tuning
+from ..repository.chunker import iter_chunks
+from ..repository.repository import encode_payload
 from ..workerproc import child, frames
 from .messages import REQ, Blobs, Done, Failed, Gone, ReaderMessage, Setup, StoredChunks
-
-BATCH = 8 << 20  # flush encoded chunks / progress at least every 8 MiB
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -45,10 +44,10 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
     pending = raw = 0
     nread_total = 0
     same = True
-    for attempt in range(RETRIES + 1):
+    for attempt in range(tuning.READ_RETRIES + 1):
         chunks: list[tuple[bytes, int]] = []
         nread = [0]
-        small = st.st_size <= INLINE_MAX
+        small = st.st_size <= tuning.INLINE_MAX
         pieces: list[tuple[bytes, bytes, int]] = []
         for data, off in iter_chunks(fd, st.st_size, cdc, setup.chunk_min, nread):
             cid = blake3.blake3(data, key=setup.key).digest()
@@ -62,7 +61,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
                 payload = encode_payload(zc, data)
                 blobs.append((cid, payload))
                 pending += len(payload)
-            if pending >= BATCH or raw >= BATCH:
+            if pending >= tuning.READER_BATCH or raw >= tuning.READER_BATCH:
                 _send(res, Blobs(idx, blobs, raw))
                 blobs, pending, raw = [], 0, 0
         tiny = b""
@@ -77,7 +76,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
         st2 = os.fstat(fd)
         same = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
             st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if same or attempt == RETRIES:
+        if same or attempt == tuning.READ_RETRIES:
             break
         st = st2
     info = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, st2.st_mode,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from .. import tuning
 from ..fs import directio, fsutil
 from ..fs.fsutil import split_state
 from ..fs.syncpoint import sync_point
@@ -36,10 +37,8 @@ from ..progress import Progress
 from ..repository.manifest import ImageBody
 from ..repository.repository import Repository
 
-RETRIES = 3
 T = TypeVar("T")
 R = TypeVar("R")
-THREADS = 4  # block workers: 2 cores, plus reads and writes waiting on the disk
 J_MAGIC = b"SNAPJRN1"
 J_REC = struct.Struct(">QIB")  # block index, length, kind (0 zero, 1 data)
 J_TRAILER = struct.Struct(">Q4s")
@@ -118,16 +117,16 @@ def capture_image(repo: Repository, path: str, parent: ImageBody | None,
             progress.check()
 
         try:
-            for attempt in range(RETRIES + 1):
+            for attempt in range(tuning.READ_RETRIES + 1):
                 blocks.clear()
                 _pipelined(_blocks_with_data(fd, size, bs, blockdev), job, consume)
                 st2 = os.fstat(fd)
                 if blockdev or (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
                         st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                     break
-                if attempt == RETRIES:
-                    warnings.append(f"{path}: changed while being read {RETRIES + 1} times; "
-                                    "stored as last read")
+                if attempt == tuning.READ_RETRIES:
+                    warnings.append(f"{path}: changed while being read "
+                                    f"{tuning.READ_RETRIES + 1} times; stored as last read")
                     break
                 st = st2
                 size = st2.st_size
@@ -285,8 +284,8 @@ def _create(repo: Repository, sid: int, body: ImageBody, parent_fd: int, base: b
 
 def _write_blocks(repo: Repository, sid: int, body: ImageBody, fd: int, direct: int | None,
                   progress: Progress) -> int:
-    """Fetch, verify and write every stored block, THREADS at a time: reading an object,
-    zstd and BLAKE3 release the GIL, so both cores decode while the disk writes."""
+    """Fetch, verify and write every stored block, tuning.IMAGE_THREADS at a time: reading
+    an object, zstd and BLAKE3 release the GIL, so both cores decode while the disk writes."""
     local = threading.local()
     bs = body.block_size
 
@@ -315,11 +314,11 @@ def _pipelined(items: Iterable[T], job: Callable[[T], R], consume: Callable[[R],
     """job(item) on THREADS threads, results consumed in order by the calling thread; at
     most 2 x THREADS blocks in flight (bounded memory, every thread kept busy). On an error
     the rest is cancelled and running jobs finish before this returns."""
-    with ThreadPoolExecutor(THREADS, thread_name_prefix="image") as pool:
+    with ThreadPoolExecutor(tuning.IMAGE_THREADS, thread_name_prefix="image") as pool:
         pending: deque[Future[R]] = deque()
         try:
             for item in items:
-                if len(pending) >= 2 * THREADS:
+                if len(pending) >= 2 * tuning.IMAGE_THREADS:
                     consume(pending.popleft().result())
                 pending.append(pool.submit(job, item))
             while pending:

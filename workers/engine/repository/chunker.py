@@ -11,8 +11,6 @@ from pyfastcdc import FastCDC
 from ..fs import fsutil
 from .repository import Repository
 
-RETRIES = 3  # re-reads of a file that changes while it is read, before a warning
-
 
 class _RegionReader:
     """File-like reader of [offset, offset+length) of an fd, for FastCDC.cut_stream."""

@@ -45,7 +45,7 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True):
     target: bytes = b""  # symlink target, or the primary path of a hard link
     rdev: int = 0
     xattrs: list[tuple[str, bytes]] = []
-    # Small files (one chunk, <= INLINE_MAX): their bytes live in a "tiny pack" object
+    # Small files (one chunk, <= tuning.INLINE_MAX): their bytes live in a "tiny pack" object
     # shared by all small files of one capture, at [pack_off, pack_off + pack_len).
     pack: bytes = b""
     pack_off: int = 0

@@ -4,7 +4,7 @@ Only the 1 MiB blocks a file's slice spans are read (a range read of their frame
 the pack's small block table) and decompressed (see packformat.py), so restoring a few small
 files costs a few blocks, not whole packs. Every slice is checked against its file's
 chunk id. Packs written before block framing are decoded whole and checked against their
-id, as before. Memory stays bounded: KEEP objects and KEEP_BLOCKS decoded blocks.
+id, as before. Memory stays bounded (tuning.PACK_CACHE_*).
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ from typing import Generic, TypeVar
 
 import zstandard
 
+from .. import tuning
 from ..model import SnapshotCorrupt
 from . import packformat
 from .manifest import Entry
 from .repository import ObjectCorrupt, Repository, chunk_key
 
-KEEP = 4  # compressed single-frame (older) pack objects kept
-KEEP_TABLES = 256  # block tables of packs (a few hundred bytes each)
-KEEP_BLOCKS = 32  # decoded 1 MiB blocks kept
 OLD_FORMAT: list[tuple[int, int]] = []  # the table of a pack without blocks
 
 V = TypeVar("V")
@@ -61,9 +59,9 @@ class _Lru(Generic[V]):
 class PackCache:
     def __init__(self, repo: Repository, snapshot_id: int) -> None:
         self.repo, self.sid = repo, snapshot_id
-        self._objs: _Lru[bytes] = _Lru(KEEP)
-        self._tables: _Lru[list[tuple[int, int]]] = _Lru(KEEP_TABLES)
-        self._blocks: _Lru[bytes] = _Lru(KEEP_BLOCKS)
+        self._objs: _Lru[bytes] = _Lru(tuning.PACK_CACHE_OBJECTS)
+        self._tables: _Lru[list[tuple[int, int]]] = _Lru(tuning.PACK_CACHE_TABLES)
+        self._blocks: _Lru[bytes] = _Lru(tuning.PACK_CACHE_BLOCKS)
         self._local = threading.local()
 
     def _corrupt(self, e: Entry, why: object) -> SnapshotCorrupt:

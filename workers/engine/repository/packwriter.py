@@ -1,4 +1,4 @@
-"""Tiny packs: the small files of a capture packed into shared objects (see INLINE_MAX).
+"""Tiny packs: the small files of a capture packed into shared objects (tuning.INLINE_MAX).
 
 Files are appended to the open pack as they are read; each full block (packformat.BLOCK) of
 it is compressed right away by the packer thread (zstd and IO release the GIL), so when
@@ -15,11 +15,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
 
+from .. import tuning
 from . import packformat
 from .manifest import Entry
-from .repository import ZSTD_LEVEL, Repository
-
-PACKS_QUEUED = 2  # sealed packs waiting for the packer thread (bounds memory)
+from .repository import Repository
 
 
 class TinyPacker:
@@ -89,13 +88,13 @@ class TinyPacker:
                 else:
                     busy.append(f)
             self._stores = busy
-            wait = busy[: max(0, len(busy) - PACKS_QUEUED)]
+            wait = busy[: max(0, len(busy) - tuning.PACKS_QUEUED)]
         for f in wait:
             f.result()
 
     def _compress(self, block: bytes) -> bytes:
         if self._zc is None:
-            self._zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+            self._zc = zstandard.ZstdCompressor(level=tuning.ZSTD_LEVEL)
         return self._zc.compress(block)
 
     def _store(self, buf: bytearray, where: dict[bytes, tuple[int, int]], entries: list[Entry],

@@ -17,21 +17,19 @@ import blake3
 import msgspec
 import zstandard
 
+from .. import tuning
 from ..model import SnapshotCorrupt, SnapshotNotFound, TransientEngineError
 from . import manifest, packformat
 from .backend import Backend
 
 RAW, ZSTD = 0, 1
-# Files up to this size with a single chunk go into "tiny pack" objects (compressed as a
-# whole, up to 16 MiB each) instead of an object each: no inode, block, temp file and
+# Files up to tuning.INLINE_MAX with a single chunk go into "tiny pack" objects (compressed
+# as a whole, up to 16 MiB each) instead of an object each: no inode, block, temp file and
 # directory entry per small file, and better compression across them. Each pack has an
 # index object packidx/<pack id> listing (chunk id, offset, length) of its members, so a
 # small file's content already in any pack is never stored again (dedup, resumability).
-INLINE_MAX = 256 * 1024
 PACKIDX = "packidx"
-FULL_SYNC_AT = 64  # more new objects than this: one syncfs instead of an fsync each
 SYNCED_KEY = "synced"  # start time (ns) of the last full-filesystem sync before a commit
-ZSTD_LEVEL = 3
 
 
 class Config(msgspec.Struct):
@@ -102,7 +100,7 @@ class Repository:
     def _zc(self) -> zstandard.ZstdCompressor:
         c: zstandard.ZstdCompressor | None = getattr(self._local, "zc", None)
         if c is None:  # compressors are not thread-safe: one per thread
-            c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+            c = zstandard.ZstdCompressor(level=tuning.ZSTD_LEVEL)
             self._local.zc = c
         return c
 
@@ -276,7 +274,7 @@ class Repository:
         with self._known_lock:
             written, full = self._written, self._reused_fresh
             self._written, self._reused_fresh = [], False
-        if full or len(written) > FULL_SYNC_AT:
+        if full or len(written) > tuning.FULL_SYNC_AT:
             # Everything stored before the sync started is durable from now on; the margin
             # covers the coarse clock the filesystem stamps mtimes with.
             started = time.time_ns() - 2_000_000_000

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from .. import tuning
 from ..fs import fsutil
 from ..fs.syncpoint import sync_point
 from ..model import RestoreResult, StateInvalid
@@ -44,12 +45,6 @@ from .staging import Flusher, swap
 from .statecache import StateCache, record_tree
 from .treewriter import TreeWriter
 from .writerpool import RestorePool, start_pool
-
-PROCESS_THRESHOLD = 64 << 20  # bytes of files to restore
-# A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
-# differ; beyond that, rebuilding in staging costs about the same and needs no undo.
-PATCH_MIN = 16
-PATCH_FRACTION = 5
 
 
 class Restorer:
@@ -112,7 +107,7 @@ class Restorer:
                 w.creating_in(st_fd)
                 flusher = Flusher(self.parent_path, self.progress)
                 pool, self.pool = self.pool, None
-                if pool is None and self.progress.total >= PROCESS_THRESHOLD:
+                if pool is None and self.progress.total >= tuning.RESTORE_PROCESS_THRESHOLD:
                     pool = start_pool(self.repo, self.sid, self.state_path)
                 try:
                     if pool is not None and cur_fd is None:
@@ -163,7 +158,7 @@ class Restorer:
 
     def _patched(self, parent_fd: int, cur_fd: int) -> bool:
         """Patch the current tree in place when few entries differ (see patch.py)."""
-        limit = max(PATCH_MIN, len(self.entries) // PATCH_FRACTION)
+        limit = max(tuning.PATCH_MIN, len(self.entries) // tuning.PATCH_FRACTION)
         mounts = fsutil.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
         plan = Planner(self.entries, limit, mounts, self.check.trusted,
                        self.check.same_content).run(cur_fd)

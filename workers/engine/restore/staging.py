@@ -12,10 +12,9 @@ import errno
 import os
 import threading
 
+from .. import tuning
 from ..fs import fsutil
 from ..progress import Progress
-
-FLUSH_EVERY = 0.1  # seconds
 
 
 def swap(parent_fd: int, staging: bytes, base: bytes, exists: bool) -> bytes:
@@ -46,7 +45,7 @@ def _swap_journaled(parent_fd: int, staging: bytes, base: bytes, exists: bool) -
 
 
 class Flusher:
-    """Flushes the filesystem in the background every FLUSH_EVERY seconds, so the
+    """Flushes the filesystem in the background every tuning.FLUSH_EVERY seconds, so the
     disk writes while the tree is built and the final syncfs (the restore's durability
     point, before the swap) has little left to do."""
 
@@ -57,7 +56,7 @@ class Flusher:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(FLUSH_EVERY):
+        while not self._stop.wait(tuning.FLUSH_EVERY):
             with contextlib.suppress(OSError):
                 fsutil.syncfs(self.path)
 

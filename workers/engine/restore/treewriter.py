@@ -21,6 +21,7 @@ import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .. import tuning
 from ..fs import fsutil
 from ..progress import Progress
 from ..repository.manifest import DIR, FILE, HARDLINK, Entry
@@ -29,11 +30,6 @@ from ..repository.repository import Repository
 from .metadata import make_special, set_dir_metadata
 from .reuse import Candidate, ReuseCheck
 from .writerpool import RestorePool, split
-
-WORKERS = 4
-FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between processes
-MAX_INFLIGHT = 64
-COPY_BLOCK = 1 << 20  # a live restore's copy of a current file, per read
 
 
 class TreeWriter:
@@ -71,7 +67,7 @@ class TreeWriter:
         """Build `entries` in st_fd, reusing what is proven identical in cur_fd; with
         worker processes, the files written from scratch are theirs (see build_fresh)."""
         plain: list[tuple[int, int]] = []  # (index, cost) of files left to `procs`
-        sem = threading.BoundedSemaphore(MAX_INFLIGHT)
+        sem = threading.BoundedSemaphore(tuning.RESTORE_MAX_INFLIGHT)
         futures: list[Future[None]] = []
         failed = threading.Event()
         # stack of (path, staging fd, current-tree fd or None) for the open directories
@@ -100,7 +96,7 @@ class TreeWriter:
             if b is not None:
                 os.close(b)
 
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="restore") as pool:
+        with ThreadPoolExecutor(tuning.RESTORE_THREADS, thread_name_prefix="restore") as pool:
             try:
                 for idx, e in enumerate(entries):
                     if not idx:
@@ -140,7 +136,7 @@ class TreeWriter:
                                     os.close(cand[0])
                                 cand = None
                         if cand is None and fd is None and procs is not None:
-                            plain.append((idx, e.size + FILE_COST))
+                            plain.append((idx, e.size + tuning.FILE_COST))
                             continue
                         sem.acquire()
                         if cand is None and fd is None:  # plain write: create it here
@@ -183,7 +179,7 @@ class TreeWriter:
                 os.mkdir(e.path, 0o700, dir_fd=st_fd)
                 dirs.append(e)
             elif e.kind == FILE:
-                files.append((idx, e.size + FILE_COST))
+                files.append((idx, e.size + tuning.FILE_COST))
             elif e.kind == HARDLINK:
                 links.append(e)
             else:
@@ -226,7 +222,7 @@ class TreeWriter:
 
     def write_files(self, files: list[tuple[int, Entry]]) -> None:
         """Write the given new files (created, empty, open for writing) with the pool."""
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="restore") as pool:
+        with ThreadPoolExecutor(tuning.RESTORE_THREADS, thread_name_prefix="restore") as pool:
             futures = [pool.submit(self._file, None, b"", e, fd, None) for fd, e in files]
         for f in futures:
             f.result()
@@ -299,8 +295,8 @@ class TreeWriter:
         out = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
         try:
             for off, ln in fsutil.data_extents(src, st.st_size):
-                for pos in range(off, off + ln, COPY_BLOCK):
-                    data = fsutil.pread_full(src, min(COPY_BLOCK, off + ln - pos), pos)
+                for pos in range(off, off + ln, tuning.COPY_BLOCK):
+                    data = fsutil.pread_full(src, min(tuning.COPY_BLOCK, off + ln - pos), pos)
                     fsutil.write_full(out, data, pos)
             os.ftruncate(out, e.size)
             st2 = os.fstat(src)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from .. import tuning
 from ..model import SnapshotCorrupt, TransientEngineError
 from ..repository.backend import LocalBackend
 from ..repository.repository import Repository
@@ -17,7 +18,6 @@ from ..workerproc import frames
 from ..workerproc.process import start_workers
 from .messages import End, Failed, Setup, Share, WriterMessage, Written, Wrote
 
-PROCESSES = 2
 _CODE = "from workers.engine.restore.writerproc import main; main()"
 
 _decode = msgspec.msgpack.Decoder(WriterMessage).decode
@@ -97,10 +97,10 @@ def split(entries_cost: list[tuple[int, int]], n: int) -> list[list[int]]:
 
 def start_pool(repo: Repository, snapshot_id: int, state_path: str) -> RestorePool | None:
     """Restore worker processes reading a local repository, or None (threads then)."""
-    if PROCESSES < 1 or not isinstance(repo.backend, LocalBackend):
+    if tuning.RESTORE_PROCESSES < 1 or not isinstance(repo.backend, LocalBackend):
         return None
     try:
-        return RestorePool(repo.backend.root, snapshot_id, state_path, PROCESSES)
+        return RestorePool(repo.backend.root, snapshot_id, state_path, tuning.RESTORE_PROCESSES)
     except OSError as err:  # cannot start processes here: threads do the same work
         logging.getLogger(__name__).warning(
             "restore worker processes unavailable (%s); using threads", err)

@@ -21,6 +21,7 @@ import socket
 
 import msgspec
 
+from .. import tuning
 from ..fs import fsutil
 from ..model import SnapshotCorrupt
 from ..progress import Progress
@@ -30,7 +31,6 @@ from ..repository.repository import Repository
 from ..workerproc import child, frames
 from .messages import End, Failed, Setup, Share, WriterMessage, Written, Wrote
 
-BATCH = 64  # files per Written message
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -70,7 +70,7 @@ def main() -> None:
             w.write_file(None, b"", e, os.open(e.path, fsutil.CREATE_FLAGS, 0o600, dir_fd=st_fd))
             _e, ino, ctime = w.written[e.path]
             batch.append((idx, ino, ctime))
-            if len(batch) >= BATCH:
+            if len(batch) >= tuning.WRITER_BATCH:
                 _send(res, Written(batch, w.bytes_written - before))
                 batch, before = [], w.bytes_written
         _send(res, Written(batch, w.bytes_written - before))

@@ -1,0 +1,58 @@
+"""The engine's thresholds and tuning constants, in one place.
+
+None of these changes what a snapshot holds or how it reads back (the format's own
+constants stay with the format: chunk sizes in a repository's config, packformat.BLOCK,
+manifest.MANIFEST_VERSION). They trade memory, threads and processes for speed on the
+2-core machines the benchmarks run on (bench/README.md has the figures). Modules read them
+as `tuning.NAME` at run time, so a test may change one for a single call.
+"""
+
+from __future__ import annotations
+
+# --- reading and writing files ------------------------------------------------------------
+READ_RETRIES = 3  # re-reads of a file (or image) that changes while it is read, then a warning
+INLINE_MAX = 256 * 1024  # files up to this size (one chunk) go into a capture's tiny packs
+ZSTD_LEVEL = 3
+# more new objects than this at a commit: one syncfs instead of an fsync each
+FULL_SYNC_AT = 64
+
+# --- capture --------------------------------------------------------------------------------
+CAPTURE_THREADS = 4
+CAPTURE_MAX_INFLIGHT = 64  # open file fds handed to the threads or reader processes
+# Big captures use reader processes (no GIL); small ones threads (a process takes ~0.1 s).
+CAPTURE_PROCESSES = 2
+CAPTURE_PROCESS_THRESHOLD = 64 << 20  # bytes of files to read
+# Files queued per reader process: keeps both busy, never blocks the parent on send, and
+# lets the WILLNEED readahead of the queued files run well ahead of the readers.
+READER_WINDOW = 32
+READER_BATCH = 8 << 20  # a reader flushes encoded chunks / progress at least this often
+# Each opened file is announced to the kernel (WILLNEED: asynchronous readahead), so the
+# files queued for the readers are fetched from disk in parallel, not one read at a time
+# (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.
+PREFETCH_MAX = 8 << 20
+TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
+PACKS_QUEUED = 2  # sealed packs waiting for the packer thread (bounds memory)
+
+# --- restore --------------------------------------------------------------------------------
+RESTORE_THREADS = 4
+RESTORE_MAX_INFLIGHT = 64
+RESTORE_PROCESSES = 2  # writer processes of a big restore
+RESTORE_PROCESS_THRESHOLD = 64 << 20  # bytes of files to write
+FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between processes
+COPY_BLOCK = 1 << 20  # a live restore's copy of a current file, per read
+WRITER_BATCH = 64  # files per Written message of a writer process
+# A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
+# differ; beyond that, rebuilding in staging costs about the same and needs no undo.
+PATCH_MIN = 16
+PATCH_FRACTION = 5
+FLUSH_EVERY = 0.1  # seconds between background syncfs calls while a rebuild writes
+# What a restore keeps of the small-file packs it reads (bounded memory):
+PACK_CACHE_OBJECTS = 4  # compressed single-frame (older) pack objects
+PACK_CACHE_TABLES = 256  # block tables of packs (a few hundred bytes each)
+PACK_CACHE_BLOCKS = 32  # decoded 1 MiB blocks
+
+# --- images ---------------------------------------------------------------------------------
+IMAGE_THREADS = 4  # block workers: 2 cores, plus reads and writes waiting on the disk
+
+# --- progress -------------------------------------------------------------------------------
+PROGRESS_INTERVAL = 0.25  # seconds: well under the 1 s promise, cheap enough to ignore
