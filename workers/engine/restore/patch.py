@@ -31,7 +31,7 @@ import msgspec
 
 from ..fs import fsutil
 from ..repository.manifest import DIR, FILE, HARDLINK, Entry
-from .metadata import make_special
+from .metadata import make_special, set_dir_meta
 from .patchjournal import (
     COMMITTED,
     JOURNAL,
@@ -40,7 +40,6 @@ from .patchjournal import (
     move_in,
     new_name,
     old_name,
-    set_dir_meta,
     undo,
     work_name,
 )
@@ -139,8 +138,7 @@ class Patcher:
                 if op.kind != DELETE:
                     move_in(wfd, new_name(i), pfd, name)
             for d in reversed(dirs):  # children first: their mtimes are final when set
-                e = self.plan.manifest_dirs[d.path]
-                set_dir_meta(fds.get(d.path), e.mode, e.uid, e.gid, e.xattrs, e.mtime_ns)
+                set_dir_meta(self.plan.manifest_dirs[d.path], fds.get(d.path))
         finally:
             fds.close()
 

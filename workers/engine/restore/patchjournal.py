@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 
 import msgspec
 
 from ..fs import fsutil
+from .metadata import set_dir_meta
 from .patchplan import CREATE, DELETE, DirState, Op
 
 JOURNAL = b"journal"
@@ -84,20 +84,6 @@ class Dirs:
         self.fds.clear()
 
 
-def set_dir_meta(fd: int, mode: int, uid: int, gid: int, xattrs: list[tuple[str, bytes]],
-                 mtime_ns: int) -> None:
-    os.chown(fd, uid, gid)
-    os.chmod(fd, stat.S_IMODE(mode))
-    want = dict(xattrs)
-    for n, v in fsutil.read_xattrs(fd):
-        if n not in want:
-            os.removexattr(fd, n)
-        elif want[n] == v:
-            del want[n]
-    fsutil.write_xattrs(fd, list(want.items()))
-    os.utime(fd, ns=(mtime_ns, mtime_ns))
-
-
 def undo(parent_fd: int, base: bytes) -> None:
     """Roll back an uncommitted patch (idempotent; a committed one needs nothing)."""
     try:
@@ -133,7 +119,7 @@ def undo(parent_fd: int, base: bytes) -> None:
                 if op.kind != CREATE and exists(old_name(i), wfd):
                     move_in(wfd, old_name(i), pfd, name)
             for d in reversed(journal.dirs):
-                set_dir_meta(fds.get(d.path), d.mode, d.uid, d.gid, d.xattrs, d.mtime_ns)
+                set_dir_meta(d, fds.get(d.path))
         finally:
             fds.close()
             os.close(root_fd)

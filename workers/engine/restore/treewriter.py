@@ -27,7 +27,7 @@ from ..progress import Progress
 from ..repository.manifest import DIR, FILE, HARDLINK, Entry
 from ..repository.packreader import PackCache
 from ..repository.repository import Repository
-from .metadata import make_special, set_dir_metadata
+from .metadata import finish_dirs, make_special
 from .reuse import Candidate, ReuseCheck
 from .writerpool import RestorePool, split
 
@@ -163,7 +163,7 @@ class TreeWriter:
             f.result()
         if procs is not None:
             self._write_shares(st_fd, procs, plain)
-        set_dir_metadata(st_fd, dirs)
+        finish_dirs(st_fd, dirs)
 
     def build_fresh(self, st_fd: int, pool: RestorePool) -> None:
         """A new tree, nothing to reuse: directories, symlinks and device nodes here, the
@@ -190,7 +190,7 @@ class TreeWriter:
         for e in links:
             os.link(e.target, e.path, src_dir_fd=st_fd, dst_dir_fd=st_fd,
                     follow_symlinks=False)
-        set_dir_metadata(st_fd, dirs)
+        finish_dirs(st_fd, dirs)
 
     def _write_shares(self, st_fd: int, pool: RestorePool, files: list[tuple[int, int]]) -> None:
         """The worker processes create and write these files (index, cost) under st_fd."""
