@@ -12,10 +12,10 @@ Packages by concept (restic's `internal/` split); data flows down, never up:
       v
     repository/         chunk ids, compression, manifests, packs, backend, locks, chunker
       v
-    fs/   workerproc/   filesystem primitives  |  worker-process start-up and frames
+    fs/   workerproc/   filesystem primitives  |  worker processes: start, child side, frames
       v
     progress.py         the engine's byte meter and stop flag (Progress)
-    model.py            public types and errors
+    model.py  tuning.py public types and errors  |  every threshold and tuning constant
 
 Each package's __init__ names its modules. The rule is checked by import-linter in
 `make lint` (pyproject.toml, [tool.importlinter]). Package __init__ files import nothing,
