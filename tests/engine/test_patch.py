@@ -15,6 +15,7 @@ from workers.engine import Engine, EngineError, StateFull, TransientEngineError,
 from workers.engine.fs import fsutil
 from workers.engine.restore import patch
 from workers.engine.restore.patchplan import Planner
+from workers.engine.restore.reuse import ReuseCheck
 
 from .conftest import dir_state, make_meta
 from .test_crash import spawn
@@ -117,8 +118,7 @@ def test_planner_gives_up_when_much_differs(tmp_path: Path, engine: Engine) -> N
     def plan(limit: int) -> object:
         fd = os.open(cur, fsutil.DIR_FLAGS)
         try:
-            return Planner(entries, limit, set(), lambda st, e: True,
-                           lambda fd, e: True).run(fd)
+            return Planner(entries, limit, set(), ReuseCheck(engine.repo)).run(fd)
         finally:
             os.close(fd)
 

@@ -2,9 +2,9 @@
 
 The walk goes through directory fds (O_NOFOLLOW), never following a symlink and never
 entering another filesystem. An entry is kept only when it is proven identical to the
-snapshot's (the same checks as the staging path, see restorer.py): type, mode, owner,
-mtime, size, symlink target, device number, xattrs, hard-link group, and for regular files
-content proven without reading (trusted inode) or by hashing. Everything else becomes an
+snapshot's: type, mode, owner, mtime, symlink target, device number, xattrs, hard-link
+group, and for regular files the one check the rebuild uses too (reuse.py: size, xattrs,
+content proven without reading, from a trusted inode, or by hashing). Everything else becomes an
 operation: replace or create the entry (a directory with its whole subtree), or delete an
 entry the snapshot does not have. The walk gives up (returns None) as soon as the changes
 exceed the limit, or on anything a patch cannot express safely (a mount point, a hard
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -23,6 +22,7 @@ import msgspec
 
 from ..fs import fsutil
 from ..repository.manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
+from .reuse import ReuseCheck
 
 OpKind = Literal["r", "c", "d"]
 REPLACE: Final = "r"
@@ -96,13 +96,11 @@ def _same_meta(st: os.stat_result, e: Entry) -> bool:
 
 class Planner:
     def __init__(self, entries: list[Entry], limit: int, mounts: set[tuple[int, int]],
-                 trusted: Callable[[os.stat_result, Entry], bool],
-                 same_content: Callable[[int, Entry], bool]) -> None:
+                 check: ReuseCheck) -> None:
         self.entries = entries
         self.limit = limit
         self.mounts = mounts  # (dev, ino) of mount points: never moved nor entered
-        self.trusted = trusted
-        self.same_content = same_content
+        self.check = check  # is a current regular file the snapshot's? (reuse.py)
         self.group: dict[bytes, int] = {}  # hard-link primary -> links in its group
         for e in entries:
             if e.kind == HARDLINK:
@@ -228,11 +226,19 @@ class Planner:
         if e.kind != FILE:  # fifo, device node, socket
             return (st.st_rdev == e.rdev
                     and fsutil.read_xattrs(fsutil.proc_path(dfd, name)) == e.xattrs)
-        if st.st_size != e.size or st.st_nlink != self.group.get(e.path, 1):
+        if st.st_size != e.size:
+            return False  # cheap, before opening it
+        # a regular file: the same check as the rebuild's (reuse.py), but a kept hard-link
+        # group's first name has as many links as the group has names
+        cand = self.check.candidate(dfd, name, e, links=self.group.get(e.path, 1))
+        if cand is None:
             return False
-        # a trusted inode is unchanged since recorded: its xattrs too
-        ok = self.trusted(st, e) or self._check_content(e, st, name, dfd)
+        try:
+            ok = self.check.is_snapshots(cand, e)
+        finally:
+            os.close(cand[0])
         if ok:
+            st = cand[1]
             self.plan.reused += 1
             self.plan.reused_bytes += e.size
             if e.path in self.group:
@@ -240,19 +246,3 @@ class Planner:
             else:
                 self.plan.kept_files.append((e, st.st_ino, st.st_ctime_ns))
         return ok
-
-    def _check_content(self, e: Entry, st: os.stat_result, name: bytes, dfd: int) -> bool:
-        try:
-            fd = fsutil.open_regular(name, dfd)
-        except OSError:
-            return False
-        try:
-            st2 = os.fstat(fd)
-            if (st2.st_ino, st2.st_ctime_ns) != (st.st_ino, st.st_ctime_ns):
-                return False
-            if fsutil.read_xattrs(fd) != e.xattrs or not self.same_content(fd, e):
-                return False
-            return (os.fstat(fd).st_ctime_ns, st.st_ctime_ns) == (st.st_ctime_ns,
-                                                                  st.st_ctime_ns)
-        finally:
-            os.close(fd)

@@ -1,15 +1,25 @@
-"""Proving that a file of the current tree already holds a snapshot entry's content.
+"""Proving that a file of the current tree already is a snapshot entry: the one check both
+restores rely on (the rebuild hard-links such a file into staging, the patch keeps it).
 
-A restore reuses such a file instead of rewriting it (hard-linked into staging, or kept by
-a patch). The tenant controls the tree, so metadata alone (size, mtime) proves nothing;
-identity is established without reading from facts a tenant cannot forge (see
-statecache.py: the very inode that was captured, or the one a previous restore wrote,
-unchanged since: same ino and ctime), or else by chunking the file and comparing chunk
-ids with the entry's.
+It is security-relevant: the tenant controls the tree, so metadata alone (size, mtime)
+proves nothing. In three steps, each on the same open fd (never a path again):
+1. candidate(): opened without following symlinks, a regular file with the expected link
+   count and exactly the entry's size, mode, owner, mtime and xattrs;
+2. trusted(): its content is known without reading it, from facts a tenant cannot forge
+   (see statecache.py): the very inode that was captured, or the one a previous restore
+   wrote, unchanged since (same ino and ctime);
+3. else proven_by_content(): chunking it gives the entry's chunk ids, and its ctime did
+   not move while it was read.
+The xattrs are compared in step 1 even for a trusted inode: the previous restore's record
+vouches for content only, and that restore may have written another snapshot's xattrs.
+The link count differs by caller: the rebuild links the inode itself into staging, so it
+must have one link (a file with others would carry their later changes into the restored
+tree); the patch keeps a hard-link group in place, so the group's first name must have as
+many links as the snapshot's group has names (links=).
 
-Both rest on the sync point (fs/syncpoint.py) the restore takes before it looks at the
-tree: a recorded ctime vouches for content only because the capture or restore that
-recorded it had taken one, and a file is proven by hashing only if its ctime predates
+Steps 2 and 3 rest on the sync point (fs/syncpoint.py) the restore takes before it looks
+at the tree: a recorded ctime vouches for content only because the capture or restore
+that recorded it had taken one, and a file is proven by hashing only if its ctime predates
 this restore's own sync point (else a store through a mapping could follow the proof
 unseen, and the kept inode, or its record, would lie). On a filesystem where a ctime
 vouches for nothing (tmpfs), every file is rewritten.
@@ -53,6 +63,16 @@ class ReuseCheck:
         return (rec is not None and rec[:2] == (st.st_ino, st.st_ctime_ns)
                 and rec[2] == self.digest(e))
 
+    def proven_by_content(self, fd: int, st: os.stat_result, e: Entry) -> bool:
+        """Step 3 for a candidate (fd, st): its chunk ids are the entry's, and its ctime is
+        still st's after reading (nothing changed it meanwhile)."""
+        return self.same_content(fd, e) and os.fstat(fd).st_ctime_ns == st.st_ctime_ns
+
+    def is_snapshots(self, cand: tuple[int, os.stat_result], e: Entry) -> bool:
+        """Steps 2 then 3: the candidate holds exactly e (its metadata matched already)."""
+        fd, st = cand
+        return self.trusted(st, e) or self.proven_by_content(fd, st, e)
+
     def same_content(self, fd: int, e: Entry) -> bool:
         """Does the open file hold e's content? Hashes it; the callers check that its
         ctime did not move meanwhile."""
@@ -73,16 +93,17 @@ class ReuseCheck:
             with self._lock:
                 self.bytes_read += counter[0]
 
-    def candidate(self, cfd: int, name: bytes, e: Entry) -> Candidate:
-        """The current file at the same path, opened without following symlinks, if it is a
-        regular file with one link and exactly the entry's metadata (else None)."""
+    def candidate(self, cfd: int, name: bytes, e: Entry, links: int = 1) -> Candidate:
+        """Step 1: the current file `name` in cfd, opened without following symlinks, if it
+        is a regular file with `links` links and exactly the entry's size, mode, owner,
+        mtime and xattrs (else None). The caller closes the fd."""
         try:
             fd = fsutil.open_regular(name, cfd)
         except OSError:
             return None
         try:
             st = os.fstat(fd)
-            if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size == e.size
+            if (stat.S_ISREG(st.st_mode) and st.st_nlink == links and st.st_size == e.size
                     and st.st_mode == e.mode and st.st_uid == e.uid and st.st_gid == e.gid
                     and st.st_mtime_ns == e.mtime_ns and fsutil.read_xattrs(fd) == e.xattrs):
                 return fd, st

@@ -232,7 +232,7 @@ class TreeWriter:
         """Reuse the candidate if it is proven (trusted, or now by hashing) to hold e's
         content, else write e from the snapshot."""
         if (cand is not None and dfd is not None
-                and (proven or self.check.same_content(cand[0], e))
+                and (proven or self.check.proven_by_content(*cand, e))
                 and self._link_reused(cand, dfd, name, e)):
             return
         if fd is None:
