@@ -8,10 +8,12 @@ from __future__ import annotations
 import re
 from typing import Final, TypeVar
 
+import anyio
 import msgspec
 from starlette.requests import Request
 
-from api.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from api.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from api.services import services
 
 MAX_BODY: Final = 64 * 1024
 MAX_ID: Final = 2**53 - 1
@@ -43,7 +45,9 @@ def field_message(err: msgspec.ValidationError) -> str:
 
 
 async def read_body(request: Request) -> bytes:
-    """The body, refusing (and no longer reading) anything over 64 KiB."""
+    """The body, refusing (and no longer reading) anything over 64 KiB, or anything that
+    has not arrived within ``SNAPSHOTS_BODY_TIMEOUT`` seconds (408: a client trickling a
+    body, or a chunked body that never ends, holds no request for longer)."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -52,11 +56,18 @@ async def read_body(request: Request) -> bytes:
             raise PayloadTooLarge()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
+    timeout = services(request).settings.body_timeout
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise PayloadTooLarge()
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {timeout:g} s (SNAPSHOTS_BODY_TIMEOUT)."
+        ) from None
     return b"".join(chunks)
 
 

@@ -3,7 +3,7 @@
 Nothing here names a path: each row of ``api/routes.py`` becomes one operation, with its
 path parameters (from the ``{name}`` parts of the path), query parameters, body, answer
 and the errors its shape can give (every token route: 400, 401, 403, 404, 429, 503; with a
-body also 413 and 415).
+body also 408, 413 and 415).
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ ERROR_TEXTS: Final = {
     401: "Missing or invalid token",
     403: "Scope does not allow this call",
     404: "Not found (or not yours)",
+    408: "Body did not arrive within SNAPSHOTS_BODY_TIMEOUT",
     413: "Body over 64 KiB",
     415: "Body is not application/json",
-    429: "The token's rate limit is spent (Retry-After)",
+    429: "The token's rate limit is spent, or too many open event streams (Retry-After)",
     503: "Redis unavailable",
 }
 ANSWER_TEXTS: Final = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content"}
 TOKEN_ERRORS: Final = (400, 401, 403, 404, 429, 503)
-BODY_ERRORS: Final = (413, 415)
+BODY_ERRORS: Final = (408, 413, 415)
 
 IDEMPOTENCY_KEY: Final = Query(
     HEADER,

@@ -1,0 +1,136 @@
+"""uvicorn's HTTP protocol with deadlines for slow clients (``--http api.httpguard:DeadlineHttp``).
+
+uvicorn bounds only the idle time *between* requests (``--timeout-keep-alive``): a
+connection that opens and sends nothing, trickles its headers a byte at a time
+(slowloris), or sends a chunked body that never ends is held open for as long as the
+client likes, and each one costs a socket and memory. This subclass of uvicorn's
+httptools protocol adds what nginx calls ``client_header_timeout`` and
+``client_body_timeout``, and a cap on the size of the headers:
+
+- the request line and headers must be complete within ``SNAPSHOTS_HEADER_TIMEOUT``
+  seconds of the connection opening (or of the previous response ending);
+- the body within ``SNAPSHOTS_BODY_TIMEOUT`` (plus a grace of ``BODY_GRACE``, so that an
+  app reading the body answers ``408`` first, see ``api/inputs.py``) of the headers;
+- the headers may not exceed ``MAX_HEADER_BYTES`` (``431``).
+
+Past a deadline the connection is closed. The timers are one per connection, armed and
+cancelled at the parser's callbacks; requests that arrive whole never see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any, Final
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from shared.settings import Settings
+
+log = logging.getLogger("api")
+
+MAX_HEADER_BYTES: Final = 64 * 1024
+BODY_GRACE: Final = 2.0
+_TOO_LARGE: Final = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+_TOO_LARGE_BODY: Final = (
+    b'{"error": {"code": "invalid_request", "message": "The request headers are larger '
+    b'than 64 KiB."}}'
+)
+
+
+@functools.cache
+def _timeouts() -> tuple[float, float]:
+    settings = Settings.from_env()
+    return settings.header_timeout, settings.body_timeout + BODY_GRACE
+
+
+class DeadlineHttp(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.header_timeout, self.body_timeout = _timeouts()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._refused = False
+
+    # ------------------------------------------------------------ deadlines
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expire, what)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self, what: str) -> None:
+        self._deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            log.info("closing a connection from %s: its %s did not arrive in time",
+                     self.client[0] if self.client else "?", what)
+            self.transport.close()
+
+    # ------------------------------------------------------------ uvicorn's callbacks
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout, "request headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        if not self._refused:
+            super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES and not self._refused:
+            self._refused = True
+            self._disarm()
+            self.transport.write(_TOO_LARGE % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY))
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._arm(self.body_timeout, "request body")
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            # The next request's headers (or the rest of a body the app did not read).
+            self._arm(self.header_timeout, "next request")
