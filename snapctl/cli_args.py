@@ -6,12 +6,15 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from snapctl import lifecycle
+
 Handler = Callable[..., int]
 
 EPILOG = """exit codes: 0 ok, 1 the awaited operation failed or was cancelled, 2 usage,
 3 no URL or token, 4 service unreachable (or --timeout), 5 invalid request (400
 invalid_request, 405, 413, 415), 6 refused (400 snapshot_limit_reached,
-server_invalid_state, snapshot_not_available, snapshot_in_use; 409), 7 unauthorized (401),
+server_invalid_state, snapshot_not_available, snapshot_in_use, snapshot_protected;
+409), 7 unauthorized (401),
 8 forbidden (403), 9 not found (404), 10 server error (5xx)"""
 
 
@@ -45,7 +48,7 @@ def build(handlers: dict[tuple[str, str], Handler]) -> argparse.ArgumentParser:
     )
     _common(top, suppress=False)
     nouns = top.add_subparsers(dest="noun", required=True, metavar="{servers,snapshots,"
-                               "operations,tokens}")
+                               "schedules,operations,tokens}")
     verbs: dict[str, Any] = {}
     parsers: dict[tuple[str, str], argparse.ArgumentParser] = {}
     for noun, verb in handlers:
@@ -85,6 +88,10 @@ def build(handlers: dict[tuple[str, str], Handler]) -> argparse.ArgumentParser:
     restore = parsers["snapshots", "restore"]
     restore.add_argument("id", type=_positive)
     restore.add_argument("--start-after", action=argparse.BooleanOptionalAction, default=None)
+    restore.add_argument("--into", type=_positive, metavar="SERVER",
+                         help="restore into this other server of yours (a clone)")
+    restore.add_argument("--safety", action="store_true",
+                         help="first capture the target's current state (origin safety)")
     restore.add_argument("--idempotency-key")
     _waiting(restore)
     parsers["snapshots", "delete"].add_argument("id", type=_positive)
@@ -97,4 +104,5 @@ def build(handlers: dict[tuple[str, str], Handler]) -> argparse.ArgumentParser:
     tok.add_argument("--account", required=True)
     tok.add_argument("--scope", choices=["read", "write", "admin"], required=True)
     parsers["tokens", "revoke"].add_argument("id", type=_positive)
+    lifecycle.add_arguments(parsers, _positive)
     return top

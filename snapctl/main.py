@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from snapctl import output
+from snapctl import lifecycle, output
 from snapctl.cli_args import build
 from snapctl.client import (
     EXIT_CONFIG,
@@ -112,7 +112,11 @@ def snapshots_create(api: Api, args: argparse.Namespace) -> int:
 
 
 def snapshots_restore(api: Api, args: argparse.Namespace) -> int:
-    body = {} if args.start_after is None else {"start_after": args.start_after}
+    body: dict[str, Any] = {} if args.start_after is None else {"start_after": args.start_after}
+    if args.into is not None:
+        body["server_id"] = args.into
+    if args.safety:
+        body["safety_snapshot"] = True
     answer = api.request("POST", f"/snapshots/{args.id}/restore/", json=body,
                          headers=_idem(args))
     if not args.wait:
@@ -172,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
             ("snapshots", "delete"): snapshots_delete,
             ("operations", "show"): operations_show,
             ("tokens", "create"): tokens_create, ("tokens", "revoke"): tokens_revoke,
+            **lifecycle.HANDLERS,
         }
     )
 

@@ -88,7 +88,11 @@ def wait_operation(api: Api, op_id: int, snapshot_id: int | None, server_id: int
                         if "progress" in data.get("data", {}):
                             progress.update(task, completed=data["data"]["progress"])
                         if etype.endswith((".available", ".failed", ".succeeded", ".deleted")):
-                            return _finish(progress, task, api.get(f"/operations/{op_id}/"))
+                            # Not always the end: a restore's safety snapshot becomes
+                            # available on the way. The operation says.
+                            op = api.get(f"/operations/{op_id}/")
+                            if op["status"] in TERMINAL_OPS:
+                                return _finish(progress, task, op)
             except httpx.TransportError:
                 time.sleep(1)  # the stream dropped; reopen from the last id
             if deadline is not None and time.monotonic() > deadline:
