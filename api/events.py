@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from api.auth import principal
 from api.errors import InvalidRequest
 from api.eventhub import EventHub, Subscription, id_key
+from api.httpguard import ENDLESS
 from api.inputs import query_id
 from api.services import services
 from shared import events
@@ -72,6 +73,8 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self.sub
         sub.task = asyncio.current_task()
+        # Tells the server this response never ends (api/httpguard.py cuts it at shutdown).
+        scope.setdefault("state", {})[ENDLESS] = True
 
         async def until_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":

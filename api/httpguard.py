@@ -15,6 +15,12 @@ httptools protocol adds what nginx calls ``client_header_timeout`` and
 
 Past a deadline the connection is closed. The timers are one per connection, armed and
 cancelled at the parser's callbacks; requests that arrive whole never see them.
+
+It also ends endless responses at shutdown: uvicorn's graceful shutdown waits for every
+response in flight, and an event stream never finishes by itself, so one open stream held
+every deploy and Ctrl-C for the whole ``--timeout-graceful-shutdown``. A response whose
+app put ``ENDLESS`` in the request's ``state`` has its connection closed at once instead
+(the client reconnects with ``Last-Event-ID``, to a process that is not stopping).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from shared.settings import Settings
 
 log = logging.getLogger("api")
 
+# The request-state key by which an app marks its response as one that never ends.
+ENDLESS: Final = "endless_response"
 MAX_HEADER_BYTES: Final = 64 * 1024
 BODY_GRACE: Final = 2.0
 _TOO_LARGE: Final = (
@@ -128,6 +136,14 @@ class DeadlineHttp(HttpToolsProtocol):
             return
         self._disarm()
         super().on_message_complete()
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete \
+                and cycle.scope.get("state", {}).get(ENDLESS):
+            self.transport.close()
+            return
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

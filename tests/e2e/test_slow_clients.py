@@ -1,62 +1,23 @@
 """Slow clients against the web process exactly as the Procfile starts it (issue 9):
 headers trickled a byte at a time (slowloris), a connection that sends nothing, a chunked
 body that never ends (to a route that reads bodies and to one that does not) and headers
-past 64 KiB are all cut off within their deadline, while other clients keep being served."""
+past 64 KiB are all cut off within their deadline, while other clients keep being served;
+and open event streams, which never end by themselves, do not hold up a shutdown."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import honcho.environ
 import httpx
-import pytest
 
-from tests.e2e.service import ADMIN_TOKEN, free_port, wait_until
-from tests.support.redis_proc import RedisProcess
+from tests.e2e.conftest import BODY_TIMEOUT, HEADER_TIMEOUT, ProcfileWeb
+from tests.e2e.service import ADMIN_TOKEN
 
-ROOT = Path(__file__).resolve().parents[2]
-HEADER_TIMEOUT = 1.0
-BODY_TIMEOUT = 1.5
 BODY_GRACE = 2.0  # api/httpguard.py: the protocol closes an unread body this much later
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[str]:
-    """The Procfile's web command, run through a shell as honcho and Heroku run it."""
-    redis = RedisProcess(tmp_path / "redis").start()
-    command = honcho.environ.parse_procfile((ROOT / "Procfile").read_text()).processes["web"]
-    port = free_port()
-    env = dict(os.environ, REDIS_URL=redis.url, SNAPSHOTS_DATA_DIR=str(tmp_path / "data"),
-               SNAPSHOTS_ADMIN_TOKEN=ADMIN_TOKEN, PORT=str(port), HOST="127.0.0.1",
-               SNAPSHOTS_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
-               SNAPSHOTS_BODY_TIMEOUT=str(BODY_TIMEOUT),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    log = (tmp_path / "web.log").open("wb")
-    proc = subprocess.Popen(["/bin/sh", "-c", f"exec {command}"], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None and pytest.fail((tmp_path / "web.log").read_text())
-
-    try:
-        wait_until(up, timeout=20, what="the web process")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-        redis.close()
 
 
 def _connect(url: str) -> socket.socket:
@@ -105,7 +66,8 @@ class _Bystander(threading.Thread):
             time.sleep(0.05)
 
 
-def test_slow_clients_are_cut_off_and_others_are_served(web: str) -> None:
+def test_slow_clients_are_cut_off_and_others_are_served(procfile_web: ProcfileWeb) -> None:
+    web = procfile_web.url
     bystander = _Bystander(web)
     bystander.start()
     try:
@@ -160,3 +122,23 @@ def test_slow_clients_are_cut_off_and_others_are_served(web: str) -> None:
         for _ in range(3):
             r = c.post("/tokens/", json={"account": "acme", "scope": "read"})
             assert r.status_code == 201, r.text
+
+
+def test_open_event_streams_do_not_hold_a_shutdown(procfile_web: ProcfileWeb) -> None:
+    """SIGTERM with event streams open: the web process exits at once (its streams are
+    cut; clients resume elsewhere), not after the 25 s graceful-shutdown timeout."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=procfile_web.url, headers=headers, timeout=10) as c:
+        streams = [c.stream("GET", "/api/v1/events/") for _ in range(3)]
+        for s in streams:
+            assert s.__enter__().status_code == 200
+        assert c.get("/healthz").status_code == 200
+        started = time.monotonic()
+        procfile_web.proc.send_signal(signal.SIGTERM)
+        procfile_web.proc.wait(20)
+        took = time.monotonic() - started
+        for s in streams:
+            with contextlib.suppress(httpx.HTTPError):
+                s.__exit__(None, None, None)
+    assert procfile_web.proc.returncode in (0, -signal.SIGTERM)
+    assert took < 5, f"shutdown took {took:.1f} s"
