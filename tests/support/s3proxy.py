@@ -75,10 +75,13 @@ class S3Proxy:
                 for k, v in r.headers.items():
                     if k.lower() not in _HOP and k.lower() != "content-encoding":
                         self.send_header(k, v)
+                if self.command == "HEAD":  # the object's length, not the empty body's
+                    self.send_header("Content-Length", r.headers.get("content-length", "0"))
+                    self.end_headers()
+                    return
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 

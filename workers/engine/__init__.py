@@ -38,6 +38,8 @@ from .model import (
     StateInvalid,
     StateSpec,
     StorageFull,
+    StorageOptions,
+    StorageUnavailable,
     TransientEngineError,
     VerifyReport,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "StateInvalid",
     "StateSpec",
     "StorageFull",
+    "StorageOptions",
+    "StorageUnavailable",
     "TransientEngineError",
     "VerifyReport",
 ]

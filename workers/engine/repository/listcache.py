@@ -67,16 +67,24 @@ def marker_token(found: ObjectInfo | None) -> str:
 
 
 class ListingCache:
+    """The cache file is a snapshot (from the last LIST) plus an append-only journal of the
+    keys this host's processes stored or deleted since (one short line each, O_APPEND, so
+    several worker processes share it and a killed capture's objects are still known to
+    its rerun: it resumes without storing them again). A rebuild writes a new snapshot and
+    starts a new journal whose first line names that snapshot."""
+
     def __init__(self, cache_dir: str | None, url: str, *, max_age: float = MAX_AGE) -> None:
         self.url = url
         self.max_age = max_age
-        self.path = None if cache_dir is None else os.path.join(
-            cache_dir, f"listing-{blake3.blake3(url.encode()).hexdigest()[:24]}.msgpack")
+        base = None if cache_dir is None else os.path.join(
+            cache_dir, f"listing-{blake3.blake3(url.encode()).hexdigest()[:24]}")
+        self.path = None if base is None else base + ".msgpack"
+        self.journal = None if base is None else base + ".journal"
         self._lock = threading.Lock()
         self._state: _State | None = None
+        self._pos = 0  # journal bytes applied to _state
         self._condemned: set[str] = set()
         self._condemned_token: str | None = None
-        self._dirty = False
         self._backend: ObjectStore | None = None
         self.rebuilds = 0  # LIST rebuilds (tests and the benchmark count them)
 
@@ -92,6 +100,41 @@ class ListingCache:
         except (OSError, msgspec.DecodeError):
             return None
         return state if state.url == self.url else None
+
+    def _catch_up(self) -> None:
+        """Under _lock: apply the journal's new lines (other processes' writes too); a
+        journal of another snapshot (a rebuild elsewhere) means: load that snapshot."""
+        if self.journal is None:
+            return
+        try:
+            with open(self.journal, "rb") as f:
+                head = f.readline()
+                if self._state is None or head != _journal_head(self._state):
+                    self._state, self._pos = self._load(), 0
+                    if self._state is None or head != _journal_head(self._state):
+                        self._state = None  # snapshot and journal disagree: rebuild
+                        return
+                f.seek(max(self._pos, len(head)))
+                tail = f.read()
+        except FileNotFoundError:
+            self._state = None
+            return
+        end = tail.rfind(b"\n") + 1  # a line being appended right now waits for next time
+        for line in tail[:end].splitlines():
+            self._apply(line.decode(errors="replace"))
+        self._pos = max(self._pos, len(head)) + end
+
+    def _apply(self, line: str) -> None:
+        key, _, size = line.partition(" ")
+        removed = key.startswith("-")
+        key = key.lstrip("-")
+        prefix = key.split("/", 1)[0] + "/"
+        if self._state is None or prefix not in self._state.entries:
+            return
+        if removed:
+            self._state.entries[prefix].pop(key, None)
+        else:
+            self._state.entries[prefix][key] = (int(size or 0), 0)
 
     def _refresh_marker(self) -> str:
         """One HEAD of the marker (and a GET when it changed): the condemned keys now."""
@@ -116,22 +159,21 @@ class ListingCache:
             return
         token = self._refresh_marker()
         with self._lock:
-            state = self._state or self._load()
+            self._catch_up()
+            state = self._state
             fresh = (state is not None and state.marker == token
-                     and time.time() - state.built < self.max_age
-                     and prefix in state.entries)
+                     and time.time() - state.built < self.max_age)
         if not fresh:
-            state = self._rebuild(token, state)
-        assert state is not None
+            self._rebuild(token)
         with self._lock:
-            self._state = state
-            items = list(state.entries[prefix].items())
+            assert self._state is not None
+            items = list(self._state.entries[prefix].items())
             hidden = self._condemned
         for key, (size, mtime) in items:
             if key not in hidden:
                 yield key, size, mtime
 
-    def _rebuild(self, token: str, old: _State | None) -> _State:
+    def _rebuild(self, token: str) -> None:
         assert self._backend is not None
         started = time.time()
         entries = {p: {k: (s, m) for k, s, m in self._backend.list_fresh(p)}
@@ -140,48 +182,67 @@ class ListingCache:
         self.rebuilds += 1
         with self._lock:
             self._state = state
-            self._dirty = True
-        self.save()
-        return state
+            self._pos = len(_journal_head(state))
+            if self.path is None or self.journal is None:
+                return
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                _replace(self.path, msgspec.msgpack.encode(state))
+                _replace(self.journal, _journal_head(state))
+            except OSError:
+                pass  # a cache: losing it costs one LIST next time
+
+    def _append(self, lines: list[str]) -> None:
+        """Under _lock. One write per call: appends of concurrent processes never mix."""
+        if self.journal is None or self._state is None:
+            return
+        data = "".join(line + "\n" for line in lines).encode()
+        try:
+            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError:
+            return  # no journal (no rebuild yet): the next listing rebuilds anyway
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def added(self, key: str, size: int) -> None:
         prefix = key.split("/", 1)[0] + "/"
+        if prefix not in CACHED_PREFIXES:
+            return
         with self._lock:
-            if self._state is not None and prefix in self._state.entries:
+            if self._state is not None:
                 self._state.entries[prefix][key] = (size, time.time_ns())
-                self._dirty = True
+                self._append([f"{key} {size}"])
 
     def removed(self, keys: Iterable[str]) -> None:
+        gone = [k for k in keys if k.split("/", 1)[0] + "/" in CACHED_PREFIXES]
+        if not gone:
+            return
         with self._lock:
-            if self._state is None:
-                return
-            for key in keys:
-                prefix = key.split("/", 1)[0] + "/"
-                if self._state.entries.get(prefix, {}).pop(key, None) is not None:
-                    self._dirty = True
+            if self._state is not None:
+                for key in gone:
+                    self._state.entries[key.split("/", 1)[0] + "/"].pop(key, None)
+                self._append([f"-{k}" for k in gone])
 
     def invalidate(self) -> None:
         """Forget everything (the reclaim calls this on its own host after deleting)."""
         with self._lock:
             self._state = None
-            self._condemned_token = None
-            if self.path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
+            for path in (self.path, self.journal):
+                if path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
 
-    def save(self) -> None:
-        """Write the cache file atomically (temp + rename), when it changed."""
-        with self._lock:
-            if self.path is None or self._state is None or not self._dirty:
-                return
-            raw = msgspec.msgpack.encode(self._state)
-            self._dirty = False
-        directory = os.path.dirname(self.path)
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".listing-", dir=directory)
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # a cache: losing it costs one LIST next time
+
+def _journal_head(state: _State) -> bytes:
+    return f"snapshot {state.built!r} {state.marker}\n".encode()
+
+
+def _replace(path: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".listing-", dir=os.path.dirname(path))
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

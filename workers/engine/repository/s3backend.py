@@ -240,8 +240,6 @@ class S3Backend:
                 break
         with self._lock:
             self._raise_failed()
-        if self.cache is not None:
-            self.cache.save()
 
     def delete(self, key: str) -> None:
         self._wait_key(key)

@@ -44,9 +44,10 @@ Why it holds
 - Clocks a few minutes apart: only the store's clock is compared (LastModified of the
   marker, of the objects, of the locks and of a probe written now), so host clocks do
   not enter. A host's clock only measures its own refresh intervals (monotonic).
-- If-None-Match: the exclusive lock needs a store that refuses a second create; the
-  engine checks that at start-up and refuses to reclaim on a store that ignores it
-  (rclone's S3 server, for one) rather than risk two reclaims at once.
+- If-None-Match: the exclusive lock needs a store that refuses a second create; every
+  reclaim first checks that the store does (a create-only PUT twice on a probe key) and
+  refuses to run on one that ignores it (rclone's S3 server, for one) rather than risk two
+  reclaims at once. Captures and restores need no conditional write and work there.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def _referenced(key: str, marked: set[str]) -> bool:
 def reclaim(repo: Repository, backend: S3Backend, locks: S3Locks, *, wait: bool,
             margin: float) -> ReclaimStats:
     """margin: StorageOptions.reclaim_margin, seconds (kopia-style safety margin)."""
+    require_if_none_match(backend)  # 4 small requests per reclaim: checked every time
     with locks.exclusive(wait=wait) as got:
         if not got:
             return ReclaimStats(objects_removed=0, bytes_removed=0, skipped_locked=True)
@@ -101,7 +103,8 @@ def reclaim(repo: Repository, backend: S3Backend, locks: S3Locks, *, wait: bool,
         if prior is not None:
             age = (now - prior.modified).total_seconds()
             if age < margin:
-                return ReclaimStats(objects_removed=0, bytes_removed=0, skipped_locked=False)
+                return ReclaimStats(objects_removed=0, bytes_removed=0, skipped_locked=False,
+                                    bytes_kept=_data_bytes(listing))
             t1_ns = int(prior.modified.timestamp() * 1e9)
             try:
                 condemned = msgspec.msgpack.decode(backend.get(CONDEMNED_KEY), type=Condemned)
@@ -129,7 +132,12 @@ def reclaim(repo: Repository, backend: S3Backend, locks: S3Locks, *, wait: bool,
             backend.delete(CONDEMNED_KEY)
         if backend.cache is not None:
             backend.cache.invalidate()
-        return ReclaimStats(objects_removed=removed, bytes_removed=freed, skipped_locked=False)
+        return ReclaimStats(objects_removed=removed, bytes_removed=freed, skipped_locked=False,
+                            bytes_kept=_data_bytes(listing))
+
+
+def _data_bytes(listing: dict[str, tuple[int, int]]) -> int:
+    return sum(size for key, (size, _m) in listing.items() if key.startswith("data/"))
 
 
 def _batches(keys: list[str]) -> Iterable[list[str]]:
