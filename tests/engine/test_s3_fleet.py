@@ -70,7 +70,9 @@ def child(repo: str, opts: StorageOptions, **args: Any) -> subprocess.Popen[str]
 def test_store_killed_mid_capture_resumes_and_stores_nothing_twice(
         weed: SeaweedProcess, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", 1, files=30, size=600_000)
-    engine = Engine(url(), options(weed, tmp_path / "cache"))
+    # locks stale after 60 s here: an outage longer than that makes the capture give up
+    # before its commit (LockLost), as it must; this one is a few seconds
+    engine = Engine(url(), options(weed, tmp_path / "cache", lock_stale=60.0))
     backend = engine.backend
 
     def kill_when_busy() -> None:
