@@ -7,10 +7,11 @@ from starlette.responses import Response
 
 from api.auth import digest, new_token
 from api.errors import from_refusal
-from api.inputs import path_id
+from api.inputs import path_id, query_id, query_limit
 from api.services import services
-from api.views import JSON
-from shared.schemas import Token, TokenCreate, rfc3339
+from api.views import JSON, next_link
+from shared.records import TokenRecord
+from shared.schemas import ListLinks, ListMeta, Token, TokenCreate, TokenInfo, TokenList, rfc3339
 from shared.scripts import TransitionRefused
 
 
@@ -25,6 +26,25 @@ async def create(request: Request, body: TokenCreate) -> Response:
         created_at=rfc3339(made.created_at) or "",
     )
     return JSON(view, 201, headers={"Location": f"/api/v1/tokens/{made.token_id}/"})
+
+
+def token_view(record: TokenRecord) -> TokenInfo:
+    return TokenInfo(id=record.id, account=record.account, scope=record.scope,
+                     created_at=rfc3339(record.created_at) or "")
+
+
+async def list_all(request: Request) -> Response:
+    """Every token (of ``?account=``), newest first; never their values."""
+    limit = query_limit(request)
+    account = request.query_params.get("account") or None
+    page = await services(request).store.list_tokens(
+        account=account, cursor=query_id(request, "cursor"), limit=limit
+    )
+    return JSON(TokenList(
+        tokens=[token_view(r) for r in page.items],
+        meta=ListMeta(total=page.total),
+        links=ListLinks(next=next_link(request, page.next_cursor, account=account, limit=limit)),
+    ))
 
 
 async def revoke(request: Request) -> Response:

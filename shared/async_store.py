@@ -35,11 +35,14 @@ from shared.scripts import (
     script_sources,
     set_schedule_arg,
     start_restore_arg,
+    text,
     update_snapshot_arg,
 )
 from shared.settings import Settings
 
 log = logging.getLogger("operations")
+# Set once the tokens made before token listings existed are in idx:tokens:*.
+TOKENS_INDEXED = "idx:tokens:built"
 
 # The web process's connections for scripts (hot reads go over FastReads' one connection).
 POOL_CONNECTIONS: Final = 4
@@ -245,6 +248,28 @@ class AsyncStore:
             "sha": digest, "account": account, "scope": scope,
         })))
         return msgspec.convert(answer, CreatedToken)
+
+    async def list_tokens(
+        self, *, account: str | None, cursor: int | None = None, limit: int = 50
+    ) -> Page[TokenRecord]:
+        await self._index_old_tokens()
+        key = f"idx:tokens:account:{account}" if account is not None else "idx:tokens:all"
+        return await self._page(key, "token:", cursor, limit, TokenRecord)
+
+    async def _index_old_tokens(self) -> None:
+        """Tokens made before listings existed are indexed once (create_token indexes
+        every new one), so GET /tokens/ shows them too."""
+        if await self.redis.exists(TOKENS_INDEXED):
+            return
+        async for key in self.redis.scan_iter(match="token_id:*", count=1000):
+            token_id, sha = int(text(key).split(":", 1)[1]), await self.redis.get(key)
+            if sha is None:
+                continue
+            owner = await self.redis.hget(f"token:{text(sha)}", "account")
+            if owner is not None:
+                await self.redis.zadd("idx:tokens:all", {text(sha): token_id})
+                await self.redis.zadd(f"idx:tokens:account:{text(owner)}", {text(sha): token_id})
+        await self.redis.set(TOKENS_INDEXED, "1")
 
     async def revoke_token(self, token_id: int) -> str:
         """Revokes; returns the digest so caches can drop it. Raises if unknown."""

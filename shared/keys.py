@@ -2,7 +2,8 @@
 
 - ``seq:{server,snapshot,operation,token}``: INCR counters for ids.
 - ``server:{id}``, ``snapshot:{id}``, ``operation:{id}``: one hash per record.
-- ``token:{sha256}``: token hash by digest; ``token_id:{id}`` → digest, for revoking.
+- ``token:{sha256}``: token hash by digest; ``token_id:{id}`` → digest, for revoking;
+  ``idx:tokens:{all|account:A}``: score = id, member = digest (listings).
 - ``idx:{snapshots|operations}:{all|account:A|server:S}[:status:X]``: sorted sets,
   score = id, so a reverse range lists newest first. ``idx:servers:{all|account:A}``.
 - ``events``: the stream every transition appends to.

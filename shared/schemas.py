@@ -344,6 +344,21 @@ class Token(Struct):
     created_at: str
 
 
+class TokenInfo(Struct):
+    """A token as a listing shows it: never its value (only its hash is kept)."""
+
+    id: int
+    account: str
+    scope: TokenScope
+    created_at: str
+
+
+class TokenList(Struct):
+    tokens: list[TokenInfo]
+    meta: ListMeta
+    links: ListLinks
+
+
 class Health(Struct):
     status: str
 

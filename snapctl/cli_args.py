@@ -100,6 +100,9 @@ def build(handlers: dict[tuple[str, str], Handler]) -> argparse.ArgumentParser:
     show.add_argument("id", type=_positive)
     _waiting(show)
 
+    listing = parsers["tokens", "list"]
+    listing.add_argument("--account")
+    listing.add_argument("--limit", type=int, default=200)
     tok = parsers["tokens", "create"]
     tok.add_argument("--account", required=True)
     tok.add_argument("--scope", choices=["read", "write", "admin"], required=True)

@@ -150,6 +150,12 @@ def operations_show(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def tokens_list(api: Api, args: argparse.Namespace) -> int:
+    page = api.get("/tokens/", limit=args.limit, account=args.account)
+    output.listing(args, page, "tokens", ["id", "account", "scope", "created_at"])
+    return EXIT_OK
+
+
 def tokens_create(api: Api, args: argparse.Namespace) -> int:
     output.record(args, api.request("POST", "/tokens/",
                                     json={"account": args.account, "scope": args.scope}))
@@ -175,7 +181,8 @@ def parser() -> argparse.ArgumentParser:
             ("snapshots", "restore"): snapshots_restore,
             ("snapshots", "delete"): snapshots_delete,
             ("operations", "show"): operations_show,
-            ("tokens", "create"): tokens_create, ("tokens", "revoke"): tokens_revoke,
+            ("tokens", "list"): tokens_list, ("tokens", "create"): tokens_create,
+            ("tokens", "revoke"): tokens_revoke,
             **lifecycle.HANDLERS,
         }
     )

@@ -87,3 +87,33 @@ def test_token_scopes_roundtrip(client: TestClient, api: ApiHelper) -> None:
         assert r.headers["location"] == f"/api/v1/tokens/{r.json()['id']}/"
         assert TIME.match(r.json()["created_at"])
     assert client.delete("/api/v1/tokens/999/", headers=api.admin).status_code == 404
+
+
+def test_tokens_list_newest_first_without_values_and_forgets_revoked(
+    client: TestClient, api: ApiHelper, redis_client: redis.Redis
+) -> None:
+    made = [client.post("/api/v1/tokens/", json={"account": acc, "scope": "read"},
+                        headers=api.admin).json() for acc in ("acme", "globex", "acme")]
+    # A token made before listings existed (no index entry) is listed too.
+    sha = redis_client.get(f"token_id:{made[0]['id']}")
+    assert isinstance(sha, str)
+    redis_client.zrem("idx:tokens:all", sha)
+    redis_client.delete("idx:tokens:built")
+    r = client.get("/api/v1/tokens/", headers=api.admin)
+    assert r.status_code == 200
+    body = r.json()
+    assert [t["id"] for t in body["tokens"]] == [m["id"] for m in reversed(made)]
+    assert body["meta"]["total"] == 3
+    assert all(set(t) == {"id", "account", "scope", "created_at"} for t in body["tokens"])
+    assert not any(m["token"] in r.text for m in made)  # never a value
+    only = client.get("/api/v1/tokens/?account=acme&limit=1", headers=api.admin).json()
+    assert [t["id"] for t in only["tokens"]] == [made[2]["id"]]
+    assert "account=acme" in only["links"]["next"]
+    rest = client.get(only["links"]["next"], headers=api.admin).json()
+    assert [t["id"] for t in rest["tokens"]] == [made[0]["id"]]
+
+    assert client.delete(f"/api/v1/tokens/{made[1]['id']}/", headers=api.admin).status_code == 204
+    ids = [t["id"] for t in client.get("/api/v1/tokens/", headers=api.admin).json()["tokens"]]
+    assert ids == [made[2]["id"], made[0]["id"]]
+    reader = {"Authorization": f"Bearer {made[2]['token']}"}
+    assert client.get("/api/v1/tokens/", headers=reader).status_code == 403

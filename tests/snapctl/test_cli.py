@@ -67,6 +67,12 @@ def test_walkthrough(cli: Cli, tmp_path: Path) -> None:
     assert r.code == 0 and r.json == {"deleted": {"snapshot_id": snap["id"]}}
     assert cli("snapshots", "show", str(snap["id"]), token=token).code == 9
 
+    r = cli("tokens", "list", "--account", "acme", "--json")
+    assert r.code == 0 and token_id in [t["id"] for t in r.json["tokens"]]
+    assert token not in r.out  # a listing never shows a token's value
+    r = cli("tokens", "list")
+    assert r.code == 0 and "acme" in r.out and "created_at" in r.out
+
     r = cli("tokens", "revoke", str(token_id), "--json")
     assert r.code == 0 and r.json == {"revoked": {"token_id": token_id}}
     r = cli("snapshots", "list", token=token)
