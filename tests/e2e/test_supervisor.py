@@ -5,11 +5,15 @@ others left alone, the ordered stop, and what the loop costs while nothing happe
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
 from pathlib import Path
 
+import pytest
+
+from deploy.run import output_for
 from deploy.supervisor import BACKOFF_FIRST, Program, Supervisor
 
 
@@ -83,3 +87,17 @@ def test_the_watch_loop_costs_under_one_percent_of_a_core(tmp_path: Path) -> Non
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     sup.stop_all()
     assert cpu / (time.monotonic() - started) < 0.01, cpu
+
+
+def test_json_output_stays_one_object_a_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Under `make run` with LOG_FORMAT=json, a child's line that is not JSON already
+    (Dramatiq's main process, a crash report) is wrapped, the others pass unchanged."""
+    write = output_for("json")
+    write("worker", "[2026-12-01 09:00:00] [PID 1] [dramatiq.MainProcess] [INFO] booting")
+    write("web", '{"level": "INFO", "message": "hi", "request_id": "r1"}')
+    lines = capsys.readouterr().out.splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert first["logger"] == "worker" and "booting" in first["message"]
+    assert second == {"level": "INFO", "message": "hi", "request_id": "r1"}
+    output_for("text")("web", "hello")
+    assert capsys.readouterr().out == "web    | hello\n"

@@ -145,6 +145,17 @@ def _wait_answers(client: httpx.Client, path: str, within: float) -> float:
     return time.monotonic() - started
 
 
+def _listening(port: int) -> list[str]:
+    """The IPv4 addresses a TCP socket listens on at ``port`` (from /proc/net/tcp)."""
+    out = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            out.append(".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return out
+
+
 VICTIMS: dict[str, Callable[[MakeRun], int]] = {
     "worker child": lambda run: children(run.program("dramatiq"))[0],
     "worker main": lambda run: run.program("dramatiq"),
@@ -157,6 +168,8 @@ def test_make_run_restarts_each_killed_process_and_loses_nothing(
     make_run: MakeRun, tmp_path: Path
 ) -> None:
     client = make_run.client()
+    # HOST defaults to loopback under make run (the banner says 127.0.0.1, and it is so).
+    assert _listening(make_run.port) == ["127.0.0.1"]
     results: dict[str, Any] = {}
     for name, find in VICTIMS.items():
         state = _state(tmp_path / "servers", name.replace(" ", "-"))
