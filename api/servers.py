@@ -54,9 +54,9 @@ async def delete(request: Request) -> Response:
     server_id = path_id(request, "server_id")
     svc = services(request)
     try:
-        op_ids = await svc.store.delete_server(account=None, server_id=server_id)
+        queued = await svc.store.delete_server(account=None, server_id=server_id)
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
-    for op_id in op_ids:
-        await svc.enqueue("snapshot.delete", op_id)
+    for op in queued:
+        await svc.enqueue("snapshot.delete", op.operation_id, op.host)
     return Response(status_code=204)

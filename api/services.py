@@ -26,11 +26,15 @@ class Services:
     http_metrics: HttpMetrics
     events: EventHub
 
-    async def enqueue(self, op_type: str, operation_id: int) -> None:
+    async def enqueue(self, op_type: str, operation_id: int, host: str) -> None:
+        """Sends an operation's message to its host's queue (``host``: the operation's,
+        as the script that made it answered; see shared.broker.enqueue_operation)."""
         # Dramatiq's broker is synchronous; a worker thread keeps the event loop free.
         # It runs after the state transition, so a crash in between leaves a queued
         # operation for the reaper, never a message without state.
-        await anyio.to_thread.run_sync(enqueue_operation, self.broker, op_type, operation_id)
+        await anyio.to_thread.run_sync(
+            enqueue_operation, self.broker, op_type, operation_id, host
+        )
 
 
 def services(request: Request) -> Services:

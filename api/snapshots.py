@@ -42,7 +42,7 @@ async def create(request: Request, body: SnapshotCreate) -> Response:
         made = await svc.store.create_snapshot(account=who.account_filter, body=body)
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
-    await svc.enqueue("snapshot.create", made.operation_id)
+    await svc.enqueue("snapshot.create", made.operation_id, made.host)
     view = Snapshot(
         id=made.snapshot_id,
         server=ServerRef(id=body.server_id, name=made.server_name),
@@ -113,7 +113,7 @@ async def restore(request: Request, body: RestoreRequest) -> Response:
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
     # The operation is the target server's: its host runs it (a clone's, the other server's).
-    await svc.enqueue("snapshot.restore", started.operation_id)
+    await svc.enqueue("snapshot.restore", started.operation_id, started.host)
     return JSON(
         RestoreAccepted(
             status="success",
@@ -150,10 +150,10 @@ async def delete(request: Request) -> Response:
     snapshot_id = path_id(request, "snapshot_id")
     svc = services(request)
     try:
-        op_id = await svc.store.delete_snapshot(
+        queued = await svc.store.delete_snapshot(
             account=who.account_filter, snapshot_id=snapshot_id
         )
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
-    await svc.enqueue("snapshot.delete", op_id)
+    await svc.enqueue("snapshot.delete", queued.operation_id, queued.host)
     return Response(status_code=204)

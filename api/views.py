@@ -75,6 +75,7 @@ def operation_view(rec: OperationRecord) -> Operation:
         source_server_id=rec.source_server_id,
         safety_snapshot_id=rec.safety_snapshot_id,
         hooks=rec.hooks,
+        host=rec.host,
     )
 
 

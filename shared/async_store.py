@@ -55,6 +55,7 @@ class CreatedSnapshot(msgspec.Struct):
     operation_id: int
     created_at: int
     server_name: str
+    host: str
 
 
 class StartedRestore(msgspec.Struct):
@@ -65,6 +66,14 @@ class StartedRestore(msgspec.Struct):
     snapshot_name: str
     snapshot_created_at: int
     safety_snapshot_id: int | None = None
+    host: str
+
+
+class QueuedOperation(msgspec.Struct):
+    """An operation a transition queued, and the host whose queue it goes to."""
+
+    operation_id: int
+    host: str
 
 
 class CreatedToken(msgspec.Struct):
@@ -196,7 +205,9 @@ class AsyncStore:
         self._queued(started.operation_id, "snapshot.restore", snapshot_id)
         return started
 
-    async def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
+    async def delete_snapshot(
+        self, *, account: str | None, snapshot_id: int
+    ) -> QueuedOperation:
         payload = delete_snapshot_arg(account, snapshot_id)
         answer = result(await self._run("delete_snapshot", payload))
         if answer.get("cancelled_operation_id"):
@@ -205,7 +216,9 @@ class AsyncStore:
                      extra={"operation_id": cancelled, "snapshot_id": snapshot_id,
                             "status": "cancelled"})
             await metrics.record_operation_async(self.redis, "snapshot.create", "cancelled")
-        return self._queued(int(answer["operation_id"]), "snapshot.delete", snapshot_id)
+        queued = msgspec.convert(answer, QueuedOperation)
+        self._queued(queued.operation_id, "snapshot.delete", snapshot_id)
+        return queued
 
     @staticmethod
     def _queued(op_id: int, op_type: str, snapshot_id: int) -> int:
@@ -234,14 +247,17 @@ class AsyncStore:
         answer = result(await self._run("create_server", create_server_arg(body, status)))
         return int(answer["server_id"])
 
-    async def delete_server(self, *, account: str | None, server_id: int) -> list[int]:
+    async def delete_server(
+        self, *, account: str | None, server_id: int
+    ) -> list[QueuedOperation]:
         """Deletes the server; returns the delete operations queued for its snapshots."""
         answer = result(await self._run("delete_server", arg({
             "server_id": str(server_id), "account": account,
         })))
         ops = answer.get("delete_operation_ids") or []
         # cjson encodes an empty Lua table as {}, not [].
-        return [int(o) for o in ops] if isinstance(ops, list) else []
+        host = str(answer["host"])
+        return [QueuedOperation(int(o), host) for o in ops] if isinstance(ops, list) else []
 
     async def create_token(self, digest: str, account: str, scope: TokenScope) -> CreatedToken:
         answer = result(await self._run("create_token", arg({

@@ -1,4 +1,8 @@
-"""The one place that configures Dramatiq's Redis broker, for the API and the workers."""
+"""The one place that configures Dramatiq's Redis broker, for the API and the workers.
+
+Operations go to the queue of their host (`shared.hosts.queue_name`); a worker declares,
+and so consumes, only its own host's queue (plus the host-free ones its actors declare).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import msgspec
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.messages import ACTOR_NAMES, QUEUE_NAME, OperationMessage
+from shared.hosts import Heartbeat, queue_name
+from shared.messages import ACTOR_NAMES, OperationMessage
 from shared.settings import Settings
 
 NAMESPACE: Final = "snapshots-dramatiq"
@@ -27,12 +32,6 @@ HEARTBEATS_KEY: Final = f"{NAMESPACE}:__heartbeats__"
 # Dead-lettered messages are kept a day for inspection, not Dramatiq's week.
 DEAD_MESSAGE_TTL_MS: Final = 24 * 3600 * 1000
 HEARTBEAT_INTERVAL_S: Final = 5.0
-# Worker processes' heartbeats, member "<host>/<broker id>" (GET /metrics counts the
-# fresh ones per host); entries a day old are dropped.
-WORKERS_KEY: Final = "workers:heartbeats"
-WORKERS_KEPT_MS: Final = 24 * 3600 * 1000
-# Until hosts exist (SPEC section 5), every worker is on this one.
-DEFAULT_HOST: Final = "default"
 # Redis connections of an enqueue-only broker (the web process).
 ENQUEUE_CONNECTIONS: Final = 2
 
@@ -44,43 +43,45 @@ class BrokerHeartbeat(dramatiq.Middleware):
     messages as it may prefetch (every thread on an hours-long capture), it stops fetching,
     and after ``heartbeat_timeout`` another worker's maintenance would requeue its live
     jobs. This thread writes the heartbeat directly, so only a dead process looks dead.
+    It also writes the process's presence on its host (`shared.hosts.Heartbeat`), at once
+    on boot, so ``GET /hosts/`` counts a worker from its first second.
     """
 
-    def __init__(self, interval: float = HEARTBEAT_INTERVAL_S) -> None:
+    def __init__(self, host: str, interval: float = HEARTBEAT_INTERVAL_S) -> None:
+        self.host = host
         self.interval = interval
         self._stop = threading.Event()
+        self._presence: Heartbeat | None = None
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         self._stop.clear()
+        self._presence = Heartbeat(broker.client, self.host, broker.broker_id)
         threading.Thread(
-            target=self._run, args=(broker,), name="broker-heartbeat", daemon=True
+            target=self._run, args=(broker, self._presence), name="broker-heartbeat",
+            daemon=True,
         ).start()
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         self._stop.set()
+        if self._presence is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._presence.leave()
 
-    def _run(self, broker: RedisBroker) -> None:
+    def _run(self, broker: RedisBroker, presence: Heartbeat) -> None:
         key = f"{broker.namespace}:__heartbeats__"
-        # The broker's own set also holds every process that only enqueues (the web's
-        # dispatch records a heartbeat too); WORKERS_KEY holds worker processes only.
-        member = f"{DEFAULT_HOST}/{broker.broker_id}"
         while True:
             # Redis may be away; the consumers reconnect, and we simply try next round.
             with contextlib.suppress(redis.RedisError):
-                now_ms = int(time.time() * 1000)
-                pipe = broker.client.pipeline(transaction=False)
-                pipe.zadd(key, {broker.broker_id: now_ms})
-                pipe.zadd(WORKERS_KEY, {member: now_ms})
-                pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms - WORKERS_KEPT_MS)
-                pipe.execute()
+                presence.beat()
+                broker.client.zadd(key, {broker.broker_id: int(time.time() * 1000)})
             if self._stop.wait(self.interval):
-                break
-        with contextlib.suppress(redis.RedisError):
-            broker.client.zrem(WORKERS_KEY, member)  # a clean stop is not a dead worker
+                return
 
 
 def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
-    """A RedisBroker with our namespace and liveness tuning; ``worker`` adds the heartbeat."""
+    """A RedisBroker with our namespace and liveness tuning; ``worker`` adds the heartbeat
+    and declares the queue of the worker's host (``SNAPSHOTS_HOST``), the only operation
+    queue it consumes."""
     timeout_ms = int(settings.heartbeat_timeout * 1000)
     # The web process only enqueues, from worker threads: a small blocking pool bounds its
     # connections (a burst waits its turn); a worker keeps Dramatiq's own pool.
@@ -99,20 +100,21 @@ def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
     )
     if worker:
         # Three beats per timeout, so one late beat never makes a live worker look dead.
-        broker.add_middleware(BrokerHeartbeat(min(HEARTBEAT_INTERVAL_S, timeout_ms / 3000)))
-    broker.declare_queue(QUEUE_NAME)
+        interval = min(HEARTBEAT_INTERVAL_S, timeout_ms / 3000)
+        broker.add_middleware(BrokerHeartbeat(settings.worker_host, interval))
+        broker.declare_queue(queue_name(settings.worker_host))
     return broker
 
 
-def operation_message(op_type: str, operation_id: int) -> dramatiq.Message[Any]:
-    """The Dramatiq message for an operation, built without the actor function."""
+def operation_message(op_type: str, operation_id: int, host: str) -> dramatiq.Message[Any]:
+    """The Dramatiq message for an operation on ``host``, built without the actor function."""
     try:
         actor_name = ACTOR_NAMES[op_type]
     except KeyError:
         raise ValueError(f"unknown operation type {op_type!r}") from None
     kwargs = msgspec.to_builtins(OperationMessage(operation_id=operation_id))
     return dramatiq.Message(
-        queue_name=QUEUE_NAME,
+        queue_name=queue_name(host),
         actor_name=actor_name,
         args=(),
         kwargs=kwargs,
@@ -120,6 +122,13 @@ def operation_message(op_type: str, operation_id: int) -> dramatiq.Message[Any]:
     )
 
 
-def enqueue_operation(broker: RedisBroker, op_type: str, operation_id: int) -> None:
-    """Send the message for an operation (blocking; the API calls it in a thread)."""
-    broker.enqueue(operation_message(op_type, operation_id))
+def enqueue_operation(broker: RedisBroker, op_type: str, operation_id: int, host: str) -> None:
+    """Sends an operation's message to the queue of its host: the only way any part of the
+    service (the API, the reaper's resends, a worker forwarding a stray message) sends one.
+
+    ``host`` is the operation's own (``OperationRecord.host``, which the script that made
+    it answers too): its server's host, for a restore into another server the target's.
+    Blocking; the API calls it in a thread. Dramatiq's retries re-enqueue a message on the
+    queue it came from, so they stay on the host as well.
+    """
+    broker.enqueue(operation_message(op_type, operation_id, host))

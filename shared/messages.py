@@ -6,8 +6,6 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-QUEUE_NAME: Final = "snapshots"
-
 OpType = Literal["snapshot.create", "snapshot.restore", "snapshot.delete"]
 
 # Operation type → actor name. The workers register actors with exactly these names; the

@@ -17,19 +17,20 @@ Key ``metrics`` (a hash), fields:
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any, Final
 
 import redis
 
-from shared.broker import DEFAULT_HOST, NAMESPACE, WORKERS_KEY
-from shared.messages import QUEUE_NAME
+from shared import keys
+from shared.broker import NAMESPACE
+from shared.hosts import DEFAULT_HOST, WORKERS_KEY, parse_workers, queue_name
 
 KEY: Final = "metrics"
 # Seconds: from a small delete to a capture of hours.
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
-# Every queue the workers consume, ready and delayed (Dramatiq's ".DQ": retries waiting).
-QUEUES: Final = (QUEUE_NAME, f"{QUEUE_NAME}.DQ", "webhooks", "webhooks.DQ")
+# The queues every worker consumes whatever its host (each also has its ".DQ": retries
+# waiting); the operations' queues are one per host.
+HOST_FREE_QUEUES: Final = ("webhooks",)
 BYTE_KINDS: Final = ("read", "stored", "captured", "deduplicated")
 
 
@@ -80,34 +81,40 @@ def record_repository_size(client: redis.Redis, size: int) -> None:
         client.hset(KEY, "repository_bytes", max(size, 0))
 
 
-def snapshot(client: Any, heartbeat_timeout: float) -> dict[str, Any]:
-    """Everything GET /metrics reports from Redis, in one round trip (a sync client)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(KEY)
-    for queue in QUEUES:
-        pipe.llen(f"{NAMESPACE}:{queue}")
-    pipe.zrangebyscore(WORKERS_KEY, int((time.time() - heartbeat_timeout) * 1000), "+inf")
-    return _parse(pipe.execute())
-
-
 async def snapshot_async(client: Any, heartbeat_timeout: float) -> dict[str, Any]:
-    """The same, with redis.asyncio (the web process)."""
+    """Everything GET /metrics reports from Redis (redis.asyncio, the web process).
+
+    Queue depths are per host (``host.<name>`` and its ``.DQ``, see shared/hosts.py) for
+    every host a worker beat from in the last week or an active operation runs on (so a
+    host nobody consumes still shows its waiting messages), plus the host-free queues.
+    Live workers are counted per host, zeros included: a host whose workers died, or whose
+    operations wait with no worker ever seen, reads 0.
+    """
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(KEY)
-    for queue in QUEUES:
+    pipe.time()
+    pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
+    for status in ("queued", "running"):
+        pipe.zrange(keys.index("operations", None, None, status), 0, -1)
+    fields, now, beats, queued, running = await pipe.execute()
+    seen = parse_workers(beats, int(now[0]) * 1000 + int(now[1]) // 1000,
+                         int(heartbeat_timeout * 1000))
+    pipe = client.pipeline(transaction=False)
+    for op_id in {*queued, *running}:
+        pipe.hget(keys.operation(int(op_id)), "host")
+    op_hosts = {_s(h) for h in await pipe.execute() if h} if queued or running else set()
+    hosts = sorted({DEFAULT_HOST, *seen, *op_hosts})
+    queues = [q for h in hosts for q in (queue_name(h), f"{queue_name(h)}.DQ")]
+    queues += [q for free in HOST_FREE_QUEUES for q in (free, f"{free}.DQ")]
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
         pipe.llen(f"{NAMESPACE}:{queue}")
-    pipe.zrangebyscore(WORKERS_KEY, int((time.time() - heartbeat_timeout) * 1000), "+inf")
-    return _parse(await pipe.execute())
-
-
-def _parse(answers: list[Any]) -> dict[str, Any]:
-    raw = {_s(k): _s(v) for k, v in answers[0].items()}
-    depths = dict(zip(QUEUES, (int(n) for n in answers[1:1 + len(QUEUES)]), strict=True))
-    live: dict[str, int] = {DEFAULT_HOST: 0}
-    for member in answers[-1]:
-        host = _s(member).rpartition("/")[0] or DEFAULT_HOST
-        live[host] = live.get(host, 0) + 1
-    return {"fields": raw, "queues": depths, "live_workers": live}
+    depths = dict(zip(queues, (int(n) for n in await pipe.execute()), strict=True))
+    return {
+        "fields": {_s(k): _s(v) for k, v in fields.items()},
+        "queues": depths,
+        "live_workers": {h: seen[h].live if h in seen else 0 for h in hosts},
+    }
 
 
 def _s(value: bytes | str) -> str:

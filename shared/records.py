@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from msgspec import Struct
 
+from shared.hosts import DEFAULT_HOST
 from shared.schemas import (
     ErrorInfo,
     HookRun,
@@ -73,6 +74,8 @@ class OperationRecord(Struct, kw_only=True):
     source_server_id: int | None = None
     safety_snapshot_id: int | None = None
     hooks: list[HookRun] | None = None
+    # The host whose workers run it (set from its server when it is made).
+    host: str = DEFAULT_HOST
 
 
 class ScheduleRecord(Struct, kw_only=True):
@@ -100,7 +103,7 @@ class ServerRecord(Struct, kw_only=True):
     status: ServerStatus
     state: ServerState
     power: Power = msgspec.field(default_factory=PowerNone)
-    host: str = "default"
+    host: str = DEFAULT_HOST
     hooks: Hooks | None = None
     created_at: int
     # Power status before a restore began, so a failed restore can put it back.

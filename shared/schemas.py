@@ -14,8 +14,10 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from shared import cron as cronexpr
+from shared.hosts import DEFAULT_HOST, HOST_PATTERN
 
 PositiveInt = Annotated[int, Meta(ge=1, le=2**53 - 1)]
+HostName = Annotated[str, Meta(min_length=1, max_length=255, pattern=HOST_PATTERN)]
 SnapshotStatus = Literal["in_progress", "available", "failed"]
 # Who made a snapshot: a caller (manual), a schedule's run, or a restore's safety capture.
 SnapshotOrigin = Literal["manual", "schedule", "safety"]
@@ -143,12 +145,11 @@ class ServerCreate(Struct, forbid_unknown_fields=True):
     account: AccountName
     state: ServerState
     power: Power = msgspec.field(default_factory=PowerNone)
-    host: Annotated[str, Meta(min_length=1, max_length=255)] = "default"
+    host: HostName = DEFAULT_HOST
     hooks: Hooks | None = None
 
     def __post_init__(self) -> None:
         _printable("name", self.name)
-        _printable("host", self.host)
 
 
 KeepCount = Annotated[int, Meta(ge=0, le=10_000)]
@@ -281,6 +282,9 @@ class Operation(Struct):
     started_at: str | None
     finished_at: str | None
     error: ErrorInfo | None
+    # The host whose workers run it (its server's host): an operation that stays queued
+    # names the host that has no live worker (see GET /hosts/).
+    host: str
     # A restore into another server (a clone): the snapshot's own server.
     source_server_id: int | None = None
     # A restore that first captured the target: that safety snapshot.

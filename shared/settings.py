@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from shared.logs import LOG_FORMATS
+from shared.hosts import DEFAULT_HOST, HOST_RULE, valid_host
 
 ADMIN_TOKEN_FILE = "admin_token"
 EMBEDDED_REDIS_SOCKET = "redis.sock"
@@ -190,6 +191,9 @@ class Settings:
     # headers, and a request's body.
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    # SNAPSHOTS_HOST: the host this worker runs on; it runs only the operations of the
+    # servers registered with this host (see shared/hosts.py).
+    worker_host: str = DEFAULT_HOST
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -215,6 +219,9 @@ class Settings:
                     f"like https://snapshots.example.com, got {public_url!r}"
                 )
             public_url = public_url.rstrip("/")
+        worker_host = _optional(env, "SNAPSHOTS_HOST") or d.worker_host
+        if not valid_host(worker_host):
+            raise SettingsError(f"SNAPSHOTS_HOST must be {HOST_RULE}, got {worker_host!r}")
         return cls(
             data_dir=data_dir,
             storage_url=storage_url,
@@ -256,6 +263,7 @@ class Settings:
             public_url=public_url,
             header_timeout=_float(env, "SNAPSHOTS_HEADER_TIMEOUT", d.header_timeout),
             body_timeout=_float(env, "SNAPSHOTS_BODY_TIMEOUT", d.body_timeout),
+            worker_host=worker_host,
         )
 
     @property

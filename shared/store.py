@@ -13,6 +13,7 @@ import msgspec
 import redis
 
 from shared import keys, metrics
+from shared.hosts import DEFAULT_HOST
 from shared.records import (
     OperationRecord,
     R,
@@ -307,15 +308,24 @@ class Store:
     # ------------------------------------------------------------ leases, reaper, catalog
 
     def claim_operation(
-        self, op_id: int, owner: str, owner_process: str, heartbeats_key: str, timeout_ms: int
+        self,
+        op_id: int,
+        owner: str,
+        owner_process: str,
+        heartbeats_key: str,
+        timeout_ms: int,
+        host: str = DEFAULT_HOST,
     ) -> tuple[str, OperationRecord | None]:
-        """begin_operation with a lease held by ``owner`` while ``owner_process`` heartbeats.
+        """begin_operation with a lease held by ``owner`` while ``owner_process`` heartbeats,
+        for a worker of ``host``.
 
         Answers ("ok", record), or (code, None) with code "busy" (a live worker runs it),
-        "terminal" (already finished) or "not_found".
+        "terminal" (already finished), "wrong_host" (it runs on another host; nothing
+        changed) or "not_found".
         """
         answer: dict[str, Any] = msgspec.json.decode(self._run(
-            "claim_operation", op_id, owner, owner_process, heartbeats_key, int(timeout_ms)
+            "claim_operation", op_id, owner, owner_process, heartbeats_key, int(timeout_ms),
+            host,
         ))
         if not answer.get("ok"):
             return str(answer.get("code")), None
@@ -327,12 +337,13 @@ class Store:
 
     def mark_requeue(
         self, op_id: int, seconds: float, heartbeats_key: str, timeout_ms: int
-    ) -> str | None:
-        """The operation's type when this caller should send its message again, else None."""
+    ) -> tuple[str, str] | None:
+        """(type, host) of the operation when this caller should send its message again
+        (to that host's queue), else None."""
         answer: dict[str, Any] = msgspec.json.decode(self._run(
             "mark_requeue", op_id, int(seconds), heartbeats_key, int(timeout_ms)
         ))
-        return str(answer["type"]) if answer.get("ok") else None
+        return (str(answer["type"]), str(answer["host"])) if answer.get("ok") else None
 
     def active_operation_ids(self) -> list[int]:
         """Ids of every queued or running operation, oldest first."""

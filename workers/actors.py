@@ -18,6 +18,7 @@ from dramatiq.middleware import Shutdown
 
 from shared import logs
 from shared.broker import HEARTBEATS_KEY, enqueue_operation, make_broker
+from shared.hosts import queue_name
 from shared.messages import OperationMessage
 from shared.settings import Settings
 from shared.store import Store
@@ -44,7 +45,9 @@ TIME_LIMIT_MS = 24 * 3600 * 1000
 # raised exceptions, so both stop at the same number.
 MAX_ATTEMPTS = 5
 _OPTIONS: dict[str, Any] = {
-    "queue_name": "snapshots",
+    # The queue of this worker's host: a worker consumes only the queues declared in its
+    # process, so it never even sees another host's operations.
+    "queue_name": queue_name(settings.worker_host),
     "time_limit": TIME_LIMIT_MS,
     "max_retries": MAX_ATTEMPTS - 1,
     "min_backoff": 2_000,
@@ -90,13 +93,22 @@ def jobs() -> Jobs:
 def _jobs() -> Jobs:
     # The lease names this process by its broker id: the id whose heartbeat the broker
     # watches, so "this worker is dead" means the same thing to both.
-    lease = Lease(broker.broker_id, HEARTBEATS_KEY, int(settings.heartbeat_timeout * 1000))
+    lease = Lease(
+        broker.broker_id,
+        HEARTBEATS_KEY,
+        int(settings.heartbeat_timeout * 1000),
+        settings.worker_host,
+    )
     return Jobs(store(), engine(), driver_for, MAX_ATTEMPTS, lease, enqueue)
 
 
 def enqueue(op_type: str, operation_id: int) -> None:
-    """The workers' one way to send an operation's message (new runs, retention deletes)."""
-    enqueue_operation(broker, op_type, operation_id)
+    """The workers' one way to send an operation's message (scheduled runs, retention
+    deletes, a stray message handed on): to the queue of the operation's own host, which
+    its record names (its server's host; see shared.broker.enqueue_operation)."""
+    op = store().get_operation(operation_id)
+    if op is not None:
+        enqueue_operation(broker, op_type, operation_id, op.host)
 
 
 def reaper() -> Reaper:

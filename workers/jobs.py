@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from shared import logs, metrics
+from shared.hosts import DEFAULT_HOST
 from shared.records import OperationRecord, ServerRecord
 from shared.schemas import PowerNone
 from shared.store import Store
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 
 PowerFactory = Callable[[ServerRecord], PowerDriver]
+# Sends an operation's message to the queue of its host: (type, operation id).
 Enqueue = Callable[[str, int], None]
 # Where catalog rebuild points a server whose state path it could not know; a restore into
 # it is refused until an admin sets the real path (see workers/catalog.py).
@@ -58,6 +60,8 @@ class Lease:
     process_id: str
     heartbeats_key: str
     timeout_ms: int
+    # The worker's host (SNAPSHOTS_HOST): it claims only operations of this host.
+    host: str = DEFAULT_HOST
 
     def owner(self) -> str:
         return f"{self.process_id}/{threading.get_ident()}"
@@ -119,7 +123,11 @@ class Jobs:
                 self.lease.process_id,
                 self.lease.heartbeats_key,
                 self.lease.timeout_ms,
+                self.lease.host,
             )
+        if code == "wrong_host":
+            self._forward(operation_id)
+            return
         if op is None:
             # terminal: a redelivered or duplicate message after the end; busy: a live
             # worker runs it now, and if that worker dies its own message comes back.
@@ -136,6 +144,19 @@ class Jobs:
                 with contextlib.suppress(redis.RedisError):
                     self.store.release_operation(op.id, owner)
             raise
+
+    def _forward(self, operation_id: int) -> None:
+        """A message of another host's operation reached this host's queue (sent by hand,
+        or by an older version to a shared queue): it is not ours to touch, so it goes to
+        its own host's queue, where it waits for that host's workers."""
+        op = self.store.get_operation(operation_id)
+        if op is None or self.enqueue is None:
+            return
+        log.warning(
+            "operation %s runs on host %r, not on this worker's; sent to that host's queue",
+            op.id, op.host,
+        )
+        self.enqueue(op.type, op.id)
 
     def _run(self, op: OperationRecord) -> None:
         if op.attempts > self.max_attempts:

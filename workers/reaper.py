@@ -6,10 +6,14 @@ the worker boots), so it needs no process of its own and no one to call it. Each
 1. sends again the message of an operation that is queued, or running without a live
    owner, and that nothing happened to for ``requeue_after`` seconds: the web process died
    between its state write and its enqueue, an enqueue failed, or a message was lost. Jobs
-   are idempotent and leased, so a message too many costs nothing;
+   are idempotent and leased, so a message too many costs nothing. The message goes to the
+   queue of the operation's host, whichever host's reaper sends it;
 2. ends as failed (``deadline_exceeded``) an operation that started more than
    ``operation_deadline`` seconds ago; the same Lua script puts its snapshot to ``failed``
-   and its server out of ``restoring``, to the power status the driver reports;
+   and its server out of ``restoring``, to the power status the driver reports. Only the
+   operation's own host asks the driver (no host touches another host's servers); the
+   operation of a host with no live worker is ended by any reaper, the server keeping the
+   power status it had before;
 3. at most once per ``reclaim_interval`` across all workers, sweeps the repository of data
    no committed snapshot references (a delete whose reclaim was skipped because a capture
    held the repository, the leftovers of a failed capture).
@@ -28,6 +32,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from shared import metrics
 from shared.broker import HEARTBEATS_KEY, enqueue_operation
+from shared.hosts import live_workers
 from shared.records import OperationRecord
 from shared.scripts import text
 from shared.settings import Settings
@@ -61,26 +66,37 @@ class Reaper:
 
     def tick(self) -> None:
         """One pass over every active operation, then maybe a reclaim."""
+        live: dict[str, int] | None = None  # read once a pass, and only when needed
         for op_id in self.store.active_operation_ids():
             op = self.store.get_operation(op_id)
-            if op is not None:
-                self._look_at(op)
+            if op is None:
+                continue
+            if op.host != self.settings.worker_host and self._overdue(op) and live is None:
+                live = live_workers(self.store.redis, self.settings.heartbeat_timeout)
+            self._look_at(op, live or {})
         self._maybe_reclaim()
 
-    def _look_at(self, op: OperationRecord) -> None:
-        now = time.time()
-        since = op.started_at or op.created_at
-        if now - since > self.settings.operation_deadline:
-            self._expire(op, int(now - self.settings.operation_deadline))
-            return
+    def _overdue(self, op: OperationRecord) -> bool:
+        return time.time() - (op.started_at or op.created_at) > self.settings.operation_deadline
+
+    def _look_at(self, op: OperationRecord, live: dict[str, int]) -> None:
+        if self._overdue(op):
+            own = op.host == self.settings.worker_host
+            if own or not live.get(op.host):
+                self._expire(op, int(time.time() - self.settings.operation_deadline), own)
+            return  # else: the reapers of its own host end it
         if op.status == "running":
             self._release_if_stale(op.id)
-        op_type = self.store.mark_requeue(
+        resend = self.store.mark_requeue(
             op.id, self.settings.requeue_after, HEARTBEATS_KEY, self.timeout_ms
         )
-        if op_type is not None:
-            log.warning("operation %s (%s) looked stuck; sending it again", op.id, op.status)
-            enqueue_operation(self.broker, op_type, op.id)
+        if resend is not None:
+            op_type, host = resend
+            log.warning(
+                "operation %s (%s, host %r) looked stuck; sending it again",
+                op.id, op.status, host,
+            )
+            enqueue_operation(self.broker, op_type, op.id, host)
 
     def _release_if_stale(self, op_id: int) -> None:
         """A lease this very process holds while none of its threads runs the operation:
@@ -95,13 +111,16 @@ class Reaper:
         if not self.jobs.is_running(op_id) and self.store.release_operation(op_id, text(owner)):
             log.warning("operation %s: released the lease of a job that is gone", op_id)
 
-    def _expire(self, op: OperationRecord, started_before: int) -> None:
+    def _expire(self, op: OperationRecord, started_before: int, own_host: bool) -> None:
         hours = self.settings.operation_deadline / 3600
         message = (
             f"The operation did not finish within its deadline of {hours:g} h "
             f"(SNAPSHOTS_OPERATION_DEADLINE); it was {op.status} and is ended as failed."
         )
-        status = self._power_status(op) if op.type == "snapshot.restore" else None
+        if not own_host:
+            message += f" Host {op.host!r} has no live worker (see GET /api/v1/hosts/)."
+        ask = own_host and op.type == "snapshot.restore"
+        status = self._power_status(op) if ask else None
         if self.store.fail_operation(
             op.id, "deadline_exceeded", message, status, started_before=started_before
         ):

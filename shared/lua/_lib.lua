@@ -95,11 +95,20 @@ local function snap_set_status(snap, new)
   snap.status = new
 end
 
+-- The host a server's operations run on (see shared/hosts.py).
+local function host_of(server)
+  if empty(server.host) then return 'default' end
+  return server.host
+end
+
+-- A new queued operation on `server`; it runs on the server's host, for good: its retries
+-- and resends go to that host's queue, and only that host's workers may claim it.
 local function new_operation(optype, server, snapshot_id, t, extra)
   local oid = redis.call('INCR', 'seq:operation')
   local key = 'operation:' .. oid
   redis.call('HSET', key, 'id', oid, 'type', optype, 'status', 'queued', 'progress', 0,
-    'server_id', server.id, 'account', server.account, 'created_at', t, 'attempts', 0)
+    'server_id', server.id, 'account', server.account, 'created_at', t, 'attempts', 0,
+    'host', host_of(server))
   if snapshot_id ~= nil then redis.call('HSET', key, 'snapshot_id', snapshot_id) end
   for k, v in pairs(extra or {}) do redis.call('HSET', key, k, v) end
   idx_add('operations', oid, server.account, server.id, 'queued')
@@ -174,7 +183,9 @@ end
 -- reclaims its storage; emits snapshot.deleted with data. Returns the operation id.
 local function drop_snapshot(snap, t, data)
   snap_mark_deleted(snap, t)
-  local srv = {id = snap.server_id, account = snap.account}
+  -- On the server's host, like every operation of the server.
+  local srv = {id = snap.server_id, account = snap.account,
+    host = redis.call('HGET', 'server:' .. snap.server_id, 'host')}
   local oid = new_operation('snapshot.delete', srv, snap.id, t, {})
   emit('snapshot.deleted', snap.account, snap.server_id, snap.id, oid, t, data or {})
   return oid

@@ -1,5 +1,6 @@
 -- ARGV: op id, owner (worker process id .. '/' .. thread), owner process id (the broker id
--- whose heartbeat proves the owner alive), heartbeats key, heartbeat timeout (ms).
+-- whose heartbeat proves the owner alive), heartbeats key, heartbeat timeout (ms), the
+-- claiming worker's host.
 -- begin_operation plus a lease: an operation running under a live owner is refused
 -- ('busy'), so a duplicate message never runs a job twice at the same time; an owner whose
 -- heartbeat is stale (or gone) is dead and its operation is taken over.
@@ -7,6 +8,10 @@ local op = hgetall('operation:' .. ARGV[1])
 if op.id == nil then return fail('not_found', 'Operation ' .. ARGV[1] .. ' not found.') end
 if not op_active(op.status) then
   return fail('terminal', 'Operation ' .. op.id .. ' is already ' .. op.status .. '.')
+end
+if host_of(op) ~= ARGV[6] then
+  -- Only the operation's own host may touch its server (a message on the wrong queue).
+  return fail('wrong_host', 'Operation ' .. op.id .. ' runs on host ' .. host_of(op) .. '.')
 end
 if op.status == 'running' and not empty(op.owner) and op.owner ~= ARGV[2] then
   local beat = redis.call('ZSCORE', ARGV[4], op.owner_process or '')

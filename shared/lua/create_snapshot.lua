@@ -13,4 +13,5 @@ if a.stop_server then extra.stop_server = 1 end
 local oid = new_operation('snapshot.create', srv, sid, t, extra)
 new_snapshot(srv, sid, oid, a.name, a.description, 'manual', t)
 redis.call('HSET', 'server:' .. srv.id, 'active_op', oid)
-return ok({snapshot_id = sid, operation_id = oid, created_at = t, server_name = srv.name})
+return ok({snapshot_id = sid, operation_id = oid, created_at = t, server_name = srv.name,
+  host = host_of(srv)})

@@ -30,4 +30,5 @@ if snap.status == 'in_progress' and not empty(snap.operation_id) then
   end
 end
 local oid = drop_snapshot(snap, t, {cancelled_operation_id = cancelled})
-return ok({operation_id = oid, cancelled_operation_id = cancelled})
+return ok({operation_id = oid, cancelled_operation_id = cancelled,
+  host = host_of({host = redis.call('HGET', 'server:' .. snap.server_id, 'host')})})

@@ -23,4 +23,4 @@ redis.call('HSET', 'operation:' .. op.id, 'requeued_at', t)
 redis.call('HINCRBY', 'operation:' .. op.id, 'requeues', 1)
 emit('operation.requeued', op.account, op.server_id, op.snapshot_id, op.id, t,
   {status = op.status})
-return ok({type = op.type})
+return ok({type = op.type, host = host_of(op)})

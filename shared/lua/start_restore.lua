@@ -70,4 +70,4 @@ end
 emit('restore.started', srv.account, srv.id, snap.id, oid, t, data)
 return ok({operation_id = oid, server_id = srv.id, server_name = srv.name,
   snapshot_id = snap.id, snapshot_name = snap.name, snapshot_created_at = snap.created_at,
-  safety_snapshot_id = safety})
+  safety_snapshot_id = safety, host = host_of(srv)})

@@ -55,7 +55,7 @@ async def test_20_concurrent_creates_accept_exactly_one(
         responses = await create_many(client, headers, server_id, 20)
     assert codes(responses) == {201: 1, "server_invalid_state": 19}
     assert store.list_snapshots(account=None, server_id=server_id).total == 1
-    assert redis_client.hlen("snapshots-dramatiq:snapshots.msgs") == 1
+    assert redis_client.hlen("snapshots-dramatiq:host.default.msgs") == 1
 
 
 async def test_limit_holds_under_concurrency(app: Starlette, store: Store) -> None:

@@ -61,7 +61,7 @@ def test_delete_server(
     assert client.get("/api/v1/snapshots/", headers=h).json()["meta"]["total"] == 0
     ops = client.get("/api/v1/operations/?status=queued", headers=h).json()["operations"]
     assert [(o["type"], o["snapshot_id"]) for o in ops] == [("snapshot.delete", snap["id"])]
-    msgs = redis_client.hvals("snapshots-dramatiq:snapshots.msgs")
+    msgs = redis_client.hvals("snapshots-dramatiq:host.default.msgs")
     assert sum('"actor_name":"snapshot_delete"' in m for m in msgs) == 1
     assert client.delete(path, headers=api.admin).status_code == 404
 
@@ -117,3 +117,16 @@ def test_tokens_list_newest_first_without_values_and_forgets_revoked(
     assert ids == [made[2]["id"], made[0]["id"]]
     reader = {"Authorization": f"Bearer {made[2]['token']}"}
     assert client.get("/api/v1/tokens/", headers=reader).status_code == 403
+
+
+def test_host_names_are_checked(client: TestClient, api: ApiHelper) -> None:
+    # A host name is a queue's name: one spelling per host, nothing Dramatiq reads as a
+    # suffix, so a bad one is refused at once rather than queueing where no worker listens.
+    for host in ["HV-01", "hv 01", "-hv", "", "a" * 256, "hv/01"]:
+        body = {"name": "s", "account": "acme", "state": {"kind": "image", "path": "/d"},
+                "host": host}
+        r = client.post("/api/v1/servers/", json=body, headers=api.admin)
+        assert r.status_code == 400, (host, r.text)
+        assert "host" in r.json()["error"]["message"]
+    body["host"] = "hv-01.fra1_b"
+    assert client.post("/api/v1/servers/", json=body, headers=api.admin).status_code == 201

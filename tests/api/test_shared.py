@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import dramatiq
@@ -26,6 +27,8 @@ def test_settings_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert s.storage_url == f"file://{tmp_path / 'data' / 'repository'}"
     assert s.max_per_server == 5 and s.worker_processes == 1 and s.worker_threads == 2
     assert s.effective_redis_url == f"unix://{tmp_path / 'data' / 'redis.sock'}"
+    assert s.worker_host == "default"
+    assert Settings.from_env({"SNAPSHOTS_HOST": " hv-01.fra1 "}).worker_host == "hv-01.fra1"
 
 
 def test_settings_from_env(tmp_path: Path) -> None:
@@ -49,6 +52,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
     ("SNAPSHOTS_STORAGE_URL", "s3://Bad_Bucket/x"), ("SNAPSHOTS_LOCK_STALE", "0"),
     ("SNAPSHOTS_OPERATION_DEADLINE", "soon"), ("SNAPSHOTS_WEBHOOK_ATTEMPTS", "0"),
     ("SNAPSHOTS_WEBHOOK_BACKOFF", "-1"), ("SNAPSHOTS_EVENTS_KEEPALIVE", "often"),
+    ("SNAPSHOTS_HOST", "HV-01"), ("SNAPSHOTS_HOST", "hv 01"), ("SNAPSHOTS_HOST", "-hv"),
 ])
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
@@ -79,16 +83,20 @@ def test_admin_token_generated_once_and_persisted(tmp_path: Path) -> None:
 
 
 def test_operation_message_matches_the_actor_contract(settings: Settings) -> None:
-    msg = operation_message("snapshot.restore", 42)
-    assert msg.actor_name == "snapshot_restore" and msg.queue_name == "snapshots"
+    msg = operation_message("snapshot.restore", 42, "hv-01")
+    assert msg.actor_name == "snapshot_restore" and msg.queue_name == "host.hv-01"
     assert msg.kwargs == {"operation_id": 42} and msg.args == ()
     decoded = dramatiq.Message.decode(msg.encode())
     assert msgspec.convert(decoded.kwargs, OperationMessage).operation_id == 42
     with pytest.raises(ValueError):
-        operation_message("snapshot.explode", 1)
+        operation_message("snapshot.explode", 1, "hv-01")
+    with pytest.raises(ValueError, match="host"):
+        operation_message("snapshot.create", 1, "HV 01")
     broker = make_broker(settings)
     assert broker.heartbeat_timeout == int(settings.heartbeat_timeout * 1000) == 30_000
-    assert "snapshots" in broker.get_declared_queues()
+    assert broker.get_declared_queues() == set()  # the API consumes nothing
+    worker = make_broker(replace(settings, worker_host="hv-02"), worker=True)
+    assert worker.get_declared_queues() == {"host.hv-02"}  # its host's queue, no other
 
 
 def test_store_works_with_a_bytes_client(settings: Settings) -> None:
@@ -139,9 +147,10 @@ def test_busy_worker_heartbeat_is_kept_fresh(settings: Settings) -> None:
     import time
 
     from shared.broker import NAMESPACE, BrokerHeartbeat
+    from shared.hosts import live_workers
 
     broker = make_broker(settings)
-    beat = BrokerHeartbeat(interval=0.05)
+    beat = BrokerHeartbeat("hv-01", interval=0.05)
     beat.after_worker_boot(broker, None)
     try:
         key = f"{NAMESPACE}:__heartbeats__"
@@ -152,8 +161,12 @@ def test_busy_worker_heartbeat_is_kept_fresh(settings: Settings) -> None:
         first = broker.client.zscore(key, broker.broker_id)
         time.sleep(0.2)
         assert (broker.client.zscore(key, broker.broker_id) or 0) > (first or 0)
+        # The same beat says which host the process belongs to.
+        assert live_workers(broker.client, settings.heartbeat_timeout) == {"hv-01": 1}
     finally:
         beat.before_worker_shutdown(broker, None)
+    # A clean shutdown leaves at once, rather than after the heartbeat timeout.
+    assert live_workers(broker.client, settings.heartbeat_timeout) == {}
 
 
 def test_env_for_round_trips_settings(settings: Settings) -> None:

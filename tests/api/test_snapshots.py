@@ -57,7 +57,7 @@ def test_create_answers_exact_201_body_and_location(
     assert r.headers["location"] == f"/api/v1/snapshots/{snap_id}/"
     assert r.headers["content-type"] == "application/json"
     # The worker got exactly one message for the operation.
-    msgs = redis_client.hvals("snapshots-dramatiq:snapshots.msgs")
+    msgs = redis_client.hvals("snapshots-dramatiq:host.default.msgs")
     assert len(msgs) == 1 and f'"operation_id":{op_id}' in msgs[0]
     assert '"actor_name":"snapshot_create"' in msgs[0]
     # GET answers the same object.
@@ -257,7 +257,7 @@ def test_delete_in_progress_cancels_creation(
     api.snapshot(headers, server["id"], name="again")
     ops = client.get("/api/v1/operations/?status=queued", headers=headers).json()["operations"]
     assert any(o["type"] == "snapshot.delete" and o["snapshot_id"] == snap["id"] for o in ops)
-    msgs = redis_client.hvals("snapshots-dramatiq:snapshots.msgs")
+    msgs = redis_client.hvals("snapshots-dramatiq:host.default.msgs")
     assert any('"actor_name":"snapshot_delete"' in m for m in msgs)
     # Deleting twice: it is gone.
     assert client.delete(f"/api/v1/snapshots/{snap['id']}/", headers=headers).status_code == 404

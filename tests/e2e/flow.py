@@ -19,6 +19,7 @@ def add_server(
     power: dict[str, str] | None = None,
     account: str = "acme",
     name: str = "web-server-01",
+    host: str = "default",
 ) -> dict[str, Any]:
     resp = client.post(
         "/servers/",
@@ -27,6 +28,7 @@ def add_server(
             "account": account,
             "state": {"kind": kind, "path": path},
             "power": power or {"kind": "none"},
+            "host": host,
         },
     )
     assert resp.status_code == 201, resp.text

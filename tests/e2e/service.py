@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -116,11 +117,23 @@ class Service:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, threads: int = 2, host: str | None = None) -> subprocess.Popen[bytes]:
-        """A worker process (of ``host``: SNAPSHOTS_HOST)."""
+    def start_worker(
+        self, threads: int = 2, host: str | None = None, hide: tuple[Path, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """A worker process (of ``host``: SNAPSHOTS_HOST). With ``hide``, it runs in a
+        private mount namespace where each of those directories is an empty tmpfs: another
+        host's states, which this worker can then not even see (needs root: unshare -m)."""
+        prefix: list[str] = []
+        if hide:
+            mounts = " && ".join(
+                f"mount -t tmpfs -o size=64k,mode=000 hidden {shlex.quote(str(p))}" for p in hide
+            )
+            prefix = ["unshare", "-m", "--propagation", "private",
+                      "sh", "-c", f'{mounts} && exec "$@"', "sh"]
         proc = self._spawn(
             f"worker{len(self.workers)}" + (f"-{host}" if host else ""),
             [
+                *prefix,
                 str(BIN / "dramatiq"),
                 "workers.actors",
                 "--processes",

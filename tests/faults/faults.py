@@ -69,9 +69,11 @@ def enqueue_again(svc: Service, op_type: str, op_id: int, times: int = 1) -> Non
     from shared.broker import enqueue_operation, make_broker
 
     broker = make_broker(Settings.from_env(svc.env))
+    op = store_for(svc).get_operation(op_id)
+    assert op is not None
     try:
         for _ in range(times):
-            enqueue_operation(broker, op_type, op_id)
+            enqueue_operation(broker, op_type, op_id, op.host)
     finally:
         broker.close()
 

@@ -83,6 +83,6 @@ def _queues_empty(svc: object) -> bool:
     assert isinstance(svc, Service)
     store = store_for(svc)
     ns = "snapshots-dramatiq"
-    pending = sum(int(store.redis.llen(f"{ns}:{q}")) for q in ("snapshots", "snapshots.DQ"))
+    pending = sum(int(store.redis.llen(f"{ns}:{q}")) for q in ("host.default", "host.default.DQ"))
     acks = sum(int(store.redis.scard(k)) for k in store.redis.scan_iter(f"{ns}:__acks__.*"))
     return pending == 0 and acks == 0

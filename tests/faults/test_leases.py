@@ -57,7 +57,7 @@ def test_release_lets_a_retry_claim_at_once(store: Store, tmp_path: Path) -> Non
 def test_mark_requeue_is_a_compare_and_set(store: Store, tmp_path: Path) -> None:
     _server, _snap, op = _create(store, tmp_path)
     assert store.mark_requeue(op, 3600, HB, 3000) is None  # queued, but only just
-    assert store.mark_requeue(op, 0, HB, 3000) == "snapshot.create"
+    assert store.mark_requeue(op, 0, HB, 3000) == ("snapshot.create", "default")
     assert store.mark_requeue(op, 1, HB, 3000) is None  # another reaper, same round
     key = f"operation:{op}"
     store.redis.hset(key, "requeued_at", int(store.redis.hget(key, "requeued_at") or 0) - 1)
@@ -66,7 +66,7 @@ def test_mark_requeue_is_a_compare_and_set(store: Store, tmp_path: Path) -> None
     store.claim_operation(op, "a/1", "a", HB, 3000)
     assert store.mark_requeue(op, 0, HB, 3000) is None  # running under a live owner
     _beat(store, "a", age_ms=10_000)
-    assert store.mark_requeue(op, 0, HB, 3000) == "snapshot.create"  # its owner died
+    assert store.mark_requeue(op, 0, HB, 3000) == ("snapshot.create", "default")  # its owner died
     assert store.active_operation_ids() == [op]
     assert store.captures_active()
 
