@@ -158,8 +158,10 @@ async def summary(client: redis.asyncio.Redis, timeout_s: float) -> list[HostSum
     to keep in step.
     """
     seen = await workers_async(client, timeout_s)
-    server_ids = await client.zrange(keys.index("servers", None, None, None), 0, -1)
-    queued_ids = await client.zrange(keys.index("operations", None, None, "queued"), 0, -1)
+    server_ids: list[Any] = await client.zrange(keys.index("servers", None, None, None), 0, -1)
+    queued_ids: list[Any] = await client.zrange(
+        keys.index("operations", None, None, "queued"), 0, -1
+    )
     pipe = client.pipeline(transaction=False)
     for sid in server_ids:
         pipe.hget(keys.server(int(sid)), "host")
