@@ -15,6 +15,8 @@ import redis.exceptions
 
 from shared import keys, metrics
 from shared.fastread import FastReads
+from shared.hosts import HostSummary
+from shared.hosts import summary as host_summary
 from shared.records import (
     OperationRecord,
     R,
@@ -146,6 +148,10 @@ class AsyncStore:
 
     async def get_operation(self, operation_id: int) -> OperationRecord | None:
         return await self._get(keys.operation(operation_id), OperationRecord)
+
+    async def hosts(self) -> list[HostSummary]:
+        """Every host with a server, a live worker or a queued operation (shared/hosts.py)."""
+        return await host_summary(self.redis, self.settings.heartbeat_timeout)
 
     async def list_servers(
         self, *, account: str | None, cursor: int | None = None, limit: int = 50

@@ -367,6 +367,22 @@ class Health(Struct):
     status: str
 
 
+class Host(Struct):
+    """A host of the fleet (GET /hosts/): its live worker processes, their newest heartbeat,
+    its servers and the operations queued for it (a host with servers and no live worker
+    keeps them queued until one comes back)."""
+
+    name: str
+    workers: int
+    last_seen: str | None
+    servers: int
+    queued: int
+
+
+class HostList(Struct):
+    hosts: list[Host]
+
+
 class Readiness(Struct):
     status: str
     redis: bool

@@ -131,10 +131,15 @@ def test_a_host_without_workers_keeps_its_operation_queued(
         time.sleep(0.5)
     assert queued_messages(store, "b") >= 2 and queued_messages(store, "a") == 0
     assert store.get_operation(op_id).attempts == 0  # type: ignore[union-attr]
+    hosts = {h.pop("name"): h for h in client.get("/hosts/").json()["hosts"]}
+    assert hosts["b"] == {"workers": 0, "last_seen": None, "servers": 1, "queued": 1}
+    assert hosts["a"]["workers"] == 1 and hosts["a"]["servers"] == 0
 
     svc.start_worker(host="b", hide=(a_dir,))
     op = wait_operation(client, op_id)
     assert op["status"] == "succeeded" and owner_host(store, op_id) == "b", op
+    hosts = {h.pop("name"): h for h in client.get("/hosts/").json()["hosts"]}
+    assert hosts["b"]["workers"] == 1 and hosts["b"]["queued"] == 0
 
 
 def test_the_deadline_ends_an_operation_of_a_host_without_workers(

@@ -1,0 +1,76 @@
+"""GET /api/v1/hosts/ (admin) and the operation's host, against a real Redis."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import redis
+from starlette.testclient import TestClient
+
+from shared.hosts import WORKERS_KEY, Heartbeat
+from tests.support.api import ApiHelper
+
+TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def _hosts(client: TestClient, api: ApiHelper) -> dict[str, dict[str, object]]:
+    r = client.get("/api/v1/hosts", headers=api.admin)
+    assert r.status_code == 200, r.text
+    hosts = r.json()["hosts"]
+    assert [h["name"] for h in hosts] == sorted(h["name"] for h in hosts)
+    return {h.pop("name"): h for h in hosts}
+
+
+def test_hosts_show_servers_workers_and_queued_work(
+    client: TestClient, api: ApiHelper, redis_client: redis.Redis
+) -> None:
+    assert _hosts(client, api) == {}
+    a = api.server("acme", host="hv-a")
+    b = api.server("acme", host="hv-b")
+    api.server("globex", host="hv-b")
+    Heartbeat(redis_client, "hv-a", "p1").beat()
+    Heartbeat(redis_client, "hv-a", "p2").beat()
+    # A worker started with a misspelt SNAPSHOTS_HOST: it shows, with no servers.
+    Heartbeat(redis_client, "hv-bb", "p3").beat()
+    # A host whose only worker died a minute ago: seen, but no live worker.
+    redis_client.zadd(WORKERS_KEY, {"hv-b/p4": int(time.time() * 1000) - 60_000})
+
+    h = api.headers("acme")
+    snap_b = api.snapshot(h, b["id"])
+    api.snapshot(h, a["id"])
+    hosts = _hosts(client, api)
+    assert set(hosts) == {"hv-a", "hv-b", "hv-bb"}
+    assert TIME.match(str(hosts["hv-a"].pop("last_seen")))
+    assert TIME.match(str(hosts["hv-b"].pop("last_seen")))
+    assert hosts == {
+        "hv-a": {"workers": 2, "servers": 1, "queued": 1},
+        "hv-b": {"workers": 0, "servers": 2, "queued": 1},
+        "hv-bb": {"workers": 1, "last_seen": hosts["hv-bb"]["last_seen"], "servers": 0,
+                  "queued": 0},
+    }
+    # The operation names its host, for its owner too.
+    op = client.get(f"/api/v1/operations/{snap_b['operation_id']}/", headers=h).json()
+    assert op["status"] == "queued" and op["host"] == "hv-b"
+    listed = client.get("/api/v1/operations/", headers=h).json()["operations"]
+    assert {o["host"] for o in listed} == {"hv-a", "hv-b"}
+
+    # A clean shutdown of hv-bb's worker: the host has no server, so it is gone at once.
+    Heartbeat(redis_client, "hv-bb", "p3").leave()
+    assert "hv-bb" not in _hosts(client, api)
+
+
+def test_a_server_without_a_host_is_on_the_default_host(
+    client: TestClient, api: ApiHelper
+) -> None:
+    server = api.server("acme")
+    snap = api.snapshot(api.headers("acme"), server["id"])
+    assert _hosts(client, api) == {
+        "default": {"workers": 0, "last_seen": None, "servers": 1, "queued": 1}}
+    op = client.get(f"/api/v1/operations/{snap['operation_id']}/", headers=api.admin).json()
+    assert op["host"] == "default"
+
+
+def test_hosts_is_admin_only(client: TestClient, api: ApiHelper) -> None:
+    r = client.get("/api/v1/hosts/", headers=api.headers("acme", "write"))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
