@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.logs import LOG_FORMATS
 from shared.hosts import DEFAULT_HOST, HOST_RULE, valid_host
+from shared.logs import LOG_FORMATS
 
 ADMIN_TOKEN_FILE = "admin_token"
 EMBEDDED_REDIS_SOCKET = "redis.sock"

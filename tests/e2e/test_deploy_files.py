@@ -39,6 +39,7 @@ def _words(command: str) -> list[str]:
 @pytest.mark.parametrize(("unit", "process"), [
     ("snapshots-web.service", "web"),
     ("snapshots-worker@.service", "worker"),
+    ("snapshots-host-worker.service", "worker"),
 ])
 def test_units_restart_on_failure_and_run_the_procfile_command(unit: str, process: str) -> None:
     service = _unit(unit)
@@ -48,8 +49,11 @@ def test_units_restart_on_failure_and_run_the_procfile_command(unit: str, proces
     assert _words(service["ExecStart"]) == _words(PROCFILE[process])
 
 
-def test_worker_unit_signals_the_main_process_once_and_restarts_after_an_oom_kill() -> None:
-    service = _unit("snapshots-worker@.service")
+@pytest.mark.parametrize("unit", ["snapshots-worker@.service", "snapshots-host-worker.service"])
+def test_worker_unit_signals_the_main_process_once_and_restarts_after_an_oom_kill(
+    unit: str,
+) -> None:
+    service = _unit(unit)
     assert service["KillMode"] == "mixed"
     assert service["OOMPolicy"] == "stop"
 
@@ -59,3 +63,17 @@ def test_heroku_manifest_binds_every_interface_and_says_what_restarts() -> None:
     assert set(app["formation"]) == set(PROCFILE) - {"release"}
     assert app["env"]["HOST"]["value"] == "0.0.0.0"
     assert "restarts" in app["description"]
+
+
+def test_a_fleet_host_worker_reads_its_host_and_refuses_to_start_without_one() -> None:
+    service = _unit("snapshots-host-worker.service")
+    host_env = DEPLOY / "host.env.example"
+    assert "/etc/snapshots/host.env" in service["EnvironmentFile"]
+    assert "SNAPSHOTS_HOST" in service["ExecStartPre"]
+    values = dict(
+        line.split("=", 1) for line in host_env.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    from shared.settings import Settings
+
+    assert Settings.from_env(values).worker_host == values["SNAPSHOTS_HOST"]

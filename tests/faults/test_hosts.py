@@ -50,7 +50,7 @@ def _state(root: Path, text: str) -> Path:
 
 def owner_host(store: Store, op_id: int) -> str:
     """The host of the worker process that last claimed the operation (its heartbeat)."""
-    process = store.redis.hget(f"operation:{op_id}", "owner_process")
+    process = str(store.redis.hget(f"operation:{op_id}", "owner_process") or "")
     assert process, f"operation {op_id} was never claimed"
     hosts = [str(m).split("/")[0] for m in store.redis.zrange(WORKERS_KEY, 0, -1)
              if str(m).endswith(f"/{process}")]
