@@ -94,7 +94,13 @@ def test_a_week_of_slots_keeps_what_the_table_says(tmp_path: Path) -> None:
         store = Store(rclient, settings)
         broker = make_broker(settings)
         clock = Clock()
-        sched = Scheduler(store, lambda t, i: enqueue_operation(broker, t, i), settings, clock)
+
+        def enqueue(op_type: str, op_id: int) -> None:  # as workers.actors.enqueue does
+            op = store.get_operation(op_id)
+            assert op is not None
+            enqueue_operation(broker, op_type, op_id, op.host)
+
+        sched = Scheduler(store, enqueue, settings, clock)
         names: dict[int, str] = {}
         for run, at, kept, rotated in WEEK:
             (state / "data.txt").write_text(f"{run}\n")
