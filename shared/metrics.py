@@ -23,7 +23,7 @@ import redis
 
 from shared import keys
 from shared.broker import NAMESPACE
-from shared.hosts import DEFAULT_HOST, WORKERS_KEY, parse_workers, queue_name
+from shared.hosts import WORKERS_KEY, parse_workers, queue_name
 
 KEY: Final = "metrics"
 # Seconds: from a small delete to a capture of hours.
@@ -87,8 +87,9 @@ async def snapshot_async(client: Any, heartbeat_timeout: float) -> dict[str, Any
     Queue depths are per host (``host.<name>`` and its ``.DQ``, see shared/hosts.py) for
     every host a worker beat from in the last week or an active operation runs on (so a
     host nobody consumes still shows its waiting messages), plus the host-free queues.
-    Live workers are counted per host, zeros included: a host whose workers died, or whose
-    operations wait with no worker ever seen, reads 0.
+    Live workers are counted per host, zeros included: a host whose workers died (within
+    the week), or whose operations wait with no worker ever seen, reads 0 (the alert
+    SnapshotHostWithoutLiveWorker); a host with neither is not reported.
     """
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(KEY)
@@ -103,7 +104,7 @@ async def snapshot_async(client: Any, heartbeat_timeout: float) -> dict[str, Any
     for op_id in {*queued, *running}:
         pipe.hget(keys.operation(int(op_id)), "host")
     op_hosts = {_s(h) for h in await pipe.execute() if h} if queued or running else set()
-    hosts = sorted({DEFAULT_HOST, *seen, *op_hosts})
+    hosts = sorted({*seen, *op_hosts})
     queues = [q for h in hosts for q in (queue_name(h), f"{queue_name(h)}.DQ")]
     queues += [q for free in HOST_FREE_QUEUES for q in (free, f"{free}.DQ")]
     pipe = client.pipeline(transaction=False)

@@ -72,11 +72,18 @@ def test_queue_depth_and_job_metrics_come_from_redis(
         resp = client.post("/api/v1/snapshots/", headers=headers,
                            json={"server_id": server["id"], "name": name})
         assert resp.status_code == 201, resp.text
+    elsewhere = api.server("acme", name="c", host="hv-c")
+    resp = client.post("/api/v1/snapshots/", headers=headers,
+                       json={"server_id": elsewhere["id"], "name": "c"})
+    assert resp.status_code == 201, resp.text
     m = scrape(client)
-    # No worker runs here: both messages wait, and no host has a live worker.
-    assert value(m, "snapshots_queue_depth", "snapshots_queue_depth", queue="snapshots") == 2
+    # No worker runs here: every message waits in its host's queue, no host has a worker.
+    assert value(m, "snapshots_queue_depth", "snapshots_queue_depth", queue="host.default") == 2
+    assert value(m, "snapshots_queue_depth", "snapshots_queue_depth", queue="host.hv-c") == 1
+    assert value(m, "snapshots_queue_depth", "snapshots_queue_depth", queue="host.hv-c.DQ") == 0
     assert value(m, "snapshots_queue_depth", "snapshots_queue_depth", queue="webhooks") == 0
     assert value(m, "snapshots_live_workers", "snapshots_live_workers", host="default") == 0
+    assert value(m, "snapshots_live_workers", "snapshots_live_workers", host="hv-c") == 0
     for kind in ("read", "stored", "deduplicated"):
         assert f"snapshots_{kind}_bytes" in m
     assert "snapshots_repository_bytes" in m

@@ -59,7 +59,7 @@ def test_jobs_show_in_metrics_and_json_logs_carry_their_ids(tmp_path: Path) -> N
         assert m[("snapshots_deduplicated_bytes_total", ())] >= 290_000
         assert m[("snapshots_repository_bytes", ())] > 0
         assert m[("snapshots_live_workers", (("host", "default"),))] == 1
-        assert m[("snapshots_queue_depth", (("queue", "snapshots"),))] == 0
+        assert m[("snapshots_queue_depth", (("queue", "host.default"),))] == 0
 
         web = json_lines(svc.root / "web.log")
         access = [r for r in web if r.get("request_id") == "req-abc-123"]
