@@ -67,8 +67,8 @@ class StartedRestore(msgspec.Struct):
     snapshot_id: int
     snapshot_name: str
     snapshot_created_at: int
-    safety_snapshot_id: int | None = None
     host: str
+    safety_snapshot_id: int | None = None
 
 
 class QueuedOperation(msgspec.Struct):
