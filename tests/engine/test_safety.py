@@ -191,7 +191,8 @@ def test_capture_and_reclaim_at_once(monkeypatch: pytest.MonkeyPatch, engine: En
 
 def test_delete_and_reclaim(monkeypatch: pytest.MonkeyPatch, engine: Engine,
                             tmp_path: Path) -> None:
-    monkeypatch.setattr(tuning, "INLINE_MAX", 4096)  # these files: one chunk object each
+    # these files: one chunk object each (not small files, nor small pieces of a pack)
+    monkeypatch.setattr(tuning, "INLINE_MAX", 4096)
     src = tmp_path / "srv"
     src.mkdir()
     (src / "shared").write_bytes(os.urandom(100_000))

@@ -282,11 +282,15 @@ class Engine:
 
             packs = PackCache(self.repo, snapshot_id)
             for ent in body.entries:
-                if ent.pack:
+                members = [(ent.pack, ent.pack_off, ent.pack_len, ent.chunks[0][0])
+                           ] if ent.pack and ent.chunks else []
+                members += [(pack, off, ln, ent.chunks[i][0])
+                            for i, pack, off, ln in ent.slices if i < len(ent.chunks)]
+                for pack, off, ln, cid in members:
                     try:
-                        packs.read(ent)
+                        packs.read_member(pack, off, ln, cid, ent.path)
                     except SnapshotCorrupt as err:
-                        if chunk_key(ent.pack) not in " ".join(errors):
+                        if chunk_key(pack) not in " ".join(errors):
                             errors.append(f"{err} (file {ent.path.decode(errors='replace')})")
         return VerifyReport(snapshot_id=snapshot_id, ok=not errors, errors=errors)
 

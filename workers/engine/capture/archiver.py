@@ -192,7 +192,7 @@ class Archiver:
             ok = False
             try:
                 pool.run(items, self._done, self._gone, self.progress.add, self.progress.check,
-                         lambda i: os.fsdecode(self.entries[i].path))
+                         lambda i: os.fsdecode(self.entries[i].path), self._packs.add_piece)
                 ok = True
             finally:
                 pool.close(kill=not ok)
@@ -256,8 +256,7 @@ class Archiver:
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
         _vouch(e, walk_ctime, self.sync)
         e.chunks = chunks
-        if tiny:
-            self._packs.add(e, tiny)
+        self._packs.place(e, tiny)
         with self._lock:
             self.bytes_read += nread
             self.files_read += 1
@@ -307,10 +306,10 @@ class Archiver:
         if (p is None or p.kind != FILE or p.size != e.size or p.mtime_ns != e.mtime_ns
                 or p.ctime_ns != e.ctime_ns or p.ino != e.ino):
             return False
-        needed = [p.pack] if p.pack else [cid for cid, _ in p.chunks]
-        if not all(self.repo.has_chunk(cid) for cid in needed):
+        if not all(self.repo.has_chunk(cid) for cid in p.objects()):
             return False  # parent data went missing: read the file again
         e.chunks, e.pack, e.pack_off, e.pack_len = p.chunks, p.pack, p.pack_off, p.pack_len
+        e.slices = p.slices
         self.progress.add(e.size)
         return True
 
@@ -347,7 +346,7 @@ class Archiver:
                 if small:  # decided below, once we know it is a single chunk
                     pieces.append((bytes(data), off))
                     continue
-                cid, n = self.repo.store_chunk(data)
+                cid, n = self._packs.store_chunk(data)
                 stored += n
                 chunks.append((cid, off))
                 self.progress.add(len(data))
@@ -359,7 +358,7 @@ class Archiver:
                 chunks.append((self.repo.chunk_id(tiny), pieces[0][1]))
             else:
                 for data, off in pieces:
-                    cid, n = self.repo.store_chunk(data)
+                    cid, n = self._packs.store_chunk(data)
                     stored += n
                     chunks.append((cid, off))
             st2 = os.fstat(fd)
@@ -381,8 +380,7 @@ class Archiver:
         e.ino = st2.st_ino
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
         e.chunks = chunks
-        if tiny:
-            self._packs.add(e, tiny)
+        self._packs.place(e, tiny)
         self.progress.add(max(0, e.size - counted))
         with self._lock:
             self.stored_bytes += stored

@@ -15,6 +15,9 @@ import msgspec
 REQ = struct.Struct(">Q")  # the entry index sent with each fd
 
 StoredChunks = list[tuple[bytes, bytes]]  # (chunk id, encoded payload) new to the reader
+# (chunk id, raw bytes) of small chunks of a bigger file, new to the reader: the parent
+# puts them into its tiny packs (packwriter.add_piece)
+PackedChunks = list[tuple[bytes, bytes]]
 # (size, mtime_ns, ctime_ns, ino, mode, uid, gid) of the file as read
 StatInfo = tuple[int, int, int, int, int, int, int]
 
@@ -34,6 +37,7 @@ class Blobs(msgspec.Struct, array_like=True, tag="blobs"):
     idx: int
     blobs: StoredChunks
     raw: int
+    packed: PackedChunks = []
 
 
 class Done(msgspec.Struct, array_like=True, tag="done"):
@@ -47,6 +51,7 @@ class Done(msgspec.Struct, array_like=True, tag="done"):
     nread: int
     changed: bool  # still changing after the last retry
     tiny: bytes  # a small file's content, for the parent's tiny pack (else b"")
+    packed: PackedChunks = []
 
 
 class Gone(msgspec.Struct, array_like=True, tag="gone"):

@@ -41,8 +41,8 @@ class WorkerPool:
 
     def run(self, items: Iterator[tuple[int, int]], done: FileDone,
             gone: Callable[[int, str], None], progress: Callable[[int], None],
-            poll: Callable[[], None],
-            describe: Callable[[int], str]) -> None:
+            poll: Callable[[], None], describe: Callable[[int], str],
+            pack: Callable[[bytes, bytes], None]) -> None:
         """Feed (fd, entry index) items to the workers; the parent closes its fd copies."""
         sel = selectors.DefaultSelector()
         for i, w in enumerate(self.workers):
@@ -72,17 +72,19 @@ class WorkerPool:
                         msg = _decode(frames.recv(w.res))
                     except EOFError as e:
                         raise TransientEngineError("a capture worker process died") from e
-                    self._handle(w, msg, done, gone, progress, describe)
+                    self._handle(w, msg, done, gone, progress, describe, pack)
                 poll()
         finally:
             sel.close()
 
     def _handle(self, w: WorkerProcess, msg: ReaderMessage, done: FileDone,
                 gone: Callable[[int, str], None], progress: Callable[[int], None],
-                describe: Callable[[int], str]) -> None:
+                describe: Callable[[int], str], pack: Callable[[bytes, bytes], None]) -> None:
         if isinstance(msg, Blobs | Done):
             for cid, payload in msg.blobs:
                 self.stored_bytes += self.repo.store_payload(cid, payload)
+            for cid, data in msg.packed:  # small chunks: into the tiny packs
+                pack(cid, data)
             progress(msg.raw)
         match msg:
             case Blobs():

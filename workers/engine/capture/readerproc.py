@@ -25,7 +25,17 @@ from .. import tuning
 from ..repository.chunker import iter_chunks
 from ..repository.repository import encode_payload
 from ..workerproc import child, frames
-from .messages import REQ, Blobs, Done, Failed, Gone, ReaderMessage, Setup, StoredChunks
+from .messages import (
+    REQ,
+    Blobs,
+    Done,
+    Failed,
+    Gone,
+    PackedChunks,
+    ReaderMessage,
+    Setup,
+    StoredChunks,
+)
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -41,6 +51,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
         _send(res, Gone(idx, "replaced by a non-regular file during capture"))
         return
     blobs: StoredChunks = []
+    packed: PackedChunks = []
     pending = raw = 0
     nread_total = 0
     same = True
@@ -58,12 +69,16 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
                 continue
             if cid not in known:
                 known.add(cid)
-                payload = encode_payload(zc, data)
-                blobs.append((cid, payload))
-                pending += len(payload)
+                if len(data) <= tuning.INLINE_MAX:  # small: into the parent's tiny pack, raw
+                    packed.append((cid, bytes(data)))
+                    pending += len(data)
+                else:
+                    payload = encode_payload(zc, data)
+                    blobs.append((cid, payload))
+                    pending += len(payload)
             if pending >= tuning.READER_BATCH or raw >= tuning.READER_BATCH:
-                _send(res, Blobs(idx, blobs, raw))
-                blobs, pending, raw = [], 0, 0
+                _send(res, Blobs(idx, blobs, raw, packed))
+                blobs, packed, pending, raw = [], [], 0, 0
         tiny = b""
         if len(pieces) == 1:
             tiny = pieces[0][1]  # the parent packs all small files of the capture together
@@ -71,7 +86,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
             for cid, data, _off in pieces:
                 if cid not in known:
                     known.add(cid)
-                    blobs.append((cid, encode_payload(zc, data)))
+                    packed.append((cid, data))
         nread_total += nread[0]
         st2 = os.fstat(fd)
         same = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
@@ -81,7 +96,7 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
         st = st2
     info = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, st2.st_mode,
             st2.st_uid, st2.st_gid)
-    _send(res, Done(idx, blobs, raw, chunks, info, nread_total, not same, tiny))
+    _send(res, Done(idx, blobs, raw, chunks, info, nread_total, not same, tiny, packed))
 
 
 def main() -> None:

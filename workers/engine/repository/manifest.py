@@ -50,6 +50,18 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True):
     pack: bytes = b""
     pack_off: int = 0
     pack_len: int = 0
+    # Small chunks of a bigger file (a sparse file's small data extents, an extent's tail)
+    # live in tiny packs too: (index in `chunks`, pack, offset, length), so the number of
+    # objects a capture makes is bounded by its data, not by how a file is fragmented.
+    slices: list[tuple[int, bytes, int, int]] = []
+
+    def objects(self) -> set[bytes]:
+        """The ids of the objects this entry's content is read from."""
+        if self.pack:
+            return {self.pack}
+        sliced = {i for i, _p, _o, _n in self.slices}
+        return ({cid for i, (cid, _off) in enumerate(self.chunks) if i not in sliced}
+                | {pack for _i, pack, _o, _n in self.slices})
 
 
 class DirBody(msgspec.Struct, tag="dir"):
@@ -69,9 +81,10 @@ class ImageBody(msgspec.Struct, tag="image"):
 Body = DirBody | ImageBody
 
 
-# 2: small files in block-compressed packs, server spec in the meta. A reader refuses a
-# newer version instead of misreading it (and reclaim, seeing it unreadable, sweeps nothing).
-MANIFEST_VERSION = 2
+# 2: small files in block-compressed packs, server spec in the meta. 3: Entry.slices. A
+# reader refuses a newer version instead of misreading it (and reclaim, seeing it
+# unreadable, sweeps nothing).
+MANIFEST_VERSION = 3
 
 
 class Header(msgspec.Struct):
@@ -148,8 +161,10 @@ def chunk_ids(body: Body) -> set[bytes]:
     """Ids of the objects a snapshot needs (chunks, and tiny packs of small files)."""
     if isinstance(body, ImageBody):
         return {cid for _i, cid in body.blocks}
-    ids = {cid for e in body.entries if not e.pack for cid, _off in e.chunks}
-    return ids | {e.pack for e in body.entries if e.pack}
+    ids: set[bytes] = set()
+    for e in body.entries:
+        ids |= e.objects()
+    return ids
 
 
 def check_tree(entries: list[Entry]) -> None:

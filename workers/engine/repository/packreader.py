@@ -64,9 +64,9 @@ class PackCache:
         self._blocks: _Lru[bytes] = _Lru(tuning.PACK_CACHE_BLOCKS)
         self._local = threading.local()
 
-    def _corrupt(self, e: Entry, why: object) -> SnapshotCorrupt:
-        return SnapshotCorrupt(f"snapshot {self.sid} is corrupt: object {e.pack.hex()} "
-                               f"{why} (file {e.path!r})")
+    def _corrupt(self, pack: bytes, path: bytes, why: object) -> SnapshotCorrupt:
+        return SnapshotCorrupt(f"snapshot {self.sid} is corrupt: object {pack.hex()} "
+                               f"{why} (file {path!r})")
 
     def _zd(self) -> zstandard.ZstdDecompressor:
         d: zstandard.ZstdDecompressor | None = getattr(self._local, "zd", None)
@@ -74,20 +74,19 @@ class PackCache:
             d = self._local.zd = zstandard.ZstdDecompressor()
         return d
 
-    def _slice(self, e: Entry) -> bytes:
-        table = self._tables.get(e.pack, lambda: self._table(e.pack))
-        off, ln = e.pack_off, e.pack_len
+    def _slice(self, pack: bytes, off: int, ln: int) -> bytes:
+        table = self._tables.get(pack, lambda: self._table(pack))
         if table is OLD_FORMAT:  # one frame, decoded and checked whole
-            obj = self._objs.get(e.pack, lambda: self.repo.read_object(e.pack))
-            whole = self._blocks.get((e.pack, -1), lambda: self.repo.decode_checked(
-                e.pack, obj, f"object {e.pack.hex()}"))
+            obj = self._objs.get(pack, lambda: self.repo.read_object(pack))
+            whole = self._blocks.get((pack, -1), lambda: self.repo.decode_checked(
+                pack, obj, f"object {pack.hex()}"))
             return whole[off : off + ln]
         if ln == 0:
             return b""
         first, last = off // packformat.BLOCK, (off + ln - 1) // packformat.BLOCK
         if last >= len(table):
             raise ValueError("block out of range")
-        parts = [self._block(e.pack, table[i], i) for i in range(first, last + 1)]
+        parts = [self._block(pack, table[i], i) for i in range(first, last + 1)]
         start = off - first * packformat.BLOCK
         return b"".join(parts)[start : start + ln]
 
@@ -113,13 +112,22 @@ class PackCache:
             self.repo.backend.get_range(chunk_key(pack), a, b - a)))
 
     def read(self, e: Entry) -> bytes:
+        """A small file's bytes (e.pack), checked against its chunk id."""
+        if len(e.chunks) != 1:
+            raise SnapshotCorrupt(f"snapshot {self.sid} is corrupt: {e.path!r} is packed "
+                                  "but has not one chunk")
+        return self.read_member(e.pack, e.pack_off, e.pack_len, e.chunks[0][0], e.path)
+
+    def read_member(self, pack: bytes, off: int, ln: int, cid: bytes, path: bytes) -> bytes:
+        """One packed chunk (of file `path`), checked against its id."""
         try:
-            data = self._slice(e)
+            data = self._slice(pack, off, ln)
         except ObjectCorrupt as err:
-            raise self._corrupt(e, str(err).removeprefix(f"object {e.pack.hex()} ")) from err
+            raise self._corrupt(pack, path, str(err).removeprefix(f"object {pack.hex()} ")) \
+                from err
         except (zstandard.ZstdError, ValueError) as err:
-            raise self._corrupt(e, f"does not decompress: {err}") from err
-        if len(e.chunks) != 1 or self.repo.chunk_id(data) != e.chunks[0][0]:
-            raise SnapshotCorrupt(f"snapshot {self.sid} is corrupt: {e.path!r} does not match "
-                                  f"its id in object {e.pack.hex()}")
+            raise self._corrupt(pack, path, f"does not decompress: {err}") from err
+        if self.repo.chunk_id(data) != cid:
+            raise SnapshotCorrupt(f"snapshot {self.sid} is corrupt: {path!r} does not match "
+                                  f"its id in object {pack.hex()}")
         return data

@@ -182,6 +182,11 @@ class Repository:
             self._written.append(chunk_key(cid))
         return len(payload)
 
+    def has_object(self, cid: bytes) -> bool:
+        """Is cid stored as an object of its own (or being stored) by now?"""
+        with self._known_lock:
+            return self._present(cid)
+
     def find_packed(self, cid: bytes) -> tuple[bytes, int, int] | None:
         """(pack, offset, length) of a small file's content already stored in a pack."""
         with self._known_lock:

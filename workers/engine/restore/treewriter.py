@@ -240,9 +240,14 @@ class TreeWriter:
             fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
         try:
             written = end = 0
-            for cid, off in e.chunks:
-                data = (self.packs.read(e) if e.pack
-                        else self.repo.read_chunk_for(self.sid, cid))
+            sliced = {i: (pack, o, n) for i, pack, o, n in e.slices}
+            for i, (cid, off) in enumerate(e.chunks):
+                if e.pack:
+                    data = self.packs.read(e)
+                elif i in sliced:
+                    data = self.packs.read_member(*sliced[i], cid, e.path)
+                else:
+                    data = self.repo.read_chunk_for(self.sid, cid)
                 fsutil.write_full(fd, data, off)
                 written += len(data)
                 end = max(end, off + len(data))
