@@ -11,6 +11,7 @@ that window.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,32 @@ def test_image_capture_stores_what_a_mapping_wrote_into_a_dirty_page(
     out = tmp_path / "out.img"
     engine.restore(2, StateSpec(kind="image", path=str(out)))
     assert out.read_bytes() == disk.read_bytes()
+
+
+def test_on_tmpfs_no_ctime_vouches_for_anything(engine: Engine, tmp_path: Path) -> None:
+    # tmpfs never writes pages back, so a page once stored into through a mapping stays
+    # writable for ever and later stores never move ctime, syncfs or not.
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        src, region = _state(mnt)
+        size = sum(p.stat().st_size for p in src.iterdir())
+        w = mmap_writer(region)
+        try:
+            assert w.send("0 v1") == "ok"
+            engine.capture(make_meta(1), dir_state(src))
+            assert w.send("0 v2") == "ok"
+            engine.capture(make_meta(2), dir_state(src))
+            assert engine.last_bytes_read == size  # nothing skipped on a ctime
+            r = engine.restore(1, dir_state(src))
+            assert r.files_reused == 0 and region.read_bytes()[:2] == b"v1"
+        finally:
+            w.close()
+        out = tmp_path / "out"
+        engine.restore(2, dir_state(out))
+        assert (out / "region.dat").read_bytes()[:2] == b"v2"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
