@@ -23,7 +23,14 @@ from shared.records import OperationRecord, ServerRecord
 from shared.schemas import PowerNone
 from shared.store import Store
 from workers.capturing import Capturer
-from workers.engine import Cancelled, Engine, EngineError, StateSpec, StorageFull
+from workers.engine import (
+    Cancelled,
+    Engine,
+    EngineError,
+    StateSpec,
+    StorageFull,
+    TransientEngineError,
+)
 from workers.hooks import HookFailed, HookRunner
 from workers.power import PowerDriver, PowerError, PowerStatus
 from workers.reporting import ProgressReporter
@@ -221,10 +228,10 @@ class Jobs:
 
     @staticmethod
     def _transient(exc: EngineError) -> bool:
-        """A plain EngineError (e.g. "a capture worker process died", which is what a
-        SIGTERM to the whole process group looks like from here) is worth a retry; the
-        specific ones (storage_full, snapshot_corrupt, state_invalid...) are final."""
-        return type(exc) is EngineError
+        """Worth a retry (the message is delivered again): a TransientEngineError, e.g. "a
+        capture worker process died", which is what a SIGTERM to the whole process group
+        looks like from here. The others (storage_full, snapshot_corrupt, ...) are final."""
+        return isinstance(exc, TransientEngineError)
 
     # -- create -------------------------------------------------------------------------
 
