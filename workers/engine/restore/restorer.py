@@ -76,11 +76,6 @@ class Restorer:
             raise StateInvalid(f"parent of the state path is unusable: {e}") from e
         try:
             cleanup(parent_fd, self.base, self.parent_path)
-            # Before any file is trusted or proven: from here on every change to a file of
-            # the state moves its ctime (see syncpoint.py and reuse.py).
-            self.check.sync = sync_point(parent_fd)
-            self.check.known = self.cache.load()
-            self.cache.forget()  # the tree is about to change: the record would be stale
             cur_fd: int | None
             try:
                 cur_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
@@ -88,6 +83,11 @@ class Restorer:
                 cur_fd = None
             except OSError as e:
                 raise StateInvalid(f"state path is not a directory (or is a symlink): {e}") from e
+            # Before any file is trusted or proven: from here on every change to a file of
+            # the state (its own filesystem) moves its ctime (see syncpoint.py and reuse.py).
+            self.check.sync = sync_point(parent_fd if cur_fd is None else cur_fd)
+            self.check.known = self.cache.load()
+            self.cache.forget()  # the tree is about to change: the record would be stale
             if cur_fd is not None and self.patch:
                 try:
                     patched = self._patched(parent_fd, cur_fd)
