@@ -7,11 +7,13 @@ end within seconds; the slots and the memory come back when the streams close.""
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from shared.settings import Settings
@@ -135,7 +137,19 @@ async def _flood(svc: Service, store: Store, ids: dict[str, Any]) -> dict[str, A
     return figures
 
 
+def _raise_fd_limit(needed: int) -> None:
+    """Thousands of sockets on each side: lift the soft limit (the web process, started
+    after this, inherits it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < needed:
+        pytest.skip(f"needs {needed} open files (ulimit -n); the hard limit is {hard}")
+
+
 def test_stream_flood_is_capped_and_isolated(tmp_path: Path) -> None:
+    _raise_fd_limit(3 * (PER_PROCESS + OVER + 600))
     with Service.running(
         tmp_path, workers=0,
         SNAPSHOTS_EVENTS_MAX_PER_ACCOUNT=str(PER_ACCOUNT),
