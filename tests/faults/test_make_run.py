@@ -156,6 +156,21 @@ def _listening(port: int) -> list[str]:
     return out
 
 
+def _wait_restarted(run: MakeRun, victim: int, within: float) -> float:
+    """When the supervisor has a replacement running for every program (a worker with
+    its child process again), the killed pid among them no more."""
+
+    def replaced() -> bool:
+        try:
+            pids = [run.program(n) for n in ("dramatiq", "uvicorn", "redis-server")]
+        except (AssertionError, ValueError):
+            return False
+        return victim not in pids and bool(children(pids[0])) and victim not in children(pids[0])
+
+    wait_until(replaced, timeout=within, interval=0.05, what="the supervisor to restart it")
+    return time.monotonic()
+
+
 VICTIMS: dict[str, Callable[[MakeRun], int]] = {
     "worker child": lambda run: children(run.program("dramatiq"))[0],
     "worker main": lambda run: run.program("dramatiq"),
@@ -181,7 +196,11 @@ def test_make_run_restarts_each_killed_process_and_loses_nothing(
         wait_progress(client, snap_id)
         victim = find(make_run)
         os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
         took = _wait_answers(client, f"/snapshots/{snap_id}/", within=10)
+        back = _wait_restarted(make_run, victim, within=15)
+        print(f"{name}: API answers {took:.2f} s, the process is replaced "
+              f"{back - killed_at:.2f} s after the SIGKILL")
         op = wait_operation(client, op_id, timeout=120)
         assert op["status"] == "succeeded", (name, op)
         assert client.get(f"/snapshots/{snap_id}/").json()["status"] == "available"
