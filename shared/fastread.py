@@ -37,6 +37,16 @@ def pack(args: tuple[str | bytes | int, ...]) -> bytes:
     return b"".join(out)
 
 
+# Error replies that are not the command's fault, as redis-py names them: a Redis still
+# loading its AOF after a restart (LOADING) or a replica (READONLY) is unavailable for a
+# moment (503), not a bug (500).
+_REPLY_ERRORS: dict[str, type[redis.exceptions.RedisError]] = {
+    "NOSCRIPT": redis.exceptions.NoScriptError,
+    "LOADING": redis.exceptions.BusyLoadingError,
+    "READONLY": redis.exceptions.ReadOnlyError,
+}
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
@@ -73,11 +83,7 @@ class _Protocol(asyncio.Protocol):
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 text = str(reply)
-                cls = (
-                    redis.exceptions.NoScriptError
-                    if text.startswith("NOSCRIPT")
-                    else redis.exceptions.ResponseError
-                )
+                cls = _REPLY_ERRORS.get(text.split(" ", 1)[0], redis.exceptions.ResponseError)
                 fut.set_exception(cls(text))
             else:
                 fut.set_result(reply)

@@ -57,3 +57,26 @@ def test_hung_redis_times_out_then_recovers(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(("reply", "error"), [
+    (b"-LOADING Redis is loading the dataset in memory\r\n", redis.exceptions.BusyLoadingError),
+    (b"-READONLY You can't write against a read only replica.\r\n",
+     redis.exceptions.ReadOnlyError),
+    (b"-NOSCRIPT No matching script.\r\n", redis.exceptions.NoScriptError),
+    (b"-ERR wrong number of arguments\r\n", redis.exceptions.ResponseError),
+])
+def test_error_replies_keep_redis_pys_classes(reply: bytes, error: type[Exception]) -> None:
+    """A Redis restarted under `make run` answers LOADING while it reads its AOF: that
+    must reach the API as Redis-unavailable (503), not as an unexpected error (500)."""
+    from shared.fastread import _Protocol
+
+    async def run() -> BaseException | None:
+        proto = _Protocol()
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        proto.waiters.append(fut)
+        proto.data_received(reply)
+        return fut.exception()
+
+    got = asyncio.run(run())
+    assert type(got) is error, got
