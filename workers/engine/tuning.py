@@ -51,6 +51,19 @@ PACK_CACHE_OBJECTS = 4  # compressed single-frame (older) pack objects
 PACK_CACHE_TABLES = 256  # block tables of packs (a few hundred bytes each)
 PACK_CACHE_BLOCKS = 32  # decoded 1 MiB blocks
 
+# --- removing trees (the old tree after a swap, leftovers) ------------------------------
+REMOVAL_MAX_FDS = 64  # directories held open at once while descending
+REMOVAL_ROUNDS = 100  # re-listings of the top of a tree that keeps changing, per pass
+REMOVAL_PASSES = 3
+JANITOR_RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0, 300.0)  # the janitor's, then it gives up
+
+# --- object storage (s3://) -----------------------------------------------------------------
+S3_STREAMS = 16  # concurrent uploads (and the HTTP pool's size); at least 8 by the issue
+S3_IN_FLIGHT_BYTES = 128 * 1024 * 1024  # uploads queued or running, at most this many bytes
+S3_RETRY_FOR = 120.0  # seconds a transient failure is retried before the operation fails
+S3_LOCK_POLL_MAX = 10.0  # a capture waiting for a reclaim polls at most this far apart
+LIST_CACHE_MAX_AGE = 3600.0  # seconds: rebuild the listing cache at least this often
+
 # --- images ---------------------------------------------------------------------------------
 IMAGE_THREADS = 4  # block workers: 2 cores, plus reads and writes waiting on the disk
 

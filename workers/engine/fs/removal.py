@@ -2,14 +2,14 @@
 out (a process with its working directory inside keeps living there), or what an earlier
 attempt left beside the state.
 
-The walk is iterative: a 5,000-deep tree needs no recursion and at most MAX_FDS open
-directories (a deeper subtree is renamed up into the tree's top and continued from
-there). It goes through directory fds only, never follows a symlink, never enters another
-filesystem or a mount point, and takes every race as normal: a name that vanished is
-done, a directory that became a symlink is unlinked as one, a file that became a
-directory is walked. It answers whether the tree is gone instead of raising; what it
-could not remove (a tenant refilling it, an immutable file, a mount point) is logged and
-retried by the janitor thread in the background, with backoff.
+The walk is iterative: a 5,000-deep tree needs no recursion and at most
+tuning.REMOVAL_MAX_FDS open directories (a deeper subtree is renamed up into the tree's
+top and continued from there). It goes through directory fds only, never follows a
+symlink, never enters another filesystem or a mount point, and takes every race as
+normal: a name that vanished is done, a directory that became a symlink is unlinked as
+one, a file that became a directory is walked. It answers whether the tree is gone
+instead of raising; what it could not remove (a tenant refilling it, an immutable file, a
+mount point) is logged and retried by the janitor thread in the background, with backoff.
 """
 
 from __future__ import annotations
@@ -22,14 +22,11 @@ import stat
 import threading
 import time
 
+from .. import tuning
 from . import fsutil
 
 log = logging.getLogger(__name__)
 
-MAX_FDS = 64  # directories held open at once while descending
-ROUNDS = 100  # re-listings of the top of a tree that keeps changing, per pass
-PASSES = 3
-RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0, 300.0)  # the janitor's, then it gives up
 _GONE = errno.ENOENT
 _NOT_DIR = (errno.ENOTDIR, errno.ELOOP)
 
@@ -124,7 +121,8 @@ class _Pass:
                     child, is_dir = todo.pop()
                     if not is_dir and self.unlink(fd, child):
                         continue
-                    if len(stack) >= MAX_FDS:  # too deep to hold open: continue from the top
+                    # too deep to hold open: continue from the top
+                    if len(stack) >= tuning.REMOVAL_MAX_FDS:
                         moved += 1
                         try:
                             os.rename(child, b".deep-%d-%s" % (moved, secrets.token_hex(4)
@@ -144,7 +142,7 @@ class _Pass:
                     os.close(fd)
                     self.rmdir(stack[-1][0], name)  # refilled meanwhile: the top's next round
                     continue
-                if self.removed == seen or rounds >= ROUNDS:
+                if self.removed == seen or rounds >= tuning.REMOVAL_ROUNDS:
                     return
                 seen, rounds = self.removed, rounds + 1
                 stack[0] = (fd, name, _children(fd))
@@ -159,7 +157,7 @@ def remove_tree(parent_fd: int, name: bytes, mounts: set[tuple[int, int]]) -> bo
     """Remove parent/name, whatever it is; True once it is gone. Never raises for what
     the tree holds or how it changes meanwhile (see the module's doc)."""
     dev = os.fstat(parent_fd).st_dev
-    for _ in range(PASSES):
+    for _ in range(tuning.REMOVAL_PASSES):
         p = _Pass(dev, mounts)
         top = p.open_dir(parent_fd, name)  # a non-directory is unlinked right there
         if top is not None:
@@ -196,7 +194,8 @@ class Janitor:
 
     def schedule(self, parent_path: str, name: bytes) -> None:
         with self._lock:
-            self._todo.setdefault((parent_path, name), (0, time.monotonic() + RETRY_DELAYS[0]))
+            first = time.monotonic() + tuning.JANITOR_RETRY_DELAYS[0]
+            self._todo.setdefault((parent_path, name), (0, first))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
                 self._thread.start()
@@ -230,12 +229,12 @@ class Janitor:
                     if done:
                         del self._todo[key]
                         log.info("removed %s/%s in the background", parent, os.fsdecode(name))
-                    elif attempts + 1 >= len(RETRY_DELAYS):
+                    elif attempts + 1 >= len(tuning.JANITOR_RETRY_DELAYS):
                         del self._todo[key]
                         log.error("could not remove %s/%s after %d attempts; remove it by hand",
                                   parent, os.fsdecode(name), attempts + 1)
                     else:
-                        delay = RETRY_DELAYS[attempts + 1]
+                        delay = tuning.JANITOR_RETRY_DELAYS[attempts + 1]
                         self._todo[key] = (attempts + 1, time.monotonic() + delay)
                         log.warning("could not remove %s/%s yet; retrying in %.0f s",
                                     parent, os.fsdecode(name), delay)

@@ -3,8 +3,9 @@
 A capture needs the set of stored objects (data/, packidx/) to skip what is stored already.
 On a bucket that is a LIST of every key (one request per 1000) each time; here it is a
 file per repository under the host's cache directory, updated by this host's own puts and
-deletes and rebuilt from a LIST when it is missing, older than MAX_AGE, or when a reclaim
-has condemned objects since it was built (the marker object below changed).
+deletes and rebuilt from a LIST when it is missing, older than
+tuning.LIST_CACHE_MAX_AGE, or when a reclaim has condemned objects since it was built
+(the marker object below changed).
 
 Why a stale cache is safe: objects are content-addressed and never change, so a key this
 host does not know of yet only costs a re-upload of identical bytes (the same key; stored
@@ -29,6 +30,8 @@ from typing import NamedTuple, Protocol
 import blake3
 import msgspec
 
+from .. import tuning
+
 
 class ObjectInfo(NamedTuple):
     size: int
@@ -44,7 +47,6 @@ class ObjectStore(Protocol):
     def list_fresh(self, prefix: str) -> Iterator[tuple[str, int, int]]: ...
 
 CONDEMNED_KEY = "reclaim/condemned"  # written by the reclaim only (s3reclaim.py)
-MAX_AGE = 3600.0  # seconds: rebuild at least this often (new objects of other hosts)
 CACHED_PREFIXES = ("data/", "packidx/")
 
 
@@ -73,7 +75,8 @@ class ListingCache:
     its rerun: it resumes without storing them again). A rebuild writes a new snapshot and
     starts a new journal whose first line names that snapshot."""
 
-    def __init__(self, cache_dir: str | None, url: str, *, max_age: float = MAX_AGE) -> None:
+    def __init__(self, cache_dir: str | None, url: str, *,
+                 max_age: float = tuning.LIST_CACHE_MAX_AGE) -> None:
         self.url = url
         self.max_age = max_age
         base = None if cache_dir is None else os.path.join(

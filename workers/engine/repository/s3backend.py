@@ -7,14 +7,14 @@ PUTs of 16 KiB from 8 threads took 0.63 s and 0.23 s of CPU against boto3's 2.11
 1.60 s (GETs 0.41 s vs 1.87 s); a capture's CPU goes to hashing and compressing instead.
 
 Throughput and faults:
-- Plain puts are asynchronous: up to STREAMS uploads run at once (bounded by bytes in
-  flight too), and barrier() waits for them and raises the first failure, so the commit
+- Plain puts are asynchronous: up to tuning.S3_STREAMS uploads run at once (bounded by
+  bytes in flight too), and barrier() waits for them and raises the first failure, so the commit
   point (the manifest, put after the barrier) never precedes its objects. A get, stat or
   exists of a key still uploading waits for that upload.
 - get_head/get_range are ranged GETs (a small file's block of a pack, a manifest header).
 - Transient failures (timeouts, connection errors, 5xx, 429/503 throttling) are retried
-  with exponential back-off for up to RETRY_FOR seconds; our writes are idempotent
-  (content-addressed, or whole-object replaces), so a PUT is retried too (object_store
+  with exponential back-off for up to tuning.S3_RETRY_FOR seconds; our writes are
+  idempotent (content-addressed, or whole-object replaces), so a PUT is retried too (object_store
   itself retries only safe requests on a timeout). An outage longer than that fails the
   operation with StorageUnavailable; the job is retried and resumes (nothing stored twice).
 - check() at start-up names the bucket on bad credentials, a missing bucket or an
@@ -46,13 +46,11 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
+from .. import tuning
 from ..model import EngineError, StorageOptions, StorageUnavailable
 from .listcache import ListingCache, ObjectInfo
 
 T = TypeVar("T")
-STREAMS = 16  # concurrent uploads (and the HTTP pool's size); at least 8 by the issue
-IN_FLIGHT_BYTES = 128 * 1024 * 1024  # uploads queued or running, at most this many bytes
-RETRY_FOR = 120.0  # seconds a transient failure is retried before the operation fails
 _STATUS = re.compile(r"status code: (\d{3})")
 _NETWORK = re.compile(r"error sending request|timed? ?out|connect|reset|broken pipe|closed|"
                       r"incomplete|end of file|retries", re.I)
@@ -80,7 +78,7 @@ class S3Backend:
     """s3://bucket/prefix backend (see the module doc)."""
 
     def __init__(self, bucket: str, prefix: str, *, endpoint: str | None, region: str | None,
-                 key_id: str | None, secret: str | None, retry_for: float = RETRY_FOR,
+                 key_id: str | None, secret: str | None, retry_for: float = tuning.S3_RETRY_FOR,
                  cache: ListingCache | None = None) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.endpoint = endpoint
@@ -91,7 +89,7 @@ class S3Backend:
         self.puts = 0  # objects written (tests count them to prove no re-writes)
         self.put_keys: list[str] = []
         opts: dict[str, object] = {"timeout": "120s", "connect_timeout": "5s",
-                                   "pool_max_idle_per_host": str(STREAMS)}
+                                   "pool_max_idle_per_host": str(tuning.S3_STREAMS)}
         if endpoint and endpoint.startswith("http://"):
             opts["allow_http"] = True
         self.store = S3Store(
@@ -101,7 +99,7 @@ class S3Backend:
             client_options=opts,  # type: ignore[arg-type]
             retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
         )
-        self._pool = ThreadPoolExecutor(STREAMS, thread_name_prefix="s3put")
+        self._pool = ThreadPoolExecutor(tuning.S3_STREAMS, thread_name_prefix="s3put")
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._in_flight = 0
@@ -159,7 +157,7 @@ class S3Backend:
         size = max(len(data), 1)
         with self._room:
             self._raise_failed()
-            while self._in_flight and self._in_flight + size > IN_FLIGHT_BYTES:
+            while self._in_flight and self._in_flight + size > tuning.S3_IN_FLIGHT_BYTES:
                 self._room.wait()
                 self._raise_failed()
             self._in_flight += size

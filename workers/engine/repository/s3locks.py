@@ -30,12 +30,12 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from .. import tuning
 from ..model import StorageUnavailable
 from .s3backend import S3Backend, server_now
 
 EXCLUSIVE_KEY = "locks/exclusive"
 SHARED_PREFIX = "locks/shared/"
-WAIT_MAX = 10.0  # a capture waiting for a reclaim polls at most this far apart
 
 
 class LockLost(StorageUnavailable):
@@ -148,7 +148,7 @@ class S3Locks:
             self.backend.delete(key)
             self.waits += 1
             time.sleep(delay)
-            delay = min(delay * 2, WAIT_MAX)
+            delay = min(delay * 2, tuning.S3_LOCK_POLL_MAX)
         held = self._hold(key, body)
         try:
             yield
@@ -161,7 +161,7 @@ class S3Locks:
             held = self._try_exclusive()
             if held is not None or not wait:
                 break
-            time.sleep(min(self.settle, WAIT_MAX))
+            time.sleep(min(self.settle, tuning.S3_LOCK_POLL_MAX))
         if held is None:
             yield False
             return
