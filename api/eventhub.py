@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -46,8 +47,19 @@ READY_TIMEOUT: Final = 5.0  # how long a new stream waits for the hub's first po
 # When this many streams closed and at most half the peak are left, the freed memory is
 # handed back to the system (see api/memory.py).
 TRIM_AFTER: Final = 500
+# File descriptors kept for everything but streams (requests, Redis, logs, the listener).
+FD_RESERVE: Final = 256
 # A client that has not taken a write within this many seconds is gone or stuck.
 WRITE_TIMEOUT: Final = 30
+
+
+def _fd_room() -> int:
+    """How many streams this process's open-files limit leaves room for: past it, a new
+    stream answers 429 rather than the process failing to accept connections (EMFILE)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, soft - FD_RESERVE)
 
 
 def id_key(entry_id: str) -> tuple[int, int]:
@@ -106,7 +118,11 @@ class EventHub:
         self.keepalive = settings.events_keepalive
         self.tokens = tokens
         self.max_per_account = settings.events_max_per_account
-        self.max_per_process = settings.events_max_per_process
+        self.max_per_process = min(settings.events_max_per_process, _fd_room())
+        if self.max_per_process < settings.events_max_per_process:
+            log.warning("the open-files limit (ulimit -n) leaves room for %d event streams, "
+                        "fewer than SNAPSHOTS_EVENTS_MAX_PER_PROCESS (%d): raise it",
+                        self.max_per_process, settings.events_max_per_process)
         self.queue_frames = settings.events_queue
         # The id of the last entry the reader has handed out; None until first known.
         self.position: str | None = None

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from api.eventhub import FD_RESERVE
 from shared.settings import Settings
 from shared.store import Store
 from tests.e2e.service import ADMIN_TOKEN, Service
@@ -181,3 +182,30 @@ def test_stream_flood_is_capped_and_isolated(tmp_path: Path) -> None:
         figures = asyncio.run(_flood(svc, store, ids))
         client.close()
         print("stream flood:", {k: round(v, 1) for k, v in figures.items()})
+
+
+def test_the_open_files_limit_caps_streams_before_the_process_runs_out(tmp_path: Path) -> None:
+    """A web process started with a small ``ulimit -n`` (700 here) answers 429 past what
+    its limit leaves room for, instead of failing to accept connections, and keeps
+    serving requests."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (700, hard))
+    try:
+        svc = Service(tmp_path, SNAPSHOTS_EVENTS_MAX_PER_ACCOUNT="5000").start(workers=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    room = 700 - FD_RESERVE
+    try:
+        async def flood() -> list[StreamClient]:
+            streams = await open_many("127.0.0.1", svc.port, ADMIN_TOKEN, room + 100)
+            async with httpx.AsyncClient(base_url=svc.url, timeout=10) as c:
+                assert (await c.get("/healthz")).status_code == 200
+            await _close(streams)
+            return streams
+
+        streams = asyncio.run(flood())
+        assert sum(1 for s in streams if s.status == 200) == room
+        assert {s.status for s in streams if s.status != 200} == {429}
+        assert "open-files limit" in (tmp_path / "web.log").read_text()
+    finally:
+        svc.stop()
