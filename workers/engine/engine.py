@@ -107,7 +107,7 @@ class Engine:
                 return done
             # A Repository per capture: its set of stored ids and list of written objects
             # are per-run state, so concurrent captures on one Engine do not mix them.
-            repo = Repository(self.backend)
+            repo = Repository(self.backend, self.repo.config)
             repo.load_known()
             parent_header, parent = self._parent(meta)
             if parent_header is not None and parent is not None:

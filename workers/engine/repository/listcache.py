@@ -230,6 +230,32 @@ class ListingCache:
                     self._state.entries[key.split("/", 1)[0] + "/"].pop(key, None)
                 self._append([f"-{k}" for k in gone])
 
+    # Index objects (packidx/<pack id>) never change once written: kept as files, so a
+    # capture reads each pack's index from the store once per host, not once per capture.
+    def cached_object(self, key: str) -> bytes | None:
+        if self.path is None or not key.startswith("packidx/"):
+            return None
+        try:
+            with open(self._object_path(key), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def keep_object(self, key: str, data: bytes) -> None:
+        if self.path is None or not key.startswith("packidx/"):
+            return
+        path = self._object_path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _replace(path, data)
+        except OSError:
+            pass
+
+    def _object_path(self, key: str) -> str:
+        assert self.path is not None
+        return os.path.join(self.path.removesuffix(".msgpack") + ".objects",
+                            key.replace("/", "-"))
+
     def invalidate(self) -> None:
         """Forget everything (the reclaim calls this on its own host after deleting)."""
         with self._lock:

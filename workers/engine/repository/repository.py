@@ -67,18 +67,21 @@ def pack_data_key(index_key: str) -> str:
 
 
 class Repository:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, config: Config | None = None) -> None:
+        """config: the repository's, when the caller read it already (one request less per
+        capture on S3); otherwise read, or made when the repository is new."""
         self.backend = backend
-        raw: bytes | None = None
-        if backend.exists("config"):
-            raw = backend.get("config")
-        else:
-            cfg = Config(version=1, key=os.urandom(32))
-            if backend.put("config", msgspec.msgpack.encode(cfg), durable=True, exclusive=True):
-                raw = msgspec.msgpack.encode(cfg)
-            else:  # another process initialised the repository first: use its key
+        if config is None:
+            try:
                 raw = backend.get("config")
-        self.config = msgspec.msgpack.decode(raw, type=Config)
+            except FileNotFoundError:
+                cfg = msgspec.msgpack.encode(Config(version=1, key=os.urandom(32)))
+                if backend.put("config", cfg, durable=True, exclusive=True):
+                    raw = cfg
+                else:  # another process initialised the repository first: use its key
+                    raw = backend.get("config")
+            config = msgspec.msgpack.decode(raw, type=Config)
+        self.config = config
         self.key = self.config.key
         self._local = threading.local()
         self._known: set[bytes] = set()

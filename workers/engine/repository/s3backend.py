@@ -177,7 +177,7 @@ class S3Backend:
             if prior is not None:
                 prior.result()  # two puts of one key land in order
             self._call(f"PUT {key}", lambda: obstore.put(self.store, key, data))
-            self._stored(key, len(data))
+            self._stored(key, len(data), data)
         except BaseException as e:
             with self._lock:
                 if self._failed is None:
@@ -188,9 +188,11 @@ class S3Backend:
                 self._in_flight -= size
                 self._room.notify_all()
 
-    def _stored(self, key: str, size: int) -> None:
+    def _stored(self, key: str, size: int, data: bytes = b"") -> None:
         if key.startswith(LOCKS_PREFIX):
             return  # lock objects and probes are not the repository's objects
+        if self.cache is not None and data:
+            self.cache.keep_object(key, data)
         with self._lock:
             self.puts += 1
             self.put_keys.append(key)
@@ -254,7 +256,13 @@ class S3Backend:
     # --- reads ------------------------------------------------------------------------
     def get(self, key: str) -> bytes:
         self._wait_key(key)
-        return bytes(self._call(f"GET {key}", lambda: obstore.get(self.store, key).bytes()))
+        kept = None if self.cache is None else self.cache.cached_object(key)
+        if kept is not None:
+            return kept
+        data = bytes(self._call(f"GET {key}", lambda: obstore.get(self.store, key).bytes()))
+        if self.cache is not None:
+            self.cache.keep_object(key, data)
+        return data
 
     def get_head(self, key: str, n: int) -> bytes:
         return self._range(key, 0, n)
