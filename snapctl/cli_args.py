@@ -48,7 +48,7 @@ def build(handlers: dict[tuple[str, str], Handler]) -> argparse.ArgumentParser:
     )
     _common(top, suppress=False)
     nouns = top.add_subparsers(dest="noun", required=True, metavar="{servers,snapshots,"
-                               "schedules,operations,tokens}")
+                               "schedules,operations,tokens,hosts}")
     verbs: dict[str, Any] = {}
     parsers: dict[tuple[str, str], argparse.ArgumentParser] = {}
     for noun, verb in handlers:

@@ -168,6 +168,13 @@ def tokens_revoke(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def hosts_list(api: Api, args: argparse.Namespace) -> int:
+    """(admin) The fleet's hosts: a host whose servers wait with no live worker shows."""
+    output.listing(args, api.get("/hosts/"), "hosts",
+                   ["name", "workers", "last_seen", "servers", "queued"])
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -183,6 +190,7 @@ def parser() -> argparse.ArgumentParser:
             ("operations", "show"): operations_show,
             ("tokens", "list"): tokens_list, ("tokens", "create"): tokens_create,
             ("tokens", "revoke"): tokens_revoke,
+            ("hosts", "list"): hosts_list,
             **lifecycle.HANDLERS,
         }
     )

@@ -40,7 +40,8 @@ def listing(args: argparse.Namespace, page: dict[str, Any], key: str,
     for item in items:
         table.add_row(*(_cell(item.get(c)) for c in shown))
     _out.print(table)
-    _err.print(f"{len(items)} of {page['meta']['total']}")
+    total = page["meta"]["total"] if "meta" in page else len(items)
+    _err.print(f"{len(items)} of {total}")
 
 
 def record(args: argparse.Namespace, value: dict[str, Any]) -> None:

@@ -87,6 +87,17 @@ def test_each_host_runs_only_its_own_servers(make_service: ServiceFactory, tmp_p
         assert owner_host(store, op["id"]) == h
         assert not tree_diff(reference[h], describe(state))
 
+    # A restore of a's snapshot into b's server (a clone) is the target's: b's worker runs
+    # it, reading a's snapshot from the shared repository (a's worker could not even see
+    # b's state).
+    resp = client.post(f"/snapshots/{snaps['a']['id']}/restore/",
+                       json={"server_id": servers["b"]["id"]})
+    assert resp.status_code == 200, resp.text
+    op = wait_operation(client, resp.json()["operation_id"])
+    assert op["status"] == "succeeded" and op["host"] == "b", op
+    assert owner_host(store, op["id"]) == "b"
+    assert not tree_diff(reference["a"], describe(states["b"]))
+
     # A message of b's operation put on a's queue by mistake (by hand, or by a stray
     # producer): a's worker refuses to claim it and hands it on to b's queue.
     svc.kill(worker_b, signal.SIGTERM)

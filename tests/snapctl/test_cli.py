@@ -73,6 +73,15 @@ def test_walkthrough(cli: Cli, tmp_path: Path) -> None:
     r = cli("tokens", "list")
     assert r.code == 0 and "acme" in r.out and "created_at" in r.out
 
+    # The fleet's hosts (admin): this service's one worker, on host default.
+    r = cli("hosts", "list", "--json")
+    assert r.code == 0, r.err
+    default = {h["name"]: h for h in r.json["hosts"]}["default"]
+    assert default["workers"] == 1 and default["servers"] >= 1
+    r = cli("hosts", "list")
+    assert r.code == 0 and "default" in r.out and "last_seen" in r.out
+    assert cli("hosts", "list", token=token).code == 8  # admin only
+
     r = cli("tokens", "revoke", str(token_id), "--json")
     assert r.code == 0 and r.json == {"revoked": {"token_id": token_id}}
     r = cli("snapshots", "list", token=token)
