@@ -105,6 +105,27 @@ def output_for(fmt: str) -> Callable[[str, str], None]:
     return as_json if fmt == "json" else text
 
 
+def banner(settings: Settings) -> None:
+    """The URL and the admin token (SPEC: make run prints them); with LOG_FORMAT=json, as
+    one log object like every other line."""
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    facts = {
+        "Snapshots API": f"http://{shown}:{settings.port}/api/v1/",
+        "Listening on": f"{settings.host} (every interface)" if shown != settings.host else None,
+        "API reference": f"http://{shown}:{settings.port}/api/v1/docs/",
+        "Admin token": settings.admin_token,
+        "Redis": settings.effective_redis_url,
+        "Data": str(settings.data_dir),
+    }
+    shown_facts = {k: v for k, v in facts.items() if v is not None}
+    if settings.log_format == "json":
+        log.info("make run: starting; Ctrl-C stops everything",
+                 extra={k.lower().replace(" ", "_"): v for k, v in shown_facts.items()})
+        return
+    lines = [f"  {k + ':':<16}{v}" for k, v in shown_facts.items()]
+    print("\n" + "\n".join(lines) + "\n  Ctrl-C stops everything.\n", flush=True)
+
+
 def main() -> int:
     os.environ.setdefault("SNAPSHOTS_DATA_DIR", str(ROOT / "data"))
     settings, _ = Settings.from_env().with_admin_token()
@@ -121,15 +142,7 @@ def main() -> int:
     programs = procfile_programs()
     if settings.redis_url is None:
         programs.insert(0, redis_program(settings))
-    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    print(f"\n  Snapshots API:  http://{shown}:{settings.port}/api/v1/", flush=True)
-    if shown != settings.host:
-        print(f"  Listening on:   {settings.host} (every interface)", flush=True)
-    print(f"  API reference:  http://{shown}:{settings.port}/api/v1/docs/", flush=True)
-    print(f"  Admin token:    {settings.admin_token}", flush=True)
-    print(f"  Redis:          {settings.effective_redis_url}", flush=True)
-    print(f"  Data:           {settings.data_dir}", flush=True)
-    print("  Ctrl-C stops everything.\n", flush=True)
+    banner(settings)
     supervisor = Supervisor(programs, env, str(ROOT), output_for(settings.log_format))
     code = supervisor.run()
     log.info("stopped")

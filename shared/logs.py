@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Final, TextIO
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 LOG_FORMATS: Final = ("text", "json")
@@ -72,6 +73,8 @@ class TextFormatter(logging.Formatter):
 def json_formatter() -> logging.Formatter:
     return JsonFormatter(
         "%(levelname)s %(name)s %(message)s",
+        # uvicorn's copy of each message with terminal colours is noise in a log store.
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp="time",
         json_ensure_ascii=False,

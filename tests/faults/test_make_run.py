@@ -8,6 +8,7 @@ them with real signals while a job runs.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,14 +56,16 @@ def cmdline(pid: int) -> str:
 class MakeRun:
     """`make run` in its own process group, as a terminal would run it."""
 
-    def __init__(self, root: Path, data_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, root: Path, data_dir: Path | None = None, port: int | None = None,
+                 **extra_env: str) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or root / "data"
         self.port = port or free_port()
         self.log = root / "make-run.log"
         env = {k: v for k, v in os.environ.items()
                if k not in ("REDIS_URL", "SNAPSHOTS_ADMIN_TOKEN", "MAKEFLAGS", "MFLAGS")}
-        env.update(MAKE_RUN_ENV, SNAPSHOTS_DATA_DIR=str(self.data_dir), PORT=str(self.port))
+        env.update(MAKE_RUN_ENV, SNAPSHOTS_DATA_DIR=str(self.data_dir), PORT=str(self.port),
+                   **extra_env)
         self.proc = subprocess.Popen(
             ["make", "-s", "run"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -273,3 +276,24 @@ def test_ctrl_c_during_a_restore_stops_in_order_and_quietly(
     finally:
         print(rerun.output()[-4000:])
         rerun.close()
+
+
+def test_json_logs_under_make_run_are_one_object_a_line(tmp_path: Path) -> None:
+    """LOG_FORMAT=json: the banner, the supervisor, uvicorn, our lines and Dramatiq's main
+    process (wrapped by the supervisor) all come out as one JSON object a line."""
+    run = MakeRun(tmp_path, LOG_FORMAT="json")
+    try:
+        client = run.client()
+        assert client.get("/snapshots/", headers={"X-Request-Id": "json-check"}).status_code \
+            == 200
+        wait_until(lambda: "json-check" in run.output(), timeout=10, what="the access line")
+        run.interrupt()
+        run.proc.wait(timeout=45)
+    finally:
+        run.close()
+    records = [json.loads(line) for line in run.output().splitlines() if line.strip()]
+    assert records[0]["admin_token"] == run.admin and records[0]["logger"] == "supervisor"
+    assert any(r.get("request_id") == "json-check" and r.get("route") == "/api/v1/snapshots/"
+               for r in records)
+    assert any(r["logger"] == "worker" and "Dramatiq" in r["message"] for r in records)
+    assert records[-1]["message"] == "stopped"
