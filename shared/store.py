@@ -354,11 +354,16 @@ class Store:
         return sorted(set(out))
 
     def captures_active(self) -> bool:
-        """Whether a capture is queued or running: its stored chunks are not referenced by
-        any manifest yet, and a reclaim now would sweep what a killed capture resumes from."""
+        """Whether a capture has started and not ended: its stored chunks are not referenced
+        by any manifest yet, and a reclaim now would sweep what a killed capture resumes
+        from. A capture still queued that no worker ever claimed (attempts 0: say, on a host
+        with no live worker) has stored nothing, so it does not hold every host's reclaim
+        back until its deadline."""
         for op_id in self.active_operation_ids():
-            op_type = self.redis.hget(keys.operation(op_id), "type")
-            if op_type is not None and text(op_type) == "snapshot.create":
+            op_type, attempts = self.redis.hmget(keys.operation(op_id), ["type", "attempts"])
+            if op_type is not None and text(op_type) == "snapshot.create" and int(
+                text(attempts or 0)
+            ) > 0:
                 return True
         return False
 

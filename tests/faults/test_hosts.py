@@ -27,6 +27,7 @@ from tests.e2e.service import wait_until
 from tests.engine.treecmp import describe
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faults import objects, store_for, stored_bytes, tree_diff, wait_progress
+from workers.reaper import RECLAIM_KEY
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="hiding a host's states needs a private mount namespace (root)"
@@ -142,6 +143,10 @@ def test_a_host_without_workers_keeps_its_operation_queued(
         time.sleep(0.5)
     assert queued_messages(store, "b") >= 2 and queued_messages(store, "a") == 0
     assert store.get_operation(op_id).attempts == 0  # type: ignore[union-attr]
+    # A capture no worker ever started stored nothing: it does not hold back the fleet's
+    # reclaims (host a's reaper reclaims every SNAPSHOTS_RECLAIM_INTERVAL=2 s meanwhile).
+    wait_until(lambda: store.redis.exists(RECLAIM_KEY), timeout=10,
+               what="host a's reaper to reclaim while b's capture waits")
     hosts = {h.pop("name"): h for h in client.get("/hosts/").json()["hosts"]}
     assert hosts["b"] == {"workers": 0, "last_seen": None, "servers": 1, "queued": 1}
     assert hosts["a"]["workers"] == 1 and hosts["a"]["servers"] == 0

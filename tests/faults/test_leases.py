@@ -56,6 +56,7 @@ def test_release_lets_a_retry_claim_at_once(store: Store, tmp_path: Path) -> Non
 
 def test_mark_requeue_is_a_compare_and_set(store: Store, tmp_path: Path) -> None:
     _server, _snap, op = _create(store, tmp_path)
+    assert not store.captures_active()  # queued, never claimed: it stored nothing yet
     assert store.mark_requeue(op, 3600, HB, 3000) is None  # queued, but only just
     assert store.mark_requeue(op, 0, HB, 3000) == ("snapshot.create", "default")
     assert store.mark_requeue(op, 1, HB, 3000) is None  # another reaper, same round
