@@ -1,0 +1,37 @@
+"""A capture given up after too many attempts still runs the post hook its server is owed
+(the last attempt was killed between the hooks), then ends worker_lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.schemas import Hooks, ServerCreate, ServerState, SnapshotCreate
+from shared.settings import Settings
+from shared.store import Store
+from workers.engine import Engine
+from workers.jobs import Jobs
+from workers.power import driver_for
+
+
+def test_given_up_capture_runs_the_owed_post_hook(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    state, log = tmp_path / "state", tmp_path / "hooks.log"
+    state.mkdir()
+    server_id = store.create_server(ServerCreate(
+        name="db-01", account="acme", state=ServerState(kind="directory", path=str(state)),
+        hooks=Hooks(pre_snapshot=f"echo pre >> {log}",
+                    post_snapshot=f'echo "post $SNAPSHOTS_CAPTURE" >> {log}')))
+    _, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s"))
+    # Five attempts were killed, the last one between its pre and its post hook.
+    store.redis.hset(f"operation:{op_id}", "attempts", 5)
+    store.set_hook_pending(op_id, True)
+
+    Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5).run(op_id)
+    op = store.get_operation(op_id)
+    assert op is not None and op.status == "failed"
+    assert op.error is not None and op.error.code == "worker_lost"
+    assert log.read_text() == "post interrupted\n"
+    assert op.hooks is not None and [h.hook for h in op.hooks] == ["post_snapshot"]
+    assert not store.hook_pending(op_id)
