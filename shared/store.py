@@ -287,6 +287,12 @@ class Store:
     ) -> None:
         result(self._run("set_schedule", set_schedule_arg(account, server_id, body, next_at)))
 
+    def now(self) -> float:
+        """The Redis server's clock (epoch s): one clock for every worker on every host,
+        the same the Lua scripts stamp their times with."""
+        seconds, micros = self.redis.time()
+        return float(seconds) + float(micros) / 1_000_000
+
     def due_schedules(self, now: float) -> list[int]:
         """Servers whose schedule's next slot is at or before ``now``, soonest first."""
         return [int(text(v)) for v in self.redis.zrangebyscore(SCHEDULES_DUE, "-inf", now)]

@@ -7,13 +7,13 @@ what retention would drop once this run exists) and hands it to ``run_schedule.l
 whose compare-and-set on the schedule's revision and next slot lets exactly one caller
 claim the slot; every other worker and host gets ``claimed`` and does nothing. Because the
 new next slot is the first one after *now*, slots missed while no worker ran are made up by
-this one run. The clock is a parameter, so tests drive a week of slots in seconds.
+this one run. The clock is Redis's (``Store.now``), so hosts whose clocks drift apart still
+agree on when a slot is due; it is a parameter, so tests drive a week of slots in seconds.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import msgspec
@@ -43,12 +43,12 @@ class RunResult(msgspec.Struct):
 
 class Scheduler:
     def __init__(
-        self, store: Store, enqueue: Enqueue, settings: Settings, clock: Clock = time.time
+        self, store: Store, enqueue: Enqueue, settings: Settings, clock: Clock | None = None
     ) -> None:
         self.store = store
         self.enqueue = enqueue
         self.settings = settings
-        self.clock = clock
+        self.clock = clock if clock is not None else store.now
 
     def tick(self) -> list[RunResult]:
         """Claims and starts every due slot; answers the runs this caller claimed."""

@@ -201,3 +201,12 @@ def test_a_changed_schedule_is_not_run_on_its_old_plan(
                          headers=headers).status_code == 204
     assert store.run_schedule(stale)["code"] == "gone"
     assert store.due_schedules(10**12) == []
+
+
+def test_the_default_clock_is_redis_s(store: Store, settings: Settings) -> None:
+    import time
+
+    sched = Scheduler(store, lambda t, i: None, settings)
+    seconds, micros = store.redis.time()
+    assert abs(sched.clock() - (int(seconds) + int(micros) / 1e6)) < 1
+    assert abs(sched.clock() - time.time()) < 5  # the test's Redis runs on this machine
