@@ -15,7 +15,7 @@ import redis.exceptions
 
 from shared import keys, metrics
 from shared.fastread import FastReads
-from shared.hosts import HostSummary
+from shared.hosts import HostSummary, workers_async
 from shared.hosts import summary as host_summary
 from shared.records import (
     OperationRecord,
@@ -151,7 +151,10 @@ class AsyncStore:
 
     async def hosts(self) -> list[HostSummary]:
         """Every host with a server, a live worker or a queued operation (shared/hosts.py)."""
-        return await host_summary(self.redis, self.settings.heartbeat_timeout)
+        seen = await workers_async(self.redis, self.settings.heartbeat_timeout)
+        counts = result(await self._run("host_counts"))
+        # cjson encodes an empty Lua table as [] or {}: either means no host.
+        return host_summary(seen, counts["servers"] or {}, counts["queued"] or {})
 
     async def list_servers(
         self, *, account: str | None, cursor: int | None = None, limit: int = 50

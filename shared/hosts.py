@@ -21,8 +21,6 @@ from typing import Any, Final
 import redis
 import redis.asyncio
 
-from shared import keys
-
 DEFAULT_HOST: Final = "default"
 # Lower case, like DNS names: no two spellings of one host, and a name can never end in
 # Dramatiq's upper-case ".DQ"/".XQ" queue suffixes.
@@ -140,36 +138,11 @@ class HostSummary:
     queued: int
 
 
-def _counts(hosts: list[Any]) -> dict[str, int]:
-    """Occurrences of each host; a record without one (made before hosts existed) is on
-    the default host, as the records decode it."""
-    out: dict[str, int] = {}
-    for raw in hosts:
-        host = DEFAULT_HOST if not raw else (raw.decode() if isinstance(raw, bytes) else raw)
-        out[host] = out.get(host, 0) + 1
-    return out
-
-
-async def summary(client: redis.asyncio.Redis, timeout_s: float) -> list[HostSummary]:
-    """Every host that has a server, a live worker or a queued operation, by name.
-
-    Reads every server's and every queued operation's host (one pipeline each): a few ms
-    for thousands of servers, fine for an admin's listing, and always right, with no index
-    to keep in step.
-    """
-    seen = await workers_async(client, timeout_s)
-    server_ids: list[Any] = await client.zrange(keys.index("servers", None, None, None), 0, -1)
-    queued_ids: list[Any] = await client.zrange(
-        keys.index("operations", None, None, "queued"), 0, -1
-    )
-    pipe = client.pipeline(transaction=False)
-    for sid in server_ids:
-        pipe.hget(keys.server(int(sid)), "host")
-    for oid in queued_ids:
-        pipe.hget(keys.operation(int(oid)), "host")
-    hosts = await pipe.execute() if server_ids or queued_ids else []
-    servers = _counts(hosts[: len(server_ids)])
-    queued = _counts(hosts[len(server_ids) :])
+def summary(
+    seen: dict[str, HostWorkers], servers: dict[str, int], queued: dict[str, int]
+) -> list[HostSummary]:
+    """Every host that has a server, a live worker or a queued operation, by name, from
+    the heartbeats (`workers_async`) and the counts of ``shared/lua/host_counts.lua``."""
     names = {h for h, w in seen.items() if w.live} | set(servers) | set(queued)
     return [
         HostSummary(

@@ -27,6 +27,7 @@ SCRIPT_NAMES = (
     "create_token",
     "revoke_token",
     "list_page",
+    "host_counts",
     "begin_operation",
     "report_progress",
     "complete_create",
