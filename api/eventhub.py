@@ -145,10 +145,19 @@ class EventHub:
     ) -> Subscription:
         """Registers a stream (or answers 429); it gets every event after ``resume_after``,
         or, without one, every event after this moment."""
+        self._ensure_running()
+        if self.position is None:
+            try:
+                await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT)
+            except TimeoutError:
+                raise ServiceUnavailable("The event stream cannot reach Redis.") from None
+        # The caps are checked with no await before the stream is added, so that a burst
+        # of concurrent opens cannot pass them together.
         if self.open >= self.max_per_process:
             raise RateLimited(
                 f"This web process already serves its maximum of {self.max_per_process} event "
-                "streams (SNAPSHOTS_EVENTS_MAX_PER_PROCESS); retry later.",
+                "streams (SNAPSHOTS_EVENTS_MAX_PER_PROCESS, or what its open-files limit "
+                "allows); retry later.",
                 retry_after=RETRY_AFTER,
             )
         if self._per_owner.get(who.account, 0) >= self.max_per_account:
@@ -157,12 +166,6 @@ class EventHub:
                 "web process (SNAPSHOTS_EVENTS_MAX_PER_ACCOUNT); close one or retry later.",
                 retry_after=RETRY_AFTER,
             )
-        self._ensure_running()
-        if self.position is None:
-            try:
-                await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT)
-            except TimeoutError:
-                raise ServiceUnavailable("The event stream cannot reach Redis.") from None
         position = self.position
         assert position is not None
         sub = Subscription(who, server_id, resume_after or position, self.queue_frames)
