@@ -13,9 +13,28 @@ import msgspec
 
 from shared.records import ServerRecord, SnapshotRecord
 from shared.schemas import rfc3339
-from workers.engine import CaptureResult, Engine, SnapshotMeta, StateSpec
-from workers.hooks import HookRunner
+from shared.store import Store
+from workers.engine import (
+    Cancelled,
+    CaptureResult,
+    Engine,
+    EngineError,
+    SnapshotMeta,
+    StateSpec,
+    TransientEngineError,
+)
+from workers.hooks import HookFailed, HookRunner
 from workers.reporting import CancelCheck, ProgressReporter
+
+MIB = 1024 * 1024
+
+
+class SafetyFailed(Exception):
+    """A restore's safety snapshot failed for good: the restore fails with its code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def snapshot_meta(snap: SnapshotRecord, server: ServerRecord) -> SnapshotMeta:
@@ -62,3 +81,22 @@ class Capturer:
                 should_stop=CancelCheck(should_stop),
             )
         return result, [*result.warnings, *warnings]
+
+    def safety(self, store: Store, op_id: int, snap_id: int, server: ServerRecord,
+               still_running: Callable[[], bool]) -> None:
+        """A restore's safety snapshot: captures the server's current state (stopped, if it
+        has a power driver), then makes it available; the restore goes on only after. Raises
+        SafetyFailed (final), Cancelled (the restore ended meanwhile) or a transient error."""
+        snap = store.get_snapshot(snap_id)
+        if snap is None or snap.deleted or snap.status == "available":
+            return  # an earlier attempt committed it (and its owner may have deleted it since)
+        try:
+            result, warnings = self.capture(op_id, snap, server, progress=None,
+                                            should_stop=still_running)
+        except (EngineError, HookFailed) as exc:
+            if isinstance(exc, Cancelled | TransientEngineError):
+                raise
+            raise SafetyFailed(exc.code, "The safety snapshot could not be captured, so "
+                               f"nothing was restored: {exc}") from exc
+        if not store.complete_safety(op_id, round(result.size_bytes / MIB, 2), warnings):
+            raise Cancelled("the restore ended while its safety snapshot was captured")

@@ -29,8 +29,9 @@ import msgspec
 
 from shared.settings import Settings
 from shared.store import Store
+from workers.capturing import MIB
 from workers.engine import Engine, EngineError, VerifyReport
-from workers.jobs import MIB, PLACEHOLDER_PREFIX
+from workers.jobs import PLACEHOLDER_PREFIX
 from workers.storage import open_engine
 
 

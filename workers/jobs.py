@@ -22,7 +22,7 @@ from shared.hosts import DEFAULT_HOST
 from shared.records import OperationRecord, ServerRecord
 from shared.schemas import PowerNone
 from shared.store import Store
-from workers.capturing import Capturer
+from workers.capturing import MIB, Capturer, SafetyFailed
 from workers.engine import (
     Cancelled,
     Engine,
@@ -32,13 +32,11 @@ from workers.engine import (
     TransientEngineError,
 )
 from workers.hooks import HookFailed, HookRunner
-from workers.power import PowerDriver, PowerError, PowerStatus
+from workers.power import PowerDriver, PowerError, PowerStatus, settle
 from workers.reporting import ProgressReporter
 from workers.retention import retention_drop
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
 
 PowerFactory = Callable[[ServerRecord], PowerDriver]
 # Sends an operation's message to the queue of its host: (type, operation id).
@@ -46,14 +44,6 @@ Enqueue = Callable[[str, int], None]
 # Where catalog rebuild points a server whose state path it could not know; a restore into
 # it is refused until an admin sets the real path (see workers/catalog.py).
 PLACEHOLDER_PREFIX = "/.snapshots-rebuilt/"
-
-
-class SafetyFailed(Exception):
-    """A restore's safety snapshot failed for good: the restore fails with its code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -333,7 +323,8 @@ class Jobs:
                 self.store.set_server_power(server.id, power)
                 return
             if op.safety_snapshot_id is not None:
-                self._safety_snapshot(op, server, op.safety_snapshot_id)
+                self.capturer.safety(self.store, op.id, op.safety_snapshot_id, server,
+                                     lambda: not self._still_running(op.id))
             self.engine.recover(state)
             self.engine.restore(
                 snapshot_id,
@@ -352,7 +343,7 @@ class Jobs:
             status = self._settle_power(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)
             return
-        status, why = self._settle(driver, should_run)
+        status, why = settle(driver, should_run)
         if should_run and status != "running":
             self.store.fail_operation(
                 op.id,
@@ -364,46 +355,14 @@ class Jobs:
             return
         self.store.complete_restore(op.id, status)
 
-    def _safety_snapshot(self, op: OperationRecord, server: ServerRecord, snap_id: int) -> None:
-        """Captures the server's current state first (stopped, if it has a power driver);
-        the restore goes on only once that snapshot is available."""
-        snap = self.store.get_snapshot(snap_id)
-        if snap is None or snap.deleted or snap.status == "available":
-            return  # an earlier attempt committed it (and its owner may have deleted it since)
-        try:
-            result, warnings = self.capturer.capture(
-                op.id, snap, server, progress=None,
-                should_stop=lambda: not self._still_running(op.id),
-            )
-        except (EngineError, HookFailed) as exc:
-            if isinstance(exc, Cancelled) or (
-                    isinstance(exc, EngineError) and self._transient(exc)):
-                raise
-            raise SafetyFailed(exc.code, "The safety snapshot could not be captured, so "
-                               f"nothing was restored: {exc}") from exc
-        if not self.store.complete_safety(op.id, round(result.size_bytes / MIB, 2), warnings):
-            raise Cancelled("the restore ended while its safety snapshot was captured")
-
     def _still_running(self, op_id: int) -> bool:
         current = self.store.get_operation(op_id)
         return current is not None and current.status == "running"
 
-    def _settle_power(self, driver: PowerDriver, run: bool) -> PowerStatus:
+    @staticmethod
+    def _settle_power(driver: PowerDriver, run: bool) -> PowerStatus:
         """Brings the server to the wanted power state and answers what it really is."""
-        return self._settle(driver, run)[0]
-
-    def _settle(self, driver: PowerDriver, run: bool) -> tuple[PowerStatus, str | None]:
-        """_settle_power, and why the start failed (the driver's error), if it did."""
-        try:
-            if run and driver.status() != "running":
-                driver.start()
-            return driver.status(), None
-        except PowerError as exc:
-            log.warning("could not settle the server's power state: %s", exc)
-            try:
-                return driver.status(), str(exc)
-            except PowerError:
-                return "stopped", str(exc)
+        return settle(driver, run)[0]
 
     # -- delete -------------------------------------------------------------------------
 

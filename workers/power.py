@@ -7,12 +7,15 @@ server stopped writing to its state.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from typing import Literal, Protocol
 
 from shared.records import ServerRecord
 from shared.schemas import PowerCommand, PowerSystemd
+
+log = logging.getLogger(__name__)
 
 PowerStatus = Literal["running", "stopped"]
 
@@ -159,6 +162,21 @@ class SystemdPower(_WaitingDriver):
         deadline = time.monotonic() + self.timeout
         self._call("start")
         self._wait_for("running", deadline)
+
+
+def settle(driver: PowerDriver, run: bool) -> tuple[PowerStatus, str | None]:
+    """Brings the server to the wanted power state: what it really is then, and why the
+    start failed (the driver's error), if it did."""
+    try:
+        if run and driver.status() != "running":
+            driver.start()
+        return driver.status(), None
+    except PowerError as exc:
+        log.warning("could not settle the server's power state: %s", exc)
+        try:
+            return driver.status(), str(exc)
+        except PowerError:
+            return "stopped", str(exc)
 
 
 def driver_for(server: ServerRecord) -> PowerDriver:
