@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Final, get_args
 
 from api import (
+    console,
     docs,
     events,
     health,
@@ -127,6 +128,12 @@ TABLE: Final[tuple[Endpoint, ...]] = (
     endpoint("GET", "/static/docs/{name}/", docs.asset, scope=PUBLIC, response=None,
              media_type="application/octet-stream", errors=(404,),
              summary="The reference page's scripts and styles (shipped in the package)"),
+    endpoint("GET", console.CONSOLE_PATH, console.page, scope=PUBLIC, response=None,
+             media_type="text/html", errors=(),
+             summary="The web console: an account's servers and snapshots (paste a token)"),
+    endpoint("GET", f"{console.CONSOLE_PATH}{{name}}/", console.asset, scope=PUBLIC,
+             response=None, media_type="application/octet-stream", errors=(404,),
+             summary="The console's scripts and styles (shipped in the package)"),
     endpoint("GET", "/metrics", metrics.endpoint, scope=PUBLIC, response=None,
              media_type="text/plain", errors=(401, 503),
              summary="Prometheus metrics (a bearer token when SNAPSHOTS_METRICS_TOKEN is set)"),
