@@ -247,6 +247,11 @@ def test_a_users_session(site: Site, browser: Any) -> None:
     assert refused.json()["error"]["code"] == "snapshot_limit_reached"
     assert shown == refused.json()["error"]["message"]
     assert snapshot_named(site, site.web, "one too many") is None
+    if os.environ.get("CONSOLE_SCREENSHOT"):
+        out = Path(os.environ["CONSOLE_SCREENSHOT"])
+        out.mkdir(parents=True, exist_ok=True)
+        js(d, "document.activeElement.blur()")
+        screenshot(d, str(out / "console.png"), 1280)
 
     # Protect: the API says so; delete then answers snapshot_protected, shown as is.
     click(d, button("protect", first["id"]))
@@ -256,10 +261,6 @@ def test_a_users_session(site: Site, browser: Any) -> None:
               button("protect", first["id"])) == "true"
     with site.api() as api:
         assert api.get(f"/snapshots/{first['id']}/").json()["protected"] is True
-    if os.environ.get("CONSOLE_SCREENSHOT"):
-        out = Path(os.environ["CONSOLE_SCREENSHOT"])
-        out.mkdir(parents=True, exist_ok=True)
-        screenshot(d, str(out / "console.png"), 1280)
     click(d, button("delete", first["id"]))
     confirm(d, DELETE_WARNING)
     with site.api() as api:
