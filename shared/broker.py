@@ -19,6 +19,7 @@ from dramatiq.brokers.redis import RedisBroker
 from shared.hosts import Heartbeat, queue_name
 from shared.messages import ACTOR_NAMES, OperationMessage
 from shared.settings import Settings
+from shared.wakeup import WakingRedisBroker
 
 NAMESPACE: Final = "snapshots-dramatiq"
 # The sorted set of worker heartbeats (member = broker id, score = ms); operations name
@@ -90,7 +91,8 @@ def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
             settings.effective_redis_url, max_connections=ENQUEUE_CONNECTIONS, timeout=5
         )
     )
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
+    # Its enqueue wakes an idle consumer of the queue at once (shared/wakeup.py).
+    broker = WakingRedisBroker(  # type: ignore[no-untyped-call]
         client=client,
         url=None if client is not None else settings.effective_redis_url,
         namespace=NAMESPACE,
