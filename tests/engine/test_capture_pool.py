@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, tuning
+from workers.engine import Engine, TransientEngineError, tuning
 from workers.engine.capture import archiver, readerpool
 from workers.engine.fs import fsutil
 
@@ -84,3 +84,27 @@ def test_pool_started_by_the_walk_is_killed_when_the_walk_fails(
     assert len(pools) == 1 and not pools[0].workers  # closed
     assert all(p.poll() is not None for p in procs)  # and its processes are gone
     assert engine.get_snapshot(1) is None
+
+
+def test_reader_processes_killed_before_a_request_is_a_transient_error(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    # A SIGTERM to the worker's process group kills the readers first: sending a file to a
+    # dead reader (EPIPE/ECONNRESET) must be the same retried error as reading its EOF, not
+    # a bare OSError (an unexpected traceback, or internal_error on the last attempt).
+    monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 1)
+    procs: list[subprocess.Popen[bytes]] = []
+    pools = _record_pools(monkeypatch, procs)
+    orig_run = readerpool.WorkerPool.run
+
+    def run(self: readerpool.WorkerPool, *a: object, **kw: object) -> None:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+        orig_run(self, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(readerpool.WorkerPool, "run", run)
+    src = tmp_path / "srv"
+    _tree(src)
+    with pytest.raises(TransientEngineError, match="a capture worker process died"):
+        engine.capture(make_meta(1), dir_state(src))
+    assert len(pools) == 1 and procs and all(p.returncode is not None for p in procs)

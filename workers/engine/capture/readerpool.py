@@ -61,6 +61,8 @@ class WorkerPool:
                     fd, idx = item
                     try:
                         socket.send_fds(w.req, [REQ.pack(idx)], [fd])
+                    except frames.PEER_GONE as e:
+                        raise TransientEngineError("a capture worker process died") from e
                     finally:
                         os.close(fd)
                     w.inflight += 1
@@ -70,7 +72,7 @@ class WorkerPool:
                     w = self.workers[key.data]
                     try:
                         msg = _decode(frames.recv(w.res))
-                    except EOFError as e:
+                    except frames.PEER_GONE as e:
                         raise TransientEngineError("a capture worker process died") from e
                     self._handle(w, msg, done, gone, progress, describe, pack)
                 poll()

@@ -38,8 +38,11 @@ class RestorePool:
         """Have each worker write its share of files into st_fd; returns when all did."""
         enc = msgspec.msgpack.Encoder()
         for w, share in zip(self.workers, shares, strict=True):
-            socket.send_fds(w.req, [b"go"], [st_fd])
-            frames.send(w.res, enc.encode(Share(owner, share)))
+            try:
+                socket.send_fds(w.req, [b"go"], [st_fd])
+                frames.send(w.res, enc.encode(Share(owner, share)))
+            except frames.PEER_GONE as e:
+                raise TransientEngineError("a restore worker process died") from e
         sel = selectors.DefaultSelector()
         try:
             for i, w in enumerate(self.workers):
@@ -48,7 +51,10 @@ class RestorePool:
             while running:
                 for key, _ev in sel.select(timeout=0.25):
                     w = self.workers[key.data]
-                    data = w.res.recv(1 << 20)
+                    try:
+                        data = w.res.recv(1 << 20)
+                    except frames.PEER_GONE:
+                        data = b""
                     if not data:
                         raise TransientEngineError("a restore worker process died")
                     for frame in w.frames.feed(data):

@@ -8,6 +8,9 @@ import socket
 import struct
 
 FRAME = struct.Struct(">I")
+# What sending to or receiving from a worker process that died raises: EOF on its result
+# socket, or EPIPE/ECONNRESET (a request socket whose peer died with requests unread).
+PEER_GONE = (EOFError, ConnectionError)
 
 
 def pack(data: bytes) -> bytes:
