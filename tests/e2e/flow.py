@@ -38,7 +38,16 @@ def add_server(
 
 def wait_operation(client: httpx.Client, op_id: int, timeout: float = 60) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
-        op: dict[str, Any] = client.get(f"/operations/{op_id}/").json()
+        # A web process or Redis being restarted (the fault tests kill them) answers nothing
+        # or 503 for a moment: ask again until the deadline; any other answer must be the
+        # operation.
+        try:
+            resp = client.get(f"/operations/{op_id}/")
+        except httpx.TransportError:
+            return None
+        if resp.status_code == 503:
+            return None
+        op: dict[str, Any] = resp.json()
         return op if op["status"] in TERMINAL else None
 
     result: dict[str, Any] = wait_until(done, timeout=timeout, what=f"operation {op_id}")

@@ -70,7 +70,11 @@ class MakeRun:
             ["make", "-s", "run"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_until(self.answers, timeout=60, what="make run to answer")
+        try:
+            wait_until(self.answers, timeout=60, what="make run to answer")
+        except AssertionError as e:
+            self.close()
+            raise AssertionError(f"{e}; make run's output:\n{self.output()[-6000:]}") from None
         self.admin = (self.data_dir / "admin_token").read_text().strip()
 
     @property
@@ -98,6 +102,13 @@ class MakeRun:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def tracebacks(self) -> str:
+        """Every traceback in the output with the lines before it (which process, which
+        request), wherever it is: the fixture prints only the output's tail."""
+        lines = self.output().splitlines()
+        return "\n---\n".join("\n".join(lines[max(0, i - 5):i + 40])
+                               for i, line in enumerate(lines) if "Traceback" in line)
 
     def interrupt(self) -> None:
         """Ctrl-C at the terminal: SIGINT to the foreground process group."""
@@ -225,7 +236,7 @@ def test_make_run_restarts_each_killed_process_and_loses_nothing(
         assert op["status"] == "succeeded", (name, op)
         assert not tree_diff(expected, describe(state)), name
         assert client.get(f"/servers/{server_id}/").json()["status"] == "running"
-    assert "Traceback" not in make_run.output()
+    assert not make_run.tracebacks(), make_run.tracebacks()
 
 
 def test_ctrl_c_during_a_restore_stops_in_order_and_quietly(
