@@ -221,8 +221,11 @@ def test_torn_objects_are_never_trusted(engine: Engine, tmp_path: Path) -> None:
     obj = repo_dir(engine) / key
     obj.write_bytes(b"")  # torn
     engine.delete(1)  # no parent to reuse from: the capture must look the chunk up
+    before = len(engine.backend.put_keys)
     engine.capture(make_meta(2), dir_state(src))
-    assert key in engine.backend.put_keys[-2:] and obj.stat().st_size > 0
+    # Stored again by this capture (its commit may also write the sync marker, so where in
+    # its puts the chunk comes is not fixed).
+    assert key in engine.backend.put_keys[before:] and obj.stat().st_size > 0
     assert engine.verify(2).ok
     # the backend also replaces an empty object that is in the way of a put
     obj.write_bytes(b"")
