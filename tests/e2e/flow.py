@@ -71,3 +71,14 @@ def restore(client: httpx.Client, snapshot_id: int, **body: Any) -> dict[str, An
     resp = client.post(f"/snapshots/{snapshot_id}/restore/", json=body or None)
     assert resp.status_code == 200, resp.text
     return wait_operation(client, resp.json()["operation_id"])
+
+
+def delete(client: httpx.Client, snapshot_id: int) -> dict[str, Any]:
+    """DELETE a snapshot (204, no body) and wait for the delete operation it queued."""
+    server_id = client.get(f"/snapshots/{snapshot_id}/").json()["server"]["id"]
+    resp = client.delete(f"/snapshots/{snapshot_id}/")
+    assert resp.status_code == 204, resp.text
+    ops = client.get("/operations/", params={"server_id": server_id}).json()["operations"]
+    (op_id,) = [o["id"] for o in ops
+                if o["type"] == "snapshot.delete" and o["snapshot_id"] == snapshot_id]
+    return wait_operation(client, op_id)

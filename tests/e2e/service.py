@@ -118,11 +118,13 @@ class Service:
             return False
 
     def start_worker(
-        self, threads: int = 2, host: str | None = None, hide: tuple[Path, ...] = ()
+        self, threads: int = 2, host: str | None = None, hide: tuple[Path, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """A worker process (of ``host``: SNAPSHOTS_HOST). With ``hide``, it runs in a
         private mount namespace where each of those directories is an empty tmpfs: another
-        host's states, which this worker can then not even see (needs root: unshare -m)."""
+        host's states, which this worker can then not even see (needs root: unshare -m).
+        ``env``: more variables of its own (a host's own SNAPSHOTS_DATA_DIR, say)."""
         prefix: list[str] = []
         if hide:
             mounts = " && ".join(
@@ -143,7 +145,7 @@ class Service:
                 "--worker-shutdown-timeout",
                 "25000",
             ],
-            env={"SNAPSHOTS_HOST": host} if host else None,
+            env={**({"SNAPSHOTS_HOST": host} if host else {}), **(env or {})},
         )
         self.workers.append(proc)
         return proc

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from shared.broker import enqueue_operation, make_broker
@@ -63,6 +64,34 @@ def queued_messages(store: Store, host: str) -> int:
     return int(store.redis.llen(f"{NS}:host.{host}"))
 
 
+def capture_under_way(
+    client: httpx.Client, store: Store, server_id: int, host: str
+) -> tuple[int, int, str]:
+    """Starts a capture of the server and waits until it moved on a worker of ``host``:
+    answers the snapshot, the operation and the worker process that holds it."""
+    resp = client.post("/snapshots/", json={"server_id": server_id, "name": "big"})
+    assert resp.status_code == 201, resp.text
+    snap_id, op_id = resp.json()["id"], resp.json()["operation_id"]
+    wait_progress(client, snap_id)
+    assert owner_host(store, op_id) == host
+    return snap_id, op_id, str(store.redis.hget(f"operation:{op_id}", "owner_process"))
+
+
+def snapshot_each_host(
+    client: httpx.Client, store: Store, states: dict[str, Path], min_mb: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Registers a server on each host (its state path) and snapshots it through the API;
+    each capture ran on its server's host and read the real state (at least ``min_mb``,
+    not the empty tmpfs another host's worker sees there). Answers servers and snapshots."""
+    servers = {h: add_server(client, str(p), host=h, name=f"web-{h}") for h, p in states.items()}
+    snaps = {h: snapshot(client, servers[h]["id"], name=f"on-{h}") for h in states}
+    for h, snap in snaps.items():
+        op = client.get(f"/operations/{snap['operation_id']}/").json()
+        assert op["host"] == h and owner_host(store, op["id"]) == h
+        assert snap["size_mb"] > min_mb, snap
+    return servers, snaps
+
+
 def test_each_host_runs_only_its_own_servers(make_service: ServiceFactory, tmp_path: Path) -> None:
     a_dir, b_dir = _host_dirs(tmp_path)
     svc = make_service().start(workers=0)
@@ -70,14 +99,8 @@ def test_each_host_runs_only_its_own_servers(make_service: ServiceFactory, tmp_p
     worker_b = svc.start_worker(host="b", hide=(a_dir,))
     client, store = svc.client(), store_for(svc)
     states = {"a": _state(a_dir / "web", "on a\n"), "b": _state(b_dir / "web", "on b\n")}
-    servers = {h: add_server(client, str(p), host=h, name=f"web-{h}") for h, p in states.items()}
+    servers, snaps = snapshot_each_host(client, store, states, min_mb=0.25)
     reference = {h: describe(p) for h, p in states.items()}
-
-    snaps = {h: snapshot(client, servers[h]["id"], name=f"on-{h}") for h in "ab"}
-    for h, snap in snaps.items():
-        op = client.get(f"/operations/{snap['operation_id']}/").json()
-        assert op["host"] == h and owner_host(store, op["id"]) == h
-        assert snap["size_mb"] > 0.25  # the real state, not an empty hidden directory
     for h, state in states.items():
         (state / "etc" / "app.conf").write_text("broken\n")
         (state / "data.bin").unlink()
@@ -186,12 +209,7 @@ def test_killing_host_b_worker_mid_capture_resumes_on_host_b_only(
     client, store = svc.client(), store_for(svc)
     server = add_server(client, str(big_state), host="b")
     reference = describe(big_state)
-    resp = client.post("/snapshots/", json={"server_id": server["id"], "name": "big"})
-    assert resp.status_code == 201, resp.text
-    snap_id, op_id = resp.json()["id"], resp.json()["operation_id"]
-    wait_progress(client, snap_id)
-    first = store.redis.hget(f"operation:{op_id}", "owner_process")
-    assert owner_host(store, op_id) == "b"
+    snap_id, op_id, first = capture_under_way(client, store, server["id"], "b")
     before = objects(svc.repository)
     assert before, "the capture had stored nothing yet"
 

@@ -8,6 +8,7 @@ them with real signals while a job runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,16 +125,25 @@ class MakeRun:
                 self.proc.wait()
 
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, root: Path, **extra_env: str) -> Iterator[MakeRun]:
+        """A started `make run` (extra_env: the user's environment), stopped on exit; its
+        output's tail is printed when the block fails."""
+        run = cls(root, None, None, **extra_env)
+        try:
+            yield run
+        except BaseException:
+            print(run.output()[-6000:])
+            raise
+        finally:
+            run.close()
+
+
 @pytest.fixture
 def make_run(tmp_path: Path) -> Iterator[MakeRun]:
-    run = MakeRun(tmp_path)
-    try:
+    with MakeRun.running(tmp_path) as run:
         yield run
-    except BaseException:
-        print(run.output()[-6000:])
-        raise
-    finally:
-        run.close()
 
 
 def _state(root: Path, name: str) -> Path:
