@@ -10,6 +10,8 @@ Packages by concept (restic's `internal/` split); data flows down, never up:
       +-- image/        block images: capture, restore through a redo journal
       |       (these three never import each other)
       v
+    blocks/             fixed blocks read, stored, fetched, written on every core (images
+      v                 and the big files of directory states)
     repository/         chunk ids, compression, manifests, packs, backend, locks, chunker
       v
     fs/   workerproc/   filesystem primitives  |  worker processes: start, child side, frames

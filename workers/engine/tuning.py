@@ -64,8 +64,12 @@ S3_RETRY_FOR = 120.0  # seconds a transient failure is retried before the operat
 S3_LOCK_POLL_MAX = 10.0  # a capture waiting for a reclaim polls at most this far apart
 LIST_CACHE_MAX_AGE = 3600.0  # seconds: rebuild the listing cache at least this often
 
-# --- images ---------------------------------------------------------------------------------
-IMAGE_THREADS = 4  # block workers: 2 cores, plus reads and writes waiting on the disk
+# --- images and big files -------------------------------------------------------------------
+# Block workers (blocks/pipeline.py): 2 cores, plus reads and writes waiting on the disk. They
+# read and write image states and the big files of directory states; which files are big is
+# the repository's Config.big_file (64 MiB), a format setting, not a tuning one: it decides
+# how those files are cut into chunks.
+IMAGE_THREADS = 4
 
 # --- progress -------------------------------------------------------------------------------
 PROGRESS_INTERVAL = 0.25  # seconds: well under the 1 s promise, cheap enough to ignore

@@ -7,8 +7,11 @@ Two passes over the tree, both through directory fds without following any symli
    (fsutil.open_regular: never a device or fifo, O_NOATIME when permitted) by the walker
    thread and handed to a thread pool that reads only data extents (SEEK_DATA/SEEK_HOLE),
    chunks them with FastCDC, hashes, compresses and stores the chunks. blake3, zstd and
-   file IO release the GIL, so the two cores overlap. A file whose size/mtime/ctime
-   change while being read is read again up to 3 times, then kept with a warning.
+   file IO release the GIL, so the two cores overlap (a big capture: reader processes,
+   readerpool.py). Big files (chunker.py) come last, each cut in fixed blocks that several
+   threads read, hash, compress and store (blocks/pipeline.py), as an image state's.
+   A file whose size/mtime/ctime change while being read is read again up to 3 times,
+   then kept with a warning.
 A sync point comes first (fs/syncpoint.py): a file's ctime is recorded only where it
 vouches for the bytes read, so "same inode and ctime" lets the next capture skip it.
 """
@@ -27,11 +30,12 @@ from typing import TYPE_CHECKING
 from pyfastcdc import FastCDC
 
 from .. import tuning
+from ..blocks.pipeline import read_blocks
 from ..fs import fsutil
 from ..fs.syncpoint import SyncPoint, sync_point
 from ..model import StateInvalid
 from ..progress import Progress
-from ..repository.chunker import iter_chunks, make_cdc
+from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cdc
 from ..repository.manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
@@ -166,9 +170,10 @@ class Archiver:
             if stat.S_ISREG(mode):
                 ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
                 files.append(len(self.entries))
-                if p is None or (p.size, p.mtime_ns, p.ctime_ns, p.ino) != (
-                        st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
-                    self._walk_bytes += st.st_size
+                if not fixed_block(self.repo.config, st.st_size) and (
+                        p is None or (p.size, p.mtime_ns, p.ctime_ns, p.ino) != (
+                            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)):
+                    self._walk_bytes += st.st_size  # big files: read in blocks, not by them
                     if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
                         self._start_pool()
             elif stat.S_ISLNK(mode):
@@ -183,6 +188,25 @@ class Archiver:
     def _read_files(self, root_fd: int) -> None:
         todo = [(rel, ino, [i for i in idxs if not self._reuse(self.entries[i])])
                 for rel, _dev, ino, idxs in self._dirs]
+        cfg = self.repo.config
+        big = [(rel, ino, [i for i in idxs if fixed_block(cfg, self.entries[i].size)])
+               for rel, ino, idxs in todo]
+        todo = [(rel, ino, [i for i in idxs if not fixed_block(cfg, self.entries[i].size)])
+                for rel, ino, idxs in todo]
+        self._read_small(root_fd, todo)
+        items = self._open_files(root_fd, big)
+        try:
+            for fd, i in items:
+                try:
+                    self._read_big(fd, i)
+                finally:
+                    os.close(fd)
+        finally:
+            items.close()
+
+    def _read_small(self, root_fd: int, todo: list[tuple[bytes, int, list[int]]]) -> None:
+        """The files below the big-file size, by the reader processes (a big capture) or
+        threads, each file whole by one of them."""
         to_read = sum(self.entries[i].size for _r, _i, idxs in todo for i in idxs)
         items = self._open_files(root_fd, todo)
         if to_read >= tuning.CAPTURE_PROCESS_THRESHOLD:
@@ -264,6 +288,24 @@ class Archiver:
                 self.warnings.append(f"{os.fsdecode(e.path)}: changed while being read "
                                      f"{tuning.READ_RETRIES + 1} times; stored as last read")
 
+    def _read_big(self, fd: int, idx: int) -> None:
+        """A big file, in fixed blocks (chunker.py) read, hashed, compressed and stored on
+        every core (blocks/pipeline.py); small pieces (an extent's ends) go into the tiny
+        packs like other small chunks. Re-read while it changes, as any file."""
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            self._gone(idx, "replaced by a non-regular file during capture")
+            return
+        bs = self.repo.config.block_size
+        res = read_blocks(fd, lambda size: fixed_ranges(fd, size, bs), bs,
+                          self._packs.store_chunk, self.progress, skip_zero=False)
+        st = res.st
+        self._done(idx, res.blocks, b"", (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                         st.st_ino, st.st_mode, st.st_uid, st.st_gid),
+                   res.nread, res.changed)
+        self.progress.add(max(0, st.st_size - res.nread))  # its holes
+        with self._lock:
+            self.stored_bytes += res.stored
+
     def _gone(self, idx: int, why: str) -> None:
         self._drop(self.entries[idx], why)
 
@@ -342,7 +384,8 @@ class Archiver:
             nread = [0]
             small = st.st_size <= tuning.INLINE_MAX
             pieces: list[tuple[bytes, int]] = []
-            for data, off in iter_chunks(fd, st.st_size, self._cdc(), self._cdc_args[1], nread):
+            for data, off in iter_chunks(fd, st.st_size, self._cdc(), self._cdc_args[1], nread,
+                                         fixed_block(self.repo.config, st.st_size)):
                 if small:  # decided below, once we know it is a single chunk
                     pieces.append((bytes(data), off))
                     continue

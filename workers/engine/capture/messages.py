@@ -29,6 +29,8 @@ class Setup(msgspec.Struct, array_like=True):
     chunk_max: int
     level: int
     known: bytes  # concatenated 32-byte ids already stored
+    block_size: int  # files of at least big_file bytes are cut in blocks (chunker.py)
+    big_file: int
 
 
 class Blobs(msgspec.Struct, array_like=True, tag="blobs"):

@@ -60,7 +60,8 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
         nread = [0]
         small = st.st_size <= tuning.INLINE_MAX
         pieces: list[tuple[bytes, bytes, int]] = []
-        for data, off in iter_chunks(fd, st.st_size, cdc, setup.chunk_min, nread):
+        fixed = setup.block_size if st.st_size >= setup.big_file else 0  # chunker.fixed_block
+        for data, off in iter_chunks(fd, st.st_size, cdc, setup.chunk_min, nread, fixed):
             cid = blake3.blake3(data, key=setup.key).digest()
             chunks.append((cid, off))
             raw += len(data)

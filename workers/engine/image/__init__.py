@@ -4,5 +4,5 @@
   (only differing blocks written, through a redo journal), image_cleanup() (finishes or
   drops a journal a killed restore left), and the bounded in-order block pipeline.
 
-Imports: repository, fs, progress, model. Never capture or restore.
+Imports: blocks, repository, fs, progress, model. Never capture or restore.
 """

@@ -22,14 +22,11 @@ import contextlib
 import os
 import stat
 import struct
-import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Iterator
 
 from .. import tuning
-from ..fs import directio, fsutil
+from ..blocks.pipeline import read_blocks, write_blocks
+from ..fs import fsutil
 from ..fs.fsutil import split_state
 from ..fs.syncpoint import sync_point
 from ..model import RestoreResult, StateInvalid
@@ -37,8 +34,6 @@ from ..progress import Progress
 from ..repository.manifest import ImageBody
 from ..repository.repository import Repository
 
-T = TypeVar("T")
-R = TypeVar("R")
 J_MAGIC = b"SNAPJRN1"
 J_REC = struct.Struct(">QIB")  # block index, length, kind (0 zero, 1 data)
 J_TRAILER = struct.Struct(">Q4s")
@@ -89,54 +84,26 @@ def capture_image(repo: Repository, path: str, parent: ImageBody | None,
             return ImageBody(size=size, block_size=bs, blocks=parent.blocks,
                              mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
                              ino=st.st_ino), 0, warnings, 0
-        zero = bytes(bs)
-        stored = nread = 0
-        blocks: dict[int, bytes] = {}
-        local = threading.local()
-        direct = directio.reopen_direct(fd, os.O_RDONLY)
 
-        def job(i: int) -> tuple[int, int, bytes | None, int]:
-            """Read (directly: no page-cache cost), skip zeros, hash, compress, store."""
-            buf = getattr(local, "buf", None)
-            if buf is None:
-                buf = local.buf = directio.buffer(bs)
-            data = directio.pread(direct, fd, buf, min(bs, size - i * bs), i * bs)
-            if not any(data[:64]) and bytes(data) == zero[: len(data)]:
-                return i, len(data), None, 0
-            cid, n = repo.store_chunk(data)
-            return i, len(data), cid, n
+        def ranges(cur: int) -> Iterator[tuple[int, int]]:
+            n = size if blockdev else cur  # a block device's st_size is 0
+            return ((i * bs, min(bs, n - i * bs))
+                    for i in _blocks_with_data(fd, n, bs, blockdev))
 
-        def consume(res: tuple[int, int, bytes | None, int]) -> None:
-            nonlocal stored, nread
-            i, ln, cid, n = res
-            if cid is not None:
-                blocks[i] = cid
-            stored += n
-            nread += ln
-            progress.add(ln)
-            progress.check()
-
-        try:
-            for attempt in range(tuning.READ_RETRIES + 1):
-                blocks.clear()
-                _pipelined(_blocks_with_data(fd, size, bs, blockdev), job, consume)
-                st2 = os.fstat(fd)
-                if blockdev or (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
-                        st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-                    break
-                if attempt == tuning.READ_RETRIES:
-                    warnings.append(f"{path}: changed while being read "
-                                    f"{tuning.READ_RETRIES + 1} times; stored as last read")
-                    break
-                st = st2
-                size = st2.st_size
-        finally:
-            if direct is not None:
-                os.close(direct)
-        body = ImageBody(size=size, block_size=bs, blocks=sorted(blocks.items()),
+        # read directly (no page-cache cost), zero blocks left out, hashed, compressed, stored
+        res = read_blocks(fd, ranges, bs, repo.store_chunk, progress, skip_zero=True,
+                          stable=not blockdev)
+        if res.changed:
+            warnings.append(f"{path}: changed while being read "
+                            f"{tuning.READ_RETRIES + 1} times; stored as last read")
+        st = res.st
+        if not blockdev:
+            size = st.st_size
+        body = ImageBody(size=size, block_size=bs,
+                         blocks=sorted((off // bs, cid) for cid, off in res.blocks),
                          mtime_ns=st.st_mtime_ns, ctime_ns=sync.recorded(st.st_ctime_ns),
                          ino=st.st_ino)
-        return body, stored, warnings, nread
+        return body, res.stored, warnings, res.nread
     finally:
         os.close(fd)
 
@@ -258,13 +225,11 @@ def _create(repo: Repository, sid: int, body: ImageBody, parent_fd: int, base: b
             progress: Progress) -> RestoreResult:
     tmp = b"." + base + b".restore-%d" % sid
     fd = os.open(tmp, fsutil.CREATE_FLAGS, 0o600, dir_fd=parent_fd)
-    direct: int | None = None
     try:
         # Sized first: the block writes below then fill holes inside the file instead of
         # extending it (for O_DIRECT, extending writes serialize on the inode).
         os.ftruncate(fd, body.size)
-        direct = directio.reopen_direct(fd, os.O_WRONLY)
-        written = _write_blocks(repo, sid, body, fd, direct, progress)
+        written = _write_blocks(repo, sid, body, fd, progress)
         os.fsync(fd)
         os.close(fd)
         os.rename(tmp, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
@@ -275,54 +240,15 @@ def _create(repo: Repository, sid: int, body: ImageBody, parent_fd: int, base: b
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=parent_fd)
         raise
-    finally:
-        if direct is not None:
-            os.close(direct)
     progress.finish()
     return RestoreResult(snapshot_id=sid, bytes_written=written, files_reused=0, files_written=1)
 
 
-def _write_blocks(repo: Repository, sid: int, body: ImageBody, fd: int, direct: int | None,
+def _write_blocks(repo: Repository, sid: int, body: ImageBody, fd: int,
                   progress: Progress) -> int:
-    """Fetch, verify and write every stored block, tuning.IMAGE_THREADS at a time: reading
-    an object, zstd and BLAKE3 release the GIL, so both cores decode while the disk writes."""
-    local = threading.local()
+    """Fetch, verify and write every stored block, on every core (blocks/pipeline.py)."""
     bs = body.block_size
-
-    def job(block: tuple[int, bytes]) -> int:
-        i, cid = block
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = directio.buffer(bs)
-        data = repo.read_chunk_for(sid, cid)
-        directio.pwrite(direct, fd, buf, data, i * bs)
-        return len(data)
-
-    written = 0
-
-    def consume(n: int) -> None:
-        nonlocal written
-        written += n
-        progress.add(n)
-        progress.check()
-
-    _pipelined(body.blocks, job, consume)
-    return written
+    return write_blocks(fd, [(cid, i * bs) for i, cid in body.blocks], bs,
+                        lambda _i, cid: repo.read_chunk_for(sid, cid), progress)
 
 
-def _pipelined(items: Iterable[T], job: Callable[[T], R], consume: Callable[[R], None]) -> None:
-    """job(item) on THREADS threads, results consumed in order by the calling thread; at
-    most 2 x THREADS blocks in flight (bounded memory, every thread kept busy). On an error
-    the rest is cancelled and running jobs finish before this returns."""
-    with ThreadPoolExecutor(tuning.IMAGE_THREADS, thread_name_prefix="image") as pool:
-        pending: deque[Future[R]] = deque()
-        try:
-            for item in items:
-                if len(pending) >= 2 * tuning.IMAGE_THREADS:
-                    consume(pending.popleft().result())
-                pending.append(pool.submit(job, item))
-            while pending:
-                consume(pending.popleft().result())
-        finally:
-            for f in pending:
-                f.cancel()

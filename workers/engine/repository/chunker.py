@@ -1,5 +1,15 @@
-"""Content-defined chunking of a file's data extents (shared by capture, its worker
-processes and restore's identity check, so all three cut files identically)."""
+"""How a file is cut into chunks (shared by capture, its worker processes and restore's
+identity check, so all three cut files identically).
+
+Files below the repository's `big_file` size get content-defined chunks (FastCDC), which
+survive insertions. Bigger files (disk images, databases, VM disks: rewritten in place, not
+shifted) are cut like image states: `block_size` blocks at fixed offsets, so that
+- the same bytes as a file in a directory state and as an image state share every block,
+- blocks are independent: capture reads, hashes and compresses them on all cores and
+  restore fetches, verifies and writes them likewise (blocks/pipeline.py),
+- a change in place costs only the blocks it touches.
+Either way holes are skipped and a chunk never spans two data extents.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +19,7 @@ from collections.abc import Iterator
 from pyfastcdc import FastCDC
 
 from ..fs import fsutil
-from .repository import Repository
+from .repository import Config, Repository
 
 
 class _RegionReader:
@@ -33,10 +43,33 @@ def make_cdc(repo: Repository) -> FastCDC:
     return FastCDC(cfg.chunk_avg, min_size=cfg.chunk_min, max_size=cfg.chunk_max)
 
 
-def iter_chunks(fd: int, size: int, cdc: FastCDC, min_size: int,
-                counter: list[int]) -> Iterator[tuple[bytes | memoryview, int]]:
+def fixed_block(cfg: Config, size: int) -> int:
+    """The block size a file of `size` bytes is cut into, or 0: content-defined chunks."""
+    return cfg.block_size if size >= cfg.big_file else 0
+
+
+def fixed_ranges(fd: int, size: int, block: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of a big file's chunks: its data extents cut at multiples of
+    `block` (an extent's first and last pieces may be shorter)."""
+    for off, ln in fsutil.data_extents(fd, size):
+        pos, end = off, off + ln
+        while pos < end:
+            nxt = min((pos // block + 1) * block, end)
+            yield pos, nxt - pos
+            pos = nxt
+
+
+def iter_chunks(fd: int, size: int, cdc: FastCDC, min_size: int, counter: list[int],
+                fixed: int = 0) -> Iterator[tuple[bytes | memoryview, int]]:
     """(data, file offset) of the chunks of a file's data extents; holes are skipped and a
-    chunk never spans two extents. Data is only valid until the next item (cut_stream)."""
+    chunk never spans two extents. `fixed`: fixed_block() of the file (0: FastCDC). Data
+    is only valid until the next item (cut_stream)."""
+    if fixed:
+        for off, ln in fixed_ranges(fd, size, fixed):
+            data = fsutil.pread_full(fd, ln, off)
+            counter[0] += len(data)
+            yield data, off
+        return
     for off, ln in fsutil.data_extents(fd, size):
         if ln <= min_size:  # small file or extent: one chunk, no CDC needed
             data = fsutil.pread_full(fd, ln, off)

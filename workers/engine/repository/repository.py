@@ -39,6 +39,10 @@ class Config(msgspec.Struct):
     chunk_avg: int = 1024 * 1024
     chunk_max: int = 4 * 1024 * 1024
     block_size: int = 1024 * 1024
+    # Regular files of at least this many bytes (in a directory state) are cut like images:
+    # block_size blocks at fixed offsets (see chunker.py), so a disk-image file and the same
+    # bytes as an image state share their chunks, and blocks are read and written in parallel.
+    big_file: int = 64 * 1024 * 1024
 
 
 class ObjectCorrupt(Exception):

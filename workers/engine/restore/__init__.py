@@ -17,5 +17,5 @@
   (parent side / child side / what they send each other).
 - metadata: special files and directories' metadata, as a restore creates them.
 
-Imports: repository, fs, workerproc, progress, model. Never capture or image.
+Imports: blocks, repository, fs, workerproc, progress, model. Never capture or image.
 """

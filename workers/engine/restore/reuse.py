@@ -33,7 +33,7 @@ import threading
 
 from ..fs import fsutil
 from ..fs.syncpoint import SyncPoint
-from ..repository.chunker import iter_chunks, make_cdc
+from ..repository.chunker import fixed_block, iter_chunks, make_cdc
 from ..repository.manifest import Entry
 from ..repository.repository import Repository
 from .statecache import Record, content_digest
@@ -84,7 +84,9 @@ class ReuseCheck:
         i = 0
         counter = [0]
         try:
-            for data, off in iter_chunks(fd, e.size, cdc, self.repo.config.chunk_min, counter):
+            cfg = self.repo.config
+            for data, off in iter_chunks(fd, e.size, cdc, cfg.chunk_min, counter,
+                                         fixed_block(cfg, e.size)):
                 if i >= len(e.chunks) or e.chunks[i] != (self.repo.chunk_id(data), off):
                     return False
                 i += 1

@@ -1,0 +1,239 @@
+"""Big files inside a directory state (disk images, databases): cut in fixed blocks like an
+image state, read and written on every core, sharing their blocks with image states.
+
+The repositories here use a 4 MiB big-file size (Config.big_file, 64 MiB by default) so
+the files stay small; the blocks are the default 1 MiB."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from workers.engine import Engine, StateSpec, tuning
+from workers.engine.fs import directio
+from workers.engine.repository.backend import LocalBackend
+from workers.engine.repository.manifest import DirBody
+from workers.engine.repository.packwriter import TinyPacker
+from workers.engine.repository.repository import Config
+
+from .conftest import dir_state, make_meta
+from .test_crash import count_objects, kill_when, spawn
+from .treecmp import assert_same, data_extents, describe
+
+MiB = 1 << 20
+K64 = 64 << 10
+
+
+def big_repo(path: Path) -> str:
+    """A new file:// repository whose files of 4 MiB and more are big files."""
+    cfg = Config(version=1, key=os.urandom(32), big_file=4 * MiB)
+    LocalBackend(str(path)).put("config", msgspec.msgpack.encode(cfg), durable=True)
+    return f"file://{path}"
+
+
+def write_sparse_image(path: Path) -> None:
+    """12 MiB: random data, a hole that starts and ends inside blocks, compressible text,
+    and a hole up to the end."""
+    with path.open("wb") as f:
+        f.write(os.urandom(3 * MiB + 8 * K64))  # ends half-way into block 3
+        f.seek(6 * MiB + 4 * K64)  # hole, then data from a quarter into block 6
+        f.write(os.urandom(2 * MiB))
+        f.write(b"log line of a disk image that compresses well\n" * 40_000)
+        f.truncate(12 * MiB)  # a hole at the end
+
+
+def make_tree(root: Path) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (root / "vm").mkdir()
+    img = root / "vm" / "disk.img"
+    write_sparse_image(img)
+    return img
+
+
+def entry(engine: Engine, sid: int, path: bytes) -> tuple[list[tuple[bytes, int]], int]:
+    body = engine.repo.get_manifest(sid)[1]
+    assert isinstance(body, DirBody)
+    e = next(e for e in body.entries if e.path == path)
+    return e.chunks, e.size
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_big_file_with_holes_round_trips_and_a_change_in_the_middle_costs_one_block(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, processes: bool) -> None:
+    if processes:  # reader and writer processes for the rest of the tree
+        monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
+        monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    img = make_tree(src)
+    res = engine.capture(make_meta(1), dir_state(src))
+    assert not res.warnings and res.files == 2
+    chunks, size = entry(engine, 1, b"vm/disk.img")
+    # fixed blocks inside each data extent: cut at every MiB, never across a hole
+    offsets = [off for _c, off in chunks]
+    assert offsets == [0, MiB, 2 * MiB, 3 * MiB, 6 * MiB + 4 * K64, 7 * MiB, 8 * MiB,
+                       9 * MiB, 10 * MiB, 11 * MiB][: len(offsets)]
+    assert size == 12 * MiB
+    out = tmp_path / "out"
+    engine.restore(1, dir_state(out))
+    assert_same(src, out)  # bytes, metadata and the map of holes
+    assert data_extents(bytes(out / "vm" / "disk.img")) == data_extents(bytes(img))
+
+    # 64 KiB rewritten in place in the middle: the next capture stores that one block
+    before = img.read_bytes()
+    with img.open("r+b") as f:
+        f.seek(7 * MiB + 3 * K64)
+        f.write(os.urandom(K64))
+    res2 = engine.capture(make_meta(2), dir_state(src))
+    assert 0 < res2.stored_bytes < MiB + K64
+    chunks2, _ = entry(engine, 2, b"vm/disk.img")
+    assert [i for i, (a, b) in enumerate(zip(chunks, chunks2, strict=True)) if a != b] == [
+        offsets.index(7 * MiB)]
+    out2 = tmp_path / "out2"
+    engine.restore(2, dir_state(out2))
+    assert_same(src, out2)
+    engine.restore(2, dir_state(out))  # onto the first restore: only the image differs
+    assert_same(src, out)
+    engine.restore(1, dir_state(out))  # and back: the old block again
+    assert (out / "vm" / "disk.img").read_bytes() == before
+    assert engine.verify(1).ok and engine.verify(2).ok
+
+
+def image_state(path: Path) -> StateSpec:
+    return StateSpec(kind="image", path=str(path))
+
+
+@pytest.mark.parametrize("image_first", [False, True], ids=["dir-then-image", "image-then-dir"])
+def test_big_file_and_the_same_bytes_as_an_image_state_share_their_blocks(
+        tmp_path: Path, image_first: bool) -> None:
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    (src / "vm").mkdir(parents=True)
+    (src / "etc").mkdir()
+    (src / "etc" / "motd").write_text("hello\n")
+    with (src / "vm" / "disk.img").open("wb") as f:  # data, a zero block, data
+        f.write(os.urandom(4 * MiB) + bytes(MiB) + os.urandom(3 * MiB + 12345))
+    vm = tmp_path / "vm"
+    vm.mkdir()
+    shutil.copyfile(src / "vm" / "disk.img", vm / "disk.img")
+    order = [(image_state(vm / "disk.img")), dir_state(src)]
+    if not image_first:
+        order.reverse()
+    first = engine.capture(make_meta(1, server_id=1), order[0])
+    second = engine.capture(make_meta(2, server_id=2), order[1])
+    assert first.stored_bytes > 7 * MiB  # the random blocks
+    # the second stores no data block of the image again: only a small file's pack (and,
+    # after an image, the zero block an image leaves out)
+    assert second.stored_bytes < 32 * 1024, second.stored_bytes
+    out = tmp_path / "out"
+    engine.restore(1 if not image_first else 2, dir_state(out))
+    assert_same(src, out)
+    engine.restore(2 if not image_first else 1, image_state(tmp_path / "vm2.img"))
+    assert (tmp_path / "vm2.img").read_bytes() == (vm / "disk.img").read_bytes()
+
+
+def test_big_file_changing_while_read_is_read_again(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    img = make_tree(src)
+    orig = TinyPacker.store_chunk
+    changed: list[int] = []
+
+    def store(self: TinyPacker, data: bytes | memoryview) -> tuple[bytes, int]:
+        if not changed:  # a tenant's write into the middle while the first read runs
+            changed.append(1)
+            with img.open("r+b") as f:
+                f.seek(9 * MiB)
+                f.write(b"written during the capture")
+        return orig(self, data)
+
+    monkeypatch.setattr(TinyPacker, "store_chunk", store)
+    res = engine.capture(make_meta(1), dir_state(src))
+    assert changed and not res.warnings  # read again; the second read is consistent
+    out = tmp_path / "out"
+    engine.restore(1, dir_state(out))
+    assert (out / "vm" / "disk.img").read_bytes() == img.read_bytes()
+
+
+def test_big_file_read_failing_mid_file_fails_the_capture_and_a_rerun_completes(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    make_tree(src)
+    orig = directio.pread
+    calls = [0]
+
+    def pread(direct: int | None, fd: int, buf: mmap.mmap, length: int,
+              offset: int) -> memoryview:
+        calls[0] += 1
+        if calls[0] == 5:
+            raise OSError(5, "Input/output error")
+        return orig(direct, fd, buf, length, offset)
+
+    monkeypatch.setattr(directio, "pread", pread)
+    with pytest.raises(OSError, match="Input/output"):
+        engine.capture(make_meta(1), dir_state(src))
+    assert engine.get_snapshot(1) is None
+    res = engine.capture(make_meta(1), dir_state(src))
+    assert not res.warnings
+    out = tmp_path / "out"
+    engine.restore(1, dir_state(out))
+    assert_same(src, out)
+
+
+def test_capture_killed_mid_big_file_then_rerun_stores_no_block_twice(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url = big_repo(tmp_path / "repo")
+    src = tmp_path / "srv"
+    (src / "vm").mkdir(parents=True)
+    (src / "vm" / "disk.img").write_bytes(os.urandom(24 * MiB))
+    proc = spawn(f"""
+import time
+from workers.engine.repository.repository import Repository
+_orig = Repository.store_chunk
+def _slow(self, data):
+    time.sleep(0.1)
+    return _orig(self, data)
+Repository.store_chunk = _slow
+from workers.engine import Engine
+from tests.engine.conftest import make_meta, dir_state
+Engine({url!r}).capture(make_meta(1), dir_state({str(src)!r}))
+""")
+    repo = tmp_path / "repo"
+    kill_when(proc, lambda: len(count_objects(repo)) >= 6)  # mid-file: blocks 6+ of 24
+    before = count_objects(repo)
+    assert 6 <= len(before) < 24
+    engine = Engine(url)
+    assert engine.get_snapshot(1) is None
+    res = engine.capture(make_meta(1), dir_state(src))
+    written = [k for k in engine.backend.put_keys if k.startswith("data/")]
+    assert written and not set(written) & before  # the blocks stored before are reused
+    assert len(before) + len(written) == 24
+    assert res.stored_bytes < (24 - len(before) + 1) * (MiB + 1024)
+    out = tmp_path / "out"
+    engine.restore(1, dir_state(out))
+    assert_same(src, out)
+
+
+def test_live_restore_copies_an_unchanged_big_file_into_a_new_inode_with_its_holes(
+        tmp_path: Path) -> None:
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    img = make_tree(src)
+    engine.capture(make_meta(1), dir_state(src))
+    (src / "etc" / "hosts").write_text("changed\n")
+    old_ino = img.stat().st_ino
+    before = describe(src)
+    res = engine.restore(1, dir_state(src), live=True)
+    assert res.files_reused == 1 and res.files_written == 1  # the image copied, hosts written
+    assert img.stat().st_ino != old_ino  # a new inode: a running process keeps the old one
+    after = describe(src)
+    assert after[b"vm/disk.img"] == before[b"vm/disk.img"]  # bytes, holes, metadata
+    assert (src / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"

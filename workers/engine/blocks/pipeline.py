@@ -1,0 +1,175 @@
+"""Fixed blocks read and written by several threads: reading a file, BLAKE3, zstd and the
+repository's IO release the GIL, so tuning.IMAGE_THREADS threads keep both cores busy
+while the disk works. Results are consumed in order by the calling thread, at most
+2 x IMAGE_THREADS blocks in flight (bounded memory).
+
+Reads and writes go through a second fd with O_DIRECT (directio.py: no page-cache cost)
+opened through /proc/self/fd on the caller's fd: the very inode the caller opened and
+checked (fsutil.open_regular's rules), no name is looked up again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple, TypeVar
+
+from .. import tuning
+from ..fs import directio
+from ..progress import Progress
+
+T = TypeVar("T")
+R = TypeVar("R")
+Store = Callable[[memoryview], tuple[bytes, int]]  # data -> (chunk id, bytes written)
+Fetch = Callable[[int, bytes], bytes]  # (chunk index, chunk id) -> verified bytes
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def pipelined(items: Iterable[T], job: Callable[[T], R], consume: Callable[[R], None]) -> None:
+    """job(item) on IMAGE_THREADS threads, results consumed in order by the calling thread.
+    On an error the rest is cancelled and running jobs finish before this returns."""
+    with ThreadPoolExecutor(tuning.IMAGE_THREADS, thread_name_prefix="blocks") as pool:
+        pending: deque[Future[R]] = deque()
+        try:
+            for item in items:
+                if len(pending) >= 2 * tuning.IMAGE_THREADS:
+                    consume(pending.popleft().result())
+                pending.append(pool.submit(job, item))
+            while pending:
+                consume(pending.popleft().result())
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+class BlocksRead(NamedTuple):
+    blocks: list[tuple[bytes, int]]  # (chunk id, offset) of the blocks stored, in order
+    stored: int  # bytes newly written to the repository
+    nread: int  # bytes read, every attempt counted
+    # the file as it was when its last read began: a file that kept changing is recorded
+    # as before that read, so the next capture reads it again
+    st: os.stat_result
+    changed: bool  # still changing after the last re-read
+
+
+def read_blocks(fd: int, ranges: Callable[[int], Iterable[tuple[int, int]]], block: int,
+                store: Store, progress: Progress, *, skip_zero: bool,
+                stable: bool = True) -> BlocksRead:
+    """Read the (offset, length) ranges(size) of fd, each at most `block` bytes, and store
+    each (all-zero ones are left out when skip_zero). The file is read again, up to
+    tuning.READ_RETRIES times, while its size, mtime or ctime change under the read
+    (stable=False: a block device, which has no such stamps)."""
+    local = threading.local()
+    zero = bytes(block)
+    st = os.fstat(fd)
+    direct = (directio.reopen_direct(fd, os.O_RDONLY | _NOATIME) if _NOATIME else None) \
+        or directio.reopen_direct(fd, os.O_RDONLY)
+
+    def job(rng: tuple[int, int]) -> tuple[int, int, bytes | None, int]:
+        off, ln = rng
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = directio.buffer(block)
+        data = directio.pread(direct, fd, buf, ln, off)
+        if skip_zero and not any(data[:64]) and data == zero[: len(data)]:
+            return off, len(data), None, 0
+        cid, n = store(data)
+        return off, len(data), cid, n
+
+    stored = nread = 0
+    blocks: list[tuple[bytes, int]] = []
+
+    def consume(res: tuple[int, int, bytes | None, int]) -> None:
+        nonlocal stored, nread
+        off, ln, cid, n = res
+        if cid is not None:
+            blocks.append((cid, off))
+        stored += n
+        nread += ln
+        progress.add(ln)
+        progress.check()
+
+    changed = False
+    try:
+        for attempt in range(tuning.READ_RETRIES + 1):
+            blocks.clear()
+            pipelined(ranges(st.st_size), job, consume)
+            st2 = os.fstat(fd)
+            if not stable or (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                break
+            if attempt == tuning.READ_RETRIES:
+                changed = True
+                break
+            st = st2
+    finally:
+        if direct is not None:
+            os.close(direct)
+    return BlocksRead(blocks, stored, nread, st, changed)
+
+
+def write_blocks(fd: int, chunks: list[tuple[bytes, int]], block: int, fetch: Fetch,
+                 progress: Progress) -> int:
+    """Write each (chunk id, offset) of `chunks` into fd (already sized: the writes fill
+    it, holes stay holes) with the bytes fetch() returns, verified; returns bytes written.
+    The caller fsyncs (O_DIRECT alone does not make data durable)."""
+    local = threading.local()
+    direct = directio.reopen_direct(fd, os.O_WRONLY)
+
+    def job(item: tuple[int, tuple[bytes, int]]) -> int:
+        i, (cid, off) = item
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = directio.buffer(block)
+        data = fetch(i, cid)
+        directio.pwrite(direct, fd, buf, data, off)
+        return len(data)
+
+    try:
+        return _counted(enumerate(chunks), job, progress)
+    finally:
+        if direct is not None:
+            os.close(direct)
+
+
+def copy_ranges(src: int, dst: int, ranges: Iterable[tuple[int, int]], block: int,
+                progress: Progress) -> int:
+    """Copy the (offset, length) ranges (each at most `block` bytes) of src into dst at
+    the same offsets, on every core; dst already sized, so holes stay holes. Returns bytes
+    copied. The caller checks src did not change meanwhile, and fsyncs."""
+    local = threading.local()
+    rdirect = directio.reopen_direct(src, os.O_RDONLY)
+    wdirect = directio.reopen_direct(dst, os.O_WRONLY)
+
+    def job(rng: tuple[int, int]) -> int:
+        off, ln = rng
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = directio.buffer(block)
+        data = directio.pread(rdirect, src, buf, ln, off)
+        directio.pwrite(wdirect, dst, buf, data, off)
+        return len(data)
+
+    try:
+        return _counted(ranges, job, progress)
+    finally:
+        for d in (rdirect, wdirect):
+            if d is not None:
+                os.close(d)
+
+
+def _counted(items: Iterable[T], job: Callable[[T], int], progress: Progress) -> int:
+    """pipelined() of jobs that return a byte count; the total, reported as progress."""
+    total = 0
+
+    def consume(n: int) -> None:
+        nonlocal total
+        total += n
+        progress.add(n)
+        progress.check()
+
+    pipelined(items, job, consume)
+    return total
