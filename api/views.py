@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.services import services
+from shared.hosts import ANY_HOST
 from shared.records import OperationRecord, ServerRecord, SnapshotRecord
 from shared.schemas import (
     CREATE_MESSAGE,
@@ -75,7 +76,7 @@ def operation_view(rec: OperationRecord) -> Operation:
         source_server_id=rec.source_server_id,
         safety_snapshot_id=rec.safety_snapshot_id,
         hooks=rec.hooks,
-        host=rec.host,
+        host=None if rec.host == ANY_HOST else rec.host,
     )
 
 

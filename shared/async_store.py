@@ -217,7 +217,7 @@ class AsyncStore:
     async def delete_snapshot(
         self, *, account: str | None, snapshot_id: int
     ) -> QueuedOperation:
-        payload = delete_snapshot_arg(account, snapshot_id)
+        payload = delete_snapshot_arg(account, snapshot_id, self.settings.deletes_anywhere)
         answer = result(await self._run("delete_snapshot", payload))
         if answer.get("cancelled_operation_id"):
             cancelled = int(answer["cancelled_operation_id"])
@@ -262,6 +262,7 @@ class AsyncStore:
         """Deletes the server; returns the delete operations queued for its snapshots."""
         answer = result(await self._run("delete_server", arg({
             "server_id": str(server_id), "account": account,
+            "anywhere": True if self.settings.deletes_anywhere else None,
         })))
         ops = answer.get("delete_operation_ids") or []
         # cjson encodes an empty Lua table as {}, not [].

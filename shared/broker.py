@@ -1,7 +1,8 @@
 """The one place that configures Dramatiq's Redis broker, for the API and the workers.
 
 Operations go to the queue of their host (`shared.hosts.queue_name`); a worker declares,
-and so consumes, only its own host's queue (plus the host-free ones its actors declare).
+and so consumes, only its own host's queue (plus the host-free ones: its actors' webhooks
+and, on s3://, ANY_HOST_QUEUE's deletes).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import msgspec
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.hosts import Heartbeat, queue_name
+from shared.hosts import ANY_HOST_QUEUE, Heartbeat, queue_name
 from shared.messages import ACTOR_NAMES, OperationMessage
 from shared.settings import Settings
 from shared.wakeup import WakingRedisBroker
@@ -105,6 +106,9 @@ def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
         interval = min(HEARTBEAT_INTERVAL_S, timeout_ms / 3000)
         broker.add_middleware(BrokerHeartbeat(settings.worker_host, interval))
         broker.declare_queue(queue_name(settings.worker_host))
+        if settings.deletes_anywhere:
+            # Any host's deletes (s3://): a dead host does not hold its snapshots' up.
+            broker.declare_queue(ANY_HOST_QUEUE)
     return broker
 
 

@@ -6,6 +6,13 @@ host consume it: one queue per host (never per server: each queue costs consumer
 and Redis polls in every worker that declares it). Work that needs no particular host
 (webhooks) has queues of its own that every worker consumes.
 
+A snapshot's deletion needs no particular host when the repository is shared (s3://): it
+removes the manifest from the bucket and reclaims, touching nothing of the server's, so a
+dead host must not hold it up. Such an operation names ``ANY_HOST`` and goes to
+``ANY_HOST_QUEUE``, which every worker on s3:// consumes. On file:// the repository is a
+directory of the host that holds it (its own disk: a fleet's hosts do not share one), so
+there a delete stays on its server's host like every other operation.
+
 A queue nobody consumes accepts messages silently, so the hosts must be visible: every
 worker process writes a heartbeat naming its host into one sorted set, ``WORKERS_KEY``
 (member ``<host>/<process id>``, score = the Redis server's clock in ms, so hosts whose
@@ -32,6 +39,10 @@ HOST_RULE: Final = (
 _HOST_RE: Final = re.compile(HOST_PATTERN)
 
 QUEUE_PREFIX: Final = "host."
+# The host of an operation any host's worker may run (see above); not a valid host name,
+# so no host can be called so. The API shows it as "host": null.
+ANY_HOST: Final = "*"
+ANY_HOST_QUEUE: Final = "anyhost"
 WORKERS_KEY: Final = "workers:heartbeats"
 # Heartbeats of processes gone this long are dropped (a host's last_seen then reads null).
 FORGET_AFTER_MS: Final = 7 * 24 * 3600 * 1000
@@ -51,7 +62,9 @@ def valid_host(name: str) -> bool:
 
 
 def queue_name(host: str) -> str:
-    """The Dramatiq queue of a host's operations."""
+    """The Dramatiq queue of a host's operations (of ANY_HOST's: ANY_HOST_QUEUE)."""
+    if host == ANY_HOST:
+        return ANY_HOST_QUEUE
     if not valid_host(host):
         raise ValueError(f"invalid host name {host!r}: {HOST_RULE}")
     return QUEUE_PREFIX + host

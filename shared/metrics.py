@@ -23,14 +23,14 @@ import redis
 
 from shared import keys
 from shared.broker import NAMESPACE
-from shared.hosts import WORKERS_KEY, parse_workers, queue_name
+from shared.hosts import ANY_HOST, ANY_HOST_QUEUE, WORKERS_KEY, parse_workers, queue_name
 
 KEY: Final = "metrics"
 # Seconds: from a small delete to a capture of hours.
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 # The queues every worker consumes whatever its host (each also has its ".DQ": retries
 # waiting); the operations' queues are one per host.
-HOST_FREE_QUEUES: Final = ("webhooks",)
+HOST_FREE_QUEUES: Final = ("webhooks", ANY_HOST_QUEUE)
 BYTE_KINDS: Final = ("read", "stored", "captured", "deduplicated")
 
 
@@ -104,6 +104,7 @@ async def snapshot_async(client: Any, heartbeat_timeout: float) -> dict[str, Any
     for op_id in {*queued, *running}:
         pipe.hget(keys.operation(int(op_id)), "host")
     op_hosts = {_s(h) for h in await pipe.execute() if h} if queued or running else set()
+    op_hosts.discard(ANY_HOST)  # its queue is one of HOST_FREE_QUEUES
     hosts = sorted({*seen, *op_hosts})
     queues = [q for h in hosts for q in (queue_name(h), f"{queue_name(h)}.DQ")]
     queues += [q for free in HOST_FREE_QUEUES for q in (free, f"{free}.DQ")]

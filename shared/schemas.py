@@ -283,8 +283,9 @@ class Operation(Struct):
     finished_at: str | None
     error: ErrorInfo | None
     # The host whose workers run it (its server's host): an operation that stays queued
-    # names the host that has no live worker (see GET /hosts/).
-    host: str
+    # names the host that has no live worker (see GET /hosts/). null: any host's worker
+    # runs it (a snapshot's deletion on s3://, where the repository is shared).
+    host: str | None
     # A restore into another server (a clone): the snapshot's own server.
     source_server_id: int | None = None
     # A restore that first captured the target: that safety snapshot.

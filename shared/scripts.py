@@ -111,8 +111,10 @@ def start_restore_arg(
     })
 
 
-def delete_snapshot_arg(account: str | None, snapshot_id: int) -> bytes:
-    return arg({"snapshot_id": str(snapshot_id), "account": account})
+def delete_snapshot_arg(account: str | None, snapshot_id: int, anywhere: bool) -> bytes:
+    """``anywhere``: Settings.deletes_anywhere (the delete may run on any host)."""
+    return arg({"snapshot_id": str(snapshot_id), "account": account,
+                "anywhere": True if anywhere else None})
 
 
 def create_server_arg(body: ServerCreate, status: str) -> bytes:

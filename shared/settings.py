@@ -271,6 +271,12 @@ class Settings:
         return self.storage_url.startswith("s3://")
 
     @property
+    def deletes_anywhere(self) -> bool:
+        """A snapshot's deletion may run on any host's worker: the repository is shared
+        (s3://), not a directory of the server's host (see shared/hosts.py)."""
+        return self.on_s3
+
+    @property
     def storage_path(self) -> Path:
         """The local directory behind a file:// storage URL."""
         return Path(self.storage_url[len("file://") :])

@@ -162,7 +162,7 @@ class Store:
         return int(result(self._run("start_restore", payload))["operation_id"])
 
     def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
-        payload = delete_snapshot_arg(account, snapshot_id)
+        payload = delete_snapshot_arg(account, snapshot_id, self.settings.deletes_anywhere)
         return int(result(self._run("delete_snapshot", payload))["operation_id"])
 
     def update_snapshot(
@@ -217,7 +217,7 @@ class Store:
         size = f"{round(max(size_mb, 0.0), 2):.2f}"
         answer: dict[str, Any] = msgspec.json.decode(self._run(
             "complete_create", op_id, size, msgspec.json.encode(list(warnings)),
-            msgspec.json.encode(drop),
+            msgspec.json.encode(drop), "1" if self.settings.deletes_anywhere else "0",
         ))
         if not answer.get("ok"):
             return None
@@ -306,7 +306,9 @@ class Store:
     def run_schedule(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One slot's claim and run; see run_schedule.lua. Answers its JSON (ok false:
         'claimed' or 'gone', nothing done)."""
-        answer: dict[str, Any] = msgspec.json.decode(self._run("run_schedule", arg(payload)))
+        anywhere = True if self.settings.deletes_anywhere else None  # where deletes run
+        answer: dict[str, Any] = msgspec.json.decode(
+            self._run("run_schedule", arg({**payload, "anywhere": anywhere})))
         if answer.get("ok"):
             answer["delete_operation_ids"] = _ids(answer.get("delete_operation_ids"))
         return answer

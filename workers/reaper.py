@@ -13,7 +13,7 @@ the worker boots), so it needs no process of its own and no one to call it. Each
    and its server out of ``restoring``, to the power status the driver reports. Only the
    operation's own host asks the driver (no host touches another host's servers); the
    operation of a host with no live worker is ended by any reaper, the server keeping the
-   power status it had before;
+   power status it had before; an operation of any host (a delete on s3://) by any reaper;
 3. at most once per ``reclaim_interval`` across all workers, sweeps the repository of data
    no committed snapshot references (a delete whose reclaim was skipped because a capture
    held the repository, the leftovers of a failed capture).
@@ -32,7 +32,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from shared import metrics
 from shared.broker import HEARTBEATS_KEY, enqueue_operation
-from shared.hosts import live_workers
+from shared.hosts import ANY_HOST, live_workers
 from shared.records import OperationRecord
 from shared.scripts import text
 from shared.settings import Settings
@@ -71,17 +71,21 @@ class Reaper:
             op = self.store.get_operation(op_id)
             if op is None:
                 continue
-            if op.host != self.settings.worker_host and self._overdue(op) and live is None:
+            if not self._ours(op) and self._overdue(op) and live is None:
                 live = live_workers(self.store.redis, self.settings.heartbeat_timeout)
             self._look_at(op, live or {})
         self._maybe_reclaim()
+
+    def _ours(self, op: OperationRecord) -> bool:
+        """Of this worker's host, or of any host (a delete on s3://)."""
+        return op.host in (self.settings.worker_host, ANY_HOST)
 
     def _overdue(self, op: OperationRecord) -> bool:
         return time.time() - (op.started_at or op.created_at) > self.settings.operation_deadline
 
     def _look_at(self, op: OperationRecord, live: dict[str, int]) -> None:
         if self._overdue(op):
-            own = op.host == self.settings.worker_host
+            own = self._ours(op)
             if own or not live.get(op.host):
                 self._expire(op, int(time.time() - self.settings.operation_deadline), own)
             return  # else: the reapers of its own host end it

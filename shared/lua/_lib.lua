@@ -181,11 +181,13 @@ end
 
 -- Takes a snapshot away at once (listings, limit) and queues the delete operation that
 -- reclaims its storage; emits snapshot.deleted with data. Returns the operation id.
-local function drop_snapshot(snap, t, data)
+-- anywhere (the caller's storage is shared, s3://): any host's worker may run it (host
+-- '*', see shared/hosts.py); else it is the server's host's, like its other operations.
+local function drop_snapshot(snap, t, data, anywhere)
   snap_mark_deleted(snap, t)
-  -- On the server's host, like every operation of the server.
-  local srv = {id = snap.server_id, account = snap.account,
-    host = redis.call('HGET', 'server:' .. snap.server_id, 'host')}
+  local host = '*'
+  if not anywhere then host = redis.call('HGET', 'server:' .. snap.server_id, 'host') end
+  local srv = {id = snap.server_id, account = snap.account, host = host}
   local oid = new_operation('snapshot.delete', srv, snap.id, t, {})
   emit('snapshot.deleted', snap.account, snap.server_id, snap.id, oid, t, data or {})
   return oid

@@ -1,6 +1,6 @@
 -- ARGV: op id, owner (worker process id .. '/' .. thread), owner process id (the broker id
 -- whose heartbeat proves the owner alive), heartbeats key, heartbeat timeout (ms), the
--- claiming worker's host.
+-- claiming worker's host. An operation of host '*' (see drop_snapshot) is any host's.
 -- begin_operation plus a lease: an operation running under a live owner is refused
 -- ('busy'), so a duplicate message never runs a job twice at the same time; an owner whose
 -- heartbeat is stale (or gone) is dead and its operation is taken over.
@@ -9,7 +9,7 @@ if op.id == nil then return fail('not_found', 'Operation ' .. ARGV[1] .. ' not f
 if not op_active(op.status) then
   return fail('terminal', 'Operation ' .. op.id .. ' is already ' .. op.status .. '.')
 end
-if host_of(op) ~= ARGV[6] then
+if host_of(op) ~= ARGV[6] and host_of(op) ~= '*' then
   -- Only the operation's own host may touch its server (a message on the wrong queue).
   return fail('wrong_host', 'Operation ' .. op.id .. ' runs on host ' .. host_of(op) .. '.')
 end

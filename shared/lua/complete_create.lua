@@ -1,5 +1,6 @@
 -- ARGV: op id, size_mb (text, 2 decimals), warnings (JSON list), and for a scheduled
--- snapshot the ids its retention drops now that it exists (JSON list; each re-checked).
+-- snapshot the ids its retention drops now that it exists (JSON list; each re-checked),
+-- '1' when those deletions may run on any host (see drop_snapshot).
 local op = hgetall('operation:' .. ARGV[1])
 if op.id == nil or op.type ~= 'snapshot.create' or not op_active(op.status) then
   return fail('conflict', 'operation not active')
@@ -26,7 +27,7 @@ if snap.origin == 'schedule' then
   for _, id in ipairs(cjson.decode(ARGV[4] or '[]')) do
     local old = hgetall('snapshot:' .. id)
     if old.id ~= snap.id and retention_may_drop(old, op.server_id) then
-      deletes[#deletes + 1] = drop_snapshot(old, t, {retention = true})
+      deletes[#deletes + 1] = drop_snapshot(old, t, {retention = true}, ARGV[5] == '1')
     end
   end
 end

@@ -1,5 +1,6 @@
--- ARGV[1]: JSON {server_id, account?}. Deletes the server and queues the deletion of every
--- snapshot it still has; refuses while an operation on it is active.
+-- ARGV[1]: JSON {server_id, account?, anywhere?}. Deletes the server and queues the deletion
+-- of every snapshot it still has (anywhere: see drop_snapshot); refuses while an operation
+-- on it is active. Answers the host the deletions run on.
 local a = cjson.decode(ARGV[1])
 local srv = hgetall('server:' .. a.server_id)
 if srv.id == nil or (a.account ~= nil and srv.account ~= a.account) then
@@ -21,7 +22,7 @@ local ops = {}
 for _, sid in ipairs(ids) do
   local snap = hgetall('snapshot:' .. sid)
   if snap.id ~= nil then
-    ops[#ops + 1] = drop_snapshot(snap, t, {server_deleted = true})
+    ops[#ops + 1] = drop_snapshot(snap, t, {server_deleted = true}, a.anywhere)
   end
 end
 redis.call('DEL', 'server:' .. srv.id)
@@ -29,4 +30,4 @@ redis.call('ZREM', SCHEDULES_DUE, srv.id)
 redis.call('ZREM', 'idx:servers:all', srv.id)
 redis.call('ZREM', 'idx:servers:account:' .. srv.account, srv.id)
 emit('server.deleted', srv.account, srv.id, nil, nil, t, {})
-return ok({delete_operation_ids = ops, host = host_of(srv)})
+return ok({delete_operation_ids = ops, host = a.anywhere and '*' or host_of(srv)})

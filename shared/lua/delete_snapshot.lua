@@ -1,4 +1,4 @@
--- ARGV[1]: JSON {snapshot_id, account?}
+-- ARGV[1]: JSON {snapshot_id, account?, anywhere?} (anywhere: see drop_snapshot)
 local a = cjson.decode(ARGV[1])
 local snap = hgetall('snapshot:' .. a.snapshot_id)
 if snap.id == nil or snap.deleted == '1' or (a.account ~= nil and snap.account ~= a.account) then
@@ -29,6 +29,6 @@ if snap.status == 'in_progress' and not empty(snap.operation_id) then
     cancelled = op.id
   end
 end
-local oid = drop_snapshot(snap, t, {cancelled_operation_id = cancelled})
+local oid = drop_snapshot(snap, t, {cancelled_operation_id = cancelled}, a.anywhere)
 return ok({operation_id = oid, cancelled_operation_id = cancelled,
-  host = host_of({host = redis.call('HGET', 'server:' .. snap.server_id, 'host')})})
+  host = redis.call('HGET', 'operation:' .. oid, 'host')})

@@ -8,7 +8,8 @@ local function count(index, prefix, skip_missing)
   for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     local h = redis.call('HGET', prefix .. id, 'host')
     if h == false and not skip_missing then h = 'default' end
-    if h then out[h] = (out[h] or 0) + 1 end
+    -- '*': any host's (a delete on s3://): waits for no host in particular.
+    if h and h ~= '*' then out[h] = (out[h] or 0) + 1 end
   end
   return out
 end

@@ -1,4 +1,5 @@
--- ARGV[1]: JSON {server_id, rev, slot, next, at, slot_at (RFC 3339), name, drop, max}
+-- ARGV[1]: JSON {server_id, rev, slot, next, at, slot_at (RFC 3339), name, drop, max,
+-- anywhere?} (anywhere: where retention's deletions run, see drop_snapshot)
 -- One scheduled run, claimed exactly once: the caller planned for revision `rev` whose
 -- next slot is `slot`; whoever moves it to `next` first owns the run (every other worker
 -- and host gets 'claimed'). Slots missed while no scheduler ran are all behind `next`,
@@ -49,7 +50,7 @@ if count >= tonumber(a.max) then
 end
 local deletes = {}
 for _, snap in ipairs(drop) do
-  deletes[#deletes + 1] = drop_snapshot(snap, t, {retention = true})
+  deletes[#deletes + 1] = drop_snapshot(snap, t, {retention = true}, a.anywhere)
 end
 local sid = redis.call('INCR', 'seq:snapshot')
 local extra = {stop_server = 0}

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
+from pathlib import Path
 
+import pytest
 import redis
 from starlette.testclient import TestClient
 
+from api.app import create_app
 from shared.hosts import WORKERS_KEY, Heartbeat
+from shared.settings import Settings
+from shared.store import Store
+from tests.conftest import ADMIN_TOKEN
 from tests.support.api import ApiHelper
+from tests.support.seaweed import ACCESS_KEY, REGION, S3_BUCKET, SECRET_KEY, SeaweedProcess
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -80,3 +88,42 @@ def test_a_server_without_a_host_is_on_the_default_host(
 def test_hosts_is_admin_only(client: TestClient, api: ApiHelper) -> None:
     r = client.get("/api/v1/hosts/", headers=api.headers("acme", "write"))
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_where_a_delete_runs_depends_on_the_repository(
+    storage: str, settings: Settings, seaweed: SeaweedProcess, redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """file://: the repository is a directory of the server's host, so the delete is that
+    host's (queue host.hv-b). s3://: it is shared, so any host's worker deletes (queue
+    anyhost; "host": null; counted for no host), also a deleted server's snapshots."""
+    if storage == "s3":
+        settings = replace(settings, storage_url=f"s3://{S3_BUCKET}/hosts-delete",
+                           aws_endpoint_url=seaweed.endpoint, aws_access_key_id=ACCESS_KEY,
+                           aws_secret_access_key=SECRET_KEY, aws_region=REGION)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        api = ApiHelper(client, ADMIN_TOKEN, tmp_path / "servers")
+        h = api.headers("acme")
+        server = api.server("acme", host="hv-b")
+        first = api.snapshot(h, server["id"])
+        second = api.snapshot(h, api.server("acme", host="hv-b")["id"])
+        # Its capture done (a server with an operation under way cannot be deleted).
+        assert Store(redis_client, settings).complete_create(second["operation_id"], 1.0, [])
+        assert client.delete(f"/api/v1/snapshots/{first['id']}/", headers=h).status_code == 204
+        assert client.delete(f"/api/v1/servers/{second['server']['id']}/",
+                             headers=api.admin).status_code == 204
+        ops = client.get("/api/v1/operations/", headers=h).json()["operations"]
+        deletes = [o for o in ops if o["type"] == "snapshot.delete"]
+        assert {o["snapshot_id"] for o in deletes} == {first["id"], second["id"]}
+        hosts = _hosts(client, api)
+    anyhost = redis_client.llen("snapshots-dramatiq:anyhost")
+    on_b = redis_client.llen("snapshots-dramatiq:host.hv-b")
+    if storage == "file":
+        assert {o["host"] for o in deletes} == {"hv-b"}
+        assert (anyhost, on_b) == (0, 4)  # two captures, two deletes
+        assert hosts["hv-b"]["queued"] == 2
+    else:
+        assert {o["host"] for o in deletes} == {None}
+        assert (anyhost, on_b) == (2, 2)
+        assert set(hosts) == {"hv-b"} and hosts["hv-b"]["queued"] == 0

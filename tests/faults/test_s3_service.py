@@ -161,6 +161,37 @@ def test_a_worker_killed_mid_capture_on_s3_resumes_on_its_host(
     assert not tree_diff(reference, describe(state))
 
 
+def test_a_dead_hosts_snapshots_are_deleted_by_another_host_on_s3(
+    fleet: Fleet, seaweed: SeaweedProcess, prefix: str
+) -> None:
+    """On s3:// a snapshot's deletion touches only the shared bucket, so it runs on any
+    host: host b's worker is gone, and host a's deletes b's snapshots, one by one and with
+    b's server. Its operation shows "host": null (any host) and GET /hosts/ counts it for
+    no host."""
+    svc = fleet.svc
+    fleet.worker("a")
+    worker_b = fleet.worker("b")
+    client, store = svc.client(), store_for(svc)
+    states = {"b": _state(fleet.states["b"] / "web", "on b\n")}
+    servers, snaps = snapshot_each_host(client, store, states, min_mb=0.9)
+    second = snapshot(client, servers["b"]["id"], name="second")
+    svc.kill(worker_b, signal.SIGKILL)
+
+    op = delete(client, snaps["b"]["id"])
+    assert op["status"] == "succeeded" and op["host"] is None, op
+    assert owner_host(store, op["id"]) == "a"
+    resp = client.delete(f"/servers/{servers['b']['id']}/")
+    assert resp.status_code == 204, resp.text
+    ops = client.get("/operations/", params={"server_id": servers["b"]["id"]}).json()
+    (last,) = [o for o in ops["operations"] if o["snapshot_id"] == second["id"]
+               and o["type"] == "snapshot.delete"]
+    op = wait_operation(client, last["id"])
+    assert op["status"] == "succeeded" and owner_host(store, op["id"]) == "a", op
+    assert not {k for k in bucket_keys(seaweed, prefix) if k.startswith("snapshots/")}
+    hosts = {h.pop("name"): h for h in client.get("/hosts/").json()["hosts"]}
+    assert "*" not in hosts and all(h["queued"] == 0 for h in hosts.values()), hosts
+
+
 def test_readyz_of_the_web_process_names_the_bucket_with_wrong_credentials(
     make_service: ServiceFactory, s3_env: dict[str, str]
 ) -> None:

@@ -7,10 +7,12 @@ tests/e2e/test_schedules.py runs the same scheduler with real worker processes.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 import redis
 from starlette.testclient import TestClient
 
@@ -210,3 +212,35 @@ def test_the_default_clock_is_redis_s(store: Store, settings: Settings) -> None:
     seconds, micros = store.redis.time()
     assert abs(sched.clock() - (int(seconds) + int(micros) / 1e6)) < 1
     assert abs(sched.clock() - time.time()) < 5  # the test's Redis runs on this machine
+
+
+@pytest.mark.parametrize("storage_url", ["file:///srv/repo", "s3://snaps/fleet"])
+def test_retentions_deletes_run_where_the_repository_is(
+    storage_url: str, client: TestClient, api: ApiHelper, redis_client: redis.Redis,
+    settings: Settings,
+) -> None:
+    """What a schedule's retention lets go is deleted on the server's host on file:// (its
+    directory), on any host's worker on s3:// (host '*': shared storage), whether after
+    a run commits (complete_create) or to make room at the limit (run_schedule)."""
+    settings = replace(settings, storage_url=storage_url, max_per_server=2)
+    store = Store(redis_client, settings)
+    server_id = _schedule(client, api, api.headers("acme"), retention={"last": 1})
+    clock = Clock(berlin(2027, 3, 20, 12))
+    sched, _ = _scheduler(store, settings, clock)
+    (first,) = sched.tick()
+    assert store.complete_scheduled(_op(first), 1.0, [], []) == []
+    clock.at += 86400
+    (second,) = sched.tick()
+    after_commit = store.complete_scheduled(_op(second), 1.0, [], [int(first.snapshot_id or 0)])
+    assert after_commit is not None and len(after_commit) == 1
+    clock.at += 86400
+    (third,) = sched.tick()  # the first is gone: this one fills the limit of 2
+    assert third.delete_operation_ids == []
+    store.complete_scheduled(_op(third), 1.0, [], [])
+    clock.at += 86400
+    (fourth,) = sched.tick()  # at the limit: retention makes room before the run
+    assert fourth.run and fourth.delete_operation_ids, fourth
+    deletes = [*after_commit, *fourth.delete_operation_ids]
+    expected = "*" if storage_url.startswith("s3://") else "default"
+    assert {store.get_operation(i).host for i in deletes} == {expected}  # type: ignore[union-attr]
+    assert {store.get_operation(i).server_id for i in deletes} == {server_id}  # type: ignore[union-attr]
