@@ -23,6 +23,7 @@ from api.observe import HttpMetrics, Observe
 from api.ratelimit import RateLimiter
 from api.routes import TABLE
 from api.services import Services
+from api.views import snapshot_views
 from shared import logs
 from shared.async_store import AsyncStore
 from shared.broker import make_broker
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     http_metrics = HttpMetrics(settings.prometheus_multiproc_dir)
     hub = EventHub(settings, cache)
     svc = Services(settings=settings, store=store, broker=make_broker(settings), tokens=cache,
-                   http_metrics=http_metrics, events=hub)
+                   http_metrics=http_metrics, events=hub, snapshot_views=snapshot_views())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -4,7 +4,7 @@ the HTTP metrics and the event hub."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -16,6 +16,9 @@ from shared.async_store import AsyncStore
 from shared.broker import enqueue_operation
 from shared.settings import Settings
 
+if TYPE_CHECKING:  # api.views imports this module
+    from api.views import RowViews
+
 
 @dataclass(slots=True)
 class Services:
@@ -25,6 +28,8 @@ class Services:
     tokens: TokenCache
     http_metrics: HttpMetrics
     events: EventHub
+    # Rendered snapshots of listings, by (id, rev): api/views.py RowViews.
+    snapshot_views: RowViews
 
     async def enqueue(self, op_type: str, operation_id: int, host: str) -> None:
         """Sends an operation's message to its host's queue (``host``: the operation's,

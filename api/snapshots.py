@@ -11,7 +11,7 @@ from api.auth import principal
 from api.errors import NotFound, from_refusal
 from api.inputs import path_id, query_choice, query_id, query_limit
 from api.services import services
-from api.views import JSON, next_link, snapshot_view
+from api.views import JSON, next_link, snapshot_list, snapshot_view
 from shared.records import SnapshotRecord
 from shared.schemas import (
     CREATE_MESSAGE,
@@ -92,13 +92,13 @@ async def list_all(request: Request) -> Response:
         account=who.account_filter, server_id=server_id, status=status, cursor=cursor, limit=limit
     )
     link = next_link(request, page.next_cursor, server_id=server_id, status=status, limit=limit)
-    return JSON(
-        SnapshotList(
-            snapshots=[snapshot_view(r) for r in page.items],
-            meta=ListMeta(total=page.total),
-            links=ListLinks(next=link),
-        )
-    )
+    store = svc.store
+
+    async def fetch(ids: list[str]) -> list[list[str]]:
+        return await store.rows("snapshot:", ids)
+
+    body = await snapshot_list(svc.snapshot_views, page, fetch, store.reads.generation, link)
+    return Response(body, media_type=JSON.media_type)
 
 
 async def restore(request: Request, body: RestoreRequest) -> Response:

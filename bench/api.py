@@ -1,13 +1,18 @@
 """Load benchmark of the HTTP API against a bare Starlette app (wrk).
 
     .venv/bin/python bench/api.py [--duration 10] [--connections 32] [--threads 2]
+    .venv/bin/python bench/api.py --scale-servers 0     # skip the 100,000-snapshot part
 
 Starts, on free loopback ports, a throw-away redis-server, our API (uvicorn, 1 worker),
 the same API with its hot reads on redis-py's asyncio client instead of shared/fastread.py
-(bench/redispy_app.py, same Redis and data) and bench/bare_app.py (same uvicorn settings);
-seeds servers, a token and snapshots through the real API; then runs wrk against GET one
-snapshot and GET the list on both APIs and against the bare app, one after the other, in
-interleaved rounds. Every process it started is stopped on exit, Ctrl-C included.
+(bench/redispy_app.py, same Redis and data) and bench/bare_app.py twice (same uvicorn
+settings; one answers GET one's bytes, the other the list's); seeds 50 servers, a token and
+one snapshot per server through the real API; then runs wrk against GET one snapshot and
+GET the list of 50 on both APIs and against the bare apps, one after the other, in
+interleaved rounds. Then (bench/api_scale.py) 100,000 snapshots of 20,000 servers go
+into the same Redis through the transition scripts, and a list filtered by server is
+timed one request at a time and under wrk. Every process it started is stopped on exit,
+Ctrl-C included. Needs wrk (Debian: apt-get install wrk).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from types import FrameType
 import benchlib
 import httpx
 from api_report import header, print_table
+from api_scale import run_scale
 from processes import Procs, start_all, start_api, start_bare
 from seeding import SERVERS, seed
 from wrk import Target, WrkResult, measure, paired_ratio
@@ -47,6 +53,7 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     redispy = start_api(procs, tmp, "api-redispy",
                         ["--factory", "bench.redispy_app:create_app"], env)
     bare_base = start_bare(procs, tmp, seeded.body, env)
+    bare_list = start_bare(procs, tmp, seeded.list_body, env, "bare-list")
     rpid = procs.pid("redis-server")
     one, many = f"/api/v1/snapshots/{seeded.snapshot_id}/", "/api/v1/snapshots/"
     targets = [
@@ -57,7 +64,9 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
                seeded.token, [procs.pid("api")], rpid),
         Target("  same, reads on redis-py (list)", redispy + many, seeded.token,
                [procs.pid("api-redispy")], rpid),
-        Target("bare Starlette, same body", f"{bare_base}{one}", None, [procs.pid("bare")]),
+        Target("bare Starlette, list's body", f"{bare_list}{many}", None,
+               [procs.pid("bare-list")]),
+        Target("bare Starlette, GET one's body", f"{bare_base}{one}", None, [procs.pid("bare")]),
     ]  # fmt: skip
     print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
     results, rounds = measure(targets, args, procs)
@@ -69,17 +78,32 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
         if paired is not None:
             print(f"fastread vs redis-py, {fast.name}: {paired:.2f} x req/s (median of the "
                   f"rounds' ratios), {_cpu_us(fast):.0f} vs {_cpu_us(slow):.0f} server CPU us/req")
-    one_r = results[0]
-    if one_r.rps and bare.rps:
-        ratio = one_r.rps / bare.rps
-        verdict = "PASS" if ratio >= 0.5 else "FAIL"
-        print(
-            f"\ntarget: {verdict}  GET one >= 0.5 x bare: {ratio:.2f} x "
-            f"({one_r.rps:,.0f} vs {bare.rps:,.0f} req/s)"
-        )
-        return 0
-    print("\ntarget: N/A  GET one >= 0.5 x bare: a run failed")
-    return 1
+    print()
+    failed = not _verdict("GET one", results[0], bare, "GET one's body")
+    failed |= not _verdict(f"list of {seeded.snapshots}", results[2], results[4], "list's body")
+    _verdict(f"list of {seeded.snapshots}", results[2], bare, "GET one's body (as issue 3)")
+    if args.scale_servers:
+        procs.check_alive()
+        scale = run_scale(base, env["REDIS_URL"], args, tmp)
+        ok = scale.seq_p99_ms < 50
+        print(f"  {scale.snapshots:,} snapshots of {scale.servers:,} servers seeded in "
+              f"{scale.seed_s:.0f} s; load {benchlib.loadavg()}")
+        print(f"  one client, {scale.seq_requests} requests one at a time: p50 "
+              f"{scale.seq_p50_ms:.2f} ms  p99 {scale.seq_p99_ms:.2f} ms")
+        print(f"  wrk (saturated): {scale.wrk_line}")
+        print(f"target: {'PASS' if ok else 'FAIL'}  list filtered by server p99 < 50 ms "
+              f"(one client): {scale.seq_p99_ms:.2f} ms")
+    return 1 if failed else 0
+
+
+def _verdict(what: str, ours: WrkResult, bare: WrkResult, bare_name: str) -> bool:
+    if not (ours.rps and bare.rps):
+        print(f"target: N/A  {what} >= 0.5 x bare ({bare_name}): a run failed")
+        return False
+    ratio = ours.rps / bare.rps
+    print(f"target: {'PASS' if ratio >= 0.5 else 'FAIL'}  {what} >= 0.5 x bare, {bare_name}: "
+          f"{ratio:.2f} x ({ours.rps:,.0f} vs {bare.rps:,.0f} req/s)")
+    return True
 
 
 def main() -> int:
@@ -89,6 +113,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     ap.add_argument("--max-wait", type=float, default=180, help="s to wait for a quiet machine")
+    ap.add_argument("--scale-servers", type=int, default=20_000, help="0: no filtered list")
+    ap.add_argument("--scale-per-server", type=int, default=5)
+    ap.add_argument("--scale-requests", type=int, default=2000)
     args = ap.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

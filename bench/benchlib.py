@@ -22,6 +22,11 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def loadavg() -> str:
+    """The load averages as uptime shows them (1, 5, 15 min)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def machine() -> str:
     return f"nproc={os.cpu_count()}, CPU {cpu_model()}, {platform.platform()}"
 

@@ -156,12 +156,14 @@ def start_api(
     return base
 
 
-def start_bare(procs: Procs, tmp: Path, body: bytes, env: dict[str, str]) -> str:
+def start_bare(
+    procs: Procs, tmp: Path, body: bytes, env: dict[str, str], name: str = "bare"
+) -> str:
     port = free_port()
-    (tmp / "body.json").write_bytes(body)
-    benv = dict(env, BARE_BODY_FILE=str(tmp / "body.json"))
+    (tmp / f"{name}.json").write_bytes(body)
+    benv = dict(env, BARE_BODY_FILE=str(tmp / f"{name}.json"))
     procs.start(
-        "bare",
+        name,
         [
             str(VENV_BIN / "uvicorn"),
             "--app-dir",
@@ -172,7 +174,7 @@ def start_bare(procs: Procs, tmp: Path, body: bytes, env: dict[str, str]) -> str
             str(port),
         ],
         benv,
-        tmp / "bare.log",
+        tmp / f"{name}.log",
     )
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", procs)

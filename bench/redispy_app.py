@@ -12,7 +12,7 @@ AsyncStore would do without fastread.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,6 +37,16 @@ class RedisPyReads:
 
     async def command(self, *args: str | bytes | int) -> Any:
         return await self._execute(*args)
+
+    generation = 1  # one client for the process's life, as FastReads' connection count
+
+    async def batch(self, commands: Sequence[tuple[str | bytes | int, ...]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        # redis-py answers HGETALL as a dict; FastReads as the flat list Redis sends.
+        return [[x for kv in r.items() for x in kv] if isinstance(r, dict) else r
+                for r in await pipe.execute()]
 
     async def hgetall(self, key: str) -> dict[str, str]:
         return as_dict(await self.client.hgetall(key))

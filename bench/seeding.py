@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 from processes import ADMIN_TOKEN
 
-SERVERS = 10
+# One snapshot each (a server runs one operation at a time): the list is a page of 50.
+SERVERS = 50
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Seeded:
     snapshot_id: int
     snapshots: int
     body: bytes
+    list_body: bytes
 
 
 def _post(client: httpx.Client, path: str, body: dict[str, Any], token: str) -> dict[str, Any]:
@@ -66,15 +68,17 @@ def seed(base: str, tmp: Path) -> Seeded:
         )
         if one.status_code != 200:
             raise RuntimeError(f"GET one snapshot answered {one.status_code}: {one.text[:300]}")
-        check_list(c, token, len(snap_ids))
-        return Seeded(token, snap_ids[0], len(snap_ids), one.content)
+        listed = check_list(c, token, len(snap_ids))
+        return Seeded(token, snap_ids[0], len(snap_ids), one.content, listed)
 
 
-def check_list(c: httpx.Client, token: str, expected: int) -> None:
-    """The list we load-test answers what we seeded (so we do not time an error page)."""
+def check_list(c: httpx.Client, token: str, expected: int) -> bytes:
+    """The list we load-test answers what we seeded (so we do not time an error page);
+    its body."""
     r = c.get("/api/v1/snapshots/", headers={"Authorization": f"Bearer {token}"})
     body = r.json() if r.status_code == 200 else {}
     got = len(body.get("snapshots", []))
     total = body.get("meta", {}).get("total")
     if r.status_code != 200 or got != expected or total != expected:
         raise RuntimeError(f"GET the list answered {r.status_code} with {got} items, total {total}")
+    return r.content

@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib import loadavg
 from processes import Procs
 
 
@@ -126,8 +127,8 @@ def measure(
             res = run_wrk(t, args, show=i == 0)
             runs[t.name].append(res)
             procs.check_alive()
-        done = ", ".join(f"{n} {r[-1].rps or 0:,.0f}" for n, r in runs.items())
-        print(f"  round {i + 1}/{args.rounds} req/s: {done}", flush=True)
+        done = ", ".join(f"{n.strip()} {r[-1].rps or 0:,.0f}" for n, r in runs.items())
+        print(f"  round {i + 1}/{args.rounds} req/s: {done}; load {loadavg()}", flush=True)
     return [combine(name, rs) for name, rs in runs.items()], runs
 
 

@@ -1,6 +1,7 @@
 """The asyncio state store the API uses: same scripts and key layout as ``Store``.
 
-Every read is one round trip (one HGETALL or one list_page script); every write is one
+Every read is one round trip (one HGETALL); a listing is the list_page script, then one
+pipelined read of the hashes it needs; every write is one
 transition script. Refusals raise ``TransitionRefused`` with the SPEC error code.
 """
 
@@ -28,11 +29,14 @@ from shared.records import (
 from shared.schemas import ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate, TokenScope
 from shared.scripts import (
     Page,
+    PageIndex,
     arg,
-    as_dict,
     create_server_arg,
     create_snapshot_arg,
+    decoded_page,
     delete_snapshot_arg,
+    hash_commands,
+    page_index,
     result,
     script_sources,
     set_schedule_arg,
@@ -119,18 +123,26 @@ class AsyncStore:
     async def _get(self, key: str, cls: type[R]) -> R | None:
         return decode_record(await self.reads.hgetall(key), cls)
 
-    async def _page(
-        self, key: str, prefix: str, cursor: int | None, limit: int, cls: type[R]
-    ) -> Page[R]:
+    async def _index(self, key: str, prefix: str, cursor: int | None, limit: int) -> PageIndex:
         args = (key, prefix, "" if cursor is None else cursor, limit)
         try:
             # Listing is a hot read too: EVALSHA over the pipelined connection.
             raw = await self.reads.command("EVALSHA", self._scripts["list_page"].sha, 0, *args)
         except redis.exceptions.NoScriptError:
             raw = await self._run("list_page", *args)  # loads the script, for next time
-        items = [r for r in (decode_record(as_dict(h), cls) for h in raw[2:]) if r is not None]
-        more = int(raw[1]) == 1 and items
-        return Page(items=items, total=int(raw[0]), next_cursor=items[-1].id if more else None)
+        return page_index(raw)
+
+    async def rows(self, prefix: str, members: list[str]) -> list[list[str]]:
+        """The hashes of these members as Redis sends them, pipelined in one round trip
+        (empty for one that is gone)."""
+        replies: list[list[str]] = await self.reads.batch(hash_commands(prefix, members))
+        return replies
+
+    async def _page(
+        self, key: str, prefix: str, cursor: int | None, limit: int, cls: type[R]
+    ) -> Page[R]:
+        index = await self._index(key, prefix, cursor, limit)
+        return decoded_page(index, await self.rows(prefix, index.members), cls)
 
     # ------------------------------------------------------------ reads
 
@@ -170,9 +182,11 @@ class AsyncStore:
         status: str | None = None,
         cursor: int | None = None,
         limit: int = 50,
-    ) -> Page[SnapshotRecord]:
+    ) -> PageIndex:
+        """A page of snapshots: ids and revs only; the API reads the hashes it has not
+        rendered at that rev (``rows``, api/views.py RowViews)."""
         key = keys.index("snapshots", account, server_id, status)
-        return await self._page(key, "snapshot:", cursor, limit, SnapshotRecord)
+        return await self._index(key, "snapshot:", cursor, limit)
 
     async def list_operations(
         self,

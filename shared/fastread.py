@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any, Final, cast
 
 import hiredis
 import redis.exceptions
@@ -47,10 +48,35 @@ _REPLY_ERRORS: dict[str, type[redis.exceptions.RedisError]] = {
 }
 
 
+def _is_error(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError)
+
+
+def _error(reply: Any) -> redis.exceptions.RedisError:
+    text = str(reply)
+    return _REPLY_ERRORS.get(text.split(" ", 1)[0], redis.exceptions.ResponseError)(text)
+
+
+class _Batch:
+    """Several commands sent together, answered together: one future for all the replies
+    (an error reply stands in the list as its exception) instead of one per command."""
+
+    __slots__ = ("expect", "fut", "replies")
+
+    def __init__(self, fut: asyncio.Future[list[Any]], expect: int) -> None:
+        self.fut = fut
+        self.expect = expect
+        self.replies: list[Any] = []
+
+
+# The connection's name in CLIENT LIST, for operators and tests.
+CLIENT_NAME: Final = "snapshots-reads"
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.waiters: deque[asyncio.Future[Any] | _Batch] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.outbox: list[bytes] = []
@@ -78,15 +104,22 @@ class _Protocol(asyncio.Protocol):
             if not self.waiters:  # pragma: no cover - a reply nobody asked for
                 self.abort(redis.exceptions.ConnectionError("unexpected reply from Redis"))
                 return
-            fut = self.waiters.popleft()
-            if fut.done():
+            waiter = self.waiters[0]
+            if isinstance(waiter, _Batch):
+                waiter.replies.append(_error(reply) if _is_error(reply) else reply)
+                if len(waiter.replies) < waiter.expect:
+                    continue
+                self.waiters.popleft()
+                if not waiter.fut.done():
+                    waiter.fut.set_result(waiter.replies)
                 continue
-            if isinstance(reply, hiredis.ReplyError):
-                text = str(reply)
-                cls = _REPLY_ERRORS.get(text.split(" ", 1)[0], redis.exceptions.ResponseError)
-                fut.set_exception(cls(text))
+            self.waiters.popleft()
+            if waiter.done():
+                continue
+            if _is_error(reply):
+                waiter.set_exception(_error(reply))
             else:
-                fut.set_result(reply)
+                waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail_all(redis.exceptions.ConnectionError(f"Redis connection lost: {exc}"))
@@ -94,7 +127,8 @@ class _Protocol(asyncio.Protocol):
     def fail_all(self, err: Exception) -> None:
         self.closed = True
         while self.waiters:
-            fut = self.waiters.popleft()
+            waiter = self.waiters.popleft()
+            fut = waiter.fut if isinstance(waiter, _Batch) else waiter
             if not fut.done():
                 fut.set_exception(err)
 
@@ -114,6 +148,9 @@ class FastReads:
         self._proto: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        # Counts the connections made: what was read on an earlier one may be stale now
+        # (a Redis restarted, perhaps from older data). See api/views.py RowViews.
+        self.generation = 0
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -136,6 +173,7 @@ class FastReads:
                 await self._roundtrip(proto, ("AUTH", *auth))
             if o.get("db"):
                 await self._roundtrip(proto, ("SELECT", o["db"]))
+            await self._roundtrip(proto, ("CLIENT", "SETNAME", CLIENT_NAME))
         except redis.exceptions.ResponseError as exc:
             # A refused AUTH/SELECT is a configuration problem: the service is unavailable.
             proto.abort(redis.exceptions.ConnectionError("Redis connection set-up failed"))
@@ -144,9 +182,10 @@ class FastReads:
             proto.abort(redis.exceptions.ConnectionError("Redis connection set-up failed"))
             raise
         self._proto = proto
+        self.generation += 1
         return proto
 
-    async def command(self, *args: str | bytes | int) -> Any:
+    async def _connection(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # A connection belongs to the loop that made it (tests run several loops).
@@ -157,16 +196,39 @@ class FastReads:
                 proto = self._proto
                 if proto is None or proto.closed:
                     proto = await self._connect()
-        return await self._roundtrip(proto, args)
+        return proto
+
+    async def command(self, *args: str | bytes | int) -> Any:
+        return await self._roundtrip(await self._connection(), args)
+
+    async def batch(self, commands: Sequence[tuple[str | bytes | int, ...]]) -> list[Any]:
+        """Several commands in one write, their replies in one list, in order (one future
+        for all, not one each). An error reply raises once every reply is in, so the
+        connection stays in step. Not atomic: other clients' commands may run between."""
+        if not commands:
+            return []
+        proto = await self._connection()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        proto.waiters.append(_Batch(fut, len(commands)))
+        proto.send(b"".join(pack(c) for c in commands))
+        replies: list[Any] = await self._wait(proto, fut)
+        for reply in replies:
+            if isinstance(reply, redis.exceptions.RedisError):
+                raise reply
+        return replies
 
     async def _roundtrip(self, proto: _Protocol, args: tuple[str | bytes | int, ...]) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         proto.waiters.append(fut)
         proto.send(pack(args))
+        return await self._wait(proto, fut)
+
+    async def _wait(self, proto: _Protocol, fut: asyncio.Future[Any]) -> Any:
         # A cheap timer instead of wait_for: a reply that never comes poisons the order of
         # the pipeline, so the whole connection is dropped, not just this command.
-        timer = loop.call_later(self.timeout, proto.expire)
+        timer = asyncio.get_running_loop().call_later(self.timeout, proto.expire)
         try:
             return await fut
         finally:

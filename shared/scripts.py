@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from msgspec import UNSET
 
+from shared.records import R, decode_record
 from shared.schemas import ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -26,7 +27,6 @@ SCRIPT_NAMES = (
     "delete_server",
     "create_token",
     "revoke_token",
-    "list_page",
     "host_counts",
     "begin_operation",
     "report_progress",
@@ -39,6 +39,7 @@ SCRIPT_NAMES = (
     "release_operation",
     "mark_requeue",
     "rebuild_snapshot",
+    "list_page",
     "set_schedule",
     "delete_schedule",
     "run_schedule",
@@ -175,3 +176,41 @@ class Page(msgspec.Struct, Generic[T]):
     items: list[T]
     total: int
     next_cursor: int | None
+
+
+class PageIndex(msgspec.Struct):
+    """A page as the list_page script answers it, newest first: each record's index member
+    (its id; a token's digest) and its hash's ``rev`` ('' when it has none)."""
+
+    members: list[str]
+    revs: list[str]
+    total: int
+    next_cursor: int | None
+
+
+Command = tuple[str | int, ...]
+
+
+def page_index(raw: list[Any]) -> PageIndex:
+    """The list_page script's answer: ``[total, next cursor or '', member, rev, ...]``."""
+    nxt = text(raw[1])
+    flat = [text(v) for v in raw[2:]]
+    return PageIndex(members=flat[0::2], revs=flat[1::2], total=int(raw[0]),
+                     next_cursor=int(float(nxt)) if nxt else None)
+
+
+def hash_commands(prefix: str, members: list[str]) -> list[Command]:
+    """The second read of a page: HGETALL of each member's hash, pipelined."""
+    return [("HGETALL", prefix + m) for m in members]
+
+
+def row_fields(row: list[str]) -> dict[str, str]:
+    """A hash as Redis sends it (``[field, value, ...]``) as a dict."""
+    it = iter(row)
+    return dict(zip(it, it, strict=True))
+
+
+def decoded_page(index: PageIndex, rows: list[list[str]], cls: type[R]) -> Page[R]:
+    """The page's records; a hash gone between the two reads is left out."""
+    items = [r for r in (decode_record(row_fields(row), cls) for row in rows) if r is not None]
+    return Page(items=items, total=index.total, next_cursor=index.next_cursor)

@@ -29,8 +29,11 @@ from shared.scripts import (
     as_dict,
     create_server_arg,
     create_snapshot_arg,
+    decoded_page,
     delete_snapshot_arg,
+    hash_commands,
     ok,
+    page_index,
     result,
     script_sources,
     set_schedule_arg,
@@ -130,10 +133,14 @@ class Store:
     def _page(
         self, key: str, prefix: str, cursor: int | None, limit: int, cls: type[R]
     ) -> Page[R]:
-        raw = self._run("list_page", key, prefix, "" if cursor is None else cursor, limit)
-        items = [r for r in (decode_record(as_dict(h), cls) for h in raw[2:]) if r is not None]
-        more = int(raw[1]) == 1 and items
-        return Page(items=items, total=int(raw[0]), next_cursor=items[-1].id if more else None)
+        index = page_index(
+            self._run("list_page", key, prefix, "" if cursor is None else cursor, limit))
+        pipe = self.redis.pipeline(transaction=False)
+        for command in hash_commands(prefix, index.members):
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        # redis-py answers HGETALL as a dict; a row is the flat list Redis sends.
+        rows = [[text(x) for kv in h.items() for x in kv] for h in pipe.execute()]
+        return decoded_page(index, rows, cls)
 
     # ------------------------------------------------------------ API-side transitions
     # (the HTTP API uses AsyncStore; these let tools and tests drive the same scripts)

@@ -43,6 +43,21 @@ local function emit(etype, account, server_id, snapshot_id, operation_id, at, da
     'data', payload)
 end
 
+-- Every write to a snapshot's hash goes through snap_hset / snap_hdel, which bump its `rev`
+-- (a counter of the hash's versions): a web process keeps each listed snapshot's rendered
+-- JSON by (id, rev) (api/views.py RowViews) and renders it again only when rev moved.
+-- tests/e2e/test_listing_views.py checks that no script writes a snapshot hash otherwise.
+local function snap_hset(id, ...)
+  local key = 'snapshot:' .. id
+  redis.call('HSET', key, ...)
+  redis.call('HINCRBY', key, 'rev', 1)
+end
+
+local function snap_hdel(id, ...)
+  local key = 'snapshot:' .. id
+  if redis.call('HDEL', key, ...) > 0 then redis.call('HINCRBY', key, 'rev', 1) end
+end
+
 -- Listing indexes: for each kind, one sorted set (score = id, so newest first is a
 -- reverse range) for all, per account and per server, each also split by status.
 local function idx_bases(kind, account, server_id)
@@ -91,7 +106,7 @@ local function snap_set_status(snap, new)
   if snap.deleted ~= '1' then
     idx_move('snapshots', snap.id, snap.account, snap.server_id, snap.status, new)
   end
-  redis.call('HSET', 'snapshot:' .. snap.id, 'status', new)
+  snap_hset(snap.id, 'status', new)
   snap.status = new
 end
 
@@ -120,7 +135,7 @@ local function snap_mark_deleted(snap, t)
   if snap.deleted ~= '1' then
     idx_remove('snapshots', snap.id, snap.account, snap.server_id, snap.status)
   end
-  redis.call('HSET', 'snapshot:' .. snap.id, 'deleted', 1, 'deleted_at', t)
+  snap_hset(snap.id, 'deleted', 1, 'deleted_at', t)
   snap.deleted = '1'
 end
 
@@ -169,12 +184,11 @@ end
 -- A new in_progress snapshot of srv with id sid, made by operation oid; origin is
 -- 'manual', 'schedule' or 'safety'; extra: more hash fields. Emits snapshot.created.
 local function new_snapshot(srv, sid, oid, name, description, origin, t, extra)
-  local skey = 'snapshot:' .. sid
-  redis.call('HSET', skey, 'id', sid, 'server_id', srv.id, 'server_name', srv.name,
+  snap_hset(sid, 'id', sid, 'server_id', srv.id, 'server_name', srv.name,
     'account', srv.account, 'name', name, 'status', 'in_progress', 'progress', 0,
     'created_at', t, 'operation_id', oid, 'deleted', 0, 'origin', origin, 'protected', 0)
-  if description ~= nil then redis.call('HSET', skey, 'description', description) end
-  for k, v in pairs(extra or {}) do redis.call('HSET', skey, k, v) end
+  if description ~= nil then snap_hset(sid, 'description', description) end
+  for k, v in pairs(extra or {}) do snap_hset(sid, k, v) end
   idx_add('snapshots', sid, srv.account, srv.id, 'in_progress')
   emit('snapshot.created', srv.account, srv.id, sid, oid, t, {name = name, origin = origin})
 end
@@ -200,7 +214,7 @@ local SCHEDULES_DUE = 'schedules:due'
 -- snapshot at once); ``in_use_by`` on the hash names the latest, for people reading it.
 local function snap_add_reader(snap_id, oid)
   redis.call('SADD', 'snapshot:' .. snap_id .. ':readers', oid)
-  redis.call('HSET', 'snapshot:' .. snap_id, 'in_use_by', oid)
+  snap_hset(snap_id, 'in_use_by', oid)
 end
 
 local function snap_remove_reader(snap_id, oid)
@@ -208,9 +222,9 @@ local function snap_remove_reader(snap_id, oid)
   redis.call('SREM', key, oid)
   local left = redis.call('SRANDMEMBER', key)
   if left then
-    redis.call('HSET', 'snapshot:' .. snap_id, 'in_use_by', left)
+    snap_hset(snap_id, 'in_use_by', left)
   else
-    redis.call('HDEL', 'snapshot:' .. snap_id, 'in_use_by')
+    snap_hdel(snap_id, 'in_use_by')
   end
 end
 

@@ -11,7 +11,7 @@ if snap.id == nil or snap.deleted == '1' or snap.status ~= 'in_progress' then
 end
 local t = now()
 snap_set_status(snap, 'available')
-redis.call('HSET', 'snapshot:' .. snap.id, 'size_mb', ARGV[2], 'progress', 100, 'completed_at', t)
+snap_hset(snap.id, 'size_mb', ARGV[2], 'progress', 100, 'completed_at', t)
 op_set_status(op, 'succeeded', t)
 redis.call('HSET', 'operation:' .. op.id, 'progress', 100)
 server_release(op.server_id, op.id)

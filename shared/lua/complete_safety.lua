@@ -10,7 +10,7 @@ if snap.status == 'available' then return ok({}) end
 if snap.status ~= 'in_progress' then return fail('conflict', 'safety snapshot ' .. snap.status) end
 local t = now()
 snap_set_status(snap, 'available')
-redis.call('HSET', 'snapshot:' .. snap.id, 'size_mb', ARGV[2], 'progress', 100, 'completed_at', t)
+snap_hset(snap.id, 'size_mb', ARGV[2], 'progress', 100, 'completed_at', t)
 emit('snapshot.available', op.account, op.server_id, snap.id, op.id, t,
   {size_mb = tonumber(ARGV[2]), warnings = cjson.decode(ARGV[3]), origin = 'safety'})
 return ok({})

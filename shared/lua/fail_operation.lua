@@ -20,7 +20,7 @@ if op.type == 'snapshot.create' then
   local snap = hgetall('snapshot:' .. op.snapshot_id)
   if snap.id ~= nil and snap.status == 'in_progress' then
     snap_set_status(snap, 'failed')
-    redis.call('HSET', 'snapshot:' .. snap.id, 'error', err, 'completed_at', t)
+    snap_hset(snap.id, 'error', err, 'completed_at', t)
     local skey = 'server:' .. op.server_id
     if snap.origin == 'schedule' and not empty(redis.call('HGET', skey, 'schedule')) then
       redis.call('HSET', skey, 'last_run', cjson.encode({status = 'failed',
@@ -49,7 +49,7 @@ elseif op.type == 'snapshot.restore' then
     local safety = hgetall('snapshot:' .. op.safety_snapshot_id)
     if safety.id ~= nil and safety.status == 'in_progress' then
       snap_set_status(safety, 'failed')
-      redis.call('HSET', 'snapshot:' .. safety.id, 'error', err, 'completed_at', t)
+      snap_hset(safety.id, 'error', err, 'completed_at', t)
       emit('snapshot.failed', op.account, op.server_id, safety.id, op.id, t,
         {code = ARGV[2], message = ARGV[3]})
     end

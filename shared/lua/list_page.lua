@@ -1,16 +1,29 @@
 -- ARGV: index key, hash key prefix, cursor (exclusive upper id, '' = from the newest), limit.
--- Returns {total, has_more, hash1 (flat), hash2, ...} in one round trip.
+-- Returns {total, next cursor ('' on the last page), id1, rev1, id2, rev2, ...}: the page's
+-- ids and each hash's `rev` ('' for a hash without one: every kind but snapshots, and
+-- snapshots written before revs existed); a hash that is gone is left out. The records
+-- themselves come in a second, pipelined read of only those the caller has not rendered
+-- at that rev (shared/async_store.py): an HGETALL inside Lua costs Redis ~10 us, as its
+-- reply becomes a Lua table and back, where an HGET of one field costs ~0.4 us.
 local key, prefix, cursor, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local total = redis.call('ZCARD', key)
 local max = '+inf'
 if cursor ~= '' then max = '(' .. cursor end
-local ids = redis.call('ZREVRANGEBYSCORE', key, max, '-inf', 'LIMIT', 0, limit + 1)
-local out = {total, 0}
-for i, id in ipairs(ids) do
-  if i > limit then
-    out[2] = 1
+-- Members and scores: a token's member is its digest, its score (the cursor) its id.
+local found = redis.call('ZREVRANGEBYSCORE', key, max, '-inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
+local out = {total, ''}
+local last = nil
+for i = 1, #found, 2 do
+  if (i + 1) / 2 > limit then
+    if last ~= nil then out[2] = last end
   else
-    out[#out + 1] = redis.call('HGETALL', prefix .. id)
+    local hkey = prefix .. found[i]
+    local rev = redis.call('HGET', hkey, 'rev')
+    if rev or redis.call('EXISTS', hkey) == 1 then
+      out[#out + 1] = found[i]
+      out[#out + 1] = rev or ''
+      last = found[i + 1]
+    end
   end
 end
 return out

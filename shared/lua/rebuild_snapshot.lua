@@ -28,12 +28,11 @@ end
 if redis.call('EXISTS', 'snapshot:' .. sid) == 1 then
   return ok({snapshot = false, server = created_server})
 end
-local key = 'snapshot:' .. sid
-redis.call('HSET', key, 'id', sid, 'server_id', srv_id, 'server_name', a.server_name,
+snap_hset(sid, 'id', sid, 'server_id', srv_id, 'server_name', a.server_name,
   'account', a.account, 'name', a.name, 'status', 'available', 'progress', 100,
   'size_mb', a.size_mb, 'created_at', a.created_at, 'completed_at', a.completed_at,
   'deleted', 0, 'rebuilt', 1)
-if a.description ~= nil then redis.call('HSET', key, 'description', a.description) end
+if a.description ~= nil then snap_hset(sid, 'description', a.description) end
 idx_add('snapshots', sid, a.account, srv_id, 'available')
 emit('snapshot.rebuilt', a.account, srv_id, sid, nil, t, {name = a.name})
 return ok({snapshot = true, server = created_server})

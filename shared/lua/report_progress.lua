@@ -6,9 +6,8 @@ if p <= tonumber(op.progress or '0') then return ok({changed = false}) end
 local t = now()
 redis.call('HSET', 'operation:' .. op.id, 'progress', p)
 if op.type == 'snapshot.create' and not empty(op.snapshot_id) then
-  local skey = 'snapshot:' .. op.snapshot_id
-  if redis.call('HGET', skey, 'status') == 'in_progress' then
-    redis.call('HSET', skey, 'progress', p)
+  if redis.call('HGET', 'snapshot:' .. op.snapshot_id, 'status') == 'in_progress' then
+    snap_hset(op.snapshot_id, 'progress', p)
   end
   emit('snapshot.progress', op.account, op.server_id, op.snapshot_id, op.id, t, {progress = p})
 elseif op.type == 'snapshot.restore' then

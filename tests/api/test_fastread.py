@@ -80,3 +80,34 @@ def test_error_replies_keep_redis_pys_classes(reply: bytes, error: type[Exceptio
 
     got = asyncio.run(run())
     assert type(got) is error, got
+
+
+def test_batch_answers_in_order_and_an_error_keeps_the_connection_in_step(
+    tmp_path: Path,
+) -> None:
+    server = RedisProcess(tmp_path / "r").start()
+    try:
+        sync = redis.Redis.from_url(server.url, decode_responses=True)
+        sync.hset("h1", mapping={"a": "1"})
+        sync.set("s", "x")
+        reads = FastReads(server.url)
+
+        async def main() -> None:
+            got = await reads.batch([("HGETALL", "h1"), ("HGETALL", "nope"), ("GET", "s")])
+            assert got == [["a", "1"], [], "x"]
+            # Concurrent batches and single commands share the one connection.
+            many = await asyncio.gather(
+                *[reads.batch([("GET", "s")] * 20) for _ in range(10)], reads.command("PING")
+            )
+            assert many[:10] == [["x"] * 20] * 10 and many[10] == "PONG"
+            with pytest.raises(redis.exceptions.ResponseError):
+                await reads.batch([("GET", "s"), ("HGETALL", "s"), ("GET", "s")])  # WRONGTYPE
+            assert await reads.command("GET", "s") == "x"  # replies still matched in order
+            assert await reads.batch([]) == []
+            names = [c.get("name") for c in sync.client_list()]
+            assert "snapshots-reads" in names
+
+        asyncio.run(main())
+        sync.close()
+    finally:
+        server.close()
