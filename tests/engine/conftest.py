@@ -5,19 +5,35 @@ import shutil
 import struct
 import subprocess
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from tests.support import rgw
 from tests.support.seaweed import S3_BUCKET, SeaweedProcess
 from workers.engine import Engine, SnapshotMeta, StateSpec
 from workers.engine.model import StorageOptions
 from workers.engine.repository.backend import LocalBackend
 
 MetaFn = Callable[..., SnapshotMeta]
-# A test module that holds for both repositories says: pytestmark = BOTH_BACKENDS
-BOTH_BACKENDS = pytest.mark.parametrize("backend_kind", ["file", "s3"], indirect=True)
+# A test module that holds for both repositories says: pytestmark = BOTH_BACKENDS. The
+# s3:// one is SeaweedFS; with SNAPSHOTS_TEST_RGW=1 also Ceph RGW (tests/support/rgw.py).
+BOTH_BACKENDS = pytest.mark.parametrize("backend_kind", [
+    "file", "s3", pytest.param("rgw", marks=pytest.mark.skipif(
+        rgw.available() is not None, reason=str(rgw.available())))], indirect=True)
+RGW_BUCKET = "snapshots-tests"
+
+
+@pytest.fixture(scope="session")
+def rgw_server() -> Iterator[rgw.RgwProcess]:
+    """One real Ceph RGW (a one-node cluster) for the session, with bucket RGW_BUCKET."""
+    server = rgw.RgwProcess().start()
+    try:
+        server.make_bucket(RGW_BUCKET)
+        yield server
+    finally:
+        server.close()
 
 
 def make_meta(snapshot_id: int, server_id: int = 1) -> SnapshotMeta:
@@ -41,15 +57,16 @@ def storage_options(backend_kind: str, tmp_path: Path,
                     request: pytest.FixtureRequest) -> StorageOptions | None:
     if backend_kind == "file":
         return None
-    weed: SeaweedProcess = request.getfixturevalue("seaweed")
-    return weed.options(cache_dir=str(tmp_path / "host-cache"), lock_settle=0.05)
+    store: SeaweedProcess | rgw.RgwProcess = request.getfixturevalue(
+        "rgw_server" if backend_kind == "rgw" else "seaweed")
+    return store.options(cache_dir=str(tmp_path / "host-cache"), lock_settle=0.05)
 
 
 @pytest.fixture
 def repo_url(backend_kind: str, tmp_path: Path) -> str:
     if backend_kind == "file":
         return f"file://{tmp_path / 'repo'}"
-    return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
+    return f"s3://{RGW_BUCKET if backend_kind == 'rgw' else S3_BUCKET}/{uuid.uuid4().hex}"
 
 
 @pytest.fixture
