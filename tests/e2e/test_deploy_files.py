@@ -77,3 +77,34 @@ def test_a_fleet_host_worker_reads_its_host_and_refuses_to_start_without_one() -
     from shared.settings import Settings
 
     assert Settings.from_env(values).worker_host == values["SNAPSHOTS_HOST"]
+
+
+def _env_file(name: str) -> dict[str, str]:
+    lines = (DEPLOY / name).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+@pytest.mark.parametrize(("unit", "env_files"), [
+    ("snapshots-web.service", ["env.example"]),
+    ("snapshots-worker@.service", ["env.example"]),
+    ("snapshots-web.service", ["fleet.env.example"]),
+    ("snapshots-host-worker.service", ["fleet.env.example", "host.env.example"]),
+])
+def test_the_example_environments_set_every_variable_their_units_expand(
+    unit: str, env_files: list[str]
+) -> None:
+    """systemd expands an unset ${VAR} to nothing: `--host ${HOST}` would lose its value."""
+    env: dict[str, str] = {}
+    for name in env_files:
+        env.update(_env_file(name))
+    used = {w[1:] for w in _words(_unit(unit)["ExecStart"]) if w.startswith("$")}
+    assert used and not used - set(env), f"{unit} expands {sorted(used - set(env))}, unset"
+
+
+def test_the_fleet_environment_is_a_fleet_host_on_s3() -> None:
+    from shared.settings import Settings
+
+    settings = Settings.from_env({**_env_file("fleet.env.example"),
+                                  **_env_file("host.env.example")})
+    assert settings.on_s3 and settings.deletes_anywhere and settings.aws_access_key_id
+    assert settings.worker_host == "hv-01" and settings.host == "0.0.0.0"
