@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import msgspec
@@ -237,3 +238,25 @@ def test_live_restore_copies_an_unchanged_big_file_into_a_new_inode_with_its_hol
     after = describe(src)
     assert after[b"vm/disk.img"] == before[b"vm/disk.img"]  # bytes, holes, metadata
     assert (src / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"
+
+
+@pytest.mark.parametrize("differs", [False, True], ids=["same", "one-block-differs"])
+def test_restore_proves_an_untrusted_big_file_by_its_blocks(tmp_path: Path,
+                                                            differs: bool) -> None:
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    img = make_tree(src)
+    engine.capture(make_meta(1), dir_state(src))
+    other = tmp_path / "other"  # another copy of the tree: no inode the repository knows
+    subprocess.run(["cp", "-a", "--sparse=always", str(src), str(other)], check=True)
+    copy = other / "vm" / "disk.img"
+    assert data_extents(bytes(copy)) == data_extents(bytes(img))
+    if differs:  # same size and mtime, one byte different in block 7: hashing must see it
+        st = copy.stat()
+        with copy.open("r+b") as f:
+            f.seek(7 * MiB + 5)
+            f.write(b"\x00" if img.read_bytes()[7 * MiB + 5] else b"\x01")
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    res = engine.restore(1, dir_state(other))
+    assert res.files_reused == (1 if differs else 2)  # etc/hosts always, the image if same
+    assert_same(src, other)

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple, TypeVar
 
 from .. import tuning
-from ..fs import directio
+from ..fs import directio, fsutil
 from ..progress import Progress
 
 T = TypeVar("T")
@@ -173,3 +173,32 @@ def _counted(items: Iterable[T], job: Callable[[T], int], progress: Progress) ->
 
     pipelined(items, job, consume)
     return total
+
+
+class _Differs(Exception):
+    pass
+
+
+def same_blocks(fd: int, ranges: list[tuple[int, int]], chunks: list[tuple[bytes, int]],
+                chunk_id: Callable[[bytes], bytes], counter: list[int]) -> bool:
+    """Do the (offset, length) ranges of fd hash to `chunks` ((chunk id, offset) each)?
+    Hashed on every core; stops at the first block that differs. Bytes read go to
+    counter[0]. The caller checks the file did not change meanwhile."""
+    if [off for off, _ln in ranges] != [off for _cid, off in chunks]:
+        return False
+    want = iter(chunks)
+
+    def job(rng: tuple[int, int]) -> tuple[int, bytes]:
+        data = fsutil.pread_full(fd, rng[1], rng[0])
+        return len(data), chunk_id(data)
+
+    def consume(res: tuple[int, bytes]) -> None:
+        counter[0] += res[0]
+        if res[1] != next(want)[0]:
+            raise _Differs
+
+    try:
+        pipelined(ranges, job, consume)
+    except _Differs:
+        return False
+    return True

@@ -31,9 +31,10 @@ import os
 import stat
 import threading
 
+from ..blocks.pipeline import same_blocks
 from ..fs import fsutil
 from ..fs.syncpoint import SyncPoint
-from ..repository.chunker import fixed_block, iter_chunks, make_cdc
+from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cdc
 from ..repository.manifest import Entry
 from ..repository.repository import Repository
 from .statecache import Record, content_digest
@@ -85,8 +86,11 @@ class ReuseCheck:
         counter = [0]
         try:
             cfg = self.repo.config
-            for data, off in iter_chunks(fd, e.size, cdc, cfg.chunk_min, counter,
-                                         fixed_block(cfg, e.size)):
+            block = fixed_block(cfg, e.size)
+            if block:  # a big file: its blocks hashed on every core
+                return same_blocks(fd, list(fixed_ranges(fd, e.size, block)), e.chunks,
+                                   self.repo.chunk_id, counter)
+            for data, off in iter_chunks(fd, e.size, cdc, cfg.chunk_min, counter, 0):
                 if i >= len(e.chunks) or e.chunks[i] != (self.repo.chunk_id(data), off):
                     return False
                 i += 1
