@@ -129,6 +129,18 @@ class MakeRun:
 Row = dict[str, Outcome]
 
 
+def old_tree_gone(target: Path, timeout: float = 120) -> None:
+    """Wait (untimed) until the worker's janitor removed the tree a live restore swapped
+    out beside `target`, so that work never runs under the next tool's clock."""
+    deadline = time.monotonic() + timeout
+    prefix = f".{target.name}.restore-"
+    while any(n.startswith(prefix) for n in os.listdir(target.parent)):
+        if time.monotonic() > deadline:
+            print(f"  (the old tree beside {target} is still there after {timeout:.0f} s)")
+            return
+        time.sleep(0.05)
+
+
 def timed(rows: dict[str, Row], label: str, tool: str, res: Outcome) -> None:
     rows.setdefault(label, {})[tool] = res
     shown = f"{res.secs:.2f} s" if res.secs is not None else f"ERROR {res.error}"
@@ -185,6 +197,7 @@ def bench(args: argparse.Namespace) -> int:
                 if temp == "cold" and cold:
                     drop_caches()
                 timed(rows, label, "ours", svc.restore(snaps[st.name], clone))
+                old_tree_gone(target)
                 partial = ""
                 if temp == "cold" and st.kind == "directory":
                     n = change_one_percent_of_tree(target, 12)
@@ -192,6 +205,7 @@ def bench(args: argparse.Namespace) -> int:
                         drop_caches()
                     partial = f"restore onto 1%-changed · {st.name} ({n} files)*"
                     timed(rows, partial, "ours", svc.restore(snaps[st.name], clone))
+                    old_tree_gone(target)
                 for name, t in tools.items():
                     dst = run / "restores" / f"{name}-{temp}-{st.name}"
                     if temp == "cold" and cold:

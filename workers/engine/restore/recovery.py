@@ -41,10 +41,15 @@ def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
                 os.fsync(parent_fd)
         os.unlink(journal, dir_fd=parent_fd)
     undo_patch(parent_fd, base)  # before its work directory goes with the leftovers
+    busy = {name for path, name in removal.janitor.pending() if path == parent_path}
     for name in _leftovers(parent_fd, base):
-        dispose(parent_fd, parent_path, base, name)
+        if name not in busy:  # the janitor of this process is on it: one walker at a time
+            dispose(parent_fd, parent_path, base, name)
 
 
-def dispose(parent_fd: int, parent_path: str, base: bytes, name: bytes) -> None:
-    """Remove a leftover beside the state, or set it aside for the janitor (never fails)."""
-    removal.dispose(parent_fd, parent_path, name, b"." + base + b".restore-trash-")
+def dispose(parent_fd: int, parent_path: str, base: bytes, name: bytes, *,
+            background: bool = False) -> None:
+    """Remove a leftover beside the state, or set it aside for the janitor (never fails);
+    background: set aside for the janitor at once."""
+    removal.dispose(parent_fd, parent_path, name, b"." + base + b".restore-trash-",
+                    background=background)
