@@ -76,11 +76,11 @@ class Fleet:
         for d in self.states.values():
             d.mkdir(parents=True)
 
-    def worker(self, host: str) -> subprocess.Popen[bytes]:
+    def worker(self, host: str, **env: str) -> subprocess.Popen[bytes]:
         others = tuple(d for h, d in self.states.items() if h != host)
         data = self.svc.root / f"data-{host}"
         return self.svc.start_worker(host=host, hide=others,
-                                     env={"SNAPSHOTS_DATA_DIR": str(data)})
+                                     env={"SNAPSHOTS_DATA_DIR": str(data), **env})
 
 
 @pytest.fixture
@@ -88,12 +88,15 @@ def fleet(make_service: ServiceFactory, s3_env: dict[str, str], tmp_path: Path) 
     return Fleet(make_service(**s3_env).start(workers=0), tmp_path, ("a", "b"))
 
 
-def test_two_hosts_snapshot_restore_and_delete_on_s3(
+def test_two_hosts_on_s3_and_a_dead_hosts_snapshots_deleted_from_another(
     fleet: Fleet, seaweed: SeaweedProcess, prefix: str
 ) -> None:
+    """Captures, restores and a clone across hosts; then host b's worker dies, and host a's
+    deletes b's snapshot with b's server: on s3:// a deletion touches only the shared
+    bucket, so it runs on any host ("host": null, counted for no host in GET /hosts/)."""
     svc = fleet.svc
-    for h in "ab":
-        fleet.worker(h)
+    fleet.worker("a")
+    worker_b = fleet.worker("b")
     client, store = svc.client(), store_for(svc)
     states = {h: _state(fleet.states[h] / "web", f"on {h}\n") for h in "ab"}
     reference = {h: describe(p) for h, p in states.items()}
@@ -121,12 +124,22 @@ def test_two_hosts_snapshot_restore_and_delete_on_s3(
     assert op["status"] == "succeeded" and owner_host(store, op["id"]) == "b", op
     assert not tree_diff(reference["a"], describe(states["b"]))
 
-    for h in "ab":
-        op = delete(client, snaps[h]["id"])
-        assert op["status"] == "succeeded", op
-        assert client.get(f"/snapshots/{snaps[h]['id']}/").status_code == 404
+    svc.kill(worker_b, signal.SIGKILL)
+    op = delete(client, snaps["a"]["id"])
+    assert op["status"] == "succeeded" and op["host"] is None, op
+    assert client.get(f"/snapshots/{snaps['a']['id']}/").status_code == 404
+    resp = client.delete(f"/servers/{servers['b']['id']}/")
+    assert resp.status_code == 204, resp.text
+    ops = client.get("/operations/", params={"server_id": servers["b"]["id"]}).json()
+    (last,) = [o for o in ops["operations"]
+               if o["snapshot_id"] == snaps["b"]["id"] and o["type"] == "snapshot.delete"]
+    op = wait_operation(client, last["id"])
+    assert op["status"] == "succeeded" and op["host"] is None, op
+    assert owner_host(store, op["id"]) == "a"  # b's worker is dead
     keys = bucket_keys(seaweed, prefix)
     assert not {k for k in keys if k.startswith("snapshots/")}, keys
+    hosts = {h.pop("name"): h for h in client.get("/hosts/").json()["hosts"]}
+    assert "*" not in hosts and all(h["queued"] == 0 for h in hosts.values()), hosts
 
 
 def test_a_worker_killed_mid_capture_on_s3_resumes_on_its_host(
@@ -144,7 +157,7 @@ def test_a_worker_killed_mid_capture_on_s3_resumes_on_its_host(
     reference = describe(state)
     snap_id, op_id, first = capture_under_way(client, store, server["id"], "b")
 
-    fleet.worker("b")  # another worker of host b
+    fleet.worker("b", FAULT_TEST_MBPS="")  # another worker of host b, not slowed down
     svc.kill(victim, signal.SIGKILL)
     op = wait_operation(client, op_id, timeout=90)
     assert op["status"] == "succeeded" and op["host"] == "b", op
@@ -159,37 +172,6 @@ def test_a_worker_killed_mid_capture_on_s3_resumes_on_its_host(
     op = wait_operation(client, resp.json()["operation_id"], timeout=90)
     assert op["status"] == "succeeded" and owner_host(store, op["id"]) == "b", op
     assert not tree_diff(reference, describe(state))
-
-
-def test_a_dead_hosts_snapshots_are_deleted_by_another_host_on_s3(
-    fleet: Fleet, seaweed: SeaweedProcess, prefix: str
-) -> None:
-    """On s3:// a snapshot's deletion touches only the shared bucket, so it runs on any
-    host: host b's worker is gone, and host a's deletes b's snapshots, one by one and with
-    b's server. Its operation shows "host": null (any host) and GET /hosts/ counts it for
-    no host."""
-    svc = fleet.svc
-    fleet.worker("a")
-    worker_b = fleet.worker("b")
-    client, store = svc.client(), store_for(svc)
-    states = {"b": _state(fleet.states["b"] / "web", "on b\n")}
-    servers, snaps = snapshot_each_host(client, store, states, min_mb=0.9)
-    second = snapshot(client, servers["b"]["id"], name="second")
-    svc.kill(worker_b, signal.SIGKILL)
-
-    op = delete(client, snaps["b"]["id"])
-    assert op["status"] == "succeeded" and op["host"] is None, op
-    assert owner_host(store, op["id"]) == "a"
-    resp = client.delete(f"/servers/{servers['b']['id']}/")
-    assert resp.status_code == 204, resp.text
-    ops = client.get("/operations/", params={"server_id": servers["b"]["id"]}).json()
-    (last,) = [o for o in ops["operations"] if o["snapshot_id"] == second["id"]
-               and o["type"] == "snapshot.delete"]
-    op = wait_operation(client, last["id"])
-    assert op["status"] == "succeeded" and owner_host(store, op["id"]) == "a", op
-    assert not {k for k in bucket_keys(seaweed, prefix) if k.startswith("snapshots/")}
-    hosts = {h.pop("name"): h for h in client.get("/hosts/").json()["hosts"]}
-    assert "*" not in hosts and all(h["queued"] == 0 for h in hosts.values()), hosts
 
 
 def test_readyz_of_the_web_process_names_the_bucket_with_wrong_credentials(
