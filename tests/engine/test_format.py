@@ -1,4 +1,5 @@
-"""A manifest written by a newer engine is refused, never misread, and keeps its chunks."""
+"""A manifest written by a newer engine is refused, never misread, and keeps its chunks;
+one whose tree is malformed fails for good (snapshot_corrupt), it is never retried."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import msgspec
 import pytest
 
 from tests.engine.conftest import dir_state, make_meta
-from workers.engine import Engine, EngineError
+from workers.engine import Engine, EngineError, SnapshotCorrupt, TransientEngineError
 from workers.engine.repository import manifest
+from workers.jobs import Jobs
 
 
 def test_newer_manifest_is_refused_and_its_chunks_are_kept(engine: Engine, tmp_path: Path) -> None:
@@ -36,3 +38,49 @@ def test_newer_manifest_is_refused_and_its_chunks_are_kept(engine: Engine, tmp_p
     with pytest.raises(EngineError, match="newer engine"):  # it sweeps nothing
         engine.reclaim(wait=True)
     assert sorted(p for p in (repo / "data").rglob("*") if p.is_file()) == objects
+
+
+def _swap_entries(entries: list[manifest.Entry]) -> list[manifest.Entry]:
+    return [entries[1], entries[0], *entries[2:]]  # the root no longer first
+
+
+def _escape(entries: list[manifest.Entry]) -> list[manifest.Entry]:
+    return [*entries, msgspec.structs.replace(entries[-1], path=b"sub/../../escape")]
+
+
+def _child_first(entries: list[manifest.Entry]) -> list[manifest.Entry]:
+    sub = next(i for i, e in enumerate(entries) if e.path == b"sub")
+    return [e for i, e in enumerate(entries) if i != sub] + [entries[sub]]
+
+
+def _orphan_link(entries: list[manifest.Entry]) -> list[manifest.Entry]:
+    first = next(e for e in entries if e.kind == manifest.FILE)
+    return [*entries, msgspec.structs.replace(first, path=b"link", kind=manifest.HARDLINK,
+                                              target=b"no-such-file")]
+
+
+@pytest.mark.parametrize("malform", [_swap_entries, _escape, _child_first, _orphan_link])
+def test_a_manifest_whose_tree_is_malformed_is_corrupt_for_good(
+        engine: Engine, tmp_path: Path, malform: object) -> None:
+    state = tmp_path / "state"
+    (state / "sub").mkdir(parents=True)
+    (state / "sub" / "a").write_text("a")
+    (state / "b").write_text("b")
+    engine.capture(make_meta(1), dir_state(state))
+    path = Path(engine.repo.backend.root) / "snapshots" / "1"  # type: ignore[attr-defined]
+    header, body = manifest.decode(path.read_bytes())
+    assert isinstance(body, manifest.DirBody)
+    bad = msgspec.structs.replace(body, entries=malform(list(body.entries)))  # type: ignore[operator]
+    path.write_bytes(manifest.encode(header, bad))
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "mine").write_text("current")
+    with pytest.raises(SnapshotCorrupt, match="manifest of snapshot 1 is corrupt") as err:
+        engine.restore(1, dir_state(target))
+    # Final, not a retry that can never succeed: the operation fails at once with its code.
+    assert not isinstance(err.value, TransientEngineError) and not Jobs._transient(err.value)
+    assert err.value.code == "snapshot_corrupt"
+    assert sorted(os.listdir(target)) == ["mine"] and (target / "mine").read_text() == "current"
+    report = engine.verify(1)  # verify checks the tree as a restore does
+    assert not report.ok and "manifest of snapshot 1 is corrupt" in report.errors[0]

@@ -270,6 +270,8 @@ class Engine:
         errors: list[str] = []
         try:
             _h, body = self.repo.get_manifest(snapshot_id)
+            if isinstance(body, DirBody):
+                manifest.check_tree(body.entries, snapshot_id)  # what every restore checks
         except SnapshotCorrupt as e:
             return VerifyReport(snapshot_id=snapshot_id, ok=False, errors=[str(e)])
         for cid in sorted(manifest.chunk_ids(body)):

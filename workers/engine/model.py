@@ -94,10 +94,10 @@ class EngineError(Exception):
 class TransientEngineError(EngineError):
     """Worth retrying as it is: a worker process died (a SIGTERM to the whole process group
     looks like that), another restore of the same state still runs, a manifest header could
-    not be read (it may be written by a newer engine that another worker runs), and, as
-    before this type existed, a manifest whose tree fails manifest.check_tree(). The job
-    layer (workers/jobs.py) lets the message be delivered again instead of failing the
-    operation; after the last attempt the operation fails."""
+    not be read (it may be written by a newer engine that another worker runs). A manifest
+    whose tree fails manifest.check_tree() is not: it never will pass (SnapshotCorrupt).
+    The job layer (workers/jobs.py) lets the message be delivered again instead of failing
+    the operation; after the last attempt the operation fails."""
 
 
 class StorageUnavailable(TransientEngineError):

@@ -14,7 +14,7 @@ import msgspec
 import zstandard
 
 from ..fs import fsutil
-from ..model import CommittedSnapshot, SnapshotMeta, TransientEngineError
+from ..model import CommittedSnapshot, SnapshotCorrupt, SnapshotMeta
 
 MAGIC = b"SNAPMF1\n"
 
@@ -167,19 +167,29 @@ def chunk_ids(body: Body) -> set[bytes]:
     return ids
 
 
-def check_tree(entries: list[Entry]) -> None:
-    """A manifest must describe a tree: root first, parents before children, no '..'."""
+def check_tree(entries: list[Entry], snapshot_id: int) -> None:
+    """A manifest must describe a tree: root first, parents before children, no '..'.
+
+    One that does not never will (a manifest is written once and never changes):
+    SnapshotCorrupt, final, naming the snapshot, rather than a retry that cannot succeed."""
+
+    def corrupt(why: str) -> SnapshotCorrupt:
+        return SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is corrupt: {why}")
+
     if not entries or entries[0].path != b"" or entries[0].kind != DIR:
-        raise TransientEngineError("manifest tree does not start with its root directory")
+        raise corrupt("its tree does not start with its root directory")
     dirs = {b""}
     seen: set[bytes] = set()
     for e in entries[1:]:
-        fsutil.split(e.path)
+        try:
+            fsutil.split(e.path)
+        except ValueError as exc:
+            raise corrupt(str(exc)) from None
         parent = e.path.rpartition(b"/")[0]
         if parent not in dirs or e.path in seen:
-            raise TransientEngineError(f"manifest tree is malformed at {e.path!r}")
+            raise corrupt(f"its tree is malformed at {e.path!r}")
         seen.add(e.path)
         if e.kind == DIR:
             dirs.add(e.path)
         if e.kind == HARDLINK and e.target not in seen:
-            raise TransientEngineError(f"hard link {e.path!r} precedes its target")
+            raise corrupt(f"hard link {e.path!r} precedes its target")

@@ -68,7 +68,7 @@ class Restorer:
 
     def run(self) -> RestoreResult:
         w = self.writer
-        check_tree(self.entries)
+        check_tree(self.entries, self.sid)
         self.progress.total = sum(e.size for e in self.entries if e.kind == FILE)
         try:
             parent_fd = os.open(self.parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
