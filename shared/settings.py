@@ -147,6 +147,9 @@ class Settings:
     requeue_after: float = 120.0
     # How often the reaper sweeps the repository of unreferenced data.
     reclaim_interval: float = 3600.0
+    # A job that raised a transient error or was interrupted by its worker's shutdown is
+    # delivered again after this many seconds, doubling (with jitter) up to 120 s.
+    retry_backoff: float = 2.0
     # Webhook deliveries: attempts before a delivery is failed, and the first retry's delay
     # (doubling after each failed attempt, capped at an hour): 8 is about 20 minutes.
     webhook_attempts: int = 8
@@ -237,6 +240,7 @@ class Settings:
             reaper_interval=_float(env, "SNAPSHOTS_REAPER_INTERVAL", d.reaper_interval),
             requeue_after=_float(env, "SNAPSHOTS_REQUEUE_AFTER", d.requeue_after),
             reclaim_interval=_float(env, "SNAPSHOTS_RECLAIM_INTERVAL", d.reclaim_interval),
+            retry_backoff=_float(env, "SNAPSHOTS_RETRY_BACKOFF", d.retry_backoff),
             webhook_attempts=_int(env, "SNAPSHOTS_WEBHOOK_ATTEMPTS", d.webhook_attempts),
             webhook_backoff=_float(env, "SNAPSHOTS_WEBHOOK_BACKOFF", d.webhook_backoff),
             events_keepalive=_float(env, "SNAPSHOTS_EVENTS_KEEPALIVE", d.events_keepalive),

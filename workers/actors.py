@@ -50,7 +50,7 @@ _OPTIONS: dict[str, Any] = {
     "queue_name": queue_name(settings.worker_host),
     "time_limit": TIME_LIMIT_MS,
     "max_retries": MAX_ATTEMPTS - 1,
-    "min_backoff": 2_000,
+    "min_backoff": int(settings.retry_backoff * 1000),
     "max_backoff": 120_000,
     # SIGTERM interrupts the job so the worker exits within the platform's 30 s; the
     # message is retried elsewhere and the capture resumes from what it already stored.

@@ -26,6 +26,8 @@ FAST_ENV = {
     "SNAPSHOTS_REAPER_INTERVAL": "0.5",
     "SNAPSHOTS_REQUEUE_AFTER": "3",
     "SNAPSHOTS_RECLAIM_INTERVAL": "2",
+    # An interrupted job is delivered again after 0.2 s rather than 2-4 s (the same path).
+    "SNAPSHOTS_RETRY_BACKOFF": "0.2",
 }
 
 # Big enough that a capture or restore takes seconds, so a kill lands mid-job; small
