@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from workers.engine import Engine
@@ -184,6 +185,32 @@ def test_the_previous_restores_record_vouches_for_content_only(
     check = _check(engine, cur)
     check.known = {b"f": (st.st_ino, st.st_ctime_ns, content_digest(e))}
     assert _decide(check, cur, e) == "none"
+
+
+def test_trusted_in_place_from_the_lstat_alone(
+        engine: Engine, captured: tuple[Path, Entry], tmp_path: Path) -> None:
+    """The patch's fast path keeps a file on its lstat (no open, no xattr read) only where
+    the inode itself is trusted; a record made for other xattrs does not match."""
+    src, e = captured
+    check = _check(engine, src)
+    assert check.trusted_in_place(os.lstat(src / "f"), e)  # the captured inode, unchanged
+    assert not check.trusted_in_place(os.lstat(src / "f"), e, links=2)
+    os.setxattr(src / "f", "user.tag", b"two")  # moves ctime: no longer the captured inode
+    assert not check.trusted_in_place(os.lstat(src / "f"), e)
+    cur = tmp_path / "cur"
+    cur.mkdir()
+    shutil.copy2(src / "f", cur / "f")
+    os.setxattr(cur / "f", "user.tag", b"one")
+    os.utime(cur / "f", ns=(e.mtime_ns, e.mtime_ns))
+    st = os.lstat(cur / "f")
+    check = _check(engine, cur)
+    assert not check.trusted_in_place(st, e)  # not the captured inode, no record
+    check.known = {b"f": (st.st_ino, st.st_ctime_ns, content_digest(e))}
+    assert check.trusted_in_place(st, e)
+    other = msgspec.structs.replace(e, xattrs=[("user.tag", b"two")])
+    check.known = {b"f": (st.st_ino, st.st_ctime_ns, content_digest(other))}
+    assert not check.trusted_in_place(st, e)  # the record vouched for other xattrs
+    assert content_digest(other) != content_digest(e)
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["patch", "rebuild"])

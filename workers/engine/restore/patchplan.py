@@ -230,15 +230,18 @@ class Planner:
             return False  # cheap, before opening it
         # a regular file: the same check as the rebuild's (reuse.py), but a kept hard-link
         # group's first name has as many links as the group has names
-        cand = self.check.candidate(dfd, name, e, links=self.group.get(e.path, 1))
-        if cand is None:
-            return False
-        try:
-            ok = self.check.is_snapshots(cand, e)
-        finally:
-            os.close(cand[0])
-        if ok:
+        links = self.group.get(e.path, 1)
+        ok = self.check.trusted_in_place(st, e, links)
+        if not ok:  # not known from its lstat: open it (never following) and prove it
+            cand = self.check.candidate(dfd, name, e, links=links)
+            if cand is None:
+                return False
+            try:
+                ok = self.check.is_snapshots(cand, e)
+            finally:
+                os.close(cand[0])
             st = cand[1]
+        if ok:
             self.plan.reused += 1
             self.plan.reused_bytes += e.size
             if e.path in self.group:

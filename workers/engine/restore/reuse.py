@@ -99,6 +99,17 @@ class ReuseCheck:
             with self._lock:
                 self.bytes_read += counter[0]
 
+    def trusted_in_place(self, st: os.stat_result, e: Entry, links: int = 1) -> bool:
+        """Steps 1 and 2 from the lstat alone, for a file the patch keeps where it is (it
+        is neither read nor linked, so no fd is needed): a regular file with `links` links
+        and the entry's size, mode, owner and mtime, whose inode is trusted. Its xattrs
+        need no reading: setxattr moves ctime, so the captured inode still at its ctime
+        has the captured xattrs, and a record's digest covers the xattrs its restore wrote
+        (statecache.content_digest). Anything else goes through candidate()."""
+        return (stat.S_ISREG(st.st_mode) and st.st_nlink == links and st.st_size == e.size
+                and st.st_mode == e.mode and st.st_uid == e.uid and st.st_gid == e.gid
+                and st.st_mtime_ns == e.mtime_ns and self.trusted(st, e))
+
     def candidate(self, cfd: int, name: bytes, e: Entry, links: int = 1) -> Candidate:
         """Step 1: the current file `name` in cfd, opened without following symlinks, if it
         is a regular file with `links` links and exactly the entry's size, mode, owner,

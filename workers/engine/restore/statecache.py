@@ -32,14 +32,20 @@ Record = dict[bytes, tuple[int, int, bytes]]  # path -> (ino, ctime_ns, content 
 
 
 def content_digest(e: Entry) -> bytes:
-    """What the file holds, as a short value: its size and chunk list (a single chunk's
-    id, which is a keyed hash of its bytes, is used as is: most files are one chunk)."""
-    if len(e.chunks) == 1:
+    """What the file holds, as a short value: its size, chunk list and xattrs (a single
+    chunk's id, which is a keyed hash of its bytes, is used as is: most files are one
+    chunk and have no xattrs). The xattrs are in it so that a record's match vouches for
+    them too: setxattr moves ctime, so an inode whose (ino, ctime) still match holds the
+    xattrs the restore that recorded it wrote, and the patch keeps it without reading any."""
+    if len(e.chunks) == 1 and not e.xattrs:
         cid, off = e.chunks[0]
         return cid + struct.pack(">QQ", e.size, off)
     h = blake3.blake3(struct.pack(">Q", e.size))
     for cid, off in e.chunks:
         h.update(cid + struct.pack(">Q", off))
+    for name, value in e.xattrs:
+        raw = name.encode()
+        h.update(struct.pack(">II", len(raw), len(value)) + raw + value)
     return h.digest(16)
 
 
@@ -47,8 +53,9 @@ class StateCache:
     def __init__(self, backend: Backend, state_path: str) -> None:
         self.backend = backend
         digest = blake3.blake3(os.fsencode(os.path.normpath(state_path))).hexdigest()[:32]
-        # "-2": records written since restores take a sync point (older ones are ignored)
-        self.key = f"states/{digest}-2"
+        # "-3": records written since restores take a sync point and whose digest covers
+        # the xattrs (older ones are ignored: one restore proves by content again)
+        self.key = f"states/{digest}-3"
 
     def load(self) -> Record:
         try:
