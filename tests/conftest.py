@@ -32,6 +32,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from api.app import create_app  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Store  # noqa: E402
+from tests.support import rgw  # noqa: E402
 from tests.support.api import ApiHelper  # noqa: E402
 from tests.support.redis_proc import RedisProcess  # noqa: E402
 from tests.support.seaweed import S3_BUCKET, SeaweedProcess  # noqa: E402
@@ -56,6 +57,18 @@ def seaweed() -> Iterator[SeaweedProcess]:
     server = SeaweedProcess().start()
     server.make_bucket(S3_BUCKET)
     try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def rgw_server() -> Iterator[rgw.RgwProcess]:
+    """One real Ceph RGW (a one-node cluster, tests/support/rgw.py) for the session, with
+    bucket rgw.BUCKET; only for tests that skip unless rgw.available()."""
+    server = rgw.RgwProcess().start()
+    try:
+        server.make_bucket(rgw.BUCKET)
         yield server
     finally:
         server.close()

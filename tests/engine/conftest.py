@@ -5,7 +5,7 @@ import shutil
 import struct
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,18 +22,7 @@ MetaFn = Callable[..., SnapshotMeta]
 BOTH_BACKENDS = pytest.mark.parametrize("backend_kind", [
     "file", "s3", pytest.param("rgw", marks=pytest.mark.skipif(
         rgw.available() is not None, reason=str(rgw.available())))], indirect=True)
-RGW_BUCKET = "snapshots-tests"
-
-
-@pytest.fixture(scope="session")
-def rgw_server() -> Iterator[rgw.RgwProcess]:
-    """One real Ceph RGW (a one-node cluster) for the session, with bucket RGW_BUCKET."""
-    server = rgw.RgwProcess().start()
-    try:
-        server.make_bucket(RGW_BUCKET)
-        yield server
-    finally:
-        server.close()
+RGW_BUCKET = rgw.BUCKET
 
 
 def make_meta(snapshot_id: int, server_id: int = 1) -> SnapshotMeta:

@@ -1,9 +1,12 @@
 """The whole service on s3:// (SPEC section 5), every part real: the uvicorn web process,
 Dramatiq worker processes of two hosts (each with its own data directory, so its own
-listing cache, and unable to see the other host's states), redis-server and SeaweedFS.
-Snapshots are made and restored through the HTTP API and compared bit for bit, deleted
-(their manifest leaves the bucket), a worker SIGKILLed mid-capture is resumed by another
-worker of its host, and /readyz names the bucket when the credentials are wrong.
+listing cache, and unable to see the other host's states), redis-server and SeaweedFS
+(and Ceph RGW too with SNAPSHOTS_TEST_RGW=1: tests/support/rgw.py). Snapshots are made
+and restored through the HTTP API and compared bit for bit, deleted (their manifests
+leave the bucket, their data goes at the next reclaims, a dead host's by another host),
+a worker SIGKILLed mid-capture is resumed by another worker of its host, /readyz names
+the bucket when the credentials are wrong, and `make run` takes the bucket from its
+environment.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,6 +31,7 @@ from tests.faults.conftest import ServiceFactory
 from tests.faults.faults import store_for, tree_diff
 from tests.faults.test_hosts import capture_under_way, owner_host, snapshot_each_host
 from tests.faults.test_make_run import MakeRun
+from tests.support import rgw
 from tests.support.seaweed import ACCESS_KEY, REGION, S3_BUCKET, SECRET_KEY, SeaweedProcess
 
 pytestmark = pytest.mark.skipif(
@@ -37,9 +42,27 @@ pytestmark = pytest.mark.skipif(
 S3_TIMINGS = {"SNAPSHOTS_LOCK_SETTLE": "0.1"}
 
 
-def bucket_keys(weed: SeaweedProcess, prefix: str) -> set[str]:
+@dataclass(frozen=True)
+class Bucket:
+    """The bucket of a real S3 server: SeaweedFS, or Ceph RGW (SNAPSHOTS_TEST_RGW=1)."""
+
+    endpoint: str
+    name: str
+
+
+@pytest.fixture(params=["seaweedfs", pytest.param("rgw", marks=pytest.mark.skipif(
+    rgw.available() is not None, reason=str(rgw.available())))])
+def bucket(request: pytest.FixtureRequest) -> Bucket:
+    if request.param == "rgw":
+        server: rgw.RgwProcess = request.getfixturevalue("rgw_server")
+        return Bucket(server.endpoint, rgw.BUCKET)
+    weed: SeaweedProcess = request.getfixturevalue("seaweed")
+    return Bucket(weed.endpoint, S3_BUCKET)
+
+
+def bucket_keys(bucket: Bucket, prefix: str) -> set[str]:
     """Every object under the repository's prefix, read from the store itself."""
-    store = S3Store(S3_BUCKET, endpoint=weed.endpoint, access_key_id=ACCESS_KEY,
+    store = S3Store(bucket.name, endpoint=bucket.endpoint, access_key_id=ACCESS_KEY,
                     secret_access_key=SECRET_KEY, region=REGION,
                     client_options={"allow_http": True})
     return {str(meta["path"])[len(prefix) + 1:]
@@ -52,8 +75,10 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def s3_env(seaweed: SeaweedProcess, prefix: str) -> dict[str, str]:
-    return {**seaweed.env(S3_BUCKET, prefix), **S3_TIMINGS}
+def s3_env(bucket: Bucket, prefix: str) -> dict[str, str]:
+    return {"SNAPSHOTS_STORAGE_URL": f"s3://{bucket.name}/{prefix}",
+            "AWS_ENDPOINT_URL": bucket.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION, **S3_TIMINGS}
 
 
 def _state(root: Path, text: str, mb: int = 1) -> Path:
@@ -92,7 +117,7 @@ def fleet(make_service: ServiceFactory, s3_env: dict[str, str], tmp_path: Path) 
 
 
 def test_two_hosts_on_s3_and_a_dead_hosts_snapshots_deleted_from_another(
-    fleet: Fleet, seaweed: SeaweedProcess, prefix: str
+    fleet: Fleet, bucket: Bucket, prefix: str
 ) -> None:
     """Captures, restores and a clone across hosts; then host b's worker dies, and host a's
     deletes b's snapshot with b's server: on s3:// a deletion touches only the shared
@@ -104,7 +129,7 @@ def test_two_hosts_on_s3_and_a_dead_hosts_snapshots_deleted_from_another(
     states = {h: _state(fleet.states[h] / "web", f"on {h}\n") for h in "ab"}
     reference = {h: describe(p) for h, p in states.items()}
     servers, snaps = snapshot_each_host(client, store, states, min_mb=0.9)
-    keys = bucket_keys(seaweed, prefix)
+    keys = bucket_keys(bucket, prefix)
     assert {"config", f"snapshots/{snaps['a']['id']}", f"snapshots/{snaps['b']['id']}"} <= keys
     assert any(k.startswith("data/") for k in keys)
     # Nothing went to a local repository: not the web's, not either host's.
@@ -139,10 +164,10 @@ def test_two_hosts_on_s3_and_a_dead_hosts_snapshots_deleted_from_another(
     op = wait_operation(client, last["id"])
     assert op["status"] == "succeeded" and op["host"] is None, op
     assert owner_host(store, op["id"]) == "a"  # b's worker is dead
-    keys = bucket_keys(seaweed, prefix)
+    keys = bucket_keys(bucket, prefix)
     assert not {k for k in keys if k.startswith("snapshots/")}, keys
     # And host a's reclaims (condemn, then sweep a margin later) free every data object.
-    wait_until(lambda: not {k for k in bucket_keys(seaweed, prefix)
+    wait_until(lambda: not {k for k in bucket_keys(bucket, prefix)
                             if k.startswith(("data/", "packidx/"))},
                timeout=30, what="host a's reclaims to free the deleted snapshots' data")
     hosts = {h.pop("name"): h for h in client.get("/hosts/").json()["hosts"]}
@@ -182,14 +207,14 @@ def test_a_worker_killed_mid_capture_on_s3_resumes_on_its_host(
 
 
 def test_readyz_of_the_web_process_names_the_bucket_with_wrong_credentials(
-    make_service: ServiceFactory, s3_env: dict[str, str]
+    make_service: ServiceFactory, s3_env: dict[str, str], bucket: Bucket
 ) -> None:
     svc = make_service(**{**s3_env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}).start(workers=0)
     resp = httpx.get(f"{svc.url}/readyz", timeout=30)
     assert resp.status_code == 503, resp.text
     body = resp.json()
     assert body["redis"] is True and body["storage"] is False, body
-    assert f"bucket '{S3_BUCKET}'" in body["storage_error"], body
+    assert f"bucket '{bucket.name}'" in body["storage_error"], body
     assert "AWS_SECRET_ACCESS_KEY" in body["storage_error"], body
 
 
@@ -200,7 +225,7 @@ def make_run_s3(tmp_path: Path, s3_env: dict[str, str]) -> Iterator[MakeRun]:
 
 
 def test_make_run_against_s3_from_the_environment(
-    make_run_s3: MakeRun, seaweed: SeaweedProcess, prefix: str, tmp_path: Path
+    make_run_s3: MakeRun, bucket: Bucket, prefix: str, tmp_path: Path
 ) -> None:
     """`SNAPSHOTS_STORAGE_URL=s3://... AWS_...=... make run`, as a user would try the fleet's
     storage on one machine: snapshots go to the bucket, nothing to a local repository."""
@@ -209,7 +234,7 @@ def test_make_run_against_s3_from_the_environment(
     reference = describe(state)
     server = add_server(client, str(state))
     snap = snapshot(client, server["id"])
-    assert f"snapshots/{snap['id']}" in bucket_keys(seaweed, prefix)
+    assert f"snapshots/{snap['id']}" in bucket_keys(bucket, prefix)
     assert not (make_run_s3.data_dir / "repository").exists()
     (state / "data2.bin").write_bytes(b"broken")
     resp = client.post(f"/snapshots/{snap['id']}/restore/")

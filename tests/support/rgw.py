@@ -31,6 +31,7 @@ import httpx
 from tests.support.seaweed import ACCESS_KEY, REGION, SECRET_KEY, _free_ports
 from workers.engine.model import StorageOptions
 
+BUCKET = "snapshots-tests"  # the session server's bucket (tests/conftest.py: rgw_server)
 BINARIES = ("ceph", "ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "curl")
 
 
