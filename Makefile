@@ -18,8 +18,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy bench
 	$(VENV)/bin/lint-imports --no-cache
 
+# Two test processes (TEST_WORKERS=1 for one), each file whole on one of them (its
+# module-scoped service started once); tests/conftest.py hands out the slowest first.
+TEST_WORKERS ?= 2
+
 test: lint browser
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The console's browser tests drive Debian's chromium through chromium-driver. Run as root
 # (CI), make test installs them when missing; elsewhere those tests are skipped, saying how.

@@ -39,6 +39,18 @@ from tests.support.seaweed import S3_BUCKET, SeaweedProcess  # noqa: E402
 
 ADMIN_TOKEN = "snp_test-admin-token-0123456789abcdef"
 TEST_DB = 1
+# The folders whose files take longest (real processes killed and waited for), first:
+# `make test` hands whole files to two processes in this order (--dist loadfile), so the
+# long ones start early and the many short API and unit tests fill in at the end.
+SLOW_FIRST = ("faults", "snapctl", "e2e", "events", "engine")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        top = item.path.parts[len(Path(__file__).parent.parts):][:1]
+        return SLOW_FIRST.index(top[0]) if top and top[0] in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: each file's own order is kept
 
 
 @pytest.fixture(scope="session")
