@@ -18,7 +18,7 @@ from dramatiq.middleware import Shutdown
 
 from shared import logs
 from shared.broker import HEARTBEATS_KEY, enqueue_operation, make_broker
-from shared.hosts import queue_name
+from shared.hosts import DEFAULT_HOST, queue_name
 from shared.messages import OperationMessage
 from shared.settings import Settings
 from shared.store import Store
@@ -119,9 +119,28 @@ def scheduler() -> Scheduler:
     return Scheduler(store(), enqueue, settings)
 
 
+class Announce(dramatiq.Middleware):
+    """Says at each worker process's start what it runs, so a host's journal shows its
+    host, its queues and its repository: a misspelt SNAPSHOTS_HOST or a fleet host left on
+    file:// is seen at once, not when operations stay queued."""
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        queues = sorted(q for q in broker.get_declared_queues()
+                        if not q.endswith((".DQ", ".XQ")))
+        log.info("worker of host %r consumes %s; repository %s",
+                 settings.worker_host, ", ".join(queues), settings.storage_url)
+        if not settings.on_s3 and settings.worker_host != DEFAULT_HOST:
+            log.warning(
+                "SNAPSHOTS_HOST=%s with a file:// repository: this host's snapshots are "
+                "on this host's disk only (not shared or deduplicated with other hosts, "
+                "deleted and cloned only here); a fleet shares one s3:// bucket",
+                settings.worker_host)
+
+
 # Every worker process runs a reaper and a scheduler thread (workers/reaper.py, scheduler.py).
 broker.add_middleware(ReaperThread("reaper", reaper, settings.reaper_interval))
 broker.add_middleware(SchedulerThread("scheduler", scheduler, settings.scheduler_interval))
+broker.add_middleware(Announce())
 
 
 def _operation_id(**kwargs: object) -> int | None:

@@ -98,6 +98,10 @@ def test_each_host_runs_only_its_own_servers(make_service: ServiceFactory, tmp_p
     svc.start_worker(host="a", hide=(b_dir,))
     worker_b = svc.start_worker(host="b", hide=(a_dir,))
     client, store = svc.client(), store_for(svc)
+    # Each worker says what it runs, and that a host on file:// keeps its snapshots local.
+    wait_until(lambda: "worker of host 'b' consumes host.b, webhooks" in svc.logs()
+               and "SNAPSHOTS_HOST=b with a file:// repository" in svc.logs(), timeout=20,
+               what="b's announce")
     states = {"a": _state(a_dir / "web", "on a\n"), "b": _state(b_dir / "web", "on b\n")}
     servers, snaps = snapshot_each_host(client, store, states, min_mb=0.25)
     reference = {h: describe(p) for h, p in states.items()}

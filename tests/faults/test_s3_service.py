@@ -126,6 +126,9 @@ def test_two_hosts_on_s3_and_a_dead_hosts_snapshots_deleted_from_another(
     fleet.worker("a")
     worker_b = fleet.worker("b")
     client, store = svc.client(), store_for(svc)
+    # Each worker says what it consumes: its host's queue and, on s3://, anyhost.
+    wait_until(lambda: "worker of host 'b' consumes anyhost, host.b, webhooks; repository "
+               f"s3://{bucket.name}/{prefix}" in svc.logs(), timeout=20, what="b's announce")
     states = {h: _state(fleet.states[h] / "web", f"on {h}\n") for h in "ab"}
     reference = {h: describe(p) for h, p in states.items()}
     servers, snaps = snapshot_each_host(client, store, states, min_mb=0.9)
