@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
 import httpx
 import redis
 
@@ -61,6 +62,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--events", type=int, default=99, help="at most 99 (progress 1..99)")
     parser.add_argument("--rate", type=float, default=20.0, help="events per second")
+    parser.add_argument("--max-wait", type=float, default=180,
+                        help="s to wait for a quiet machine")
     parser.add_argument("--client-mode", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client_mode:
@@ -70,6 +73,16 @@ def main() -> int:
     events = min(args.events, 99)
     # Every stream is of one account: lift the per-account cap for the web process.
     os.environ["SNAPSHOTS_EVENTS_MAX_PER_ACCOUNT"] = str(args.clients)
+    with benchlib.exclusive():  # one benchmark at a time
+        print("command :", " ".join([".venv/bin/python", "bench/events.py", *sys.argv[1:]]))
+        print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
+        print(f"load    : {benchlib.loadavg()} before", flush=True)
+        code = run(args, events)
+        print(f"load    : {benchlib.loadavg()} after")
+        return code
+
+
+def run(args: argparse.Namespace, events: int) -> int:
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="bench-events-") as tmpdir:
         tmp = Path(tmpdir)

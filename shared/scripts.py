@@ -194,7 +194,9 @@ Command = tuple[str | int, ...]
 def page_index(raw: list[Any]) -> PageIndex:
     """The list_page script's answer: ``[total, next cursor or '', member, rev, ...]``."""
     nxt = text(raw[1])
-    flat = [text(v) for v in raw[2:]]
+    flat = raw[2:]
+    if flat and not isinstance(flat[0], str):  # a client without decode_responses
+        flat = [text(v) for v in flat]
     return PageIndex(members=flat[0::2], revs=flat[1::2], total=int(raw[0]),
                      next_cursor=int(float(nxt)) if nxt else None)
 
