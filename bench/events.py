@@ -34,9 +34,11 @@ from shared.store import Store
 from tests.support.sse_flood import open_many, percentile
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _rss_mib(pid: int) -> float:
@@ -120,7 +122,8 @@ def run(args: argparse.Namespace, events: int) -> int:
                 store.report_progress(op["operation_id"], progress)
                 time.sleep(1 / args.rate)
             clients.wait(180)
-            cpu = _cpu_s(pid) - cpu_before
+            user, system = (a - b for a, b in zip(_cpu_s(pid), cpu_before, strict=True))
+            cpu = user + system
             arrivals = json.loads(out.read_text())
             time.sleep(1.0)
             rss_after = _rss_mib(pid)
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace, events: int) -> int:
                   f"p99 {percentile(lat, 0.99) * 1000:.1f} ms  "
                   f"max {max(lat) * 1000:.1f} ms  missing {missing}")
             print(f"  web process CPU: {cpu:.2f} s for {len(lat)} frames delivered "
-                  f"({cpu / max(1, len(lat)) * 1e6:.0f} us a frame)")
+                  f"({cpu / max(1, len(lat)) * 1e6:.0f} us a frame: {user:.2f} s user, "
+                  f"{system:.2f} s system)")
             print(f"  redis connections of the web process: {len(conns)} "
                   f"({', '.join(sorted({c.get('name') or '(pool)' for c in conns}))})")
             print(f"  web RSS: {rss_before:.0f} MiB before, {rss_open:.0f} MiB with the streams "
