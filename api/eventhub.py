@@ -72,8 +72,8 @@ class Subscription:
     """One open stream's place in the hub: what it may see, and its bounded queue."""
 
     __slots__ = ("account", "digest", "ended", "frames", "keepalive_due", "last_id",
-                 "last_sent", "limit", "owner", "resync", "server_id", "task", "wake",
-                 "writing_since")
+                 "last_key", "last_sent", "limit", "owner", "resync", "server_id", "task",
+                 "waiter", "writing_since")
 
     def __init__(self, who: Principal, server_id: int | None, last_id: str, limit: int) -> None:
         self.owner = who.account
@@ -81,10 +81,14 @@ class Subscription:
         self.digest = who.token_digest
         self.server_id = server_id
         self.limit = limit
-        self.frames: deque[tuple[str, bytes]] = deque()
-        self.wake = asyncio.Event()
+        # (id_key(entry id), entry id, frame): the key parsed once per event, not per stream.
+        self.frames: deque[tuple[tuple[int, int], str, bytes]] = deque()
+        # The stream's pump waits on this future when it has nothing to send (a bare
+        # future: an asyncio.Event costs a coroutine and a future per wait, per stream).
+        self.waiter: asyncio.Future[None] | None = None
         # The last id delivered to the client: resumes and resyncs start after it.
         self.last_id = last_id
+        self.last_key = id_key(last_id)
         # Set when the queue cannot be trusted to hold every event after last_id (a resume
         # from an older id, an overflow): catch up from Redis before reading it again.
         self.resync = False
@@ -95,7 +99,7 @@ class Subscription:
         self.keepalive_due = False
         self.task: asyncio.Task[Any] | None = None
 
-    def offer(self, entry_id: str, frame: bytes) -> None:
+    def offer(self, key: tuple[int, int], entry_id: str, frame: bytes) -> None:
         if self.resync or self.ended is not None:
             return
         if len(self.frames) >= self.limit:
@@ -103,13 +107,31 @@ class Subscription:
             self.frames.clear()
             self.resync = True
         else:
-            self.frames.append((entry_id, frame))
-        self.wake.set()
+            self.frames.append((key, entry_id, frame))
+        self.wake()
+
+    def delivered(self, entry_id: str, key: tuple[int, int] | None = None) -> None:
+        self.last_id = entry_id
+        self.last_key = id_key(entry_id) if key is None else key
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until offer(), end() or the ticker wakes this stream (call with no await
+        between finding nothing to do and this, so no wake-up is missed)."""
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
 
     def end(self, reason: str) -> None:
         if self.ended is None:
             self.ended = reason
-        self.wake.set()
+        self.wake()
 
 
 class EventHub:
@@ -269,7 +291,7 @@ class EventHub:
                             sub.task.cancel()
                     elif now - sub.last_sent >= self.keepalive:
                         sub.keepalive_due = True
-                        sub.wake.set()
+                        sub.wake()
 
     async def _run(self) -> None:
         backoff = 0.2
@@ -317,11 +339,12 @@ class EventHub:
         if event is None:
             return
         frame: bytes | None = None
+        key = id_key(entry_id)
         for sub in self._audience(event.account):
             if events.visible(event, sub.account, sub.server_id):
                 if frame is None:
                     frame = events.sse_frame(event)
-                sub.offer(entry_id, frame)
+                sub.offer(key, entry_id, frame)
 
     def _audience(self, account: str) -> Iterator[Subscription]:
         yield from self._by_account.get(account, ())

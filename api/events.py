@@ -118,26 +118,25 @@ class EventStream(Response):
             if sub.resync:
                 await self._catch_up(send, self.hub.start_resync(sub))
                 continue
-            floor = id_key(sub.last_id)
             chunks: list[bytes] = []
-            while sub.frames:
-                entry_id, frame = sub.frames.popleft()
-                if id_key(entry_id) > floor:
+            frames = sub.frames
+            while frames:
+                key, entry_id, frame = frames.popleft()
+                if key > sub.last_key:  # not already sent by a catch-up
                     chunks.append(frame)
-                    sub.last_id = entry_id
+                    sub.delivered(entry_id, key)
             if chunks:
                 await self._write(send, b"".join(chunks))
             elif sub.keepalive_due:
                 sub.keepalive_due = False
                 await self._write(send, KEEPALIVE)
             else:
-                # No await between the empty queue and clear(): the hub cannot slip in.
-                sub.wake.clear()
-                await sub.wake.wait()
+                # No await between the empty queue and the wait: the hub cannot slip in.
+                await sub.wait()
     async def _catch_up(self, send: Send, upto: str) -> None:
         """Everything the caller may see after its last id up to ``upto``, from Redis."""
         sub = self.sub
-        while id_key(sub.last_id) < id_key(upto):
+        while sub.last_key < id_key(upto):
             entries = await self.hub.read_range(sub.last_id, upto)
             if not entries:
                 return
@@ -146,6 +145,6 @@ class EventStream(Response):
                 event = events.from_entry(entry_id, fields)
                 if event is not None and events.visible(event, sub.account, sub.server_id):
                     chunks.append(events.sse_frame(event))
-            sub.last_id = entries[-1][0]
+            sub.delivered(entries[-1][0])
             if chunks:
                 await self._write(send, b"".join(chunks))
