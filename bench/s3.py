@@ -5,7 +5,8 @@
 
 One run, one server, one dataset, both tools: full capture, one-file incremental, full
 restore into an empty directory; wall time and the S3 requests (PUT, GET, LIST, DELETE)
-each phase made, read from SeaweedFS's own Prometheus counters (HEAD counts as GET).
+each phase made, read from SeaweedFS's own Prometheus counters (HEAD counts as GET); both
+repositories are initialised first, uncounted.
 Ours runs as a fresh Python process per operation (`bench/s3.py op ...`), so start-up and
 imports count, as restic's do. The page cache is dropped before every full capture and
 restore. Targets (issue 11): capture and restore >= 2x faster than restic, fewer requests
@@ -61,13 +62,13 @@ def op_main(argv: list[str]) -> None:
     from workers.engine import Engine, SnapshotMeta, StateSpec, StorageOptions
 
     action, url, sid, path, opts = argv[0], argv[1], int(argv[2]), argv[3], json.loads(argv[4])
-    engine = Engine(url, StorageOptions(**opts))
+    engine = Engine(url, StorageOptions(**opts))  # "init": makes the repository's config
     state = StateSpec(kind="directory", path=path)
     if action == "capture":
         meta = SnapshotMeta(snapshot_id=sid, server_id=1, server_name="bench", account="bench",
                             name=f"s{sid}", description=None, created_at="2026-12-01T00:00:00Z")
         engine.capture(meta, state)
-    else:
+    elif action == "restore":
         engine.restore(sid, state)
 
 
@@ -138,6 +139,8 @@ def main() -> None:
             rrepo = f"s3:{weed.endpoint}/restic/repo"
             subprocess.run([restic, "-r", rrepo, "init", "--repository-version", "2"],
                            env=renv, check=True, capture_output=True)
+            # both repositories are made before anything is counted (restic init above)
+            subprocess.run([*ours, "init", url, "0", "-", opts], env=env, check=True)
             src = str(work / "src")
             changed = work / "src" / "d05" / "s5" / "f00005"
             run.timed("ours", "capture", "ours", [*ours, "capture", url, "1", src, opts], env,

@@ -14,7 +14,10 @@ from tests.support import rgw
 from tests.support.seaweed import S3_BUCKET, SeaweedProcess
 from workers.engine import Engine, SnapshotMeta, StateSpec
 from workers.engine.model import StorageOptions
+from workers.engine.repository import packformat
 from workers.engine.repository.backend import LocalBackend
+from workers.engine.repository.manifest import Entry
+from workers.engine.repository.repository import chunk_key
 
 MetaFn = Callable[..., SnapshotMeta]
 # A test module that holds for both repositories says: pytestmark = BOTH_BACKENDS. The
@@ -157,3 +160,20 @@ def build_full_tree(root: Path) -> None:
         os.utime(p, ns=(1_600_000_000_123_456_789 + i, 1_600_000_000_987_654_321 + i),
                  follow_symlinks=False)
     os.utime(root, ns=(1_500_000_000_000_000_001, 1_500_000_000_000_000_001))
+
+
+def stored_at(engine: Engine, e: Entry, i: int = 0) -> tuple[bytes, int]:
+    """(id of the object holding chunk i of entry e, an offset inside that chunk's stored
+    bytes): a pack's, or (written by earlier versions) a chunk object's own."""
+    if e.pack:
+        pack, off, ln = e.pack, e.pack_off, e.pack_len
+    else:
+        found = next((s for s in e.slices if s[0] == i), None)
+        if found is None:
+            cid = e.chunks[i][0]
+            return cid, (engine.backend.stat(chunk_key(cid)) or 0) // 2
+        _i, pack, off, ln = found
+    head = engine.backend.get_head(chunk_key(pack), packformat.HEADER_MAX)
+    lay = packformat.pack_layout(head)
+    f = lay.frames[packformat.span(lay, off, max(ln, 1))[0]]
+    return pack, (f.start + f.end) // 2

@@ -17,7 +17,7 @@ from workers.engine import Engine
 from workers.engine.fs import fsutil
 from workers.engine.repository.repository import chunk_key
 
-from .conftest import dir_state, make_meta, record_barriers, repo_dir
+from .conftest import dir_state, make_meta, record_barriers, repo_dir, stored_at
 from .treecmp import assert_same, describe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,12 +47,14 @@ def count_objects(repo: Path) -> set[str]:
 
 SLOW_STORE = """
 import time
+from workers.engine import tuning
 from workers.engine.repository.repository import Repository
-_orig = Repository.store_chunk
-def _slow(self, data):
+tuning.PACK_SIZE = 1  # a pack per big chunk: many objects to be killed among
+_orig = Repository.put_object
+def _slow(self, cid, payload):
     time.sleep(0.01)
-    return _orig(self, data)
-Repository.store_chunk = _slow
+    return _orig(self, cid, payload)
+Repository.put_object = _slow
 """
 
 
@@ -217,8 +219,8 @@ def test_torn_objects_are_never_trusted(engine: Engine, tmp_path: Path) -> None:
     (src / "a").write_bytes(os.urandom(300_000))
     engine.capture(make_meta(1), dir_state(src))
     _h, body = engine.repo.get_manifest(1)
-    key = chunk_key(body.entries[1].chunks[0][0])  # type: ignore[union-attr]
-    obj = repo_dir(engine) / key
+    key = chunk_key(stored_at(engine, body.entries[1])[0])  # type: ignore[union-attr]
+    obj = repo_dir(engine) / key  # its pack
     obj.write_bytes(b"")  # torn
     engine.delete(1)  # no parent to reuse from: the capture must look the chunk up
     before = len(engine.backend.put_keys)

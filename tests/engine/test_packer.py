@@ -1,38 +1,236 @@
-"""Tiny packs compressed block by block while files arrive read back like whole ones."""
+"""Packs (format 3): small files and big chunks packed into a few objects, read back whole,
+by member, ahead of a restore with coalesced GETs; repositories of earlier versions (chunk
+objects of their own, block-framed tiny packs) still restore; on file:// and s3://."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import msgspec
+import pytest
 import zstandard
 
-from workers.engine import Engine
-from workers.engine.repository import packformat
-from workers.engine.repository.repository import chunk_key
-from workers.engine.tuning import ZSTD_LEVEL
+from workers.engine import Engine, tuning
+from workers.engine.model import SnapshotMeta, StorageOptions
+from workers.engine.repository import manifest, packformat
+from workers.engine.repository.manifest import DIR, FILE, DirBody, Entry, Header
+from workers.engine.repository.packfetch import Prefetch
+from workers.engine.repository.repository import chunk_key, pack_index_key
 
-from .conftest import dir_state, make_meta
+from .conftest import BOTH_BACKENDS, dir_state, make_meta
 from .treecmp import assert_same
 
+pytestmark = BOTH_BACKENDS
 
-def test_streamed_pack_is_the_same_object_as_a_whole_one(engine: Engine,
-                                                         tmp_path: Path) -> None:
-    src = tmp_path / "srv"
+
+def _tree(src: Path, big: int, small: int) -> None:
     src.mkdir()
-    for i in range(12):  # 2.4 MB of small files: two full blocks streamed, then the tail
-        (src / f"s{i:02}").write_bytes(os.urandom(100_000) + bytes(100_000))
-    (src / "dup").write_bytes((src / "s03").read_bytes())  # stored once in the pack
+    for i in range(big):  # incompressible, 1-3 chunks each
+        (src / f"big{i:02}").write_bytes(os.urandom(700_000 + 37 * i))
+    for i in range(small):
+        (src / f"s{i:03}").write_bytes(os.urandom(3000) + bytes(9000))
+
+
+def _data_puts(engine: Engine) -> list[str]:
+    return [k for k in engine.backend.put_keys if k.startswith("data/")]
+
+
+def test_big_chunks_are_packed_a_pack_per_pack_size(monkeypatch: pytest.MonkeyPatch,
+                                                    engine: Engine, tmp_path: Path) -> None:
+    monkeypatch.setattr(tuning, "PACK_SIZE", 4 << 20)
+    src = tmp_path / "srv"
+    _tree(src, 24, 200)  # ~17 MB of big chunks, 2.4 MB of small files
     engine.capture(make_meta(1), dir_state(src))
     _h, body = engine.repo.get_manifest(1)
-    packs = {e.pack for e in body.entries if e.pack}  # type: ignore[union-attr]
-    assert len(packs) == 1
-    pack = packs.pop()
-    obj = (tmp_path / "repo" / chunk_key(pack)).read_bytes()
-    plain = engine.repo.read_chunk(pack)
-    assert len(plain) == 12 * 200_000
-    assert obj == packformat.encode(zstandard.ZstdCompressor(level=ZSTD_LEVEL), plain)
+    assert isinstance(body, DirBody)
+    chunks = {c for e in body.entries if e.path.startswith(b"big") for c, _o in e.chunks}
+    assert len(chunks) >= 24
+    # ~17 MB / 4 MiB: 5 packs of big chunks (never one object per chunk), 1 of small files
+    data = _data_puts(engine)
+    assert 4 <= len(data) <= 7, data
+    assert len(set(data)) == len(data)
+    for e in body.entries:  # every chunk of every file lives in a pack
+        if e.kind == FILE:
+            assert e.pack or len(e.slices) == len(e.chunks)
+    for key in data:
+        obj = engine.backend.get(key)
+        frames, m = packformat.layout(obj)
+        members = packformat.members_of(obj, frames, m)
+        ends = {off + ln for _c, off, ln in members}
+        assert all(f.plain + f.size in ends for f in frames)  # frames end at members
     assert engine.verify(1).ok
     dst = tmp_path / "out"
     engine.restore(1, dir_state(dst))
     assert_same(src, dst)
+    # one-file incremental: a pack (two when a chunk is small), its index, the manifest
+    (src / "big03").write_bytes(os.urandom(500_000))
+    before = len(engine.backend.put_keys)
+    engine.capture(make_meta(2), dir_state(src))
+    new = engine.backend.put_keys[before:]
+    assert len([k for k in new if k.startswith("data/")]) <= 2 and len(new) <= 5, new
+
+
+def test_restore_reads_packs_ahead_with_coalesced_gets(monkeypatch: pytest.MonkeyPatch,
+                                                       engine: Engine, tmp_path: Path) -> None:
+    monkeypatch.setattr(tuning, "PACK_SIZE", 4 << 20)
+    src = tmp_path / "srv"
+    _tree(src, 24, 200)
+    engine.capture(make_meta(1), dir_state(src))
+    packs = {k for k in _data_puts(engine)}
+    gets: list[tuple[str, int, int]] = []
+    running = [0]
+    peak = [0]
+    backend = engine.backend
+    get_range = backend.get_range
+
+    def counted(key: str, offset: int, n: int) -> bytes:
+        gets.append((key, offset, n))
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        try:
+            return get_range(key, offset, n)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(backend, "get_range", counted)
+    made: list[Prefetch] = []
+    init = Prefetch.__init__
+
+    def record(self: Prefetch, *args: object) -> None:
+        made.append(self)
+        init(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Prefetch, "__init__", record)
+    dst = tmp_path / "out"
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
+    assert made, "a restore into a new tree reads ahead"
+    # a full restore needs all of every pack: one GET each (table and frames together)
+    pack_gets = [g for g in gets if g[0] in packs]
+    assert len(pack_gets) == len(packs) == made[0].gets, pack_gets
+    assert all(off == 0 for _k, off, _n in pack_gets)
+    assert peak[0] >= 2  # several at once (the pool has RESTORE_FETCH_STREAMS)
+
+
+def test_sparse_reads_coalesce_nearby_frames(engine: Engine, tmp_path: Path) -> None:
+    """A plan needing a few members of a pack: the table, then nearby frames in one GET."""
+    src = tmp_path / "srv"
+    _tree(src, 12, 0)
+    engine.capture(make_meta(1), dir_state(src))
+    _h, body = engine.repo.get_manifest(1)
+    assert isinstance(body, DirBody)
+    every = [s for e in body.entries for s in e.slices]
+    pack = max({s[1] for s in every}, key=lambda p: sum(s[1] == p for s in every))
+    sl = sorted((s for s in every if s[1] == pack), key=lambda s: s[2])  # ~8.5 MB: one pack
+    assert len(sl) >= 10
+    from workers.engine.repository.packreader import PackCache
+
+    cache = PackCache(engine.repo, 1)
+    want = [sl[1], sl[2], sl[-1]]  # two neighbours and a far one
+    plan = [Entry(path=b"x", kind=FILE, mode=0o100644, uid=0, gid=0, mtime_ns=0,
+                  chunks=[(b"", 0)], slices=[(0, p, o, n)]) for _i, p, o, n in want]
+    cache.prefetch(plan)
+    fetch = cache._fetch
+    assert fetch is not None
+    for _i, p, o, n in want:
+        assert fetch.take(p, o, n) is not None
+    cache.close()
+    assert fetch.gets == 3  # the table, the two neighbours together, the far one
+
+
+def _old_repository(engine: Engine, src: Path) -> None:
+    """A snapshot as earlier versions wrote it: big chunks as objects of their own, small
+    files in a block-framed (format 2) tiny pack with its index."""
+    repo = engine.repo
+    src.mkdir()
+    big = os.urandom(600_000)
+    smalls = [os.urandom(2000) + bytes(3000) for _ in range(5)]
+    (src / "big").write_bytes(big)
+    for i, s in enumerate(smalls):
+        (src / f"s{i}").write_bytes(s)
+    cid, _n = repo.store_chunk(big)  # no packer attached: an object of its own
+    plain = b"".join(smalls)
+    pack = repo.chunk_id(plain)
+    repo.put_object(pack, packformat.encode(zstandard.ZstdCompressor(level=3), plain))
+    members, off = [], 0
+    for s in smalls:
+        members.append((repo.chunk_id(s), off, len(s)))
+        off += len(s)
+    engine.backend.put(pack_index_key(pack), msgspec.msgpack.encode(members))
+    st = os.stat(src)
+    entries = [Entry(path=b"", kind=DIR, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+                     mtime_ns=st.st_mtime_ns)]
+    for name, data in [("big", big), *((f"s{i}", s) for i, s in enumerate(smalls))]:
+        fst = os.stat(src / name)
+        e = Entry(path=name.encode(), kind=FILE, mode=fst.st_mode, uid=fst.st_uid,
+                  gid=fst.st_gid, mtime_ns=fst.st_mtime_ns, size=len(data),
+                  chunks=[(repo.chunk_id(data), 0)])
+        if name != "big":
+            i = int(name[1:])
+            e.pack, e.pack_off, e.pack_len = pack, members[i][1], members[i][2]
+        entries.append(e)
+    os.utime(src, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    meta: SnapshotMeta = make_meta(1)
+    header = Header(meta=meta, state_kind="directory", size_bytes=len(big) + len(plain),
+                    stored_bytes=0, files=6, warnings=[], completed_at="2026-01-01T00:00:00Z")
+    repo.put_manifest(header, manifest.encode_body(DirBody(entries=entries)))
+    assert engine.backend.stat(chunk_key(cid)) is not None
+
+
+def test_repository_of_earlier_versions_restores(engine: Engine, tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    _old_repository(engine, src)
+    assert engine.verify(1).ok
+    dst = tmp_path / "out"
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
+    # a capture on top dedups against the old objects: nothing of them is stored again
+    before = len(engine.backend.put_keys)
+    engine.capture(make_meta(2), dir_state(src))
+    assert not [k for k in engine.backend.put_keys[before:] if k.startswith("data/")]
+    dst2 = tmp_path / "out2"
+    engine.restore(2, dir_state(dst2))
+    assert_same(src, dst2)
+
+
+def test_reclaim_keeps_a_partly_dead_pack_whole(repo_url: str,
+                                                storage_options: StorageOptions | None,
+                                                tmp_path: Path) -> None:
+    """A pack with live and dead members is kept (the rule in s3reclaim.py): restore after
+    reclaim compares equal; once no snapshot names any member, the pack goes."""
+    opts = None if storage_options is None else msgspec.structs.replace(
+        storage_options, reclaim_margin=0.001)
+    engine = Engine(repo_url, opts)
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "keep").write_bytes(os.urandom(600_000))
+    (src / "gone").write_bytes(os.urandom(600_000))
+    engine.capture(make_meta(1), dir_state(src))
+    _h, body = engine.repo.get_manifest(1)
+    assert isinstance(body, DirBody)
+    packs = {p for e in body.entries for _i, p, _o, _n in e.slices}
+    assert len(packs) == 1  # both files' chunks in one pack
+    (src / "gone").unlink()
+    (src / "new").write_bytes(os.urandom(400_000))
+    engine.capture(make_meta(2), dir_state(src))
+    engine.delete(1)
+
+    def cycles() -> None:  # s3: condemn, then sweep a margin later (whole-second clock)
+        for _ in range(2 if opts is None else 3):
+            engine.reclaim()
+            if opts is not None:
+                time.sleep(1.1)
+
+    cycles()
+    pack_key = chunk_key(packs.pop())
+    assert engine.backend.stat(pack_key) is not None  # half dead: kept whole
+    assert engine.verify(2).ok
+    dst = tmp_path / "out"
+    engine.restore(2, dir_state(dst))
+    assert_same(src, dst)
+    engine.delete(2)
+    cycles()
+    assert engine.backend.stat(pack_key) is None
+    assert not [k for k, _s, _m in engine.backend.list("data/")]

@@ -222,7 +222,9 @@ def test_touched_files_right_after_a_full_capture_need_no_full_sync(
     file's chunk or pack slice) fsyncs only what is new, not the whole filesystem."""
     src = tmp_path / "srv"
     src.mkdir()
-    for i in range(70):  # more new objects than FULL_SYNC_AT: the first capture syncs all
+    # more new objects (3 packs) than FULL_SYNC_AT: the first capture syncs all
+    monkeypatch.setattr(tuning, "FULL_SYNC_AT", 2)
+    for i in range(70):
         (src / f"f{i}").write_bytes(os.urandom(300_000))
     (src / "small").write_bytes(os.urandom(5000))
     barriers = record_barriers(monkeypatch, engine)

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.s3proxy import S3Proxy
 from tests.support.seaweed import S3_BUCKET, SeaweedProcess
-from workers.engine import Engine, EngineError, SnapshotCorrupt, StorageUnavailable
+from workers.engine import Engine, EngineError, SnapshotCorrupt, StorageUnavailable, tuning
 from workers.engine.model import StorageOptions
 from workers.engine.repository.repository import chunk_key
 from workers.engine.repository.s3locks import EXCLUSIVE_KEY, SHARED_PREFIX
@@ -68,7 +68,8 @@ def child(repo: str, opts: StorageOptions, **args: Any) -> subprocess.Popen[str]
 
 
 def test_store_killed_mid_capture_resumes_and_stores_nothing_twice(
-        weed: SeaweedProcess, tmp_path: Path) -> None:
+        weed: SeaweedProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tuning, "PACK_SIZE", 1 << 20)  # 18 MB: ~18 packs, killed among them
     src = make_tree(tmp_path / "src", 1, files=30, size=600_000)
     # locks stale after 60 s here: an outage longer than that makes the capture give up
     # before its commit (LockLost), as it must; this one is a few seconds
@@ -96,7 +97,8 @@ def test_store_killed_mid_capture_resumes_and_stores_nothing_twice(
 
 
 def test_outage_longer_than_the_retries_fails_then_the_rerun_resumes(
-        weed: SeaweedProcess, tmp_path: Path) -> None:
+        weed: SeaweedProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tuning, "PACK_SIZE", 1 << 20)  # ~18 packs: killed among them
     src = make_tree(tmp_path / "src", 2, files=30, size=600_000)
     repo = url()
     engine = Engine(repo, options(weed, tmp_path / "cache"))

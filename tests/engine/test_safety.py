@@ -16,7 +16,7 @@ from workers.engine.capture import archiver
 from workers.engine.repository import chunker
 from workers.engine.repository.repository import Repository, chunk_key
 
-from .conftest import dir_state, make_meta, repo_dir
+from .conftest import dir_state, make_meta, repo_dir, stored_at
 from .treecmp import assert_same, describe
 
 
@@ -111,7 +111,7 @@ def test_corruption_is_detected_and_restore_refuses(monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
     src = tmp_path / "srv"
     src.mkdir()
-    (src / "a").write_bytes(os.urandom(300_000))  # above INLINE_MAX: chunk objects
+    (src / "a").write_bytes(os.urandom(300_000))  # above INLINE_MAX: big chunks, packed
     (src / "b").write_bytes(b"compressible " * 30_000)
     engine.capture(make_meta(7), dir_state(src))
     (src / "a").write_bytes(b"current state")
@@ -120,10 +120,10 @@ def test_corruption_is_detected_and_restore_refuses(monkeypatch: pytest.MonkeyPa
     _h, body = engine.repo.get_manifest(7)
     for target in ("a", "b"):
         entry = next(e for e in body.entries if e.path == target.encode())  # type: ignore[union-attr]
-        cid = entry.chunks[0][0]
+        cid, at = stored_at(engine, entry)  # the object (pack) holding it, where
         obj = repo_dir(engine) / chunk_key(cid)
         raw = bytearray(obj.read_bytes())
-        raw[len(raw) // 2] ^= 0x01
+        raw[at] ^= 0x01
         obj.write_bytes(bytes(raw))
         report = engine.verify(7)
         assert not report.ok
@@ -135,7 +135,7 @@ def test_corruption_is_detected_and_restore_refuses(monkeypatch: pytest.MonkeyPa
         assert "snapshot 7" in str(exc.value) and cid.hex() in str(exc.value)
         assert describe(src) == current  # the current state was not touched
         assert sorted(os.listdir(tmp_path)) == ["repo", "srv"]  # no new state, no leftovers
-        raw[len(raw) // 2] ^= 0x01
+        raw[at] ^= 0x01
         obj.write_bytes(bytes(raw))
     assert engine.verify(7).ok
 
@@ -191,32 +191,35 @@ def test_capture_and_reclaim_at_once(monkeypatch: pytest.MonkeyPatch, engine: En
 
 def test_delete_and_reclaim(monkeypatch: pytest.MonkeyPatch, engine: Engine,
                             tmp_path: Path) -> None:
-    # these files: one chunk object each (not small files, nor small pieces of a pack)
+    # these files: big chunks (not small files), each capture's new ones in a pack
     monkeypatch.setattr(tuning, "INLINE_MAX", 4096)
     src = tmp_path / "srv"
     src.mkdir()
     (src / "shared").write_bytes(os.urandom(100_000))
-    (src / "only1").write_bytes(os.urandom(70_000))
     engine.capture(make_meta(1), dir_state(src))
+    (src / "only1").write_bytes(os.urandom(70_000))
+    engine.capture(make_meta(2), dir_state(src))  # its pack: only1's chunk alone
     (src / "only1").unlink()
     (src / "only2").write_bytes(os.urandom(60_000))
-    engine.capture(make_meta(2), dir_state(src))
+    engine.capture(make_meta(3), dir_state(src))
     leftover = repo_dir(engine) / "data" / "ab" / ".tmp-leftover"
     leftover.parent.mkdir(exist_ok=True)
     leftover.write_bytes(b"killed writer")
     assert engine.reclaim().objects_removed == 0
-    engine.delete(1)
-    engine.delete(1)  # idempotent
-    assert engine.get_snapshot(1) is None
-    assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [2]
-    stats = engine.reclaim()
-    assert stats.objects_removed == 1 and 70_000 <= stats.bytes_removed <= 70_100
-    assert not list(repo_dir(engine).rglob(".tmp-*"))
-    assert engine.verify(2).ok
-    dst = tmp_path / "dst"
-    engine.restore(2, dir_state(dst))
-    assert_same(src, dst)
     engine.delete(2)
+    engine.delete(2)  # idempotent
+    assert engine.get_snapshot(2) is None
+    assert [s.meta.snapshot_id for s in engine.list_snapshots()] == [1, 3]
+    stats = engine.reclaim()
+    # the pack (70,000 bytes stored raw, plus its tables) and its index
+    assert stats.objects_removed == 1 and 70_000 <= stats.bytes_removed <= 70_300
+    assert not list(repo_dir(engine).rglob(".tmp-*"))
+    assert engine.verify(3).ok
+    dst = tmp_path / "dst"
+    engine.restore(3, dir_state(dst))
+    assert_same(src, dst)
+    engine.delete(1)
+    engine.delete(3)
     assert engine.reclaim().objects_removed == 2
 
 
@@ -321,7 +324,8 @@ def test_corrupt_tiny_pack_is_detected(engine: Engine, tmp_path: Path) -> None:
     pack = packs.pop()
     obj = repo_dir(engine) / chunk_key(pack)
     raw = bytearray(obj.read_bytes())
-    raw[-3] ^= 0x10
+    _pack, at = stored_at(engine, body.entries[-1])  # type: ignore[union-attr]
+    raw[at] ^= 0x10  # inside its (only) frame
     obj.write_bytes(bytes(raw))
     report = engine.verify(3)
     assert not report.ok and "snapshot 3" in report.errors[0] and pack.hex() in report.errors[0]

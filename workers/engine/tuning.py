@@ -30,7 +30,8 @@ READER_BATCH = 8 << 20  # a reader flushes encoded chunks / progress at least th
 # files queued for the readers are fetched from disk in parallel, not one read at a time
 # (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.
 PREFETCH_MAX = 8 << 20
-TINY_PACK = 16 << 20  # bytes of small files per tiny pack object (bounds memory)
+TINY_PACK = 16 << 20  # bytes of small files (plaintext) per pack object
+PACK_SIZE = 16 << 20  # stored bytes of big chunks per pack object (bench/s3.py: see README)
 PACKS_QUEUED = 2  # sealed packs waiting for the packer thread (bounds memory)
 
 # --- restore --------------------------------------------------------------------------------
@@ -50,6 +51,10 @@ FLUSH_EVERY = 0.1  # seconds between background syncfs calls while a rebuild wri
 PACK_CACHE_OBJECTS = 4  # compressed single-frame (older) pack objects
 PACK_CACHE_TABLES = 256  # block tables of packs (a few hundred bytes each)
 PACK_CACHE_BLOCKS = 32  # decoded 1 MiB blocks
+# A restore into a new tree reads its packs ahead of the writers (packfetch.py):
+RESTORE_FETCH_STREAMS = 8  # GETs at once (at least 8 by issue 11)
+RESTORE_FETCH_BYTES = 256 << 20  # plaintext of packs being read or not yet written
+RESTORE_COALESCE_GAP = 1 << 20  # needed frames this close are read in one GET
 
 # --- removing trees (the old tree after a swap, leftovers) ------------------------------
 REMOVAL_MAX_FDS = 64  # directories held open at once while descending

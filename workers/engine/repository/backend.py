@@ -38,6 +38,8 @@ def _start_writeback(fd: int) -> None:
 class Backend(Protocol):
     puts: int  # objects written so far (tests count them to prove nothing is re-written)
     put_keys: list[str]  # their keys, in the order they were stored
+    # a stored object is durable and whole (S3): no sync bookkeeping, nothing torn
+    durable_on_put: bool
 
     def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
         """Store data under key atomically (readers see all or nothing). durable=True makes
@@ -77,6 +79,8 @@ class Backend(Protocol):
 
 class LocalBackend:
     """file:// backend: objects are files; writes are temp file + rename into place."""
+
+    durable_on_put = False
 
     def __init__(self, root: str) -> None:
         self.root = root

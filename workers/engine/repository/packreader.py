@@ -1,10 +1,14 @@
-"""Reading small files out of tiny packs (restore and verify).
+"""Reading chunks out of packs (restore and verify).
 
-Only the 1 MiB blocks a file's slice spans are read (a range read of their frames, after
-the pack's small block table) and decompressed (see packformat.py), so restoring a few small
-files costs a few blocks, not whole packs. Every slice is checked against its file's
-chunk id. Packs written before block framing are decoded whole and checked against their
-id, as before. Memory stays bounded (tuning.PACK_CACHE_*).
+On demand, only the frames a member spans are read (a range read, after the pack's small
+frame table) and decompressed (see packformat.py), so restoring a few files costs a few
+frames, not whole packs. A restore that knows what it will write hands the whole list to
+prefetch() first: packfetch.py then reads those packs ahead of the writers, with
+coalesced ranged GETs (a whole pack in one GET when most of it is needed), several at
+once. Every member is checked against its chunk id wherever it came from. Packs written
+before format 3 are read as before (block-framed: frames of BLOCK bytes; older: one zstd
+frame, decoded and checked whole). Memory stays bounded (tuning.PACK_CACHE_*,
+tuning.RESTORE_FETCH_BYTES).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import zstandard
 from .. import tuning
 from ..model import SnapshotCorrupt
 from . import packformat
-from .manifest import Entry
+from .manifest import FILE, Entry
+from .packfetch import Prefetch
+from .packformat import OLD_FORMAT, Frame, Layout, decode_frame, make_layout, pack_layout, span
 from .repository import ObjectCorrupt, Repository, chunk_key
-
-OLD_FORMAT: list[tuple[int, int]] = []  # the table of a pack without blocks
 
 V = TypeVar("V")
 
@@ -60,40 +64,55 @@ class PackCache:
     def __init__(self, repo: Repository, snapshot_id: int) -> None:
         self.repo, self.sid = repo, snapshot_id
         self._objs: _Lru[bytes] = _Lru(tuning.PACK_CACHE_OBJECTS)
-        self._tables: _Lru[list[tuple[int, int]]] = _Lru(tuning.PACK_CACHE_TABLES)
+        self._layouts: _Lru[Layout] = _Lru(tuning.PACK_CACHE_TABLES)
         self._blocks: _Lru[bytes] = _Lru(tuning.PACK_CACHE_BLOCKS)
         self._local = threading.local()
+        self._fetch: Prefetch | None = None
 
     def _corrupt(self, pack: bytes, path: bytes, why: object) -> SnapshotCorrupt:
         return SnapshotCorrupt(f"snapshot {self.sid} is corrupt: object {pack.hex()} "
                                f"{why} (file {path!r})")
 
-    def _zd(self) -> zstandard.ZstdDecompressor:
+    def zd(self) -> zstandard.ZstdDecompressor:
         d: zstandard.ZstdDecompressor | None = getattr(self._local, "zd", None)
         if d is None:
             d = self._local.zd = zstandard.ZstdDecompressor()
         return d
 
-    def _slice(self, pack: bytes, off: int, ln: int) -> bytes:
-        table = self._tables.get(pack, lambda: self._table(pack))
-        if table is OLD_FORMAT:  # one frame, decoded and checked whole
-            obj = self._objs.get(pack, lambda: self.repo.read_object(pack))
-            whole = self._blocks.get((pack, -1), lambda: self.repo.decode_checked(
-                pack, obj, f"object {pack.hex()}"))
-            return whole[off : off + ln]
-        if ln == 0:
-            return b""
-        first, last = off // packformat.BLOCK, (off + ln - 1) // packformat.BLOCK
-        if last >= len(table):
-            raise ValueError("block out of range")
-        parts = [self._block(pack, table[i], i) for i in range(first, last + 1)]
-        start = off - first * packformat.BLOCK
-        return b"".join(parts)[start : start + ln]
+    # --- read-ahead -------------------------------------------------------------------
+    def prefetch(self, entries: list[Entry]) -> None:
+        """Read the packs these files' contents live in ahead of the reads of them, which
+        are expected in about this order (see packfetch.py); reads not in the plan, or
+        after close(), are served on demand."""
+        plan: list[tuple[bytes, int, int]] = []
+        for e in entries:
+            if e.kind != FILE:
+                continue
+            if e.pack:
+                plan.append((e.pack, e.pack_off, e.pack_len))
+            plan.extend((pack, off, ln) for _i, pack, off, ln in e.slices)
+        if plan:
+            self.close()
+            self._fetch = Prefetch(self, plan)
 
-    def _table(self, pack: bytes) -> list[tuple[int, int]]:
+    def close(self) -> None:
+        fetch, self._fetch = self._fetch, None
+        if fetch is not None:
+            fetch.close()
+
+    # --- on demand --------------------------------------------------------------------
+    def layout(self, pack: bytes, head: bytes | None = None) -> Layout:
+        """The frame layout of a pack; head: its first bytes, when read already."""
+        if head is not None and head[:1] == bytes([packformat.PACK]):
+            return self._layouts.get(pack, lambda: pack_layout(head))
+        return self._layouts.get(pack, lambda: self._read_layout(pack))
+
+    def _read_layout(self, pack: bytes) -> Layout:
         key = chunk_key(pack)
         try:
-            head = self.repo.backend.get_head(key, 5 + 4 * 32)
+            head = self.repo.backend.get_head(key, packformat.HEADER_MAX)
+            if head[:1] == bytes([packformat.PACK]):
+                return pack_layout(head)
             if head[:1] != bytes([packformat.BLOCKS]):
                 return OLD_FORMAT
             need = packformat.table_size(head)
@@ -104,12 +123,30 @@ class PackCache:
             raise ObjectCorrupt(f"object {pack.hex()} is missing") from err
         if size is None:
             raise ObjectCorrupt(f"object {pack.hex()} is missing")
-        return packformat.frames(head, size)
+        blocks = packformat.frames(head, size)
+        return make_layout(packformat.BLOCKS, [
+            Frame(a, b, i * packformat.BLOCK, packformat.BLOCK)
+            for i, (a, b) in enumerate(blocks)])
 
-    def _block(self, pack: bytes, frame: tuple[int, int], i: int) -> bytes:
-        a, b = frame
-        return self._blocks.get((pack, i), lambda: self._zd().decompress(
-            self.repo.backend.get_range(chunk_key(pack), a, b - a)))
+    def _slice(self, pack: bytes, off: int, ln: int) -> bytes:
+        lay = self.layout(pack)
+        if lay.kind not in (packformat.PACK, packformat.BLOCKS):  # one frame: whole
+            obj = self._objs.get(pack, lambda: self.repo.read_object(pack))
+            whole = self._blocks.get((pack, -1), lambda: self.repo.decode_checked(
+                pack, obj, f"object {pack.hex()}"))
+            return whole[off : off + ln]
+        if ln == 0:
+            return b""
+        frames = span(lay, off, ln)
+        parts = [self._frame(pack, lay, i) for i in frames]
+        start = off - lay.frames[frames[0]].plain
+        return b"".join(parts)[start : start + ln]
+
+    def _frame(self, pack: bytes, lay: Layout, i: int) -> bytes:
+        f = lay.frames[i]
+        return self._blocks.get((pack, i), lambda: decode_frame(
+            self.zd(), lay.kind, self.repo.backend.get_range(chunk_key(pack), f.start,
+                                                             f.end - f.start)))
 
     def read(self, e: Entry) -> bytes:
         """A small file's bytes (e.pack), checked against its chunk id."""
@@ -121,7 +158,10 @@ class PackCache:
     def read_member(self, pack: bytes, off: int, ln: int, cid: bytes, path: bytes) -> bytes:
         """One packed chunk (of file `path`), checked against its id."""
         try:
-            data = self._slice(pack, off, ln)
+            fetch = self._fetch
+            data = None if fetch is None else fetch.take(pack, off, ln)
+            if data is None:
+                data = self._slice(pack, off, ln)
         except ObjectCorrupt as err:
             raise self._corrupt(pack, path, str(err).removeprefix(f"object {pack.hex()} ")) \
                 from err

@@ -1,16 +1,21 @@
-"""Tiny packs: the small files of a capture, and the small chunks of its bigger files (a
-sparse file's small data extents, an extent's short tail), packed into shared objects
-(tuning.INLINE_MAX), so the objects a capture makes are bounded by its data, not by how a
-tenant fragments a file.
+"""A capture's packs: every chunk it stores goes into a pack object (packformat.py), so the
+objects (and S3 PUTs) a capture makes are bounded by its bytes, not by its files or chunks.
 
-Contents are appended to the open pack as they are read; each full block
-(packformat.BLOCK) of it is compressed right away by the packer thread (zstd and IO
-release the GIL), so when the last file of a capture has been read only the last partial
-block is left to compress. Compressing each 16 MiB pack only once it was complete left a
-rootfs capture 40 ms of single-core work after every reader had finished. Equal contents
-within a pack are stored once; contents already in a pack of the repository are not stored
-again. A pack's id (the hash of its bytes) is known once it is stored: entries pointing
-into it get it then (before the capture commits, which waits for every store).
+Two kinds of pack fill side by side, in one format:
+- small files, and small chunks of bigger files (a sparse file's small data extents, an
+  extent's short tail): appended as they are read; every ~BLOCK bytes (at a member's end)
+  the packer thread compresses the frame right away (zstd and IO release the GIL), so when
+  the last file has been read only the last partial frame is left to compress. A pack is
+  sealed at `pack_size` bytes of plaintext (tuning.TINY_PACK).
+- big chunks (> tuning.INLINE_MAX): each its own frame, compressed where it was read (a
+  capture thread or reader process: both cores), sealed at tuning.PACK_SIZE stored bytes.
+
+Equal contents within a capture are stored once; contents already in the repository (a
+pack's member, or a chunk object of an earlier version) are not stored again. A pack's id
+is known once it is stored: entries pointing into it get it then (before the capture
+commits, which waits for every store). While the packer is open it is attached to the
+repository (Repository.packer), so Repository.store_chunk/store_payload land here and the
+capture code needs no notion of packs beyond Entry.pack/slices, which place() fills in.
 """
 
 from __future__ import annotations
@@ -23,39 +28,52 @@ import zstandard
 from .. import tuning
 from . import packformat
 from .manifest import Entry
-from .repository import Repository
+from .repository import Repository, encode_payload
 
 
 class _Pack:
-    def __init__(self) -> None:
-        self.buf = bytearray()
+    def __init__(self, big: bool) -> None:
+        self.big = big
+        self.buf = bytearray()  # small packs: plaintext of the frame being filled
+        self.plain = 0  # plaintext bytes so far
+        self.stored = 0  # payload bytes so far (big packs)
+        self.frames: list[Future[bytes] | bytes] = []  # payloads (1-byte header + bytes)
+        self.sizes: list[int] = []  # plaintext bytes of each frame
         self.where: dict[bytes, tuple[int, int]] = {}  # member chunk id -> (offset, length)
         self.files: list[Entry] = []  # small files in it: e.pack is set at store
         self.slots: list[tuple[Entry, int]] = []  # (entry, index in e.slices) likewise
-        self.frames: list[Future[bytes]] = []
         self.id = b""  # known once stored
 
 
 class TinyPacker:
     def __init__(self, repo: Repository, pack_size: int) -> None:
         self.repo = repo
-        self.pack_size = pack_size  # bytes of plaintext per pack
+        self.pack_size = pack_size  # bytes of plaintext per pack of small files
         self.stored_bytes = 0
         self._lock = threading.Lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="packer")
         self._zc: zstandard.ZstdCompressor | None = None  # used by the packer thread only
         self._stores: list[Future[None]] = []
-        self._sealed: dict[bytes, _Pack] = {}  # member -> the earlier pack of this capture
-        self._open = _Pack()
+        self._where: dict[bytes, _Pack] = {}  # member -> its pack (open or sealed) here
+        self._small = _Pack(big=False)
+        self._big = _Pack(big=True)
+        repo.packer = self
 
+    # --- what the capture hands over --------------------------------------------------
     def store_chunk(self, data: bytes | memoryview) -> tuple[bytes, int]:
-        """A chunk of a bigger file: an object of its own, or into a tiny pack if small
-        (then its bytes count when the pack is stored). Returns (id, bytes written)."""
-        if len(data) > tuning.INLINE_MAX:
-            return self.repo.store_chunk(data)
+        """A chunk of a bigger file, into a pack. Returns (id, 0): its bytes count when
+        its pack is stored (stored_bytes)."""
         cid = self.repo.chunk_id(data)
-        self.add_piece(cid, bytes(data))
+        if len(data) <= tuning.INLINE_MAX:
+            self.add_piece(cid, bytes(data))
+        elif not self._have(cid):  # compressed here, on the capture's thread
+            self._add_big(cid, encode_payload(self.repo.zc(), data), len(data))
         return cid, 0
+
+    def add_payload(self, cid: bytes, payload: bytes) -> None:
+        """A big chunk a reader process encoded already (see Repository.store_payload)."""
+        if not self._have(cid):
+            self._add_big(cid, payload, packformat.plain_size(payload))
 
     def place(self, e: Entry, tiny: bytes) -> None:
         """Once a file is read: a small file's bytes into a pack (`tiny`, its only chunk),
@@ -73,7 +91,7 @@ class TinyPacker:
             e.pack, e.pack_off, e.pack_len = hit
             return
         with self._lock:
-            p = self._sealed.get(cid)
+            p = self._where.get(cid)
             if p is None:
                 p = self._append(cid, data)
             e.pack_off, e.pack_len = p.where[cid]
@@ -81,24 +99,24 @@ class TinyPacker:
                 e.pack = p.id
             else:
                 p.files.append(e)
-            full = self._full()
+            full = self._full(self._small)
         if full:
             self._bound()
 
     def add_piece(self, cid: bytes, data: bytes) -> None:
         """Pack a small chunk of a bigger file, unless it is stored already (as an object
         or in a pack); add_slices() then points the file's entry at it."""
-        if self.repo.find_packed(cid) is not None or self.repo.has_object(cid):
+        if self._have(cid):
             return
         with self._lock:
-            if cid not in self._sealed:
+            if cid not in self._where:
                 self._append(cid, data)
-            full = self._full()
+            full = self._full(self._small)
         if full:
             self._bound()
 
     def add_slices(self, e: Entry) -> None:
-        """Point e.slices at those of e.chunks that live in a pack (add_piece)."""
+        """Point e.slices at those of e.chunks that live in a pack."""
         slices: list[tuple[int, bytes, int, int]] = []
         with self._lock:
             for i, (cid, _off) in enumerate(e.chunks):
@@ -106,54 +124,84 @@ class TinyPacker:
                 if hit is not None:
                     slices.append((i, *hit))
                     continue
-                p = self._open if cid in self._open.where else self._sealed.get(cid)
+                p = self._where.get(cid)
                 if p is None:
-                    continue  # an object of its own
+                    continue  # an object of its own (written by an earlier version)
                 off, ln = p.where[cid]
                 if not p.id:
                     p.slots.append((e, len(slices)))
                 slices.append((i, p.id, off, ln))
             e.slices = slices
 
+    # --- filling packs ----------------------------------------------------------------
+    def _have(self, cid: bytes) -> bool:
+        if self.repo.find_packed(cid) is not None or self.repo.has_object(cid):
+            return True
+        with self._lock:
+            return cid in self._where
+
+    def _add_big(self, cid: bytes, payload: bytes, size: int) -> None:
+        with self._lock:
+            if cid in self._where:  # the same chunk, compressed by two threads at once
+                return
+            p = self._big
+            p.where[cid] = (p.plain, size)
+            p.frames.append(payload)
+            p.sizes.append(size)
+            p.plain += size
+            p.stored += len(payload)
+            self._where[cid] = p
+            full = self._full(p)
+        if full:
+            self._bound()
+
     def _append(self, cid: bytes, data: bytes) -> _Pack:
-        """Under _lock: add a member to the open pack (once); returns that pack."""
-        p = self._open
-        if cid not in p.where:
-            p.where[cid] = (len(p.buf), len(data))
-            p.buf += data
-            while len(p.buf) >= (len(p.frames) + 1) * packformat.BLOCK:
-                k = len(p.frames) * packformat.BLOCK
-                block = bytes(p.buf[k : k + packformat.BLOCK])
-                p.frames.append(self._thread.submit(self._compress, block))
+        """Under _lock: add a member to the open small pack; returns that pack. A frame
+        is cut (and compressed) at the first member end past BLOCK bytes."""
+        p = self._small
+        p.where[cid] = (p.plain, len(data))
+        self._where[cid] = p
+        p.buf += data
+        p.plain += len(data)
+        if len(p.buf) >= packformat.BLOCK:
+            p.frames.append(self._thread.submit(self._compress, bytes(p.buf)))
+            p.sizes.append(len(p.buf))
+            p.buf = bytearray()
         return p
 
-    def _full(self) -> bool:
-        """Under _lock: seal the open pack if it is full; True when it was sealed."""
-        if len(self._open.buf) < self.pack_size:
-            return False
-        self._seal()
-        return True
+    def _full(self, p: _Pack) -> bool:
+        """Under _lock: seal the open pack p if it is full; True when it was sealed."""
+        if p.big:
+            full = p.stored >= tuning.PACK_SIZE or len(p.frames) >= packformat.MAX_FRAMES
+        else:  # room for the partial frame still to come
+            full = p.plain >= self.pack_size or len(p.frames) >= packformat.MAX_FRAMES - 1
+        if full:
+            self._seal(p)
+        return full
 
     def finish(self) -> None:
-        """Store the open pack and wait for every store; raises what a store raised."""
+        """Store the open packs and wait for every store; raises what a store raised."""
         with self._lock:
-            if self._open.where:
-                self._seal()
+            for p in (self._small, self._big):
+                if p.where:
+                    self._seal(p)
         for f in self._stores:
             f.result()
         self._stores = []
 
     def close(self) -> None:
+        if self.repo.packer is self:
+            self.repo.packer = None
         self._thread.shutdown(wait=True, cancel_futures=True)
 
-    def _seal(self) -> None:
-        """Under _lock: hand the open pack to the packer thread, which runs jobs in order,
-        so the pack's block compressions are done before its store starts."""
-        p = self._open
-        for cid in p.where:
-            self._sealed[cid] = p
+    def _seal(self, p: _Pack) -> None:
+        """Under _lock: hand pack p to the packer thread, which runs jobs in order, so the
+        pack's frame compressions are done before its store starts."""
         self._stores.append(self._thread.submit(self._store, p))
-        self._open = _Pack()
+        if p.big:
+            self._big = _Pack(big=True)
+        else:
+            self._small = _Pack(big=False)
 
     def _bound(self) -> None:
         with self._lock:
@@ -171,15 +219,16 @@ class TinyPacker:
     def _compress(self, block: bytes) -> bytes:
         if self._zc is None:
             self._zc = zstandard.ZstdCompressor(level=tuning.ZSTD_LEVEL)
-        return self._zc.compress(block)
+        return encode_payload(self._zc, block)
 
     def _store(self, p: _Pack) -> None:
-        done = [f.result() for f in p.frames]
-        tail = p.buf[len(done) * packformat.BLOCK :]
-        if tail:
-            done.append(self._compress(bytes(tail)))
+        done = [f.result() if isinstance(f, Future) else f for f in p.frames]
+        sizes = list(p.sizes)
+        if p.buf:
+            done.append(self._compress(bytes(p.buf)))
+            sizes.append(len(p.buf))
         members = [(cid, off, ln) for cid, (off, ln) in p.where.items()]
-        pack_id, n = self.repo.store_pack(memoryview(p.buf), members, frames=done)
+        pack_id, n = self.repo.store_pack(list(zip(done, sizes, strict=True)), members)
         with self._lock:
             self.stored_bytes += n
             p.id = pack_id
@@ -188,5 +237,5 @@ class TinyPacker:
             for e, k in p.slots:
                 i, _none, off, ln = e.slices[k]
                 e.slices[k] = (i, pack_id, off, ln)
-            p.buf = bytearray()  # the bytes are stored: keep only the member map
+            p.buf, p.frames = bytearray(), []  # the bytes are stored: keep the member map
             p.files, p.slots = [], []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Protocol
 
 import blake3
 import msgspec
@@ -21,15 +22,23 @@ from .. import tuning
 from ..model import SnapshotCorrupt, SnapshotNotFound, TransientEngineError
 from . import manifest, packformat
 from .backend import Backend
+from .packformat import RAW, ZSTD
 
-RAW, ZSTD = 0, 1
-# Files up to tuning.INLINE_MAX with a single chunk go into "tiny pack" objects (compressed
-# as a whole, up to 16 MiB each) instead of an object each: no inode, block, temp file and
-# directory entry per small file, and better compression across them. Each pack has an
-# index object packidx/<pack id> listing (chunk id, offset, length) of its members, so a
-# small file's content already in any pack is never stored again (dedup, resumability).
+# A capture's chunks go into pack objects (packformat.py, packwriter.py): small files
+# together, big chunks together, several MiB per object, so a capture makes a handful of
+# PUTs, not one per chunk. Each pack has an index object packidx/<pack id> listing (chunk
+# id, offset, length) of its members, so content already in any pack is never stored
+# again (dedup, resumability). Chunk objects of their own (data/<chunk id>) are what
+# earlier versions wrote for big chunks, and what image captures write: still read.
 PACKIDX = "packidx"
 SYNCED_KEY = "synced"  # start time (ns) of the last full-filesystem sync before a commit
+
+
+class Packer(Protocol):
+    """Where a capture's chunks go while it runs (packwriter.TinyPacker)."""
+
+    def store_chunk(self, data: bytes | memoryview) -> tuple[bytes, int]: ...
+    def add_payload(self, cid: bytes, payload: bytes) -> None: ...
 
 
 class Config(msgspec.Struct):
@@ -98,13 +107,15 @@ class Repository:
         # objects a committed snapshot (the parent) references: synced before its commit,
         # so reusing them never calls for a full sync however recently they were written
         self.durable: set[bytes] = set()
+        # the capture's packer (packwriter.py), while one runs: chunks go into its packs
+        self.packer: Packer | None = None
 
     # --- chunks -----------------------------------------------------------------------
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         # Single-threaded on purpose: capture already runs one hashing thread per core.
         return blake3.blake3(data, key=self.key).digest()
 
-    def _zc(self) -> zstandard.ZstdCompressor:
+    def zc(self) -> zstandard.ZstdCompressor:
         c: zstandard.ZstdCompressor | None = getattr(self._local, "zc", None)
         if c is None:  # compressors are not thread-safe: one per thread
             c = zstandard.ZstdCompressor(level=tuning.ZSTD_LEVEL)
@@ -124,7 +135,8 @@ class Repository:
         stored after the last full sync are noted as possibly not durable yet."""
         known: set[bytes] = set()
         fresh: set[bytes] = set()
-        for key, maybe_fresh in self.backend.list_since("data/", self._synced_at()):
+        since = 0 if self.backend.durable_on_put else self._synced_at()
+        for key, maybe_fresh in self.backend.list_since("data/", since):
             try:
                 cid = bytes.fromhex(key.rsplit("/", 1)[1])
             except ValueError:
@@ -163,16 +175,27 @@ class Repository:
         return cid in self._pending
 
     def store_chunk(self, data: bytes | memoryview) -> tuple[bytes, int]:
-        """Store a chunk unless already present; returns (id, bytes newly written)."""
+        """Store a chunk unless already present; returns (id, bytes newly written). While
+        a capture's packer is attached, into its packs (their bytes count when stored)."""
+        if self.packer is not None:
+            return self.packer.store_chunk(data)
         cid = self.chunk_id(data)
         with self._known_lock:
             if self._present(cid):
                 return cid, 0  # checked before compressing: a known chunk costs one hash
-        return cid, self.store_payload(cid, encode_payload(self._zc(), data))
+        return cid, self.put_object(cid, encode_payload(self.zc(), data))
 
     def store_payload(self, cid: bytes, payload: bytes) -> int:
         """Store an already encoded chunk (from a capture worker process) unless present;
-        returns the bytes newly written. The id was computed by the worker with our key."""
+        returns the bytes newly written. The id was computed by the worker with our key.
+        While a capture's packer is attached, into its packs (0 now, counted at store)."""
+        if self.packer is not None:
+            self.packer.add_payload(cid, payload)
+            return 0
+        return self.put_object(cid, payload)
+
+    def put_object(self, cid: bytes, payload: bytes) -> int:
+        """Store the object cid (a chunk's payload, or a pack) unless present."""
         with self._known_lock:
             if self._present(cid):
                 return 0
@@ -202,14 +225,14 @@ class Repository:
                 return None
             return hit
 
-    def store_pack(self, data: bytes | memoryview, members: list[tuple[bytes, int, int]], *,
-                   frames: list[bytes] | None = None) -> tuple[bytes, int]:
-        """Store a tiny pack, then its index; returns (pack id, bytes newly written). frames:
-        the blocks of data already compressed (packformat.py), by a caller that streams them."""
-        pack = self.chunk_id(data)
-        payload = (packformat.encode(self._zc(), data) if frames is None
-                   else packformat.assemble(frames))
-        n = self.store_payload(pack, payload)
+    def store_pack(self, frames: list[tuple[bytes, int]],
+                   members: list[tuple[bytes, int, int]]) -> tuple[bytes, int]:
+        """Store a format-3 pack (packformat.py) of frames (payload, plaintext size) holding
+        members (chunk id, plaintext offset, length), then its index; returns (pack id,
+        bytes newly written). The id is the keyed hash of the pack's tables."""
+        head, table = packformat.tables([(len(p), n) for p, n in frames], members)
+        pack = self.chunk_id(head + table)
+        n = self.put_object(pack, b"".join([head, *(p for p, _n in frames), table]))
         idx = msgspec.msgpack.encode(members)
         # Not part of the commit barrier: an index lost or torn in a crash only costs
         # dedup (load_known skips what does not decode or names a missing pack).
@@ -247,6 +270,14 @@ class Repository:
                 data = self._zd().decompress(obj[1:])
             elif obj[0] == packformat.BLOCKS:
                 data = packformat.decode_all(self._zd(), obj)
+            elif obj[0] == packformat.PACK:  # the id covers its tables, members their ids
+                data, members, tables = packformat.decode_pack(self._zd(), obj)
+                if self.chunk_id(tables) != cid:
+                    raise ObjectCorrupt(f"{what} fails its id check")
+                for mid, off, ln in members:
+                    if off + ln > len(data) or self.chunk_id(data[off:off + ln]) != mid:
+                        raise ObjectCorrupt(f"{what}: member {mid.hex()} fails its id check")
+                return data
             else:
                 raise ObjectCorrupt(f"{what} has an unknown header")
         except (zstandard.ZstdError, ValueError) as e:
@@ -286,7 +317,7 @@ class Repository:
         with self._known_lock:
             written, full = self._written, self._reused_fresh
             self._written, self._reused_fresh = [], False
-        if full or len(written) > tuning.FULL_SYNC_AT:
+        if not self.backend.durable_on_put and (full or len(written) > tuning.FULL_SYNC_AT):
             # Everything stored before the sync started is durable from now on; the margin
             # covers the coarse clock the filesystem stamps mtimes with.
             started = time.time_ns() - 2_000_000_000

@@ -57,6 +57,7 @@ _NETWORK = re.compile(r"error sending request|timed? ?out|connect|reset|broken p
 LOCKS_PREFIX = "locks/"
 PROBE_PREFIX = LOCKS_PREFIX + "probe-"
 MANIFEST_PREFIX = "snapshots/"
+CONFIG_KEY = "config"
 
 
 def _transient(err: BaseException) -> bool:
@@ -76,6 +77,8 @@ def _transient(err: BaseException) -> bool:
 
 class S3Backend:
     """s3://bucket/prefix backend (see the module doc)."""
+
+    durable_on_put = True  # a successful PUT is durable and whole
 
     def __init__(self, bucket: str, prefix: str, *, endpoint: str | None, region: str | None,
                  key_id: str | None, secret: str | None, retry_for: float = tuning.S3_RETRY_FOR,
@@ -105,6 +108,7 @@ class S3Backend:
         self._in_flight = 0
         self._pending: dict[str, Future[None]] = {}
         self._failed: BaseException | None = None
+        self._config: bytes | None = None  # the repository's config, once read
         self.cache = cache
         if cache is not None:
             cache.attach(self)
@@ -255,6 +259,8 @@ class S3Backend:
 
     # --- reads ------------------------------------------------------------------------
     def get(self, key: str) -> bytes:
+        if key == CONFIG_KEY and self._config is not None:
+            return self._config
         self._wait_key(key)
         kept = None if self.cache is None else self.cache.cached_object(key)
         if kept is not None:
@@ -328,7 +334,9 @@ class S3Backend:
     def check(self) -> None:
         """Raise StorageUnavailable naming the bucket when it cannot be used at all."""
         try:
-            self._call("GET config", lambda: obstore.get(self.store, "config").bytes())
+            # the config never changes once made: Repository's read of it is this one
+            self._config = bytes(self._call(
+                "GET config", lambda: obstore.get(self.store, "config").bytes()))
         except FileNotFoundError as e:
             if "NoSuchBucket" in str(e):
                 raise StorageUnavailable(f"bucket {self.bucket!r} does not exist at "

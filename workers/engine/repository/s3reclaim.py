@@ -28,6 +28,20 @@ cut-off), with one change: every time compared is the store's own LastModified c
    marker; nothing is deleted. A marker that is not yet a margin old is left as it is (it
    would otherwise never age).
 
+Packs (packwriter.py: a capture's chunks, small and big, share pack objects)
+- The unit of deletion is the object. A pack is referenced when any committed manifest
+  references any of its members (Entry.pack, Entry.slices name the pack), and then it is
+  kept whole, its dead members' bytes with it; it is condemned and swept, as any object,
+  only once no manifest references any member. The same rule holds on file://.
+- Why keep, not repack: manifests address members by (pack, offset) and are the commit
+  points, never rewritten, so a member cannot move to another pack while a snapshot
+  names it. The bytes a partly dead pack keeps are reported in bytes_kept. (A remedy
+  that needs no rewrite, not built yet: the marker could list mostly dead packs for
+  captures to treat as absent, as condemned keys are, so new snapshots store those live
+  members again and the old pack dies with the snapshots that still name it.)
+- A pack's index object (packidx/<pack>) is referenced exactly when its pack is, and is
+  deleted first (an index never names a pack that is gone).
+
 Why it holds
 - A host dies mid-capture: its shared lock is not refreshed and is stale after `lock_stale`;
   the next reclaim deletes it. Its uploaded objects are unreferenced: condemned, then

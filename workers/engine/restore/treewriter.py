@@ -98,6 +98,8 @@ class TreeWriter:
             if b is not None:
                 os.close(b)
 
+        if cur_fd is None and procs is None:  # every file is written: read ahead
+            self.packs.prefetch(entries)
         with ThreadPoolExecutor(tuning.RESTORE_THREADS, thread_name_prefix="restore") as pool:
             try:
                 for idx, e in enumerate(entries):
@@ -161,6 +163,7 @@ class TreeWriter:
                     pop()
                 for f in futures:
                     f.exception()
+                self.packs.close()
         for f in futures:
             f.result()
         if procs is not None:

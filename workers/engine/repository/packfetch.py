@@ -1,0 +1,210 @@
+"""Read-ahead of a restore's packs: coalesced ranged GETs, several at once, bounded memory.
+
+The plan is every member (pack, offset, length) a restore will read, in about the order it
+reads them. Each pack the plan touches is one job, in order of first need:
+- dense (the needed bytes are at least half of the plaintext up to the last needed byte,
+  as in a full restore): one GET from the object's start to a bound past the last needed
+  frame (a frame's stored bytes are at most its plaintext + 1, and a frame ends at most
+  BLOCK + INLINE_MAX past a member's end), which brings the frame table along: one
+  request per pack. The bound is clipped at the object's end by the store.
+- sparse (a few files of a pack): the frame table (one GET of HEADER_MAX bytes), then the
+  needed frames, neighbours closer than tuning.RESTORE_COALESCE_GAP merged into one GET.
+Up to tuning.RESTORE_FETCH_STREAMS jobs run at once, while the plaintext of the jobs
+running or not yet consumed stays under tuning.RESTORE_FETCH_BYTES. A read whose job has not
+started runs it itself, so a read never waits behind the window. A decoded frame is
+dropped once every planned read of it was served; a read outside the plan (or of a pack
+of an older format, left to on-demand reads) gets None and reads on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+import zstandard
+
+from .. import tuning
+from . import packformat
+from .packformat import Layout
+from .repository import ObjectCorrupt, Repository, chunk_key
+
+
+class PackCache(Protocol):
+    """What the read-ahead needs of packreader.PackCache (which owns it)."""
+
+    repo: Repository
+
+    def layout(self, pack: bytes, head: bytes | None = None) -> Layout: ...
+    def zd(self) -> zstandard.ZstdDecompressor: ...
+
+_NEW, _RUNNING, _DONE = 0, 1, 2
+
+
+class _Job:
+    def __init__(self, pack: bytes) -> None:
+        self.pack = pack
+        self.reads: Counter[tuple[int, int]] = Counter()  # (offset, length) -> reads due
+        self.state = _NEW
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.layout: Layout | None = None  # None once done: an older format, on demand
+        self.frames: dict[int, bytes] = {}  # decoded frames still to be read
+        self.refs: Counter[int] = Counter()  # frame -> planned reads left
+        self.future: Future[None] | None = None
+
+    @property
+    def cost(self) -> int:
+        return sum(ln for _off, ln in self.reads)
+
+
+class Prefetch:
+    def __init__(self, cache: PackCache, plan: list[tuple[bytes, int, int]]) -> None:
+        self.cache = cache
+        jobs: dict[bytes, _Job] = {}
+        for pack, off, ln in plan:
+            job = jobs.get(pack)
+            if job is None:
+                job = jobs[pack] = _Job(pack)
+            job.reads[(off, ln)] += 1
+        self._jobs = jobs
+        self._order = list(jobs.values())
+        self._costs = {j.pack: j.cost for j in self._order}
+        self._next = 0
+        self._held = 0  # plaintext bytes of jobs started and not yet consumed
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(tuning.RESTORE_FETCH_STREAMS,
+                                        thread_name_prefix="fetch")
+        self.gets = 0  # GETs made (tests prove the coalescing with it)
+        self._pump()
+
+    def _pump(self) -> None:
+        with self._lock:
+            while self._next < len(self._order):
+                job = self._order[self._next]
+                cost = self._costs[job.pack]
+                if self._held and self._held + cost > tuning.RESTORE_FETCH_BYTES:
+                    return
+                self._next += 1
+                if job.state != _NEW:
+                    continue  # claimed by a read meanwhile
+                job.state = _RUNNING
+                self._held += cost
+                job.future = self._pool.submit(self._run, job)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for job in self._order:
+                if job.future is not None and job.future.cancelled():
+                    job.done.set()  # its reads (if any come) go on demand
+                job.frames.clear()
+
+    def _run(self, job: _Job) -> None:
+        try:
+            self._fetch(job)
+        except FileNotFoundError as err:
+            job.error = ObjectCorrupt(f"object {job.pack.hex()} is missing")
+            job.error.__cause__ = err
+        except BaseException as err:  # raised to every read of this pack
+            job.error = err
+        finally:
+            job.state = _DONE
+            job.done.set()
+            if job.layout is None or job.error is not None:
+                self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        with self._lock:
+            self._held -= self._costs.pop(job.pack, 0)
+        self._pump()
+
+    def _get(self, key: str, offset: int, n: int) -> bytes:
+        with self._lock:
+            self.gets += 1
+        return self.cache.repo.backend.get_range(key, offset, n)
+
+    def _fetch(self, job: _Job) -> None:
+        key = chunk_key(job.pack)
+        end = max(off + ln for off, ln in job.reads)
+        if 2 * job.cost >= end:
+            bound = (packformat.HEADER_MAX + end + packformat.BLOCK + tuning.INLINE_MAX
+                     + packformat.MAX_FRAMES)
+            data = self._get(key, 0, bound)
+        else:
+            data = self._get(key, 0, packformat.HEADER_MAX)
+        if data[:1] != bytes([packformat.PACK]):
+            return  # an older format: read on demand, as before
+        lay = self.cache.layout(job.pack, data)
+        refs: Counter[int] = Counter()
+        for (off, ln), n in job.reads.items():
+            if ln:
+                for i in packformat.span(lay, off, ln):
+                    refs[i] += n
+        bufs: list[tuple[int, bytes]] = [(0, data)]  # (object offset, bytes)
+        group: list[packformat.Frame] = []
+        for i in sorted(refs):
+            f = lay.frames[i]
+            if f.end <= len(data):
+                continue
+            if group and f.start - group[-1].end > tuning.RESTORE_COALESCE_GAP:
+                bufs.append((group[0].start, self._get(key, group[0].start,
+                                                       group[-1].end - group[0].start)))
+                group = []
+            group.append(f)
+        if group:
+            bufs.append((group[0].start, self._get(key, group[0].start,
+                                                   group[-1].end - group[0].start)))
+        zd = self.cache.zd()
+        frames = {}
+        for i in refs:
+            f = lay.frames[i]
+            at, buf = next((a, b) for a, b in reversed(bufs) if a <= f.start)
+            raw = memoryview(buf)[f.start - at:f.end - at]
+            if len(raw) != f.end - f.start:
+                raise ValueError("pack is shorter than its frame table")
+            plain = packformat.decode_frame(zd, packformat.PACK, raw)
+            if len(plain) != f.size:
+                raise ValueError("a frame's size does not match its table")
+            frames[i] = plain
+        with self._lock:
+            job.frames, job.refs, job.layout = frames, refs, lay
+
+    def take(self, pack: bytes, off: int, ln: int) -> bytes | None:
+        """The member's plaintext (not yet checked), or None: read it on demand."""
+        job = self._jobs.get(pack)
+        if job is None:
+            return None
+        claim = False
+        with self._lock:
+            if job.reads[(off, ln)] <= 0:
+                return None  # not planned (or read more often than planned)
+            job.reads[(off, ln)] -= 1
+            if job.state == _NEW:
+                job.state, claim = _RUNNING, True
+                self._held += self._costs[pack]
+        if claim:
+            self._run(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        lay = job.layout
+        if lay is None:
+            return None
+        if not ln:
+            return b""
+        idx = packformat.span(lay, off, ln)
+        with self._lock:
+            parts = [job.frames.get(i) for i in idx]
+            for i in idx:
+                job.refs[i] -= 1
+                if job.refs[i] <= 0:
+                    job.frames.pop(i, None)
+            drained = not job.frames
+        if drained:
+            self._release(job)
+        if any(p is None for p in parts):
+            return None  # dropped by close(): on demand
+        start = off - lay.frames[idx[0]].plain
+        return b"".join(p for p in parts if p is not None)[start:start + ln]
