@@ -45,7 +45,8 @@ _NEW, _RUNNING, _DONE = 0, 1, 2
 class _Job:
     def __init__(self, pack: bytes) -> None:
         self.pack = pack
-        self.reads: Counter[tuple[int, int]] = Counter()  # (offset, length) -> reads due
+        self.planned: Counter[tuple[int, int]] = Counter()  # (offset, length) -> reads
+        self.reads: Counter[tuple[int, int]] = Counter()  # ... of them not yet served
         self.state = _NEW
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -56,7 +57,7 @@ class _Job:
 
     @property
     def cost(self) -> int:
-        return sum(ln for _off, ln in self.reads)
+        return sum(ln for _off, ln in self.planned)
 
 
 class Prefetch:
@@ -67,7 +68,9 @@ class Prefetch:
             job = jobs.get(pack)
             if job is None:
                 job = jobs[pack] = _Job(pack)
-            job.reads[(off, ln)] += 1
+            job.planned[(off, ln)] += 1
+        for job in jobs.values():
+            job.reads = Counter(job.planned)
         self._jobs = jobs
         self._order = list(jobs.values())
         self._costs = {j.pack: j.cost for j in self._order}
@@ -127,7 +130,7 @@ class Prefetch:
 
     def _fetch(self, job: _Job) -> None:
         key = chunk_key(job.pack)
-        end = max(off + ln for off, ln in job.reads)
+        end = max(off + ln for off, ln in job.planned)
         if 2 * job.cost >= end:
             bound = (packformat.HEADER_MAX + end + packformat.BLOCK + tuning.INLINE_MAX
                      + packformat.MAX_FRAMES)
@@ -138,7 +141,7 @@ class Prefetch:
             return  # an older format: read on demand, as before
         lay = self.cache.layout(job.pack, data)
         refs: Counter[int] = Counter()
-        for (off, ln), n in job.reads.items():
+        for (off, ln), n in job.planned.items():
             if ln:
                 for i in packformat.span(lay, off, ln):
                     refs[i] += n

@@ -155,7 +155,7 @@ class S3Backend:
             if key.startswith(MANIFEST_PREFIX) and self.before_commit is not None:
                 self.before_commit()
             self._wait_key(key)
-            self._call(f"PUT {key}", lambda: obstore.put(self.store, key, data))
+            self._call(f"PUT {key}", lambda: _put(self.store, key, data))
             self._stored(key, len(data))
             return True
         size = max(len(data), 1)
@@ -180,7 +180,7 @@ class S3Backend:
         try:
             if prior is not None:
                 prior.result()  # two puts of one key land in order
-            self._call(f"PUT {key}", lambda: obstore.put(self.store, key, data))
+            self._call(f"PUT {key}", lambda: _put(self.store, key, data))
             self._stored(key, len(data), data)
         except BaseException as e:
             with self._lock:
@@ -367,6 +367,14 @@ class S3Backend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _put(store: S3Store, key: str, data: bytes) -> None:
+    """One PUT, never a multipart upload: objects are at most a pack (~32 MiB, far below
+    S3's 5 GiB), a multipart upload of one costs 2 + size/5 MiB requests (a 32 MiB pack
+    counted 9 PUTs on SeaweedFS), and an upload killed midway would leave hidden parts
+    behind in the bucket; a whole PUT is stored entirely or not at all."""
+    obstore.put(store, key, data, use_multipart=False)
 
 
 def _short(err: BaseException) -> str:
