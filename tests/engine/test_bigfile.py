@@ -144,7 +144,7 @@ def test_big_file_changing_while_read_is_read_again(monkeypatch: pytest.MonkeyPa
     engine = Engine(big_repo(tmp_path / "repo"))
     src = tmp_path / "srv"
     img = make_tree(src)
-    orig = TinyPacker.store_chunk
+    orig = TinyPacker.store_block
     changed: list[int] = []
 
     def store(self: TinyPacker, data: bytes | memoryview) -> tuple[bytes, int]:
@@ -155,7 +155,7 @@ def test_big_file_changing_while_read_is_read_again(monkeypatch: pytest.MonkeyPa
                 f.write(b"written during the capture")
         return orig(self, data)
 
-    monkeypatch.setattr(TinyPacker, "store_chunk", store)
+    monkeypatch.setattr(TinyPacker, "store_block", store)
     res = engine.capture(make_meta(1), dir_state(src))
     assert changed and not res.warnings  # read again; the second read is consistent
     out = tmp_path / "out"
@@ -198,11 +198,11 @@ def test_capture_killed_mid_big_file_then_rerun_stores_no_block_twice(
     proc = spawn(f"""
 import time
 from workers.engine.repository.repository import Repository
-_orig = Repository.store_chunk
+_orig = Repository.store_object
 def _slow(self, data):
     time.sleep(0.1)
     return _orig(self, data)
-Repository.store_chunk = _slow
+Repository.store_object = _slow
 from workers.engine import Engine
 from tests.engine.conftest import make_meta, dir_state
 Engine({url!r}).capture(make_meta(1), dir_state({str(src)!r}))

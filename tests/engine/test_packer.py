@@ -195,11 +195,13 @@ def test_repository_of_earlier_versions_restores(engine: Engine, tmp_path: Path)
     assert_same(src, dst2)
 
 
-def test_reclaim_keeps_a_partly_dead_pack_whole(repo_url: str,
+def test_reclaim_keeps_a_partly_dead_pack_whole(monkeypatch: pytest.MonkeyPatch,
+                                                repo_url: str,
                                                 storage_options: StorageOptions | None,
                                                 tmp_path: Path) -> None:
     """A pack with live and dead members is kept (the rule in s3reclaim.py): restore after
     reclaim compares equal; once no snapshot names any member, the pack goes."""
+    monkeypatch.setattr(tuning, "INLINE_MAX", 4096)  # every chunk big: one pack for all
     opts = None if storage_options is None else msgspec.structs.replace(
         storage_options, reclaim_margin=0.001)
     engine = Engine(repo_url, opts)

@@ -297,7 +297,7 @@ class Archiver:
             return
         bs = self.repo.config.block_size
         res = read_blocks(fd, lambda size: fixed_ranges(fd, size, bs), bs,
-                          self._packs.store_chunk, self.progress, skip_zero=False)
+                          self._packs.store_block, self.progress, skip_zero=False)
         st = res.st
         self._done(idx, res.blocks, b"", (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                          st.st_ino, st.st_mode, st.st_uid, st.st_gid),

@@ -70,6 +70,15 @@ class TinyPacker:
             self._add_big(cid, encode_payload(self.repo.zc(), data), len(data))
         return cid, 0
 
+    def store_block(self, data: bytes | memoryview) -> tuple[bytes, int]:
+        """A fixed block of a big file (blocks/): an object of its own, as an image
+        state's blocks are, so a disk-image file and the same bytes as an image state share
+        them (image manifests name objects, not pack members); a small piece (an extent's
+        end) into a pack like any small chunk. Returns (id, bytes written)."""
+        if len(data) <= tuning.INLINE_MAX:
+            return self.store_chunk(data)
+        return self.repo.store_object(data)
+
     def add_payload(self, cid: bytes, payload: bytes) -> None:
         """A big chunk a reader process encoded already (see Repository.store_payload)."""
         if not self._have(cid):

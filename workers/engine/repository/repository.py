@@ -179,6 +179,11 @@ class Repository:
         a capture's packer is attached, into its packs (their bytes count when stored)."""
         if self.packer is not None:
             return self.packer.store_chunk(data)
+        return self.store_object(data)
+
+    def store_object(self, data: bytes | memoryview) -> tuple[bytes, int]:
+        """Store a chunk as an object of its own (image blocks, and the fixed blocks of a
+        directory's big files, which image states share) unless present."""
         cid = self.chunk_id(data)
         with self._known_lock:
             if self._present(cid):
