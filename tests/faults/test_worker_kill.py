@@ -121,7 +121,10 @@ def test_sigterm_mid_capture_exits_in_time_and_resumes_elsewhere(
     # process only (systemd's KillMode=mixed: a graceful stop that interrupts the job,
     # which releases its lease and is retried). Either way the worker is gone within 30 s
     # and the capture continues on the other worker from what it had stored.
-    svc = make_service().start(workers=1)
+    # Dramatiq's back-off as in production (2-4 s): the other worker takes the interrupted
+    # job up only after the signalled one has exited, so the test sees the snapshot still
+    # in progress then (with the fault tests' 0.2 s it may finish the capture meanwhile).
+    svc = make_service(SNAPSHOTS_RETRY_BACKOFF="2").start(workers=1)
     _capture_interrupted(svc, big_state, signal.SIGTERM, max_exit_s=30, group=group)
 
 
