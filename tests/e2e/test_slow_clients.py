@@ -59,11 +59,15 @@ class _Bystander(threading.Thread):
         self.url, self.stop, self.times = url, threading.Event(), list[float]()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            started = time.monotonic()
-            assert httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200
-            self.times.append(time.monotonic() - started)
-            time.sleep(0.05)
+        # One client that keeps no connection alive: each GET opens a fresh one, without
+        # the CPU of a new client (its SSL context) each time, which on a busy machine
+        # starved this thread into too few GETs while the server answered each at once.
+        with httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                assert c.get(f"{self.url}/healthz").status_code == 200
+                self.times.append(time.monotonic() - started)
+                time.sleep(0.05)
 
 
 def test_slow_clients_are_cut_off_and_others_are_served(procfile_web: ProcfileWeb) -> None:
