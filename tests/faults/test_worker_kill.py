@@ -98,6 +98,30 @@ def test_sigkill_mid_capture_resumes_and_restores_exactly(
     assert not tree_diff(reference, describe(big_state))
 
 
+def test_sigkill_mid_capture_of_a_big_file_resumes_and_restores_exactly(
+    make_service: ServiceFactory, tmp_path: Path
+) -> None:
+    # A file of 64 MiB and more is read in fixed blocks by several threads (blocks/): the
+    # worker dies with some of its blocks stored; the next stores only the others.
+    state = tmp_path / "servers" / "vm"
+    (state / "etc").mkdir(parents=True)
+    (state / "etc" / "hostname").write_text("vm-01\n")
+    with (state / "disk.img").open("wb") as fh:
+        for i in range(96):
+            fh.write(os.urandom(1 << 20) if i % 8 else bytes(1 << 20))
+        fh.truncate(112 << 20)  # a hole at the end
+    reference = describe(state)
+    svc = make_service().start(workers=1)
+    _capture_interrupted(svc, state, signal.SIGKILL)
+    client = svc.client()
+    snap = client.get("/snapshots/").json()["snapshots"][0]
+    (state / "disk.img").write_bytes(b"broken")
+    resp = client.post(f"/snapshots/{snap['id']}/restore/")
+    assert resp.status_code == 200, resp.text
+    assert wait_operation(client, resp.json()["operation_id"])["status"] == "succeeded"
+    assert not tree_diff(reference, describe(state))  # bytes, holes, metadata
+
+
 def test_sigkill_mid_capture_with_stop_server_starts_it_again(
     make_service: ServiceFactory, big_state: Path, states: Path
 ) -> None:
