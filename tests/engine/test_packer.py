@@ -236,3 +236,30 @@ def test_reclaim_keeps_a_partly_dead_pack_whole(monkeypatch: pytest.MonkeyPatch,
     cycles()
     assert engine.backend.stat(pack_key) is None
     assert not [k for k, _s, _m in engine.backend.list("data/")]
+
+
+def test_reader_processes_skip_chunks_already_packed(monkeypatch: pytest.MonkeyPatch,
+                                                     engine: Engine, tmp_path: Path) -> None:
+    """Another server's capture of the same bytes: its reader processes know the packed
+    chunks, so they encode and send none of them, and nothing new is stored."""
+    from workers.engine.repository.packwriter import TinyPacker
+
+    monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
+    src = tmp_path / "srv"
+    _tree(src, 6, 20)
+    engine.capture(make_meta(1), dir_state(src))
+    sent: list[bytes] = []
+    orig = TinyPacker.add_payload
+
+    def add_payload(self: TinyPacker, cid: bytes, payload: bytes) -> None:
+        sent.append(cid)
+        orig(self, cid, payload)
+
+    monkeypatch.setattr(TinyPacker, "add_payload", add_payload)
+    before = len(engine.backend.put_keys)
+    engine.capture(make_meta(2, server_id=2), dir_state(src))  # no parent: every file read
+    assert not sent
+    assert not [k for k in engine.backend.put_keys[before:] if k.startswith(("data/", "packidx/"))]
+    dst = tmp_path / "out"
+    engine.restore(2, dir_state(dst))
+    assert_same(src, dst)

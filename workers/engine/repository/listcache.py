@@ -47,7 +47,8 @@ class ObjectStore(Protocol):
     def list_fresh(self, prefix: str) -> Iterator[tuple[str, int, int]]: ...
 
 CONDEMNED_KEY = "reclaim/condemned"  # written by the reclaim only (s3reclaim.py)
-CACHED_PREFIXES = ("data/", "packidx/")
+PACKIDX_PREFIX = "packidx/"
+CACHED_PREFIXES = ("data/", PACKIDX_PREFIX)
 
 
 class Condemned(msgspec.Struct):
@@ -160,7 +161,11 @@ class ListingCache:
         if prefix not in CACHED_PREFIXES:
             yield from self._backend.list_fresh(prefix)
             return
-        token = self._refresh_marker()
+        # Repository.load_known lists data/ first and uses an index of packidx/ only when
+        # its pack is in that (marker-checked) view, so a packidx/ view right after one
+        # needs no marker read of its own: one HEAD per capture, not two.
+        token = (self._condemned_token if prefix == PACKIDX_PREFIX
+                 and self._condemned_token is not None else self._refresh_marker())
         with self._lock:
             self._catch_up()
             state = self._state

@@ -148,7 +148,7 @@ class Repository:
         for key, _size, _mtime in self.backend.list(PACKIDX + "/", cached=True):
             try:
                 pack = bytes.fromhex(key.rsplit("/", 1)[1])
-                if pack not in known:  # pack lost or torn (index written after it): skip
+                if pack not in known:  # pack lost, torn or condemned (not in the data/ view)
                     continue
                 members = msgspec.msgpack.decode(self.backend.get(key),
                                                  type=list[tuple[bytes, int, int]])
@@ -254,8 +254,11 @@ class Repository:
             return 0  # never recorded: treat every stored chunk as possibly not durable
 
     def known_ids(self) -> list[bytes]:
+        """Ids of the stored objects and of the members of stored packs: a capture's
+        reader processes neither encode nor send these (the parent finds them again)."""
         with self._known_lock:
-            return list(self._known)
+            return [*self._known, *(c for c, (pack, _o, _n) in self._packed.items()
+                                    if pack in self._known)]
 
     def read_chunk(self, cid: bytes) -> bytes:
         """The verified plaintext of a stored object (a chunk or a tiny pack)."""
