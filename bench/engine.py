@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import benchlib
 from dataset import build_dataset, wait_for_space
@@ -26,6 +27,14 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep bench/.data/run-* afterwards")
     ap.add_argument("--max-wait", type=float, default=180, help="s to wait for a quiet machine")
     ap.add_argument("--repeat", type=int, default=1, help="runs; the table shows medians")
+    ap.add_argument("--tools", help="comma-separated tools beside ours (default: all of "
+                    "restic,borg,tar|zstd,cp -a)")
+    ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                    help="also run the engine of another checkout (with its own .venv, e.g. a "
+                         "git worktree of an older commit), interleaved with this one")
+    ap.add_argument("--inherit-dirty", action="store_true",
+                    help="no untimed sync before each warm operation: each tool then also "
+                         "pays the writeback of what the one before it left dirty")
     args = ap.parse_args()
     with benchlib.exclusive():
         return bench(args)

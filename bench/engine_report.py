@@ -11,7 +11,6 @@ import benchlib
 from commands import MiB, Outcome, sh
 from filesystem import DATA, fs_info
 from runs import Results, Run
-from tools import TOOLS
 
 NOISY = 0.2  # a timing during which other work used more than this share of the CPUs
 
@@ -75,7 +74,7 @@ def print_table(run: Run, title: str) -> None:
         from rich.table import Table
     except ImportError:
         print(title)
-        print(" | ".join(["phase", *TOOLS]))
+        print(" | ".join(["phase", *(t.name for t in run.tools)]))
         for phase, cells in rows:
             print(" | ".join([phase, *cells]))
         return
@@ -85,8 +84,8 @@ def print_table(run: Run, title: str) -> None:
         f"* = other work used more than {NOISY:.0%} of the CPUs meanwhile (noisy)",
     )
     table.add_column("phase")
-    for name in TOOLS:
-        table.add_column(name, justify="right")
+    for tool in run.tools:
+        table.add_column(tool.name, justify="right")
     for phase, cells in rows:
         table.add_row(phase, *cells)
     Console(width=160).print(table)
@@ -181,6 +180,12 @@ def header(args: argparse.Namespace, cold: bool, desc: str) -> None:
         "page cache dropped before every full capture and every restore"
         if cold
         else "WARM cache for every tool alike (could not drop the page cache)",
+    )
+    print(
+        "dirty   :",
+        "each tool pays the writeback the one before it left (--inherit-dirty)"
+        if args.inherit_dirty
+        else "untimed sync before every warm operation (none pays another's writeback)",
     )
     print(
         "options : restic repo v2 --compression auto; borg -e none zstd,3; tar --xattrs |"

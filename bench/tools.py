@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from commands import BENCH, PY, ROOT, Outcome, sh
+from commands import PY, ROOT, Outcome, sh
 from dataset import State
 
 TOOLS = ["ours", "restic", "borg", "tar|zstd", "cp -a"]
@@ -44,11 +44,14 @@ class Tool:
 
 
 class Ours(Tool):
+    root: Path = ROOT  # the checkout whose engine runs (another one for --baseline)
+
     def snapshot_id(self, state: State, seq: int) -> int:
         return 2 * (seq - 1) + state.server_id
 
     def _op(self, *args: str) -> Outcome:
-        res = sh([PY, str(BENCH / "engine_op.py"), *args], cwd=ROOT, env=self.env)
+        py, op = self.root / ".venv" / "bin" / "python", self.root / "bench" / "engine_op.py"
+        res = sh([str(py), str(op), *args], cwd=self.root, env=self.env)
         for line in res.out.splitlines():
             if line.startswith("RESULT "):
                 res.out = line[7:]
@@ -191,7 +194,19 @@ class Copy(Tool):
         return dst / state.path.name if state.kind == "image" else dst
 
 
-def make_tools(run: Path) -> list[Tool]:
+def baseline_tool(run: Path, root: Path, env: dict[str, str]) -> Ours:
+    """Our engine from another checkout (with its own .venv), run beside this one in the
+    same run and interleaved with it, so that before/after compare under the same load."""
+    rev = sh(["git", "-C", str(root), "rev-parse", "--short", "HEAD"]).out.strip() or root.name
+    tool = Ours(f"ours@{rev}", run, dict(env, PYTHONPATH=str(root)))
+    tool.root = root
+    subprocess.run([str(root / ".venv" / "bin" / "python"), "-m", "compileall", "-q", "workers"],
+                   cwd=root, env=tool.env, capture_output=True, check=False)
+    return tool
+
+
+def make_tools(run: Path, names: list[str] | None = None,
+               baseline: Path | None = None) -> list[Tool]:
     env = dict(os.environ)
     env.update(
         RESTIC_PASSWORD="bench",
@@ -208,13 +223,17 @@ def make_tools(run: Path) -> list[Tool]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run([PY, "-m", "compileall", "-q", "workers"], cwd=ROOT, env=env,
                    capture_output=True, check=False)
-    return [
+    tools: list[Tool] = [
         Ours("ours", run, env),
         Restic("restic", run, env),
         Borg("borg", run, env),
         TarZstd("tar|zstd", run, env),
         Copy("cp -a", run, env),
     ]
+    tools = [t for t in tools if names is None or t.name == "ours" or t.name in names]
+    if baseline is not None:
+        tools.insert(1, baseline_tool(run, baseline, env))
+    return tools
 
 
 def engine_available(env: dict[str, str]) -> str | None:
