@@ -20,6 +20,9 @@ THROTTLE = Path(__file__).resolve().parent / "throttle"  # see throttle/sitecust
 FAST_ENV = {
     # Jobs on the big state take seconds on any machine, so a kill lands mid-job.
     "FAULT_TEST_MBPS": "50",
+    # A pack per big chunk (as test_crash.py): objects are stored from the first chunk on,
+    # so a kill at the first progress lands among stored objects (32 MiB packs: none yet).
+    "FAULT_TEST_PACK_SIZE": "1",
     "PYTHONPATH": os.pathsep.join(p for p in (str(THROTTLE), os.environ.get("PYTHONPATH")) if p),
     "SNAPSHOTS_HEARTBEAT_TIMEOUT": "3",
     "SNAPSHOTS_MAINTENANCE_CHANCE": "1000000",
