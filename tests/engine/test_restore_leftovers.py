@@ -158,3 +158,41 @@ def test_a_live_restore_leaves_its_old_tree_to_the_janitor_and_returns(
         (src / "d" / f"f{i}").write_text("changed")  # enough to rebuild, not patch
     engine.restore(1, dir_state(src))
     assert describe(src) == ref and _leftovers(src) == []
+
+
+def test_the_next_restore_frees_the_space_of_an_old_tree_the_janitor_still_holds(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    release = threading.Event()
+    orig = removal._remove_by_path
+
+    def held(parent_path: str, name: bytes) -> bool:
+        release.wait(30)
+        return orig(parent_path, name)
+
+    try:
+        src = small / "srv"
+        src.mkdir()
+        (src / "data").write_bytes(os.urandom(3 << 20))
+        engine.capture(make_meta(1), dir_state(src))
+        a = describe(src)
+        (src / "data").write_bytes(os.urandom(3 << 20))
+        engine.capture(make_meta(2), dir_state(src))
+        monkeypatch.setattr(removal, "_remove_by_path", held)
+        engine.restore(1, dir_state(src), live=True)  # its old tree (3 MiB) left aside
+        assert len(_leftovers(src)) == 1
+        # 3 MiB current + 3 MiB old + 3 MiB staging would not fit in 8 MiB: the restore
+        # removes the old tree first, though the janitor has it
+        engine.restore(2, dir_state(src), live=True)
+        engine.restore(1, dir_state(src), live=True)
+        assert describe(src) == a
+    finally:
+        release.set()  # the janitor then finds the trees gone
+        for _ in range(100):
+            if subprocess.run(["umount", str(small)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)

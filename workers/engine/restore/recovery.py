@@ -41,10 +41,10 @@ def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
                 os.fsync(parent_fd)
         os.unlink(journal, dir_fd=parent_fd)
     undo_patch(parent_fd, base)  # before its work directory goes with the leftovers
-    busy = {name for path, name in removal.janitor.pending() if path == parent_path}
+    # Every leftover, also one the janitor is removing in the background (a live restore's
+    # old tree): this operation may need its space.
     for name in _leftovers(parent_fd, base):
-        if name not in busy:  # the janitor of this process is on it: one walker at a time
-            dispose(parent_fd, parent_path, base, name)
+        dispose(parent_fd, parent_path, base, name)
 
 
 def dispose(parent_fd: int, parent_path: str, base: bytes, name: bytes, *,
