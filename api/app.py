@@ -12,14 +12,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import openapi
 from api.auth import BearerAuth, TokenCache
 from api.endpoint import PUBLIC, Endpoint, Handler
 from api.eventhub import EventHub
-from api.middleware import RequestContext
-from api.observe import HttpMetrics, Observe
+from api.middleware import Front
+from api.observe import HttpMetrics
 from api.ratelimit import RateLimiter
 from api.routes import TABLE
 from api.services import Services
@@ -35,8 +35,8 @@ OPENAPI_PATH = "/api/v1/openapi.json"
 def _route(path: str, rows: list[Endpoint]) -> BaseRoute:
     """One route per path, dispatching on the method, so a 405 lists every allowed one.
 
-    Every route is registered with a trailing slash; RequestContext adds a missing one,
-    so both spellings answer the same without a redirect or a second route to match.
+    Every route is registered with a trailing slash; Front adds a missing one, so both
+    spellings answer the same without a redirect or a second route to match.
     """
     by_method: dict[str, Handler] = {e.method: e.handler for e in rows}
     if "GET" in by_method:
@@ -49,7 +49,21 @@ def _route(path: str, rows: list[Endpoint]) -> BaseRoute:
             response: Response = await by_method[request.method](request)
             return response
 
-    return Route(path.rstrip("/") + "/", endpoint, methods=list(by_method))
+    route = Route(path.rstrip("/") + "/", endpoint, methods=list(by_method))
+    route.app = _asgi(endpoint)
+    return route
+
+
+def _asgi(handler: Handler) -> ASGIApp:
+    """The handler as an ASGI app, without Starlette's exception-handler layer around it
+    (``request_response``): that layer looks up handlers this app never registers and
+    wraps ``send`` once more on every request; every exception goes to Front anyway."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await handler(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    return app
 
 
 def routes(table: Iterable[Endpoint]) -> list[BaseRoute]:
@@ -77,10 +91,11 @@ def public_paths(table: Iterable[Endpoint]) -> frozenset[str]:
 class SnapshotsApp(Starlette):
     """Starlette with our own, shorter middleware stack.
 
-    Outermost, Observe logs each request and counts it in the metrics. Starlette's
-    ServerErrorMiddleware and ExceptionMiddleware are left out: RequestContext
-    already turns every exception (the router's 404/405 included) into the SPEC's error
-    shape, and two fewer layers are measurable on the hot GET paths.
+    Outermost, Front gives each request its id, logs it and counts it in the metrics.
+    Starlette's ServerErrorMiddleware and ExceptionMiddleware are left out (and its
+    per-route exception layer, see ``_asgi``): Front already turns every exception (the
+    router's 404/405 included) into the SPEC's error shape, and fewer layers are
+    measurable on every request.
     """
 
     auth_options: dict[str, Any]
@@ -91,8 +106,8 @@ class SnapshotsApp(Starlette):
         inner: ASGIApp = self.router
         if self.rate_limit is not None:
             inner = RateLimiter(inner, self.auth_options["store"], self.rate_limit)
-        return Observe(RequestContext(BearerAuth(inner, **self.auth_options)),
-                       self.http_metrics, self.router.routes)
+        return Front(BearerAuth(inner, **self.auth_options), self.http_metrics,
+                     self.router.routes)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

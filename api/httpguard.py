@@ -16,6 +16,12 @@ httptools protocol adds what nginx calls ``client_header_timeout`` and
 Past a deadline the connection is closed. The timers are one per connection, armed and
 cancelled at the parser's callbacks; requests that arrive whole never see them.
 
+It sends a response's status line and headers in the same write as its body: uvicorn
+writes them as soon as the app sends ``http.response.start``, then the body on its own,
+two send(2) calls per answer where one does (on loopback a send costs more than all of
+uvicorn's header building). ``_Corked`` holds the first write of each response until the
+next one (or the end of the loop iteration, for a response whose body comes later).
+
 It also ends endless responses at shutdown: uvicorn's graceful shutdown waits for every
 response in flight, and an event stream never finishes by itself, so one open stream held
 every deploy and Ctrl-C for the whole ``--timeout-graceful-shutdown``. A response whose
@@ -28,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -56,6 +63,53 @@ _TOO_LARGE_BODY: Final = (
 def _timeouts() -> tuple[float, float]:
     settings = Settings.from_env()
     return settings.header_timeout, settings.body_timeout + BODY_GRACE
+
+
+class _Corked:
+    """One response's view of the connection's transport: its first write (the status line
+    and headers) waits for the second (the body) and both go out as one. A response that
+    sends nothing more in this loop iteration (an event stream waiting for its first
+    event) has its headers written at the iteration's end; one that ends without a body
+    (204, HEAD) when it completes; a close writes what is held first."""
+
+    __slots__ = ("_held", "_loop", "_on_response", "_open", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
+                 on_response: Callable[[], None]) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._on_response = on_response
+        self._held: bytes | None = None
+        self._open = True  # still holding writes
+
+    def write(self, data: bytes) -> None:
+        if not self._open:
+            self._transport.write(data)
+        elif self._held is None:
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            held, self._held, self._open = self._held, None, False
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        held, self._held, self._open = self._held, None, False
+        if held is not None:
+            self._transport.write(held)
+
+    def response_complete(self) -> None:
+        self.flush()
+        self._on_response()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class DeadlineHttp(HttpToolsProtocol):
@@ -125,7 +179,13 @@ class DeadlineHttp(HttpToolsProtocol):
         if self._refused:
             return
         self._arm(self.body_timeout, "request body")
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            cork = _Corked(self.transport, self.loop, cycle.on_response)
+            cycle.transport = cast(asyncio.Transport, cork)
+            cycle.on_response = cork.response_complete
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: request ids on every response, and errors as the SPEC's JSON.
+"""Pure ASGI middleware, outermost: request ids on every response, errors as the SPEC's
+JSON, one access-log line and the HTTP metrics per request.
 
 It sits outside auth and the router, so whatever goes wrong below (an ApiError, Redis
-down, a bug) still answers the one error shape with an ``X-Request-Id``, never a trace.
+down, a bug) still answers the one error shape with an ``X-Request-Id``, never a trace,
+and the log line and the metrics see the final status of every answer, errors included.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
+from collections.abc import Sequence
 
 import redis.exceptions
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import (
@@ -22,7 +27,8 @@ from api.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from shared.logs import log_context
+from api.observe import HttpMetrics, access_line, route_of
+from shared import logs
 
 log = logging.getLogger("api")
 
@@ -71,14 +77,26 @@ async def send_error(send: Send, err: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestContext:
-    def __init__(self, app: ASGIApp) -> None:
+class Front:
+    """The one middleware outside auth and the router, for every HTTP request: its id (the
+    caller's ``X-Request-Id`` if sane, else a new one) on the response and in the log
+    context, the trailing slash, errors in the SPEC's shape, then the access-log line and
+    the HTTP metrics with the final status.
+
+    One layer, not two (request context inside observe, as before): each layer costs a
+    coroutine, a send wrapper and its own try/finally on every request.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
+        self.metrics = metrics
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         request_id = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -89,28 +107,40 @@ class RequestContext:
                 break
         if not request_id:
             request_id = os.urandom(12).hex().encode()
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        rid = request_id.decode()
+        scope.setdefault("state", {})["request_id"] = rid
         path: str = scope["path"]
         if not path.endswith("/"):
             # SPEC: a path without its trailing slash answers the same; routes all end in "/".
             scope["path"] = path + "/"
         header = (b"x-request-id", request_id)
-        started = False
+        status = 0  # 0: nothing sent yet
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        with log_context(request_id=scope["state"]["request_id"]):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception as exc:
-                err = to_api_error(exc)
-                if started:
-                    # Too late for an error body; the client sees a cut response.
-                    log.error("error after the response started: %r", exc)
-                    return
+        token = logs.enter(request_id=rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            err = to_api_error(exc)
+            if status:
+                # Too late for an error body; the client sees a cut response.
+                log.error("error after the response started: %r", exc)
+            else:
                 await send_error(send_with_id, err)
+        finally:
+            seconds = time.perf_counter() - started
+            # What the client saw if nothing was sent at all (a cancelled request).
+            final = status or 500
+            route = route_of(scope, self.routes)
+            method: str = scope["method"]
+            self.metrics.observe(method, route, final, seconds)
+            principal = scope.get("principal")
+            access_line(method, scope["path"], route, final, seconds, rid,
+                        None if principal is None else principal.account)
+            logs.leave(token)

@@ -212,7 +212,7 @@ def next_link(request: Request, cursor: int | None, **filters: object) -> str | 
         return None
     query = {k: v for k, v in filters.items() if v is not None}
     query["cursor"] = cursor
-    # The matched route's own path (RequestContext gave it its trailing slash).
+    # The matched route's own path (Front gave it its trailing slash).
     path = request.scope.get("root_path", "") + request.scope["path"]
     base = services(request).settings.public_url or ""
     return f"{base}{path}?{urlencode(query)}"

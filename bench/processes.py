@@ -22,6 +22,9 @@ ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 
 
 UVICORN_OPTS = ["--host", "127.0.0.1", "--workers", "1", "--log-level", "warning"]
+# Our API runs as the Procfile runs it: its HTTP protocol (slow-client deadlines, headers
+# and body in one write), no uvicorn access line (ours is written), keep-alive 5 s.
+API_OPTS = ["--http", "api.httpguard:DeadlineHttp", "--no-access-log", "--timeout-keep-alive", "5"]
 
 
 class Procs:
@@ -149,7 +152,8 @@ def start_api(
     port = port or free_port()
     uvicorn = str(VENV_BIN / "uvicorn")
     procs.start(
-        name, [uvicorn, *target, *UVICORN_OPTS, "--port", str(port)], env, tmp / f"{name}.log"
+        name, [uvicorn, *target, *UVICORN_OPTS, *API_OPTS, "--port", str(port)], env,
+        tmp / f"{name}.log",
     )
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", procs)

@@ -10,11 +10,13 @@ appends the ids as ``key=value``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Final, TextIO
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -31,14 +33,24 @@ def bind(**fields: Any) -> None:
     _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
 
 
+def enter(**fields: Any) -> Token[dict[str, Any]]:
+    """``log_context`` without the context manager, for the request path: the caller
+    passes the answer to ``leave`` in a ``finally``."""
+    return _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+
+
+def leave(token: Token[dict[str, Any]]) -> None:
+    _context.reset(token)
+
+
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Fields on every line logged inside the block (threads and tasks keep their own)."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    token = enter(**fields)
     try:
         yield
     finally:
-        _context.reset(token)
+        leave(token)
 
 
 class ContextFilter(logging.Filter):
@@ -57,6 +69,15 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
+        self._stamp = (-1, "")  # (second, its text): one strftime a second, not a line
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        stamp = self._stamp
+        if stamp[0] != second:
+            stamp = (second, time.strftime(datefmt or "%H:%M:%S", self.converter(second)))
+            self._stamp = stamp
+        return stamp[1]
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -68,6 +89,49 @@ class TextFormatter(logging.Formatter):
             return line
         head, sep, trace = line.partition("\n")
         return " ".join([head, *extras]) + sep + trace
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that, in a thread running an event loop (the web process), writes
+    the lines of one loop iteration together: one write per iteration for every request
+    answered in it, not one per line. A warning or worse, and any line of a thread without
+    a loop (a worker's, a helper thread's), goes out at once. A process killed outright
+    loses at most the lines of its last iteration; an exit flushes them (logging.shutdown).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record) + self.terminator)
+        except RecursionError:  # pragma: no cover - as logging.StreamHandler
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno < logging.WARNING:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                if len(self._lines) == 1:
+                    loop.call_soon(self.flush)
+                return
+        self._write()
+
+    def _write(self) -> None:
+        if self._lines:
+            text = "".join(self._lines)
+            self._lines.clear()
+            self.stream.write(text)
+        self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
 
 
 def json_formatter() -> logging.Formatter:
@@ -94,7 +158,7 @@ def configure(fmt: str, level: int = logging.INFO, stream: TextIO | None = None)
     through the root, in the same format."""
     root = logging.getLogger()
     if not root.handlers:
-        root.addHandler(logging.StreamHandler(stream or sys.stderr))
+        root.addHandler(LineHandler(stream or sys.stderr))
     for handler in root.handlers:
         handler.setFormatter(formatter(fmt))
         if not any(isinstance(f, ContextFilter) for f in handler.filters):
