@@ -1,0 +1,188 @@
+"""The per-request path made cheap (issue 12) keeps every feature: each access line has all
+its fields (errors and unknown routes included), the metrics count by route template and
+status, the log lines of a loop iteration are written together but all of them and in
+order, and httpguard's corked transport sends headers and body in one write without ever
+losing or reordering a byte."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from api.httpguard import _Corked
+from shared.logs import LineHandler, TextFormatter, log_context
+from tests.support.api import ApiHelper, bearer
+
+
+def _access(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "api.access"]
+
+
+def test_access_line_has_every_field(client: TestClient, api: ApiHelper,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    headers = api.headers("acme", "read")
+    with caplog.at_level(logging.INFO, logger="api.access"):
+        ok = client.get("/api/v1/snapshots", headers={**headers, "X-Request-Id": "rid-1"})
+        missing = client.get("/api/v1/snapshots/999/", headers=headers)
+        anonymous = client.get("/api/v1/snapshots/", headers=bearer("snp_no-such-token"))
+        nowhere = client.get("/api/v1/nowhere/", headers=headers)
+    assert [ok.status_code, missing.status_code, anonymous.status_code,
+            nowhere.status_code] == [200, 404, 401, 404]
+    lines = _access(caplog)
+    assert len(lines) == 4
+    first, second, third, fourth = (r.__dict__ for r in lines)
+    assert first["request_id"] == "rid-1" == ok.headers["x-request-id"]
+    assert lines[0].getMessage().startswith("GET /api/v1/snapshots/ 200 ")
+    for line, resp in zip((first, second, third, fourth),
+                          (ok, missing, anonymous, nowhere), strict=True):
+        assert line["method"] == "GET" and line["status"] == resp.status_code
+        assert line["request_id"] == resp.headers["x-request-id"]
+        assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+    assert first["route"] == "/api/v1/snapshots/" and first["account"] == "acme"
+    assert second["route"] == "/api/v1/snapshots/{snapshot_id}/"
+    assert second["account"] == "acme"
+    # Refused before the router: the route it would have matched, and no account.
+    assert third["route"] == "/api/v1/snapshots/" and "account" not in third
+    assert fourth["route"] == "unmatched"
+
+
+def test_metrics_count_each_route_and_status(client: TestClient, api: ApiHelper) -> None:
+    headers = api.headers("acme", "read")
+    for _ in range(3):
+        assert client.get("/api/v1/snapshots/", headers=headers).status_code == 200
+    assert client.get("/api/v1/snapshots/5/", headers=headers).status_code == 404
+    text = client.get("/metrics").text
+    assert ('snapshots_http_requests_total{method="GET",route="/api/v1/snapshots/",'
+            'status="200"} 3.0') in text
+    assert ('snapshots_http_requests_total{method="GET",route="/api/v1/snapshots/'
+            '{snapshot_id}/",status="404"} 1.0') in text
+    assert ('snapshots_http_request_duration_seconds_count{method="GET",'
+            'route="/api/v1/snapshots/"} 3.0') in text
+
+
+class _Stream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.writes.append(s)
+        return super().write(s)
+
+
+def _handler() -> tuple[logging.Logger, _Stream]:
+    stream = _Stream()
+    handler = LineHandler(stream)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger(f"test.front.{id(stream)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return logger, stream
+
+
+def test_line_handler_writes_a_loop_iteration_at_once_and_keeps_every_line() -> None:
+    logger, stream = _handler()
+
+    async def main() -> list[str]:
+        with log_context(request_id="r1"):
+            for i in range(3):
+                logger.info("line %d", i)
+        held = list(stream.writes)
+        await asyncio.sleep(0)  # the iteration ends: its lines go out together
+        await asyncio.sleep(0)
+        logger.info("line 3")
+        logger.warning("a warning goes at once")  # and takes the pending line with it
+        return held
+
+    held = asyncio.run(main())
+    assert held == []
+    assert len(stream.writes) == 2
+    lines = stream.getvalue().splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "line 0", "line 1", "line 2", "line 3", "a warning goes at once"]
+
+
+def test_line_handler_outside_a_loop_writes_each_line_at_once() -> None:
+    logger, stream = _handler()
+    logger.info("main thread")
+    done = threading.Thread(target=logger.info, args=("other thread",))
+    done.start()
+    done.join()
+    assert len(stream.writes) == 2 and stream.getvalue().count("\n") == 2
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> Any:
+        return f"info:{name}"
+
+
+def _corked() -> tuple[_Corked, _Transport, list[str], asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    transport = _Transport()
+    completed: list[str] = []
+    cork = _Corked(transport, loop, lambda: completed.append("done"))  # type: ignore[arg-type]
+    return cork, transport, completed, loop
+
+
+def test_corked_headers_and_body_in_one_write_then_direct() -> None:
+    cork, transport, completed, loop = _corked()
+    try:
+        cork.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        assert transport.writes == []
+        cork.write(b"body")
+        assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        cork.write(b"more")  # a streamed body goes out as it comes
+        assert transport.writes[-1] == b"more"
+        cork.response_complete()
+        assert completed == ["done"] and len(transport.writes) == 2
+        assert cork.get_extra_info("peername") == "info:peername"
+    finally:
+        loop.close()
+
+
+def test_corked_headers_alone_go_out_at_the_iteration_end_on_completion_or_close() -> None:
+    cork, transport, completed, loop = _corked()
+    try:
+        cork.write(b"headers of an event stream")
+        loop.run_until_complete(asyncio.sleep(0))
+        assert transport.writes == [b"headers of an event stream"]
+        cork.write(b"data: 1\n\n")
+        assert transport.writes[-1] == b"data: 1\n\n"
+    finally:
+        loop.close()
+    cork, transport, completed, loop = _corked()
+    try:
+        cork.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # no body follows
+        cork.response_complete()
+        assert transport.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"] and completed
+    finally:
+        loop.close()
+    cork, transport, completed, loop = _corked()
+    try:
+        cork.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+        cork.close()
+        assert transport.writes == [b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"]
+        assert transport.closed and cork.is_closing()
+    finally:
+        loop.close()
