@@ -2,6 +2,7 @@
 and borg doing the same work on the same data, in the same run.
 
     .venv/bin/python bench/service.py [--image-mib 300]
+    .venv/bin/python bench/service.py --scale [--files 100000,300000,1000000] [--image]
 
 Starts the service as `make run` does (deploy/run.py: embedded Redis, the Procfile's web
 and worker under the supervisor) on a data directory of its own, registers a `directory`
@@ -253,6 +254,9 @@ def report(rows: dict[str, Row], stored: dict[str, int], pct: dict[str, float], 
 
 
 def main() -> int:
+    if "--scale" in sys.argv[1:]:  # the scale benchmark: bench/scale.py
+        import scale
+        return scale.main([a for a in sys.argv[1:] if a != "--scale"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image-mib", type=int, default=300, help="size of the disk image")
     ap.add_argument("--keep", action="store_true", help="keep bench/.data/service-run-*")

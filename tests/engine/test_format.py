@@ -84,3 +84,57 @@ def test_a_manifest_whose_tree_is_malformed_is_corrupt_for_good(
     assert sorted(os.listdir(target)) == ["mine"] and (target / "mine").read_text() == "current"
     report = engine.verify(1)  # verify checks the tree as a restore does
     assert not report.ok and "manifest of snapshot 1 is corrupt" in report.errors[0]
+
+
+def test_entries_decoded_lazily_are_the_entries_decoded_whole(engine: Engine,
+                                                             tmp_path: Path) -> None:
+    """A restore's writer processes read the manifest lazily (manifest.decode_lazily); each
+    entry must come out exactly as a whole decode gives it, and tiny pack ids are shared."""
+    state = tmp_path / "state"
+    (state / "d").mkdir(parents=True)
+    for i in range(50):
+        (state / "d" / f"f{i}").write_bytes(os.urandom(100 + i))
+    (state / "big").write_bytes(os.urandom(3 * 1024 * 1024))
+    os.link(state / "d" / "f1", state / "link")
+    os.setxattr(state / "d" / "f2", "user.k", b"v")
+    engine.capture(make_meta(1), dir_state(state))
+    data = (Path(engine.repo.backend.root) / "snapshots" / "1").read_bytes()  # type: ignore[attr-defined]
+    header, body = manifest.decode(data)
+    lazy_header, raws = manifest.decode_lazily(data)
+    assert isinstance(body, manifest.DirBody) and lazy_header == header
+    assert [manifest.entry(r) for r in raws] == body.entries
+    packs = {id(e.pack) for e in body.entries if e.pack}
+    assert len(packs) == len({e.pack for e in body.entries if e.pack}) == 1
+    future = msgspec.structs.replace(header, version=manifest.MANIFEST_VERSION + 1)
+    with pytest.raises(ValueError, match="newer engine"):
+        manifest.decode_lazily(manifest.encode(future, body))
+
+
+def test_an_image_manifest_is_not_read_lazily(engine: Engine, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(1 << 20))
+    from workers.engine import StateSpec
+
+    engine.capture(make_meta(1), StateSpec(kind="image", path=str(image)))
+    with pytest.raises(SnapshotCorrupt, match="not the manifest of a directory state"):
+        engine.repo.get_manifest_lazily(1)
+
+
+def test_the_collector_pause_nests_and_restores_what_was_there() -> None:
+    import gc
+
+    from workers.engine import gcpause
+
+    assert gc.isenabled()
+    with gcpause.paused():
+        with gcpause.paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gcpause.paused():
+            pass
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()

@@ -371,5 +371,13 @@ class Repository:
         except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
             raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 
+    def get_manifest_lazily(self, snapshot_id: int) -> tuple[manifest.Header,
+                                                             list[msgspec.Raw]]:
+        """A directory snapshot's entries left encoded (manifest.decode_lazily)."""
+        try:
+            return manifest.decode_lazily(self._get_manifest_raw(snapshot_id))
+        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
+            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
+
     def delete_manifest(self, snapshot_id: int) -> None:
         self.backend.delete(self.manifest_key(snapshot_id))

@@ -5,7 +5,9 @@ write, metadata) that one GIL serialises. A big restore into a new state therefo
 its files between worker processes: once the parent has created every directory in its
 private staging directory, it sends each worker (over a SOCK_SEQPACKET socket, with the
 staging directory's fd by SCM_RIGHTS) its share: a contiguous run of manifest indexes.
-The worker loads the same manifest from the repository, creates each file by its path
+The worker loads the same manifest from the repository, its entries left encoded (each
+decoded as its turn comes: a million-entry manifest would otherwise be decoded whole in
+every worker process, ~700 bytes an entry), creates each file by its path
 under that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just made
 in its 0700 staging directory) and writes it exactly as the thread path does
 (TreeWriter.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
@@ -25,8 +27,8 @@ from .. import tuning
 from ..fs import fsutil
 from ..model import SnapshotCorrupt
 from ..progress import Progress
+from ..repository import manifest
 from ..repository.backend import LocalBackend
-from ..repository.manifest import DirBody
 from ..repository.repository import Repository
 from ..workerproc import child, frames
 from .messages import End, Failed, Setup, Share, WriterMessage, Written, Wrote
@@ -45,16 +47,14 @@ def main() -> None:
     req, res = child.sockets()
     setup = msgspec.msgpack.decode(frames.recv(res), type=Setup)
     repo = Repository(LocalBackend(setup.storage))
-    _h, body = repo.get_manifest(setup.snapshot_id)
-    assert isinstance(body, DirBody)
-    entries = body.entries
+    _h, entries = repo.get_manifest_lazily(setup.snapshot_id)
     sent = [0]
 
     def report(done: int, _total: int) -> None:
         _send(res, Wrote(done - sent[0]))
         sent[0] = done
 
-    w = TreeWriter(repo, setup.snapshot_id, entries, Progress(report))
+    w = TreeWriter(repo, setup.snapshot_id, [], Progress(report))  # files of its share only
     msg, fds, _flags, _addr = socket.recv_fds(req, 16, 1)
     if not msg or not fds:
         return  # the parent closed the channel: nothing to do
@@ -66,9 +66,9 @@ def main() -> None:
     idx = -1
     try:
         for idx in share.indexes:
-            e = entries[idx]
+            e = manifest.entry(entries[idx])
             w.write_file(None, b"", e, os.open(e.path, fsutil.CREATE_FLAGS, 0o600, dir_fd=st_fd))
-            _e, ino, ctime = w.written[e.path]
+            _e, ino, ctime = w.written.pop(e.path)  # the parent keeps the record
             batch.append((idx, ino, ctime))
             if len(batch) >= tuning.WRITER_BATCH:
                 _send(res, Written(batch, w.bytes_written - before))
