@@ -123,22 +123,43 @@ class DeadlineHttp(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.header_timeout, self.body_timeout = _timeouts()
         self._deadline: asyncio.TimerHandle | None = None
+        self._due: float | None = None  # loop time of the armed deadline
+        self._what = ""
         self._header_bytes = 0
         self._refused = False
 
     # ------------------------------------------------------------ deadlines
 
+    # One lazy timer per connection, not one per deadline: a request arms the body's and
+    # then the next request's deadline, and a timer made and cancelled for each costs more
+    # than the rest of the deadline keeping. Arming only moves ``_due``; the timer, when it
+    # fires early, waits again for what is due then (a new timer only when a deadline
+    # comes sooner than the pending one).
+
     def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expire, what)
+        due = self.loop.time() + seconds
+        self._due, self._what = due, what
+        timer = self._deadline
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._deadline = self.loop.call_at(due, self._check)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._due = None
+
+    def _check(self) -> None:
+        self._deadline = None
+        due = self._due
+        if due is None:
+            return
+        if due > self.loop.time():
+            self._deadline = self.loop.call_at(due, self._check)
+            return
+        self._due = None
+        self._expire(self._what)
 
     def _expire(self, what: str) -> None:
-        self._deadline = None
         if self.transport is not None and not self.transport.is_closing():
             log.info("closing a connection from %s: its %s did not arrive in time",
                      self.client[0] if self.client else "?", what)
@@ -152,6 +173,9 @@ class DeadlineHttp(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import benchlib
-from processes import UVICORN_OPTS
+from processes import API_OPTS, UVICORN_OPTS
 from wrk import WrkResult
 
 
@@ -55,5 +55,5 @@ def header(args: argparse.Namespace) -> None:
     )
     print(
         f"servers : uvicorn {' '.join(UVICORN_OPTS)} (httptools/uvloop when installed), "
-        "API and bare app alike"
+        f"API and bare app alike; the API as the Procfile runs it: {' '.join(API_OPTS)}"
     )
