@@ -18,7 +18,7 @@ import honcho.environ
 import httpx
 
 from api.auth import CACHE_TTL
-from tests.e2e.conftest import ROOT, ProcfileWeb
+from tests.e2e.conftest import HEADER_TIMEOUT, ROOT, ProcfileWeb
 from tests.e2e.service import ADMIN_TOKEN, free_port, wait_until
 from tests.support.redis_proc import RedisProcess
 
@@ -147,3 +147,23 @@ def test_a_revoked_token_is_refused_at_once_by_another_web_process(tmp_path: Pat
         for p in procs:
             p.wait(30)
         redis.close()
+
+
+def test_an_idle_connection_after_answers_is_closed_at_the_header_deadline(
+        procfile_web: ProcfileWeb) -> None:
+    """The deadline timer is lazy (one per connection, re-armed by moving its due time):
+    after several answers the next request's deadline still closes an idle connection at
+    HEADER_TIMEOUT, well before uvicorn's keep-alive of 5 s."""
+    sock = _sock(procfile_web.url)
+    try:
+        for _ in range(3):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _responses(sock, 1)[0][0] == 200
+            time.sleep(HEADER_TIMEOUT / 2)  # each answer moves the deadline on
+        started = time.monotonic()
+        sock.settimeout(10)
+        assert sock.recv(1) == b""  # closed by the server
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    assert HEADER_TIMEOUT / 2 - 0.2 < took < HEADER_TIMEOUT + 1.0, took
