@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/api.py [--duration 10] [--connections 32] [--threads 2]
     .venv/bin/python bench/api.py --scale-servers 0     # skip the 100,000-snapshot part
+    .venv/bin/python bench/api.py --baseline ../before  # + another checkout's API, interleaved
 
 Starts, on free loopback ports, a throw-away redis-server, our API (uvicorn, 1 worker),
 the same API with its hot reads on redis-py's asyncio client instead of shared/fastread.py
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -68,10 +70,21 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
                [procs.pid("bare-list")]),
         Target("bare Starlette, GET one's body", f"{bare_base}{one}", None, [procs.pid("bare")]),
     ]  # fmt: skip
+    if args.baseline is not None:
+        # Another checkout's API on the same Redis and data, interleaved with ours: a
+        # before/after under the same load.
+        rev = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+        name = f"@{rev or args.baseline.name}"
+        other = start_api(procs, tmp, "api-baseline", ["--factory", "api.app:create_app"], env,
+                          checkout=args.baseline)
+        pid = [procs.pid("api-baseline")]
+        targets += [Target(f"GET one {name}", other + one, seeded.token, pid, rpid),
+                    Target(f"list {name}", other + many, seeded.token, pid, rpid)]
     print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
     results, rounds = measure(targets, args, procs)
     print()
-    bare = results[-1]
+    bare = results[5]
     print_table(results, bare, args.rounds)
     for fast, slow in ((results[0], results[1]), (results[2], results[3])):
         paired = paired_ratio(rounds[fast.name], rounds[slow.name])
@@ -114,6 +127,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     ap.add_argument("--max-wait", type=float, default=180, help="s to wait for a quiet machine")
     ap.add_argument("--scale-servers", type=int, default=20_000, help="0: no filtered list")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout (its own .venv): its API's GET one and list too")
     ap.add_argument("--scale-per-server", type=int, default=5)
     ap.add_argument("--scale-requests", type=int, default=2000)
     args = ap.parse_args()

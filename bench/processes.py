@@ -33,10 +33,11 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str], log: Path,
+              cwd: Path = ROOT) -> None:
         out = log.open("wb")
         p = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.procs.append((name, p))
 
@@ -146,14 +147,17 @@ def start_all(procs: Procs, tmp: Path) -> tuple[str, dict[str, str]]:
 
 
 def start_api(
-    procs: Procs, tmp: Path, name: str, target: list[str], env: dict[str, str], port: int = 0
+    procs: Procs, tmp: Path, name: str, target: list[str], env: dict[str, str], port: int = 0,
+    checkout: Path = ROOT,
 ) -> str:
-    """An API process (our app, or a variant of it) under uvicorn; answers its base URL."""
+    """An API process (our app, a variant of it, or another checkout's app with that
+    checkout's own .venv) under uvicorn; answers its base URL."""
     port = port or free_port()
-    uvicorn = str(VENV_BIN / "uvicorn")
+    uvicorn = str(VENV_BIN / "uvicorn") if checkout == ROOT else str(
+        checkout / ".venv" / "bin" / "uvicorn")
     procs.start(
         name, [uvicorn, *target, *UVICORN_OPTS, *API_OPTS, "--port", str(port)], env,
-        tmp / f"{name}.log",
+        tmp / f"{name}.log", cwd=checkout,
     )
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", procs)
