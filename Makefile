@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint browser run bench clean
+.PHONY: install test lint browser promtool run bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +22,7 @@ lint: $(STAMP)
 # module-scoped service started once); tests/conftest.py hands out the slowest first.
 TEST_WORKERS ?= 2
 
-test: lint browser
+test: lint browser promtool
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The console's browser tests drive Debian's chromium through chromium-driver. Run as root
@@ -34,6 +34,20 @@ browser:
 	  else \
 	    echo "no chromium/chromedriver: the browser tests will be skipped" \
 	      "(as root: apt-get install chromium chromium-driver)" >&2; \
+	  fi; \
+	fi
+
+# promtool (Debian's prometheus package; its service is not started in a container) checks
+# deploy/'s alert rules in tests/e2e/test_dashboards.py; installed the same way.
+promtool:
+	@if ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+	      || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	           --no-install-recommends prometheus; }; \
+	  else \
+	    echo "no promtool: the alert-rule check will be skipped" \
+	      "(as root: apt-get install prometheus)" >&2; \
 	  fi; \
 	fi
 
