@@ -145,8 +145,8 @@ def _old_repository(engine: Engine, src: Path) -> None:
     files in a block-framed (format 2) tiny pack with its index."""
     repo = engine.repo
     src.mkdir()
-    big = os.urandom(600_000)
-    smalls = [os.urandom(2000) + bytes(3000) for _ in range(5)]
+    big = os.urandom(200_000)  # under chunk_min: one chunk, whatever FastCDC would cut
+    smalls = [os.urandom(1000) + bytes(2000) for _ in range(5)]
     (src / "big").write_bytes(big)
     for i, s in enumerate(smalls):
         (src / f"s{i}").write_bytes(s)
@@ -179,7 +179,9 @@ def _old_repository(engine: Engine, src: Path) -> None:
     assert engine.backend.stat(chunk_key(cid)) is not None
 
 
-def test_repository_of_earlier_versions_restores(engine: Engine, tmp_path: Path) -> None:
+def test_repository_of_earlier_versions_restores(monkeypatch: pytest.MonkeyPatch,
+                                                 engine: Engine, tmp_path: Path) -> None:
+    monkeypatch.setattr(tuning, "INLINE_MAX", 4096)  # the 200 KB file: a big chunk
     src = tmp_path / "srv"
     _old_repository(engine, src)
     assert engine.verify(1).ok

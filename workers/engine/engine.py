@@ -234,8 +234,9 @@ class Engine:
     def _early_pool(self, snapshot_id: int, state: StateSpec) -> RestorePool | None:
         """A big directory restore into a new state starts its worker processes first, so
         their start-up overlaps reading the manifest (nothing to reuse, no patch to plan)."""
-        if state.kind != "directory" or os.path.lexists(state.path):
-            return None
+        if (state.kind != "directory" or os.path.lexists(state.path)
+                or not isinstance(self.backend, LocalBackend)):
+            return None  # writer processes read a local repository only: no header GET
         try:
             header = self.repo.get_header(snapshot_id)
         except EngineError:
