@@ -18,6 +18,7 @@ from shared import keys, metrics
 from shared.fastread import FastReads
 from shared.hosts import HostSummary, workers_async
 from shared.hosts import summary as host_summary
+from shared.outage import STALE_CONNECTION
 from shared.records import (
     OperationRecord,
     R,
@@ -110,6 +111,9 @@ class AsyncStore:
             socket_connect_timeout=2,
             socket_timeout=10,
             health_check_interval=30,
+            # A pooled connection to a Redis that restarted is dead: one immediate retry
+            # on a fresh one, so the first requests after a restart do not answer 503.
+            retry_on_error=list(STALE_CONNECTION),
         )
         return cls(aioredis.Redis(connection_pool=pool), settings)
 

@@ -19,6 +19,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from shared.hosts import ANY_HOST_QUEUE, Heartbeat, queue_name
 from shared.messages import ACTOR_NAMES, OperationMessage
+from shared.outage import STALE_CONNECTION
 from shared.settings import Settings
 from shared.wakeup import WakingRedisBroker
 
@@ -89,7 +90,8 @@ def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
     # connections (a burst waits its turn); a worker keeps Dramatiq's own pool.
     client = None if worker else redis.Redis(
         connection_pool=redis.BlockingConnectionPool.from_url(
-            settings.effective_redis_url, max_connections=ENQUEUE_CONNECTIONS, timeout=5
+            settings.effective_redis_url, max_connections=ENQUEUE_CONNECTIONS, timeout=5,
+            retry_on_error=list(STALE_CONNECTION),  # see shared.outage
         )
     )
     # Its enqueue wakes an idle consumer of the queue at once (shared/wakeup.py).

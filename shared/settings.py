@@ -150,6 +150,11 @@ class Settings:
     # A job that raised a transient error or was interrupted by its worker's shutdown is
     # delivered again after this many seconds, doubling (with jitter) up to 120 s.
     retry_backoff: float = 2.0
+    # How long a worker waits for Redis (down, restarting, loading its data, read-only
+    # during a failover) before a state transition or read gives up: long enough for a
+    # restart, so the job that just captured or restored commits in place rather than
+    # being thrown away and delivered again (its broker is that same Redis).
+    redis_outage_wait: float = 60.0
     # Webhook deliveries: attempts before a delivery is failed, and the first retry's delay
     # (doubling after each failed attempt, capped at an hour): 8 is about 20 minutes.
     webhook_attempts: int = 8
@@ -241,6 +246,7 @@ class Settings:
             requeue_after=_float(env, "SNAPSHOTS_REQUEUE_AFTER", d.requeue_after),
             reclaim_interval=_float(env, "SNAPSHOTS_RECLAIM_INTERVAL", d.reclaim_interval),
             retry_backoff=_float(env, "SNAPSHOTS_RETRY_BACKOFF", d.retry_backoff),
+            redis_outage_wait=_float(env, "SNAPSHOTS_REDIS_OUTAGE_WAIT", d.redis_outage_wait),
             webhook_attempts=_int(env, "SNAPSHOTS_WEBHOOK_ATTEMPTS", d.webhook_attempts),
             webhook_backoff=_float(env, "SNAPSHOTS_WEBHOOK_BACKOFF", d.webhook_backoff),
             events_keepalive=_float(env, "SNAPSHOTS_EVENTS_KEEPALIVE", d.events_keepalive),

@@ -7,13 +7,16 @@ moved on without this worker (cancelled, deleted, reaped), and the actor just st
 from __future__ import annotations
 
 import logging
-from typing import Any
+import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 import redis
 
 from shared import keys, metrics
 from shared.hosts import DEFAULT_HOST
+from shared.outage import Attempt, Patience
 from shared.records import (
     OperationRecord,
     R,
@@ -43,6 +46,7 @@ from shared.scripts import (
 )
 from shared.settings import Settings
 
+T = TypeVar("T")
 SCHEDULES_DUE = keys.SCHEDULES_DUE
 # Hook runs kept on an operation (a retried capture runs its hooks again).
 HOOK_RUNS_KEPT = 12
@@ -70,14 +74,34 @@ class Store:
         self._scripts = {
             name: redis.register_script(source) for name, source in script_sources().items()
         }
+        # Every call below but progress and ping waits out a Redis restart (shared/outage.py).
+        self.patience = Patience(settings.redis_outage_wait)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         client = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
         return cls(client, settings)
 
-    def _run(self, name: str, *args: Any) -> Any:
-        return self._scripts[name](args=list(args))
+    def _run(self, name: str, *args: Any, attempt: Attempt | None = None) -> Any:
+        script = self._scripts[name]
+        return self.patience.call(name, lambda: script(args=list(args)), attempt)
+
+    def _patient(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.patience.call(getattr(fn, "__name__", "read"), lambda: fn(*args))
+
+    def _transition(self, name: str, op_id: int, ends: str, *args: Any) -> dict[str, Any]:
+        """A worker's transition of operation ``op_id`` into status ``ends``. Refused on a
+        retry that found the operation already there: the first try applied before its
+        answer was lost (the script's status guard refused the second), so it is done."""
+        attempt = Attempt()
+        answer: dict[str, Any] = msgspec.json.decode(
+            self._run(name, op_id, *args, attempt=attempt))
+        if not answer.get("ok") and attempt.retried:
+            status = self._patient(self.redis.hget, keys.operation(op_id), "status")
+            if status is not None and text(status) == ends:
+                log.info("operation %d: %s had applied before Redis went away", op_id, name)
+                return {"ok": True}
+        return answer
 
     # ------------------------------------------------------------ reads
 
@@ -88,20 +112,22 @@ class Store:
             return False
 
     def get_operation(self, operation_id: int) -> OperationRecord | None:
-        raw = self.redis.hgetall(keys.operation(operation_id))
+        raw = self._patient(self.redis.hgetall, keys.operation(operation_id))
         return decode_record(as_dict(raw), OperationRecord)
 
     def get_snapshot(self, snapshot_id: int) -> SnapshotRecord | None:
-        raw = self.redis.hgetall(keys.snapshot(snapshot_id))
+        raw = self._patient(self.redis.hgetall, keys.snapshot(snapshot_id))
         return decode_record(as_dict(raw), SnapshotRecord)
 
     def get_server(self, server_id: int) -> ServerRecord | None:
-        return decode_record(as_dict(self.redis.hgetall(keys.server(server_id))), ServerRecord)
+        raw = self._patient(self.redis.hgetall, keys.server(server_id))
+        return decode_record(as_dict(raw), ServerRecord)
 
     def get_token(self, digest: str) -> TokenRecord | None:
         return decode_record(as_dict(self.redis.hgetall(keys.token(digest))), TokenRecord)
 
     def is_cancelled(self, op_id: int) -> bool:
+        # Not patient: a capture asks every second and goes on while Redis is away.
         status = self.redis.hget(keys.operation(op_id), "status")
         # A vanished operation cannot be finished either: treat it as cancelled.
         return status is None or text(status) == "cancelled"
@@ -207,11 +233,16 @@ class Store:
                 "operation %d %s: %s%s", op.id, status, op.type, error,
                 extra=operation_fields(op, status=status, duration_s=seconds,
                                        error_code=op.error.code if op.error else None))
-        metrics.record_operation(self.redis, op.type, status, seconds)
+        try:
+            metrics.record_operation(self.redis, op.type, status, seconds)
+        except redis.RedisError as exc:  # best effort: the transition is what counts
+            log.warning("operation %d: metrics not recorded (%s)", op.id, exc)
         return True
 
     def report_progress(self, op_id: int, progress: int) -> None:
-        self._run("report_progress", op_id, int(progress))
+        """One try: a progress update met by an outage is dropped (the next one says more),
+        so a capture never waits on Redis."""
+        self._scripts["report_progress"](args=[op_id, int(progress)])
 
     def complete_create(self, op_id: int, size_mb: float, warnings: list[str]) -> bool:
         return self.complete_scheduled(op_id, size_mb, warnings, []) is not None
@@ -222,10 +253,10 @@ class Store:
         """complete_create that also drops what a scheduled snapshot's retention lets go;
         answers the delete operations it queued (None: the operation was not active)."""
         size = f"{round(max(size_mb, 0.0), 2):.2f}"
-        answer: dict[str, Any] = msgspec.json.decode(self._run(
-            "complete_create", op_id, size, msgspec.json.encode(list(warnings)),
+        answer = self._transition(
+            "complete_create", op_id, "succeeded", size, msgspec.json.encode(list(warnings)),
             msgspec.json.encode(drop), "1" if self.settings.deletes_anywhere else "0",
-        ))
+        )
         if not answer.get("ok"):
             return None
         self._ended(op_id, True, "succeeded")
@@ -234,11 +265,12 @@ class Store:
     def complete_restore(self, op_id: int, server_status: str) -> bool:
         if server_status not in ("running", "stopped"):
             raise ValueError(f"server_status must be running or stopped, not {server_status!r}")
-        return self._ended(op_id, ok(self._run("complete_restore", op_id, server_status)),
-                           "succeeded")
+        answer = self._transition("complete_restore", op_id, "succeeded", server_status)
+        return self._ended(op_id, bool(answer.get("ok")), "succeeded")
 
     def complete_delete(self, op_id: int) -> bool:
-        return self._ended(op_id, ok(self._run("complete_delete", op_id)), "succeeded")
+        answer = self._transition("complete_delete", op_id, "succeeded")
+        return self._ended(op_id, bool(answer.get("ok")), "succeeded")
 
     def fail_operation(
         self,
@@ -254,8 +286,9 @@ class Store:
         if server_status not in (None, "running", "stopped"):
             raise ValueError(f"server_status must be running, stopped or None: {server_status!r}")
         guard = "" if started_before is None else str(int(started_before))
-        done = ok(self._run("fail_operation", op_id, code, message, server_status or "", guard))
-        return self._ended(op_id, done, "failed")
+        answer = self._transition("fail_operation", op_id, "failed", code, message,
+                                  server_status or "", guard)
+        return self._ended(op_id, bool(answer.get("ok")), "failed")
 
     def complete_safety(self, op_id: int, size_mb: float, warnings: list[str]) -> bool:
         """A restore's safety snapshot is committed: it becomes available."""
@@ -267,20 +300,20 @@ class Store:
 
     def add_hook_run(self, op_id: int, run: HookRun) -> None:
         key = keys.operation(op_id)
-        raw = self.redis.hget(key, "hooks")
+        raw = self._patient(self.redis.hget, key, "hooks")
         runs: list[Any] = msgspec.json.decode(text(raw)) if raw else []
         runs.append(msgspec.to_builtins(run))
-        self.redis.hset(key, "hooks", msgspec.json.encode(runs[-HOOK_RUNS_KEPT:]))
+        self._patient(self.redis.hset, key, "hooks", msgspec.json.encode(runs[-HOOK_RUNS_KEPT:]))
 
     def hook_pending(self, op_id: int) -> bool:
         """A pre hook ran and its post hook has not yet (the worker may have been killed)."""
-        return bool(self.redis.hget(keys.operation(op_id), "hook_pending"))
+        return bool(self._patient(self.redis.hget, keys.operation(op_id), "hook_pending"))
 
     def set_hook_pending(self, op_id: int, pending: bool) -> None:
         if pending:
-            self.redis.hset(keys.operation(op_id), "hook_pending", 1)
+            self._patient(self.redis.hset, keys.operation(op_id), "hook_pending", 1)
         else:
-            self.redis.hdel(keys.operation(op_id), "hook_pending")
+            self._patient(self.redis.hdel, keys.operation(op_id), "hook_pending")
 
     def set_server_power(self, server_id: int, status: str) -> None:
         if status not in ("running", "stopped"):
@@ -306,7 +339,8 @@ class Store:
 
     def server_snapshots(self, server_id: int) -> list[SnapshotRecord]:
         """Every listed snapshot of a server (a few: the limit bounds them, failed aside)."""
-        ids = self.redis.zrange(keys.index("snapshots", None, server_id, None), 0, -1)
+        key = keys.index("snapshots", None, server_id, None)
+        ids = self._patient(self.redis.zrange, key, 0, -1)
         snaps = (self.get_snapshot(int(text(i))) for i in ids)
         return [s for s in snaps if s is not None]
 
@@ -338,9 +372,10 @@ class Store:
         "terminal" (already finished), "wrong_host" (it runs on another host; nothing
         changed) or "not_found".
         """
+        # A claim id of its own, so a claim retried after it applied changes nothing.
         answer: dict[str, Any] = msgspec.json.decode(self._run(
             "claim_operation", op_id, owner, owner_process, heartbeats_key, int(timeout_ms),
-            host,
+            host, secrets.token_hex(8),
         ))
         if not answer.get("ok"):
             return str(answer.get("code")), None
@@ -365,7 +400,7 @@ class Store:
         out: list[int] = []
         for status in ("queued", "running"):
             key = keys.index("operations", None, None, status)
-            out += [int(text(v)) for v in self.redis.zrange(key, 0, -1)]
+            out += [int(text(v)) for v in self._patient(self.redis.zrange, key, 0, -1)]
         return sorted(set(out))
 
     def captures_active(self) -> bool:
@@ -375,7 +410,8 @@ class Store:
         with no live worker) has stored nothing, so it does not hold every host's reclaim
         back until its deadline."""
         for op_id in self.active_operation_ids():
-            op_type, attempts = self.redis.hmget(keys.operation(op_id), ["type", "attempts"])
+            op_type, attempts = self._patient(
+                self.redis.hmget, keys.operation(op_id), ["type", "attempts"])
             if op_type is not None and text(op_type) == "snapshot.create" and int(
                 text(attempts or 0)
             ) > 0:
@@ -385,10 +421,10 @@ class Store:
     def note_server_stopped(self, op_id: int) -> None:
         """A create job stopped the server (``stop_server``): a plain field, not a status,
         that lets a retry after a kill start the server again."""
-        self.redis.hset(keys.operation(op_id), "server_stopped", 1)
+        self._patient(self.redis.hset, keys.operation(op_id), "server_stopped", 1)
 
     def server_stopped_by(self, op_id: int) -> bool:
-        return bool(self.redis.hget(keys.operation(op_id), "server_stopped"))
+        return bool(self._patient(self.redis.hget, keys.operation(op_id), "server_stopped"))
 
     def rebuild_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Puts back one committed snapshot (and its server if missing); see the script."""

@@ -272,8 +272,9 @@ class Jobs:
         if deletes is not None:
             # Per engine, not per capture: with two captures at once on this process's
             # threads, "read" may be the other's (the totals still add up over time).
-            metrics.record_capture(self.store.redis, read=self.engine.last_bytes_read,
-                                   stored=result.stored_bytes, captured=result.size_bytes)
+            with contextlib.suppress(redis.RedisError):  # best effort, after the commit
+                metrics.record_capture(self.store.redis, read=self.engine.last_bytes_read,
+                                       stored=result.stored_bytes, captured=result.size_bytes)
         else:
             current = self.store.get_snapshot(snap.id)
             if current is not None and not current.deleted and current.status == "available":

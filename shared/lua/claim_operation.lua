@@ -1,6 +1,8 @@
 -- ARGV: op id, owner (worker process id .. '/' .. thread), owner process id (the broker id
 -- whose heartbeat proves the owner alive), heartbeats key, heartbeat timeout (ms), the
--- claiming worker's host. An operation of host '*' (see drop_snapshot) is any host's.
+-- claiming worker's host, and this claim's own id (random): a claim retried after it
+-- applied and its answer was lost (Redis restarting) finds its id and changes nothing.
+-- An operation of host '*' (see drop_snapshot) is any host's.
 -- begin_operation plus a lease: an operation running under a live owner is refused
 -- ('busy'), so a duplicate message never runs a job twice at the same time; an owner whose
 -- heartbeat is stale (or gone) is dead and its operation is taken over.
@@ -12,6 +14,10 @@ end
 if host_of(op) ~= ARGV[6] and host_of(op) ~= '*' then
   -- Only the operation's own host may touch its server (a message on the wrong queue).
   return fail('wrong_host', 'Operation ' .. op.id .. ' runs on host ' .. host_of(op) .. '.')
+end
+if op.status == 'running' and op.owner == ARGV[2] and not empty(ARGV[7])
+    and op.claim_id == ARGV[7] then
+  return ok({attempts = tonumber(op.attempts)})
 end
 if op.status == 'running' and not empty(op.owner) and op.owner ~= ARGV[2] then
   local beat = redis.call('ZSCORE', ARGV[4], op.owner_process or '')
@@ -26,7 +32,8 @@ local first = op.status == 'queued'
 op_set_status(op, 'running', t)
 local key = 'operation:' .. op.id
 local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('HSET', key, 'owner', ARGV[2], 'owner_process', ARGV[3], 'claimed_at', t)
+redis.call('HSET', key, 'owner', ARGV[2], 'owner_process', ARGV[3], 'claimed_at', t,
+  'claim_id', ARGV[7] or '')
 if empty(op.started_at) then redis.call('HSET', key, 'started_at', t) end
 if first then
   emit('operation.started', op.account, op.server_id, op.snapshot_id, op.id, t, {type = op.type})

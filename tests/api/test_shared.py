@@ -38,7 +38,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
         "SNAPSHOTS_MAX_PER_SERVER": "7", "WORKER_PROCESSES": "3", "WORKER_THREADS": "4",
         "SNAPSHOTS_OPERATION_DEADLINE": "60", "SNAPSHOTS_WEBHOOK_ATTEMPTS": "3",
         "SNAPSHOTS_WEBHOOK_BACKOFF": "0.5", "SNAPSHOTS_EVENTS_KEEPALIVE": "2",
-        "SNAPSHOTS_RETRY_BACKOFF": "0.25",
+        "SNAPSHOTS_RETRY_BACKOFF": "0.25", "SNAPSHOTS_REDIS_OUTAGE_WAIT": "5",
     })
     assert (s.port, s.redis_url, s.admin_token, s.max_per_server) == (
         9000, "redis://h:1/2", "t0ken-admin", 7)
@@ -46,6 +46,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
     assert (s.worker_processes, s.worker_threads, s.operation_deadline) == (3, 4, 60.0)
     assert (s.webhook_attempts, s.webhook_backoff, s.events_keepalive) == (3, 0.5, 2.0)
     assert s.retry_backoff == 0.25 and Settings.from_env({}).retry_backoff == 2.0
+    assert s.redis_outage_wait == 5.0 and Settings.from_env({}).redis_outage_wait == 60.0
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -54,7 +55,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
     ("SNAPSHOTS_STORAGE_URL", "s3://Bad_Bucket/x"), ("SNAPSHOTS_LOCK_STALE", "0"),
     ("SNAPSHOTS_OPERATION_DEADLINE", "soon"), ("SNAPSHOTS_WEBHOOK_ATTEMPTS", "0"),
     ("SNAPSHOTS_WEBHOOK_BACKOFF", "-1"), ("SNAPSHOTS_EVENTS_KEEPALIVE", "often"),
-    ("SNAPSHOTS_RETRY_BACKOFF", "0"),
+    ("SNAPSHOTS_RETRY_BACKOFF", "0"), ("SNAPSHOTS_REDIS_OUTAGE_WAIT", "a minute"),
     ("SNAPSHOTS_HOST", "HV-01"), ("SNAPSHOTS_HOST", "hv 01"), ("SNAPSHOTS_HOST", "-hv"),
 ])
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:

@@ -8,6 +8,11 @@ restores every byte for real.
 With FAULT_TEST_PACK_SIZE set (bytes), big chunks are sealed into packs of that many stored
 bytes instead of 32 MiB (tuning.PACK_SIZE): 1 makes a pack per chunk, so a capture killed
 at its first progress has stored objects already, to be found again after the resume.
+
+With FAULT_TEST_COMMIT_GATE set (a directory), while the test keeps a file DIR/hold, a
+worker's final transition of an operation N first creates DIR/reached-N, then waits (up to
+60 s) for DIR/go-N: the test kills Redis between the two, so the outage lands exactly at the
+commit, whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,27 @@ import os
 
 _MBPS = os.environ.get("FAULT_TEST_MBPS")
 _PACK_SIZE = os.environ.get("FAULT_TEST_PACK_SIZE")
+_GATE = os.environ.get("FAULT_TEST_COMMIT_GATE")
+
+if _GATE:
+    import time as _time
+    from pathlib import Path as _Path
+    from typing import Any as _Any
+
+    from shared import store as _store
+
+    _transition = _store.Store._transition
+
+    def _gated(self: _store.Store, name: str, op_id: int, ends: str, *args: _Any) -> _Any:
+        gate = _Path(_GATE)  # type: ignore[arg-type]
+        if (gate / "hold").exists():
+            (gate / f"reached-{op_id}").touch()
+            deadline = _time.monotonic() + 60
+            while not (gate / f"go-{op_id}").exists() and _time.monotonic() < deadline:
+                _time.sleep(0.01)
+        return _transition(self, name, op_id, ends, *args)
+
+    _store.Store._transition = _gated  # type: ignore[method-assign]
 
 if _PACK_SIZE:
     from workers.engine import tuning as _tuning
