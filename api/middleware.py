@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Sequence
 
-import redis.exceptions
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,17 +28,11 @@ from api.errors import (
 )
 from api.observe import HttpMetrics, access_line, route_of
 from shared import logs
+from shared.outage import is_outage
 
 log = logging.getLogger("api")
 
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
-_REDIS_DOWN = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-    OSError,
-)
 
 
 def _from_http(exc: HTTPException) -> ApiError:
@@ -59,7 +52,8 @@ def to_api_error(exc: BaseException) -> ApiError:
         return exc
     if isinstance(exc, HTTPException):
         return _from_http(exc)
-    if isinstance(exc, _REDIS_DOWN):
+    # Redis away, loading, read-only or without its master: the workers' one definition.
+    if isinstance(exc, OSError) or is_outage(exc):
         log.warning("redis unavailable: %s", exc)
         return ServiceUnavailable()
     log.exception("unhandled error", exc_info=exc)

@@ -163,3 +163,4 @@ def test_only_outages_are_waited_for() -> None:
     assert is_outage(redis.exceptions.ReadOnlyError("READONLY You can't write"))
     assert is_outage(redis.ResponseError("MASTERDOWN Link with MASTER is down"))
     assert not is_outage(redis.exceptions.NoScriptError("NOSCRIPT"))
+
