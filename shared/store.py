@@ -382,8 +382,11 @@ class Store:
         return "ok", self._running(self.get_operation(op_id))
 
     def release_operation(self, op_id: int, owner: str) -> bool:
-        answer: dict[str, Any] = msgspec.json.decode(self._run("release_operation", op_id, owner))
-        return bool(answer.get("released"))
+        """One try, not waited for: a job that stops (a shutdown: the platform kills the
+        worker 30 s after SIGTERM) must not wait out an outage to give its lease back;
+        unreleased, the lease goes stale with the worker and is taken over anyway."""
+        raw = self._scripts["release_operation"](args=[op_id, owner])
+        return bool(msgspec.json.decode(raw).get("released"))
 
     def mark_requeue(
         self, op_id: int, seconds: float, heartbeats_key: str, timeout_ms: int

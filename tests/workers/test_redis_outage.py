@@ -129,6 +129,8 @@ def test_a_commit_during_a_redis_restart_waits_and_applies_once(
     assert commit.is_alive() and not answer
     with pytest.raises(redis.ConnectionError):
         store.report_progress(op_id, 50)  # progress is not waited for: dropped
+    with pytest.raises(redis.ConnectionError):  # nor a lease given back on a shutdown
+        store.release_operation(op_id, "w/2")
     own_redis.start()  # from its append-only file: the claim survived
     commit.join(30)
     assert answer == [[]]
