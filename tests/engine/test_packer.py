@@ -5,6 +5,7 @@ objects of their own, block-framed tiny packs) still restore; on file:// and s3:
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -85,14 +86,24 @@ def test_restore_reads_packs_ahead_with_coalesced_gets(monkeypatch: pytest.Monke
     backend = engine.backend
     get_range = backend.get_range
 
+    lock, overlap = threading.Lock(), threading.Event()
+
     def counted(key: str, offset: int, n: int) -> bytes:
-        gets.append((key, offset, n))
-        running[0] += 1
-        peak[0] = max(peak[0], running[0])
+        with lock:
+            gets.append((key, offset, n))
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            if running[0] >= 2:
+                overlap.set()
         try:
+            # The first GETs wait (bounded) for a second one to start, so that "several at
+            # once" is seen however slowly a loaded machine schedules the pool's threads; a
+            # pool that fetched one at a time would make each wait its 5 s, and peak stay 1.
+            overlap.wait(5)
             return get_range(key, offset, n)
         finally:
-            running[0] -= 1
+            with lock:
+                running[0] -= 1
 
     monkeypatch.setattr(backend, "get_range", counted)
     made: list[Prefetch] = []
