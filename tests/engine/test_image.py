@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from workers.engine import Engine, SnapshotCorrupt, StateSpec
+from workers.engine.blocks.pipeline import all_zero
 from workers.engine.repository.repository import chunk_key
 
 from .conftest import make_meta, repo_dir
@@ -38,6 +39,29 @@ def make_image(p: Path) -> bytes:
 
 def data_puts(engine: Engine) -> int:
     return len([k for k in engine.backend.put_keys if k.startswith("data/")])
+
+
+def test_zero_check_sees_a_byte_past_the_prefix_and_short_tails() -> None:
+    zero = bytes(MiB)
+    block = bytearray(MiB)
+    assert all_zero(memoryview(block), zero)
+    assert all_zero(memoryview(block)[:1000], zero)  # a short last block
+    block[-1] = 1  # beyond the 64-byte prefix checked first
+    assert not all_zero(memoryview(block), zero)
+    assert not all_zero(memoryview(block)[MiB - 10:], zero)
+
+
+def test_block_that_is_zero_but_for_its_last_byte_is_stored(
+        engine: Engine, tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    with open(img, "wb") as f:
+        f.write(bytes(MiB - 1) + b"\x01" + bytes(MiB))  # block 0: one byte; block 1: zeros
+    original = img.read_bytes()
+    engine.capture(make_meta(1), img_state(img))
+    assert data_puts(engine) == 1
+    img.unlink()
+    engine.restore(1, img_state(img))
+    assert img.read_bytes() == original
 
 
 def modify(p: Path) -> None:
@@ -86,6 +110,7 @@ def _killed_restore(tmp_path: Path, repo_url: str, patch: str) -> Path:
 import pytest
 
 from workers.engine import Engine, SnapshotCorrupt, StateSpec
+from workers.engine.blocks.pipeline import all_zero
 from workers.engine.repository.repository import chunk_key
 Engine({repo_url!r}).restore(1, StateSpec(kind="image", path={str(img)!r}))
 """)

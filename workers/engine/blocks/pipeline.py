@@ -45,6 +45,13 @@ def pipelined(items: Iterable[T], job: Callable[[T], R], consume: Callable[[R], 
                 f.cancel()
 
 
+def all_zero(data: memoryview, zero: bytes) -> bool:
+    """Is data (at most len(zero) bytes) all zeros? `memoryview == bytes` compares item by
+    item (3.7 ms a MiB here: 0.25 s of CPU for the 67 zero blocks of bench/engine.py's
+    image); a copy and one memcmp take 0.09 ms."""
+    return not any(data[:64]) and data.tobytes() == zero[:len(data)]
+
+
 class BlocksRead(NamedTuple):
     blocks: list[tuple[bytes, int]]  # (chunk id, offset) of the blocks stored, in order
     stored: int  # bytes newly written to the repository
@@ -74,7 +81,7 @@ def read_blocks(fd: int, ranges: Callable[[int], Iterable[tuple[int, int]]], blo
         if buf is None:
             buf = local.buf = directio.buffer(block)
         data = directio.pread(direct, fd, buf, ln, off)
-        if skip_zero and not any(data[:64]) and data == zero[: len(data)]:
+        if skip_zero and all_zero(data, zero):
             return off, len(data), None, 0
         cid, n = store(data)
         return off, len(data), cid, n
