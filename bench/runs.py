@@ -65,8 +65,9 @@ def phase_capture(run: Run) -> None:
             touch_one_file(run.states, seq)
         for state in run.states:
             for tool in run.tools:
-                if seq == 2:
-                    warm_up(state)  # else the first tool pays the cache the last drop emptied
+                if seq == 2:  # else the first tools pay the cache the last drop emptied
+                    warm_up(state)
+                    tool.warm(state)
                 run.record(
                     f"{label} · {state.name}",
                     tool,
