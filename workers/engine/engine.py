@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -80,6 +79,8 @@ class Engine:
             s3.before_commit = locks.check_held  # a capture that lost its lock never commits
             self.backend, self.lock = s3, locks
             # this host's own locks (one restore per state) stay local files
+            import tempfile  # only here: its imports (random, shutil...) cost ~5 ms a process
+
             self.local_dir = self.options.cache_dir or os.path.join(
                 tempfile.gettempdir(), f"snapshots-{os.getuid()}",
                 blake3.blake3(storage_url.encode()).hexdigest()[:16])
@@ -249,8 +250,6 @@ class Engine:
 
     def recover(self, state: StateSpec) -> None:
         from .fs.fsutil import split_state
-        from .image.image import image_cleanup
-        from .restore.recovery import cleanup
 
         parent, base = split_state(state.path)
         try:
@@ -260,8 +259,12 @@ class Engine:
         try:
             with self._state_lock(state):
                 if state.kind == "image":
+                    from .image.image import image_cleanup
+
                     image_cleanup(pfd, base)
                 else:
+                    from .restore.recovery import cleanup
+
                     cleanup(pfd, base, parent)
         finally:
             os.close(pfd)

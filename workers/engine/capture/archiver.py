@@ -186,13 +186,18 @@ class Archiver:
 
     # --- pass 2 -----------------------------------------------------------------------
     def _read_files(self, root_fd: int) -> None:
-        todo = [(rel, ino, [i for i in idxs if not self._reuse(self.entries[i])])
-                for rel, _dev, ino, idxs in self._dirs]
         cfg = self.repo.config
-        big = [(rel, ino, [i for i in idxs if fixed_block(cfg, self.entries[i].size)])
-               for rel, ino, idxs in todo]
-        todo = [(rel, ino, [i for i in idxs if not fixed_block(cfg, self.entries[i].size)])
-                for rel, ino, idxs in todo]
+        todo: list[tuple[bytes, int, list[int]]] = []
+        big: list[tuple[bytes, int, list[int]]] = []
+        for rel, _dev, ino, idxs in self._dirs:
+            small_i: list[int] = []
+            big_i: list[int] = []
+            for i in idxs:
+                e = self.entries[i]
+                if not self._reuse(e):  # one pass: most files of an incremental are reused
+                    (big_i if fixed_block(cfg, e.size) else small_i).append(i)
+            todo.append((rel, ino, small_i))
+            big.append((rel, ino, big_i))
         self._read_small(root_fd, todo)
         items = self._open_files(root_fd, big)
         try:
@@ -348,7 +353,8 @@ class Archiver:
         if (p is None or p.kind != FILE or p.size != e.size or p.mtime_ns != e.mtime_ns
                 or p.ctime_ns != e.ctime_ns or p.ino != e.ino):
             return False
-        if not all(self.repo.has_chunk(cid) for cid in p.objects()):
+        if not (self.repo.has_chunk(p.pack) if p.pack
+                else all(self.repo.has_chunk(cid) for cid in p.objects())):
             return False  # parent data went missing: read the file again
         e.chunks, e.pack, e.pack_off, e.pack_len = p.chunks, p.pack, p.pack_off, p.pack_len
         e.slices = p.slices

@@ -202,7 +202,10 @@ def chunk_ids(body: Body) -> set[bytes]:
         return {cid for _i, cid in body.blocks}
     ids: set[bytes] = set()
     for e in body.entries:
-        ids |= e.objects()
+        if e.pack:  # most files of a tree: one tiny pack, no set built for it
+            ids.add(e.pack)
+        elif e.chunks:  # (slices index chunks: no chunks, no objects)
+            ids |= e.objects()
     return ids
 
 

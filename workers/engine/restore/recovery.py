@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import os
 
-from ..fs import fsutil, removal
-from .patchjournal import undo as undo_patch
+from ..fs import fsutil
 
 
 def _leftovers(parent_fd: int, base: bytes) -> list[bytes]:
+    """Every name a restore leaves beside the state: its staging tree, swap journal and
+    patch work directory all begin with this prefix."""
     prefix = b"." + base + b".restore-"
     return [n for n in fsutil.iter_names(parent_fd) if n.startswith(prefix)]
 
 
 def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
     """Finish or undo whatever a crashed restore left beside the state path."""
+    if not _leftovers(parent_fd, base):
+        return  # the common case (every capture asks): nothing to import, nothing to do
+    # Imported here: a capture that finds nothing left pays neither the patch's modules nor
+    # removal's (secrets, hashlib), ~8 ms of every fresh process's start.
+    from .patchjournal import undo as undo_patch
+
     journal = b"." + base + b".restore-journal"
     try:
         jfd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=parent_fd)
@@ -51,5 +58,7 @@ def dispose(parent_fd: int, parent_path: str, base: bytes, name: bytes, *,
             background: bool = False) -> None:
     """Remove a leftover beside the state, or set it aside for the janitor (never fails);
     background: set aside for the janitor at once."""
+    from ..fs import removal
+
     removal.dispose(parent_fd, parent_path, name, b"." + base + b".restore-trash-",
                     background=background)
