@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -67,8 +68,24 @@ def snapshot_view(rec: SnapshotRecord) -> Snapshot:
 
 # Rendered snapshots kept per web process: about 400 bytes each.
 ROW_VIEWS: Final = 20_000
+# Whole pages kept per web process (a page of 50 is about 20 KB), and for how long. Every
+# change the service's scripts make bumps the listing version at once, so a page is never
+# answered after a change they made; the time bounds how long a change made otherwise (a
+# process of a version before listing versions, during a rolling upgrade) can go unseen.
+PAGE_VIEWS: Final = 256
+PAGE_TTL: Final = 1.0
 
 Fetch = Callable[[list[str]], Awaitable[list[list[str]]]]
+PageKey = tuple[object, ...]
+
+
+class KeptPage(msgspec.Struct):
+    version: str
+    generation: int
+    expires: float
+    items: msgspec.Raw
+    total: int
+    next_cursor: int | None
 
 
 class RowViews:
@@ -84,19 +101,58 @@ class RowViews:
     the hot-read connection to Redis is made again (a Redis restarted, perhaps from an
     older copy of its data, may give an old rev to other contents). The oldest entries
     go first when it is full.
+
+    Whole pages too: the list script also answers the listing's version (a counter every
+    change to what the account's listings show bumps, shared/lua/_lib.lua
+    snap_listing_changed) and, asked with the version a page was kept under, answers only
+    that nothing changed: the page's JSON is then answered as kept, for one small read in
+    Redis and no per-record work here. A page is kept for PAGE_TTL seconds at most.
     """
 
-    def __init__(self, render: Callable[[list[str]], bytes], size: int = ROW_VIEWS) -> None:
+    def __init__(self, render: Callable[[list[str]], bytes], size: int = ROW_VIEWS,
+                 pages: int = PAGE_VIEWS, clock: Callable[[], float] = time.monotonic) -> None:
         self.render = render
         self.size = size
+        self.pages = pages
+        self.clock = clock
         self._views: dict[tuple[str, str], bytes] = {}
+        self._pages: dict[PageKey, KeptPage] = {}
         self._generation = -1
+
+    def _same_connection(self, generation: int) -> None:
+        if generation != self._generation:
+            self._views.clear()
+            self._pages.clear()
+            self._generation = generation
+
+    def kept_page(self, key: PageKey, generation: int) -> KeptPage | None:
+        """The page kept for this query (filters, cursor, limit), if still fresh; its
+        version is what the list script is asked about."""
+        self._same_connection(generation)
+        page = self._pages.get(key)
+        if page is None:
+            return None
+        if page.expires <= self.clock():
+            del self._pages[key]
+            return None
+        return page
+
+    def keep_page(self, key: PageKey, index: PageIndex, items: msgspec.Raw,
+                  generation: int) -> None:
+        """Keeps a page read at ``index.version``; not one with a record without a rev
+        (written before revs: perhaps by a process that bumps no version either)."""
+        if not index.version or generation != self._generation or not all(index.revs):
+            return
+        pages = self._pages
+        pages.pop(key, None)
+        if len(pages) >= self.pages:
+            del pages[next(iter(pages))]
+        pages[key] = KeptPage(index.version, generation, self.clock() + PAGE_TTL, items,
+                              index.total, index.next_cursor)
 
     async def json_array(self, index: PageIndex, fetch: Fetch, generation: int) -> msgspec.Raw:
         """The page's views as one JSON array (a record gone in between is left out)."""
-        if generation != self._generation:
-            self._views.clear()
-            self._generation = generation
+        self._same_connection(generation)
         views = self._views
         keys = list(zip(index.members, index.revs, strict=True))
         cached = [views.get(k) if k[1] else None for k in keys]
@@ -136,14 +192,12 @@ def snapshot_views() -> RowViews:
     return RowViews(_render_snapshot)
 
 
-async def snapshot_list(
-    views: RowViews, index: PageIndex, fetch: Fetch, generation: int, next_link: str | None
-) -> bytes:
-    """The body of a SnapshotList for a page, its items rendered through ``views``: the
-    same bytes as encoding ``SnapshotList`` (its fields, in its order)."""
+def snapshot_list(items: msgspec.Raw, total: int, next_link: str | None) -> bytes:
+    """The body of a SnapshotList whose items are already JSON: the same bytes as
+    encoding ``SnapshotList`` (its fields, in its order)."""
     return _encode({
-        "snapshots": await views.json_array(index, fetch, generation),
-        "meta": ListMeta(total=index.total),
+        "snapshots": items,
+        "meta": ListMeta(total=total),
         "links": ListLinks(next=next_link),
     })
 

@@ -127,8 +127,11 @@ class AsyncStore:
     async def _get(self, key: str, cls: type[R]) -> R | None:
         return decode_record(await self.reads.hgetall(key), cls)
 
-    async def _index(self, key: str, prefix: str, cursor: int | None, limit: int) -> PageIndex:
-        args = (key, prefix, "" if cursor is None else cursor, limit)
+    async def _index(self, key: str, prefix: str, cursor: int | None, limit: int,
+                     version: tuple[str, str] | None = None) -> PageIndex:
+        args: tuple[str | int, ...] = (key, prefix, "" if cursor is None else cursor, limit)
+        if version is not None:
+            args += version
         try:
             # Listing is a hot read too: EVALSHA over the pipelined connection.
             raw = await self.reads.command("EVALSHA", self._scripts["list_page"].sha, 0, *args)
@@ -187,10 +190,26 @@ class AsyncStore:
         cursor: int | None = None,
         limit: int = 50,
     ) -> PageIndex:
-        """A page of snapshots: ids and revs only; the API reads the hashes it has not
-        rendered at that rev (``rows``, api/views.py RowViews)."""
+        """A page of snapshots: ids and revs only, and the listing's version; the API reads
+        the hashes it has not rendered at that rev (``rows``, api/views.py RowViews)."""
+        return await self.snapshot_page(account=account, server_id=server_id, status=status,
+                                        cursor=cursor, limit=limit, known_version="")
+
+    async def snapshot_page(
+        self,
+        *,
+        account: str | None,
+        server_id: int | None,
+        status: str | None,
+        cursor: int | None,
+        limit: int,
+        known_version: str,
+    ) -> PageIndex:
+        """``list_snapshots``, or, when the listing is still at ``known_version`` (the
+        version a page was kept under), only ``unchanged`` (api/views.py RowViews.kept_page)."""
         key = keys.index("snapshots", account, server_id, status)
-        return await self._index(key, "snapshot:", cursor, limit)
+        version = (keys.snapshot_listing_version(account), known_version)
+        return await self._index(key, "snapshot:", cursor, limit, version)
 
     async def list_operations(
         self,

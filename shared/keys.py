@@ -6,6 +6,8 @@
   ``idx:tokens:{all|account:A}``: score = id, member = digest (listings).
 - ``idx:{snapshots|operations}:{all|account:A|server:S}[:status:X]``: sorted sets,
   score = id, so a reverse range lists newest first. ``idx:servers:{all|account:A}``.
+- ``ver:snapshots:{all|account:A}``: a counter every change to what a snapshot listing
+  shows bumps (lua/_lib.lua snap_listing_changed), by which web processes keep pages.
 - ``events``: the stream every transition appends to.
 - ``schedules:due``: sorted set of servers with a schedule, score = its next slot (epoch s);
   the schedule itself is JSON in the server's hash (``schedule``, ``schedule_next``,
@@ -45,3 +47,8 @@ def index(kind: str, account: str | None, server_id: int | None, status: str | N
     else:
         base = f"idx:{kind}:all"
     return base if status is None else f"{base}:status:{status}"
+
+
+def snapshot_listing_version(account: str | None) -> str:
+    """The counter of changes to an account's snapshot listings (None: every account's)."""
+    return f"ver:snapshots:account:{account}" if account is not None else "ver:snapshots:all"

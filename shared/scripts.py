@@ -180,25 +180,33 @@ class Page(msgspec.Struct, Generic[T]):
 
 class PageIndex(msgspec.Struct):
     """A page as the list_page script answers it, newest first: each record's index member
-    (its id; a token's digest) and its hash's ``rev`` ('' when it has none)."""
+    (its id; a token's digest) and its hash's ``rev`` ('' when it has none), and the
+    listing version it was read at ('' when the listing has none). ``unchanged``: the
+    version is the one the caller named, and the script answered nothing else."""
 
     members: list[str]
     revs: list[str]
     total: int
     next_cursor: int | None
+    version: str = ""
+    unchanged: bool = False
 
 
 Command = tuple[str | int, ...]
 
 
 def page_index(raw: list[Any]) -> PageIndex:
-    """The list_page script's answer: ``[total, next cursor or '', member, rev, ...]``."""
-    nxt = text(raw[1])
-    flat = raw[2:]
+    """The list_page script's answer: ``[total, next cursor or '', version, member, rev,
+    ...]``, or ``[-1, '', version]`` for a listing unchanged since that version."""
+    nxt, version = text(raw[1]), text(raw[2])
+    if int(raw[0]) < 0:
+        return PageIndex(members=[], revs=[], total=0, next_cursor=None, version=version,
+                         unchanged=True)
+    flat = raw[3:]
     if flat and not isinstance(flat[0], str):  # a client without decode_responses
         flat = [text(v) for v in flat]
     return PageIndex(members=flat[0::2], revs=flat[1::2], total=int(raw[0]),
-                     next_cursor=int(float(nxt)) if nxt else None)
+                     next_cursor=int(float(nxt)) if nxt else None, version=version)
 
 
 def hash_commands(prefix: str, members: list[str]) -> list[Command]:

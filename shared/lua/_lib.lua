@@ -47,15 +47,39 @@ end
 -- (a counter of the hash's versions): a web process keeps each listed snapshot's rendered
 -- JSON by (id, rev) (api/views.py RowViews) and renders it again only when rev moved.
 -- tests/e2e/test_listing_views.py checks that no script writes a snapshot hash otherwise.
+--
+-- Each also bumps the listing version of the snapshot's account and the all-accounts one
+-- (keys.py snapshot_listing_version): the web process keeps whole rendered pages of the
+-- snapshot list by version (api/views.py RowViews.kept_page) and answers a list whose version
+-- has not moved from them. A version that is missing starts from Redis's clock in
+-- microseconds, so a key lost (a flushed or evicted Redis) never comes back at a value an
+-- earlier page was kept under. Once per account and script run.
+local listing_bumped = {}
+local function snap_listing_changed(account)
+  if not account or listing_bumped[account] then return end
+  listing_bumped[account] = true
+  for _, k in ipairs({'ver:snapshots:account:' .. account, 'ver:snapshots:all'}) do
+    if redis.call('EXISTS', k) == 0 then
+      local t = redis.call('TIME')
+      redis.call('SET', k, string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+    end
+    redis.call('INCR', k)
+  end
+end
+
 local function snap_hset(id, ...)
   local key = 'snapshot:' .. id
   redis.call('HSET', key, ...)
   redis.call('HINCRBY', key, 'rev', 1)
+  snap_listing_changed(redis.call('HGET', key, 'account'))
 end
 
 local function snap_hdel(id, ...)
   local key = 'snapshot:' .. id
-  if redis.call('HDEL', key, ...) > 0 then redis.call('HINCRBY', key, 'rev', 1) end
+  if redis.call('HDEL', key, ...) > 0 then
+    redis.call('HINCRBY', key, 'rev', 1)
+    snap_listing_changed(redis.call('HGET', key, 'account'))
+  end
 end
 
 -- Listing indexes: for each kind, one sorted set (score = id, so newest first is a
@@ -67,6 +91,7 @@ local function idx_bases(kind, account, server_id)
 end
 
 local function idx_add(kind, id, account, server_id, status)
+  if kind == 'snapshots' then snap_listing_changed(account) end
   for _, k in ipairs(idx_bases(kind, account, server_id)) do
     redis.call('ZADD', k, id, id)
     redis.call('ZADD', k .. ':status:' .. status, id, id)
@@ -74,6 +99,7 @@ local function idx_add(kind, id, account, server_id, status)
 end
 
 local function idx_remove(kind, id, account, server_id, status)
+  if kind == 'snapshots' then snap_listing_changed(account) end
   for _, k in ipairs(idx_bases(kind, account, server_id)) do
     redis.call('ZREM', k, id)
     redis.call('ZREM', k .. ':status:' .. status, id)
@@ -82,6 +108,7 @@ end
 
 local function idx_move(kind, id, account, server_id, old, new)
   if old == new then return end
+  if kind == 'snapshots' then snap_listing_changed(account) end
   for _, k in ipairs(idx_bases(kind, account, server_id)) do
     redis.call('ZREM', k .. ':status:' .. old, id)
     redis.call('ZADD', k .. ':status:' .. new, id, id)
