@@ -4,12 +4,16 @@ A stream (``GET /api/v1/events/``) never touches Redis while it is live: the pro
 one ``EventHub`` runs a single ``XREAD BLOCK`` loop on a connection of its own, decodes
 each entry once, and offers the encoded frame to the ``Subscription`` of every stream
 that may see it (indexed by account, so an event costs the streams of its own account and
-the admins', not every stream). A subscription's queue is bounded: a client too slow to
-keep up overflows it, loses the queued frames, and is resynced from the Redis stream by
-its last delivered id, so it never holds the others up and never misses an event. The
-catch-up reads (a resume with ``Last-Event-ID``, a resync) are short ``XRANGE`` calls on
-the hub's second connection. Whatever the number of streams, the process holds these two
-connections (named ``CLIENT_NAME``) beside the request pool.
+the admins', not every stream). A stream that is idle (its pump parked, nothing queued)
+and whose connection takes the bytes at once gets the frame written there and then, in
+the reader's own loop step (api/httpguard.py BodyWriter): no task woken, no ASGI send, per
+stream and event. The others queue it for their pump. A subscription's queue is
+bounded: a client too slow to keep up overflows it, loses the queued frames, and is
+resynced from the Redis stream by its last delivered id, so it never holds the others
+up and never misses an event. The catch-up reads (a resume with ``Last-Event-ID``, a
+resync) are short ``XRANGE`` calls on the hub's second connection. Whatever the number
+of streams, the process holds these two connections (named ``CLIENT_NAME``) beside the
+request pool.
 
 The hub also enforces the caps on open streams (per account and per process, answering
 ``429 rate_limited``), and acts on the internal ``token.revoked`` entry: the token leaves
@@ -24,7 +28,7 @@ import logging
 import resource
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -71,7 +75,7 @@ def id_key(entry_id: str) -> tuple[int, int]:
 class Subscription:
     """One open stream's place in the hub: what it may see, and its bounded queue."""
 
-    __slots__ = ("account", "digest", "ended", "frames", "keepalive_due", "last_id",
+    __slots__ = ("account", "digest", "direct", "ended", "frames", "keepalive_due", "last_id",
                  "last_key", "last_sent", "limit", "owner", "resync", "server_id", "task",
                  "waiter", "writing_since")
 
@@ -98,10 +102,22 @@ class Subscription:
         self.writing_since: float | None = None
         self.keepalive_due = False
         self.task: asyncio.Task[Any] | None = None
+        # Writes a frame to the client at once if its connection takes it (the stream sets
+        # it from the server's BodyWriter; None: every frame goes through the queue).
+        self.direct: Callable[[bytes], bool] | None = None
 
-    def offer(self, key: tuple[int, int], entry_id: str, frame: bytes) -> None:
+    def offer(self, key: tuple[int, int], entry_id: str, frame: bytes, now: float) -> None:
         if self.resync or self.ended is not None:
             return
+        waiter = self.waiter
+        if self.direct is not None and waiter is not None and not waiter.done() \
+                and not self.frames:
+            # The pump is parked with nothing queued, so nothing can be sent out of order.
+            if key <= self.last_key:
+                return  # already sent by a catch-up
+            if self.direct(frame):
+                self.last_id, self.last_key, self.last_sent = entry_id, key, now
+                return
         if len(self.frames) >= self.limit:
             # Too slow: drop the queue and resync from Redis when the client is ready.
             self.frames.clear()
@@ -340,11 +356,12 @@ class EventHub:
             return
         frame: bytes | None = None
         key = id_key(entry_id)
+        now = time.monotonic()
         for sub in self._audience(event.account):
             if events.visible(event, sub.account, sub.server_id):
                 if frame is None:
                     frame = events.sse_frame(event)
-                sub.offer(key, entry_id, frame)
+                sub.offer(key, entry_id, frame, now)
 
     def _audience(self, account: str) -> Iterator[Subscription]:
         yield from self._by_account.get(account, ())

@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from api.auth import principal
 from api.errors import InvalidRequest
 from api.eventhub import EventHub, Subscription, id_key
-from api.httpguard import ENDLESS
+from api.httpguard import BODY_WRITER, ENDLESS
 from api.inputs import query_id
 from api.services import services
 from shared import events
@@ -75,6 +75,9 @@ class EventStream(Response):
         sub.task = asyncio.current_task()
         # Tells the server this response never ends (api/httpguard.py cuts it at shutdown).
         scope.setdefault("state", {})[ENDLESS] = True
+        # The server's way to write a frame without waking this task (the hub uses it
+        # while the pump is parked); absent on other servers, where the pump sends all.
+        direct = scope.get("extensions", {}).get(BODY_WRITER)
 
         async def until_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -86,6 +89,7 @@ class EventStream(Response):
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
             await self._write(send, b"retry: %d\n\n" % RETRY_MS)
+            sub.direct = direct
             await self._pump(send)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (OSError, redis.exceptions.RedisError):
@@ -98,6 +102,7 @@ class EventStream(Response):
             # The hub's ticker gave up on a client that stopped reading: return without
             # finishing the response, and uvicorn closes the connection.
         finally:
+            sub.direct = None
             watcher.cancel()
             self.hub.unsubscribe(sub)
 

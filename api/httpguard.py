@@ -22,6 +22,11 @@ two send(2) calls per answer where one does (on loopback a send costs more than 
 uvicorn's header building). ``_Corked`` holds the first write of each response until the
 next one (or the end of the loop iteration, for a response whose body comes later).
 
+It offers a response a way to write a chunk of its body without a coroutine step
+(``BODY_WRITER`` in the scope's ``extensions``, see ``BodyWriter``): an event stream's
+frame goes out from the event hub's own loop step to every idle stream, instead of a
+task woken per stream to send it through the ASGI layers.
+
 It also ends endless responses at shutdown: uvicorn's graceful shutdown waits for every
 response in flight, and an event stream never finishes by itself, so one open stream held
 every deploy and Ctrl-C for the whole ``--timeout-graceful-shutdown``. A response whose
@@ -47,6 +52,8 @@ log = logging.getLogger("api")
 
 # The request-state key by which an app marks its response as one that never ends.
 ENDLESS: Final = "endless_response"
+# The scope["extensions"] key of a GET's BodyWriter.
+BODY_WRITER: Final = "snapshots.body_writer"
 MAX_HEADER_BYTES: Final = 64 * 1024
 BODY_GRACE: Final = 2.0
 _TOO_LARGE: Final = (
@@ -110,6 +117,30 @@ class _Corked:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+class BodyWriter:
+    """Writes one more chunk of a started, chunked response at once, when the connection
+    takes it without waiting (not paused by flow control, not closing): answers whether
+    it did. When it answers False the app sends the chunk the ASGI way, which waits for
+    the client to drain what is buffered. What it writes is exactly what uvicorn's
+    ``send`` writes for a ``http.response.body`` with ``more_body``."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    def __call__(self, body: bytes) -> bool:
+        cycle = self._cycle
+        if (cycle.disconnected or not cycle.response_started or cycle.response_complete
+                or not cycle.chunked_encoding or cycle.flow.write_paused or not body):
+            return False
+        transport = cycle.transport
+        if transport.is_closing():
+            return False
+        transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        return True
 
 
 class DeadlineHttp(HttpToolsProtocol):
@@ -210,6 +241,10 @@ class DeadlineHttp(HttpToolsProtocol):
             cork = _Corked(self.transport, self.loop, cycle.on_response)
             cycle.transport = cast(asyncio.Transport, cork)
             cycle.on_response = cork.response_complete
+            if cycle.scope["method"] == "GET":
+                extensions: dict[str, Any] = cycle.scope.setdefault(
+                    "extensions", {})
+                extensions[BODY_WRITER] = BodyWriter(cycle)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
