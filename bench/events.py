@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 import benchlib
 import httpx
 import redis
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from processes import ADMIN_TOKEN, Procs, start_all
@@ -39,6 +41,12 @@ def _cpu_s(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of the children waited for so far (the client process)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _rss_mib(pid: int) -> float:
@@ -70,7 +78,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.client_mode:
         port, token, n, out, ready = args.client_mode
-        asyncio.run(_clients(int(port), token, int(n), args.events, Path(out), Path(ready)))
+        # uvloop, as the web process runs: the client's own CPU per frame (a recv and a
+        # parse per stream and event) is part of the latency it measures.
+        uvloop.run(_clients(int(port), token, int(n), args.events, Path(out), Path(ready)))
         return 0
     events = min(args.events, 99)
     # Every stream is of one account: lift the per-account cap for the web process.
@@ -103,6 +113,7 @@ def run(args: argparse.Namespace, events: int) -> int:
             store = Store(client, Settings(data_dir=tmp / "data", storage_url="file:///x"))
             store.begin_operation(op["operation_id"])
             rss_before = _rss_mib(pid)
+            client_cpu_before = _children_cpu_s()
             out, ready = tmp / "arrivals.json", tmp / "ready"
             clients = subprocess.Popen([
                 sys.executable, __file__, "--events", str(events), "--client-mode", str(port),
@@ -124,6 +135,7 @@ def run(args: argparse.Namespace, events: int) -> int:
             clients.wait(180)
             user, system = (a - b for a, b in zip(_cpu_s(pid), cpu_before, strict=True))
             cpu = user + system
+            client_cpu = _children_cpu_s() - client_cpu_before
             arrivals = json.loads(out.read_text())
             time.sleep(1.0)
             rss_after = _rss_mib(pid)
@@ -137,6 +149,7 @@ def run(args: argparse.Namespace, events: int) -> int:
             print(f"  web process CPU: {cpu:.2f} s for {len(lat)} frames delivered "
                   f"({cpu / max(1, len(lat)) * 1e6:.0f} us a frame: {user:.2f} s user, "
                   f"{system:.2f} s system)")
+            print(f"  client process CPU: {client_cpu:.2f} s (opening the streams included)")
             print(f"  redis connections of the web process: {len(conns)} "
                   f"({', '.join(sorted({c.get('name') or '(pool)' for c in conns}))})")
             print(f"  web RSS: {rss_before:.0f} MiB before, {rss_open:.0f} MiB with the streams "
