@@ -42,8 +42,8 @@ def _hgets(redis_client: redis.Redis, during: Any) -> tuple[Any, int]:
 
 
 def _version(redis_client: redis.Redis, account: str | None) -> str | None:
-    value: str | None = redis_client.get(keys.snapshot_listing_version(account))
-    return value
+    value = redis_client.get(keys.snapshot_listing_version(account))
+    return None if value is None else str(value)
 
 
 def test_a_kept_page_is_answered_until_the_listing_changes(
