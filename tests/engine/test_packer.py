@@ -276,3 +276,46 @@ def test_reader_processes_skip_chunks_already_packed(monkeypatch: pytest.MonkeyP
     dst = tmp_path / "out"
     engine.restore(2, dir_state(dst))
     assert_same(src, dst)
+
+
+def test_s3_restore_writes_in_processes_each_reading_its_share_ahead(
+        monkeypatch: pytest.MonkeyPatch, backend_kind: str, engine: Engine,
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A big restore from s3:// writes its files in worker processes too (threads were bound
+    by the GIL), each opening the bucket with the parent's options and config and reading
+    its share's packs ahead: a few GETs per process, never one per file or frame."""
+    if backend_kind != "s3":
+        pytest.skip("SeaweedFS's own request counters")
+    from tests.support.seaweed import S3_BUCKET, SeaweedProcess
+    from workers.engine.restore import writerpool
+    from workers.engine.workerproc import process
+
+    monkeypatch.setattr(tuning, "PACK_SIZE", 4 << 20)
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    src = tmp_path / "srv"
+    _tree(src, 24, 200)
+    engine.capture(make_meta(1), dir_state(src))
+    packs = {k for k in _data_puts(engine)}
+    pools: list[int] = []
+    start = process.start_workers
+
+    def counted(code: str, setup: bytes, n: int) -> list[process.WorkerProcess]:
+        pools.append(n)
+        return start(code, setup, n)
+
+    monkeypatch.setattr(writerpool, "start_workers", counted)
+    weed: SeaweedProcess = request.getfixturevalue("seaweed")
+    before = weed.requests(S3_BUCKET)
+    dst = tmp_path / "out"
+    engine.restore(1, dir_state(dst))
+    after = weed.requests(S3_BUCKET)
+    assert_same(src, dst)
+    assert pools == [tuning.RESTORE_PROCESSES] and tuning.RESTORE_PROCESSES >= 2
+    gets = after.get("GET", 0) - before.get("GET", 0)
+    # parent: the exclusive lock's HEAD, the manifest, the state record; each process: the
+    # manifest (not the config) and its share's packs, one GET each; where two shares meet
+    # they may cut a pack of small files and one of big chunks, each then read by both
+    # (at worst its table and the frames of one share: two GETs more)
+    workers = tuning.RESTORE_PROCESSES
+    assert len(packs) + 3 + workers <= gets <= len(packs) + 3 + workers + 4 * (workers - 1), (
+        gets, len(packs))

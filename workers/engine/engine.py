@@ -237,7 +237,7 @@ class Engine:
         their start-up overlaps reading the manifest (nothing to reuse, no patch to plan)."""
         if (state.kind != "directory" or os.path.lexists(state.path)
                 or not isinstance(self.backend, LocalBackend)):
-            return None  # writer processes read a local repository only: no header GET
+            return None  # on S3 the header is a GET more: the Restorer starts them instead
         try:
             header = self.repo.get_header(snapshot_id)
         except EngineError:

@@ -17,7 +17,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from ..fs import fsutil
-from ..model import EngineError, StorageFull
+from ..model import EngineError, StorageFull, StorageOptions
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 TMP_PREFIX = ".tmp-"  # temp files of writers; never listed as objects
@@ -75,6 +75,21 @@ class Backend(Protocol):
         ...
 
     def writable(self) -> bool: ...
+
+    def location(self) -> tuple[str, StorageOptions]:
+        """What another process (a restore's writer) opens this repository with
+        (open_backend): a local root, or an s3:// URL and how to reach it."""
+        ...
+
+
+def open_backend(where: str, options: StorageOptions) -> Backend:
+    """A backend of the repository at where (a Backend.location()): a worker process
+    reads the same repository as its parent, local or on S3."""
+    if where.startswith("s3://"):
+        from .s3backend import S3Backend  # only an S3 repository imports the S3 client
+
+        return S3Backend.from_url(where, options)
+    return LocalBackend(where)
 
 
 class LocalBackend:
@@ -303,6 +318,9 @@ class LocalBackend:
         for prefix in ("data", "packidx", "snapshots", "tmp"):
             for key, _size, _mtime in self._list(prefix, tmp=True):
                 self.delete(key)
+
+    def location(self) -> tuple[str, StorageOptions]:
+        return self.root, StorageOptions()
 
     def writable(self) -> bool:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 import zstandard
@@ -80,7 +80,7 @@ class PackCache:
         return d
 
     # --- read-ahead -------------------------------------------------------------------
-    def prefetch(self, entries: list[Entry]) -> None:
+    def prefetch(self, entries: Iterable[Entry]) -> None:
         """Read the packs these files' contents live in ahead of the reads of them, which
         are expected in about this order (see packfetch.py); reads not in the plan, or
         after close(), are served on demand."""

@@ -112,15 +112,22 @@ class S3Backend:
         self.cache = cache
         if cache is not None:
             cache.attach(self)
+        self.options = StorageOptions(endpoint=endpoint, access_key_id=key_id,
+                                      secret_access_key=secret, region=region)
 
     @classmethod
     def from_url(cls, url: str, options: StorageOptions) -> S3Backend:
         u = urlparse(url)
         if u.scheme != "s3" or not u.netloc:
             raise EngineError(f"unsupported storage URL {url!r}: use s3://bucket/prefix")
-        return cls(u.netloc, u.path, endpoint=options.endpoint, region=options.region,
-                   key_id=options.access_key_id, secret=options.secret_access_key,
-                   cache=ListingCache(options.cache_dir, url))
+        s3 = cls(u.netloc, u.path, endpoint=options.endpoint, region=options.region,
+                 key_id=options.access_key_id, secret=options.secret_access_key,
+                 cache=ListingCache(options.cache_dir, url))
+        s3.options = options
+        return s3
+
+    def location(self) -> tuple[str, StorageOptions]:
+        return self.url, self.options
 
     # --- the retry policy, in one place ---------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:

@@ -12,11 +12,15 @@ from typing import Literal
 
 import msgspec
 
+from ..model import StorageOptions
+
 
 class Setup(msgspec.Struct, array_like=True):
-    storage: str  # root of the local repository
+    storage: str  # the repository: a local root or an s3:// URL (Backend.location)
     snapshot_id: int
     state_path: str
+    options: StorageOptions = StorageOptions()  # how to reach an s3:// repository
+    config: bytes = b""  # the repository's config, as the parent read it (no GET of it)
 
 
 class Share(msgspec.Struct, array_like=True):

@@ -12,7 +12,6 @@ import msgspec
 
 from .. import tuning
 from ..model import SnapshotCorrupt, TransientEngineError
-from ..repository.backend import LocalBackend
 from ..repository.repository import Repository
 from ..workerproc import frames
 from ..workerproc.process import start_workers
@@ -28,8 +27,10 @@ class RestorePool:
     """Started as early as possible (the workers' start-up and manifest loading overlap the
     parent's), then given the staging directory and the files, split into shares."""
 
-    def __init__(self, storage: str, snapshot_id: int, state_path: str, n: int) -> None:
-        setup = msgspec.msgpack.encode(Setup(storage, snapshot_id, state_path))
+    def __init__(self, repo: Repository, snapshot_id: int, state_path: str, n: int) -> None:
+        where, options = repo.backend.location()
+        setup = msgspec.msgpack.encode(Setup(where, snapshot_id, state_path, options,
+                                             msgspec.msgpack.encode(repo.config)))
         self.bytes_written = 0
         self.workers = start_workers(_CODE, setup, n)
 
@@ -102,11 +103,14 @@ def split(entries_cost: list[tuple[int, int]], n: int) -> list[list[int]]:
 
 
 def start_pool(repo: Repository, snapshot_id: int, state_path: str) -> RestorePool | None:
-    """Restore worker processes reading a local repository, or None (threads then)."""
-    if tuning.RESTORE_PROCESSES < 1 or not isinstance(repo.backend, LocalBackend):
+    """Restore worker processes reading the same repository (local or s3://), or None
+    (threads then). On S3 too: a restore of small files in threads was bound by the GIL
+    (10k files: 5.6 s writing after 0.6 s of GETs, against 2.5 s from file:// with
+    processes), while each process reads its share's packs ahead (writerproc.py)."""
+    if tuning.RESTORE_PROCESSES < 1:
         return None
     try:
-        return RestorePool(repo.backend.root, snapshot_id, state_path, tuning.RESTORE_PROCESSES)
+        return RestorePool(repo, snapshot_id, state_path, tuning.RESTORE_PROCESSES)
     except OSError as err:  # cannot start processes here: threads do the same work
         logging.getLogger(__name__).warning(
             "restore worker processes unavailable (%s); using threads", err)

@@ -5,9 +5,11 @@ write, metadata) that one GIL serialises. A big restore into a new state therefo
 its files between worker processes: once the parent has created every directory in its
 private staging directory, it sends each worker (over a SOCK_SEQPACKET socket, with the
 staging directory's fd by SCM_RIGHTS) its share: a contiguous run of manifest indexes.
-The worker loads the same manifest from the repository, its entries left encoded (each
-decoded as its turn comes: a million-entry manifest would otherwise be decoded whole in
-every worker process, ~700 bytes an entry), creates each file by its path
+The worker opens the same repository (a local root, or the s3:// URL with the parent's
+StorageOptions and config, so it reads no config), loads the same manifest from it, its
+entries left encoded (each decoded as its turn comes: a million-entry manifest would
+otherwise be decoded whole in every worker process, ~700 bytes an entry), creates each
+file by its path
 under that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just made
 in its 0700 staging directory) and writes it exactly as the thread path does
 (TreeWriter.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
@@ -28,8 +30,8 @@ from ..fs import fsutil
 from ..model import SnapshotCorrupt
 from ..progress import Progress
 from ..repository import manifest
-from ..repository.backend import LocalBackend
-from ..repository.repository import Repository
+from ..repository.backend import LocalBackend, open_backend
+from ..repository.repository import Config, Repository
 from ..workerproc import child, frames
 from .messages import End, Failed, Setup, Share, WriterMessage, Written, Wrote
 
@@ -46,7 +48,9 @@ def main() -> None:
 
     req, res = child.sockets()
     setup = msgspec.msgpack.decode(frames.recv(res), type=Setup)
-    repo = Repository(LocalBackend(setup.storage))
+    backend = open_backend(setup.storage, setup.options)
+    config = msgspec.msgpack.decode(setup.config, type=Config) if setup.config else None
+    repo = Repository(backend, config)
     _h, entries = repo.get_manifest_lazily(setup.snapshot_id)
     sent = [0]
 
@@ -61,6 +65,10 @@ def main() -> None:
     st_fd = fds[0]
     share = msgspec.msgpack.decode(frames.recv(res), type=Share)  # a stream: any size
     w.assume_owner(share.owner)
+    if not isinstance(backend, LocalBackend):
+        # every read is a request: the share's packs are read ahead, a few GETs at once,
+        # as the thread path does (a local pack is read on demand, a pread per member)
+        w.packs.prefetch(manifest.entry(entries[i]) for i in share.indexes)
     batch: list[tuple[int, int, int]] = []
     before = 0
     idx = -1
@@ -83,4 +91,5 @@ def main() -> None:
         _send(res, Failed(idx, "other", repr(e)))
     finally:
         os.close(st_fd)
+        w.packs.close()
     req.recv(1)  # until the parent closes the channel, having read our last frames
