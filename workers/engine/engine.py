@@ -193,12 +193,18 @@ class Engine:
         with self.lock.shared(), self._state_lock(state):
             pool = self._early_pool(snapshot_id, state)
             try:
-                header, body = self.repo.get_manifest(snapshot_id)
+                raw = self.repo.get_manifest_raw(snapshot_id)
+                header, body = self.repo.decode_manifest(snapshot_id, raw)
                 if header.state_kind != state.kind:
                     raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} "
                                        f"state, not a {state.kind}")
+                # writer processes of a remote repository are handed the manifest (one GET
+                # less each); a local one's read it themselves, started before it was read
+                remote = None if isinstance(self.backend, LocalBackend) else raw
+                del raw
                 try:
-                    return self._restore(snapshot_id, header, body, state, prog, pool, live)
+                    return self._restore(snapshot_id, header, body, state, prog, pool, live,
+                                         remote)
                 except OSError as e:
                     if e.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise _state_full(state, header, e) from e
@@ -208,7 +214,8 @@ class Engine:
                     pool.close(kill=True)  # unused (or already closed by the restore)
 
     def _restore(self, snapshot_id: int, header: Header, body: manifest.Body, state: StateSpec,
-                 prog: Progress, pool: RestorePool | None, live: bool) -> RestoreResult:
+                 prog: Progress, pool: RestorePool | None, live: bool,
+                 raw: bytes | None) -> RestoreResult:
         if isinstance(body, ImageBody):
             from .image.image import restore_image
 
@@ -216,7 +223,7 @@ class Engine:
         from .restore.restorer import Restorer
 
         restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog, pool,
-                            live=live, trust_manifest=header.ctimes_vouched)
+                            live=live, trust_manifest=header.ctimes_vouched, manifest_raw=raw)
         try:
             return restorer.run()
         finally:

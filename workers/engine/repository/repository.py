@@ -344,7 +344,8 @@ class Repository:
                 out.append(int(name))
         return sorted(out)
 
-    def _get_manifest_raw(self, snapshot_id: int) -> bytes:
+    def get_manifest_raw(self, snapshot_id: int) -> bytes:
+        """snapshots/<id> as stored (one GET on S3)."""
         try:
             return self.backend.get(self.manifest_key(snapshot_id))
         except FileNotFoundError as e:
@@ -366,16 +367,25 @@ class Repository:
                 f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 
     def get_manifest(self, snapshot_id: int) -> tuple[manifest.Header, manifest.Body]:
+        return self.decode_manifest(snapshot_id, self.get_manifest_raw(snapshot_id))
+
+    def decode_manifest(self, snapshot_id: int,
+                        raw: bytes) -> tuple[manifest.Header, manifest.Body]:
+        """A manifest as stored (get_manifest_raw), decoded."""
         try:
-            return manifest.decode(self._get_manifest_raw(snapshot_id))
+            return manifest.decode(raw)
         except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
             raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 
     def get_manifest_lazily(self, snapshot_id: int) -> tuple[manifest.Header,
                                                              list[msgspec.Raw]]:
         """A directory snapshot's entries left encoded (manifest.decode_lazily)."""
+        return self.decode_lazily(snapshot_id, self.get_manifest_raw(snapshot_id))
+
+    def decode_lazily(self, snapshot_id: int,
+                      raw: bytes) -> tuple[manifest.Header, list[msgspec.Raw]]:
         try:
-            return manifest.decode_lazily(self._get_manifest_raw(snapshot_id))
+            return manifest.decode_lazily(raw)
         except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
             raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 

@@ -26,6 +26,9 @@ class Setup(msgspec.Struct, array_like=True):
 class Share(msgspec.Struct, array_like=True):
     owner: tuple[int, int] | None  # what new files get where they are created
     indexes: list[int]  # manifest entries (regular files) to write
+    # the manifest as stored, from a parent that read it from a remote repository (the
+    # worker then reads none); empty: the worker read it itself, early
+    manifest: bytes = b""
 
 
 class Wrote(msgspec.Struct, array_like=True, tag="p"):

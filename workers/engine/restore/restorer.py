@@ -50,8 +50,10 @@ from .writerpool import RestorePool, start_pool
 class Restorer:
     def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
                  progress: Progress, pool: RestorePool | None = None, *,
-                 live: bool = False, trust_manifest: bool = False) -> None:
+                 live: bool = False, trust_manifest: bool = False,
+                 manifest_raw: bytes | None = None) -> None:
         self.pool = pool  # started early by the caller for a big restore into a new state
+        self.manifest_raw = manifest_raw  # as stored, for writer processes (one GET less)
         # A live server (nothing stopped it) is never patched in place: always rebuilt.
         self.patch = not live
         self.repo = repo
@@ -108,7 +110,8 @@ class Restorer:
                 flusher = Flusher(self.parent_path, self.progress)
                 pool, self.pool = self.pool, None
                 if pool is None and self.progress.total >= tuning.RESTORE_PROCESS_THRESHOLD:
-                    pool = start_pool(self.repo, self.sid, self.state_path)
+                    pool = start_pool(self.repo, self.sid, self.state_path,
+                                      self.manifest_raw)
                 try:
                     if pool is not None and cur_fd is None:
                         w.build_fresh(st_fd, pool)

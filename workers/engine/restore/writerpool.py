@@ -27,7 +27,9 @@ class RestorePool:
     """Started as early as possible (the workers' start-up and manifest loading overlap the
     parent's), then given the staging directory and the files, split into shares."""
 
-    def __init__(self, repo: Repository, snapshot_id: int, state_path: str, n: int) -> None:
+    def __init__(self, repo: Repository, snapshot_id: int, state_path: str, n: int,
+                 manifest_raw: bytes | None = None) -> None:
+        self.manifest_raw = manifest_raw or b""  # sent with each share (see Share.manifest)
         where, options = repo.backend.location()
         setup = msgspec.msgpack.encode(Setup(where, snapshot_id, state_path, options,
                                              msgspec.msgpack.encode(repo.config)))
@@ -41,7 +43,7 @@ class RestorePool:
         for w, share in zip(self.workers, shares, strict=True):
             try:
                 socket.send_fds(w.req, [b"go"], [st_fd])
-                frames.send(w.res, enc.encode(Share(owner, share)))
+                frames.send(w.res, enc.encode(Share(owner, share, self.manifest_raw)))
             except frames.PEER_GONE as e:
                 raise TransientEngineError("a restore worker process died") from e
         sel = selectors.DefaultSelector()
@@ -102,15 +104,19 @@ def split(entries_cost: list[tuple[int, int]], n: int) -> list[list[int]]:
     return shares
 
 
-def start_pool(repo: Repository, snapshot_id: int, state_path: str) -> RestorePool | None:
+def start_pool(repo: Repository, snapshot_id: int, state_path: str,
+               manifest_raw: bytes | None = None) -> RestorePool | None:
     """Restore worker processes reading the same repository (local or s3://), or None
     (threads then). On S3 too: a restore of small files in threads was bound by the GIL
     (10k files: 5.6 s writing after 0.6 s of GETs, against 2.5 s from file:// with
-    processes), while each process reads its share's packs ahead (writerproc.py)."""
+    processes), while each process reads its share's packs ahead (writerproc.py).
+    manifest_raw: the snapshot's manifest as the caller read it, handed to the processes
+    with their shares instead of a GET each (None: they read it themselves)."""
     if tuning.RESTORE_PROCESSES < 1:
         return None
     try:
-        return RestorePool(repo, snapshot_id, state_path, tuning.RESTORE_PROCESSES)
+        return RestorePool(repo, snapshot_id, state_path, tuning.RESTORE_PROCESSES,
+                           manifest_raw)
     except OSError as err:  # cannot start processes here: threads do the same work
         logging.getLogger(__name__).warning(
             "restore worker processes unavailable (%s); using threads", err)

@@ -51,7 +51,10 @@ def main() -> None:
     backend = open_backend(setup.storage, setup.options)
     config = msgspec.msgpack.decode(setup.config, type=Config) if setup.config else None
     repo = Repository(backend, config)
-    _h, entries = repo.get_manifest_lazily(setup.snapshot_id)
+    local = isinstance(backend, LocalBackend)
+    # a local manifest is read now, while the parent still makes the directories; a remote
+    # one comes with the share (the parent read it already: no GET per worker)
+    entries = repo.get_manifest_lazily(setup.snapshot_id)[1] if local else []
     sent = [0]
 
     def report(done: int, _total: int) -> None:
@@ -65,7 +68,9 @@ def main() -> None:
     st_fd = fds[0]
     share = msgspec.msgpack.decode(frames.recv(res), type=Share)  # a stream: any size
     w.assume_owner(share.owner)
-    if not isinstance(backend, LocalBackend):
+    if not local:
+        entries = (repo.decode_lazily(setup.snapshot_id, share.manifest)[1] if share.manifest
+                   else repo.get_manifest_lazily(setup.snapshot_id)[1])
         # every read is a request: the share's packs are read ahead, a few GETs at once,
         # as the thread path does (a local pack is read on demand, a pread per member)
         w.packs.prefetch(manifest.entry(entries[i]) for i in share.indexes)
