@@ -4,7 +4,7 @@
     .venv/bin/python bench/s3.py --quick    # 3k-file tree
 
 One run, one server, one dataset, both tools: full capture, one-file incremental, full
-restore into an empty directory; wall time and the S3 requests (PUT, GET, LIST, DELETE)
+restore into an empty directory; wall time, CPU time of the tool's processes and the S3 requests (PUT, GET, LIST, DELETE)
 each phase made, read from SeaweedFS's own Prometheus counters (HEAD counts as GET); both
 repositories are initialised first, uncounted.
 Ours runs as a fresh Python process per operation (`bench/s3.py op ...`), so start-up and
@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -81,22 +82,31 @@ def drop_caches() -> None:
 class Run:
     def __init__(self, weed: Any) -> None:
         self.weed = weed
-        self.rows: list[tuple[str, str, float, dict[str, int]]] = []
+        self.rows: list[tuple[str, str, float, float, dict[str, int]]] = []
 
     def timed(self, tool: str, phase: str, bucket: str, cmd: list[str], env: dict[str, str],
               cold: bool) -> float:
         if cold:
             drop_caches()
         before = self.weed.requests(bucket)
+        cpu0 = _children_cpu()
         t0 = time.perf_counter()
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        cpu = _children_cpu() - cpu0
         if r.returncode != 0:
             raise SystemExit(f"{tool} {phase} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
         after = self.weed.requests(bucket)
-        self.rows.append((tool, phase, wall, {k: after.get(k, 0) - before.get(k, 0)
-                                              for k in KINDS}))
+        self.rows.append((tool, phase, wall, cpu, {k: after.get(k, 0) - before.get(k, 0)
+                                                   for k in KINDS}))
         return wall
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the tool's process tree, waited for (the S3 server's
+    own CPU is not in it): on a shared machine a steadier figure than the wall time."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def main() -> None:
@@ -166,15 +176,17 @@ def main() -> None:
     report(run.rows, same)
 
 
-def report(rows: list[tuple[str, str, float, dict[str, int]]], same: bool) -> None:
-    print(f"\n{'tool':8} {'phase':12} {'wall s':>8} " + " ".join(f"{k:>7}" for k in KINDS))
-    for tool, phase, wall, counts in rows:
-        print(f"{tool:8} {phase:12} {wall:8.2f} " + " ".join(f"{counts[k]:7d}" for k in KINDS))
-    by = {(t, p): (w, c) for t, p, w, c in rows}
+def report(rows: list[tuple[str, str, float, float, dict[str, int]]], same: bool) -> None:
+    print(f"\n{'tool':8} {'phase':12} {'wall s':>8} {'CPU s':>7} "
+          + " ".join(f"{k:>7}" for k in KINDS))
+    for tool, phase, wall, cpu, counts in rows:
+        print(f"{tool:8} {phase:12} {wall:8.2f} {cpu:7.2f} "
+              + " ".join(f"{counts[k]:7d}" for k in KINDS))
+    by = {(t, p): (w, u, c) for t, p, w, u, c in rows}
     print(f"\nour restore equals the source (diff -r): {same}")
     ok = same
     for phase in ("capture", "incremental", "restore"):
-        (ow, oc), (rw, rc) = by[("ours", phase)], by[("restic", phase)]
+        (ow, ou, oc), (rw, ru, rc) = by[("ours", phase)], by[("restic", phase)]
         ratio = rw / ow
         oreq, rreq = sum(oc.values()), sum(rc.values())
         target = phase == "incremental" or ratio >= 2.0
@@ -182,9 +194,9 @@ def report(rows: list[tuple[str, str, float, dict[str, int]]], same: bool) -> No
         ok = ok and target and fewer
         verdict = "" if phase == "incremental" else (
             f" (target >= 2x: {'PASS' if target else 'MISS'})")
-        print(f"{phase:12} restic/ours time {ratio:5.2f}x{verdict}"
+        print(f"{phase:12} restic/ours time {ratio:5.2f}x{verdict}, CPU {ru / ou:5.2f}x"
               f"; requests ours {oreq} vs restic {rreq} ({'PASS' if fewer else 'MISS'})")
-    puts = by[("ours", "incremental")][1]["PUT"]
+    puts = by[("ours", "incremental")][2]["PUT"]
     ok = ok and puts < 10
     print(f"one-file incremental: {puts} PUTs (target < 10: {'PASS' if puts < 10 else 'MISS'})")
     print("ALL TARGETS MET" if ok else "SOME TARGETS MISSED")
