@@ -4,9 +4,10 @@
     .venv/bin/python bench/s3.py --quick    # 3k-file tree
 
 One run, one server, one dataset, both tools: full capture, one-file incremental, full
-restore into an empty directory; wall time, CPU time of the tool's processes and the S3 requests (PUT, GET, LIST, DELETE)
-each phase made, read from SeaweedFS's own Prometheus counters (HEAD counts as GET); both
-repositories are initialised first, uncounted.
+restore into an empty directory; wall time, CPU time of the tool's processes (not the
+server's) and the S3 requests (PUT, GET, LIST, DELETE) each phase made, read from
+SeaweedFS's own Prometheus counters (HEAD counts as GET); both repositories are
+initialised first, uncounted.
 Ours runs as a fresh Python process per operation (`bench/s3.py op ...`), so start-up and
 imports count, as restic's do. The page cache is dropped before every full capture and
 restore. Targets (issue 11): capture and restore >= 2x faster than restic, fewer requests

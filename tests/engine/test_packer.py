@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -105,7 +106,11 @@ def test_restore_reads_packs_ahead_with_coalesced_gets(monkeypatch: pytest.Monke
             with lock:
                 running[0] -= 1
 
+    def counted_pieces(key: str, offset: int, n: int, piece: int) -> Iterator[bytes]:
+        yield counted(key, offset, n)  # requests counted here, not how their bodies arrive
+
     monkeypatch.setattr(backend, "get_range", counted)
+    monkeypatch.setattr(backend, "get_range_pieces", counted_pieces)
     made: list[Prefetch] = []
     init = Prefetch.__init__
 
@@ -318,3 +323,52 @@ def test_s3_restore_writes_in_processes_each_reading_its_share_ahead(
     # chunks, each then read by both (at worst its table and one share's frames: 2 GETs more)
     workers = tuning.RESTORE_PROCESSES
     assert len(packs) + 3 <= gets <= len(packs) + 3 + 4 * (workers - 1), (gets, len(packs))
+
+
+def test_s3_restore_writes_a_packs_first_files_before_its_get_ends(
+        monkeypatch: pytest.MonkeyPatch, backend_kind: str, request: pytest.FixtureRequest,
+        tmp_path: Path) -> None:
+    """The read-ahead decodes a pack's frames as its GET's body arrives: with the second
+    half of the body held back (a slow link), files of the first half are written."""
+    if backend_kind != "s3":
+        pytest.skip("a proxy in front of SeaweedFS")
+    from tests.support.s3proxy import S3Proxy
+    from tests.support.seaweed import S3_BUCKET, SeaweedProcess
+
+    weed: SeaweedProcess = request.getfixturevalue("seaweed")
+    proxy = S3Proxy(weed.endpoint).start()
+    try:
+        opts = weed.options(endpoint=proxy.endpoint, cache_dir=str(tmp_path / "cache"),
+                            lock_settle=0.05)
+        engine = Engine(f"s3://{S3_BUCKET}/{os.urandom(8).hex()}", opts)
+        src = tmp_path / "srv"
+        src.mkdir()
+        for i in range(60):  # one pack of small files, ~6 MiB, several frames
+            (src / f"s{i:03}").write_bytes(os.urandom(100_000))
+        engine.capture(make_meta(1), dir_state(src))
+        monkeypatch.setattr(tuning, "PROGRESS_INTERVAL", 0.0)
+        wrote = threading.Event()
+        proxy.hold_bodies = True
+        done: list[BaseException | None] = []
+
+        def restore() -> None:
+            try:
+                engine.restore(1, dir_state(tmp_path / "out"),
+                               progress=lambda d, _t: wrote.set() if d else None)
+                done.append(None)
+            except BaseException as e:  # reported below
+                done.append(e)
+
+        t = threading.Thread(target=restore)
+        t.start()
+        try:
+            assert proxy.held.wait(30), "the pack's GET never got to its second half"
+            assert wrote.wait(15), "nothing written while the pack's GET was held"
+            assert not done  # the restore still waits for the rest of the pack
+        finally:
+            proxy.release.set()
+            t.join(60)
+        assert done == [None]
+        assert_same(src, tmp_path / "out")
+    finally:
+        proxy.close()

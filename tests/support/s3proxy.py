@@ -2,9 +2,10 @@
 
 Tests point AWS_ENDPOINT_URL at it. It forwards every request as is (the Host header too,
 so request signatures still match) and can, per test: answer the next N requests with 503
-SlowDown (throttling), or act as a store that ignores If-None-Match (as rclone's S3 server
-does): a create refused with 412 is answered 200 instead. (The header itself cannot be
-dropped: it is part of the request's signature.) It counts requests by kind, like the server does.
+SlowDown (throttling), hold the second half of big ranged GETs' bodies (a slow link), or
+act as a store that ignores If-None-Match (as rclone's S3 server does): a create refused
+with 412 is answered 200 instead. (The header itself cannot be dropped: it is part of the
+request's signature.) It counts requests by kind, like the server does.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class S3Proxy:
         self.upstream = upstream.rstrip("/")
         self.throttle = 0  # answer this many next requests with 503 SlowDown
         self.ignore_if_none_match = False
+        # while set: a ranged GET with a body over 2 MiB sends its first half, then holds
+        # the rest (held is set) until release is set, as a slow link would
+        self.hold_bodies = False
+        self.held = threading.Event()
+        self.release = threading.Event()
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         proxy = self
@@ -81,6 +87,14 @@ class S3Proxy:
                     return
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if (proxy.hold_bodies and self.command == "GET" and "Range" in self.headers
+                        and len(data) > 2 << 20):
+                    half = len(data) // 2
+                    self.wfile.write(data[:half])
+                    self.wfile.flush()
+                    proxy.held.set()
+                    proxy.release.wait(30)
+                    data = data[half:]
                 self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any

@@ -56,6 +56,11 @@ class Backend(Protocol):
         """n bytes (or fewer, at the end) of an object from offset (S3: a Range GET)."""
         ...
 
+    def get_range_pieces(self, key: str, offset: int, n: int, piece: int) -> Iterator[bytes]:
+        """get_range's bytes as they arrive, in pieces of at least `piece` bytes (the last
+        may be shorter): one request, whose first bytes can be used before its last came."""
+        ...
+
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str, *, cached: bool = False) -> Iterator[tuple[str, int, int]]:
         """(key, size, mtime_ns) of every object under a directory-like prefix. cached=True
@@ -223,6 +228,9 @@ class LocalBackend:
             return fsutil.pread_full(fd, n, offset)
         finally:
             os.close(fd)
+
+    def get_range_pieces(self, key: str, offset: int, n: int, piece: int) -> Iterator[bytes]:
+        yield self.get_range(key, offset, n)  # a local read: nothing to overlap it with
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))

@@ -6,7 +6,10 @@ reads them. Each pack the plan touches is one job, in order of first need:
   as in a full restore): one GET from the object's start to a bound past the last needed
   frame (a frame's stored bytes are at most its plaintext + 1, and a frame ends at most
   BLOCK + INLINE_MAX past a member's end), which brings the frame table along: one
-  request per pack. The bound is clipped at the object's end by the store.
+  request per pack. The bound is clipped at the object's end by the store. Its body is
+  read as it arrives: each frame is decoded, and its members can be written, as soon as
+  its bytes are in, not once the whole pack (32 MiB) is (the writers used to wait for
+  that first GET to end, 0.3-0.7 s on the loaded machine here).
 - sparse (a few files of a pack): the frame table (one GET of HEADER_MAX bytes), then the
   needed frames, neighbours closer than tuning.RESTORE_COALESCE_GAP merged into one GET.
 Up to tuning.RESTORE_FETCH_STREAMS jobs run at once, while the plaintext of the jobs
@@ -52,6 +55,7 @@ class _Job:
         self.error: BaseException | None = None
         self.layout: Layout | None = None  # None once done: an older format, on demand
         self.frames: dict[int, bytes] = {}  # decoded frames still to be read
+        self.decoded: set[int] = set()  # frames decoded so far (read or not)
         self.refs: Counter[int] = Counter()  # frame -> planned reads left
         self.future: Future[None] | None = None
 
@@ -77,6 +81,7 @@ class Prefetch:
         self._next = 0
         self._held = 0  # plaintext bytes of jobs started and not yet consumed
         self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # a job got frames, or ended
         self._pool = ThreadPoolExecutor(tuning.RESTORE_FETCH_STREAMS,
                                         thread_name_prefix="fetch")
         self.gets = 0  # GETs made (tests prove the coalescing with it)
@@ -103,6 +108,7 @@ class Prefetch:
                 if job.future is not None and job.future.cancelled():
                     job.done.set()  # its reads (if any come) go on demand
                 job.frames.clear()
+            self._ready.notify_all()
 
     def _run(self, job: _Job) -> None:
         try:
@@ -113,9 +119,13 @@ class Prefetch:
         except BaseException as err:  # raised to every read of this pack
             job.error = err
         finally:
-            job.state = _DONE
-            job.done.set()
-            if job.layout is None or job.error is not None:
+            with self._lock:
+                job.state = _DONE
+                job.done.set()
+                self._ready.notify_all()
+                # every frame read already (while the pack streamed in), or none to read
+                spent = job.layout is None or job.error is not None or not job.frames
+            if spent:
                 self._release(job)
 
     def _release(self, job: _Job) -> None:
@@ -128,24 +138,96 @@ class Prefetch:
             self.gets += 1
         return self.cache.repo.backend.get_range(key, offset, n)
 
-    def _fetch(self, job: _Job) -> None:
-        key = chunk_key(job.pack)
-        end = max(off + ln for off, ln in job.planned)
-        if 2 * job.cost >= end:
-            bound = (packformat.HEADER_MAX + end + packformat.BLOCK + tuning.INLINE_MAX
-                     + packformat.MAX_FRAMES)
-            data = self._get(key, 0, bound)
-        else:
-            data = self._get(key, 0, packformat.HEADER_MAX)
-        if data[:1] != bytes([packformat.PACK]):
-            return  # an older format: read on demand, as before
-        lay = self.cache.layout(job.pack, data)
+    def _refs(self, job: _Job, lay: Layout) -> Counter[int]:
+        """frame -> planned reads of it"""
         refs: Counter[int] = Counter()
         for (off, ln), n in job.planned.items():
             if ln:
                 for i in packformat.span(lay, off, ln):
                     refs[i] += n
-        bufs: list[tuple[int, bytes]] = [(0, data)]  # (object offset, bytes)
+        return refs
+
+    def _decode(self, lay: Layout, i: int, raw: memoryview) -> bytes:
+        f = lay.frames[i]
+        if len(raw) != f.end - f.start:
+            raise ValueError("pack is shorter than its frame table")
+        plain = packformat.decode_frame(self.cache.zd(), packformat.PACK, raw)
+        if len(plain) != f.size:
+            raise ValueError("a frame's size does not match its table")
+        return plain
+
+    def _stream(self, job: _Job, key: str, bound: int) -> memoryview | None:
+        """The dense GET, its frames decoded and handed to the reads as they arrive; the
+        bytes received (None: not a format-3 pack, read on demand)."""
+        with self._lock:
+            self.gets += 1
+        buf = bytearray(bound)
+        view = memoryview(buf)
+        got = 0
+        lay: Layout | None = None
+        todo: list[int] = []  # needed frames not decoded yet, in the object's order
+        pieces = self.cache.repo.backend.get_range_pieces(key, 0, bound, packformat.BLOCK)
+        for piece in pieces:
+            take = min(len(piece), bound - got)
+            view[got:got + take] = piece[:take]
+            got += take
+            if lay is None:
+                if buf[:1] != bytes([packformat.PACK]):
+                    return None  # an older format: read on demand, as before
+                if got < packformat.HEADER_MAX:
+                    continue
+                lay, todo = self._start(job, bytes(view[:packformat.HEADER_MAX]))
+            todo = self._publish(job, lay, todo, view, got)
+        if lay is None:  # a pack smaller than the table's bound: all of it is here
+            if buf[:1] != bytes([packformat.PACK]):
+                return None
+            lay, todo = self._start(job, bytes(view[:got]))
+            self._publish(job, lay, todo, view, got)
+        return view[:got]
+
+    def _start(self, job: _Job, head: bytes) -> tuple[Layout, list[int]]:
+        lay = self.cache.layout(job.pack, head)
+        refs = self._refs(job, lay)
+        with self._lock:
+            job.frames, job.refs, job.layout = {}, refs, lay
+        return lay, sorted(refs)
+
+    def _publish(self, job: _Job, lay: Layout, todo: list[int], view: memoryview,
+                 got: int) -> list[int]:
+        """Decode the needed frames whose bytes are all in; the ones still to come."""
+        done = 0
+        for i in todo:
+            f = lay.frames[i]
+            if f.end > got:
+                break
+            plain = self._decode(lay, i, view[f.start:f.end])
+            with self._lock:
+                job.frames[i] = plain
+                job.decoded.add(i)
+                self._ready.notify_all()
+            done += 1
+        return todo[done:]
+
+    def _fetch(self, job: _Job) -> None:
+        key = chunk_key(job.pack)
+        end = max(off + ln for off, ln in job.planned)
+        data: bytes | memoryview | None
+        if 2 * job.cost >= end:
+            bound = (packformat.HEADER_MAX + end + packformat.BLOCK + tuning.INLINE_MAX
+                     + packformat.MAX_FRAMES)
+            data = self._stream(job, key, bound)
+            if data is None:
+                return  # an older format: read on demand, as before
+            lay = job.layout
+            assert lay is not None
+            refs = job.refs
+        else:
+            data = self._get(key, 0, packformat.HEADER_MAX)
+            if data[:1] != bytes([packformat.PACK]):
+                return  # an older format: read on demand, as before
+            lay = self.cache.layout(job.pack, data)
+            refs = self._refs(job, lay)
+        bufs: list[tuple[int, bytes | memoryview]] = [(0, data)]  # (object offset, bytes)
         group: list[packformat.Frame] = []
         for i in sorted(refs):
             f = lay.frames[i]
@@ -159,20 +241,17 @@ class Prefetch:
         if group:
             bufs.append((group[0].start, self._get(key, group[0].start,
                                                    group[-1].end - group[0].start)))
-        zd = self.cache.zd()
         frames = {}
         for i in refs:
             f = lay.frames[i]
+            if i in job.decoded:
+                continue  # decoded while the pack streamed in (and maybe read already)
             at, buf = next((a, b) for a, b in reversed(bufs) if a <= f.start)
-            raw = memoryview(buf)[f.start - at:f.end - at]
-            if len(raw) != f.end - f.start:
-                raise ValueError("pack is shorter than its frame table")
-            plain = packformat.decode_frame(zd, packformat.PACK, raw)
-            if len(plain) != f.size:
-                raise ValueError("a frame's size does not match its table")
-            frames[i] = plain
+            frames[i] = self._decode(lay, i, memoryview(buf)[f.start - at:f.end - at])
         with self._lock:
-            job.frames, job.refs, job.layout = frames, refs, lay
+            job.frames.update(frames)
+            job.refs, job.layout = refs, lay
+            self._ready.notify_all()
 
     def take(self, pack: bytes, off: int, ln: int) -> bytes | None:
         """The member's plaintext (not yet checked), or None: read it on demand."""
@@ -189,22 +268,26 @@ class Prefetch:
                 self._held += self._costs[pack]
         if claim:
             self._run(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        lay = job.layout
-        if lay is None:
-            return None
-        if not ln:
-            return b""
-        idx = packformat.span(lay, off, ln)
-        with self._lock:
+        with self._ready:
+            while True:  # until this member's frames are in (the pack may still stream)
+                if job.error is not None:
+                    raise job.error
+                lay = job.layout
+                idx = [] if lay is None or not ln else packformat.span(lay, off, ln)
+                if job.done.is_set() or (lay is not None and all(
+                        i in job.frames for i in idx)):
+                    break
+                self._ready.wait()
+            if lay is None:
+                return None
+            if not ln:
+                return b""
             parts = [job.frames.get(i) for i in idx]
             for i in idx:
                 job.refs[i] -= 1
                 if job.refs[i] <= 0:
                     job.frames.pop(i, None)
-            drained = not job.frames
+            drained = not job.frames and job.state == _DONE
         if drained:
             self._release(job)
         if any(p is None for p in parts):

@@ -295,6 +295,34 @@ class S3Backend:
                 return b""
             raise
 
+    def get_range_pieces(self, key: str, offset: int, n: int, piece: int) -> Iterator[bytes]:
+        """One ranged GET, yielded as its body arrives (a restore decodes a pack's first
+        frames while the rest is still on the wire). A failure midway is not the whole
+        request's: the rest is read with get_range and its retries."""
+        if n <= 0:
+            return
+        self._wait_key(key)
+        pos, end = offset, offset + n
+        try:
+            result = self._call(f"GET {key}", lambda: obstore.get(
+                self.store, key, options={"range": (offset, end)}))
+        except BaseError as e:
+            if "416" in str(e):  # range past the end (an empty object): nothing there
+                return
+            raise
+        try:
+            for chunk in result.stream(min_chunk_size=piece):
+                data = bytes(chunk)
+                pos += len(data)
+                yield data
+        except Exception as e:
+            if not _transient(e):
+                raise
+            if pos < end:
+                rest = self._range(key, pos, end - pos)
+                if rest:
+                    yield rest
+
     def head(self, key: str) -> ObjectInfo | None:
         """Size, last modified (by the store's clock) and ETag of an object, or None."""
         self._wait_key(key)
