@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import blake3
+import msgspec
 
 from . import tuning
 from .model import (
@@ -191,17 +192,21 @@ class Engine:
         in place: a process still writing keeps writing into the old tree, not the new."""
         prog = Progress(progress)
         with self.lock.shared(), self._state_lock(state):
-            pool = self._early_pool(snapshot_id, state)
+            local = isinstance(self.backend, LocalBackend)
+            pool = self._early_pool(snapshot_id, state) if local else None
             try:
                 raw = self.repo.get_manifest_raw(snapshot_id)
+                # writer processes of a remote repository are handed the manifest (one GET
+                # less each), so they start once it is read; a local one's read it
+                # themselves, started before it was read
+                remote = None if local else raw
+                if remote is not None:
+                    pool = self._early_pool(snapshot_id, state, remote)
                 header, body = self.repo.decode_manifest(snapshot_id, raw)
+                del raw
                 if header.state_kind != state.kind:
                     raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} "
                                        f"state, not a {state.kind}")
-                # writer processes of a remote repository are handed the manifest (one GET
-                # less each); a local one's read it themselves, started before it was read
-                remote = None if isinstance(self.backend, LocalBackend) else raw
-                del raw
                 try:
                     return self._restore(snapshot_id, header, body, state, prog, pool, live,
                                          remote)
@@ -239,21 +244,23 @@ class Engine:
                 raise TransientEngineError(f"another restore of {state.path} is still running")
             yield
 
-    def _early_pool(self, snapshot_id: int, state: StateSpec) -> RestorePool | None:
+    def _early_pool(self, snapshot_id: int, state: StateSpec,
+                    raw: bytes | None = None) -> RestorePool | None:
         """A big directory restore into a new state starts its worker processes first, so
-        their start-up overlaps reading the manifest (nothing to reuse, no patch to plan)."""
-        if (state.kind != "directory" or os.path.lexists(state.path)
-                or not isinstance(self.backend, LocalBackend)):
-            return None  # on S3 the header is a GET more: the Restorer starts them instead
+        their start-up overlaps reading (local) or decoding (raw: the manifest as read from
+        a remote repository, no header GET) the manifest: nothing to reuse, no patch."""
+        if state.kind != "directory" or os.path.lexists(state.path):
+            return None
         try:
-            header = self.repo.get_header(snapshot_id)
-        except EngineError:
-            return None  # get_manifest says what is wrong
+            header = (self.repo.get_header(snapshot_id) if raw is None
+                      else manifest.decode_header(raw))
+        except (EngineError, ValueError, msgspec.DecodeError):
+            return None  # get_manifest / decode_manifest say what is wrong
         from .restore.writerpool import start_pool
 
         if header.state_kind != "directory" or header.size_bytes < tuning.RESTORE_PROCESS_THRESHOLD:
             return None
-        return start_pool(self.repo, snapshot_id, state.path)
+        return start_pool(self.repo, snapshot_id, state.path, raw)
 
     def recover(self, state: StateSpec) -> None:
         from .fs.fsutil import split_state
