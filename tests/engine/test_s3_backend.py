@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,39 @@ def test_capture_listing_comes_from_the_host_cache(weed: SeaweedProcess, tmp_pat
     repo2.load_known()
     assert ids[0] not in repo2.known_ids() and len(repo2.known_ids()) == 29
     assert b2.cache.rebuilds == 1
+
+
+def test_finding_the_parent_reads_each_snapshot_header_once_per_host(
+        weed: SeaweedProcess, tmp_path: Path) -> None:
+    """A capture looks for its server's newest snapshot among every snapshot's header: those
+    come from the host's cache once read (a manifest never changes), so a capture's GETs do
+    not grow with the fleet's snapshots; a deleted snapshot is not listed, so not read."""
+    from workers.engine import Engine, StateSpec
+    from workers.engine.model import SnapshotMeta
+
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * 1000)
+
+    def capture(sid: int, host: str = "a") -> int:
+        """GETs of one capture of server sid by a new engine (another process) of host."""
+        opts = weed.options(cache_dir=str(tmp_path / host), lock_settle=0.05)
+        engine = Engine("s3://snaps/fleet", opts)
+        before = weed.requests("snaps").get("GET", 0)
+        engine.capture(SnapshotMeta(snapshot_id=sid, server_id=sid, server_name=f"s{sid}",
+                                    account="a", name="n", description=None,
+                                    created_at="2026-01-01T00:00:00Z"),
+                       StateSpec(kind="directory", path=str(src)))
+        return weed.requests("snaps").get("GET", 0) - before
+
+    for sid in range(1, 7):
+        capture(sid)
+    # each reads the one header it had not seen (its predecessor's, written, not read)
+    seventh, eighth = capture(7), capture(8)
+    assert seventh == eighth, (seventh, eighth)
+    other_host = capture(9, "b")  # another host reads all 8 once (and the pack's index)
+    assert other_host >= eighth + 7, (eighth, other_host)
+    opts = weed.options(cache_dir=str(tmp_path / "a"), lock_settle=0.05)
+    Engine("s3://snaps/fleet", opts).delete(3)
+    # new to host a: 8's header (it wrote it, never read it) and 9's; 3 is not listed
+    assert capture(10) == eighth + 1

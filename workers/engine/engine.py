@@ -177,9 +177,9 @@ class Engine:
 
     def _headers(self) -> list[Header]:
         out = []
-        for sid in self.repo.manifest_ids():
+        for sid, listed in self.repo.listed_manifests():
             try:
-                out.append(self.repo.get_header(sid))
+                out.append(self.repo.get_header(sid, listed))
             except EngineError:
                 continue  # deleted while listing, or unreadable: not a committed snapshot
         return out

@@ -48,8 +48,10 @@ class Backend(Protocol):
         ...
 
     def get(self, key: str) -> bytes: ...
-    def get_head(self, key: str, n: int) -> bytes:
-        """The first n bytes (or fewer) of an object (S3: a Range GET)."""
+    def get_head(self, key: str, n: int, *, listed: tuple[int, int] | None = None) -> bytes:
+        """The first n bytes (or fewer) of an object (S3: a Range GET). listed: the (size,
+        mtime) a LIST just gave for key, of an object never rewritten in place (a
+        manifest): its bytes may then come from this host's cache (S3: listcache.py)."""
         ...
 
     def get_range(self, key: str, offset: int, n: int) -> bytes:
@@ -218,7 +220,7 @@ class LocalBackend:
         with open(self._path(key), "rb") as f:
             return f.read()
 
-    def get_head(self, key: str, n: int) -> bytes:
+    def get_head(self, key: str, n: int, *, listed: tuple[int, int] | None = None) -> bytes:
         with open(self._path(key), "rb") as f:
             return f.read(n)
 

@@ -256,6 +256,33 @@ class ListingCache:
         except OSError:
             pass
 
+    # A manifest's first bytes (its header), by the (size, mtime) a LIST gave: a capture
+    # looking for its parent reads every snapshot's header, so without this its GETs grew
+    # with the fleet; a manifest is written once and never changed, so a listed version
+    # found here is the object's, and a snapshot not listed is never looked up.
+    def cached_head(self, key: str, version: tuple[int, int]) -> bytes | None:
+        if self.path is None:
+            return None
+        try:
+            with open(self._head_path(key, version), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def keep_head(self, key: str, version: tuple[int, int], data: bytes) -> None:
+        if self.path is None:
+            return
+        path = self._head_path(key, version)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _replace(path, data)
+        except OSError:
+            pass
+
+    def _head_path(self, key: str, version: tuple[int, int]) -> str:
+        size, mtime = version
+        return self._object_path(key) + f"@{size}-{mtime}"
+
     def _object_path(self, key: str) -> str:
         assert self.path is not None
         return os.path.join(self.path.removesuffix(".msgpack") + ".objects",

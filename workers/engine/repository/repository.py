@@ -337,11 +337,15 @@ class Repository:
                          manifest.assemble(header, body), durable=True)
 
     def manifest_ids(self) -> list[int]:
+        return [sid for sid, _version in self.listed_manifests()]
+
+    def listed_manifests(self) -> list[tuple[int, tuple[int, int]]]:
+        """(snapshot id, (size, mtime) as listed) of every manifest, by id."""
         out = []
-        for key, _size, _mtime in self.backend.list("snapshots/"):
+        for key, size, mtime in self.backend.list("snapshots/"):
             name = key.rsplit("/", 1)[1]
             if name.isdigit():
-                out.append(int(name))
+                out.append((int(name), (size, mtime)))
         return sorted(out)
 
     def get_manifest_raw(self, snapshot_id: int) -> bytes:
@@ -351,14 +355,16 @@ class Repository:
         except FileNotFoundError as e:
             raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e
 
-    def get_header(self, snapshot_id: int) -> manifest.Header:
-        """Decodes the header only, reading just its bytes (listing stays cheap)."""
+    def get_header(self, snapshot_id: int,
+                   listed: tuple[int, int] | None = None) -> manifest.Header:
+        """Decodes the header only, reading just its bytes (listing stays cheap); listed:
+        the manifest's (size, mtime) from listed_manifests() (a host may have it cached)."""
         key = self.manifest_key(snapshot_id)
         try:
-            head = self.backend.get_head(key, 4096)
+            head = self.backend.get_head(key, 4096, listed=listed)
             need = manifest.header_length(head)
             if need > len(head):
-                head = self.backend.get_head(key, need)
+                head = self.backend.get_head(key, need, listed=listed)
             return manifest.decode_header(head)
         except FileNotFoundError as e:
             raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e

@@ -277,8 +277,15 @@ class S3Backend:
             self.cache.keep_object(key, data)
         return data
 
-    def get_head(self, key: str, n: int) -> bytes:
-        return self._range(key, 0, n)
+    def get_head(self, key: str, n: int, *, listed: tuple[int, int] | None = None) -> bytes:
+        if listed is None or self.cache is None:
+            return self._range(key, 0, n)
+        kept = self.cache.cached_head(key, listed)
+        if kept is not None and (len(kept) >= n or len(kept) >= listed[0]):
+            return kept[:n]
+        data = self._range(key, 0, n)
+        self.cache.keep_head(key, listed, data)
+        return data
 
     def get_range(self, key: str, offset: int, n: int) -> bytes:
         return self._range(key, offset, n)
