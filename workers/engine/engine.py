@@ -256,10 +256,10 @@ class Engine:
                       else manifest.decode_header(raw))
         except (EngineError, ValueError, msgspec.DecodeError):
             return None  # get_manifest / decode_manifest say what is wrong
-        from .restore.writerpool import start_pool
-
         if header.state_kind != "directory" or header.size_bytes < tuning.RESTORE_PROCESS_THRESHOLD:
             return None
+        from .restore.writerpool import start_pool  # only a restore that starts them
+
         return start_pool(self.repo, snapshot_id, state.path, raw)
 
     def recover(self, state: StateSpec) -> None:

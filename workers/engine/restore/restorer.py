@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 from .. import tuning
 from ..fs import fsutil
@@ -44,7 +45,9 @@ from .recovery import cleanup, dispose
 from .staging import Flusher, swap
 from .statecache import StateCache, record_tree
 from .treewriter import TreeWriter
-from .writerpool import RestorePool, start_pool
+
+if TYPE_CHECKING:  # the writer processes' module: imported only by a restore that starts them
+    from .writerpool import RestorePool
 
 
 class Restorer:
@@ -110,6 +113,8 @@ class Restorer:
                 flusher = Flusher(self.parent_path, self.progress)
                 pool, self.pool = self.pool, None
                 if pool is None and self.progress.total >= tuning.RESTORE_PROCESS_THRESHOLD:
+                    from .writerpool import start_pool
+
                     pool = start_pool(self.repo, self.sid, self.state_path,
                                       self.manifest_raw)
                 try:

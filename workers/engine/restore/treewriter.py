@@ -20,6 +20,7 @@ import os
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from .. import tuning
 from ..blocks.pipeline import copy_ranges, write_blocks
@@ -31,7 +32,9 @@ from ..repository.packreader import PackCache
 from ..repository.repository import Repository
 from .metadata import finish_dirs, make_special
 from .reuse import Candidate, ReuseCheck
-from .writerpool import RestorePool, split
+
+if TYPE_CHECKING:  # the writer processes' module is imported only by a restore that starts them
+    from .writerpool import RestorePool
 
 
 class TreeWriter:
@@ -199,6 +202,8 @@ class TreeWriter:
 
     def _write_shares(self, st_fd: int, pool: RestorePool, files: list[tuple[int, int]]) -> None:
         """The worker processes create and write these files (index, cost) under st_fd."""
+        from .writerpool import split  # loaded already: the pool exists
+
 
         def done(idx: int, ino: int, ctime: int) -> None:
             e = self.entries[idx]
