@@ -207,9 +207,17 @@ class AsyncStore:
     ) -> PageIndex:
         """``list_snapshots``, or, when the listing is still at ``known_version`` (the
         version a page was kept under), only ``unchanged`` (api/views.py RowViews.kept_page)."""
+        version_key = keys.snapshot_listing_version(account)
+        if known_version:
+            # A plain GET first: a kept page is the common answer, and an EVALSHA of the
+            # list script costs Redis several times a GET (it runs the helpers' prelude).
+            # When the version moved, the script reads it again, with the page, atomically.
+            current = await self.reads.command("GET", version_key)
+            if current == known_version:
+                return PageIndex(members=[], revs=[], total=0, next_cursor=None,
+                                 version=known_version, unchanged=True)
         key = keys.index("snapshots", account, server_id, status)
-        version = (keys.snapshot_listing_version(account), known_version)
-        return await self._index(key, "snapshot:", cursor, limit, version)
+        return await self._index(key, "snapshot:", cursor, limit, (version_key, known_version))
 
     async def list_operations(
         self,
