@@ -66,6 +66,10 @@ _TOO_LARGE_BODY: Final = (
 )
 
 
+# Bodies up to this size go out joined to their headers; bigger ones beside them.
+_JOIN_MAX: Final = 4096
+
+
 @functools.cache
 def _timeouts() -> tuple[float, float]:
     settings = Settings.from_env()
@@ -97,7 +101,12 @@ class _Corked:
             self._loop.call_soon(self.flush)
         else:
             held, self._held, self._open = self._held, None, False
-            self._transport.write(held + data)
+            if len(data) > _JOIN_MAX:
+                # One writev rather than a copy of a big body behind the headers (the
+                # copy, into fresh pages, cost more than the syscall saved).
+                self._transport.writelines((held, data))
+            else:
+                self._transport.write(held + data)
 
     def flush(self) -> None:
         held, self._held, self._open = self._held, None, False

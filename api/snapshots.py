@@ -98,23 +98,23 @@ async def list_all(request: Request) -> Response:
     )
     if page.unchanged and kept is not None and kept.generation == store.reads.generation:
         # Nothing this listing shows changed since the page was kept.
-        items, total, next_cursor = kept.items, kept.total, kept.next_cursor
-    else:
-        if page.unchanged:
-            # Answered by a Redis connected since the page was kept: read it afresh.
-            page = await store.list_snapshots(
-                account=who.account_filter, server_id=server_id, status=status,
-                cursor=cursor, limit=limit)
-        generation = store.reads.generation
+        link = next_link(request, kept.next_cursor, server_id=server_id, status=status,
+                         limit=limit)
+        return Response(kept.answer(link), media_type=JSON.media_type)
+    if page.unchanged:
+        # Answered by a Redis connected since the page was kept: read it afresh.
+        page = await store.list_snapshots(
+            account=who.account_filter, server_id=server_id, status=status,
+            cursor=cursor, limit=limit)
+    generation = store.reads.generation
 
-        async def fetch(ids: list[str]) -> list[list[str]]:
-            return await store.rows("snapshot:", ids)
+    async def fetch(ids: list[str]) -> list[list[str]]:
+        return await store.rows("snapshot:", ids)
 
-        items = await views.json_array(page, fetch, generation)
-        views.keep_page(query, page, items, generation)
-        total, next_cursor = page.total, page.next_cursor
-    link = next_link(request, next_cursor, server_id=server_id, status=status, limit=limit)
-    return Response(snapshot_list(items, total, link), media_type=JSON.media_type)
+    items = await views.json_array(page, fetch, generation)
+    views.keep_page(query, page, items, generation)
+    link = next_link(request, page.next_cursor, server_id=server_id, status=status, limit=limit)
+    return Response(snapshot_list(items, page.total, link), media_type=JSON.media_type)
 
 
 async def restore(request: Request, body: RestoreRequest) -> Response:

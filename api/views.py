@@ -86,6 +86,15 @@ class KeptPage(msgspec.Struct):
     items: msgspec.Raw
     total: int
     next_cursor: int | None
+    # The whole body, as last answered with ``link`` (the next link depends on the
+    # request's path too): a kept page answers these bytes, allocating nothing.
+    link: str | None = None
+    body: bytes = b""
+
+    def answer(self, link: str | None) -> bytes:
+        if not self.body or link != self.link:
+            self.body, self.link = snapshot_list(self.items, self.total, link), link
+        return self.body
 
 
 class RowViews:

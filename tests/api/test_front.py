@@ -124,11 +124,17 @@ def test_line_handler_outside_a_loop_writes_each_line_at_once() -> None:
 class _Transport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.vectored: list[int] = []  # writelines calls, by their number of parts
         self.closed = False
 
     def write(self, data: bytes) -> None:
         assert not self.closed
         self.writes.append(bytes(data))
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        assert not self.closed
+        self.vectored.append(len(parts))
+        self.writes.append(b"".join(parts))
 
     def close(self) -> None:
         self.closed = True
@@ -160,6 +166,18 @@ def test_corked_headers_and_body_in_one_write_then_direct() -> None:
         cork.response_complete()
         assert completed == ["done"] and len(transport.writes) == 2
         assert cork.get_extra_info("peername") == "info:peername"
+    finally:
+        loop.close()
+
+
+def test_corked_big_body_goes_out_beside_its_headers_in_one_call() -> None:
+    cork, transport, _, loop = _corked()
+    try:
+        body = b"x" * 20_000  # a page of the list: not copied behind the headers
+        cork.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        cork.write(body)
+        assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n" + body]
+        assert transport.vectored == [2]
     finally:
         loop.close()
 

@@ -68,6 +68,14 @@ def test_a_kept_page_is_answered_until_the_listing_changes(
     again, reads = _hgets(redis_client, listed)
     assert again == first and reads == 0
 
+    # A kept page with a next link answers the same bytes, the link included.
+    paged = [client.get("/api/v1/snapshots/?limit=2", headers=headers) for _ in range(2)]
+    assert paged[0].content == paged[1].content
+    nxt = paged[0].json()["links"]["next"]
+    assert nxt and "limit=2" in nxt and "cursor=" in nxt
+    rest = client.get(nxt, headers=headers).json()
+    assert [s["id"] for s in rest["snapshots"]] == [snaps[0]["id"]]
+
     # A transition shows in the very next list, without the clock moving.
     store.begin_operation(snaps[0]["operation_id"])
     store.report_progress(snaps[0]["operation_id"], 42)
