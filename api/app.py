@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -111,6 +112,8 @@ class SnapshotsApp(Starlette):
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
+    # The process's own app (uvicorn's factory call), not one of a test's.
+    served = settings is None
     if settings is None:
         settings, generated = Settings.from_env().with_admin_token()
         # The process's logging (uvicorn's loggers included); a test's app leaves it alone.
@@ -135,6 +138,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # The event reader starts now, not with the first stream: it also carries token
         # revocations from other processes to this one's token cache.
         hub.start()
+        if served:
+            # Everything loaded so far (modules, the app, its routes) lives as long as the
+            # process: out of the collector's sight, so that its collections, which a
+            # request's allocations trigger every few requests, scan only what requests
+            # made. Measured under wrk on the list of 50: ~15-20 us less CPU per request.
+            gc.collect()
+            gc.freeze()
         yield
         await hub.close()
         await store.close()
