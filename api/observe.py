@@ -24,6 +24,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
+from shared import logs
+
 access = logging.getLogger("api.access")
 UNMATCHED: Final = "unmatched"
 CHILDREN_MAX: Final = 4096
@@ -95,13 +97,14 @@ def access_line(method: str, path: str, route: str, status: int, seconds: float,
 
     The record is built here rather than by ``Logger.info``: that would walk the stack to
     find the caller (``findCaller``) and copy ``extra`` key by key, a few microseconds a
-    request for a file name and line nobody reads on an access line.
+    request for a file name and line nobody reads on an access line (and it is made from
+    a template, ``logs.hot_record``).
     """
     if not access.isEnabledFor(logging.INFO):
         return
     ms = seconds * 1000
-    record = logging.LogRecord(access.name, logging.INFO, __file__, 0, _ACCESS_MSG,
-                               (method, path, status, ms), None)
+    record = logs.hot_record(access.name, logging.INFO, __file__, _ACCESS_MSG,
+                             (method, path, status, ms))
     fields = record.__dict__
     fields["method"] = method
     fields["route"] = route
