@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from api.httpguard import _Corked
+from shared import logs
 from shared.logs import LineHandler, TextFormatter, log_context
 from tests.support.api import ApiHelper, bearer
 
@@ -207,3 +209,36 @@ def test_corked_headers_alone_go_out_at_the_iteration_end_on_completion_or_close
         assert transport.closed and cork.is_closing()
     finally:
         loop.close()
+
+
+def test_hot_record_is_a_log_record_with_the_same_fields() -> None:
+    made = logging.LogRecord("api.access", logging.INFO, "/x/observe.py", 0, "%s %d", ("a", 1),
+                             None).__dict__
+    hot = logs.hot_record("api.access", logging.INFO, "/x/observe.py", "%s %d", ("a", 1)).__dict__
+    assert set(hot) == set(made)
+    differ = {k for k in made if made[k] != hot[k]}
+    assert differ <= {"created", "msecs", "relativeCreated"}
+    assert 0 <= hot["created"] - made["created"] < 5
+
+
+def test_text_formatter_writes_what_logging_formatter_writes_then_the_ids() -> None:
+    ours = logs.TextFormatter()
+    theirs = logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
+
+    def both(msg: str, exc: bool = False, stack: str | None = None) -> tuple[str, str]:
+        info = None
+        if exc:
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                info = sys.exc_info()
+        pair = [logging.LogRecord("api", logging.ERROR, __file__, 1, msg, ("x",), info,
+                                  sinfo=stack) for _ in range(2)]
+        return ours.format(pair[0]), theirs.format(pair[1])
+
+    for case in (both("a %s"), both("two\nlines %s"), both("ends %s\n"), both("e %s", exc=True),
+                 both("s %s", stack="Stack (most recent call last):\n  here")):
+        assert case[0] == case[1]
+    record = logging.LogRecord("api.access", logging.INFO, __file__, 1, "GET %s", ("/x",), None)
+    record.request_id, record.account = "r1", "acme"
+    assert ours.format(record).endswith(": GET /x request_id=r1 account=acme")
