@@ -91,7 +91,8 @@ class Restorer:
             # Before any file is trusted or proven: from here on every change to a file of
             # the state (its own filesystem) moves its ctime (see syncpoint.py and reuse.py).
             self.check.sync = sync_point(parent_fd if cur_fd is None else cur_fd)
-            self.check.known = self.cache.load()
+            # the record vouches for files of the current tree only: none, nothing to read
+            self.check.known = self.cache.load() if cur_fd is not None else {}
             self.cache.forget()  # the tree is about to change: the record would be stale
             if cur_fd is not None and self.patch:
                 try:
