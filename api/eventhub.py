@@ -115,7 +115,15 @@ class Subscription:
             # The pump is parked with nothing queued, so nothing can be sent out of order.
             if key <= self.last_key:
                 return  # already sent by a catch-up
-            if self.direct(frame):
+            try:
+                wrote = self.direct(frame)
+            except Exception:
+                # Raised out of here it would end the hub's dispatch of this event, whose
+                # position is already past it: every later stream would miss it. This
+                # stream's frames go through its pump (the ASGI send) from now on.
+                log.exception("event stream: direct write failed; queueing its frames")
+                self.direct, wrote = None, False
+            if wrote:
                 self.last_id, self.last_key, self.last_sent = entry_id, key, now
                 return
         if len(self.frames) >= self.limit:

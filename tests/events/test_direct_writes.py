@@ -9,8 +9,10 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
 import redis
 
+from api.httpguard import BodyWriter
 from tests.events.conftest import Live
 from tests.events.sse import read
 
@@ -37,6 +39,28 @@ def test_a_burst_arrives_whole_and_in_order(guarded: Live, redis_client: redis.R
             pipe.execute()
         got.frames += read(resp, lambda g: len(g.frames) >= 1).frames
     assert [f.data["data"]["progress"] for f in got.frames] == list(range(1, 42))
+
+
+def test_a_direct_write_that_fails_costs_no_stream_an_event(
+    guarded: Live, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub is past an event once it offers it: a stream's direct write raising must not
+    end the offer to the streams after it (nor lose the event for its own stream)."""
+    def broken(self: BodyWriter, body: bytes) -> bool:
+        raise RuntimeError("a connection in a state the writer did not foresee")
+
+    with guarded.client() as c, c.stream("GET", EVENTS) as one, \
+            c.stream("GET", EVENTS) as two:
+        for resp in (one, two):
+            read(resp, lambda g: bool(g.comments))  # connected, the pump parked
+        monkeypatch.setattr(BodyWriter, "__call__", broken)
+        for n in range(1, 6):
+            with redis_client.pipeline(transaction=True) as pipe:
+                _progress(pipe, n)
+                pipe.execute()
+        for resp in (one, two):
+            got = read(resp, lambda g: len(g.frames) >= 5)
+            assert [f.data["data"]["progress"] for f in got.frames] == [1, 2, 3, 4, 5]
 
 
 def _progress_values(lines: list[bytes]) -> list[int]:
