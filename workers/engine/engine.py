@@ -41,10 +41,11 @@ from .progress import Progress
 from .repository import manifest
 from .repository.backend import Backend, LocalBackend
 from .repository.locks import FlockLock, RepoLock
-from .repository.manifest import DirBody, Entry, Header, ImageBody
+from .repository.manifest import DirBody, Header, ImageBody
 from .repository.repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
 
 if TYPE_CHECKING:
+    from .capture.tree import ParentCursor
     from .restore.writerpool import RestorePool
 
 
@@ -111,36 +112,35 @@ class Engine:
             # are per-run state, so concurrent captures on one Engine do not mix them.
             repo = Repository(self.backend, self.repo.config)
             repo.load_known()
-            parent_header, parent = self._parent(meta)
-            if parent_header is not None and parent is not None:
-                repo.durable = manifest.chunk_ids(parent)
-                if not parent_header.ctimes_vouched:
-                    parent = None  # its ctimes may not stand for its bytes: read it all
+            parent_id = self._parent_id(meta)
             if state.kind == "directory":
                 from .capture.archiver import Archiver  # each operation imports only what it uses
 
-                pmap: dict[bytes, Entry] = {}
-                if isinstance(parent, DirBody):
-                    pmap = {e.path: e for e in parent.entries if e.kind == manifest.FILE}
-                arch = Archiver(repo, state.path, pmap, prog)
-                entries = arch.run()
-                body: manifest.Body = DirBody(entries=entries)
-                size = sum(e.size for e in entries if e.kind == manifest.FILE)
-                files = sum(1 for e in entries if e.kind != manifest.DIR)
+                arch = Archiver(repo, state.path, self._dir_parent(repo, parent_id), prog)
+                arch.run()
+                prog.check()
+                encoded, size, files = arch.body()
                 stored, warnings = arch.stored_bytes, arch.warnings
                 self.last_bytes_read = arch.bytes_read
             elif state.kind == "image":
                 from .image.image import capture_image
 
-                ibody, stored, warnings, nread = capture_image(
-                    repo, state.path, parent if isinstance(parent, ImageBody) else None, prog)
-                body, size, files = ibody, ibody.size, 1
+                parent: ImageBody | None = None
+                if parent_id is not None:
+                    with contextlib.suppress(EngineError):  # deleted meanwhile or unreadable
+                        parent_header, pbody = repo.get_manifest(parent_id)
+                        repo.durable = manifest.chunk_ids(pbody)
+                        if parent_header.ctimes_vouched and isinstance(pbody, ImageBody):
+                            parent = pbody  # else its ctimes may not stand for its bytes
+                ibody, stored, warnings, nread = capture_image(repo, state.path, parent, prog)
+                size, files = ibody.size, 1
                 self.last_bytes_read = nread
+                prog.check()
+                encoded = manifest.encode_body(ibody)
             else:
                 raise StateInvalid(f"unknown state kind {state.kind!r}")
-            prog.check()
-            encoded = manifest.encode_body(body)  # written by this capture too: counted
             header = Header(meta=meta, state_kind=state.kind, size_bytes=size,
+                            # the manifest is written by this capture too: counted
                             stored_bytes=stored + len(encoded), files=files, warnings=warnings,
                             completed_at=_now(), ctimes_vouched=True)
             repo.put_manifest(header, encoded)
@@ -159,7 +159,7 @@ class Engine:
         except SnapshotNotFound:
             return None
 
-    def _parent(self, meta: SnapshotMeta) -> tuple[Header, manifest.Body] | tuple[None, None]:
+    def _parent_id(self, meta: SnapshotMeta) -> int | None:
         """Newest committed snapshot of the same server (by completion time, then id)."""
         best: tuple[str, int] | None = None
         for h in self._headers():
@@ -168,12 +168,23 @@ class Engine:
                 key = (h.completed_at, m.snapshot_id)
                 if best is None or key > best:
                     best = key
-        if best is None:
-            return None, None
-        try:
-            return self.repo.get_manifest(best[1])
-        except EngineError:
-            return None, None  # deleted meanwhile or unreadable: capture in full
+        return None if best is None else best[1]
+
+    @staticmethod
+    def _dir_parent(repo: Repository, parent_id: int | None) -> ParentCursor:
+        """The parent of a directory capture, its entries left encoded and decoded as the
+        walk passes them (capture/tree.py); none if it was deleted meanwhile, is
+        unreadable or not a directory's: the capture is then a full one."""
+        from .capture.tree import ParentCursor
+
+        if parent_id is not None:
+            try:
+                header, raws = repo.get_manifest_lazily(parent_id)
+            except EngineError:
+                pass
+            else:
+                return ParentCursor(raws, vouched=header.ctimes_vouched)
+        return ParentCursor([], vouched=False)
 
     def _headers(self) -> list[Header]:
         out = []
@@ -196,20 +207,18 @@ class Engine:
             pool = self._early_pool(snapshot_id, state) if local else None
             try:
                 raw = self.repo.get_manifest_raw(snapshot_id)
-                # writer processes of a remote repository are handed the manifest (one GET
-                # less each), so they start once it is read; a local one's read it
-                # themselves, started before it was read
-                remote = None if local else raw
-                if remote is not None:
-                    pool = self._early_pool(snapshot_id, state, remote)
-                header, body = self.repo.decode_manifest(snapshot_id, raw)
+                # On a remote repository the writer processes start once the manifest is
+                # read (its header decides: no header GET); they are sent their shares'
+                # entries, so none reads the manifest itself.
+                if not local:
+                    pool = self._early_pool(snapshot_id, state, raw)
+                header, body = self.repo.decode_tree(snapshot_id, raw)
                 del raw
                 if header.state_kind != state.kind:
                     raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} "
                                        f"state, not a {state.kind}")
                 try:
-                    return self._restore(snapshot_id, header, body, state, prog, pool, live,
-                                         remote)
+                    return self._restore(snapshot_id, header, body, state, prog, pool, live)
                 except OSError as e:
                     if e.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise _state_full(state, header, e) from e
@@ -218,17 +227,17 @@ class Engine:
                 if pool is not None:
                     pool.close(kill=True)  # unused (or already closed by the restore)
 
-    def _restore(self, snapshot_id: int, header: Header, body: manifest.Body, state: StateSpec,
-                 prog: Progress, pool: RestorePool | None, live: bool,
-                 raw: bytes | None) -> RestoreResult:
+    def _restore(self, snapshot_id: int, header: Header,
+                 body: ImageBody | manifest.LazyEntries, state: StateSpec,
+                 prog: Progress, pool: RestorePool | None, live: bool) -> RestoreResult:
         if isinstance(body, ImageBody):
             from .image.image import restore_image
 
             return restore_image(self.repo, snapshot_id, body, state.path, prog)
         from .restore.restorer import Restorer
 
-        restorer = Restorer(self.repo, snapshot_id, body.entries, state.path, prog, pool,
-                            live=live, trust_manifest=header.ctimes_vouched, manifest_raw=raw)
+        restorer = Restorer(self.repo, snapshot_id, body, state.path, prog, pool,
+                            live=live, trust_manifest=header.ctimes_vouched)
         try:
             return restorer.run()
         finally:
@@ -260,7 +269,7 @@ class Engine:
             return None
         from .restore.writerpool import start_pool  # only a restore that starts them
 
-        return start_pool(self.repo, snapshot_id, state.path, raw)
+        return start_pool(self.repo, snapshot_id, state.path)
 
     def recover(self, state: StateSpec) -> None:
         from .fs.fsutil import split_state

@@ -31,6 +31,7 @@ READER_BATCH = 8 << 20  # a reader flushes encoded chunks / progress at least th
 # (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.
 PREFETCH_MAX = 8 << 20
 TINY_PACK = 32 << 20  # bytes of small files (plaintext) per pack object
+PACK_MAX_FILES = 16384  # files per pack at most (each one's entry waits for the pack's id)
 PACK_SIZE = 32 << 20  # stored bytes of big chunks per pack object (bench/s3.py: see README)
 PACKS_QUEUED = 2  # sealed packs waiting for the packer thread (bounds memory)
 

@@ -23,6 +23,7 @@ import errno
 import os
 import stat
 import threading
+from array import array
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -33,12 +34,15 @@ from .. import tuning
 from ..blocks.pipeline import read_blocks
 from ..fs import fsutil
 from ..fs.syncpoint import SyncPoint, sync_point
+from ..inflight import prune
 from ..model import StateInvalid
 from ..progress import Progress
+from ..repository import manifest
 from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cdc
 from ..repository.manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
+from .tree import EncodedTree, ParentCursor
 
 if TYPE_CHECKING:
     from .readerpool import WorkerPool
@@ -55,31 +59,41 @@ def _vouch(e: Entry, walk_ctime: int, sync: SyncPoint) -> None:
 
 
 class Archiver:
-    def __init__(self, repo: Repository, root: str, parent: dict[bytes, Entry],
+    """The tree is held encoded (tree.py): an entry is decoded while a reader fills it in
+    and encoded again once its data is placed (for a small file, once its pack is stored:
+    TinyPacker.on_stored), so memory per entry is its msgpack bytes, not an Entry object."""
+
+    def __init__(self, repo: Repository, root: str, parent: ParentCursor,
                  progress: Progress) -> None:
         self.repo = repo
         self.root = root
         self.parent = parent
         self.progress = progress
-        self.entries: list[Entry] = []
+        self.tree = EncodedTree()
         self.warnings: list[str] = []
         self.stored_bytes = 0
         self.bytes_read = 0  # observable proof that unchanged files are not read
         self.files_read = 0
         self._lock = threading.Lock()
         self._links: dict[tuple[int, int], bytes] = {}
-        self._dirs: list[tuple[bytes, int, int, list[int]]] = []  # path, dev, ino, file idxs
+        # path, dev, ino, indexes of its files to read (not unchanged since the parent)
+        self._dirs: list[tuple[bytes, int, int, array[int]]] = []
         self._dropped: set[bytes] = set()
+        self._total = 0  # bytes of every regular file
+        self._reused = 0  # bytes of the files unchanged since the parent
+        self._held: dict[int, tuple[int, Entry]] = {}  # id(entry) -> (index, entry) in a pack
+        self._held_lock = threading.Lock()
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
         self._packs = TinyPacker(repo, tuning.TINY_PACK)
+        self._packs.on_stored = self._stored
         self._pool: WorkerPool | None = None
         self._pool_tried = False
         self._walk_bytes = 0  # bytes of files the walk saw that the parent cannot vouch for
 
     # --- pass 1 -----------------------------------------------------------------------
-    def run(self) -> list[Entry]:
+    def run(self) -> None:
         try:
             root_fd = os.open(self.root, fsutil.DIR_FLAGS)
         except OSError as e:
@@ -95,7 +109,10 @@ class Archiver:
             except RecursionError as e:
                 raise StateInvalid(f"directory tree under {self.root} is nested too deeply "
                                    "to capture") from e
-            self.progress.total = sum(self.entries[i].size for d in self._dirs for i in d[3])
+            # Every object the parent names was made durable by its commit.
+            self.repo.durable |= self.parent.finish()
+            self.progress.total = self._total
+            self.progress.add(self._reused)
             self._read_files(root_fd)
             self._packs.finish()
             self.stored_bytes += self._packs.stored_bytes
@@ -104,21 +121,33 @@ class Archiver:
             if self._pool is not None:  # the walk failed after starting it
                 self._pool.close(kill=True)
             self._packs.close()
-        return [ent for ent in self.entries if ent.path not in self._dropped
-                and not (ent.kind == HARDLINK and ent.target in self._dropped)]
+        assert not self._held, "an entry still waits for its pack"
+
+    def body(self) -> tuple[bytes, int, int]:
+        """(encoded manifest body, bytes of its regular files, its entries but directories),
+        once run() returned: the entries captured, less those dropped on the way."""
+        t = self.tree
+        if not self._dropped:
+            return manifest.encode_dir_body(t.raw), sum(t.sizes), len(t) - t.dirs
+        kept = [(raw, e) for raw, e in ((raw, manifest.entry(raw)) for raw in t.raw)
+                if e.path not in self._dropped
+                and not (e.kind == HARDLINK and e.target in self._dropped)]
+        return (manifest.encode_dir_body([raw for raw, _e in kept]),
+                sum(e.size for _r, e in kept if e.kind == FILE),
+                sum(1 for _r, e in kept if e.kind != DIR))
 
     def _walk(self, fd: int, rel: bytes) -> None:
         self.progress.poll()
         st = os.fstat(fd)
-        self.entries.append(Entry(path=rel, kind=DIR, mode=st.st_mode, uid=st.st_uid,
-                                  gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                                  xattrs=fsutil.read_xattrs(fd)))
+        self.tree.append(Entry(path=rel, kind=DIR, mode=st.st_mode, uid=st.st_uid,
+                               gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                               xattrs=fsutil.read_xattrs(fd)))
         if rel and (st.st_dev != self._root_dev or (st.st_dev, st.st_ino) in self._mounts):
             # A mount point inside the state (e.g. /proc of a container): keep the
             # directory, not the other filesystem.
             self.warnings.append(f"{os.fsdecode(rel)}: mount point, contents not captured")
             return
-        files: list[int] = []
+        files = array("q")
         self._dirs.append((rel, st.st_dev, st.st_ino, files))
         for name in sorted(fsutil.iter_names(fd)):
             path = rel + b"/" + name if rel else name
@@ -145,7 +174,7 @@ class Archiver:
                 primary = self._links.get(key)
                 if primary is not None:
                     ent.kind, ent.target = HARDLINK, primary
-                    self.entries.append(ent)
+                    self.tree.append(ent)
                     continue
             p = self.parent.get(path) if stat.S_ISREG(mode) else None
             try:
@@ -169,35 +198,31 @@ class Archiver:
                 self._links[key] = path  # only once it is surely an entry: links name it
             if stat.S_ISREG(mode):
                 ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
-                files.append(len(self.entries))
-                if not fixed_block(self.repo.config, st.st_size) and (
-                        p is None or (p.size, p.mtime_ns, p.ctime_ns, p.ino) != (
-                            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)):
-                    self._walk_bytes += st.st_size  # big files: read in blocks, not by them
-                    if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
-                        self._start_pool()
+                self._total += st.st_size
+                if self._reuse(ent, p):
+                    self._reused += st.st_size
+                else:
+                    files.append(len(self.tree))
+                    if not fixed_block(self.repo.config, st.st_size):
+                        self._walk_bytes += st.st_size  # big files: read in blocks, not by them
+                        if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
+                            self._start_pool()
             elif stat.S_ISLNK(mode):
                 ent.kind, ent.size = SYMLINK, st.st_size
             else:
                 ent.kind = (FIFO if stat.S_ISFIFO(mode) else CHR if stat.S_ISCHR(mode)
                             else BLK if stat.S_ISBLK(mode) else SOCK)
                 ent.rdev = st.st_rdev
-            self.entries.append(ent)
+            self.tree.append(ent)
 
     # --- pass 2 -----------------------------------------------------------------------
     def _read_files(self, root_fd: int) -> None:
-        cfg = self.repo.config
-        todo: list[tuple[bytes, int, list[int]]] = []
-        big: list[tuple[bytes, int, list[int]]] = []
-        for rel, _dev, ino, idxs in self._dirs:
-            small_i: list[int] = []
-            big_i: list[int] = []
-            for i in idxs:
-                e = self.entries[i]
-                if not self._reuse(e):  # one pass: most files of an incremental are reused
-                    (big_i if fixed_block(cfg, e.size) else small_i).append(i)
-            todo.append((rel, ino, small_i))
-            big.append((rel, ino, big_i))
+        cfg, sizes = self.repo.config, self.tree.sizes
+        big = [(rel, ino, array("q", (i for i in idxs if fixed_block(cfg, sizes[i]))))
+               for rel, _dev, ino, idxs in self._dirs]
+        todo = [(rel, ino, array("q", (i for i in idxs if not fixed_block(cfg, sizes[i]))))
+                for rel, _dev, ino, idxs in self._dirs]
+        self._dirs = []
         self._read_small(root_fd, todo)
         items = self._open_files(root_fd, big)
         try:
@@ -209,10 +234,11 @@ class Archiver:
         finally:
             items.close()
 
-    def _read_small(self, root_fd: int, todo: list[tuple[bytes, int, list[int]]]) -> None:
+    def _read_small(self, root_fd: int, todo: list[tuple[bytes, int, array[int]]]) -> None:
         """The files below the big-file size, by the reader processes (a big capture) or
         threads, each file whole by one of them."""
-        to_read = sum(self.entries[i].size for _r, _i, idxs in todo for i in idxs)
+        sizes = self.tree.sizes
+        to_read = sum(sizes[i] for _r, _i, idxs in todo for i in idxs)
         items = self._open_files(root_fd, todo)
         if to_read >= tuning.CAPTURE_PROCESS_THRESHOLD:
             self._start_pool()
@@ -221,7 +247,7 @@ class Archiver:
             ok = False
             try:
                 pool.run(items, self._done, self._gone, self.progress.add, self.progress.check,
-                         lambda i: os.fsdecode(self.entries[i].path), self._packs.add_piece)
+                         lambda i: os.fsdecode(self.tree.path(i)), self._packs.add_piece)
                 ok = True
             finally:
                 pool.close(kill=not ok)
@@ -248,7 +274,7 @@ class Archiver:
                 "capture worker processes unavailable (%s); using threads", err)
 
     def _open_files(self, root_fd: int,
-                    todo: list[tuple[bytes, int, list[int]]]) -> Generator[tuple[int, int]]:
+                    todo: list[tuple[bytes, int, array[int]]]) -> Generator[tuple[int, int]]:
         """(fd, entry index) of every file to read, opened through dir fds (O_NOFOLLOW)."""
         for rel, ino, idxs in todo:
             if not idxs:
@@ -264,15 +290,15 @@ class Archiver:
                     self._drop_all(idxs, "directory replaced during capture")
                     continue
                 for i in idxs:
-                    e = self.entries[i]
+                    path, size = self.tree.path(i), self.tree.sizes[i]
                     try:
-                        fd = fsutil.open_regular(e.path.rsplit(b"/", 1)[-1], dfd)
+                        fd = fsutil.open_regular(path.rsplit(b"/", 1)[-1], dfd)
                     except OSError as err:
-                        self._drop(e, f"vanished or replaced during capture ({err})")
+                        self._drop(path, f"vanished or replaced during capture ({err})")
                         continue
-                    if e.size:
+                    if size:
                         with contextlib.suppress(OSError):  # advice only
-                            os.posix_fadvise(fd, 0, min(e.size, tuning.PREFETCH_MAX),
+                            os.posix_fadvise(fd, 0, min(size, tuning.PREFETCH_MAX),
                                              os.POSIX_FADV_WILLNEED)
                     yield fd, i
             finally:
@@ -280,12 +306,12 @@ class Archiver:
 
     def _done(self, idx: int, chunks: list[tuple[bytes, int]], tiny: bytes,
               info: tuple[int, ...], nread: int, changed: bool) -> None:
-        e = self.entries[idx]
+        e = self.tree[idx]
         walk_ctime = e.ctime_ns
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
         _vouch(e, walk_ctime, self.sync)
         e.chunks = chunks
-        self._packs.place(e, tiny)
+        self._place(idx, e, tiny)
         with self._lock:
             self.bytes_read += nread
             self.files_read += 1
@@ -312,17 +338,30 @@ class Archiver:
             self.stored_bytes += res.stored
 
     def _gone(self, idx: int, why: str) -> None:
-        self._drop(self.entries[idx], why)
+        self._drop(self.tree.path(idx), why)
+
+    def _place(self, idx: int, e: Entry, tiny: bytes) -> None:
+        """A file read: its data placed in packs, and its entry encoded again once they
+        all have their ids (now, or when the packer stores the pack: _stored)."""
+        with self._held_lock:
+            self._held[id(e)] = (idx, e)
+        if self._packs.place(e, tiny):
+            self._stored(e)
+
+    def _stored(self, e: Entry) -> None:
+        with self._held_lock:
+            idx, _e = self._held.pop(id(e))
+        self.tree.put(idx, e)
 
     def _read_threads(self, items: Generator[tuple[int, int]]) -> None:
         sem = threading.BoundedSemaphore(tuning.CAPTURE_MAX_INFLIGHT)
         futures: list[Future[None]] = []
         failed = threading.Event()
 
-        def job(fd: int, e: Entry) -> None:
+        def job(fd: int, idx: int) -> None:
             try:
                 if not failed.is_set():
-                    self._read_one(fd, e)
+                    self._read_one(fd, idx)
             except BaseException:
                 failed.set()
                 raise
@@ -337,7 +376,8 @@ class Archiver:
                         os.close(fd)
                         break
                     sem.acquire()
-                    futures.append(pool.submit(job, fd, self.entries[i]))
+                    futures = prune(futures)
+                    futures.append(pool.submit(job, fd, i))
             except BaseException:
                 failed.set()
                 raise
@@ -348,8 +388,9 @@ class Archiver:
         for f in futures:
             f.result()
 
-    def _reuse(self, e: Entry) -> bool:
-        p = self.parent.get(e.path)
+    def _reuse(self, e: Entry, p: Entry | None) -> bool:
+        """Take a regular file's data from the parent's entry p when the file is unchanged
+        since (same size, mtime, and the inode and ctime its capture vouched for)."""
         if (p is None or p.kind != FILE or p.size != e.size or p.mtime_ns != e.mtime_ns
                 or p.ctime_ns != e.ctime_ns or p.ino != e.ino):
             return False
@@ -358,17 +399,16 @@ class Archiver:
             return False  # parent data went missing: read the file again
         e.chunks, e.pack, e.pack_off, e.pack_len = p.chunks, p.pack, p.pack_off, p.pack_len
         e.slices = p.slices
-        self.progress.add(e.size)
         return True
 
-    def _drop(self, e: Entry, why: str) -> None:
+    def _drop(self, path: bytes, why: str) -> None:
         with self._lock:
-            self._dropped.add(e.path)
-            self.warnings.append(f"{os.fsdecode(e.path)}: {why}; not captured")
+            self._dropped.add(path)
+            self.warnings.append(f"{os.fsdecode(path)}: {why}; not captured")
 
-    def _drop_all(self, idxs: list[int], why: str) -> None:
+    def _drop_all(self, idxs: array[int], why: str) -> None:
         for i in idxs:
-            self._drop(self.entries[i], why)
+            self._drop(self.tree.path(i), why)
 
     def _cdc(self) -> FastCDC:
         c: FastCDC | None = getattr(self._local, "cdc", None)
@@ -377,10 +417,11 @@ class Archiver:
             self._local.cdc = c
         return c
 
-    def _read_one(self, fd: int, e: Entry) -> None:
+    def _read_one(self, fd: int, idx: int) -> None:
+        e = self.tree[idx]
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            self._drop(e, "replaced by a non-regular file during capture")
+            self._drop(e.path, "replaced by a non-regular file during capture")
             return
         stored = 0
         counted = 0
@@ -429,7 +470,7 @@ class Archiver:
         e.ino = st2.st_ino
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
         e.chunks = chunks
-        self._packs.place(e, tiny)
+        self._place(idx, e, tiny)
         self.progress.add(max(0, e.size - counted))
         with self._lock:
             self.stored_bytes += stored

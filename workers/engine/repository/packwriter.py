@@ -21,6 +21,7 @@ capture code needs no notion of packs beyond Entry.pack/slices, which place() fi
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
@@ -57,6 +58,9 @@ class TinyPacker:
         self._where: dict[bytes, _Pack] = {}  # member -> its pack (open or sealed) here
         self._small = _Pack(big=False)
         self._big = _Pack(big=True)
+        # Called (on the packer thread) with an entry place() left waiting, once every pack
+        # it points into is stored and named in it: the capture may encode it from then on.
+        self.on_stored: Callable[[Entry], None] | None = None
         repo.packer = self
 
     # --- what the capture hands over --------------------------------------------------
@@ -84,33 +88,40 @@ class TinyPacker:
         if not self._have(cid):
             self._add_big(cid, payload, packformat.plain_size(payload))
 
-    def place(self, e: Entry, tiny: bytes) -> None:
+    def place(self, e: Entry, tiny: bytes) -> bool:
         """Once a file is read: a small file's bytes into a pack (`tiny`, its only chunk),
-        or else a bigger file's packed chunks noted in e.slices."""
+        or else a bigger file's packed chunks noted in e.slices. True: e names every pack
+        it needs; False: a pack is still to be stored (on_stored(e) follows)."""
         if tiny:
-            self.add(e, tiny)
-        else:
-            self.add_slices(e)
+            return self.add(e, tiny)
+        return self.add_slices(e)
 
-    def add(self, e: Entry, data: bytes) -> None:
-        """Pack a single-chunk file's bytes (e.chunks[0] is its id) and point e at them."""
+    def add(self, e: Entry, data: bytes) -> bool:
+        """Pack a single-chunk file's bytes (e.chunks[0] is its id) and point e at them.
+        True when its pack id is known already."""
         cid = e.chunks[0][0]
         hit = self.repo.find_packed(cid)
         if hit is not None:
             e.pack, e.pack_off, e.pack_len = hit
-            return
+            return True
         with self._lock:
             p = self._where.get(cid)
             if p is None:
+                hit = self.repo.find_packed(cid)  # its pack stored since (and forgotten here)
+                if hit is not None:
+                    e.pack, e.pack_off, e.pack_len = hit
+                    return True
                 p = self._append(cid, data)
             e.pack_off, e.pack_len = p.where[cid]
             if p.id:
                 e.pack = p.id
             else:
                 p.files.append(e)
+            known = bool(p.id)
             full = self._full(self._small)
         if full:
             self._bound()
+        return known
 
     def add_piece(self, cid: bytes, data: bytes) -> None:
         """Pack a small chunk of a bigger file, unless it is stored already (as an object
@@ -124,8 +135,9 @@ class TinyPacker:
         if full:
             self._bound()
 
-    def add_slices(self, e: Entry) -> None:
-        """Point e.slices at those of e.chunks that live in a pack."""
+    def add_slices(self, e: Entry) -> bool:
+        """Point e.slices at those of e.chunks that live in a pack. True when every one of
+        those packs is stored already."""
         slices: list[tuple[int, bytes, int, int]] = []
         with self._lock:
             for i, (cid, _off) in enumerate(e.chunks):
@@ -141,6 +153,7 @@ class TinyPacker:
                     p.slots.append((e, len(slices)))
                 slices.append((i, p.id, off, ln))
             e.slices = slices
+            return all(pack for _i, pack, _o, _n in slices)
 
     # --- filling packs ----------------------------------------------------------------
     def _have(self, cid: bytes) -> bool:
@@ -182,8 +195,10 @@ class TinyPacker:
         """Under _lock: seal the open pack p if it is full; True when it was sealed."""
         if p.big:
             full = p.stored >= tuning.PACK_SIZE or len(p.frames) >= packformat.MAX_FRAMES
-        else:  # room for the partial frame still to come
-            full = p.plain >= self.pack_size or len(p.frames) >= packformat.MAX_FRAMES - 1
+        else:  # room for the partial frame still to come; and a bound on the entries a
+            # capture holds decoded until the pack is stored and named in them
+            full = (p.plain >= self.pack_size or len(p.frames) >= packformat.MAX_FRAMES - 1
+                    or len(p.files) + len(p.slots) >= tuning.PACK_MAX_FILES)
         if full:
             self._seal(p)
         return full
@@ -246,5 +261,15 @@ class TinyPacker:
             for e, k in p.slots:
                 i, _none, off, ln = e.slices[k]
                 e.slices[k] = (i, pack_id, off, ln)
-            p.buf, p.frames = bytearray(), []  # the bytes are stored: keep the member map
+            placed = p.files + list({id(e): e for e, _k in p.slots
+                                     if all(pack for _i, pack, _o, _n in e.slices)}.values())
+            # Stored: the repository finds its members from now on (find_packed), so this
+            # capture forgets them (a million small files: ~180 bytes each held otherwise).
+            for cid in p.where:
+                if self._where.get(cid) is p:
+                    del self._where[cid]
+            p.buf, p.frames, p.where = bytearray(), [], {}
             p.files, p.slots = [], []
+        if self.on_stored is not None:
+            for e in placed:
+                self.on_stored(e)

@@ -23,6 +23,7 @@ from ..model import SnapshotCorrupt, SnapshotNotFound, TransientEngineError
 from . import manifest, packformat
 from .backend import Backend
 from .packformat import RAW, ZSTD
+from .packindex import PackIndex
 
 # A capture's chunks go into pack objects (packformat.py, packwriter.py): small files
 # together, big chunks together, several MiB per object, so a capture makes a handful of
@@ -103,7 +104,7 @@ class Repository:
         self._written: list[str] = []  # keys put since the last barrier
         self._fresh: set[bytes] = set()  # stored after the last full sync: maybe not durable
         self._reused_fresh = False
-        self._packed: dict[bytes, tuple[bytes, int, int]] = {}  # chunk -> (pack, off, len)
+        self._packed = PackIndex()  # chunk -> (pack, off, len)
         # objects a committed snapshot (the parent) references: synced before its commit,
         # so reusing them never calls for a full sync however recently they were written
         self.durable: set[bytes] = set()
@@ -144,7 +145,7 @@ class Repository:
             known.add(cid)
             if maybe_fresh:
                 fresh.add(cid)
-        packed: dict[bytes, tuple[bytes, int, int]] = {}
+        packed = PackIndex()
         for key, _size, _mtime in self.backend.list(PACKIDX + "/", cached=True):
             try:
                 pack = bytes.fromhex(key.rsplit("/", 1)[1])
@@ -155,7 +156,7 @@ class Repository:
             except (OSError, ValueError, msgspec.DecodeError):
                 continue  # an index only saves space: unreadable means not used
             for cid, off, ln in members:
-                packed[cid] = (pack, off, ln)
+                packed.add(cid, pack, off, ln)
         with self._known_lock:
             self._known, self._fresh, self._reused_fresh = known, fresh, False
             self._written = []
@@ -244,7 +245,7 @@ class Repository:
         self.backend.put(pack_index_key(pack), idx)
         with self._known_lock:
             for cid, off, ln in members:
-                self._packed.setdefault(cid, (pack, off, ln))
+                self._packed.add(cid, pack, off, ln, replace=False)
         return pack, n + len(idx)
 
     def _synced_at(self) -> int:
@@ -257,7 +258,7 @@ class Repository:
         """Ids of the stored objects and of the members of stored packs: a capture's
         reader processes neither encode nor send these (the parent finds them again)."""
         with self._known_lock:
-            return [*self._known, *(c for c, (pack, _o, _n) in self._packed.items()
+            return [*self._known, *(c for c, pack in self._packed.members()
                                     if pack in self._known)]
 
     def read_chunk(self, cid: bytes) -> bytes:
@@ -382,6 +383,23 @@ class Repository:
             return manifest.decode(raw)
         except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
             raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
+
+    def decode_tree(self, snapshot_id: int, raw: bytes) -> tuple[
+            manifest.Header, manifest.ImageBody | manifest.LazyEntries]:
+        """For a restore, a manifest as stored (get_manifest_raw): an image's blocks decoded,
+        a directory's entries left encoded (manifest.LazyEntries; check_tree() decodes each
+        once before anything is written)."""
+        try:
+            if manifest.decode_header(raw).state_kind == "directory":
+                header, raws = manifest.decode_lazily(raw)
+                return header, manifest.LazyEntries(raws)
+            header, body = manifest.decode(raw)
+        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
+            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
+        if not isinstance(body, manifest.ImageBody):
+            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: "
+                                  "an image state's manifest holds a directory")
+        return header, body
 
     def get_manifest_lazily(self, snapshot_id: int) -> tuple[manifest.Header,
                                                              list[msgspec.Raw]]:

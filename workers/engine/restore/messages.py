@@ -26,9 +26,9 @@ class Setup(msgspec.Struct, array_like=True):
 class Share(msgspec.Struct, array_like=True):
     owner: tuple[int, int] | None  # what new files get where they are created
     indexes: list[int]  # manifest entries (regular files) to write
-    # the manifest as stored, from a parent that read it from a remote repository (the
-    # worker then reads none); empty: the worker read it itself, early
-    manifest: bytes = b""
+    # Those entries' msgpack, as in the manifest: the worker holds its share only, not a
+    # whole million-entry manifest.
+    entries: list[msgspec.Raw]
 
 
 class Wrote(msgspec.Struct, array_like=True, tag="p"):

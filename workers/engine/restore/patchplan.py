@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -95,7 +96,7 @@ def _same_meta(st: os.stat_result, e: Entry) -> bool:
 
 
 class Planner:
-    def __init__(self, entries: list[Entry], limit: int, mounts: set[tuple[int, int]],
+    def __init__(self, entries: Sequence[Entry], limit: int, mounts: set[tuple[int, int]],
                  check: ReuseCheck) -> None:
         self.entries = entries
         self.limit = limit

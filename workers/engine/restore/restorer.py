@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import tuning
@@ -37,7 +38,7 @@ from ..fs import fsutil
 from ..fs.syncpoint import sync_point
 from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
-from ..repository.manifest import FILE, Entry, check_tree
+from ..repository.manifest import FILE, Entry, LazyEntries, check_tree
 from ..repository.repository import Repository
 from .patch import Patcher
 from .patchplan import Planner
@@ -51,12 +52,11 @@ if TYPE_CHECKING:  # the writer processes' module: imported only by a restore th
 
 
 class Restorer:
-    def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry], state_path: str,
+    def __init__(self, repo: Repository, snapshot_id: int, entries: Sequence[Entry],
+                 state_path: str,
                  progress: Progress, pool: RestorePool | None = None, *,
-                 live: bool = False, trust_manifest: bool = False,
-                 manifest_raw: bytes | None = None) -> None:
+                 live: bool = False, trust_manifest: bool = False) -> None:
         self.pool = pool  # started early by the caller for a big restore into a new state
-        self.manifest_raw = manifest_raw  # as stored, for writer processes (one GET less)
         # A live server (nothing stopped it) is never patched in place: always rebuilt.
         self.patch = not live
         self.repo = repo
@@ -116,8 +116,7 @@ class Restorer:
                 if pool is None and self.progress.total >= tuning.RESTORE_PROCESS_THRESHOLD:
                     from .writerpool import start_pool
 
-                    pool = start_pool(self.repo, self.sid, self.state_path,
-                                      self.manifest_raw)
+                    pool = start_pool(self.repo, self.sid, self.state_path)
                 try:
                     if pool is not None and cur_fd is None:
                         w.build_fresh(st_fd, pool)
@@ -130,6 +129,8 @@ class Restorer:
                     os.close(st_fd)
                 fsutil.syncfs(self.parent_path)
                 old = swap(parent_fd, staging, self.base, cur_fd is not None)
+                if isinstance(self.entries, LazyEntries):
+                    self.entries.release()  # written: only the record is left to make
             except BaseException:
                 with contextlib.suppress(OSError):
                     cleanup(parent_fd, self.base, self.parent_path)
@@ -145,16 +146,13 @@ class Restorer:
             # Otherwise now: unlinking the old names of linked inodes moves their ctime,
             # which the record below must see.
             dispose(parent_fd, self.parent_path, self.base, old, background=w.copy_reused)
-            digest = self.check.digest
-            record = {p: (ino, ctime, digest(e)) for p, (e, ino, ctime) in w.written.items()
-                      if p not in w.linked}
             # after the removal: unlinking old names changed the ctime of reused inodes
             new_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
             try:
-                record.update(record_tree(new_fd, w.reused, w.linked, self.check.digest))
+                reused = record_tree(new_fd, w.reused, w.linked, self.check.digest)
             finally:
                 os.close(new_fd)
-            self.cache.save(record)
+            self.cache.save_encoded(w.written.encode(reused))
         finally:
             os.close(parent_fd)
         self.progress.finish()

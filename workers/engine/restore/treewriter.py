@@ -19,26 +19,32 @@ import contextlib
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from .. import tuning
 from ..blocks.pipeline import copy_ranges, write_blocks
 from ..fs import fsutil
+from ..inflight import prune
 from ..progress import Progress
 from ..repository.chunker import fixed_block, fixed_ranges
-from ..repository.manifest import DIR, FILE, HARDLINK, Entry
+from ..repository.manifest import DIR, FILE, HARDLINK, Entry, LazyEntries, encode_entry
 from ..repository.packreader import PackCache
 from ..repository.repository import Repository
 from .metadata import finish_dirs, make_special
 from .reuse import Candidate, ReuseCheck
+from .shares import Files
+from .statecache import WrittenRecord
 
 if TYPE_CHECKING:  # the writer processes' module is imported only by a restore that starts them
     from .writerpool import RestorePool
 
 
 class TreeWriter:
-    def __init__(self, repo: Repository, snapshot_id: int, entries: list[Entry],
+    def __init__(self, repo: Repository, snapshot_id: int, entries: Sequence[Entry],
                  progress: Progress) -> None:
         self.repo = repo
         self.sid = snapshot_id
@@ -51,8 +57,8 @@ class TreeWriter:
         self.linked = {e.target for e in entries if e.kind == HARDLINK}
         self.check = ReuseCheck(repo)
         self.packs = PackCache(repo, snapshot_id)
-        # path -> (entry, ino, ctime) of each file as written: the trusted record's source
-        self.written: dict[bytes, tuple[Entry, int, int]] = {}
+        # (ino, ctime, digest) of each file as written: the trusted record's source
+        self.written = WrittenRecord(self.linked)
         self.reused: list[Entry] = []  # current files linked into staging
         # owner of the files we create in staging, when known (chown is skipped for them)
         self._new_owner: tuple[int, int] | None = None
@@ -67,11 +73,11 @@ class TreeWriter:
         setgid = os.fstat(fd).st_mode & stat.S_ISGID
         self._new_owner = None if setgid else (os.geteuid(), os.getegid())
 
-    def build(self, st_fd: int, cur_fd: int | None, entries: list[Entry],
+    def build(self, st_fd: int, cur_fd: int | None, entries: Sequence[Entry],
               linked: set[bytes], procs: RestorePool | None = None) -> None:
         """Build `entries` in st_fd, reusing what is proven identical in cur_fd; with
         worker processes, the files written from scratch are theirs (see build_fresh)."""
-        plain: list[tuple[int, int]] = []  # (index, cost) of files left to `procs`
+        plain = Files()  # the files left to `procs`
         sem = threading.BoundedSemaphore(tuning.RESTORE_MAX_INFLIGHT)
         futures: list[Future[None]] = []
         failed = threading.Event()
@@ -143,13 +149,14 @@ class TreeWriter:
                                     os.close(cand[0])
                                 cand = None
                         if cand is None and fd is None and procs is not None:
-                            plain.append((idx, e.size + tuning.FILE_COST))
+                            plain.add(idx, e.size + tuning.FILE_COST)
                             continue
                         sem.acquire()
                         if cand is None and fd is None:  # plain write: create it here
                             fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
                         # a hash check may still need the directory (to link or create)
                         jdfd = os.dup(dfd) if fd is None else None
+                        futures = prune(futures)
                         futures.append(pool.submit(job, jdfd, name, e, fd, cand,
                                                    cand is not None and proven))
                     elif e.kind == HARDLINK:
@@ -178,7 +185,7 @@ class TreeWriter:
         files by the worker processes (each its contiguous share, created by path under
         the private staging fd), hard links once their targets exist."""
         dirs: list[Entry] = [self.entries[0]]
-        files: list[tuple[int, int]] = []  # (index, cost)
+        files = Files()
         links: list[Entry] = []
         for idx, e in enumerate(self.entries):
             if not idx:
@@ -187,7 +194,7 @@ class TreeWriter:
                 os.mkdir(e.path, 0o700, dir_fd=st_fd)
                 dirs.append(e)
             elif e.kind == FILE:
-                files.append((idx, e.size + tuning.FILE_COST))
+                files.add(idx, e.size + tuning.FILE_COST)
             elif e.kind == HARDLINK:
                 links.append(e)
             else:
@@ -200,22 +207,28 @@ class TreeWriter:
                     follow_symlinks=False)
         finish_dirs(st_fd, dirs)
 
-    def _write_shares(self, st_fd: int, pool: RestorePool, files: list[tuple[int, int]]) -> None:
+    def _write_shares(self, st_fd: int, pool: RestorePool, files: Files) -> None:
         """The worker processes create and write these files (index, cost) under st_fd."""
-        from .writerpool import split  # loaded already: the pool exists
 
 
         def done(idx: int, ino: int, ctime: int) -> None:
             e = self.entries[idx]
-            self.written[e.path] = (e, ino, ctime)
-            self.files_written += 1
+            with self._lock:
+                self.written.add(e, ino, ctime)
+                self.files_written += 1
 
         try:
-            pool.run(st_fd, split(files, len(pool.workers)), self._new_owner,
-                     self.progress.add, self.progress.check, done)
+            pool.run(st_fd, files.split(len(pool.workers)), self._new_owner,
+                     self.progress.add, self.progress.check, done, self._raw)
             self.bytes_written += pool.bytes_written
         finally:
             pool.close(kill=True)
+
+    def _raw(self, idx: int) -> msgspec.Raw:
+        """Entry idx's msgpack, for a worker process."""
+        if isinstance(self.entries, LazyEntries):
+            return self.entries.raw(idx)
+        return msgspec.Raw(encode_entry(self.entries[idx]))
 
     def assume_owner(self, owner: tuple[int, int] | None) -> None:
         """The owner new files get where they are created (a worker process's files)."""
@@ -225,7 +238,7 @@ class TreeWriter:
         """Create (in dfd) or fill (fd, closed here) one file of the snapshot, verified."""
         self._file(dfd, name, e, fd, None)
 
-    def build_into(self, fd: int, entries: list[Entry], linked: set[bytes]) -> None:
+    def build_into(self, fd: int, entries: Sequence[Entry], linked: set[bytes]) -> None:
         """Build a tree (entries rooted at b"") in the empty directory fd: a new subtree of a
         patch restore."""
         self.build(fd, None, entries, linked)
@@ -267,7 +280,7 @@ class TreeWriter:
         with self._lock:
             self.bytes_written += written
             self.files_written += 1
-            self.written[e.path] = (e, st.st_ino, st.st_ctime_ns)
+            self.written.add(e, st.st_ino, st.st_ctime_ns)
 
     def _write_chunks(self, fd: int, e: Entry,
                       sliced: dict[int, tuple[bytes, int, int]]) -> int:
@@ -357,5 +370,5 @@ class TreeWriter:
         self.progress.add(e.size - counted)
         with self._lock:
             self.files_reused += 1
-            self.written[e.path] = (e, new.st_ino, new.st_ctime_ns)
+            self.written.add(e, new.st_ino, new.st_ctime_ns)
         return True

@@ -6,6 +6,7 @@ import errno
 import logging
 import selectors
 import socket
+from array import array
 from collections.abc import Callable
 
 import msgspec
@@ -27,23 +28,24 @@ class RestorePool:
     """Started as early as possible (the workers' start-up and manifest loading overlap the
     parent's), then given the staging directory and the files, split into shares."""
 
-    def __init__(self, repo: Repository, snapshot_id: int, state_path: str, n: int,
-                 manifest_raw: bytes | None = None) -> None:
-        self.manifest_raw = manifest_raw or b""  # sent with each share (see Share.manifest)
+    def __init__(self, repo: Repository, snapshot_id: int, state_path: str, n: int) -> None:
         where, options = repo.backend.location()
         setup = msgspec.msgpack.encode(Setup(where, snapshot_id, state_path, options,
                                              msgspec.msgpack.encode(repo.config)))
         self.bytes_written = 0
         self.workers = start_workers(_CODE, setup, n)
 
-    def run(self, st_fd: int, shares: list[list[int]], owner: tuple[int, int] | None,
-            progress: Callable[[int], None], poll: Callable[[], None], done: Done) -> None:
-        """Have each worker write its share of files into st_fd; returns when all did."""
+    def run(self, st_fd: int, shares: list[array[int]], owner: tuple[int, int] | None,
+            progress: Callable[[int], None], poll: Callable[[], None], done: Done,
+            raw: Callable[[int], msgspec.Raw]) -> None:
+        """Have each worker write its share of files into st_fd; returns when all did.
+        raw(i): entry i's msgpack (the worker decodes it as its turn comes)."""
         enc = msgspec.msgpack.Encoder()
         for w, share in zip(self.workers, shares, strict=True):
             try:
                 socket.send_fds(w.req, [b"go"], [st_fd])
-                frames.send(w.res, enc.encode(Share(owner, share, self.manifest_raw)))
+                frames.send(w.res, enc.encode(Share(owner, list(share),
+                                                    [raw(i) for i in share])))
             except frames.PEER_GONE as e:
                 raise TransientEngineError("a restore worker process died") from e
         sel = selectors.DefaultSelector()
@@ -92,31 +94,16 @@ class RestorePool:
         self.workers = []
 
 
-def split(entries_cost: list[tuple[int, int]], n: int) -> list[list[int]]:
-    """(index, cost) pairs cut into n contiguous runs of about equal cost: neighbours in a
-    manifest share directories and pack blocks, so each worker decodes each block once."""
-    total = sum(c for _i, c in entries_cost) or 1
-    shares: list[list[int]] = [[] for _ in range(n)]
-    acc = 0
-    for idx, cost in entries_cost:
-        shares[min(n - 1, acc * n // total)].append(idx)
-        acc += cost
-    return shares
-
-
-def start_pool(repo: Repository, snapshot_id: int, state_path: str,
-               manifest_raw: bytes | None = None) -> RestorePool | None:
+def start_pool(repo: Repository, snapshot_id: int, state_path: str) -> RestorePool | None:
     """Restore worker processes reading the same repository (local or s3://), or None
     (threads then). On S3 too: a restore of small files in threads was bound by the GIL
     (10k files: 5.6 s writing after 0.6 s of GETs, against 2.5 s from file:// with
-    processes), while each process reads its share's packs ahead (writerproc.py).
-    manifest_raw: the snapshot's manifest as the caller read it, handed to the processes
-    with their shares instead of a GET each (None: they read it themselves)."""
+    processes), while each process reads its share's packs ahead (writerproc.py). Each
+    is sent its share's entries with its share: none reads the manifest."""
     if tuning.RESTORE_PROCESSES < 1:
         return None
     try:
-        return RestorePool(repo, snapshot_id, state_path, tuning.RESTORE_PROCESSES,
-                           manifest_raw)
+        return RestorePool(repo, snapshot_id, state_path, tuning.RESTORE_PROCESSES)
     except OSError as err:  # cannot start processes here: threads do the same work
         logging.getLogger(__name__).warning(
             "restore worker processes unavailable (%s); using threads", err)

@@ -4,14 +4,13 @@ Writing a tree of small files is mostly per-file work in Python (create, decode,
 write, metadata) that one GIL serialises. A big restore into a new state therefore splits
 its files between worker processes: once the parent has created every directory in its
 private staging directory, it sends each worker (over a SOCK_SEQPACKET socket, with the
-staging directory's fd by SCM_RIGHTS) its share: a contiguous run of manifest indexes.
+staging directory's fd by SCM_RIGHTS) its share: a contiguous run of manifest indexes
+and those entries' msgpack (each decoded as its turn comes; the worker holds its share
+only, never the whole manifest: a million entries decoded would be ~700 bytes each).
 The worker opens the same repository (a local root, or the s3:// URL with the parent's
-StorageOptions and config, so it reads no config), loads the same manifest from it, its
-entries left encoded (each decoded as its turn comes: a million-entry manifest would
-otherwise be decoded whole in every worker process, ~700 bytes an entry), creates each
-file by its path
-under that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just made
-in its 0700 staging directory) and writes it exactly as the thread path does
+StorageOptions and config, so it reads no config), creates each file by its path under
+that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just made in its
+0700 staging directory) and writes it exactly as the thread path does
 (TreeWriter.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
 socket with the typed messages of messages.py, one per frame: Wrote (progress), Written
 (a batch of finished files), then End, or Failed and it stops. It dies with its parent
@@ -52,9 +51,6 @@ def main() -> None:
     config = msgspec.msgpack.decode(setup.config, type=Config) if setup.config else None
     repo = Repository(backend, config)
     local = isinstance(backend, LocalBackend)
-    # a local manifest is read now, while the parent still makes the directories; a remote
-    # one comes with the share (the parent read it already: no GET per worker)
-    entries = repo.get_manifest_lazily(setup.snapshot_id)[1] if local else []
     sent = [0]
 
     def report(done: int, _total: int) -> None:
@@ -62,6 +58,7 @@ def main() -> None:
         sent[0] = done
 
     w = TreeWriter(repo, setup.snapshot_id, [], Progress(report))  # files of its share only
+    w.written.keep = False  # the parent keeps the record
     msg, fds, _flags, _addr = socket.recv_fds(req, 16, 1)
     if not msg or not fds:
         return  # the parent closed the channel: nothing to do
@@ -69,19 +66,17 @@ def main() -> None:
     share = msgspec.msgpack.decode(frames.recv(res), type=Share)  # a stream: any size
     w.assume_owner(share.owner)
     if not local:
-        entries = (repo.decode_lazily(setup.snapshot_id, share.manifest)[1] if share.manifest
-                   else repo.get_manifest_lazily(setup.snapshot_id)[1])
         # every read is a request: the share's packs are read ahead, a few GETs at once,
         # as the thread path does (a local pack is read on demand, a pread per member)
-        w.packs.prefetch(manifest.entry(entries[i]) for i in share.indexes)
+        w.packs.prefetch(manifest.entry(raw) for raw in share.entries)
     batch: list[tuple[int, int, int]] = []
     before = 0
     idx = -1
     try:
-        for idx in share.indexes:
-            e = manifest.entry(entries[idx])
+        for idx, raw in zip(share.indexes, share.entries, strict=True):
+            e = manifest.entry(raw)
             w.write_file(None, b"", e, os.open(e.path, fsutil.CREATE_FLAGS, 0o600, dir_fd=st_fd))
-            _e, ino, ctime = w.written.pop(e.path)  # the parent keeps the record
+            ino, ctime = w.written.last
             batch.append((idx, ino, ctime))
             if len(batch) >= tuning.WRITER_BATCH:
                 _send(res, Written(batch, w.bytes_written - before))

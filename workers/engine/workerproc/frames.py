@@ -8,6 +8,7 @@ import socket
 import struct
 
 FRAME = struct.Struct(">I")
+_BIG = 1 << 20  # frames from this size on are sent and received without extra copies
 # What sending to or receiving from a worker process that died raises: EOF on its result
 # socket, or EPIPE/ECONNRESET (a request socket whose peer died with requests unread).
 PEER_GONE = (EOFError, ConnectionError)
@@ -18,10 +19,16 @@ def pack(data: bytes) -> bytes:
 
 
 def send(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(pack(data))
+    if len(data) < _BIG:
+        sock.sendall(pack(data))
+    else:  # a restore worker's share: not copied once more to prefix its length
+        sock.sendall(FRAME.pack(len(data)))
+        sock.sendall(data)
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
+    if n >= _BIG:
+        return _recv_big(sock, n)
     buf = bytearray()
     while len(buf) < n:
         part = sock.recv(min(n - len(buf), 1 << 20))
@@ -29,6 +36,21 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
             raise EOFError("peer closed")
         buf += part
     return bytes(buf)
+
+
+def _recv_big(sock: socket.socket, n: int) -> bytes:
+    """Into one buffer of the final size (no second copy: a share of a million-entry
+    restore is tens of MiB). A bytearray, which every decoder reads as it reads bytes."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], min(n - got, 1 << 20))
+        if not k:
+            raise EOFError("peer closed")
+        got += k
+    view.release()
+    return buf  # type: ignore[return-value]  # read-only use, as bytes
 
 
 def recv(sock: socket.socket) -> bytes:
