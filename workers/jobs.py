@@ -22,6 +22,7 @@ from shared.hosts import DEFAULT_HOST
 from shared.records import OperationRecord, ServerRecord
 from shared.schemas import PowerNone
 from shared.store import Store
+from workers import heap
 from workers.capturing import MIB, Capturer, SafetyFailed
 from workers.engine import (
     Cancelled,
@@ -103,6 +104,9 @@ class Jobs:
                 self.running[operation_id] -= 1
                 if self.running[operation_id] <= 0:
                     del self.running[operation_id]
+                idle = not self.running
+            if idle:  # no operation of this process runs: what they freed goes back
+                heap.release()
 
     def is_running(self, operation_id: int) -> bool:
         with self._running_lock:
