@@ -210,7 +210,6 @@ class TreeWriter:
     def _write_shares(self, st_fd: int, pool: RestorePool, files: Files) -> None:
         """The worker processes create and write these files (index, cost) under st_fd."""
 
-
         def done(idx: int, ino: int, ctime: int) -> None:
             e = self.entries[idx]
             with self._lock:
