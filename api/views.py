@@ -134,6 +134,25 @@ class RowViews:
             self._pages.clear()
             self._generation = generation
 
+    def snapshot_json(self, fields: dict[str, str], generation: int) -> bytes:
+        """What GET one answers for a snapshot's hash as HGETALL gave it: the same bytes a
+        list shows for it, rendered once per (id, rev) and shared with the lists; b"" for
+        a snapshot that does not exist or is deleted (the render's own verdict, kept with
+        its bytes)."""
+        self._same_connection(generation)
+        key = (fields.get("id", ""), fields.get("rev", ""))
+        views = self._views
+        if key[1]:
+            kept = views.get(key)
+            if kept is not None:
+                return kept
+        body = self.render([x for kv in fields.items() for x in kv]) if fields else b""
+        if key[0] and key[1]:
+            if len(views) >= self.size:
+                del views[next(iter(views))]
+            views[key] = body
+        return body
+
     def kept_page(self, key: PageKey, generation: int) -> KeptPage | None:
         """The page kept for this query (filters, cursor, limit), if still fresh; its
         version is what the list script is asked about."""

@@ -165,6 +165,11 @@ class AsyncStore:
     async def get_snapshot(self, snapshot_id: int) -> SnapshotRecord | None:
         return await self._get(keys.snapshot(snapshot_id), SnapshotRecord)
 
+    async def snapshot_hash(self, snapshot_id: int) -> dict[str, str]:
+        """A snapshot's hash as Redis holds it (empty when there is none): GET one renders
+        it through the web process's views, by (id, rev), without decoding it each time."""
+        return await self.reads.hgetall(keys.snapshot(snapshot_id))
+
     async def get_operation(self, operation_id: int) -> OperationRecord | None:
         return await self._get(keys.operation(operation_id), OperationRecord)
 

@@ -13,7 +13,7 @@ import redis
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from api.views import PAGE_TTL, RowViews
+from api.views import PAGE_TTL, RowViews, snapshot_view
 from shared import keys
 from shared.scripts import PageIndex
 from shared.store import Store
@@ -190,3 +190,45 @@ def test_kept_pages_are_per_connection_bounded_and_only_with_revs() -> None:
     views.keep_page(("f",), index("10", ["1"]), items, generation=1)
     assert views.kept_page(("f",), generation=2) is None
     assert views.kept_page(("f",), generation=1) is None
+
+
+def test_get_one_answers_the_snapshot_as_it_is_now(
+    client: TestClient, api: ApiHelper, store: Store,
+) -> None:
+    """GET one renders through the views shared with the lists, by (id, rev): its bytes
+    are those of the record as Redis holds it now, rendered afresh, after every change;
+    another account's, a deleted and a missing snapshot answer 404 alike."""
+    write = api.headers("acme")
+    snap = api.snapshot(write, api.server("acme")["id"], name="a")
+    url = f"/api/v1/snapshots/{snap['id']}/"
+
+    def expected() -> bytes:
+        rec = store.get_snapshot(snap["id"])
+        assert rec is not None
+        return msgspec.json.encode(snapshot_view(rec))
+
+    def one() -> bytes:
+        r = client.get(url, headers=write)
+        assert r.status_code == 200, r.text
+        return bytes(r.content)
+
+    assert one() == expected() and one() == expected()  # rendered, then kept
+    store.begin_operation(snap["operation_id"])
+    store.report_progress(snap["operation_id"], 30)
+    assert one() == expected() and b'"progress":30' in one()
+    renamed = client.patch(url, json={"name": "b", "protected": True}, headers=write)
+    assert renamed.status_code == 200
+    assert one() == expected() and b'"name":"b"' in one()
+    assert store.complete_create(snap["operation_id"], 1.5, [])
+    assert one() == expected() and b'"status":"available"' in one()
+
+    other = client.get(url, headers=api.headers("globex"))
+    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+    assert client.get(url, headers=api.admin).content == one()  # admins see every account
+    missing = client.get("/api/v1/snapshots/99999/", headers=write)
+    assert missing.status_code == 404
+    assert client.patch(url, json={"protected": False}, headers=write).status_code == 200
+    assert client.delete(url, headers=write).status_code == 204
+    gone = client.get(url, headers=write)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+    assert gone.json()["error"]["message"] == other.json()["error"]["message"]
