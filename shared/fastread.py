@@ -80,12 +80,15 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.outbox: list[bytes] = []
+        # The loop that makes the connection (its factory runs in it), kept: asyncio's
+        # get_running_loop() is a getpid system call each time, and this runs per command.
+        self.loop = asyncio.get_running_loop()
 
     def send(self, command: bytes) -> None:
         # Commands issued in the same loop iteration go out in one write: a syscall costs
         # far more than building the bytes, and concurrent requests batch up naturally.
         if not self.outbox:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self.outbox.append(command)
 
     def flush(self) -> None:
@@ -208,8 +211,7 @@ class FastReads:
         if not commands:
             return []
         proto = await self._connection()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[Any]] = loop.create_future()
+        fut: asyncio.Future[list[Any]] = proto.loop.create_future()
         proto.waiters.append(_Batch(fut, len(commands)))
         proto.send(b"".join(pack(c) for c in commands))
         replies: list[Any] = await self._wait(proto, fut)
@@ -219,8 +221,7 @@ class FastReads:
         return replies
 
     async def _roundtrip(self, proto: _Protocol, args: tuple[str | bytes | int, ...]) -> Any:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = proto.loop.create_future()
         proto.waiters.append(fut)
         proto.send(pack(args))
         return await self._wait(proto, fut)
@@ -228,7 +229,7 @@ class FastReads:
     async def _wait(self, proto: _Protocol, fut: asyncio.Future[Any]) -> Any:
         # A cheap timer instead of wait_for: a reply that never comes poisons the order of
         # the pipeline, so the whole connection is dropped, not just this command.
-        timer = asyncio.get_running_loop().call_later(self.timeout, proto.expire)
+        timer = proto.loop.call_later(self.timeout, proto.expire)
         try:
             return await fut
         finally:
