@@ -13,10 +13,12 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.engine.conftest import dir_state, make_meta
 from workers.engine import Engine, tuning
+from workers.engine.repository.manifest import Entry, LazyEntries, encode_entry
 
 SMALL, BIG, PER_DIR = 4_000, 16_000, 100
 # The slope of the peak between the two trees, measured: capture ~330, incremental ~500,
@@ -67,6 +69,8 @@ def test_capture_incremental_and_restore_hold_little_per_entry(
     # Entries wait decoded for their pack's id: at most PACK_MAX_FILES a pack (a bound,
     # not a cost per entry); small here, so that the slope below measures what is.
     monkeypatch.setattr(tuning, "PACK_MAX_FILES", 512, raising=False)
+    # The bound is for big manifests; these small ones would be kept decoded (faster).
+    monkeypatch.setattr(tuning, "DECODED_ENTRIES_MAX", 0)
     warm = tmp_path / "warm"
     _tree(warm, 300)
     engine.capture(make_meta(1, server_id=1), dir_state(warm))  # imports, caches
@@ -80,3 +84,17 @@ def test_capture_incremental_and_restore_hold_little_per_entry(
     assert per_entry[0] < CAPTURE_MAX
     assert per_entry[1] < INCREMENTAL_MAX
     assert per_entry[2] < RESTORE_MAX
+
+
+def test_a_small_manifest_is_decoded_once_and_a_big_one_on_every_use(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [Entry(path=b"f%d" % i, kind="f", mode=0o100644, uid=0, gid=0, mtime_ns=1)
+               for i in range(3)]
+    raws = [msgspec.Raw(encode_entry(e)) for e in entries]
+    small = LazyEntries(raws)
+    assert [e.path for e in small] == [b"f0", b"f1", b"f2"]
+    assert small[1] is small[1] and next(iter(small)) is small[0]  # kept, not decoded anew
+    monkeypatch.setattr(tuning, "DECODED_ENTRIES_MAX", 2)
+    big = LazyEntries(raws)
+    assert big[1] == small[1] and big[1] is not big[1]  # decoded on every use
+    assert [e.path for e in big] == [b"f0", b"f1", b"f2"]
