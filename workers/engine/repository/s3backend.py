@@ -26,9 +26,7 @@ Throughput and faults:
 from __future__ import annotations
 
 import os
-import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -39,40 +37,20 @@ import obstore
 from obstore.exceptions import (
     AlreadyExistsError,
     BaseError,
-    NotFoundError,
-    PermissionDeniedError,
     PreconditionError,
-    UnauthenticatedError,
 )
 from obstore.store import S3Store
 
 from .. import tuning
 from ..model import EngineError, StorageOptions, StorageUnavailable
+from . import s3retry
 from .listcache import ListingCache, ObjectInfo
 
 T = TypeVar("T")
-_STATUS = re.compile(r"status code: (\d{3})")
-_NETWORK = re.compile(r"error sending request|timed? ?out|connect|reset|broken pipe|closed|"
-                      r"incomplete|end of file|retries", re.I)
 LOCKS_PREFIX = "locks/"
 PROBE_PREFIX = LOCKS_PREFIX + "probe-"
 MANIFEST_PREFIX = "snapshots/"
 CONFIG_KEY = "config"
-
-
-def _transient(err: BaseException) -> bool:
-    if isinstance(err, (NotFoundError, AlreadyExistsError, PreconditionError,
-                        PermissionDeniedError, UnauthenticatedError)):
-        return False
-    if isinstance(err, (TimeoutError, ConnectionError)):
-        return True
-    if not isinstance(err, BaseError):
-        return False
-    m = _STATUS.search(str(err))
-    if m is None:  # connection refused/reset, timeouts: no HTTP status at all
-        return _NETWORK.search(str(err)) is not None
-    status = int(m.group(1))
-    return status >= 500 or status in (408, 429)
 
 
 class S3Backend:
@@ -129,30 +107,8 @@ class S3Backend:
     def location(self) -> tuple[str, StorageOptions]:
         return self.url, self.options
 
-    # --- the retry policy, in one place ---------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        delay, deadline = 0.2, time.monotonic() + self.retry_for
-        while True:
-            try:
-                return fn()
-            except (PermissionDeniedError, UnauthenticatedError) as e:
-                raise StorageUnavailable(
-                    f"bucket {self.bucket!r} refuses {what}: access denied; check "
-                    f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({_short(e)})") from e
-            except Exception as e:
-                if not _transient(e):
-                    status = _STATUS.search(str(e))
-                    if status is not None and status.group(1) in ("401", "403"):
-                        raise StorageUnavailable(
-                            f"bucket {self.bucket!r} refuses {what}: access denied; check "
-                            f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({_short(e)})") from e
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise StorageUnavailable(
-                        f"bucket {self.bucket!r} did not answer {what} for "
-                        f"{self.retry_for:.0f} s: {_short(e)}") from e
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        return s3retry.call(self.bucket, self.retry_for, what, fn)
 
     # --- writes -----------------------------------------------------------------------
     def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
@@ -227,7 +183,7 @@ class S3Backend:
             if isinstance(err, EngineError):
                 raise err
             raise StorageUnavailable(f"an upload to bucket {self.bucket!r} failed: "
-                                     f"{_short(err)}") from err
+                                     f"{s3retry.short(err)}") from err
 
     def _wait_key(self, key: str) -> None:
         with self._lock:
@@ -323,7 +279,7 @@ class S3Backend:
                 pos += len(data)
                 yield data
         except Exception as e:
-            if not _transient(e):
+            if not s3retry.transient(e):
                 raise
             if pos < end:
                 rest = self._range(key, pos, end - pos)
@@ -417,13 +373,6 @@ def _put(store: S3Store, key: str, data: bytes) -> None:
     counted 9 PUTs on SeaweedFS), and an upload killed midway would leave hidden parts
     behind in the bucket; a whole PUT is stored entirely or not at all."""
     obstore.put(store, key, data, use_multipart=False)
-
-
-def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    m = re.search(r"<Code>([^<]+)</Code>", text)
-    head = text.split(" Debug source:", 1)[0]
-    return (m.group(1) + ": " if m else "") + head[:200]
 
 
 def server_now(backend: S3Backend) -> datetime:
