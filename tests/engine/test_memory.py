@@ -23,7 +23,10 @@ from workers.engine.repository.manifest import Entry, LazyEntries, encode_entry
 SMALL, BIG, PER_DIR = 4_000, 16_000, 100
 # The slope of the peak between the two trees, measured: capture ~330, incremental ~500,
 # restore ~550 bytes an entry (at 5a511dc, before these changes: ~2,560, ~1,650, ~2,620).
-CAPTURE_MAX, INCREMENTAL_MAX, RESTORE_MAX = 600, 700, 700
+# The restore's peak depends on how far its write threads have got when it is taken:
+# 466-574 on a quiet machine, 763 once in CI beside the rest of the suite; its bound sits
+# well above that and well below the ~2,620 of an entry held decoded.
+CAPTURE_MAX, INCREMENTAL_MAX, RESTORE_MAX = 600, 700, 1_100
 
 
 def _tree(root: Path, files: int) -> int:
