@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from workers.engine import Engine, TransientEngineError, tuning
-from workers.engine.capture import archiver, readerpool
+from workers.engine.capture import readerpool, tree
 from workers.engine.fs import fsutil
 
 from .conftest import dir_state, make_meta
@@ -44,15 +44,15 @@ def test_pool_starts_while_walking_and_capture_is_complete(
     monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 120_000)  # crossed in directory b
     pools = _record_pools(monkeypatch)
     walked: list[bytes] = []
-    orig_walk = archiver.Archiver._walk
+    orig_walk = tree.Walker.walk
 
-    def walk(self: archiver.Archiver, fd: int, rel: bytes) -> None:
+    def walk(self: tree.Walker, fd: int, rel: bytes) -> None:
         walked.append(rel)
         if rel == b"c":
             assert len(pools) == 1  # started before the walk reached the last directory
         orig_walk(self, fd, rel)
 
-    monkeypatch.setattr(archiver.Archiver, "_walk", walk)
+    monkeypatch.setattr(tree.Walker, "walk", walk)
     src = tmp_path / "srv"
     _tree(src)
     res = engine.capture(make_meta(1), dir_state(src))

@@ -1,9 +1,9 @@
-"""Directory capture.
-
-Two passes over the tree, both through directory fds without following any symlink:
-1. walk: lstat every entry, record metadata, xattrs, symlink targets, device numbers and
-   hard-link groups (cheap; gives the progress total);
-2. read: regular files that are not unchanged since the parent snapshot are opened
+"""Directory capture: the Archiver runs the two passes over the tree, both through
+directory fds without following any symlink:
+1. walk (tree.py, Walker): lstat every entry, record metadata, xattrs, symlink targets,
+   device numbers and hard-link groups, take the files unchanged since the parent
+   snapshot from it (cheap; gives the progress total);
+2. read (here): regular files that are not unchanged since the parent snapshot are opened
    (fsutil.open_regular: never a device or fifo, O_NOATIME when permitted) by the walker
    thread and handed to a thread pool that reads only data extents (SEEK_DATA/SEEK_HOLE),
    chunks them with FastCDC, hashes, compresses and stores the chunks. blake3, zstd and
@@ -19,7 +19,6 @@ vouches for the bytes read, so "same inode and ctime" lets the next capture skip
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import threading
@@ -39,10 +38,10 @@ from ..model import StateInvalid
 from ..progress import Progress
 from ..repository import manifest
 from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cdc
-from ..repository.manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
+from ..repository.manifest import DIR, FILE, HARDLINK, Entry
 from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
-from .tree import EncodedTree, ParentCursor
+from .tree import EncodedTree, ParentCursor, Walker
 
 if TYPE_CHECKING:
     from .readerpool import WorkerPool
@@ -75,12 +74,9 @@ class Archiver:
         self.bytes_read = 0  # observable proof that unchanged files are not read
         self.files_read = 0
         self._lock = threading.Lock()
-        self._links: dict[tuple[int, int], bytes] = {}
-        # path, dev, ino, indexes of its files to read (not unchanged since the parent)
+        # each directory's path, dev, ino and indexes of its files to read (Walker.dirs)
         self._dirs: list[tuple[bytes, int, int, array[int]]] = []
         self._dropped: set[bytes] = set()
-        self._total = 0  # bytes of every regular file
-        self._reused = 0  # bytes of the files unchanged since the parent
         self._held: dict[int, tuple[int, Entry]] = {}  # id(entry) -> (index, entry) in a pack
         self._held_lock = threading.Lock()
         cfg = repo.config
@@ -90,9 +86,7 @@ class Archiver:
         self._packs.on_stored = self._stored
         self._pool: WorkerPool | None = None
         self._pool_tried = False
-        self._walk_bytes = 0  # bytes of files the walk saw that the parent cannot vouch for
 
-    # --- pass 1 -----------------------------------------------------------------------
     def run(self) -> None:
         try:
             root_fd = os.open(self.root, fsutil.DIR_FLAGS)
@@ -100,19 +94,22 @@ class Archiver:
             raise StateInvalid(f"state directory {self.root} is missing or not a "
                                f"directory (symlinks are refused): {e.strerror}") from e
         try:
-            self._root_dev = os.fstat(root_fd).st_dev
+            root_dev = os.fstat(root_fd).st_dev
             # From here on every change to a file moves its ctime (see syncpoint.py).
             self.sync = sync_point(root_fd)
-            self._mounts = fsutil.mount_roots(self.root)
+            # pass 1 (tree.py)
+            walker = Walker(self.repo, self.tree, self.parent, self.progress, self.warnings,
+                            root_dev, fsutil.mount_roots(self.root), self._start_pool)
             try:
-                self._walk(root_fd, b"")
+                walker.walk(root_fd, b"")
             except RecursionError as e:
                 raise StateInvalid(f"directory tree under {self.root} is nested too deeply "
                                    "to capture") from e
+            self._dirs = walker.dirs
             # Every object the parent names was made durable by its commit.
             self.repo.durable |= self.parent.finish()
-            self.progress.total = self._total
-            self.progress.add(self._reused)
+            self.progress.total = walker.total
+            self.progress.add(walker.reused)
             self._read_files(root_fd)
             self._packs.finish()
             self.stored_bytes += self._packs.stored_bytes
@@ -135,85 +132,6 @@ class Archiver:
         return (manifest.encode_dir_body([raw for raw, _e in kept]),
                 sum(e.size for _r, e in kept if e.kind == FILE),
                 sum(1 for _r, e in kept if e.kind != DIR))
-
-    def _walk(self, fd: int, rel: bytes) -> None:
-        self.progress.poll()
-        st = os.fstat(fd)
-        self.tree.append(Entry(path=rel, kind=DIR, mode=st.st_mode, uid=st.st_uid,
-                               gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                               xattrs=fsutil.read_xattrs(fd)))
-        if rel and (st.st_dev != self._root_dev or (st.st_dev, st.st_ino) in self._mounts):
-            # A mount point inside the state (e.g. /proc of a container): keep the
-            # directory, not the other filesystem.
-            self.warnings.append(f"{os.fsdecode(rel)}: mount point, contents not captured")
-            return
-        files = array("q")
-        self._dirs.append((rel, st.st_dev, st.st_ino, files))
-        for name in sorted(fsutil.iter_names(fd)):
-            path = rel + b"/" + name if rel else name
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # vanished between readdir and lstat: it is simply not there
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                try:
-                    sub = os.open(name, fsutil.DIR_FLAGS, dir_fd=fd)
-                except OSError as err:  # replaced by a symlink or removed meanwhile
-                    self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err})")
-                    continue
-                try:
-                    self._walk(sub, path)
-                finally:
-                    os.close(sub)
-                continue
-            ent = Entry(path=path, kind=FILE, mode=mode, uid=st.st_uid, gid=st.st_gid,
-                        mtime_ns=st.st_mtime_ns)
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1:
-                primary = self._links.get(key)
-                if primary is not None:
-                    ent.kind, ent.target = HARDLINK, primary
-                    self.tree.append(ent)
-                    continue
-            p = self.parent.get(path) if stat.S_ISREG(mode) else None
-            try:
-                if p is not None and p.ctime_ns and (p.ino, p.ctime_ns) == (st.st_ino,
-                                                                            st.st_ctime_ns):
-                    ent.xattrs = p.xattrs  # setting/removing an xattr changes ctime: unchanged
-                else:
-                    ent.xattrs = fsutil.read_xattrs(fsutil.proc_path(fd, name))
-                if stat.S_ISLNK(mode):
-                    ent.target = os.fsencode(os.readlink(name, dir_fd=fd))
-            except FileNotFoundError:
-                continue  # vanished after its lstat: not there, as if gone before
-            except OSError as err:
-                if err.errno != errno.EINVAL:
-                    raise  # a real error (EIO...) fails the capture
-                # readlink of what is no longer a symlink: replaced since its lstat
-                self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err}); "
-                                     "not captured")
-                continue
-            if st.st_nlink > 1:
-                self._links[key] = path  # only once it is surely an entry: links name it
-            if stat.S_ISREG(mode):
-                ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
-                self._total += st.st_size
-                if self._reuse(ent, p):
-                    self._reused += st.st_size
-                else:
-                    files.append(len(self.tree))
-                    if not fixed_block(self.repo.config, st.st_size):
-                        self._walk_bytes += st.st_size  # big files: read in blocks, not by them
-                        if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
-                            self._start_pool()
-            elif stat.S_ISLNK(mode):
-                ent.kind, ent.size = SYMLINK, st.st_size
-            else:
-                ent.kind = (FIFO if stat.S_ISFIFO(mode) else CHR if stat.S_ISCHR(mode)
-                            else BLK if stat.S_ISBLK(mode) else SOCK)
-                ent.rdev = st.st_rdev
-            self.tree.append(ent)
 
     # --- pass 2 -----------------------------------------------------------------------
     def _read_files(self, root_fd: int) -> None:
@@ -387,19 +305,6 @@ class Archiver:
                     f.exception()  # wait for everyone before raising
         for f in futures:
             f.result()
-
-    def _reuse(self, e: Entry, p: Entry | None) -> bool:
-        """Take a regular file's data from the parent's entry p when the file is unchanged
-        since (same size, mtime, and the inode and ctime its capture vouched for)."""
-        if (p is None or p.kind != FILE or p.size != e.size or p.mtime_ns != e.mtime_ns
-                or p.ctime_ns != e.ctime_ns or p.ino != e.ino):
-            return False
-        if not (self.repo.has_chunk(p.pack) if p.pack
-                else all(self.repo.has_chunk(cid) for cid in p.objects())):
-            return False  # parent data went missing: read the file again
-        e.chunks, e.pack, e.pack_off, e.pack_len = p.chunks, p.pack, p.pack_off, p.pack_len
-        e.slices = p.slices
-        return True
 
     def _drop(self, path: bytes, why: str) -> None:
         with self._lock:

@@ -1,4 +1,5 @@
-"""The tree a capture builds, held encoded, and the parent snapshot read beside the walk.
+"""The tree a capture builds: the walk that builds it (the capture's first pass, Walker),
+the tree held encoded, and the parent snapshot read beside the walk.
 
 A capture of a million files used to hold a million Entry objects (~700 bytes each with
 their path, lists and ints) until the manifest was encoded, and an incremental one the
@@ -12,12 +13,24 @@ dict of every path.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from array import array
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from .. import tuning
+from ..fs import fsutil
 from ..repository import manifest
-from ..repository.manifest import FILE, Entry
+from ..repository.chunker import fixed_block
+from ..repository.manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
+
+if TYPE_CHECKING:
+    from ..progress import Progress
+    from ..repository.repository import Repository
 
 
 class _PathOnly(msgspec.Struct, array_like=True):
@@ -97,3 +110,125 @@ class ParentCursor:
         self._raws = []
         return self.objects
 
+
+
+class Walker:
+    """The capture's first pass: lstat every entry below the root through directory fds
+    (O_NOFOLLOW: never a symlink), recording metadata, xattrs, symlink targets, device
+    numbers and hard-link groups into the tree, and taking each regular file unchanged
+    since the parent snapshot from the parent's entry. What is left to read (`dirs`: each
+    directory's path, device, inode and the tree indexes of its files to read) is the
+    second pass's (archiver.py). A mount point inside the state is kept as a directory,
+    its contents not captured."""
+
+    def __init__(self, repo: Repository, tree: EncodedTree, parent: ParentCursor,
+                 progress: Progress, warnings: list[str], root_dev: int,
+                 mounts: set[tuple[int, int]], start_readers: Callable[[], None]) -> None:
+        self.repo = repo
+        self.tree = tree
+        self.parent = parent
+        self.progress = progress
+        self.warnings = warnings
+        # path, dev, ino, indexes of its files to read (not unchanged since the parent)
+        self.dirs: list[tuple[bytes, int, int, array[int]]] = []
+        self.total = 0  # bytes of every regular file
+        self.reused = 0  # bytes of the files unchanged since the parent
+        self._root_dev = root_dev
+        self._mounts = mounts
+        self._links: dict[tuple[int, int], bytes] = {}
+        self._walk_bytes = 0  # bytes of files the walk saw that the parent cannot vouch for
+        # called once the files to read are known to make a big capture (and again on
+        # every later file: it starts the reader processes once)
+        self._start_readers = start_readers
+
+    def walk(self, fd: int, rel: bytes) -> None:
+        self.progress.poll()
+        st = os.fstat(fd)
+        self.tree.append(Entry(path=rel, kind=DIR, mode=st.st_mode, uid=st.st_uid,
+                               gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                               xattrs=fsutil.read_xattrs(fd)))
+        if rel and (st.st_dev != self._root_dev or (st.st_dev, st.st_ino) in self._mounts):
+            # A mount point inside the state (e.g. /proc of a container): keep the
+            # directory, not the other filesystem.
+            self.warnings.append(f"{os.fsdecode(rel)}: mount point, contents not captured")
+            return
+        files = array("q")
+        self.dirs.append((rel, st.st_dev, st.st_ino, files))
+        for name in sorted(fsutil.iter_names(fd)):
+            path = rel + b"/" + name if rel else name
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished between readdir and lstat: it is simply not there
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                try:
+                    sub = os.open(name, fsutil.DIR_FLAGS, dir_fd=fd)
+                except OSError as err:  # replaced by a symlink or removed meanwhile
+                    self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err})")
+                    continue
+                try:
+                    self.walk(sub, path)
+                finally:
+                    os.close(sub)
+                continue
+            ent = Entry(path=path, kind=FILE, mode=mode, uid=st.st_uid, gid=st.st_gid,
+                        mtime_ns=st.st_mtime_ns)
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1:
+                primary = self._links.get(key)
+                if primary is not None:
+                    ent.kind, ent.target = HARDLINK, primary
+                    self.tree.append(ent)
+                    continue
+            p = self.parent.get(path) if stat.S_ISREG(mode) else None
+            try:
+                if p is not None and p.ctime_ns and (p.ino, p.ctime_ns) == (st.st_ino,
+                                                                            st.st_ctime_ns):
+                    ent.xattrs = p.xattrs  # setting/removing an xattr changes ctime: unchanged
+                else:
+                    ent.xattrs = fsutil.read_xattrs(fsutil.proc_path(fd, name))
+                if stat.S_ISLNK(mode):
+                    ent.target = os.fsencode(os.readlink(name, dir_fd=fd))
+            except FileNotFoundError:
+                continue  # vanished after its lstat: not there, as if gone before
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise  # a real error (EIO...) fails the capture
+                # readlink of what is no longer a symlink: replaced since its lstat
+                self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err}); "
+                                     "not captured")
+                continue
+            if st.st_nlink > 1:
+                self._links[key] = path  # only once it is surely an entry: links name it
+            if stat.S_ISREG(mode):
+                ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
+                self.total += st.st_size
+                if self._reuse(ent, p):
+                    self.reused += st.st_size
+                else:
+                    files.append(len(self.tree))
+                    if not fixed_block(self.repo.config, st.st_size):
+                        self._walk_bytes += st.st_size  # big files: read in blocks, not by them
+                        if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
+                            self._start_readers()
+            elif stat.S_ISLNK(mode):
+                ent.kind, ent.size = SYMLINK, st.st_size
+            else:
+                ent.kind = (FIFO if stat.S_ISFIFO(mode) else CHR if stat.S_ISCHR(mode)
+                            else BLK if stat.S_ISBLK(mode) else SOCK)
+                ent.rdev = st.st_rdev
+            self.tree.append(ent)
+
+    def _reuse(self, e: Entry, p: Entry | None) -> bool:
+        """Take a regular file's data from the parent's entry p when the file is unchanged
+        since (same size, mtime, and the inode and ctime its capture vouched for)."""
+        if (p is None or p.kind != FILE or p.size != e.size or p.mtime_ns != e.mtime_ns
+                or p.ctime_ns != e.ctime_ns or p.ino != e.ino):
+            return False
+        if not (self.repo.has_chunk(p.pack) if p.pack
+                else all(self.repo.has_chunk(cid) for cid in p.objects())):
+            return False  # parent data went missing: read the file again
+        e.chunks, e.pack, e.pack_off, e.pack_len = p.chunks, p.pack, p.pack_off, p.pack_len
+        e.slices = p.slices
+        return True
