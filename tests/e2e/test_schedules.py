@@ -1,14 +1,13 @@
 """Schedules with real worker processes: a week of slots on an injected clock, checked
 against a retention table computed by hand, and a `* * * * *` schedule that three worker
 processes on two hosts run exactly once per slot (stream and webhooks say so); their
-schedulers' clock (Redis's) runs a minute ahead, so the slot is due without waiting for it
-(aheadclock/sitecustomize.py)."""
+schedulers' clock is one the test steps past one slot at a time, so a slot is due without
+waiting for it and no other slot comes meanwhile (steppedclock/sitecustomize.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import redis
 
 from shared.broker import enqueue_operation, make_broker
+from shared.schemas import rfc3339
 from shared.settings import Settings
 from shared.store import Store
 from tests.e2e.flow import add_server, snapshot, wait_operation
@@ -28,7 +28,8 @@ from tests.support.streams import of_type
 from workers.scheduler import Scheduler
 
 BERLIN = ZoneInfo("Europe/Berlin")
-AHEAD_CLOCK = Path(__file__).resolve().parent / "aheadclock"  # see its sitecustomize.py
+STEPPED_CLOCK = Path(__file__).resolve().parent / "steppedclock"  # see its sitecustomize.py
+CLOCK_KEY = "test:scheduler-clock"  # the time the workers' schedulers read
 
 
 def berlin(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
@@ -150,33 +151,19 @@ def test_a_week_of_slots_keeps_what_the_table_says(tmp_path: Path) -> None:
         rclient.close()
 
 
-# The slot after the one this test runs is due at the next minute of the real clock; a test
-# that starts near a minute's end would see it come while its first run is still going, and
-# that second slot then fails honestly ("another operation in progress"). Start only with
-# this much of the minute left, for setup and the first runs to finish.
-MINUTE_LEFT_FOR_SETUP = 20.0
-
-
-def _wait_for_room_in_the_minute() -> None:
-    into = time.time() % 60
-    if into > 60 - MINUTE_LEFT_FOR_SETUP:
-        time.sleep(60 - into + 0.2)
-
-
 def test_every_minute_runs_exactly_once_per_slot_across_three_workers(tmp_path: Path) -> None:
-    _wait_for_room_in_the_minute()
     receiver = Receiver({}).start()
-    # Each worker's scheduler reads Redis's clock plus 60 s: the slot after the PUT (the
-    # next minute by the API's clock) is due at once for all three, and the next one only
-    # later (a second slot, if one comes, is run once too).
-    path = os.pathsep.join(p for p in (str(AHEAD_CLOCK), os.environ.get("PYTHONPATH")) if p)
-    env = {"SNAPSHOTS_SCHEDULER_INTERVAL": "0.2", "SCHEDULER_TEST_AHEAD": "60",
+    # Each worker's scheduler reads the time from CLOCK_KEY, 0 (before every slot) until
+    # the test steps it past the next slot of every schedule, then past the one after.
+    path = os.pathsep.join(p for p in (str(STEPPED_CLOCK), os.environ.get("PYTHONPATH")) if p)
+    env = {"SNAPSHOTS_SCHEDULER_INTERVAL": "0.2", "SCHEDULER_TEST_CLOCK": CLOCK_KEY,
            "PYTHONPATH": path}
     try:
         with Service.running(tmp_path, workers=0, **env) as svc:
             for host in ("a", "b", "a"):
                 svc.start_worker(host=host)
             client = svc.client()
+            rclient = redis.Redis.from_url(svc.redis.url, decode_responses=True)
             hook = client.post("/webhooks/", json={"account": "acme", "url": receiver.url + "/h"})
             assert hook.status_code == 201, hook.text
             ids = []
@@ -193,20 +180,25 @@ def test_every_minute_runs_exactly_once_per_slot_across_three_workers(tmp_path: 
                                json={"cron": "* * * * *", "retention": {"last": 2}})
                 assert r.status_code == 200, r.text
 
-            def all_ran() -> bool:
-                views = [client.get(f"/servers/{i}/schedule/").json() for i in ids]
-                return all(v["last_run"] and v["last_run"]["status"] == "succeeded"
-                           for v in views)
+            def views() -> list[dict[str, Any]]:
+                return [client.get(f"/servers/{i}/schedule/").json() for i in ids]
 
-            wait_until(all_ran, timeout=30, interval=0.2, what="a run of every schedule")
-            rclient = redis.Redis.from_url(svc.redis.url, decode_responses=True)
+            # The next slots, a minute apart at most (the PUTs ran on the real clock).
+            first = max(datetime.fromisoformat(v["next_run_at"]).timestamp() for v in views())
+            for step, now in enumerate((first, first + 60), start=1):
+                rclient.set(CLOCK_KEY, now)  # every slot up to `now` is due; none after it
+
+                def all_ran(at: str = rfc3339(int(now)) or "") -> bool:
+                    return all(v["last_run"] and v["last_run"]["at"] == at
+                               and v["last_run"]["status"] == "succeeded" for v in views())
+
+                wait_until(all_ran, timeout=30, interval=0.1, what=f"run {step} of every schedule")
             runs = of_type(rclient, "schedule.run")
             per_slot = Counter((e["server_id"], e["data"]["slot"]) for e in runs)
-            assert per_slot and max(per_slot.values()) == 1, per_slot
+            assert len(per_slot) == 2 * len(ids) and max(per_slot.values()) == 1, per_slot
             assert {int(s) for s, _ in per_slot} == set(ids)
             for i in ids:
-                snaps = _scheduled(client, i)
-                assert len(snaps) == len([k for k in per_slot if int(k[0]) == i])
+                assert len(_scheduled(client, i)) == 2
             assert not of_type(rclient, "schedule.failed")
 
             # Each run's event reaches the webhook (at least once; dedupe by event id).
