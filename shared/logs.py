@@ -58,8 +58,23 @@ def log_context(**fields: Any) -> Iterator[None]:
 # The fields of a hot record that are the same on every record of this process, taken
 # from a real LogRecord (so every attribute a formatter may use is there), per logger name.
 _TEMPLATES: dict[tuple[str, int, str], dict[str, Any]] = {}
-_VARYING: Final = ("msg", "args", "created", "msecs", "relativeCreated", "thread", "threadName")
+_VARYING: Final = ("msg", "args", "created", "msecs", "relativeCreated", "thread", "threadName",
+                   "taskName")
 os.register_at_fork(after_in_child=_TEMPLATES.clear)  # process id, process name
+# Python 3.12 added the asyncio task's name to LogRecord (``taskName``): it is the
+# caller's, like the thread, never a template's.
+_TASK_NAMES: Final = sys.version_info >= (3, 12)
+
+
+def _task_name() -> str | None:
+    """What LogRecord.__init__ sets as ``taskName`` on Python 3.12+."""
+    if not getattr(logging, "logAsyncioTasks", True):
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        return None
+    return None if task is None else task.get_name()
 
 
 def hot_record(name: str, level: int, pathname: str, msg: str,
@@ -67,7 +82,7 @@ def hot_record(name: str, level: int, pathname: str, msg: str,
     """``logging.LogRecord(name, level, pathname, 0, msg, args, None)`` at a quarter of
     the cost, for a line logged on every request: the constant fields (the level's name,
     file and module names from the path, the process id, which is a system call) are
-    copied from a template made once; the time and thread are the caller's."""
+    copied from a template made once; the time, thread and asyncio task are the caller's."""
     key = (name, level, pathname)
     template = _TEMPLATES.get(key)
     if template is None:
@@ -86,6 +101,8 @@ def hot_record(name: str, level: int, pathname: str, msg: str,
     fields["relativeCreated"] = (now - _START) * 1000
     fields["thread"] = threading.get_ident()
     fields["threadName"] = threading.current_thread().name
+    if _TASK_NAMES:
+        fields["taskName"] = _task_name()
     return record
 
 

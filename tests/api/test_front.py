@@ -221,6 +221,39 @@ def test_hot_record_is_a_log_record_with_the_same_fields() -> None:
     assert 0 <= hot["created"] - made["created"] < 5
 
 
+def test_hot_record_takes_the_thread_and_task_it_is_made_in() -> None:
+    """The template is made once per process, in whichever thread and asyncio task logs
+    first; each record still names its own thread and (Python 3.12+: taskName) task."""
+    name = "tests.hot_record.tasks"  # a template of its own, first made inside a task
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def pair() -> None:
+        made = logging.LogRecord(name, logging.INFO, "/x/observe.py", 0, "%s", ("a",), None)
+        hot = logs.hot_record(name, logging.INFO, "/x/observe.py", "%s", ("a",))
+        pairs.append((made.__dict__, hot.__dict__))
+
+    async def in_tasks() -> None:
+        async def logs_once() -> None:
+            pair()
+
+        await asyncio.create_task(logs_once(), name="request-1")
+        await asyncio.create_task(logs_once(), name="request-2")
+        pair()  # the loop's main task
+
+    asyncio.run(in_tasks())
+    pair()  # no event loop
+    other = threading.Thread(target=pair, name="other-thread")
+    other.start()
+    other.join()
+    for made, hot in pairs:
+        assert set(hot) == set(made)
+        assert {k for k in made if made[k] != hot[k]} <= {"created", "msecs", "relativeCreated"}
+    assert [hot["threadName"] for _m, hot in pairs] == ["MainThread"] * 4 + ["other-thread"]
+    if sys.version_info >= (3, 12):
+        names = [hot["taskName"] for _m, hot in pairs]
+        assert names[:2] == ["request-1", "request-2"] and names[3:] == [None, None]
+
+
 def test_text_formatter_writes_what_logging_formatter_writes_then_the_ids() -> None:
     ours = logs.TextFormatter()
     theirs = logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
