@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,31 @@ def drop_caches() -> bool:
         return True
     except OSError:
         return False
+
+
+def read_tree(root: Path) -> None:
+    """Untimed: every regular file under root (or root itself) into the page cache.
+    O_NOFOLLOW | O_NONBLOCK and a type check, so a symlink, FIFO or device in a state is
+    skipped, never followed or read."""
+    if not root.is_dir():
+        _read_file(str(root))
+        return
+    for d, _dirs, files in os.walk(root):
+        for name in files:
+            _read_file(os.path.join(d, name))
+
+
+def _read_file(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            while os.read(fd, 1 << 20):
+                pass
+    finally:
+        os.close(fd)
 
 
 def du_bytes(path: Path, apparent: bool) -> int:

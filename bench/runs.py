@@ -17,7 +17,16 @@ import benchlib
 from commands import PY, ROOT, Outcome, sh
 from comparison import compare_images, compare_trees, describe
 from dataset import State, change_one_percent_of_image, change_one_percent_of_tree, touch_one_file
-from filesystem import DATA, EXT4_RECENT_S, SETTLE_MARK, drop_caches, du_bytes, rmtree, settle
+from filesystem import (
+    DATA,
+    EXT4_RECENT_S,
+    SETTLE_MARK,
+    drop_caches,
+    du_bytes,
+    read_tree,
+    rmtree,
+    settle,
+)
 from tools import Ours, Tool, engine_available, make_tools
 
 Results = dict[str, dict[str, Outcome]]  # phase -> tool -> outcome
@@ -33,6 +42,15 @@ class Run:
     notes: list[str] = field(default_factory=list)
     engine_error: str | None = None
     sync_between: bool = True
+    swap: bool = False  # the --baseline column runs before ours in each phase (even runs)
+
+    def in_order(self) -> list[Tool]:
+        """The tools in the order this run's phases run them. With --baseline, even runs
+        put the baseline first, so an order effect (what the tool before left cached or
+        dirty, ext4's reuse of recently freed inodes) falls on each column alike."""
+        if self.swap and len(self.tools) > 1:
+            return [self.tools[1], self.tools[0], *self.tools[2:]]
+        return self.tools
 
     def record(self, phase: str, tool: Tool, fn: Callable[[], Outcome], cold: bool) -> Outcome:
         if isinstance(tool, Ours) and self.engine_error:
@@ -56,7 +74,7 @@ class Run:
 
 
 def phase_capture(run: Run) -> None:
-    for tool in run.tools:
+    for tool in run.in_order():
         init = tool.init() if not (isinstance(tool, Ours) and run.engine_error) else Outcome(0.0)
         if init.error:
             print(f"  {tool.name}: init failed: {init.error}")
@@ -64,7 +82,7 @@ def phase_capture(run: Run) -> None:
         if seq == 2:
             touch_one_file(run.states, seq)
         for state in run.states:
-            for tool in run.tools:
+            for tool in run.in_order():
                 if seq == 2:  # else the first tools pay the cache the last drop emptied
                     warm_up(state)
                     tool.warm(state)
@@ -95,7 +113,7 @@ def warm_up(state: State) -> None:
 def phase_restore(run: Run, where: Path) -> dict[str, Path]:
     targets: dict[str, Path] = {}
     for state in run.states:
-        for tool in run.tools:
+        for tool in run.in_order():
             dst = where / f"restore-{tool.repo.name}-{state.name}"
             run.record(
                 f"full restore · {state.name}",
@@ -137,21 +155,24 @@ def phase_partial_restore(run: Run, where: Path, targets: dict[str, Path], warm:
     """Our restore of the snapshot onto our restored state after 1% of it changed."""
     label = " (warm)" if warm else ""
     for state in run.states:
-        for ours in (t for t in run.tools if isinstance(t, Ours)):
+        for ours in (t for t in run.in_order() if isinstance(t, Ours)):
             phase = f"restore onto 1%-changed{label} · {state.name}"
             full = run.results[f"full restore · {state.name}"][ours.name]
             if full.error or run.engine_error:
                 run.record(phase, ours, lambda: Outcome(error="no full restore to start from"),
                            False)
                 continue
-            what = _change_one_percent(state, targets[f"{ours.name}/{state.name}"],
-                                       8 if warm else 7)
+            target = targets[f"{ours.name}/{state.name}"]
+            what = _change_one_percent(state, target, 8 if warm else 7)
             if ours.name == "ours":
                 run.checks.append(f"1%-changed{label} {state.name} target: {what}")
             if warm:
                 # The cold phase dropped the cache before each restore, so the tool that ran
-                # last (the --baseline column) would start this one with its code cached
-                # and ours with ~20 MiB of .venv to read: warm each tool's own, untimed.
+                # last (the --baseline column) would start this one with its code, its
+                # repository and its target cached, and the first one (ours) with ~27 MiB
+                # to read: warm each tool's own, untimed, all of it.
+                read_tree(target)
+                read_tree(ours.repo)
                 ours.warm(state)
             res = run.record(
                 phase,
@@ -204,13 +225,15 @@ def one_run(args: argparse.Namespace, states: list[State], cold: bool, i: int) -
     where = DATA / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{i}"
     where.mkdir(parents=True)
     tools = make_tools(where, args.tools.split(",") if args.tools else None, args.baseline)
-    run = Run(states, tools, cold, sync_between=not args.inherit_dirty)
+    run = Run(states, tools, cold, sync_between=not args.inherit_dirty,
+              swap=args.baseline is not None and i % 2 == 0)
     run.engine_error = engine_available(run.tools[0].env)
     if run.engine_error:
         print(f"engine not available: {run.engine_error}")
     try:
         settle()
-        print(f"run {i}/{args.repeat}")
+        first = f" ({run.in_order()[0].name} first in each phase)" if args.baseline else ""
+        print(f"run {i}/{args.repeat}{first}")
         print("quiet   :", benchlib.wait_quiet(args.max_wait), flush=True)
         execute(run, where)
         print(f"load    : 1-minute load average at the end {os.getloadavg()[0]:.2f}")

@@ -38,14 +38,15 @@ def read_files(*paths: Path, skip: tuple[str, ...] = ()) -> None:
 # package layouts: this checkout's and a2ff45d's), the repository's ids, pack indexes and
 # manifests. Run with the checkout's own python, so its .venv and the interpreter load too.
 _OURS_WARM = """
-import importlib, sys
+import importlib, pkgutil, sys
+import workers.engine
 from workers.engine import Engine
-for name in ("workers.engine.capture.archiver", "workers.engine.archiver",
-             "workers.engine.image.image", "workers.engine.image",
-             "workers.engine.restore.recovery", "workers.engine.patcher"):
+# every module of this checkout's engine (and what it imports), whichever an operation
+# needs: a restore of one checkout may use modules that another imports at start-up
+for mod in pkgutil.walk_packages(workers.engine.__path__, "workers.engine."):
     try:
-        importlib.import_module(name)
-    except ImportError:
+        importlib.import_module(mod.name)
+    except Exception:
         pass
 repo = Engine("file://" + sys.argv[1]).repo
 repo.load_known()
