@@ -181,3 +181,44 @@ def test_finding_the_parent_reads_each_snapshot_header_once_per_host(
     Engine("s3://snaps/fleet", opts).delete(3)
     # new to host a: 8's header (it wrote it, never read it) and 9's; 3 is not listed
     assert capture(10) == eighth + 1
+
+
+def test_a_rewritten_manifest_is_never_read_from_a_stale_cached_head(
+        weed: SeaweedProcess, tmp_path: Path) -> None:
+    """Two writes of one manifest key with the same size within one second (two deliveries
+    of a capture, on a store that ignores If-None-Match) list the same size and, at the
+    store's one-second LastModified, the same time: the cached head is keyed by the ETag,
+    so the host reads the object's bytes now, and the replaced version's head is pruned."""
+    cache = str(tmp_path / "cache")
+    b = backend_for(weed, cache_dir=cache)
+    key = "snapshots/5"
+    first, second = b"A" * 3000, b"B" * 3000
+    b.put(key, first, durable=True)
+    (v1,) = [v for k, v in b.list_versions("snapshots/") if k == key]
+    assert b.get_head(key, 100, listed=v1) == first[:100]
+    gets = weed.requests("snaps").get("GET", 0)
+    assert b.get_head(key, 100, listed=v1) == first[:100]  # from the host's cache
+    assert weed.requests("snaps").get("GET", 0) == gets
+    b.put(key, second, durable=True)  # a plain PUT replaces: what such a store does
+    (v2,) = [v for k, v in b.list_versions("snapshots/") if k == key]
+    assert v2 != v1
+    assert b.get_head(key, 100, listed=v2) == second[:100]
+    assert b.cache is not None and b.cache.cached_head(key, v1) is None  # pruned
+
+
+def test_cached_heads_of_deleted_snapshots_are_pruned(weed: SeaweedProcess,
+                                                       tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    b = backend_for(weed, cache_dir=str(cache))
+    repo = Repository(b)
+    for sid in range(1, 6):
+        b.put(repo.manifest_key(sid), b"x" * (100 + sid), durable=True)
+    for sid, version in repo.listed_manifests():
+        b.get_head(repo.manifest_key(sid), 50, listed=version)
+    (heads_dir,) = cache.glob("*.heads")
+    assert len(os.listdir(heads_dir)) == 5
+    repo.delete_manifest(2)
+    repo.delete_manifest(4)
+    assert [sid for sid, _v in repo.listed_manifests()] == [1, 3, 5]
+    assert sorted(n.split("@")[0] for n in os.listdir(heads_dir)) == [
+        "snapshots-1", "snapshots-3", "snapshots-5"]

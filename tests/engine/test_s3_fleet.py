@@ -24,6 +24,7 @@ from tests.support.seaweed import S3_BUCKET, SeaweedProcess
 from workers.engine import Engine, EngineError, SnapshotCorrupt, StorageUnavailable, tuning
 from workers.engine.model import StorageOptions
 from workers.engine.repository.repository import chunk_key
+from workers.engine.repository.s3backend import S3Backend
 from workers.engine.repository.s3locks import EXCLUSIVE_KEY, SHARED_PREFIX
 
 from .conftest import dir_state, make_meta
@@ -276,3 +277,35 @@ def test_ten_servers_from_one_image_store_it_about_once(seaweed: SeaweedProcess,
     dst = tmp_path / "out"
     hosts[1].restore(7, dir_state(dst))
     assert_same(tmp_path / "srv6", dst)
+
+
+def test_two_deliveries_of_one_capture_commit_one_manifest(seaweed: SeaweedProcess,
+                                                           tmp_path: Path) -> None:
+    """Two deliveries of one capture on two hosts, both past the "committed already?" check:
+    the one that commits second finds the manifest made (If-None-Match: *) and answers the
+    first's snapshot; the stored manifest and every host's view of it are the first's."""
+    repo = url()
+    src = make_tree(tmp_path / "srv", 3, files=5, size=20_000)
+    late = Engine(repo, options(seaweed, tmp_path / "cache-b"))
+    early = Engine(repo, options(seaweed, tmp_path / "cache-a"))
+    assert late.list_snapshots() == []  # b lists (and would cache) before either commits
+    first: list[Any] = []
+    assert isinstance(late.backend, S3Backend)
+    commit = late.backend.before_commit
+    assert commit is not None
+
+    def overtaken() -> None:  # b is about to commit: a's delivery runs whole first
+        if not first:
+            (src / "f000").write_bytes(b"changed between the deliveries")
+            first.append(early.capture(make_meta(1), dir_state(src)))
+        commit()
+
+    late.backend.before_commit = overtaken
+    got = late.capture(make_meta(1), dir_state(src))
+    assert first and got == first[0]
+    for engine in (early, late):
+        (snap,) = engine.list_snapshots()
+        assert snap.size_bytes == first[0].size_bytes
+    dst = tmp_path / "out"
+    late.restore(1, dir_state(dst))
+    assert (dst / "f000").read_bytes() == b"changed between the deliveries"

@@ -143,7 +143,14 @@ class Engine:
                             # the manifest is written by this capture too: counted
                             stored_bytes=stored + len(encoded), files=files, warnings=warnings,
                             completed_at=_now(), ctimes_vouched=True)
-            repo.put_manifest(header, encoded)
+            if not repo.put_manifest(header, encoded):
+                # another delivery of this capture committed first: its snapshot is the one
+                done = self._committed_result(meta.snapshot_id)
+                if done is None:  # deleted at once: nothing of ours stands either
+                    raise SnapshotNotFound(f"snapshot {meta.snapshot_id} was committed by "
+                                           "another delivery and deleted")
+                prog.finish()
+                return done
         prog.finish()
         return self._result(header)
 

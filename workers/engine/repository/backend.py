@@ -48,10 +48,10 @@ class Backend(Protocol):
         ...
 
     def get(self, key: str) -> bytes: ...
-    def get_head(self, key: str, n: int, *, listed: tuple[int, int] | None = None) -> bytes:
-        """The first n bytes (or fewer) of an object (S3: a Range GET). listed: the (size,
-        mtime) a LIST just gave for key, of an object never rewritten in place (a
-        manifest): its bytes may then come from this host's cache (S3: listcache.py)."""
+    def get_head(self, key: str, n: int, *, listed: str | None = None) -> bytes:
+        """The first n bytes (or fewer) of an object (S3: a Range GET). listed: the version
+        list_versions() just gave for key: its bytes may then come from this host's cache
+        (S3: listcache.py)."""
         ...
 
     def get_range(self, key: str, offset: int, n: int) -> bytes:
@@ -67,6 +67,12 @@ class Backend(Protocol):
     def list(self, prefix: str, *, cached: bool = False) -> Iterator[tuple[str, int, int]]:
         """(key, size, mtime_ns) of every object under a directory-like prefix. cached=True
         (a capture's view): may come from a per-host cache (S3: see listcache.py)."""
+        ...
+
+    def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, version) of every object under prefix, from a fresh listing: the version
+        changes whenever the object's bytes may have (S3: its ETag; the size and a LIST's
+        one-second LastModified do not tell two writes of one key apart), "" when unknown."""
         ...
 
     def list_since(self, prefix: str, since_ns: int) -> Iterator[tuple[str, bool]]:
@@ -220,7 +226,7 @@ class LocalBackend:
         with open(self._path(key), "rb") as f:
             return f.read()
 
-    def get_head(self, key: str, n: int, *, listed: tuple[int, int] | None = None) -> bytes:
+    def get_head(self, key: str, n: int, *, listed: str | None = None) -> bytes:
         with open(self._path(key), "rb") as f:
             return f.read(n)
 
@@ -245,6 +251,10 @@ class LocalBackend:
 
     def list(self, prefix: str, *, cached: bool = False) -> Iterator[tuple[str, int, int]]:
         yield from self._list(prefix.rstrip("/"), tmp=False)
+
+    def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
+        for key, size, mtime in self.list(prefix):
+            yield key, f"{size}-{mtime}"  # a local read is cheap: nothing caches by it
 
     def list_since(self, prefix: str, since_ns: int) -> Iterator[tuple[str, bool]]:
         # A fan-out directory whose mtime predates since_ns gained no entry since then, so

@@ -48,6 +48,7 @@ class ObjectStore(Protocol):
 
 CONDEMNED_KEY = "reclaim/condemned"  # written by the reclaim only (s3reclaim.py)
 PACKIDX_PREFIX = "packidx/"
+MANIFEST_PREFIX = "snapshots/"
 CACHED_PREFIXES = ("data/", PACKIDX_PREFIX)
 
 
@@ -256,37 +257,76 @@ class ListingCache:
         except OSError:
             pass
 
-    # A manifest's first bytes (its header), by the (size, mtime) a LIST gave: a capture
+    # A manifest's first bytes (its header), by the version (ETag) a LIST gave: a capture
     # looking for its parent reads every snapshot's header, so without this its GETs grew
-    # with the fleet; a manifest is written once and never changed, so a listed version
-    # found here is the object's, and a snapshot not listed is never looked up.
-    def cached_head(self, key: str, version: tuple[int, int]) -> bytes | None:
+    # with the fleet. Keyed by the ETag, not the listed size and time: two deliveries of
+    # one capture may both write its manifest within the store's one-second LastModified,
+    # at the same size (on a store that ignores If-None-Match both PUTs land). Each file
+    # is a flag byte (W: the whole object, P: its first bytes) and the bytes; the heads of
+    # objects a full listing no longer shows are pruned (prune_heads).
+    def cached_head(self, key: str, version: str) -> tuple[bytes, bool] | None:
         if self.path is None:
             return None
         try:
             with open(self._head_path(key, version), "rb") as f:
-                return f.read()
+                data = f.read()
         except OSError:
             return None
+        return (data[1:], data[:1] == b"W") if data[:1] in (b"W", b"P") else None
 
-    def keep_head(self, key: str, version: tuple[int, int], data: bytes) -> None:
+    def keep_head(self, key: str, version: str, data: bytes, *, whole: bool) -> None:
         if self.path is None:
             return
         path = self._head_path(key, version)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            _replace(path, data)
+            if not os.path.isdir(self._heads_dir()):
+                self._drop_old_heads()
+                os.makedirs(self._heads_dir(), exist_ok=True)
+            _replace(path, (b"W" if whole else b"P") + data)
         except OSError:
             pass
 
-    def _head_path(self, key: str, version: tuple[int, int]) -> str:
-        size, mtime = version
-        return self._object_path(key) + f"@{size}-{mtime}"
+    def prune_heads(self, prefix: str, listed: Iterable[tuple[str, str]]) -> int:
+        """Remove the kept heads of keys under prefix that are not in a full listing of it
+        (deleted snapshots, rewritten objects); returns how many. Another process may keep
+        a head of an object written after that listing meanwhile: losing it costs a GET."""
+        if self.path is None:
+            return 0
+        wanted = {os.path.basename(self._head_path(k, v)) for k, v in listed}
+        start = _flat(prefix)
+        removed = 0
+        try:
+            names = os.listdir(self._heads_dir())
+        except OSError:
+            return 0
+        for name in names:
+            if name.startswith(start) and name not in wanted:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self._heads_dir(), name))
+                    removed += 1
+        return removed
+
+    def _drop_old_heads(self) -> None:
+        """Heads kept by earlier versions (beside the index objects, keyed by size and
+        time, never pruned): removed once, when this host first keeps a head here."""
+        objects = self._object_path("x").rsplit(os.sep, 1)[0]
+        with contextlib.suppress(OSError), os.scandir(objects) as it:
+            for e in it:
+                if e.name.startswith(_flat(MANIFEST_PREFIX)) and "@" in e.name:
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.path)
+
+    def _head_path(self, key: str, version: str) -> str:
+        tag = blake3.blake3(version.encode()).hexdigest()[:32]  # ETags hold quotes and '-'
+        return os.path.join(self._heads_dir(), f"{_flat(key)}@{tag}")
+
+    def _heads_dir(self) -> str:
+        assert self.path is not None
+        return self.path.removesuffix(".msgpack") + ".heads"
 
     def _object_path(self, key: str) -> str:
         assert self.path is not None
-        return os.path.join(self.path.removesuffix(".msgpack") + ".objects",
-                            key.replace("/", "-"))
+        return os.path.join(self.path.removesuffix(".msgpack") + ".objects", _flat(key))
 
     def invalidate(self) -> None:
         """Forget everything (the reclaim calls this on its own host after deleting)."""
@@ -296,6 +336,11 @@ class ListingCache:
                 if path is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
+
+
+def _flat(key: str) -> str:
+    """A key as one file name ('/' -> '-'; keys hold no '-' of their own)."""
+    return key.replace("/", "-")
 
 
 def _journal_head(state: _State) -> bytes:

@@ -316,8 +316,10 @@ class Repository:
     def manifest_key(snapshot_id: int) -> str:
         return f"snapshots/{snapshot_id}"
 
-    def put_manifest(self, header: manifest.Header, body: bytes) -> None:
-        """body: manifest.encode_body() of the tree (the caller counts its size as stored)."""
+    def put_manifest(self, header: manifest.Header, body: bytes) -> bool:
+        """body: manifest.encode_body() of the tree (the caller counts its size as stored).
+        False: the manifest existed already (another delivery of the same capture committed
+        first; created once with If-None-Match: * on S3, link() on file://), and stays."""
         # One barrier makes every chunk the snapshot needs durable, then the manifest itself
         # is written durably (temp, fsync, rename, fsync dir): after this the snapshot exists.
         # Chunks of committed snapshots are durable already. A chunk reused from a killed
@@ -334,19 +336,19 @@ class Repository:
             self.backend.put(SYNCED_KEY, str(started).encode(), durable=True)
         else:
             self.backend.barrier(written)
-        self.backend.put(self.manifest_key(header.meta.snapshot_id),
-                         manifest.assemble(header, body), durable=True)
+        return self.backend.put(self.manifest_key(header.meta.snapshot_id),
+                                manifest.assemble(header, body), durable=True, exclusive=True)
 
     def manifest_ids(self) -> list[int]:
         return [sid for sid, _version in self.listed_manifests()]
 
-    def listed_manifests(self) -> list[tuple[int, tuple[int, int]]]:
-        """(snapshot id, (size, mtime) as listed) of every manifest, by id."""
+    def listed_manifests(self) -> list[tuple[int, str]]:
+        """(snapshot id, version as listed) of every manifest, by id."""
         out = []
-        for key, size, mtime in self.backend.list("snapshots/"):
+        for key, version in self.backend.list_versions("snapshots/"):
             name = key.rsplit("/", 1)[1]
             if name.isdigit():
-                out.append((int(name), (size, mtime)))
+                out.append((int(name), version))
         return sorted(out)
 
     def get_manifest_raw(self, snapshot_id: int) -> bytes:
@@ -356,10 +358,9 @@ class Repository:
         except FileNotFoundError as e:
             raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e
 
-    def get_header(self, snapshot_id: int,
-                   listed: tuple[int, int] | None = None) -> manifest.Header:
+    def get_header(self, snapshot_id: int, listed: str | None = None) -> manifest.Header:
         """Decodes the header only, reading just its bytes (listing stays cheap); listed:
-        the manifest's (size, mtime) from listed_manifests() (a host may have it cached)."""
+        the manifest's version from listed_manifests() (a host may have it cached)."""
         key = self.manifest_key(snapshot_id)
         try:
             head = self.backend.get_head(key, 4096, listed=listed)

@@ -44,12 +44,11 @@ from obstore.store import S3Store
 from .. import tuning
 from ..model import EngineError, StorageOptions, StorageUnavailable
 from . import s3retry
-from .listcache import ListingCache, ObjectInfo
+from .listcache import MANIFEST_PREFIX, ListingCache, ObjectInfo
 
 T = TypeVar("T")
 LOCKS_PREFIX = "locks/"
 PROBE_PREFIX = LOCKS_PREFIX + "probe-"
-MANIFEST_PREFIX = "snapshots/"
 CONFIG_KEY = "config"
 
 
@@ -167,7 +166,12 @@ class S3Backend:
             self.cache.added(key, size)
 
     def put_exclusive(self, key: str, data: bytes) -> bool:
-        """Create key only if absent (If-None-Match: *); False when it existed."""
+        """Create key only if absent (If-None-Match: *); False when it existed. A store
+        that ignores the header (rclone's) replaces the object and answers True: a
+        manifest (the only object put this way that may exist already, from another
+        delivery of its capture) then holds the last writer's, as before conditional PUTs."""
+        if key.startswith(MANIFEST_PREFIX) and self.before_commit is not None:
+            self.before_commit()
         self._wait_key(key)
         try:
             self._call(f"PUT {key}", lambda: obstore.put(self.store, key, data, mode="create"))
@@ -233,14 +237,14 @@ class S3Backend:
             self.cache.keep_object(key, data)
         return data
 
-    def get_head(self, key: str, n: int, *, listed: tuple[int, int] | None = None) -> bytes:
-        if listed is None or self.cache is None:
+    def get_head(self, key: str, n: int, *, listed: str | None = None) -> bytes:
+        if not listed or self.cache is None:
             return self._range(key, 0, n)
         kept = self.cache.cached_head(key, listed)
-        if kept is not None and (len(kept) >= n or len(kept) >= listed[0]):
-            return kept[:n]
+        if kept is not None and (kept[1] or len(kept[0]) >= n):
+            return kept[0][:n]
         data = self._range(key, 0, n)
-        self.cache.keep_head(key, listed, data)
+        self.cache.keep_head(key, listed, data, whole=len(data) < n)  # short: all there is
         return data
 
     def get_range(self, key: str, offset: int, n: int) -> bytes:
@@ -321,6 +325,19 @@ class S3Backend:
 
         # A LIST is retried whole: a listing half-read before a failure is not yielded.
         yield from self._call(f"LIST {prefix}", page)
+
+    def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, ETag) from one LIST; this host's cached heads of objects under prefix that
+        are no longer listed (deleted, or rewritten: another ETag) are forgotten."""
+        def page() -> list[tuple[str, str]]:
+            return [(str(meta["path"]), str(meta["e_tag"] or ""))
+                    for batch in obstore.list(self.store, prefix=prefix, chunk_size=1000)
+                    for meta in batch]
+
+        listed = self._call(f"LIST {prefix}", page)
+        if self.cache is not None:
+            self.cache.prune_heads(prefix, listed)
+        yield from listed
 
     def list_since(self, prefix: str, since_ns: int) -> Iterator[tuple[str, bool]]:
         # A stored S3 object is durable and whole: never "maybe not durable yet", never torn.
