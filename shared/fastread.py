@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final, cast
 
 import hiredis
@@ -69,12 +69,14 @@ class _Batch:
         self.replies: list[Any] = []
 
 
+# Keys whose GET command is kept packed (listing versions: one per account listed).
+PACKED_GETS: Final = 4096
 # The connection's name in CLIENT LIST, for operators and tests.
 CLIENT_NAME: Final = "snapshots-reads"
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = 5.0) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
         self.waiters: deque[asyncio.Future[Any] | _Batch] = deque()
         self.transport: asyncio.Transport | None = None
@@ -83,19 +85,54 @@ class _Protocol(asyncio.Protocol):
         # The loop that makes the connection (its factory runs in it), kept: asyncio's
         # get_running_loop() is a getpid system call each time, and this runs per command.
         self.loop = asyncio.get_running_loop()
+        # A reply later than ``timeout`` drops the connection. One watchdog timer for the
+        # connection, not one per command: ``marks`` holds, for each write, how many
+        # waiters had been queued by then and when; the oldest waiter not yet answered was
+        # sent with the first mark past ``answered``.
+        self.timeout = timeout
+        self.queued = 0
+        self.answered = 0
+        self.marks: deque[tuple[int, float]] = deque()
+        self.watchdog: asyncio.TimerHandle | None = None
 
-    def send(self, command: bytes) -> None:
+    def call(self, command: bytes) -> asyncio.Future[Any]:
+        """Sends one command; its reply (or error) comes as the future's result."""
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.send(command, fut)
+        return fut
+
+    def send(self, command: bytes, waiter: asyncio.Future[Any] | _Batch) -> None:
         # Commands issued in the same loop iteration go out in one write: a syscall costs
         # far more than building the bytes, and concurrent requests batch up naturally.
         if not self.outbox:
             self.loop.call_soon(self.flush)
         self.outbox.append(command)
+        self.waiters.append(waiter)
+        self.queued += 1
 
     def flush(self) -> None:
         data = b"".join(self.outbox)
         self.outbox.clear()
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if self.transport is None or self.closed:
+            return
+        self.transport.write(data)
+        now = self.loop.time()
+        self.marks.append((self.queued, now))
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_at(now + self.timeout, self._watch)
+
+    def _watch(self) -> None:
+        self.watchdog = None
+        marks = self.marks
+        while marks and marks[0][0] <= self.answered:
+            marks.popleft()
+        if self.closed or not marks:
+            return
+        due = marks[0][1] + self.timeout
+        if due <= self.loop.time():
+            self.expire()
+        else:
+            self.watchdog = self.loop.call_at(due, self._watch)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but quack the same.
@@ -113,22 +150,30 @@ class _Protocol(asyncio.Protocol):
                 if len(waiter.replies) < waiter.expect:
                     continue
                 self.waiters.popleft()
+                self.answered += 1
                 if not waiter.fut.done():
                     waiter.fut.set_result(waiter.replies)
                 continue
             self.waiters.popleft()
+            self.answered += 1
             if waiter.done():
                 continue
             if _is_error(reply):
                 waiter.set_exception(_error(reply))
             else:
                 waiter.set_result(reply)
+        marks = self.marks
+        while marks and marks[0][0] <= self.answered:
+            marks.popleft()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail_all(redis.exceptions.ConnectionError(f"Redis connection lost: {exc}"))
 
     def fail_all(self, err: Exception) -> None:
         self.closed = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         while self.waiters:
             waiter = self.waiters.popleft()
             fut = waiter.fut if isinstance(waiter, _Batch) else waiter
@@ -151,6 +196,7 @@ class FastReads:
         self._proto: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        self._packed_gets: dict[str, bytes] = {}
         # Counts the connections made: what was read on an earlier one may be stale now
         # (a Redis restarted, perhaps from older data). See api/views.py RowViews.
         self.generation = 0
@@ -158,13 +204,17 @@ class FastReads:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         o = self.options
+
+        def factory() -> _Protocol:
+            return _Protocol(self.timeout)
+
         if "path" in o:
-            connect = loop.create_unix_connection(_Protocol, o["path"])
+            connect = loop.create_unix_connection(factory, o["path"])
         else:
             secure = o.get("connection_class") is SSLConnection
             tls = ssl.create_default_context() if secure else None
             connect = loop.create_connection(
-                _Protocol, o.get("host", "localhost"), o.get("port", 6379), ssl=tls
+                factory, o.get("host", "localhost"), o.get("port", 6379), ssl=tls
             )
         try:
             _, proto = await asyncio.wait_for(connect, self.timeout)
@@ -173,10 +223,10 @@ class FastReads:
         try:
             if o.get("password"):
                 auth = (o["username"], o["password"]) if o.get("username") else (o["password"],)
-                await self._roundtrip(proto, ("AUTH", *auth))
+                await proto.call(pack(("AUTH", *auth)))
             if o.get("db"):
-                await self._roundtrip(proto, ("SELECT", o["db"]))
-            await self._roundtrip(proto, ("CLIENT", "SETNAME", CLIENT_NAME))
+                await proto.call(pack(("SELECT", o["db"])))
+            await proto.call(pack(("CLIENT", "SETNAME", CLIENT_NAME)))
         except redis.exceptions.ResponseError as exc:
             # A refused AUTH/SELECT is a configuration problem: the service is unavailable.
             proto.abort(redis.exceptions.ConnectionError("Redis connection set-up failed"))
@@ -201,8 +251,38 @@ class FastReads:
                     proto = await self._connect()
         return proto
 
-    async def command(self, *args: str | bytes | int) -> Any:
-        return await self._roundtrip(await self._connection(), args)
+    def _ready(self) -> _Protocol | None:
+        """The connection, when it is up and this loop's (else ``_connection`` makes one)."""
+        proto = self._proto
+        if proto is None or proto.closed or self._loop is not asyncio.get_running_loop():
+            return None
+        return proto
+
+    def command(self, *args: str | bytes | int) -> Awaitable[Any]:
+        """The command's reply, to await. A plain call answering the reply's future itself
+        when connected, not a coroutine around it: a request makes one or two of these,
+        and each coroutine layer is measurable on the hot path."""
+        proto = self._ready()
+        if proto is None:
+            return self._connected_call(pack(args))
+        return proto.call(pack(args))
+
+    def get(self, key: str) -> Awaitable[str | None]:
+        """``GET key`` (a listing's version, on every list): its packed bytes made once."""
+        command = self._packed_gets.get(key)
+        if command is None:
+            if len(self._packed_gets) >= PACKED_GETS:
+                self._packed_gets.clear()
+            command = self._packed_gets[key] = pack(("GET", key))
+        proto = self._ready()
+        if proto is None:
+            return self._connected_call(command)
+        reply: Awaitable[str | None] = proto.call(command)
+        return reply
+
+    async def _connected_call(self, command: bytes) -> Any:
+        proto = await self._connection()
+        return await proto.call(command)
 
     async def batch(self, commands: Sequence[tuple[str | bytes | int, ...]]) -> list[Any]:
         """Several commands in one write, their replies in one list, in order (one future
@@ -210,30 +290,14 @@ class FastReads:
         connection stays in step. Not atomic: other clients' commands may run between."""
         if not commands:
             return []
-        proto = await self._connection()
+        proto = self._ready() or await self._connection()
         fut: asyncio.Future[list[Any]] = proto.loop.create_future()
-        proto.waiters.append(_Batch(fut, len(commands)))
-        proto.send(b"".join(pack(c) for c in commands))
-        replies: list[Any] = await self._wait(proto, fut)
+        proto.send(b"".join(pack(c) for c in commands), _Batch(fut, len(commands)))
+        replies: list[Any] = await fut
         for reply in replies:
             if isinstance(reply, redis.exceptions.RedisError):
                 raise reply
         return replies
-
-    async def _roundtrip(self, proto: _Protocol, args: tuple[str | bytes | int, ...]) -> Any:
-        fut: asyncio.Future[Any] = proto.loop.create_future()
-        proto.waiters.append(fut)
-        proto.send(pack(args))
-        return await self._wait(proto, fut)
-
-    async def _wait(self, proto: _Protocol, fut: asyncio.Future[Any]) -> Any:
-        # A cheap timer instead of wait_for: a reply that never comes poisons the order of
-        # the pipeline, so the whole connection is dropped, not just this command.
-        timer = proto.loop.call_later(self.timeout, proto.expire)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
 
     async def hgetall(self, key: str) -> dict[str, str]:
         flat: list[str] = await self.command("HGETALL", key)
