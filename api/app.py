@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any, cast
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import openapi
@@ -42,29 +42,81 @@ def _route(path: str, rows: list[Endpoint]) -> BaseRoute:
     by_method: dict[str, Handler] = {e.method: e.handler for e in rows}
     if "GET" in by_method:
         by_method["HEAD"] = by_method["GET"]
-    if len(rows) == 1:
-        endpoint = rows[0].handler
-    else:
 
-        async def endpoint(request: Request) -> Response:
-            response: Response = await by_method[request.method](request)
-            return response
+    async def endpoint(request: Request) -> Response:  # what Starlette's Route is given
+        response: Response = await by_method[request.method](request)
+        return response
 
     route = Route(path.rstrip("/") + "/", endpoint, methods=list(by_method))
-    route.app = _asgi(endpoint)
+    route.app = _asgi(by_method)
     return route
 
 
-def _asgi(handler: Handler) -> ASGIApp:
-    """The handler as an ASGI app, without Starlette's exception-handler layer around it
-    (``request_response``): that layer looks up handlers this app never registers and
-    wraps ``send`` once more on every request; every exception goes to Front anyway."""
+def _asgi(by_method: dict[str, Handler]) -> ASGIApp:
+    """The route's handlers as one ASGI app, without Starlette's exception-handler layer
+    around it (``request_response``): that layer looks up handlers this app never
+    registers and wraps ``send`` once more on every request; every exception goes to
+    Front anyway. The method picks the handler here, not in a coroutine of its own: the
+    router only hands over a request whose method the route has (else 405)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        response = await handler(Request(scope, receive, send))
+        response = await by_method[scope["method"]](Request(scope, receive, send))
         await response(scope, receive, send)
 
     return app
+
+
+class Dispatch:
+    """Starlette's ``Router.app`` for this app's routes, as a plain call that answers the
+    matched route's coroutine instead of a coroutine that awaits it.
+
+    Each layer between uvicorn and a handler is a coroutine frame that a request enters,
+    leaves, and passes through again at every suspension (each Redis reply): Router's
+    ``__call__``, its ``app`` and ``Route.handle`` were three of them. The matching is the
+    router's own (``Route.matches``, the first full match, else the first partial one:
+    405), and so is everything that is not an HTTP request (the lifespan).
+    """
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.routes = router.routes
+        # Paths of routes without parameters that no route before them matches (so the
+        # router would pick them first for that path): found with one dict lookup.
+        self.exact: dict[str, tuple[Route, set[str]]] = {}
+        for i, route in enumerate(self.routes):
+            before = self.routes[:i]
+            if (isinstance(route, Route) and route.methods and not route.param_convertors
+                    and all(isinstance(r, Route) and not r.path_regex.match(route.path)
+                            for r in before)):
+                self.exact.setdefault(route.path, (route, route.methods))
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] != "http":
+            return self.router(scope, receive, send)
+        scope["router"] = self.router
+        exact = self.exact.get(scope["path"])
+        if exact is not None and scope["method"] in exact[1] and not scope.get("root_path"):
+            # What Route.matches gives this path (no parameters) and the router then does.
+            hit = exact[0]
+            scope["route"] = hit
+            scope["endpoint"] = hit.endpoint
+            scope["path_params"] = dict(scope.get("path_params", {}))
+            return hit.app(scope, receive, send)
+        partial: tuple[BaseRoute, Scope] | None = None
+        for route in self.routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope["route"] = route
+                scope.update(child_scope)
+                # Route.handle would check the method again: a full match has it.
+                return cast(Route, route).app(scope, receive, send)
+            if match is Match.PARTIAL and partial is None:
+                partial = (route, child_scope)
+        if partial is not None:
+            scope["route"] = partial[0]
+            scope.update(partial[1])
+            return partial[0].handle(scope, receive, send)  # 405, with Allow
+        return self.router.default(scope, receive, send)  # 404 (Front's shape)
 
 
 def routes(table: Iterable[Endpoint]) -> list[BaseRoute]:
@@ -104,7 +156,7 @@ class SnapshotsApp(Starlette):
     rate_limit: RateLimit | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
-        inner: ASGIApp = self.router
+        inner: ASGIApp = Dispatch(self.router)
         if self.rate_limit is not None:
             inner = RateLimiter(inner, self.auth_options["store"], self.rate_limit)
         return Front(BearerAuth(inner, **self.auth_options), self.http_metrics,

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
@@ -110,12 +110,14 @@ class Front:
         header = (b"x-request-id", request_id)
         status = 0  # 0: nothing sent yet
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            # A plain call answering uvicorn's send coroutine: no coroutine of its own to
+            # make and run for each of a response's two messages.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
+            return send(message)
 
         token = logs.enter(request_id=rid)
         try:
