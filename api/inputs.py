@@ -108,13 +108,21 @@ def path_id(request: Request, name: str) -> int:
     return positive_id(request.path_params[name], name)
 
 
+def query_param(request: Request, name: str) -> str | None:
+    """A query parameter's raw value; a request without a query string has none (and
+    then nothing is parsed: the common list, ``GET /api/v1/snapshots/``)."""
+    if not request.scope["query_string"]:
+        return None
+    return request.query_params.get(name)
+
+
 def query_id(request: Request, name: str) -> int | None:
-    raw = request.query_params.get(name)
+    raw = query_param(request, name)
     return None if raw is None or raw == "" else positive_id(raw, name)
 
 
 def query_limit(request: Request, default: int = 50, maximum: int = 200) -> int:
-    raw = request.query_params.get("limit")
+    raw = query_param(request, "limit")
     if raw is None or raw == "":
         return default
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
@@ -123,7 +131,7 @@ def query_limit(request: Request, default: int = 50, maximum: int = 200) -> int:
 
 
 def query_choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
-    raw = request.query_params.get(name)
+    raw = query_param(request, name)
     if raw is None or raw == "":
         return None
     if raw not in choices:

@@ -11,7 +11,7 @@ from api.auth import principal
 from api.errors import NotFound, from_refusal
 from api.inputs import path_id, query_choice, query_id, query_limit
 from api.services import services
-from api.views import JSON, next_link, snapshot_list, snapshot_view
+from api.views import JSON, RawJSON, next_link, snapshot_list, snapshot_view
 from shared.records import SnapshotRecord
 from shared.schemas import (
     CREATE_MESSAGE,
@@ -81,7 +81,7 @@ async def get_one(request: Request) -> Response:
     body = services(request).snapshot_views.snapshot_json(fields, store.reads.generation)
     if not body or (not who.is_admin and fields.get("account") != who.account):
         raise NotFound(f"Snapshot {snapshot_id} not found.")
-    return Response(body, media_type=JSON.media_type)
+    return RawJSON(body)
 
 
 async def list_all(request: Request) -> Response:
@@ -98,17 +98,20 @@ async def list_all(request: Request) -> Response:
             return JSON(empty)
     store = svc.store
     views = svc.snapshot_views
-    query = (who.account_filter, server_id, status, cursor, limit)
+    account = who.account_filter
+    query = (account, server_id, status, cursor, limit)
     kept = views.kept_page(query, store.reads.generation)
+    if kept is not None:
+        version = await store.listing_version(account)
+        if version == kept.version and kept.generation == store.reads.generation:
+            # Nothing this listing shows changed since the page was kept.
+            link = next_link(request, kept.next_cursor, server_id=server_id, status=status,
+                             limit=limit)
+            return kept.answer(link)
     page = await store.snapshot_page(
-        account=who.account_filter, server_id=server_id, status=status, cursor=cursor,
+        account=account, server_id=server_id, status=status, cursor=cursor,
         limit=limit, known_version="" if kept is None else kept.version,
     )
-    if page.unchanged and kept is not None and kept.generation == store.reads.generation:
-        # Nothing this listing shows changed since the page was kept.
-        link = next_link(request, kept.next_cursor, server_id=server_id, status=status,
-                         limit=limit)
-        return Response(kept.answer(link), media_type=JSON.media_type)
     if page.unchanged:
         # Answered by a Redis connected since the page was kept: read it afresh.
         page = await store.list_snapshots(
@@ -122,7 +125,7 @@ async def list_all(request: Request) -> Response:
     items = await views.json_array(page, fetch, generation)
     views.keep_page(query, page, items, generation)
     link = next_link(request, page.next_cursor, server_id=server_id, status=status, limit=limit)
-    return Response(snapshot_list(items, page.total, link), media_type=JSON.media_type)
+    return RawJSON(snapshot_list(items, page.total, link))
 
 
 async def restore(request: Request, body: RestoreRequest) -> Response:

@@ -47,6 +47,30 @@ class JSON(Response):
         return _encode(content)
 
 
+_JSON_TYPE: Final = (b"content-type", b"application/json")
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def json_headers(body: bytes) -> RawHeaders:
+    """The headers Response(body, media_type="application/json") makes, in its order."""
+    return [(b"content-length", b"%d" % len(body)), _JSON_TYPE]
+
+
+class RawJSON(Response):
+    """A 200 with a JSON body already encoded: a Response without its generic header
+    making (GET one's and a kept page's answer, on every request). ``raw_headers``, when
+    given, are ``json_headers(body)`` made before (a kept page keeps them with its body);
+    nothing changes them (uvicorn and Front copy a response's headers, never modify)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, raw_headers: RawHeaders | None = None) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = json_headers(body) if raw_headers is None else raw_headers
+
+
 def snapshot_view(rec: SnapshotRecord) -> Snapshot:
     return Snapshot(
         id=rec.id,
@@ -86,15 +110,17 @@ class KeptPage(msgspec.Struct):
     items: msgspec.Raw
     total: int
     next_cursor: int | None
-    # The whole body, as last answered with ``link`` (the next link depends on the
-    # request's path too): a kept page answers these bytes, allocating nothing.
+    # The whole body and its headers, as last answered with ``link`` (the next link
+    # depends on the request's path too): a kept page answers these, allocating nothing.
     link: str | None = None
     body: bytes = b""
+    headers: RawHeaders = []
 
-    def answer(self, link: str | None) -> bytes:
+    def answer(self, link: str | None) -> Response:
         if not self.body or link != self.link:
             self.body, self.link = snapshot_list(self.items, self.total, link), link
-        return self.body
+            self.headers = json_headers(self.body)
+        return RawJSON(self.body, self.headers)
 
 
 class RowViews:

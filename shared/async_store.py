@@ -8,6 +8,7 @@ transition script. Refusals raise ``TransitionRefused`` with the SPEC error code
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import msgspec
@@ -200,6 +201,13 @@ class AsyncStore:
         return await self.snapshot_page(account=account, server_id=server_id, status=status,
                                         cursor=cursor, limit=limit, known_version="")
 
+    def listing_version(self, account: str | None) -> Awaitable[str | None]:
+        """The version of the account's snapshot listings now (of every account's for
+        None): one GET, what a kept page is checked against (api/views.py
+        RowViews.kept_page). A plain GET, not the list script: a kept page is the common
+        answer, and an EVALSHA costs Redis several times a GET (the helpers' prelude)."""
+        return self.reads.get(keys.snapshot_listing_version(account))
+
     async def snapshot_page(
         self,
         *,
@@ -211,16 +219,9 @@ class AsyncStore:
         known_version: str,
     ) -> PageIndex:
         """``list_snapshots``, or, when the listing is still at ``known_version`` (the
-        version a page was kept under), only ``unchanged`` (api/views.py RowViews.kept_page)."""
+        version a page was kept under), only ``unchanged``: the script reads the version
+        and the page together, atomically."""
         version_key = keys.snapshot_listing_version(account)
-        if known_version:
-            # A plain GET first: a kept page is the common answer, and an EVALSHA of the
-            # list script costs Redis several times a GET (it runs the helpers' prelude).
-            # When the version moved, the script reads it again, with the page, atomically.
-            current = await self.reads.command("GET", version_key)
-            if current == known_version:
-                return PageIndex(members=[], revs=[], total=0, next_cursor=None,
-                                 version=known_version, unchanged=True)
         key = keys.index("snapshots", account, server_id, status)
         return await self._index(key, "snapshot:", cursor, limit, (version_key, known_version))
 
