@@ -223,17 +223,21 @@ class DeadlineHttp(HttpToolsProtocol):
         self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._refuse()
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
+        # Counted here, not in a helper: this runs for every header of every request.
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._refuse()
         if not self._refused:
             super().on_header(name, value)
 
-    def _count(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > MAX_HEADER_BYTES and not self._refused:
+    def _refuse(self) -> None:
+        if not self._refused:
             self._refused = True
             self._disarm()
             self.transport.write(_TOO_LARGE % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY))

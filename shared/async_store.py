@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from shared import keys, metrics
-from shared.fastread import FastReads
+from shared.fastread import FastReads, pairs
 from shared.hosts import HostSummary, workers_async
 from shared.hosts import summary as host_summary
 from shared.outage import STALE_CONNECTION
@@ -169,7 +169,8 @@ class AsyncStore:
     async def snapshot_hash(self, snapshot_id: int) -> dict[str, str]:
         """A snapshot's hash as Redis holds it (empty when there is none): GET one renders
         it through the web process's views, by (id, rev), without decoding it each time."""
-        return await self.reads.hgetall(keys.snapshot(snapshot_id))
+        # The reply's future awaited here, not through hgetall's coroutine: GET one's path.
+        return pairs(await self.reads.command("HGETALL", keys.snapshot(snapshot_id)))
 
     async def get_operation(self, operation_id: int) -> OperationRecord | None:
         return await self._get(keys.operation(operation_id), OperationRecord)

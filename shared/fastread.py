@@ -48,6 +48,12 @@ _REPLY_ERRORS: dict[str, type[redis.exceptions.RedisError]] = {
 }
 
 
+def pairs(flat: list[str]) -> dict[str, str]:
+    """An HGETALL reply (field, value, field, value, ...) as a dict."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
 def _is_error(reply: Any) -> bool:
     return isinstance(reply, hiredis.ReplyError)
 
@@ -300,9 +306,7 @@ class FastReads:
         return replies
 
     async def hgetall(self, key: str) -> dict[str, str]:
-        flat: list[str] = await self.command("HGETALL", key)
-        it = iter(flat)
-        return dict(zip(it, it, strict=True))
+        return pairs(await self.command("HGETALL", key))
 
     async def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:

@@ -30,15 +30,25 @@ CONTEXT_FIELDS: Final = ("request_id", "operation_id", "account", "server_id")
 _context: ContextVar[dict[str, Any]] = ContextVar("log_context", default={})  # noqa: B039
 
 
+def _with(fields: dict[str, Any]) -> dict[str, Any]:
+    # A loop, not a comprehension: this runs twice a request, and a comprehension is a
+    # function call of its own on Python 3.11.
+    context = {**_context.get()}
+    for key, value in fields.items():
+        if value is not None:
+            context[key] = value
+    return context
+
+
 def bind(**fields: Any) -> None:
     """Adds fields to the current context (a request's, a job thread's) until it ends."""
-    _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    _context.set(_with(fields))
 
 
 def enter(**fields: Any) -> Token[dict[str, Any]]:
     """``log_context`` without the context manager, for the request path: the caller
     passes the answer to ``leave`` in a ``finally``."""
-    return _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    return _context.set(_with(fields))
 
 
 def leave(token: Token[dict[str, Any]]) -> None:
