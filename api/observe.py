@@ -98,14 +98,18 @@ def access_line(method: str, path: str, route: str, status: int, seconds: float,
     Handed to ``logs.hot_line`` rather than ``Logger.info``: that would walk the stack to
     find the caller (``findCaller``) and copy ``extra`` key by key, a few microseconds a
     request for a file name and line nobody reads on an access line; and with the text
-    format the line is formatted without making a record at all.
+    format the line is formatted without making a record, or the fields it does not show.
     """
     if not access.isEnabledFor(logging.INFO):
         return
     ms = seconds * 1000
-    fields = {"method": method, "route": route, "status": status,
-              "duration_ms": round(ms, 2), "request_id": request_id}
+    ids = {"request_id": request_id}
     if account is not None:
-        fields["account"] = account
+        ids["account"] = account
+
+    def fields() -> dict[str, Any]:
+        return {"method": method, "route": route, "status": status,
+                "duration_ms": round(ms, 2)}
+
     logs.hot_line(access, logging.INFO, __file__, _ACCESS_MSG, (method, path, status, ms),
-                  fields)
+                  ids, fields)

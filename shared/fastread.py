@@ -75,6 +75,33 @@ class _Batch:
         self.replies: list[Any] = []
 
 
+class _Shared:
+    """One command written for every caller that asked for it in the same loop iteration,
+    before the write: each caller has a future of its own (one cancelled leaves the
+    others waiting), all answered by the one reply. The write comes after every one of
+    them asked, so the reply is what each would have had from a command of its own sent
+    then: a write that finished before any of them asked shows in it."""
+
+    __slots__ = ("futs",)
+
+    def __init__(self) -> None:
+        self.futs: list[asyncio.Future[Any]] = []
+
+    def answer(self, reply: Any) -> None:
+        for fut in self.futs:
+            if not fut.done():
+                if _is_error(reply):
+                    fut.set_exception(_error(reply))
+                else:
+                    fut.set_result(reply)
+
+    def fail(self, err: Exception) -> None:
+        for fut in self.futs:
+            if not fut.done():
+                fut.set_exception(err)
+
+
+Waiter = asyncio.Future[Any] | _Batch | _Shared
 # Keys whose GET command is kept packed (listing versions: one per account listed).
 PACKED_GETS: Final = 4096
 # The connection's name in CLIENT LIST, for operators and tests.
@@ -84,7 +111,9 @@ CLIENT_NAME: Final = "snapshots-reads"
 class _Protocol(asyncio.Protocol):
     def __init__(self, timeout: float = 5.0) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
-        self.waiters: deque[asyncio.Future[Any] | _Batch] = deque()
+        self.waiters: deque[Waiter] = deque()
+        # Commands not written yet that callers share (GETs): see _Shared.
+        self.unsent: dict[bytes, _Shared] = {}
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.outbox: list[bytes] = []
@@ -107,7 +136,17 @@ class _Protocol(asyncio.Protocol):
         self.send(command, fut)
         return fut
 
-    def send(self, command: bytes, waiter: asyncio.Future[Any] | _Batch) -> None:
+    def call_shared(self, command: bytes) -> asyncio.Future[Any]:
+        """``call``, sharing the command with any other caller of it in this iteration."""
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        shared = self.unsent.get(command)
+        if shared is None:
+            shared = self.unsent[command] = _Shared()
+            self.send(command, shared)
+        shared.futs.append(fut)
+        return fut
+
+    def send(self, command: bytes, waiter: Waiter) -> None:
         # Commands issued in the same loop iteration go out in one write: a syscall costs
         # far more than building the bytes, and concurrent requests batch up naturally.
         if not self.outbox:
@@ -119,6 +158,7 @@ class _Protocol(asyncio.Protocol):
     def flush(self) -> None:
         data = b"".join(self.outbox)
         self.outbox.clear()
+        self.unsent.clear()
         if self.transport is None or self.closed:
             return
         self.transport.write(data)
@@ -151,6 +191,11 @@ class _Protocol(asyncio.Protocol):
                 self.abort(redis.exceptions.ConnectionError("unexpected reply from Redis"))
                 return
             waiter = self.waiters[0]
+            if isinstance(waiter, _Shared):
+                self.waiters.popleft()
+                self.answered += 1
+                waiter.answer(reply)
+                continue
             if isinstance(waiter, _Batch):
                 waiter.replies.append(_error(reply) if _is_error(reply) else reply)
                 if len(waiter.replies) < waiter.expect:
@@ -180,8 +225,12 @@ class _Protocol(asyncio.Protocol):
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
+        self.unsent.clear()
         while self.waiters:
             waiter = self.waiters.popleft()
+            if isinstance(waiter, _Shared):
+                waiter.fail(err)
+                continue
             fut = waiter.fut if isinstance(waiter, _Batch) else waiter
             if not fut.done():
                 fut.set_exception(err)
@@ -274,7 +323,8 @@ class FastReads:
         return proto.call(pack(args))
 
     def get(self, key: str) -> Awaitable[str | None]:
-        """``GET key`` (a listing's version, on every list): its packed bytes made once."""
+        """``GET key`` (a listing's version, on every list): its packed bytes made once,
+        and one command for all the callers of one loop iteration (_Shared)."""
         command = self._packed_gets.get(key)
         if command is None:
             if len(self._packed_gets) >= PACKED_GETS:
@@ -283,12 +333,13 @@ class FastReads:
         proto = self._ready()
         if proto is None:
             return self._connected_call(command)
-        reply: Awaitable[str | None] = proto.call(command)
+        reply: Awaitable[str | None] = proto.call_shared(command)
         return reply
 
     async def _connected_call(self, command: bytes) -> Any:
         proto = await self._connection()
         return await proto.call(command)
+
 
     async def batch(self, commands: Sequence[tuple[str | bytes | int, ...]]) -> list[Any]:
         """Several commands in one write, their replies in one list, in order (one future

@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from typing import Any, Final, TextIO, cast
 
@@ -133,33 +133,38 @@ def _lone_text_handler(logger: logging.Logger, level: int) -> LineHandler | None
             if level < handler.level:
                 continue
             if (found is not None or type(handler) is not LineHandler
-                    or type(handler.formatter) is not TextFormatter
-                    or any(type(f) is not ContextFilter for f in handler.filters)):
+                    or type(handler.formatter) is not TextFormatter):
                 return None
+            for f in handler.filters:  # a loop, not any(): no generator made per line
+                if type(f) is not ContextFilter:
+                    return None
             found = handler
         node = node.parent if node.propagate else None
     return found
 
 
 def hot_line(logger: logging.Logger, level: int, pathname: str, msg: str,
-             args: tuple[Any, ...], fields: dict[str, Any]) -> None:
-    """``logger.handle`` of a record of ``msg % args`` carrying ``fields`` (as ``extra``
-    would), for a line logged on every request; the caller checked the level. When the
-    one handler it would reach is a LineHandler formatting text (the default set-up, see
-    ``configure``), the line is formatted from the fields directly: the same text as the
-    record would give, at a fraction of the cost (no LogRecord, no handler chain). Any
-    other set-up (JSON, a test capturing records, another handler) gets the record."""
+             args: tuple[Any, ...], ids: dict[str, Any],
+             fields: Callable[[], dict[str, Any]]) -> None:
+    """``logger.handle`` of a record of ``msg % args`` carrying ``ids`` (its fields among
+    CONTEXT_FIELDS) and ``fields()`` (the others), as ``extra`` would, for a line logged
+    on every request; the caller checked the level. When the one handler it would reach
+    is a LineHandler formatting text (the default set-up, see ``configure``), the line is
+    formatted directly: the same text as the record would give (which shows the ids, not
+    the other fields), at a fraction of the cost: no LogRecord, no handler chain, and
+    ``fields`` never called. Any other set-up (JSON, a test capturing records, another
+    handler) gets the record."""
     handler = _lone_text_handler(logger, level)
     if handler is None:
         record = hot_record(logger.name, level, pathname, msg, args)
-        record.__dict__.update(fields)
+        record.__dict__.update(fields())
+        record.__dict__.update(ids)
         logger.handle(record)
         return
     formatter = cast(TextFormatter, handler.formatter)
-    ids = fields
     if handler.filters:
         # ContextFilter: the context's fields, below the record's own.
-        ids = {**_context.get(), **fields}
+        ids = {**_context.get(), **ids}
     text = formatter.format_fields(time.time(), logging.getLevelName(level), logger.name,
                                    msg % args, ids)
     with handler.lock:  # type: ignore[union-attr]

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+import redis.exceptions
 from starlette.exceptions import HTTPException
 from starlette.routing import Route, Router
 from starlette.testclient import TestClient
@@ -43,7 +45,7 @@ def _record_text(handler: logs.LineHandler, logger: logging.Logger, msg: str,
                  args: tuple[Any, ...], fields: dict[str, Any]) -> str:
     """What the LogRecord path writes for the same line (as Logger.handle would)."""
     record = logs.hot_record(logger.name, logging.INFO, __file__, msg, args)
-    record.__dict__.update(fields)
+    record.__dict__.update(fields, method="GET", duration_ms=1.0)
     for f in handler.filters:
         assert isinstance(f, logging.Filter) and f.filter(record)
     return handler.format(record)
@@ -68,7 +70,8 @@ def test_hot_line_writes_the_text_the_record_would(
     logger, stream, handler = _text_logger(f"test.hot.{len(msg)}.{args[0]!r}")
     with logs.log_context(**context):
         expected = _record_text(handler, logger, msg, args, fields)
-        logs.hot_line(logger, logging.INFO, __file__, msg, args, fields)
+        logs.hot_line(logger, logging.INFO, __file__, msg, args, fields,
+                      lambda: {"method": "GET", "duration_ms": 1.0})
     written = stream.getvalue()
     assert written.endswith("\n") and written.count("\n") == expected.count("\n") + 1
     # The same text but for the clock's second (HH:MM:SS), which may have turned.
@@ -84,12 +87,14 @@ def test_hot_line_gives_a_record_to_any_other_set_up() -> None:
             seen.append(record)
 
     logger.addHandler(Keep())  # a second handler (caplog's, say): records for both
-    logs.hot_line(logger, logging.INFO, __file__, "%s", ("two",), {"request_id": "r"})
+    logs.hot_line(logger, logging.INFO, __file__, "%s", ("two",), {"request_id": "r"},
+                  lambda: {"status": 200})
     assert [r.getMessage() for r in seen] == ["two"] and seen[0].__dict__["request_id"] == "r"
+    assert seen[0].__dict__["status"] == 200
     assert stream.getvalue().endswith("two request_id=r\n")
     handler.setFormatter(logs.json_formatter())  # JSON: the record, formatted by it
     logger.handlers[:] = [handler]
-    logs.hot_line(logger, logging.INFO, __file__, "%s", ("three",), {"route": "/x/"})
+    logs.hot_line(logger, logging.INFO, __file__, "%s", ("three",), {}, lambda: {"route": "/x/"})
     assert '"message": "three"' in stream.getvalue() and '"route": "/x/"' in stream.getvalue()
 
 
@@ -184,5 +189,42 @@ def test_busy_connection_outlives_its_timeout_and_keeps_no_marks(tmp_path: Path)
             assert await reads.command("PING") == "PONG" and reads._proto is proto
 
         asyncio.run(main())
+    finally:
+        server.close()
+
+
+def test_gets_of_one_iteration_share_one_command_and_see_every_earlier_write(
+    tmp_path: Path,
+) -> None:
+    server = RedisProcess(tmp_path / "r").start()
+    try:
+        sync = redis.Redis.from_url(server.url, decode_responses=True)
+        reads = FastReads(server.url)
+
+        def gets() -> int:
+            return int(sync.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+        async def main() -> None:
+            assert await reads.get("v") is None  # connected
+            before = gets()
+            sync.set("v", "1")  # finished before any of the callers asks
+            many = [reads.get("v") for _ in range(10)]
+            cancelled = asyncio.ensure_future(many.pop())
+            got = asyncio.gather(*many)
+            await asyncio.sleep(0)
+            cancelled.cancel()
+            assert await got == ["1"] * 9  # one cancelled caller leaves the others
+            assert gets() == before + 1
+            sync.set("v", "2")
+            assert await reads.get("v") == "2"  # a later iteration: a command of its own
+            assert gets() == before + 2
+            with pytest.raises(redis.exceptions.ResponseError):  # WRONGTYPE, for each
+                sync.delete("v")
+                sync.hset("v", "f", "x")
+                await asyncio.gather(reads.get("v"), reads.get("v"))
+            assert await reads.command("PING") == "PONG"  # still in step
+
+        asyncio.run(main())
+        sync.close()
     finally:
         server.close()
