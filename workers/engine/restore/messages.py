@@ -1,9 +1,12 @@
 """What a restore writer process and its parent send each other (see writerproc.py).
 
-Parent -> writer, as frames on the result socket: Setup once, then Share (after the
-staging directory's fd went over the request socket). Writer -> parent: one WriterMessage
-per frame, a tagged union (the tag is the first array element): Wrote as bytes are
-written, Written for each batch of finished files, then End, or Failed and it stops.
+Parent -> writer, as frames on the result socket: Setup once, then a Share after each
+GO (the first carries the staging directory's fd) on the request socket. Writer -> parent:
+one WriterMessage per frame, a tagged union (the tag is the first array element): Wrote
+as bytes are written, Written for each batch of finished files, then End, or Failed and
+it stops. A CUT on the request socket (with the share position the parent would like the
+writer to stop at) is answered with Cut, where it will really stop: the rest of its share
+is then another writer's, which finished its own first (writerpool.py says why).
 """
 
 from __future__ import annotations
@@ -43,7 +46,14 @@ class Written(msgspec.Struct, array_like=True, tag="done"):
 
 
 class End(msgspec.Struct, array_like=True, tag="end"):
-    """The whole share is written."""
+    """The whole share (up to its cut, if it was cut) is written."""
+
+
+class Cut(msgspec.Struct, array_like=True, tag="cut"):
+    """The writer writes its share's positions before `at` only (at: at least the one
+    asked for, and past every file it has started)."""
+
+    at: int
 
 
 class Failed(msgspec.Struct, array_like=True, tag="err"):
@@ -53,4 +63,7 @@ class Failed(msgspec.Struct, array_like=True, tag="err"):
     errno: int = 0
 
 
-WriterMessage = Wrote | Written | End | Failed
+WriterMessage = Wrote | Written | End | Cut | Failed
+
+GO = b"go"  # request socket: a Share follows on the result socket
+CUT = b"cut"  # request socket: CUT + the share position (8 bytes, big-endian)

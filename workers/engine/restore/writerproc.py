@@ -13,7 +13,9 @@ that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just ma
 0700 staging directory) and writes it exactly as the thread path does
 (TreeWriter.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
 socket with the typed messages of messages.py, one per frame: Wrote (progress), Written
-(a batch of finished files), then End, or Failed and it stops. It dies with its parent
+(a batch of finished files), then End, or Failed and it stops. Every few files it looks
+for a cut of its share (a writer that finished takes over the rest: writerpool.py), and
+after End it waits for another share or the end. It dies with its parent
 (PR_SET_PDEATHSIG).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -32,9 +35,13 @@ from ..repository import manifest
 from ..repository.backend import LocalBackend, open_backend
 from ..repository.repository import Config, Repository
 from ..workerproc import child, frames
-from .messages import End, Failed, Setup, Share, WriterMessage, Written, Wrote
+from .messages import CUT, GO, Cut, End, Failed, Setup, Share, WriterMessage, Written, Wrote
+
+if TYPE_CHECKING:
+    from .treewriter import TreeWriter
 
 _encode = msgspec.msgpack.Encoder().encode
+_CUT_POLL = 16  # files written between two looks for a cut (one non-blocking recv)
 
 
 def _send(res: socket.socket, msg: WriterMessage) -> None:
@@ -63,18 +70,53 @@ def main() -> None:
     if not msg or not fds:
         return  # the parent closed the channel: nothing to do
     st_fd = fds[0]
-    share = msgspec.msgpack.decode(frames.recv(res), type=Share)  # a stream: any size
+    try:
+        while msg:
+            if msg == GO:
+                share = msgspec.msgpack.decode(frames.recv(res), type=Share)  # any size
+                if not _write_share(w, share, st_fd, req, res, local):
+                    while req.recv(16):  # failed (reported): until the parent, having
+                        pass  # read our last frames, closes the channel (or is gone)
+                    return
+                _send(res, End())
+            elif msg.startswith(CUT):  # it came after the share's end: nothing left
+                _send(res, Cut(len(share.indexes)))
+            msg = req.recv(16)  # until the parent closes the channel, or sends more
+    finally:
+        os.close(st_fd)
+        w.packs.close()
+
+
+def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
+                 res: socket.socket, local: bool) -> bool:
+    """Write the share's files, up to a cut the parent asks for meanwhile; False when it
+    failed (Failed sent) or the parent closed the channel."""
     w.assume_owner(share.owner)
+    end = len(share.indexes)
     if not local:
         # every read is a request: the share's packs are read ahead, a few GETs at once,
         # as the thread path does (a local pack is read on demand, a pread per member)
         w.packs.prefetch(manifest.entry(raw) for raw in share.entries)
     batch: list[tuple[int, int, int]] = []
     before = 0
-    idx = -1
+    idx = pos = -1
     try:
-        for idx, raw in zip(share.indexes, share.entries, strict=True):
-            e = manifest.entry(raw)
+        for pos in range(len(share.indexes)):
+            if pos >= end:
+                break
+            if pos % _CUT_POLL == 0:
+                try:
+                    ask = req.recv(16, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
+                else:
+                    if not ask:
+                        return False
+                    end = max(pos, min(end, int.from_bytes(ask[len(CUT):], "big")))
+                    _send(res, Cut(end))
+                    if pos >= end:
+                        break
+            idx, e = share.indexes[pos], manifest.entry(share.entries[pos])
             w.write_file(None, b"", e, os.open(e.path, fsutil.CREATE_FLAGS, 0o600, dir_fd=st_fd))
             ino, ctime = w.written.last
             batch.append((idx, ino, ctime))
@@ -82,7 +124,7 @@ def main() -> None:
                 _send(res, Written(batch, w.bytes_written - before))
                 batch, before = [], w.bytes_written
         _send(res, Written(batch, w.bytes_written - before))
-        _send(res, End())
+        return True
     except SnapshotCorrupt as e:
         _send(res, Failed(idx, "corrupt", str(e)))
     except OSError as e:
@@ -90,6 +132,5 @@ def main() -> None:
     except Exception as e:  # reported to the parent, which raises it
         _send(res, Failed(idx, "other", repr(e)))
     finally:
-        os.close(st_fd)
         w.packs.close()
-    req.recv(1)  # until the parent closes the channel, having read our last frames
+    return False
