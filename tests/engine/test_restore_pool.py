@@ -3,6 +3,10 @@ the rest of another's (file:// and s3://)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import threading
 from array import array
 from pathlib import Path
 
@@ -10,13 +14,13 @@ import pytest
 
 from workers.engine import Engine, tuning
 from workers.engine.restore import shares, writerpool
+from workers.engine.workerproc import frames
 
 from .conftest import BOTH_BACKENDS, dir_state, make_meta
 from .treecmp import assert_same
 
-pytestmark = BOTH_BACKENDS
 
-
+@BOTH_BACKENDS
 def test_a_writer_done_first_takes_over_half_of_what_another_has_left(
         monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
     """The cost estimate that splits the files is badly off here (every file but two to
@@ -37,11 +41,33 @@ def test_a_writer_done_first_takes_over_half_of_what_another_has_left(
     monkeypatch.setattr(shares.Files, "split", lopsided)
     pools: list[writerpool.RestorePool] = []
     start = writerpool.start_pool
+    safety: list[threading.Timer] = []
 
     def kept(*args: object) -> writerpool.RestorePool | None:
+        """The pool, its first writer stopped (SIGSTOP) from when it was sent its share
+        until the second asked for a cut of it: it has then written next to nothing, on
+        any machine."""
         pool = start(*args)  # type: ignore[arg-type]
         assert pool is not None
         pools.append(pool)
+        slow = pool.workers[0]
+        send = frames.send
+
+        def send_then_stop(sock: socket.socket, data: bytes) -> None:
+            send(sock, data)
+            if sock is slow.res and not safety:
+                os.kill(slow.proc.pid, signal.SIGSTOP)
+                safety.append(threading.Timer(30, os.kill, (slow.proc.pid, signal.SIGCONT)))
+                safety[0].start()  # never a hung test, should no cut come
+
+        monkeypatch.setattr(frames, "send", send_then_stop)
+        steal = pool._steal_for
+
+        def steal_then_resume(thief: int) -> None:
+            steal(thief)
+            os.kill(slow.proc.pid, signal.SIGCONT)
+
+        pool._steal_for = steal_then_resume  # type: ignore[method-assign]
         return pool
 
     monkeypatch.setattr(writerpool, "start_pool", kept)
@@ -50,3 +76,28 @@ def test_a_writer_done_first_takes_over_half_of_what_another_has_left(
     assert_same(src, dst)
     assert len(pools) == 1 and pools[0].steals >= 1, [p.steals for p in pools]
     assert result.files_written == 2000
+    safety[0].cancel()
+
+
+def test_shares_are_cut_where_a_pack_starts_and_keep_each_packs_few_files_together() -> None:
+    """The cost split moves a cut to where a new pack starts when that is close, and a
+    share's few files of a pack the other share reads (small files finished out of order
+    at a pack's edge, a big file's chunks in the neighbour's pack) go to that share: no
+    pack is read by both writers. Far from any pack's start, the cut stays where the cost
+    puts it."""
+    files = shares.Files()
+    a, b, big = b"A" * 32, b"B" * 32, b"C" * 32
+    for i in range(1000):
+        pack = a if i < 450 else b
+        if i == 452:
+            pack = a  # finished after the first of pack B: stored in A
+        if i in (100, 460):
+            pack = big  # a big file's chunks, in the pack of big chunks that A's run fills
+        files.add(i, 10, pack)
+    first, second = files.split(2)
+    assert sorted([*first, *second]) == list(range(1000))
+    assert set(first) == set(range(450)) | {452, 460}
+    even = shares.Files()
+    for i in range(1000):
+        even.add(i, 10, a if i < 100 else b)  # the only pack start is far from the middle
+    assert [len(s) for s in even.split(2)] == [500, 500]

@@ -47,7 +47,7 @@ FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between proc
 COPY_BLOCK = 1 << 20  # a live restore's copy of a current file, per read
 WRITER_BATCH = 64  # files per Written message of a writer process
 # a restore writer that finished takes over half of another's rest from this many files on
-RESTORE_STEAL_MIN = 256
+RESTORE_STEAL_MIN = 1024
 # A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
 # differ; beyond that, rebuilding in staging costs about the same and needs no undo.
 PATCH_MIN = 16

@@ -36,7 +36,7 @@ from ..repository.packreader import PackCache
 from ..repository.repository import Repository
 from .metadata import finish_dirs, make_special
 from .reuse import Candidate, ReuseCheck
-from .shares import Files
+from .shares import Files, first_pack
 from .statecache import WrittenRecord
 
 if TYPE_CHECKING:  # the writer processes' module is imported only by a restore that starts them
@@ -149,7 +149,7 @@ class TreeWriter:
                                     os.close(cand[0])
                                 cand = None
                         if cand is None and fd is None and procs is not None:
-                            plain.add(idx, e.size + tuning.FILE_COST)
+                            plain.add(idx, e.size + tuning.FILE_COST, first_pack(e))
                             continue
                         sem.acquire()
                         if cand is None and fd is None:  # plain write: create it here
@@ -194,7 +194,7 @@ class TreeWriter:
                 os.mkdir(e.path, 0o700, dir_fd=st_fd)
                 dirs.append(e)
             elif e.kind == FILE:
-                files.add(idx, e.size + tuning.FILE_COST)
+                files.add(idx, e.size + tuning.FILE_COST, first_pack(e))
             elif e.kind == HARDLINK:
                 links.append(e)
             else:
