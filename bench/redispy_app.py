@@ -36,7 +36,13 @@ class RedisPyReads:
         self._execute: Callable[..., Awaitable[Any]] = self.client.execute_command
 
     async def command(self, *args: str | bytes | int) -> Any:
-        return await self._execute(*args)
+        reply = await self._execute(*args)
+        # redis-py answers HGETALL as a dict; FastReads as the flat list Redis sends.
+        return [x for kv in reply.items() for x in kv] if isinstance(reply, dict) else reply
+
+    async def get(self, key: str) -> str | None:
+        reply: str | None = await self._execute("GET", key)
+        return reply
 
     generation = 1  # one client for the process's life, as FastReads' connection count
 
