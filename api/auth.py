@@ -86,6 +86,9 @@ class TokenCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: dict[bytes, tuple[float, Principal]] = {}
         self.clock = clock
+        # Counts the drops: a lookup that began before one may have read a token revoked
+        # since, and its answer is then not kept (put's `seen`).
+        self.drops = 0
 
     def get(self, header: bytes) -> Principal | None:
         entry = self._entries.get(header)
@@ -96,13 +99,17 @@ class TokenCache:
             return None
         return entry[1]
 
-    def put(self, header: bytes, value: Principal) -> None:
+    def put(self, header: bytes, value: Principal, seen: int | None = None) -> None:
+        """seen: ``drops`` when the lookup of ``value`` began; a drop since: not kept."""
+        if seen is not None and seen != self.drops:
+            return
         if len(self._entries) >= CACHE_MAX:
             self._entries.clear()
         self._entries[header] = (self.clock() + CACHE_TTL, value)
 
     def drop(self, token_digest: str) -> None:
         """Forget a revoked token (known here only by its digest), however it was sent."""
+        self.drops += 1
         for header in [h for h, e in self._entries.items() if e[1].token_digest == token_digest]:
             self._entries.pop(header, None)
 
@@ -149,11 +156,12 @@ class BearerAuth:
     async def _looked_up(self, header: bytes, token: str, scope: Scope, receive: Receive,
                          send: Send) -> None:
         key = digest(token)
+        seen = self.cache.drops
         record = await self.store.get_token(key)
         if record is None:
             raise Unauthorized("Unknown or revoked token.")
         found = Principal(account=record.account, scope=record.scope, token_digest=key)
-        self.cache.put(header, found)
+        self.cache.put(header, found, seen)  # not if a revocation came meanwhile
         scope["principal"] = found
         logs.bind(account=found.account)
         await self.app(scope, receive, send)
