@@ -167,11 +167,16 @@ class S3Backend:
 
     def put_exclusive(self, key: str, data: bytes) -> bool:
         """Create key only if absent (If-None-Match: *); False when it existed. A store
-        that ignores the header (rclone's) replaces the object and answers True: a
+        that ignores the header (rclone's) replaces the object and answers True, so a
         manifest (the only object put this way that may exist already, from another
-        delivery of its capture) then holds the last writer's, as before conditional PUTs."""
-        if key.startswith(MANIFEST_PREFIX) and self.before_commit is not None:
-            self.before_commit()
+        delivery of its capture, which may have reported its snapshot) is looked for
+        first (one HEAD a commit): there, only two commits within that HEAD's round trip
+        can still both land, the last one's standing."""
+        if key.startswith(MANIFEST_PREFIX):
+            if self.before_commit is not None:
+                self.before_commit()
+            if self.exists(key):
+                return False
         self._wait_key(key)
         try:
             self._call(f"PUT {key}", lambda: obstore.put(self.store, key, data, mode="create"))
