@@ -320,7 +320,12 @@ def next_link(request: Request, cursor: int | None, **filters: object) -> str | 
         return None
     query = {k: v for k, v in filters.items() if v is not None}
     query["cursor"] = cursor
-    # The matched route's own path (Front gave it its trailing slash).
-    path = request.scope.get("root_path", "") + request.scope["path"]
+    # The matched route's own path (Front gave it its trailing slash), with the root path
+    # it is served under: a server following ASGI's current rule (uvicorn) has it in
+    # ``path`` already, an older one only in ``root_path``.
+    path: str = request.scope["path"]
+    root: str = request.scope.get("root_path", "")
+    if root and not path.startswith(root):
+        path = root + path
     base = services(request).settings.public_url or ""
     return f"{base}{path}?{urlencode(query)}"
