@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from starlette.requests import Request
-from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import Forbidden, Unauthorized
@@ -140,9 +139,10 @@ class BearerAuth:
         # pass through (see api/app.py Dispatch). Refusals raise from here, inside Front.
         if scope["type"] == "http":
             path: str = scope["path"]
-            if scope.get("root_path"):
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root + "/"):
                 # the path below it, as the router matches it (else no check, and a 500)
-                path = get_route_path(scope)
+                path = path[len(root):]
             if path.startswith(self.prefix) and path not in self.public:
                 header = authorization(scope)
                 found = self.cache.get(header)
