@@ -7,7 +7,7 @@ import socket
 
 import msgspec
 
-from workers.engine.capture.messages import Done, Failed, ReaderMessage
+from workers.engine.capture.messages import Done, Failed, Gone, ReaderMessage, Results
 from workers.engine.restore.messages import End, WriterMessage, Written, Wrote
 from workers.engine.workerproc import frames
 
@@ -32,10 +32,9 @@ def test_typed_messages_over_a_socket_pair() -> None:
     try:
         done = Done(7, [(b"i" * 32, b"payload")], 5, [(b"i" * 32, 0)], (5, 1, 2, 3, 0o100644, 0, 0),
                     5, False, b"")
-        frames.send(a, enc.encode(done))
-        frames.send(a, enc.encode(Failed(8, "Permission denied")))
-        assert reader.decode(frames.recv(b)) == done
-        assert reader.decode(frames.recv(b)) == Failed(8, "Permission denied")
+        batch = Results([done, Gone(9, "vanished"), Failed(8, "Permission denied")], True)
+        frames.send(a, enc.encode(batch))
+        assert reader.decode(frames.recv(b)) == batch
         for msg in (Wrote(4096), Written([(1, 2, 3)], 4096), End()):
             frames.send(a, enc.encode(msg))
             assert writer.decode(frames.recv(b)) == msg

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine
+from workers.engine import Engine, tuning
 
 from .conftest import dir_state, make_meta
 from .tenant import fifo_swapper, fifo_writer
@@ -41,8 +41,11 @@ def test_restore_never_opens_a_fifo_planted_where_a_file_was(
         writer.close()
 
 
-def test_capture_never_opens_a_fifo_swapped_in_for_a_file(engine: Engine,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "reader-processes"])
+def test_capture_never_opens_a_fifo_swapped_in_for_a_file(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool) -> None:
+    # reader processes open the files themselves, beneath the directory fd they are sent
+    monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0 if processes else 1 << 40)
     src = tmp_path / "srv"
     src.mkdir()
     names = [f"f{i}" for i in range(8)]

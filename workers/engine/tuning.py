@@ -22,10 +22,15 @@ CAPTURE_MAX_INFLIGHT = 64  # open file fds handed to the threads or reader proce
 # Big captures use reader processes (no GIL); small ones threads (a process takes ~0.1 s).
 CAPTURE_PROCESSES = 2
 CAPTURE_PROCESS_THRESHOLD = 64 << 20  # bytes of files to read
-# Files queued per reader process: keeps both busy, never blocks the parent on send, and
-# lets the WILLNEED readahead of the queued files run well ahead of the readers.
-READER_WINDOW = 32
+# Requests (up to 64 files of one directory each, capture/messages.py) queued per reader
+# process: keeps both busy and never blocks the parent on send; a reader announces a
+# request's files to the kernel (WILLNEED) before reading the first, so on a cold disk their
+# reads overlap.
+READER_WINDOW = 3
 READER_BATCH = 8 << 20  # a reader flushes encoded chunks / progress at least this often
+# a reader sends the results of a request's files (small files' bytes) in frames of about
+# this size: the parent handles one while the next is on its way
+READER_RESULTS = 256 << 10
 # Each opened file is announced to the kernel (WILLNEED: asynchronous readahead), so the
 # files queued for the readers are fetched from disk in parallel, not one read at a time
 # (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.

@@ -41,10 +41,11 @@ from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cd
 from ..repository.manifest import DIR, FILE, HARDLINK, Entry
 from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
+from .messages import REQUEST_FILES, REQUEST_NAME_BYTES
 from .tree import EncodedTree, ParentCursor, Walker
 
 if TYPE_CHECKING:
-    from .readerpool import WorkerPool
+    from .readerpool import Batch, WorkerPool
 
 
 def _vouch(e: Entry, walk_ctime: int, sync: SyncPoint) -> None:
@@ -157,22 +158,23 @@ class Archiver:
         threads, each file whole by one of them."""
         sizes = self.tree.sizes
         to_read = sum(sizes[i] for _r, _i, idxs in todo for i in idxs)
-        items = self._open_files(root_fd, todo)
         if to_read >= tuning.CAPTURE_PROCESS_THRESHOLD:
             self._start_pool()
         pool, self._pool = self._pool, None
         if pool is not None:
+            batches = self._batches(root_fd, todo)
             ok = False
             try:
-                pool.run(items, self._done, self._gone, self.progress.add, self.progress.check,
-                         lambda i: os.fsdecode(self.tree.path(i)), self._packs.add_piece)
+                pool.run(batches, self._done, self._gone, self.progress.add,
+                         self.progress.check, lambda i: os.fsdecode(self.tree.path(i)),
+                         self._packs.add_piece)
                 ok = True
             finally:
                 pool.close(kill=not ok)
-                items.close()  # closes the directory fd the generator may hold
+                batches.close()  # closes the directory fd the generator may hold
             self.stored_bytes += pool.stored_bytes
         else:
-            self._read_threads(items)
+            self._read_threads(self._open_files(root_fd, todo))
         self.progress.check()
 
     def _start_pool(self) -> None:
@@ -191,22 +193,59 @@ class Archiver:
             logging.getLogger(__name__).warning(
                 "capture worker processes unavailable (%s); using threads", err)
 
+    def _open_dir(self, root_fd: int, rel: bytes, ino: int, idxs: array[int]) -> int | None:
+        """The directory `rel` opened beneath the root (O_NOFOLLOW each step) if it is still
+        the walk's (same inode); else its files are dropped and None."""
+        self.progress.poll()
+        try:
+            dfd = fsutil.open_dir_beneath(root_fd, fsutil.split(rel))
+        except OSError as err:
+            self._drop_all(idxs, f"directory changed during capture ({err})")
+            return None
+        if os.fstat(dfd).st_ino != ino:
+            os.close(dfd)
+            self._drop_all(idxs, "directory replaced during capture")
+            return None
+        return dfd
+
+    def _batches(self, root_fd: int,
+                 todo: list[tuple[bytes, int, array[int]]]) -> Generator[Batch]:
+        """Requests for the reader processes: the files of each directory in batches of
+        at most REQUEST_FILES, with the directory's fd (open while its batches are sent);
+        the readers open the files themselves beneath it (readerproc.py)."""
+        sizes = self.tree.sizes
+        for rel, ino, idxs in todo:
+            if not idxs:
+                continue
+            dfd = self._open_dir(root_fd, rel, ino, idxs)
+            if dfd is None:
+                continue
+            try:
+                batch: list[int] = []
+                names: list[bytes] = []
+                name_bytes = 0
+                for i in idxs:
+                    name = self.tree.path(i).rsplit(b"/", 1)[-1]
+                    if len(batch) == REQUEST_FILES or name_bytes + len(name) > REQUEST_NAME_BYTES:
+                        yield dfd, batch, names, [sizes[k] for k in batch]
+                        batch, names, name_bytes = [], [], 0
+                    batch.append(i)
+                    names.append(name)
+                    name_bytes += len(name)
+                yield dfd, batch, names, [sizes[k] for k in batch]
+            finally:
+                os.close(dfd)
+
     def _open_files(self, root_fd: int,
                     todo: list[tuple[bytes, int, array[int]]]) -> Generator[tuple[int, int]]:
         """(fd, entry index) of every file to read, opened through dir fds (O_NOFOLLOW)."""
         for rel, ino, idxs in todo:
             if not idxs:
                 continue
-            self.progress.poll()
-            try:
-                dfd = fsutil.open_dir_beneath(root_fd, fsutil.split(rel))
-            except OSError as err:
-                self._drop_all(idxs, f"directory changed during capture ({err})")
+            dfd = self._open_dir(root_fd, rel, ino, idxs)
+            if dfd is None:
                 continue
             try:
-                if os.fstat(dfd).st_ino != ino:
-                    self._drop_all(idxs, "directory replaced during capture")
-                    continue
                 for i in idxs:
                     path, size = self.tree.path(i), self.tree.sizes[i]
                     try:

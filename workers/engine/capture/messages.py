@@ -1,18 +1,16 @@
 """What a capture reader process and its parent send each other (see readerproc.py).
 
-Parent -> reader: Setup once (a frame on the result socket), then per file an 8-byte entry
-index (REQ) with the open fd (SCM_RIGHTS on the request socket). Reader -> parent: one
-ReaderMessage per frame, a tagged union (the tag is the first array element): Blobs while
-a big file is read, then Done, Gone or Failed for that file.
+Parent -> reader: Setup once (a frame on the result socket), then one Request per batch of
+files of one directory (a SOCK_SEQPACKET message on the request socket, carrying that
+directory's open fd by SCM_RIGHTS). Reader -> parent: one ReaderMessage per frame, a
+tagged union (the tag is the first array element): Blobs while a bigger file is read, and
+Results with the outcome (Done, Gone or Failed) of each file, the last one of a request
+marked `last`.
 """
 
 from __future__ import annotations
 
-import struct
-
 import msgspec
-
-REQ = struct.Struct(">Q")  # the entry index sent with each fd
 
 StoredChunks = list[tuple[bytes, bytes]]  # (chunk id, encoded payload) new to the reader
 # (chunk id, raw bytes) of small chunks of a bigger file, new to the reader: the parent
@@ -20,6 +18,11 @@ StoredChunks = list[tuple[bytes, bytes]]  # (chunk id, encoded payload) new to t
 PackedChunks = list[tuple[bytes, bytes]]
 # (size, mtime_ns, ctime_ns, ino, mode, uid, gid) of the file as read
 StatInfo = tuple[int, int, int, int, int, int, int]
+# a request's size: at most this many files, and names of at most this many bytes (a
+# SOCK_SEQPACKET message is received whole into a buffer of REQUEST_MAX bytes)
+REQUEST_FILES = 64
+REQUEST_NAME_BYTES = 32 * 1024
+REQUEST_MAX = 64 * 1024
 
 
 class Setup(msgspec.Struct, array_like=True):
@@ -31,6 +34,15 @@ class Setup(msgspec.Struct, array_like=True):
     known: bytes  # concatenated 32-byte ids already stored
     block_size: int  # files of at least big_file bytes are cut in blocks (chunker.py)
     big_file: int
+
+
+class Request(msgspec.Struct, array_like=True):
+    """Files of the directory whose fd comes with the message: each one's entry index and
+    name (a single path component, from the parent's walk), and its size at the walk."""
+
+    idxs: list[int]
+    names: list[bytes]
+    sizes: list[int]
 
 
 class Blobs(msgspec.Struct, array_like=True, tag="blobs"):
@@ -57,7 +69,7 @@ class Done(msgspec.Struct, array_like=True, tag="done"):
 
 
 class Gone(msgspec.Struct, array_like=True, tag="gone"):
-    """The fd is no longer a regular file (replaced during the capture): skipped."""
+    """Not captured: vanished, or replaced by something that is not a regular file."""
 
     idx: int
     why: str
@@ -68,4 +80,14 @@ class Failed(msgspec.Struct, array_like=True, tag="err"):
     message: str
 
 
-ReaderMessage = Blobs | Done | Gone | Failed
+FileResult = Done | Gone | Failed
+
+
+class Results(msgspec.Struct, array_like=True, tag="res"):
+    """The outcome of some files of a request, in its order; `last`: its final ones."""
+
+    files: list[FileResult]
+    last: bool
+
+
+ReaderMessage = Blobs | Results

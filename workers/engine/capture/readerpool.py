@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import selectors
 import socket
 from collections.abc import Callable, Iterator
@@ -14,12 +13,13 @@ from ..model import TransientEngineError
 from ..repository.repository import Repository
 from ..workerproc import frames
 from ..workerproc.process import WorkerProcess, start_workers
-from .messages import REQ, Blobs, Done, Failed, Gone, ReaderMessage, Setup, StatInfo
+from .messages import Blobs, Done, Failed, Gone, ReaderMessage, Request, Setup, StatInfo
 
-# Files queued per worker: keeps both busy, never blocks the parent on send, and lets the
-# WILLNEED readahead of the queued files (see archiver) run well ahead of the readers.
 _CODE = "from workers.engine.capture.readerproc import main; main()"
 _decode = msgspec.msgpack.Decoder(ReaderMessage).decode
+_encode = msgspec.msgpack.Encoder().encode
+# (directory fd, its files' entry indexes, names and sizes at the walk): one Request
+Batch = tuple[int, list[int], list[bytes], list[int]]
 
 FileDone = Callable[[int, list[tuple[bytes, int]], bytes, StatInfo, int, bool], None]
 
@@ -34,17 +34,20 @@ class WorkerPool:
         self.repo = repo
         self.workers = start_workers(_CODE, setup, n)
         self.stored_bytes = 0
+        self._buf = bytearray(1 << 20)  # one receive buffer (not a new 1 MiB per recv)
+        self._view = memoryview(self._buf)
 
     def close(self, *, kill: bool) -> None:
         for w in self.workers:
             w.close(kill=kill)
         self.workers = []
 
-    def run(self, items: Iterator[tuple[int, int]], done: FileDone,
+    def run(self, items: Iterator[Batch], done: FileDone,
             gone: Callable[[int, str], None], progress: Callable[[int], None],
             poll: Callable[[], None], describe: Callable[[int], str],
             pack: Callable[[bytes, bytes], None]) -> None:
-        """Feed (fd, entry index) items to the workers; the parent closes its fd copies."""
+        """Feed batches of a directory's files to the workers (the directory fd stays the
+        caller's: sent before the next batch is asked for)."""
         sel = selectors.DefaultSelector()
         for i, w in enumerate(self.workers):
             sel.register(w.res, selectors.EVENT_READ, i)
@@ -59,23 +62,24 @@ class WorkerPool:
                     if item is None:
                         exhausted = True
                         break
-                    fd, idx = item
+                    dfd, idxs, names, sizes = item
                     try:
-                        socket.send_fds(w.req, [REQ.pack(idx)], [fd])
+                        socket.send_fds(w.req, [_encode(Request(idxs, names, sizes))], [dfd])
                     except frames.PEER_GONE as e:
                         raise TransientEngineError("a capture worker process died") from e
-                    finally:
-                        os.close(fd)
                     w.inflight += 1
                 if exhausted and not any(w.inflight for w in self.workers):
                     return
                 for key, _ev in sel.select(timeout=0.25):
                     w = self.workers[key.data]
-                    try:
-                        msg = _decode(frames.recv(w.res))
-                    except frames.PEER_GONE as e:
-                        raise TransientEngineError("a capture worker process died") from e
-                    self._handle(w, msg, done, gone, progress, describe, pack)
+                    try:  # what has arrived: never blocked on one reader's partial frame
+                        n = w.res.recv_into(self._buf)
+                    except frames.PEER_GONE:
+                        n = 0
+                    if not n:
+                        raise TransientEngineError("a capture worker process died")
+                    for frame in w.frames.feed(self._view[:n]):
+                        self._handle(w, _decode(frame), done, gone, progress, describe, pack)
                 poll()
         finally:
             sel.close()
@@ -83,21 +87,26 @@ class WorkerPool:
     def _handle(self, w: WorkerProcess, msg: ReaderMessage, done: FileDone,
                 gone: Callable[[int, str], None], progress: Callable[[int], None],
                 describe: Callable[[int], str], pack: Callable[[bytes, bytes], None]) -> None:
-        if isinstance(msg, Blobs | Done):
-            for cid, payload in msg.blobs:
-                self.stored_bytes += self.repo.store_payload(cid, payload)
-            for cid, data in msg.packed:  # small chunks: into the tiny packs
-                pack(cid, data)
+        if isinstance(msg, Blobs):
+            self._take(msg, progress, pack)
+            return
+        for r in msg.files:
+            match r:
+                case Done():
+                    self._take(r, progress, pack)
+                    done(r.idx, r.chunks, r.tiny, r.info, r.nread, r.changed)
+                case Gone():
+                    gone(r.idx, r.why)
+                case Failed():
+                    raise TransientEngineError(f"reading {describe(r.idx)} failed: {r.message}")
+        if msg.last:
+            w.inflight -= 1
+
+    def _take(self, msg: Blobs | Done, progress: Callable[[int], None],
+              pack: Callable[[bytes, bytes], None]) -> None:
+        for cid, payload in msg.blobs:
+            self.stored_bytes += self.repo.store_payload(cid, payload)
+        for cid, data in msg.packed:  # small chunks: into the tiny packs
+            pack(cid, data)
+        if msg.raw:
             progress(msg.raw)
-        match msg:
-            case Blobs():
-                return
-            case Done():
-                w.inflight -= 1
-                done(msg.idx, msg.chunks, msg.tiny, msg.info, msg.nread, msg.changed)
-            case Gone():
-                w.inflight -= 1
-                gone(msg.idx, msg.why)
-            case Failed():
-                w.inflight -= 1
-                raise TransientEngineError(f"reading {describe(msg.idx)} failed: {msg.message}")

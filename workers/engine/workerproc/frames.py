@@ -65,7 +65,7 @@ class FrameBuffer:
     def __init__(self) -> None:
         self.buf = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         """Every frame completed by `data` (all of them: not one per wake-up)."""
         self.buf += data
         out, pos = [], 0
