@@ -16,6 +16,7 @@ class Progress:
         self.fn = fn
         self.should_stop = should_stop
         self.total = total
+        self.sized = True  # False while the total is being found: every report says 0
         self.done = 0
         self.stopped = False
         self._last = 0.0
@@ -30,7 +31,7 @@ class Progress:
             if now - self._last < tuning.PROGRESS_INTERVAL:
                 return
             self._last = now
-            done, total = self.done, max(self.total, self.done)
+            done, total = (self.done, max(self.total, self.done)) if self.sized else (0, 0)
         if self.fn is not None:
             self.fn(done, total)
         if self.should_stop is not None and self.should_stop():

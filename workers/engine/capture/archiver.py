@@ -23,6 +23,7 @@ import os
 import stat
 import threading
 from array import array
+from collections import deque
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -75,8 +76,13 @@ class Archiver:
         self.bytes_read = 0  # observable proof that unchanged files are not read
         self.files_read = 0
         self._lock = threading.Lock()
-        # each directory's path, dev, ino and indexes of its files to read (Walker.dirs)
-        self._dirs: list[tuple[bytes, int, int, array[int]]] = []
+        # each walked directory's path, inode and indexes of its files to read: the small
+        # ones (read whole by one reader each), not yet handed to reader processes, and big
+        # ones (read last, in blocks on every core)
+        self._small: deque[tuple[bytes, int, array[int]]] = deque()
+        self._big: list[tuple[bytes, int, array[int]]] = []
+        self._walking = False
+        self._root_fd = -1
         self._dropped: set[bytes] = set()
         self._held: dict[int, tuple[int, Entry]] = {}  # id(entry) -> (index, entry) in a pack
         self._held_lock = threading.Lock()
@@ -87,6 +93,7 @@ class Archiver:
         self._packs.on_stored = self._stored
         self._pool: WorkerPool | None = None
         self._pool_tried = False
+        self._feed: Generator[Batch | None] | None = None  # requests for the pool
 
     def run(self) -> None:
         try:
@@ -94,27 +101,35 @@ class Archiver:
         except OSError as e:
             raise StateInvalid(f"state directory {self.root} is missing or not a "
                                f"directory (symlinks are refused): {e.strerror}") from e
+        self._root_fd = root_fd
         try:
             root_dev = os.fstat(root_fd).st_dev
             # From here on every change to a file moves its ctime (see syncpoint.py).
             self.sync = sync_point(root_fd)
-            # pass 1 (tree.py)
+            # pass 1 (tree.py); once reader processes run (a big capture), they read each
+            # walked directory's files while the walk goes on (_walked)
             walker = Walker(self.repo, self.tree, self.parent, self.progress, self.warnings,
-                            root_dev, fsutil.mount_roots(self.root), self._start_pool)
+                            root_dev, fsutil.mount_roots(self.root), self._start_pool,
+                            self._walked)
+            self._walking = True
+            self.progress.sized = False  # no share of a total known yet: reported as 0
             try:
                 walker.walk(root_fd, b"")
             except RecursionError as e:
                 raise StateInvalid(f"directory tree under {self.root} is nested too deeply "
                                    "to capture") from e
-            self._dirs = walker.dirs
+            self._walking = False
             # Every object the parent names was made durable by its commit.
             self.repo.durable |= self.parent.finish()
             self.progress.total = walker.total
+            self.progress.sized = True
             self.progress.add(walker.reused)
             self._read_files(root_fd)
             self._packs.finish()
             self.stored_bytes += self._packs.stored_bytes
         finally:
+            if self._feed is not None:
+                self._feed.close()  # closes the directory fd it may hold
             os.close(root_fd)
             if self._pool is not None:  # the walk failed after starting it
                 self._pool.close(kill=True)
@@ -135,14 +150,19 @@ class Archiver:
                 sum(1 for _r, e in kept if e.kind != DIR))
 
     # --- pass 2 -----------------------------------------------------------------------
+    def _walked(self, rel: bytes, ino: int, small: array[int], big: array[int]) -> None:
+        """A directory walked (Walker.on_dir): its files to read are queued, and handed to
+        the reader processes at once when they run."""
+        if big:
+            self._big.append((rel, ino, big))
+        if small:
+            self._small.append((rel, ino, small))
+            if self._pool is not None and self._feed is not None:
+                self._pool.pump(self._feed)
+
     def _read_files(self, root_fd: int) -> None:
-        cfg, sizes = self.repo.config, self.tree.sizes
-        big = [(rel, ino, array("q", (i for i in idxs if fixed_block(cfg, sizes[i]))))
-               for rel, _dev, ino, idxs in self._dirs]
-        todo = [(rel, ino, array("q", (i for i in idxs if not fixed_block(cfg, sizes[i]))))
-                for rel, _dev, ino, idxs in self._dirs]
-        self._dirs = []
-        self._read_small(root_fd, todo)
+        self._read_small(root_fd)
+        big, self._big = self._big, []
         items = self._open_files(root_fd, big)
         try:
             for fd, i in items:
@@ -153,27 +173,28 @@ class Archiver:
         finally:
             items.close()
 
-    def _read_small(self, root_fd: int, todo: list[tuple[bytes, int, array[int]]]) -> None:
+    def _read_small(self, root_fd: int) -> None:
         """The files below the big-file size, by the reader processes (a big capture) or
         threads, each file whole by one of them."""
         sizes = self.tree.sizes
-        to_read = sum(sizes[i] for _r, _i, idxs in todo for i in idxs)
-        if to_read >= tuning.CAPTURE_PROCESS_THRESHOLD:
-            self._start_pool()
+        if self._pool is None:
+            to_read = sum(sizes[i] for _r, _i, idxs in self._small for i in idxs)
+            if to_read >= tuning.CAPTURE_PROCESS_THRESHOLD:
+                self._start_pool()
         pool, self._pool = self._pool, None
         if pool is not None:
-            batches = self._batches(root_fd, todo)
+            assert self._feed is not None
             ok = False
             try:
-                pool.run(batches, self._done, self._gone, self.progress.add,
-                         self.progress.check, lambda i: os.fsdecode(self.tree.path(i)),
-                         self._packs.add_piece)
+                pool.run(self._feed, self.progress.check)
                 ok = True
             finally:
                 pool.close(kill=not ok)
-                batches.close()  # closes the directory fd the generator may hold
+                self._feed.close()  # closes the directory fd the generator may hold
+                self._feed = None
             self.stored_bytes += pool.stored_bytes
         else:
+            todo, self._small = list(self._small), deque()
             self._read_threads(self._open_files(root_fd, todo))
         self.progress.check()
 
@@ -183,15 +204,19 @@ class Archiver:
         if self._pool_tried or tuning.CAPTURE_PROCESSES <= 0:
             return
         self._pool_tried = True
-        from .readerpool import WorkerPool  # only big captures pay for its imports
+        from .readerpool import Sinks, WorkerPool  # only big captures pay for its imports
 
         try:
-            self._pool = WorkerPool(self.repo, tuning.CAPTURE_PROCESSES)
+            pool = WorkerPool(self.repo, tuning.CAPTURE_PROCESSES)
         except OSError as err:  # cannot start processes here: threads do the same work
             import logging
 
             logging.getLogger(__name__).warning(
                 "capture worker processes unavailable (%s); using threads", err)
+            return
+        pool.sinks = Sinks(self._done, self._gone, self.progress.add,
+                           lambda i: os.fsdecode(self.tree.path(i)), self._packs.add_piece)
+        self._pool, self._feed = pool, self._batches()
 
     def _open_dir(self, root_fd: int, rel: bytes, ino: int, idxs: array[int]) -> int | None:
         """The directory `rel` opened beneath the root (O_NOFOLLOW each step) if it is still
@@ -208,16 +233,20 @@ class Archiver:
             return None
         return dfd
 
-    def _batches(self, root_fd: int,
-                 todo: list[tuple[bytes, int, array[int]]]) -> Generator[Batch]:
-        """Requests for the reader processes: the files of each directory in batches of
-        at most REQUEST_FILES, with the directory's fd (open while its batches are sent);
-        the readers open the files themselves beneath it (readerproc.py)."""
+    def _batches(self) -> Generator[Batch | None]:
+        """Requests for the reader processes: the files of each walked directory in
+        batches of at most REQUEST_FILES, with the directory's fd (open while its batches
+        are sent); the readers open the files themselves beneath it (readerproc.py).
+        None: no directory walked yet whose files are not sent (the walk goes on)."""
         sizes = self.tree.sizes
-        for rel, ino, idxs in todo:
-            if not idxs:
+        while True:
+            if not self._small:
+                if not self._walking:
+                    return
+                yield None
                 continue
-            dfd = self._open_dir(root_fd, rel, ino, idxs)
+            rel, ino, idxs = self._small.popleft()
+            dfd = self._open_dir(self._root_fd, rel, ino, idxs)
             if dfd is None:
                 continue
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import selectors
 import socket
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import msgspec
 
@@ -20,8 +21,20 @@ _decode = msgspec.msgpack.Decoder(ReaderMessage).decode
 _encode = msgspec.msgpack.Encoder().encode
 # (directory fd, its files' entry indexes, names and sizes at the walk): one Request
 Batch = tuple[int, list[int], list[bytes], list[int]]
+# what a batch source yields: a batch, or None when none is ready yet (the walk goes on)
+Batches = Iterator[Batch | None]
 
 FileDone = Callable[[int, list[tuple[bytes, int]], bytes, StatInfo, int, bool], None]
+
+
+class Sinks(NamedTuple):
+    """Where the readers' results go (the capture's)."""
+
+    done: FileDone
+    gone: Callable[[int, str], None]
+    progress: Callable[[int], None]
+    describe: Callable[[int], str]
+    pack: Callable[[bytes, bytes], None]
 
 
 class WorkerPool:
@@ -34,79 +47,91 @@ class WorkerPool:
         self.repo = repo
         self.workers = start_workers(_CODE, setup, n)
         self.stored_bytes = 0
+        self.sinks: Sinks | None = None
         self._buf = bytearray(1 << 20)  # one receive buffer (not a new 1 MiB per recv)
         self._view = memoryview(self._buf)
+        self._sel = selectors.DefaultSelector()
+        for i, w in enumerate(self.workers):
+            self._sel.register(w.res, selectors.EVENT_READ, i)
+        self._exhausted = False
 
     def close(self, *, kill: bool) -> None:
+        self._sel.close()
         for w in self.workers:
             w.close(kill=kill)
         self.workers = []
 
-    def run(self, items: Iterator[Batch], done: FileDone,
-            gone: Callable[[int, str], None], progress: Callable[[int], None],
-            poll: Callable[[], None], describe: Callable[[int], str],
-            pack: Callable[[bytes, bytes], None]) -> None:
-        """Feed batches of a directory's files to the workers (the directory fd stays the
-        caller's: sent before the next batch is asked for)."""
-        sel = selectors.DefaultSelector()
-        for i, w in enumerate(self.workers):
-            sel.register(w.res, selectors.EVENT_READ, i)
-        exhausted = False
-        try:
-            while True:
-                while not exhausted:
-                    w = min(self.workers, key=lambda x: x.inflight)
-                    if w.inflight >= tuning.READER_WINDOW:
-                        break
-                    item = next(items, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    dfd, idxs, names, sizes = item
-                    try:
-                        socket.send_fds(w.req, [_encode(Request(idxs, names, sizes))], [dfd])
-                    except frames.PEER_GONE as e:
-                        raise TransientEngineError("a capture worker process died") from e
-                    w.inflight += 1
-                if exhausted and not any(w.inflight for w in self.workers):
-                    return
-                for key, _ev in sel.select(timeout=0.25):
-                    w = self.workers[key.data]
-                    try:  # what has arrived: never blocked on one reader's partial frame
-                        n = w.res.recv_into(self._buf)
-                    except frames.PEER_GONE:
-                        n = 0
-                    if not n:
-                        raise TransientEngineError("a capture worker process died")
-                    for frame in w.frames.feed(self._view[:n]):
-                        self._handle(w, _decode(frame), done, gone, progress, describe, pack)
-                poll()
-        finally:
-            sel.close()
+    def pump(self, items: Batches) -> None:
+        """Send what is ready and the windows allow, and take in the results that have
+        arrived, without waiting: the walk calls this between directories."""
+        self._send(items)
+        self._receive(0)
 
-    def _handle(self, w: WorkerProcess, msg: ReaderMessage, done: FileDone,
-                gone: Callable[[int, str], None], progress: Callable[[int], None],
-                describe: Callable[[int], str], pack: Callable[[bytes, bytes], None]) -> None:
+    def run(self, items: Batches, poll: Callable[[], None]) -> None:
+        """Feed batches of a directory's files to the workers until `items` ends and every
+        result is in (a batch's directory fd stays the caller's: it is sent before the next
+        batch is asked for)."""
+        while True:
+            self._send(items)
+            if self._exhausted and not any(w.inflight for w in self.workers):
+                return
+            self._receive(0.25)
+            poll()
+
+    def _send(self, items: Batches) -> None:
+        while not self._exhausted:
+            w = min(self.workers, key=lambda x: x.inflight)
+            if w.inflight >= tuning.READER_WINDOW:
+                return
+            try:
+                item = next(items)
+            except StopIteration:
+                self._exhausted = True
+                return
+            if item is None:
+                return  # none ready yet
+            dfd, idxs, names, sizes = item
+            try:
+                socket.send_fds(w.req, [_encode(Request(idxs, names, sizes))], [dfd])
+            except frames.PEER_GONE as e:
+                raise TransientEngineError("a capture worker process died") from e
+            w.inflight += 1
+
+    def _receive(self, timeout: float) -> None:
+        sinks = self.sinks
+        assert sinks is not None, "results before the capture took them"
+        for key, _ev in self._sel.select(timeout=timeout):
+            w = self.workers[key.data]
+            try:  # what has arrived: never blocked on one reader's partial frame
+                n = w.res.recv_into(self._buf)
+            except frames.PEER_GONE:
+                n = 0
+            if not n:
+                raise TransientEngineError("a capture worker process died")
+            for frame in w.frames.feed(self._view[:n]):
+                self._handle(w, _decode(frame), sinks)
+
+    def _handle(self, w: WorkerProcess, msg: ReaderMessage, sinks: Sinks) -> None:
         if isinstance(msg, Blobs):
-            self._take(msg, progress, pack)
+            self._take(msg, sinks)
             return
         for r in msg.files:
             match r:
                 case Done():
-                    self._take(r, progress, pack)
-                    done(r.idx, r.chunks, r.tiny, r.info, r.nread, r.changed)
+                    self._take(r, sinks)
+                    sinks.done(r.idx, r.chunks, r.tiny, r.info, r.nread, r.changed)
                 case Gone():
-                    gone(r.idx, r.why)
+                    sinks.gone(r.idx, r.why)
                 case Failed():
-                    raise TransientEngineError(f"reading {describe(r.idx)} failed: {r.message}")
+                    raise TransientEngineError(
+                        f"reading {sinks.describe(r.idx)} failed: {r.message}")
         if msg.last:
             w.inflight -= 1
 
-    def _take(self, msg: Blobs | Done, progress: Callable[[int], None],
-              pack: Callable[[bytes, bytes], None]) -> None:
+    def _take(self, msg: Blobs | Done, sinks: Sinks) -> None:
         for cid, payload in msg.blobs:
             self.stored_bytes += self.repo.store_payload(cid, payload)
         for cid, data in msg.packed:  # small chunks: into the tiny packs
-            pack(cid, data)
+            sinks.pack(cid, data)
         if msg.raw:
-            progress(msg.raw)
+            sinks.progress(msg.raw)

@@ -116,21 +116,22 @@ class Walker:
     """The capture's first pass: lstat every entry below the root through directory fds
     (O_NOFOLLOW: never a symlink), recording metadata, xattrs, symlink targets, device
     numbers and hard-link groups into the tree, and taking each regular file unchanged
-    since the parent snapshot from the parent's entry. What is left to read (`dirs`: each
-    directory's path, device, inode and the tree indexes of its files to read) is the
-    second pass's (archiver.py). A mount point inside the state is kept as a directory,
+    since the parent snapshot from the parent's entry. What is left to read is the second
+    pass's (archiver.py): `on_dir` gets each directory's path, inode and the tree indexes
+    of its files to read (those read whole, and the big ones read in blocks) once the walk
+    has finished listing it (its subdirectories first), so reading may start while the
+    walk goes on. A mount point inside the state is kept as a directory,
     its contents not captured."""
 
     def __init__(self, repo: Repository, tree: EncodedTree, parent: ParentCursor,
                  progress: Progress, warnings: list[str], root_dev: int,
-                 mounts: set[tuple[int, int]], start_readers: Callable[[], None]) -> None:
+                 mounts: set[tuple[int, int]], start_readers: Callable[[], None],
+                 on_dir: Callable[[bytes, int, array[int], array[int]], None]) -> None:
         self.repo = repo
         self.tree = tree
         self.parent = parent
         self.progress = progress
         self.warnings = warnings
-        # path, dev, ino, indexes of its files to read (not unchanged since the parent)
-        self.dirs: list[tuple[bytes, int, int, array[int]]] = []
         self.total = 0  # bytes of every regular file
         self.reused = 0  # bytes of the files unchanged since the parent
         self._root_dev = root_dev
@@ -140,6 +141,7 @@ class Walker:
         # called once the files to read are known to make a big capture (and again on
         # every later file: it starts the reader processes once)
         self._start_readers = start_readers
+        self._on_dir = on_dir
 
     def walk(self, fd: int, rel: bytes) -> None:
         self.progress.poll()
@@ -152,8 +154,9 @@ class Walker:
             # directory, not the other filesystem.
             self.warnings.append(f"{os.fsdecode(rel)}: mount point, contents not captured")
             return
-        files = array("q")
-        self.dirs.append((rel, st.st_dev, st.st_ino, files))
+        # indexes of its files to read (not unchanged since the parent): whole, in blocks
+        files, big = array("q"), array("q")
+        dir_ino = st.st_ino
         for name in sorted(fsutil.iter_names(fd)):
             path = rel + b"/" + name if rel else name
             try:
@@ -206,12 +209,13 @@ class Walker:
                 self.total += st.st_size
                 if self._reuse(ent, p):
                     self.reused += st.st_size
+                elif fixed_block(self.repo.config, st.st_size):
+                    big.append(len(self.tree))  # read in blocks, not by the readers
                 else:
                     files.append(len(self.tree))
-                    if not fixed_block(self.repo.config, st.st_size):
-                        self._walk_bytes += st.st_size  # big files: read in blocks, not by them
-                        if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
-                            self._start_readers()
+                    self._walk_bytes += st.st_size
+                    if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
+                        self._start_readers()
             elif stat.S_ISLNK(mode):
                 ent.kind, ent.size = SYMLINK, st.st_size
             else:
@@ -219,6 +223,7 @@ class Walker:
                             else BLK if stat.S_ISBLK(mode) else SOCK)
                 ent.rdev = st.st_rdev
             self.tree.append(ent)
+        self._on_dir(rel, dir_ino, files, big)
 
     def _reuse(self, e: Entry, p: Entry | None) -> bool:
         """Take a regular file's data from the parent's entry p when the file is unchanged
