@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from pyfastcdc import FastCDC
 
-from .. import tuning
+from .. import gcpause, tuning
 from ..blocks.pipeline import read_blocks
 from ..fs import fsutil
 from ..fs.syncpoint import SyncPoint, sync_point
@@ -96,6 +96,13 @@ class Archiver:
         self._feed: Generator[Batch | None] | None = None  # requests for the pool
 
     def run(self) -> None:
+        # A capture makes a few small objects per file (stat results, entries, tuples) and
+        # no cyclic garbage; with the collector on it walked the tree's lists again and
+        # again (gcpause.py).
+        with gcpause.paused():
+            self._run()
+
+    def _run(self) -> None:
         try:
             root_fd = os.open(self.root, fsutil.DIR_FLAGS)
         except OSError as e:

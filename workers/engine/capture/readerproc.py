@@ -19,9 +19,9 @@ bytes and turns ENOSPC into StorageFull.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
-import stat
 
 import blake3
 import msgspec
@@ -55,11 +55,9 @@ def _send(res: socket.socket, msg: ReaderMessage) -> None:
     frames.send(res, _encode(msg))
 
 
-def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
-             zc: zstandard.ZstdCompressor, res: socket.socket) -> Done | Gone:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return Gone(idx, "replaced by a non-regular file during capture")
+def _process(idx: int, fd: int, st: os.stat_result, setup: Setup, known: set[bytes],
+             cdc: FastCDC, zc: zstandard.ZstdCompressor, res: socket.socket) -> Done | Gone:
+    """One open regular file (st: its fstat as opened) read, re-read while it changes."""
     blobs: StoredChunks = []
     packed: PackedChunks = []
     pending = raw = 0
@@ -71,7 +69,20 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
         small = st.st_size <= tuning.INLINE_MAX
         pieces: list[tuple[bytes, bytes, int]] = []
         fixed = setup.block_size if st.st_size >= setup.big_file else 0  # chunker.fixed_block
-        for data, off in iter_chunks(fd, st.st_size, cdc, setup.chunk_min, nread, fixed):
+        whole = 0 < st.st_size <= min(setup.chunk_min, tuning.INLINE_MAX) and (
+            st.st_blocks * 512 >= st.st_size)
+        if whole:
+            # one chunk, and all its blocks allocated, so no hole to skip: what iter_chunks
+            # gives, without its SEEK_DATA/SEEK_HOLE calls and generators (most files)
+            body = fsutil.pread_full(fd, st.st_size, 0)
+            nread[0] = len(body)
+            raw += len(body)
+            if body:
+                cid = blake3.blake3(body, key=setup.key).digest()
+                chunks.append((cid, 0))
+                pieces.append((cid, body, 0))
+        for data, off in () if whole else iter_chunks(fd, st.st_size, cdc, setup.chunk_min,
+                                                       nread, fixed):
             cid = blake3.blake3(data, key=setup.key).digest()
             chunks.append((cid, off))
             raw += len(data)
@@ -110,20 +121,21 @@ def _process(idx: int, fd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
     return Done(idx, blobs, raw, chunks, info, nread_total, not same, tiny, packed)
 
 
-def _open(names: list[bytes], sizes: list[int], dfd: int) -> list[int | OSError]:
+def _open(names: list[bytes], sizes: list[int],
+          dfd: int) -> list[tuple[int, os.stat_result] | OSError]:
     """Each name's fd (fsutil.open_regular beneath dfd), or why it could not be opened;
     each announced to the kernel (WILLNEED) so the batch's reads overlap on a cold disk."""
-    out: list[int | OSError] = []
+    out: list[tuple[int, os.stat_result] | OSError] = []
     for name, size in zip(names, sizes, strict=True):
         if not name or b"/" in name or name in (b".", b".."):  # one component, never more
             out.append(OSError(0, f"not a file name: {name!r}"))
             continue
         try:
-            fd = fsutil.open_regular(name, dfd)
+            fd, st = fsutil.open_regular_stat(name, dfd)
         except OSError as err:
             out.append(err)
             continue
-        out.append(fd)
+        out.append((fd, st))
         if size:
             with contextlib.suppress(OSError):  # advice only
                 os.posix_fadvise(fd, 0, min(size, tuning.PREFETCH_MAX),
@@ -145,11 +157,11 @@ def _batch(req: Request, dfd: int, setup: Setup, known: set[bytes], cdc: FastCDC
                 continue
             r: FileResult
             try:
-                r = _process(idx, got, setup, known, cdc, zc, res)
+                r = _process(idx, got[0], got[1], setup, known, cdc, zc, res)
             except OSError as e:
                 r = Failed(idx, f"{e.strerror or e}")
             finally:
-                os.close(got)
+                os.close(got[0])
                 opened[k] = OSError(0, "closed")
             out.append(r)
             if isinstance(r, Done):
@@ -160,12 +172,15 @@ def _batch(req: Request, dfd: int, setup: Setup, known: set[bytes], cdc: FastCDC
                     out, pending = [], 0
     finally:
         for got in opened:
-            if isinstance(got, int):
-                os.close(got)
+            if not isinstance(got, OSError):
+                os.close(got[0])
     _send(res, Results(out, True))
 
 
 def main() -> None:
+    # Nothing a reader makes is cyclic garbage; the collector would only walk its set of
+    # known ids again and again.
+    gc.disable()
     req, res = child.sockets()
     setup = msgspec.msgpack.decode(frames.recv(res), type=Setup)
     known = {setup.known[i : i + 32] for i in range(0, len(setup.known), 32)}

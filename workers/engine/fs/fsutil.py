@@ -81,17 +81,24 @@ def open_regular(name: bytes, dir_fd: int) -> int:
     only then that very inode is reopened for reading through /proc/self/fd, so a device
     or fifo swapped in at any moment is never opened. Without updating atime when
     permitted (owner or CAP_FOWNER). OSError (ENOENT, ELOOP, EINVAL...) otherwise."""
+    return open_regular_stat(name, dir_fd)[0]
+
+
+def open_regular_stat(name: bytes, dir_fd: int) -> tuple[int, os.stat_result]:
+    """open_regular, and the fstat of the inode it opened (taken before the reopen: a
+    change after it shows in any later fstat)."""
     pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        if not stat.S_ISREG(os.fstat(pfd).st_mode):
+        st = os.fstat(pfd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", name)
         proc = b"/proc/self/fd/%d" % pfd
         if _NOATIME:
             try:
-                return os.open(proc, REOPEN_FLAGS | _NOATIME)
+                return os.open(proc, REOPEN_FLAGS | _NOATIME), st
             except PermissionError:
                 pass
-        return os.open(proc, REOPEN_FLAGS)
+        return os.open(proc, REOPEN_FLAGS), st
     finally:
         os.close(pfd)
 

@@ -100,14 +100,12 @@ class TinyPacker:
         """Pack a single-chunk file's bytes (e.chunks[0] is its id) and point e at them.
         True when its pack id is known already."""
         cid = e.chunks[0][0]
-        hit = self.repo.find_packed(cid)
-        if hit is not None:
-            e.pack, e.pack_off, e.pack_len = hit
-            return True
         with self._lock:
             p = self._where.get(cid)
             if p is None:
-                hit = self.repo.find_packed(cid)  # its pack stored since (and forgotten here)
+                # in a pack stored already (by an earlier capture, or by this one: then
+                # forgotten here), else new: one lookup either way
+                hit = self.repo.find_packed(cid)
                 if hit is not None:
                     e.pack, e.pack_off, e.pack_len = hit
                     return True
