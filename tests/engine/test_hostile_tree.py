@@ -45,16 +45,23 @@ def test_a_file_vanishing_before_its_xattrs_are_read_is_recorded_gone(
     (src / "stays").write_text("here")
     (src / "goes").write_text("soon gone")
     os.symlink("stays", src / "link-goes")
-    real = fsutil.read_xattrs
+    real, real_open = fsutil.read_xattrs, fsutil.open_regular
 
     def tenant_deletes_first(target: int | bytes) -> list[tuple[str, bytes]]:
-        if isinstance(target, bytes) and target.endswith((b"/goes", b"/link-goes")):
+        if isinstance(target, bytes) and target.endswith(b"/link-goes"):
             os.unlink(target)  # the tenant's unlink, between the walk's lstat and this read
         return real(target)
 
+    def tenant_deletes_before_open(name: bytes, dir_fd: int) -> int:
+        if name == b"goes":  # a file's xattrs are read with its data, on the fd it reads
+            os.unlink(name, dir_fd=dir_fd)
+        return real_open(name, dir_fd)
+
     monkeypatch.setattr(fsutil, "read_xattrs", tenant_deletes_first)
-    engine.capture(make_meta(1), dir_state(src))
+    monkeypatch.setattr(fsutil, "open_regular", tenant_deletes_before_open)
+    res = engine.capture(make_meta(1), dir_state(src))
     monkeypatch.undo()
+    assert [w for w in res.warnings if w.startswith("goes: vanished")], res.warnings
     out = tmp_path / "out"
     engine.restore(1, dir_state(out))
     assert sorted(os.listdir(out)) == ["stays"]

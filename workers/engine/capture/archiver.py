@@ -1,17 +1,18 @@
 """Directory capture: the Archiver runs the two passes over the tree, both through
 directory fds without following any symlink:
-1. walk (tree.py, Walker): lstat every entry, record metadata, xattrs, symlink targets,
-   device numbers and hard-link groups, take the files unchanged since the parent
-   snapshot from it (cheap; gives the progress total);
+1. walk (tree.py, Walker): lstat every entry, record metadata, xattrs (a file to read: by
+   its reader), symlink targets, device numbers and hard-link groups, take the files
+   unchanged since the parent snapshot from it (cheap; gives the progress total);
 2. read (here): regular files that are not unchanged since the parent snapshot are opened
-   (fsutil.open_regular: never a device or fifo, O_NOATIME when permitted) by the walker
-   thread and handed to a thread pool that reads only data extents (SEEK_DATA/SEEK_HOLE),
-   chunks them with FastCDC, hashes, compresses and stores the chunks. blake3, zstd and
-   file IO release the GIL, so the two cores overlap (a big capture: reader processes,
-   readerpool.py). Big files (chunker.py) come last, each cut in fixed blocks that several
-   threads read, hash, compress and store (blocks/pipeline.py), as an image state's.
-   A file whose size/mtime/ctime change while being read is read again up to 3 times,
-   then kept with a warning.
+   (fsutil.open_regular: never a device or fifo, O_NOATIME when permitted) and read whole
+   (only data extents: SEEK_DATA/SEEK_HOLE), chunked with FastCDC, hashed and compressed.
+   A small capture: opened by the walker thread and read by a thread pool (blake3, zstd and
+   file IO release the GIL). A big one: by reader processes (readerpool.py), each sent
+   batches of a directory's names with its fd as soon as the walk has listed it, so they
+   read while the walk goes on. Big files (chunker.py) come last, each cut in fixed blocks
+   that several threads read, hash, compress and store (blocks/pipeline.py), as an image
+   state's. A file whose size/mtime/ctime change while being read is read again up to 3
+   times, then kept with a warning.
 A sync point comes first (fs/syncpoint.py): a file's ctime is recorded only where it
 vouches for the bytes read, so "same inode and ctime" lets the next capture skip it.
 """
@@ -298,12 +299,13 @@ class Archiver:
                 os.close(dfd)
 
     def _done(self, idx: int, chunks: list[tuple[bytes, int]], tiny: bytes,
-              info: tuple[int, ...], nread: int, changed: bool) -> None:
+              info: tuple[int, ...], nread: int, changed: bool,
+              xattrs: list[tuple[str, bytes]]) -> None:
         e = self.tree[idx]
         walk_ctime = e.ctime_ns
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
         _vouch(e, walk_ctime, self.sync)
-        e.chunks = chunks
+        e.chunks, e.xattrs = chunks, xattrs
         self._place(idx, e, tiny)
         with self._lock:
             self.bytes_read += nread
@@ -320,12 +322,13 @@ class Archiver:
             self._gone(idx, "replaced by a non-regular file during capture")
             return
         bs = self.repo.config.block_size
+        xattrs = fsutil.read_xattrs(fd)  # before the read: a change after moves its ctime
         res = read_blocks(fd, lambda size: fixed_ranges(fd, size, bs), bs,
                           self._packs.store_block, self.progress, skip_zero=False)
         st = res.st
         self._done(idx, res.blocks, b"", (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                          st.st_ino, st.st_mode, st.st_uid, st.st_gid),
-                   res.nread, res.changed)
+                   res.nread, res.changed, xattrs)
         self.progress.add(max(0, st.st_size - res.nread))  # its holes
         with self._lock:
             self.stored_bytes += res.stored
@@ -431,6 +434,7 @@ class Archiver:
                     cid, n = self._packs.store_chunk(data)
                     stored += n
                     chunks.append((cid, off))
+            xattrs = fsutil.read_xattrs(fd)  # a change to them moves ctime: seen just below
             st2 = os.fstat(fd)
             with self._lock:
                 self.bytes_read += nread[0]
@@ -449,7 +453,7 @@ class Archiver:
         _vouch(e, walk_ctime, self.sync)
         e.ino = st2.st_ino
         e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
-        e.chunks = chunks
+        e.chunks, e.xattrs = chunks, xattrs
         self._place(idx, e, tiny)
         self.progress.add(max(0, e.size - counted))
         with self._lock:

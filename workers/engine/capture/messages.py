@@ -66,6 +66,7 @@ class Done(msgspec.Struct, array_like=True, tag="done"):
     changed: bool  # still changing after the last retry
     tiny: bytes  # a small file's content, for the parent's tiny pack (else b"")
     packed: PackedChunks = []
+    xattrs: list[tuple[str, bytes]] = []  # as read on the descriptor (fsutil.read_xattrs)
 
 
 class Gone(msgspec.Struct, array_like=True, tag="gone"):

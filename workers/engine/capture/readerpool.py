@@ -24,7 +24,8 @@ Batch = tuple[int, list[int], list[bytes], list[int]]
 # what a batch source yields: a batch, or None when none is ready yet (the walk goes on)
 Batches = Iterator[Batch | None]
 
-FileDone = Callable[[int, list[tuple[bytes, int]], bytes, StatInfo, int, bool], None]
+FileDone = Callable[[int, list[tuple[bytes, int]], bytes, StatInfo, int, bool,
+                     list[tuple[str, bytes]]], None]
 
 
 class Sinks(NamedTuple):
@@ -119,7 +120,7 @@ class WorkerPool:
             match r:
                 case Done():
                     self._take(r, sinks)
-                    sinks.done(r.idx, r.chunks, r.tiny, r.info, r.nread, r.changed)
+                    sinks.done(r.idx, r.chunks, r.tiny, r.info, r.nread, r.changed, r.xattrs)
                 case Gone():
                     sinks.gone(r.idx, r.why)
                 case Failed():

@@ -110,6 +110,7 @@ def _process(idx: int, fd: int, st: os.stat_result, setup: Setup, known: set[byt
                     known.add(cid)
                     packed.append((cid, data))
         nread_total += nread[0]
+        xattrs = fsutil.read_xattrs(fd)  # a change to them moves ctime: seen just below
         st2 = os.fstat(fd)
         same = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
             st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -118,7 +119,7 @@ def _process(idx: int, fd: int, st: os.stat_result, setup: Setup, known: set[byt
         st = st2
     info = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, st2.st_mode,
             st2.st_uid, st2.st_gid)
-    return Done(idx, blobs, raw, chunks, info, nread_total, not same, tiny, packed)
+    return Done(idx, blobs, raw, chunks, info, nread_total, not same, tiny, packed, xattrs)
 
 
 def _open(names: list[bytes], sizes: list[int],

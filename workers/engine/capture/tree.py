@@ -189,8 +189,11 @@ class Walker:
                 if p is not None and p.ctime_ns and (p.ino, p.ctime_ns) == (st.st_ino,
                                                                             st.st_ctime_ns):
                     ent.xattrs = p.xattrs  # setting/removing an xattr changes ctime: unchanged
-                else:
+                elif not stat.S_ISREG(mode):
                     ent.xattrs = fsutil.read_xattrs(fsutil.proc_path(fd, name))
+                # else a file to read: its reader lists them on the descriptor it reads
+                # (no lookup through /proc per file here); a change between the walk and
+                # the read moves ctime, so the capture vouches for nothing then (_vouch)
                 if stat.S_ISLNK(mode):
                     ent.target = os.fsencode(os.readlink(name, dir_fd=fd))
             except FileNotFoundError:
