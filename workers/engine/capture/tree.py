@@ -95,6 +95,8 @@ class ParentCursor:
     def get(self, path: bytes) -> Entry | None:
         """The parent's regular file at `path`, if any. Paths must be asked in walk order
         (a path asked out of order is simply not found: the file is read again)."""
+        if self._cur is None:
+            return None  # past the parent's last entry (a full capture: from the start)
         key = path.split(b"/")
         while self._cur is not None and self._key < key:
             self._advance()
