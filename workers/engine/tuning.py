@@ -15,6 +15,9 @@ INLINE_MAX = 256 * 1024  # files up to this size (one chunk) go into a capture's
 ZSTD_LEVEL = 3
 # more new objects than this at a commit: one syncfs instead of an fsync each
 FULL_SYNC_AT = 64
+# fresh objects reused (stored after the last full sync) that a capture keeps, to judge at
+# its commit whether they are all its parent's (durable): past that many, a full sync
+REUSED_FRESH_MAX = 65_536
 
 # --- capture --------------------------------------------------------------------------------
 CAPTURE_THREADS = 4

@@ -103,7 +103,10 @@ class Repository:
         self._known_lock = threading.Lock()
         self._written: list[str] = []  # keys put since the last barrier
         self._fresh: set[bytes] = set()  # stored after the last full sync: maybe not durable
-        self._reused_fresh = False
+        # fresh objects reused, not known durable when reused: judged at the commit, once
+        # `durable` holds every parent object (a capture's readers reuse while its walk is
+        # still passing the parent's entries)
+        self._reused_fresh: set[bytes] = set()
         self._packed = PackIndex()  # chunk -> (pack, off, len)
         # objects a committed snapshot (the parent) references: synced before its commit,
         # so reusing them never calls for a full sync however recently they were written
@@ -158,7 +161,7 @@ class Repository:
             for cid, off, ln in members:
                 packed.add(cid, pack, off, ln)
         with self._known_lock:
-            self._known, self._fresh, self._reused_fresh = known, fresh, False
+            self._known, self._fresh, self._reused_fresh = known, fresh, set()
             self._written = []
             self._packed = packed
 
@@ -171,7 +174,10 @@ class Repository:
         may not be durable yet (written after the last full sync, by a killed capture)."""
         if cid in self._known:
             if cid in self._fresh and cid not in self.durable:
-                self._reused_fresh = True
+                if len(self._reused_fresh) < tuning.REUSED_FRESH_MAX:
+                    self._reused_fresh.add(cid)
+                else:  # too many to keep: a full sync, as if none were durable
+                    self._reused_fresh.add(b"")
             return True
         return cid in self._pending
 
@@ -326,8 +332,9 @@ class Repository:
         # capture (stored after the last full sync) may not be: then sync everything, and
         # record when that full sync started so later captures know what is durable.
         with self._known_lock:
-            written, full = self._written, self._reused_fresh
-            self._written, self._reused_fresh = [], False
+            written, reused = self._written, self._reused_fresh
+            self._written, self._reused_fresh = [], set()
+        full = any(cid not in self.durable for cid in reused)
         if not self.backend.durable_on_put and (full or len(written) > tuning.FULL_SYNC_AT):
             # Everything stored before the sync started is durable from now on; the margin
             # covers the coarse clock the filesystem stamps mtimes with.
