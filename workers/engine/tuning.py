@@ -34,6 +34,7 @@ READER_BATCH = 8 << 20  # a reader flushes encoded chunks / progress at least th
 # a reader sends the results of a request's files (small files' bytes) in frames of about
 # this size: the parent handles one while the next is on its way
 READER_RESULTS = 256 << 10
+READER_SOCKET_BUFFER = 4 << 20  # a reader's result socket send buffer (SO_SNDBUF)
 # Each opened file is announced to the kernel (WILLNEED: asynchronous readahead), so the
 # files queued for the readers are fetched from disk in parallel, not one read at a time
 # (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.

@@ -183,6 +183,12 @@ def main() -> None:
     # known ids again and again.
     gc.disable()
     req, res = child.sockets()
+    # Room for several result frames on their way: the parent takes them in between the
+    # directories it walks, and a reader whose frame does not fit waits in sendall
+    # (100k small files: half of each reader's time with the default ~200 KiB). The kernel
+    # caps it at net.core.wmem_max.
+    with contextlib.suppress(OSError):
+        res.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, tuning.READER_SOCKET_BUFFER)
     setup = msgspec.msgpack.decode(frames.recv(res), type=Setup)
     known = {setup.known[i : i + 32] for i in range(0, len(setup.known), 32)}
     cdc = FastCDC(setup.chunk_avg, min_size=setup.chunk_min, max_size=setup.chunk_max)
