@@ -98,7 +98,7 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
         # as the thread path does (a local pack is read on demand, a pread per member)
         w.packs.prefetch(manifest.entry(raw) for raw in share.entries)
     batch: list[tuple[int, int, int]] = []
-    before = 0
+    before = w.bytes_written  # not 0: a writer that takes over a cut has written a share
     idx = pos = -1
     try:
         for pos in range(len(share.indexes)):
