@@ -38,6 +38,11 @@ NOT_NEEDED = ["workers.engine.restore.patchjournal", "workers.engine.restore.pat
 NOT_NEEDED_BY_RESTORE = ["workers.engine.restore.writerpool", "workers.engine.workerproc.process",
                          "subprocess", "socket", "selectors", "secrets"]
 
+# nor a patch (no big file, a few reads) the big-file pipeline, O_DIRECT, the read-ahead and
+# the writers' split
+NOT_NEEDED_BY_A_PATCH = ["workers.engine.blocks.pipeline", "workers.engine.fs.directio",
+                         "workers.engine.repository.packfetch", "workers.engine.restore.shares"]
+
 
 def _modules(repo: Path, state: Path, sid: int, op: str = "capture") -> set[str]:
     out = subprocess.run([sys.executable, "-c", _CHILD, str(repo), str(state), str(sid), op],
@@ -85,6 +90,7 @@ def test_restore_without_writer_processes_imports_none_of_their_plumbing(
     assert (state / "etc" / "f3").read_text() == "file 3\n" and (state / "etc" / "f4").exists()
     assert "workers.engine.restore.patch" in loaded
     assert loaded.isdisjoint(NOT_NEEDED_BY_RESTORE), sorted(loaded & set(NOT_NEEDED_BY_RESTORE))
+    assert loaded.isdisjoint(NOT_NEEDED_BY_A_PATCH), sorted(loaded & set(NOT_NEEDED_BY_A_PATCH))
     other = tmp_path / "clone"  # a rebuild into a new state, below the processes' threshold
     loaded = _modules(repo, other, 1, "restore")
     assert (other / "etc" / "f3").read_text() == "file 3\n"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import zstandard
 
@@ -24,11 +24,13 @@ from .. import tuning
 from ..model import SnapshotCorrupt
 from . import packformat
 from .manifest import FILE, Entry
-from .packfetch import Prefetch
 from .packformat import OLD_FORMAT, Frame, Layout, decode_frame, make_layout, pack_layout, span
 from .repository import ObjectCorrupt, Repository, chunk_key
 
 V = TypeVar("V")
+
+if TYPE_CHECKING:
+    from .packfetch import Prefetch
 
 
 class _Lru(Generic[V]):
@@ -92,6 +94,8 @@ class PackCache:
                 plan.append((e.pack, e.pack_off, e.pack_len))
             plan.extend((pack, off, ln) for _i, pack, off, ln in e.slices)
         if plan:
+            from .packfetch import Prefetch  # read-ahead: a patch's few reads never load it
+
             self.close()
             self._fetch = Prefetch(self, plan)
 

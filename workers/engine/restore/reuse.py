@@ -31,7 +31,6 @@ import os
 import stat
 import threading
 
-from ..blocks.pipeline import same_blocks
 from ..fs import fsutil
 from ..fs.syncpoint import SyncPoint
 from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cdc
@@ -88,6 +87,8 @@ class ReuseCheck:
             cfg = self.repo.config
             block = fixed_block(cfg, e.size)
             if block:  # a big file: its blocks hashed on every core
+                from ..blocks.pipeline import same_blocks  # only a big file loads it
+
                 return same_blocks(fd, list(fixed_ranges(fd, e.size, block)), e.chunks,
                                    self.repo.chunk_id, counter)
             for data, off in iter_chunks(fd, e.size, cdc, cfg.chunk_min, counter, 0):

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .. import tuning
-from ..blocks.pipeline import copy_ranges, write_blocks
 from ..fs import fsutil
 from ..inflight import prune
 from ..progress import Progress
@@ -36,10 +35,10 @@ from ..repository.packreader import PackCache
 from ..repository.repository import Repository
 from .metadata import finish_dirs, make_special
 from .reuse import Candidate, ReuseCheck
-from .shares import Files, first_pack
 from .statecache import WrittenRecord
 
 if TYPE_CHECKING:  # the writer processes' module is imported only by a restore that starts them
+    from .shares import Files
     from .writerpool import RestorePool
 
 
@@ -77,6 +76,8 @@ class TreeWriter:
               linked: set[bytes], procs: RestorePool | None = None) -> None:
         """Build `entries` in st_fd, reusing what is proven identical in cur_fd; with
         worker processes, the files written from scratch are theirs (see build_fresh)."""
+        from .shares import Files, first_pack  # a rebuild's split; a patch never needs it
+
         plain = Files()  # the files left to `procs`
         sem = threading.BoundedSemaphore(tuning.RESTORE_MAX_INFLIGHT)
         futures: list[Future[None]] = []
@@ -184,6 +185,8 @@ class TreeWriter:
         """A new tree, nothing to reuse: directories, symlinks and device nodes here, the
         files by the worker processes (each its contiguous share, created by path under
         the private staging fd), hard links once their targets exist."""
+        from .shares import Files, first_pack
+
         dirs: list[Entry] = [self.entries[0]]
         files = Files()
         links: list[Entry] = []
@@ -266,7 +269,10 @@ class TreeWriter:
             if block and not e.pack:
                 # A big file (disk image...): its fixed blocks fetched, verified and written
                 # on every core, as an image state's (blocks/pipeline.py); sized first, so
-                # the writes fill it and its holes stay holes.
+                # the writes fill it and its holes stay holes. Imported here: a restore
+                # without big files never loads the pipeline (nor directio, the pool).
+                from ..blocks.pipeline import write_blocks
+
                 os.ftruncate(fd, e.size)
                 written = write_blocks(fd, e.chunks, block,
                                        lambda i, cid: self._chunk(e, i, cid, sliced),
@@ -345,6 +351,8 @@ class TreeWriter:
         try:
             block = fixed_block(self.repo.config, e.size)
             if block:  # a big file: its blocks copied on every core, O_DIRECT
+                from ..blocks.pipeline import copy_ranges
+
                 os.ftruncate(out, e.size)
                 counted = copy_ranges(src, out, fixed_ranges(src, st.st_size, block), block,
                                       self.progress)
