@@ -8,12 +8,14 @@ import signal
 import socket
 import threading
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from workers.engine import Engine, tuning
 from workers.engine.restore import shares, writerpool
+from workers.engine.restore.messages import End, WriterMessage
 from workers.engine.workerproc import frames
 
 from .conftest import BOTH_BACKENDS, dir_state, make_meta
@@ -80,6 +82,80 @@ def test_a_writer_done_first_takes_over_half_of_what_another_has_left(
     # share (it reported its first share's bytes again: 268 of 199 MB on the bench rootfs)
     assert result.bytes_written == sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
     safety[0].cancel()
+
+
+def test_with_three_writers_one_left_waiting_during_a_cut_is_given_work_once_it_is_answered(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """Three writers, the first holding every file but two: the second finishes and asks it
+    for a cut; the third finishes while that cut is still unanswered (the first is stopped:
+    SIGSTOP), so it has nothing to cut. Once the cut is answered (the second writes half of
+    the first's rest), the third takes half of what one of them has left: it is not left
+    idle until the end (as it was while a worker asked for a cut only at its own End)."""
+    src = tmp_path / "srv"
+    for d in range(10):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(200):
+            (src / f"d{d}" / f"f{i:03}").write_bytes(b"%d %d " % (d, i) * (1 + i % 50))
+    engine.capture(make_meta(1), dir_state(src))
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    monkeypatch.setattr(tuning, "RESTORE_PROCESSES", 3)
+    monkeypatch.setattr(tuning, "RESTORE_STEAL_MIN", 100)
+
+    def lopsided(self: shares.Files, n: int) -> list[array[int]]:
+        assert n == 3
+        return [self.indexes[:-2], self.indexes[-2:-1], self.indexes[-1:]]
+
+    monkeypatch.setattr(shares.Files, "split", lopsided)
+    pools: list[writerpool.RestorePool] = []
+    given: list[int] = []  # the writers handed a rest cut from another's share
+    start = writerpool.start_pool
+    safety: list[threading.Timer] = []
+
+    def kept(*args: object) -> writerpool.RestorePool | None:
+        """The first writer stopped from when it was sent its share until the parent has
+        taken both other writers' End."""
+        pool = start(*args)  # type: ignore[arg-type]
+        assert pool is not None
+        pools.append(pool)
+        slow = pool.workers[0]
+        send = frames.send
+
+        def send_then_stop(sock: socket.socket, data: bytes) -> None:
+            send(sock, data)
+            if sock is slow.res and not safety:
+                os.kill(slow.proc.pid, signal.SIGSTOP)
+                safety.append(threading.Timer(30, os.kill, (slow.proc.pid, signal.SIGCONT)))
+                safety[0].start()  # never a hung test
+
+        monkeypatch.setattr(frames, "send", send_then_stop)
+        handle, give = pool._handle, pool._give
+        ends = [0]
+
+        def handle_then_resume(i: int, msg: WriterMessage, progress: Callable[[int], None],
+                               done: writerpool.Done) -> None:
+            handle(i, msg, progress, done)
+            if isinstance(msg, End) and i != 0:
+                ends[0] += 1
+                if ends[0] == 2:
+                    os.kill(slow.proc.pid, signal.SIGCONT)
+
+        def recorded(i: int, share: list[int]) -> None:
+            given.append(i)
+            give(i, share)
+
+        pool._handle = handle_then_resume  # type: ignore[method-assign]
+        pool._give = recorded  # type: ignore[method-assign]
+        return pool
+
+    monkeypatch.setattr(writerpool, "start_pool", kept)
+    dst = tmp_path / "out"
+    result = engine.restore(1, dir_state(dst))
+    safety[0].cancel()
+    assert_same(src, dst)
+    assert len(pools) == 1
+    assert 2 in given, given
+    assert result.files_written == 2000
+    assert result.bytes_written == sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
 
 
 def test_shares_are_cut_where_a_pack_starts_and_keep_each_packs_few_files_together() -> None:

@@ -31,8 +31,6 @@ class _Run:
         self.share = share  # manifest indexes, cut short when a cut took its rest
         self.done = 0  # of them reported written
         self.busy = True  # until its End
-        self.cutting = False  # a CUT sent, its Cut not yet received
-        self.thief: int | None = None  # the worker that gets what the cut takes
 
 
 class RestorePool:
@@ -47,6 +45,9 @@ class RestorePool:
         self.steals = 0  # shares cut and handed to a worker that had finished its own
         self.workers = start_workers(_CODE, setup, n)
         self._runs: list[_Run] = []
+        # worker -> (the run a CUT sent to it was for, the worker that gets what it cuts)
+        self._cuts: dict[int, tuple[_Run, int]] = {}
+        self._hungry: list[int] = []  # workers done with their share, no cut pending for them
         self._enc = msgspec.msgpack.Encoder()
         self._owner: tuple[int, int] | None = None
         self._raw: Callable[[int], msgspec.Raw] = lambda i: msgspec.Raw(b"")
@@ -67,6 +68,7 @@ class RestorePool:
         enc = msgspec.msgpack.Encoder()
         self._enc, self._owner, self._raw = enc, owner, raw
         self._runs = [_Run(list(share)) for share in shares]
+        self._cuts, self._hungry = {}, []
         for w, run in zip(self.workers, self._runs, strict=True):
             try:
                 socket.send_fds(w.req, [GO], [st_fd])
@@ -78,7 +80,7 @@ class RestorePool:
         try:
             for i, w in enumerate(self.workers):
                 sel.register(w.res, selectors.EVENT_READ, i)
-            while any(r.busy or r.cutting for r in self._runs):
+            while self._cuts or any(r.busy for r in self._runs):
                 for key, _ev in sel.select(timeout=0.25):
                     w = self.workers[key.data]
                     try:
@@ -107,17 +109,20 @@ class RestorePool:
                 self.bytes_written += msg.nbytes
             case End():
                 run.busy = False
-                self._steal_for(i)
+                self._hungry.append(i)
+                self._feed()
             case Cut():
-                run.cutting = False
-                thief, run.thief = run.thief, None
-                rest = run.share[msg.at:]
-                del run.share[msg.at:]
-                if thief is not None:
-                    if rest:
-                        self._give(thief, rest)
-                    else:
-                        self._steal_for(thief)
+                # The run the CUT was sent for: a worker answers CUTs in the order sent, and
+                # one sent after its End (or before it was given another share) is answered
+                # with its end: nothing taken.
+                cut, thief = self._cuts.pop(i)
+                rest = cut.share[msg.at:]
+                del cut.share[msg.at:]
+                if rest:
+                    self._give(thief, rest)
+                else:
+                    self._hungry.append(thief)
+                self._feed()
             case Failed(kind="corrupt"):
                 raise SnapshotCorrupt(msg.message)
             case Failed(kind="os"):
@@ -125,14 +130,24 @@ class RestorePool:
             case Failed():
                 raise TransientEngineError(f"a restore worker failed: {msg.message}")
 
+    def _feed(self) -> None:
+        """Each worker without work asks for a cut (_steal_for). Called whenever a worker
+        runs out of work and whenever a cut is answered: with 3 or more workers, the answer
+        frees its victim, or makes a new share, that another waiting worker can cut."""
+        for thief in list(self._hungry):
+            self._steal_for(thief)
+
     def _steal_for(self, thief: int) -> None:
-        """Ask the busiest other worker for the second half of what it has left."""
+        """Ask the busiest other worker with no cut pending for the second half of what
+        it has left, for thief (no longer waiting then)."""
         left, victim = max(((len(r.share) - r.done, v) for v, r in enumerate(self._runs)
-                            if v != thief and r.busy and not r.cutting), default=(0, -1))
+                            if v != thief and r.busy and v not in self._cuts),
+                           default=(0, -1))
         if left < tuning.RESTORE_STEAL_MIN:
             return
         run = self._runs[victim]
-        run.cutting, run.thief = True, thief
+        self._cuts[victim] = (run, thief)
+        self._hungry.remove(thief)
         try:
             self.workers[victim].req.send(CUT + (run.done + left // 2).to_bytes(8, "big"))
         except frames.PEER_GONE as e:
