@@ -76,5 +76,14 @@ def iter_chunks(fd: int, size: int, cdc: FastCDC, min_size: int, counter: list[i
             counter[0] += len(data)
             yield data, off
             continue
+        if ln <= 2 * cdc.max_size:
+            # read whole and cut in place: the same chunks as cut_stream, whose reader
+            # zeroes a buffer of 2 * max_size (8 MiB) for every file it chunks (a patch
+            # proving a 3.8 MB file paid 46 M instructions of memset for it under callgrind)
+            data = fsutil.pread_full(fd, ln, off)
+            counter[0] += len(data)
+            for c in cdc.cut_buf(data):
+                yield c.data, off + c.offset
+            continue
         for c in cdc.cut_stream(_RegionReader(fd, off, ln, counter)):
             yield c.data, off + c.offset
