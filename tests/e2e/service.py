@@ -176,9 +176,18 @@ class Service:
             proc.wait(timeout=10)
 
     def stop(self) -> None:
-        for proc in [*self.workers, *([self.web] if self.web else [])]:
-            if proc.poll() is None:
-                self.kill(proc, signal.SIGTERM)
+        """Signals every process group first, then waits for each: the workers' shutdowns
+        (each up to a few seconds) overlap instead of adding up."""
+        procs = [p for p in [*self.workers, *([self.web] if self.web else [])] if p.poll() is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
         self.redis.stop()
 
     @classmethod
