@@ -395,12 +395,11 @@ class Repository:
     def decode_tree(self, snapshot_id: int, raw: bytes) -> tuple[
             manifest.Header, manifest.ImageBody | manifest.LazyEntries]:
         """For a restore, a manifest as stored (get_manifest_raw): an image's blocks decoded,
-        a directory's entries left encoded (manifest.LazyEntries; check_tree() decodes each
-        once before anything is written)."""
+        a directory's entries left encoded and, unless there are very many, decoded once
+        (manifest.decode_entries, LazyEntries)."""
         try:
             if manifest.decode_header(raw).state_kind == "directory":
-                header, raws = manifest.decode_lazily(raw)
-                return header, manifest.LazyEntries(raws)
+                return manifest.decode_entries(raw)
             header, body = manifest.decode(raw)
         except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
             raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e

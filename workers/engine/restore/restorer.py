@@ -172,7 +172,8 @@ class Restorer:
         """Patch the current tree in place when few entries differ (see patch.py)."""
         limit = max(tuning.PATCH_MIN, len(self.entries) // tuning.PATCH_FRACTION)
         mounts = fsutil.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
-        plan = Planner(self.entries, limit, mounts, self.check).run(cur_fd)
+        entries = self.entries.listed() if isinstance(self.entries, LazyEntries) else self.entries
+        plan = Planner(entries, limit, mounts, self.check).run(cur_fd)
         if plan is None:
             return False
         self.progress.add(plan.reused_bytes)
