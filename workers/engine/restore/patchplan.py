@@ -219,21 +219,16 @@ class Planner:
         if e.kind == HARDLINK:
             return (stat.S_ISREG(st.st_mode) and e.target in self._ino
                     and st.st_ino == self._ino[e.target])
-        if not _same_meta(st, e):
-            return False
-        if e.kind == SYMLINK:
-            return (os.fsencode(os.readlink(name, dir_fd=dfd)) == e.target
-                    and fsutil.read_xattrs(fsutil.proc_path(dfd, name)) == e.xattrs)
-        if e.kind != FILE:  # fifo, device node, socket
-            return (st.st_rdev == e.rdev
-                    and fsutil.read_xattrs(fsutil.proc_path(dfd, name)) == e.xattrs)
-        if st.st_size != e.size:
-            return False  # cheap, before opening it
+        if e.kind != FILE:
+            return self._keep_special(e, st, name, dfd)
         # a regular file: the same check as the rebuild's (reuse.py), but a kept hard-link
-        # group's first name has as many links as the group has names
+        # group's first name has as many links as the group has names; trusted_in_place
+        # compares the lstat's type, links, size, mode, owner and mtime itself
         links = self.group.get(e.path, 1)
         ok = self.check.trusted_in_place(st, e, links)
         if not ok:  # not known from its lstat: open it (never following) and prove it
+            if st.st_size != e.size or not _same_meta(st, e):
+                return False  # cheap, before opening it
             cand = self.check.candidate(dfd, name, e, links=links)
             if cand is None:
                 return False
@@ -250,3 +245,13 @@ class Planner:
             else:
                 self.plan.kept_files.append((e, st.st_ino, st.st_ctime_ns))
         return ok
+
+    def _keep_special(self, e: Entry, st: os.stat_result, name: bytes, dfd: int) -> bool:
+        """A directory's other entries: symlink, fifo, device node, socket."""
+        if not _same_meta(st, e):
+            return False
+        if e.kind == SYMLINK:
+            return (os.fsencode(os.readlink(name, dir_fd=dfd)) == e.target
+                    and fsutil.read_xattrs(fsutil.proc_path(dfd, name)) == e.xattrs)
+        return (st.st_rdev == e.rdev
+                and fsutil.read_xattrs(fsutil.proc_path(dfd, name)) == e.xattrs)

@@ -107,9 +107,11 @@ class ReuseCheck:
         need no reading: setxattr moves ctime, so the captured inode still at its ctime
         has the captured xattrs, and a record's digest covers the xattrs its restore wrote
         (statecache.content_digest). Anything else goes through candidate()."""
-        return (stat.S_ISREG(st.st_mode) and st.st_nlink == links and st.st_size == e.size
-                and st.st_mode == e.mode and st.st_uid == e.uid and st.st_gid == e.gid
-                and st.st_mtime_ns == e.mtime_ns and self.trusted(st, e))
+        # one tuple comparison, not six: the patch asks this of every file it keeps
+        return (stat.S_ISREG(st.st_mode)
+                and (st.st_nlink, st.st_size, st.st_mode, st.st_uid, st.st_gid,
+                     st.st_mtime_ns) == (links, e.size, e.mode, e.uid, e.gid, e.mtime_ns)
+                and self.trusted(st, e))
 
     def candidate(self, cfd: int, name: bytes, e: Entry, links: int = 1) -> Candidate:
         """Step 1: the current file `name` in cfd, opened without following symlinks, if it
