@@ -38,10 +38,11 @@ NOT_NEEDED = ["workers.engine.restore.patchjournal", "workers.engine.restore.pat
 NOT_NEEDED_BY_RESTORE = ["workers.engine.restore.writerpool", "workers.engine.workerproc.process",
                          "subprocess", "socket", "selectors", "secrets"]
 
-# nor a patch (no big file, a few reads) the big-file pipeline, O_DIRECT, the read-ahead and
-# the writers' split
+# nor a patch (no big file, a few reads) the big-file pipeline, O_DIRECT, the read-ahead,
+# the writers' split and the rebuild's swap and flusher
 NOT_NEEDED_BY_A_PATCH = ["workers.engine.blocks.pipeline", "workers.engine.fs.directio",
-                         "workers.engine.repository.packfetch", "workers.engine.restore.shares"]
+                         "workers.engine.repository.packfetch", "workers.engine.restore.shares",
+                         "workers.engine.restore.staging"]
 
 
 def _modules(repo: Path, state: Path, sid: int, op: str = "capture") -> set[str]:

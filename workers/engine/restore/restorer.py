@@ -43,7 +43,6 @@ from ..repository.repository import Repository
 from .patch import Patcher
 from .patchplan import Planner
 from .recovery import cleanup, dispose
-from .staging import Flusher, swap
 from .statecache import StateCache, record_tree
 from .treewriter import TreeWriter
 
@@ -106,6 +105,8 @@ class Restorer:
                     os.close(cur_fd)
                     self.progress.finish()
                     return self._result()
+            from .staging import Flusher, swap  # a rebuild's: a patch never loads them
+
             staging = b"." + self.base + b".restore-%d" % self.sid
             try:
                 os.mkdir(staging, 0o700, dir_fd=parent_fd)
