@@ -21,7 +21,7 @@ from workers.engine import Engine, tuning
 from workers.engine.repository.manifest import Entry, LazyEntries, encode_entry
 
 SMALL, BIG, PER_DIR = 4_000, 16_000, 100
-# The slope of the peak between the two trees, measured: capture ~330, incremental ~500,
+# The slope of the peak between the two trees, measured: capture ~225, incremental ~390,
 # restore ~550 bytes an entry (at 5a511dc, before these changes: ~2,560, ~1,650, ~2,620).
 # The restore's peak depends on how far its write threads have got when it is taken:
 # 466-574 on a quiet machine, 763 once in CI beside the rest of the suite; its bound sits

@@ -38,9 +38,8 @@ from ..fs.syncpoint import SyncPoint, sync_point
 from ..inflight import prune
 from ..model import StateInvalid
 from ..progress import Progress
-from ..repository import manifest
 from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cdc
-from ..repository.manifest import DIR, FILE, HARDLINK, Entry
+from ..repository.manifest import Entry
 from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
 from .messages import REQUEST_FILES, REQUEST_NAME_BYTES
@@ -63,7 +62,8 @@ def _vouch(e: Entry, walk_ctime: int, sync: SyncPoint) -> None:
 class Archiver:
     """The tree is held encoded (tree.py): an entry is decoded while a reader fills it in
     and encoded again once its data is placed (for a small file, once its pack is stored:
-    TinyPacker.on_stored), so memory per entry is its msgpack bytes, not an Entry object."""
+    TinyPacker.on_stored); from then on it is final and joins the manifest body, which is
+    compressed as it grows, so memory per entry is ~45 bytes, not an Entry object."""
 
     def __init__(self, repo: Repository, root: str, parent: ParentCursor,
                  progress: Progress) -> None:
@@ -84,7 +84,6 @@ class Archiver:
         self._big: list[tuple[bytes, int, array[int]]] = []
         self._walking = False
         self._root_fd = -1
-        self._dropped: set[bytes] = set()
         self._held: dict[int, tuple[int, Entry]] = {}  # id(entry) -> (index, entry) in a pack
         self._held_lock = threading.Lock()
         cfg = repo.config
@@ -147,15 +146,7 @@ class Archiver:
     def body(self) -> tuple[bytes, int, int]:
         """(encoded manifest body, bytes of its regular files, its entries but directories),
         once run() returned: the entries captured, less those dropped on the way."""
-        t = self.tree
-        if not self._dropped:
-            return manifest.encode_dir_body(t.raw), sum(t.sizes), len(t) - t.dirs
-        kept = [(raw, e) for raw, e in ((raw, manifest.entry(raw)) for raw in t.raw)
-                if e.path not in self._dropped
-                and not (e.kind == HARDLINK and e.target in self._dropped)]
-        return (manifest.encode_dir_body([raw for raw, _e in kept]),
-                sum(e.size for _r, e in kept if e.kind == FILE),
-                sum(1 for _r, e in kept if e.kind != DIR))
+        return self.tree.body()
 
     # --- pass 2 -----------------------------------------------------------------------
     def _walked(self, rel: bytes, ino: int, small: array[int], big: array[int]) -> None:
@@ -288,7 +279,7 @@ class Archiver:
                     try:
                         fd = fsutil.open_regular(path.rsplit(b"/", 1)[-1], dfd)
                     except OSError as err:
-                        self._drop(path, f"vanished or replaced during capture ({err})")
+                        self._drop(i, f"vanished or replaced during capture ({err})")
                         continue
                     if size:
                         with contextlib.suppress(OSError):  # advice only
@@ -334,7 +325,7 @@ class Archiver:
             self.stored_bytes += res.stored
 
     def _gone(self, idx: int, why: str) -> None:
-        self._drop(self.tree.path(idx), why)
+        self._drop(idx, why)
 
     def _place(self, idx: int, e: Entry, tiny: bytes) -> None:
         """A file read: its data placed in packs, and its entry encoded again once they
@@ -384,14 +375,14 @@ class Archiver:
         for f in futures:
             f.result()
 
-    def _drop(self, path: bytes, why: str) -> None:
+    def _drop(self, idx: int, why: str) -> None:
+        path = self.tree.drop(idx)
         with self._lock:
-            self._dropped.add(path)
             self.warnings.append(f"{os.fsdecode(path)}: {why}; not captured")
 
     def _drop_all(self, idxs: array[int], why: str) -> None:
         for i in idxs:
-            self._drop(self.tree.path(i), why)
+            self._drop(i, why)
 
     def _cdc(self) -> FastCDC:
         c: FastCDC | None = getattr(self._local, "cdc", None)
@@ -404,7 +395,7 @@ class Archiver:
         e = self.tree[idx]
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            self._drop(e.path, "replaced by a non-regular file during capture")
+            self._drop(idx, "replaced by a non-regular file during capture")
             return
         stored = 0
         counted = 0

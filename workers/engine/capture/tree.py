@@ -4,11 +4,11 @@ the tree held encoded, and the parent snapshot read beside the walk.
 A capture of a million files used to hold a million Entry objects (~700 bytes each with
 their path, lists and ints) until the manifest was encoded, and an incremental one the
 parent's million decoded entries as well. Here each entry is kept as its msgpack bytes
-(~180 bytes held), decoded only while a reader fills it in; the manifest body is the
-concatenation of those bytes (manifest.encode_dir_body), the same format as before. The
-parent is decoded one entry at a time as the walk passes its path: both are in walk order
-(depth first, names sorted), so finding a path's parent entry is a merge, not a lookup in a
-dict of every path.
+(~180 bytes held) while it may still change, decoded only while a reader fills it in, and
+goes into the manifest body, compressed as it is built (manifest.DirBodyWriter: ~45
+bytes), once it is final: the same format as before. The parent is decoded one entry at a
+time as the walk passes its path: both are in walk order (depth first, names sorted), so
+finding a path's parent entry is a merge, not a lookup in a dict of every path.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -40,33 +41,120 @@ class _PathOnly(msgspec.Struct, array_like=True):
 _path_dec = msgspec.msgpack.Decoder(_PathOnly)
 
 
+_DROPPED, _DIR, _LINK = 1, 2, 4  # EncodedTree's flags of an entry
+_FLAGS = {DIR: _DIR, HARDLINK: _LINK}
+_BATCH = 1024  # final entries walked that wait to go into the body together
+_encode = manifest.encode_entry
+
+
 class EncodedTree:
-    """Entries in walk order, each msgpack-encoded; the size of each regular file beside."""
+    """Entries in walk order, each msgpack-encoded until it is final, then added to the
+    manifest body being compressed (manifest.DirBodyWriter); the size of each regular file
+    beside. An entry is final once nothing changes it any more: when walked, unless it is
+    a file to read (`pending`); a file read, once put() with its pack ids; or dropped. The
+    final entries before the first pending one go into the body, so the tree holds
+    encoded only the entries from the oldest file still being read on (readers follow
+    the walk; a pack names its files once stored), ~45 compressed bytes for the others.
+    Thread-safe: the packer thread puts entries while the walk appends."""
 
     def __init__(self) -> None:
-        self.raw: list[bytes] = []
+        self.raw: list[bytes | None] = []  # None once in the body (or dropped)
         self.sizes = array("q")  # a regular file's size, 0 for any other entry
-        self.dirs = 0
+        self.dropped: set[bytes] = set()  # paths of the files dropped (not captured)
+        self._pending = bytearray()  # 1: a file still to read
+        self._flags = bytearray()
+        self._lock = threading.Lock()
+        self._next = 0  # the first entry not yet in the body
+        self._body = manifest.DirBodyWriter()
+        self._files_size = 0  # of the regular files in the body
+        self._others = 0  # entries but directories in the body
 
     def __len__(self) -> int:
         return len(self.raw)
 
-    def append(self, e: Entry) -> int:
-        self.raw.append(manifest.encode_entry(e))
-        self.sizes.append(e.size if e.kind == FILE else 0)
-        self.dirs += e.kind == manifest.DIR
-        return len(self.raw) - 1
+    def append(self, e: Entry, *, pending: bool = False) -> int:
+        """Entry e, walked (the walk's thread only). Not under the lock: _advance reads
+        the entries below len(raw), and raw is appended last."""
+        kind = e.kind
+        self._pending.append(pending)
+        self._flags.append(_FLAGS.get(kind, 0))
+        self.sizes.append(e.size if kind == FILE else 0)
+        self.raw.append(_encode(e))
+        i = len(self.raw) - 1
+        if i - self._next >= _BATCH:
+            with self._lock:
+                self._advance()
+        return i
 
     def __getitem__(self, i: int) -> Entry:
-        return manifest.entry(self.raw[i])
+        raw = self.raw[i]
+        assert raw is not None, "an entry already final"
+        return manifest.entry(raw)
 
     def put(self, i: int, e: Entry) -> None:
-        """Entry i as it is now (a reader filled it in)."""
-        self.raw[i] = manifest.encode_entry(e)
-        self.sizes[i] = e.size if e.kind == FILE else 0
+        """Entry i as it is now (a reader filled it in): final."""
+        raw = manifest.encode_entry(e)
+        with self._lock:
+            assert self._pending[i], "an entry put twice"
+            self.raw[i] = raw
+            self.sizes[i] = e.size if e.kind == FILE else 0
+            self._pending[i] = 0
+            if i == self._next:
+                self._advance()
+
+    def drop(self, i: int) -> bytes:
+        """A file to read that is not captured after all; returns its path."""
+        path = self.path(i)
+        with self._lock:
+            assert self._pending[i], "a final entry dropped"
+            self.dropped.add(path)
+            self._pending[i] = 0
+            self._flags[i] |= _DROPPED
+            if i == self._next:
+                self._advance()
+        return path
 
     def path(self, i: int) -> bytes:
-        return _path_dec.decode(self.raw[i]).path
+        raw = self.raw[i]
+        assert raw is not None, "an entry already final"
+        return _path_dec.decode(raw).path
+
+    def _advance(self) -> None:
+        """Under _lock: the final entries from _next on into the body, up to a pending one.
+        A hard link's target comes before it in walk order, so it is final (kept or
+        dropped) by the time the link is."""
+        i, raw = self._next, self.raw
+        n = len(raw)
+        j = self._pending.find(1, i, n)
+        if j < 0:
+            j = n
+        if j == i:
+            return
+        batch = raw[i:j]
+        raw[i:j] = [None] * (j - i)
+        self._next = j
+        if not self.dropped:
+            self._body.add_many(batch)  # type: ignore[arg-type]
+            self._files_size += sum(self.sizes[i:j])
+            self._others += (j - i) - self._flags.count(_DIR, i, j)
+            return
+        for k, r in enumerate(batch, i):  # some files were dropped: one at a time
+            f = self._flags[k]
+            assert r is not None
+            if f & _DROPPED or (f & _LINK and manifest.entry(r).target in self.dropped):
+                continue
+            self._body.add_many([r])
+            self._files_size += self.sizes[k]
+            self._others += not f & _DIR
+
+    def body(self) -> tuple[bytes, int, int]:
+        """(encoded manifest body, bytes of its regular files, its entries but directories)
+        once every entry is final: those captured, less those dropped on the way."""
+        with self._lock:
+            self._advance()
+            if self._next != len(self.raw):
+                raise AssertionError(f"entry {self._next} is still being read")
+            return self._body.finish(), self._files_size, self._others
 
 
 class ParentCursor:
@@ -209,6 +297,7 @@ class Walker:
                 continue
             if st.st_nlink > 1:
                 self._links[key] = path  # only once it is surely an entry: links name it
+            pending = False  # a file to read: final once read (EncodedTree.put)
             if stat.S_ISREG(mode):
                 ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
                 self.total += st.st_size
@@ -216,8 +305,10 @@ class Walker:
                     self.reused += st.st_size
                 elif fixed_block(self.repo.config, st.st_size):
                     big.append(len(self.tree))  # read in blocks, not by the readers
+                    pending = True
                 else:
                     files.append(len(self.tree))
+                    pending = True
                     self._walk_bytes += st.st_size
                     if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
                         self._start_readers()
@@ -227,7 +318,7 @@ class Walker:
                 ent.kind = (FIFO if stat.S_ISFIFO(mode) else CHR if stat.S_ISCHR(mode)
                             else BLK if stat.S_ISBLK(mode) else SOCK)
                 ent.rdev = st.st_rdev
-            self.tree.append(ent)
+            self.tree.append(ent, pending=pending)
         self._on_dir(rel, dir_ino, files, big)
 
     def _reuse(self, e: Entry, p: Entry | None) -> bool:

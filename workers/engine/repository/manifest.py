@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final, Literal, overload
 
 import msgspec
@@ -127,7 +127,7 @@ def encode_entry(e: Entry) -> bytes:
 
 
 _DIR_PREFIX = b"\x82\xa4type\xa3dir\xa7entries"  # {"type": "dir", "entries": [...]}
-_PIECE = 4096  # encoded entries joined per compressor call
+_PIECE_BYTES = 256 << 10  # bytes of encoded entries joined per compressor call
 
 
 def _array_header(n: int) -> bytes:
@@ -138,18 +138,76 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + struct.pack(">I", n)
 
 
-def encode_dir_body(entries: Sequence[bytes]) -> bytes:
+def encode_dir_body(entries: Iterable[bytes]) -> bytes:
     """encode_body(DirBody(entries)) from entries already encoded (encode_entry): the same
-    bytes once decompressed, compressed as they are joined, never all in one buffer (the
-    frame still records its content size, which every reader's one-shot decompress needs)."""
-    head = _DIR_PREFIX + _array_header(len(entries))
-    size = len(head) + sum(map(len, entries))
-    z = zstandard.ZstdCompressor(level=3).compressobj(size=size)
-    out = [z.compress(head)]
-    for i in range(0, len(entries), _PIECE):
-        out.append(z.compress(b"".join(entries[i : i + _PIECE])))
-    out.append(z.flush())
-    return b"".join(out)
+    bytes once decompressed (DirBodyWriter)."""
+    w = DirBodyWriter()
+    it = iter(entries)
+    while piece := list(itertools.islice(it, 4096)):
+        w.add_many(piece)
+    return w.finish()
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_RAW_BLOCK = 0  # zstd block type 0: stored as is (RFC 8878 section 3.1.1.2)
+
+
+class DirBodyWriter:
+    """A directory manifest's body built as its entries become final, in walk order: they
+    are compressed as they are added, so a capture holds ~45 bytes an entry of compressed
+    body instead of the entry's ~180 bytes of msgpack (a million files: ~130 MiB less).
+
+    The body stays what every engine reads: one zstd frame that records its content size
+    (their one-shot decompress needs it), holding the DirBody's msgpack byte for byte. But
+    the entry count (the array header after the DirBody's prefix) and the content size
+    are known only once the last entry is added. So the entries are compressed as a frame
+    of unknown size from their first byte; finish() writes the frame header again with
+    the content size, and puts the prefix and array header before the entries' blocks as
+    a raw (stored) block. The entries' blocks refer back only into the entries' own bytes
+    (no match distance reaches past the start of what their compressor saw) and a raw
+    block sets no entropy tables, so they decode the same after it."""
+
+    def __init__(self) -> None:
+        zc = zstandard.ZstdCompressor(level=3, write_checksum=False, write_content_size=False)
+        self._z = zc.compressobj()
+        self._out: list[bytes] = []
+        self._piece: list[bytes] = []
+        self._piece_bytes = 0
+        self.count = 0
+        self.size = 0  # bytes of the entries' msgpack
+
+    def add_many(self, raws: list[bytes]) -> None:
+        """Entries encode_entry() encoded, the next ones in walk order."""
+        n = sum(map(len, raws))
+        self._piece += raws
+        self._piece_bytes += n
+        self.count += len(raws)
+        self.size += n
+        if self._piece_bytes >= _PIECE_BYTES:
+            self._compress()
+
+    def _compress(self) -> None:
+        out = self._z.compress(b"".join(self._piece))
+        if out:
+            self._out.append(out)
+        self._piece, self._piece_bytes = [], 0
+
+    def finish(self) -> bytes:
+        self._compress()
+        self._out.append(self._z.flush())
+        frame = b"".join(self._out)
+        self._out = []
+        head = _DIR_PREFIX + _array_header(self.count)
+        # the entries' frame header: magic, descriptor, window descriptor; no content
+        # size, dictionary or checksum (a checksum would not cover the prefix)
+        if frame[:4] != _ZSTD_MAGIC or frame[4] != 0:
+            raise AssertionError(f"unexpected zstd frame header {frame[:6].hex()}")
+        window, blocks = frame[5], memoryview(frame)[6:]
+        descriptor = 0b11 << 6  # Frame_Content_Size: 8 bytes; multi-segment (a window)
+        block = (len(head) << 3) | (_RAW_BLOCK << 1)  # not the last block
+        return b"".join([_ZSTD_MAGIC, bytes([descriptor, window]),
+                         struct.pack("<Q", len(head) + self.size),
+                         block.to_bytes(3, "little"), head, blocks])
 
 
 def assemble(header: Header, body: bytes) -> bytes:
