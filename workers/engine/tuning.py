@@ -65,7 +65,10 @@ FLUSH_EVERY = 0.1  # seconds between background syncfs calls while a rebuild wri
 # What a restore keeps of the small-file packs it reads (bounded memory):
 PACK_CACHE_OBJECTS = 4  # compressed single-frame (older) pack objects
 PACK_CACHE_TABLES = 256  # block tables of packs (a few hundred bytes each)
-PACK_CACHE_BLOCKS = 32  # decoded 1 MiB blocks
+# decoded 1 MiB blocks (in each writer process): files are written in about pack order, so
+# 8 decode each frame once (a writer's share of 300k files: 601 decodes for 601 frames);
+# 32 held 24 MiB more in each writer for nothing
+PACK_CACHE_BLOCKS = 8
 # A restore into a new tree reads its packs ahead of the writers (packfetch.py):
 RESTORE_FETCH_STREAMS = 8  # GETs at once (at least 8 by issue 11)
 RESTORE_FETCH_BYTES = 256 << 20  # plaintext of packs being read or not yet written
