@@ -125,7 +125,8 @@ def query_limit(request: Request, default: int = 50, maximum: int = 200) -> int:
     raw = query_param(request, "limit")
     if raw is None or raw == "":
         return default
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # The length first: int() of more than 4300 digits raises ValueError (a 500).
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or not 1 <= int(raw) <= maximum:
         raise InvalidRequest(f"limit: must be an integer from 1 to {maximum}")
     return int(raw)
 

@@ -183,6 +183,25 @@ def test_bad_query_parameters_are_400(
     assert error(r, 400, "invalid_request").startswith(query.split("=")[0])
 
 
+HUGE = "9" * 5000  # past int()'s 4300 digits: ValueError, not a number too large
+
+
+LISTINGS = ["/api/v1/snapshots/", "/api/v1/operations/", "/api/v1/servers/", "/api/v1/tokens/"]
+
+
+@pytest.mark.parametrize("path_query", [
+    *((path, query) for path in LISTINGS for query in (f"limit={HUGE}", f"cursor={HUGE}")),
+    *((path, f"server_id={HUGE}") for path in LISTINGS[:2]),
+    ("/api/v1/snapshots/", "limit=%C2%B2"),
+])
+def test_huge_query_numbers_are_400_on_every_listing(
+    client: TestClient, api: ApiHelper, path_query: tuple[str, str]
+) -> None:
+    path, query = path_query
+    r = client.get(f"{path}?{query}", headers=api.admin)
+    assert error(r, 400, "invalid_request").startswith(query.split("=")[0]), r.text
+
+
 def test_restore_body_validation(
     client: TestClient, setup: dict[str, Any], unchanged: Unchanged
 ) -> None:
