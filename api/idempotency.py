@@ -76,7 +76,9 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     """The request's identity: the same JSON with other spacing or key order is the same."""
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
+    except (ValueError, RecursionError):
+        # Not JSON, or nested deeper than json's recursion allows (a 64 KiB body of "["):
+        # the handler refuses it with a 400, and the raw bytes identify it as well.
         canonical = body
     digest = hashlib.sha256(f"{method} {path}\n".encode())
     digest.update(canonical)

@@ -114,6 +114,19 @@ def test_what_is_remembered(api: ApiHelper, client: TestClient) -> None:
     assert again.headers["idempotent-replayed"] == "true"
 
 
+@pytest.mark.parametrize("body", [b"[" * 60_000, b'{"a":' * 3_000 + b"1" + b"}" * 3_000])
+@pytest.mark.parametrize("path", ["/api/v1/snapshots/", "/api/v1/snapshots/1/restore/"])
+def test_deeply_nested_body_with_a_key_is_400_and_frees_the_key(
+    api: ApiHelper, client: TestClient, redis_client: redis.Redis, path: str, body: bytes
+) -> None:
+    # json.loads, fingerprinting the body, raised RecursionError: a 500.
+    h = api.headers("acme")
+    r = _post(client, path, h, "deep", content=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+    assert list(redis_client.scan_iter("idem:*")) == []
+
+
 @pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9", "tab\there"])
 def test_bad_keys(api: ApiHelper, client: TestClient, key: str) -> None:
     server = api.server("acme")
