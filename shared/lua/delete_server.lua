@@ -1,6 +1,7 @@
 -- ARGV[1]: JSON {server_id, account?, anywhere?}. Deletes the server and queues the deletion
 -- of every snapshot it still has (anywhere: see drop_snapshot); refuses while an operation
--- on it is active. Answers the host the deletions run on.
+-- on it is active, or while a restore reads one of its snapshots. Answers the host the
+-- deletions run on.
 local a = cjson.decode(ARGV[1])
 local srv = hgetall('server:' .. a.server_id)
 if srv.id == nil or (a.account ~= nil and srv.account ~= a.account) then
@@ -15,6 +16,13 @@ for _, sid in ipairs(ids) do
   if redis.call('HGET', 'snapshot:' .. sid, 'protected') == '1' then
     return fail('snapshot_protected', 'Server ' .. srv.id .. ' has protected snapshot ' .. sid ..
       '; unprotect it before deleting the server.')
+  end
+  -- As DELETE of the snapshot itself: a restore (a clone into another server) reading it
+  -- would lose its data, and its retry the manifest.
+  local reader = snap_active_reader(sid)
+  if reader ~= nil then
+    return fail('snapshot_in_use', 'Server ' .. srv.id .. ' has snapshot ' .. sid ..
+      ', which a restore is reading (operation ' .. reader .. '); wait for it to finish.')
   end
 end
 local t = now()

@@ -148,3 +148,28 @@ def test_a_snapshot_two_clones_read_stays_in_use_until_both_end(
     assert refused.value.code == "snapshot_in_use" and str(op_c) in refused.value.message
     assert store.fail_operation(op_c, "power_failed", "no")
     assert store.delete_snapshot(account="acme", snapshot_id=snap["id"]) > 0
+
+
+def test_deleting_a_server_whose_snapshot_a_clone_reads_is_refused(
+    client: TestClient, api: ApiHelper, store: Store, redis_client: redis.Redis
+) -> None:
+    # The server delete dropped every snapshot of the server without the reader check
+    # that DELETE /snapshots/{id}/ makes: the clone's snapshot vanished mid-restore and
+    # its storage was queued for reclaim, so the restore's retry had nothing to read.
+    headers = api.headers("acme")
+    source, target = api.server("acme", name="src"), api.server("acme", name="dst")
+    snap = _available(api, store, headers, source["id"])
+    r = _restore(client, snap["id"], headers, server_id=target["id"])
+    assert r.status_code == 200, r.text
+    op = r.json()["operation_id"]
+    with Unchanged(redis_client):
+        gone = client.delete(f"/api/v1/servers/{source['id']}/", headers=api.admin)
+        assert gone.status_code == 400, gone.text
+        assert gone.json()["error"]["code"] == "snapshot_in_use"
+        assert str(op) in gone.json()["error"]["message"]
+    assert client.get(f"/api/v1/snapshots/{snap['id']}/", headers=headers).status_code == 200
+    # Once the clone ended, the server goes with its snapshots.
+    assert store.begin_operation(op) is not None
+    assert store.complete_restore(op, "running")
+    assert client.delete(f"/api/v1/servers/{source['id']}/", headers=api.admin).status_code == 204
+    assert client.get(f"/api/v1/snapshots/{snap['id']}/", headers=headers).status_code == 404
