@@ -129,3 +129,37 @@ def test_failing_systemd_start_says_why_from_the_units_status(tmp_path: Path) ->
     message = str(err.value)
     assert "control process exited with error code" in message
     assert "world.dat is corrupt" in message and "Result: exit-code" in message
+
+
+def test_power_commands_never_get_the_workers_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They ran with the worker's whole environment: the Redis URL, the admin token and the
+    # store's keys, one `env` in a failing script away from the account's operation error.
+    secrets = {"REDIS_URL": "redis://:hunter2@db:6379/0", "SNAPSHOTS_ADMIN_TOKEN": "adm-s3cr3t",
+               "SNAPSHOTS_METRICS_TOKEN": "met-s3cr3t", "AWS_SECRET_ACCESS_KEY": "aws-s3cr3t",
+               "AWS_SESSION_TOKEN": "sess-s3cr3t"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VIRSH_DEFAULT_CONNECT_URI", "qemu:///system")  # the admin's own: kept
+    seen = tmp_path / "env"
+    driver = CommandPower(stop=f"env > {seen}; env; exit 1", start="true", status="true")
+    with pytest.raises(PowerError) as err:
+        driver.stop()
+    for value in secrets.values():
+        assert value not in seen.read_text() and value not in str(err.value)
+    assert "VIRSH_DEFAULT_CONNECT_URI=qemu:///system" in seen.read_text()
+
+
+def test_a_power_error_never_shows_the_command(tmp_path: Path) -> None:
+    # The server's power is admin-only in its view; the account reads the operation's error.
+    secret = "ipmitool -P pa55w0rd chassis power off"
+    driver = CommandPower(stop=f"sleep 30 # {secret}", start="true", status="true",
+                          timeout=0.3)
+    with pytest.raises(PowerError, match="timed out") as err:
+        driver.stop()
+    assert "pa55w0rd" not in str(err.value)
+    systemd = SystemdPower("game@1.service", systemctl=str(tmp_path / "no-such-systemctl"))
+    with pytest.raises(PowerError, match="could not run") as err:
+        systemd.status()
+    assert "no-such-systemctl" not in str(err.value)
