@@ -17,7 +17,6 @@ web processes with skewed clocks agree.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Final
 
@@ -51,12 +50,12 @@ return {1, math.floor((now + interval * burst - new_tat) / interval)}
 """
 
 
-def bucket_key(scope: Scope) -> str:
-    """The token itself names the bucket (hashed: the key must not hold a secret)."""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            return "ratelimit:" + hashlib.blake2b(value, digest_size=16).hexdigest()
-    return "ratelimit:anonymous"  # pragma: no cover - auth ran before: there is a token
+def bucket_key(principal: Principal) -> str:
+    """The token names the bucket: its digest, which auth already made (the key must not
+    hold a secret). Not the Authorization header, which spells one token many ways (the
+    scheme in any case, any number of spaces), each of which would get a budget of its
+    own. The environment's admin token has no digest; it has one bucket too."""
+    return "ratelimit:" + (principal.token_digest or "env-admin")[:32]
 
 
 class RateLimiter:
@@ -75,7 +74,7 @@ class RateLimiter:
         ):
             cost = 1 if scope["method"] in READS else self.limit.write_cost
             passed, value = await self.script(
-                keys=[bucket_key(scope)], args=[self.interval, self.limit.burst, cost]
+                keys=[bucket_key(principal)], args=[self.interval, self.limit.burst, cost]
             )
             if not int(passed):
                 seconds = max(1, math.ceil(int(value) / 1000))

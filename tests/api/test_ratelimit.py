@@ -101,3 +101,22 @@ def test_setting_is_parsed_and_bad_values_name_the_variable() -> None:
     for bad in ("fast", "0:10", "5:0", "5:x"):
         with pytest.raises(SettingsError, match="SNAPSHOTS_RATE_LIMIT"):
             Settings.from_env({"SNAPSHOTS_RATE_LIMIT": bad})
+
+
+def test_one_budget_however_the_header_spells_the_token(
+    limited: tuple[TestClient, TestClient, ApiHelper],
+) -> None:
+    # The bucket was named by the Authorization header's bytes, and the scheme is
+    # case-insensitive and the spaces free: every spelling of a token had a budget of its own.
+    client, _, api = limited
+    token = api.token("acme", "read")
+    spellings = ["Bearer ", "bearer ", "BEARER ", "Bearer  ", "bEaReR ", "Bearer   "]
+    codes = [client.get("/api/v1/snapshots/", headers={"Authorization": s + token}).status_code
+             for s in spellings]
+    assert codes == [200] * 6
+    for spelling in ["beAREr ", "Bearer    ", "Bearer "]:
+        r = client.get("/api/v1/snapshots/", headers={"Authorization": spelling + token})
+        assert r.status_code == 429, spelling
+    # Another token of the same account has its own budget.
+    assert client.get("/api/v1/snapshots/", headers=bearer(api.token("acme", "read"))
+                      ).status_code == 200
