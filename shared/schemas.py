@@ -150,6 +150,20 @@ class ServerCreate(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         _printable("name", self.name)
+        _normal_path("state.path", self.state.path)
+
+
+def _normal_path(field: str, path: str) -> None:
+    """A path that names its directory or file directly: "//" is the root itself (POSIX
+    keeps two leading slashes through normpath, so it passed every later check and a
+    capture took the whole machine), and "/srv/web-01/.." is /srv with every other
+    server's state. Checked where a server is made, not when its record is read."""
+    parts = path.rstrip("/").split("/")[1:]
+    if path.startswith("//") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"{field}: must be a normal absolute path, without '.', '..' or '//' "
+            "(like /srv/web-01)"
+        )
 
 
 KeepCount = Annotated[int, Meta(ge=0, le=10_000)]

@@ -218,6 +218,10 @@ def test_restore_body_validation(
     [
         ({"name": "x", "account": "acme", "state": {"kind": "disk", "path": "/x"}}, "state.kind"),
         ({"name": "x", "account": "acme", "state": {"kind": "image", "path": "rel"}}, "state.path"),
+        # "//" opened as the root: a capture of the whole machine; ".." another's state.
+        *(({"name": "x", "account": "acme", "state": {"kind": "directory", "path": path}},
+           "state.path") for path in ("//", "///", "//srv", "/srv/a/..", "/srv//a", "/srv/./a",
+                                      "/.", "/srv/..")),
         ({"name": "x", "account": "acme", "state": {"kind": "image", "path": "/x"},
           "power": {"kind": "ipmi"}}, "power"),
         ({"name": "x", "account": "acme", "state": {"kind": "image", "path": "/x"},
