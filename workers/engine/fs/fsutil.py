@@ -103,14 +103,18 @@ def open_regular_stat(name: bytes, dir_fd: int) -> tuple[int, os.stat_result]:
         os.close(pfd)
 
 
+_UNSAFE_PARTS = frozenset((b"", b".", b".."))
+
+
 def split(path: bytes) -> list[bytes]:
-    """Split a relative manifest path, refusing anything that could escape the root."""
+    """Split a relative manifest path, refusing anything that could escape the root (an
+    empty, '.' or '..' component; one set operation, not a loop: a restore checks every
+    entry)."""
     if not path:
         return []
     parts = path.split(b"/")
-    for p in parts:
-        if p in (b"", b".", b".."):
-            raise ValueError(f"unsafe path {path!r}")
+    if not _UNSAFE_PARTS.isdisjoint(parts):
+        raise ValueError(f"unsafe path {path!r}")
     return parts
 
 
