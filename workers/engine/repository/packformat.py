@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import bisect
 import struct
-from typing import NamedTuple
 
+import msgspec
 import zstandard
 
 BLOCKS = 2  # object header byte (0 = raw, 1 = zstd: see repository.py)
@@ -49,14 +49,18 @@ _MEMBER = struct.Struct(">32sII")
 RAW, ZSTD = 0, 1  # a payload's header byte (repository.py writes chunk objects with them)
 
 
-class Frame(NamedTuple):
+# msgspec Structs, not NamedTuples: a NamedTuple class costs ~0.9 M instructions to define
+# (every restore imports this module), a Struct 0.3 M, and is made faster
+
+
+class Frame(msgspec.Struct, frozen=True, gc=False):
     start: int  # offset of its payload in the object
     end: int
     plain: int  # plaintext offset in the pack
     size: int  # plaintext bytes
 
 
-class Layout(NamedTuple):
+class Layout(msgspec.Struct, frozen=True):
     """What a reader needs of a pack: its frames (a format-2 pack's frames have BLOCK
     plaintext bytes each, the last maybe fewer)."""
 
