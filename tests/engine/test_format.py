@@ -110,6 +110,32 @@ def test_entries_decoded_lazily_are_the_entries_decoded_whole(engine: Engine,
         manifest.decode_lazily(manifest.encode(future, body))
 
 
+def test_a_restore_decodes_a_small_manifest_whole_and_a_big_one_lazily(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_entries: up to DECODED_ENTRIES_MAX entries decoded at once (no msgspec.Raw
+    held), more left encoded; either way the same entries, in order, and each entry's
+    encoded form (what a writer process is sent) is the manifest's own bytes."""
+    from workers.engine import tuning
+
+    state = tmp_path / "state"
+    (state / "d").mkdir(parents=True)
+    for i in range(30):
+        (state / "d" / f"f{i}").write_bytes(os.urandom(50 + i))
+    os.link(state / "d" / "f1", state / "link")
+    engine.capture(make_meta(1), dir_state(state))
+    data = (Path(engine.repo.backend.root) / "snapshots" / "1").read_bytes()  # type: ignore[attr-defined]
+    _header, body = manifest.decode(data)
+    _lazy_header, raws = manifest.decode_lazily(data)
+    assert isinstance(body, manifest.DirBody)
+    for most in (len(body.entries), len(body.entries) - 1):
+        monkeypatch.setattr(tuning, "DECODED_ENTRIES_MAX", most)
+        header, entries = manifest.decode_entries(data)
+        assert header == _header and len(entries) == len(body.entries)
+        assert list(entries) == body.entries and entries[3] == body.entries[3]
+        assert [bytes(entries.raw(i)) for i in range(len(entries))] == [bytes(r) for r in raws]
+        assert (entries[0] is entries[0]) == (most == len(body.entries))  # kept, or not
+
+
 def test_an_image_manifest_is_not_read_lazily(engine: Engine, tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
     image.write_bytes(os.urandom(1 << 20))

@@ -283,22 +283,42 @@ _dir_dec = msgspec.msgpack.Decoder(DirBody)
 
 
 def decode_entries(data: bytes) -> tuple[Header, LazyEntries]:
-    """A directory manifest for a restore: its entries left encoded (decode_lazily) and,
-    up to tuning.DECODED_ENTRIES_MAX of them, also decoded now, whole, in one pass (a
-    msgspec call per entry from a Python loop cost a 1,000-entry patch restore ~1 M
-    instructions more under callgrind)."""
+    """A directory manifest for a restore: up to tuning.DECODED_ENTRIES_MAX entries
+    decoded now, whole, in one msgspec call (one call per entry from a Python loop, and
+    the msgspec.Raw of each beside, cost a 6,768-entry patch restore ~8 M instructions
+    more under callgrind); more stay encoded (decode_lazily), each decoded when used."""
     h, b = _split(data)
     header = _checked(_hdr_dec.decode(h))
     if header.state_kind != "directory":
         raise ValueError("not the manifest of a directory state")
     body = zstandard.ZstdDecompressor().decompress(b)
-    raws = _lazy_dec.decode(body).entries
-    if len(raws) > tuning.DECODED_ENTRIES_MAX:
-        return header, LazyEntries(raws)
+    n = _entry_count(body)
+    raws = None
+    if n is None:  # not laid out as encode_dir_body writes it: count them by decoding
+        raws = _lazy_dec.decode(body).entries
+        n = len(raws)
+    if n > tuning.DECODED_ENTRIES_MAX:
+        return header, LazyEntries(_lazy_dec.decode(body).entries if raws is None else raws)
     with gcpause.paused():
         decoded = _dir_dec.decode(body).entries
     _share_pack_ids(decoded)
     return header, LazyEntries(raws, decoded)
+
+
+def _entry_count(body: bytes) -> int | None:
+    """The entry count of a DirBody's msgpack from its array header (encode_dir_body and
+    msgspec both start it with _DIR_PREFIX), or None if it does not start so."""
+    if not body.startswith(_DIR_PREFIX) or len(body) <= len(_DIR_PREFIX):
+        return None
+    at = len(_DIR_PREFIX)
+    tag = body[at]
+    if tag & 0xF0 == 0x90:
+        return tag & 0x0F
+    if tag == 0xDC and len(body) >= at + 3:
+        return int(struct.unpack_from(">H", body, at + 1)[0])
+    if tag == 0xDD and len(body) >= at + 5:
+        return int(struct.unpack_from(">I", body, at + 1)[0])
+    return None
 
 
 class LazyEntries(Sequence[Entry]):
@@ -310,14 +330,17 @@ class LazyEntries(Sequence[Entry]):
     changed rootfs: 33,854 decodes for 6,767 entries). Above it, every access decodes anew:
     hold on to what is used more than once."""
 
-    def __init__(self, raws: list[msgspec.Raw], decoded: list[Entry] | None = None) -> None:
-        self._raws = raws
-        self._decoded = decoded  # the same entries decoded (decode_entries), or None
+    def __init__(self, raws: list[msgspec.Raw] | None,
+                 decoded: list[Entry] | None = None) -> None:
+        # raws None: only `decoded` (decode_entries), raw(i) encodes entry i when asked
+        self._raws: list[msgspec.Raw] = [] if raws is None else raws
+        self._decoded = decoded
+        self._len = len(decoded) if raws is None and decoded is not None else len(self._raws)
 
     def _kept(self) -> list[Entry] | None:
         """Every entry decoded, when there are few enough to keep them so (unless given
         decoded, the first call decodes: a DecodeError comes from the first use)."""
-        if self._decoded is None and len(self._raws) <= tuning.DECODED_ENTRIES_MAX:
+        if self._decoded is None and self._len <= tuning.DECODED_ENTRIES_MAX:
             self._decoded = [_entry_dec.decode(r) for r in self._raws]
             _share_pack_ids(self._decoded)
         return self._decoded
@@ -329,7 +352,7 @@ class LazyEntries(Sequence[Entry]):
         return self if kept is None else kept
 
     def __len__(self) -> int:
-        return len(self._raws)
+        return self._len
 
     @overload
     def __getitem__(self, i: int) -> Entry: ...
@@ -348,24 +371,29 @@ class LazyEntries(Sequence[Entry]):
         return iter(kept) if kept is not None else map(_entry_dec.decode, self._raws)
 
     def raw(self, i: int) -> msgspec.Raw:
-        """Entry i still encoded."""
-        return self._raws[i]
+        """Entry i still encoded (encoded again if only its decoded form is held)."""
+        if self._raws or self._decoded is None:
+            return self._raws[i]
+        return msgspec.Raw(encode_entry(self._decoded[i]))
 
     def release(self) -> None:
         """The caller is done with them: the decompressed body goes now, not when the last
         holder of this object lets go of it (a million entries: ~130 MB)."""
         self._raws = []
         self._decoded = None
+        self._len = 0
 
 
 def _share_pack_ids(entries: list[Entry]) -> None:
     """One bytes object per tiny pack instead of one per small file naming it (decoding
     makes a new one for each): 72 bytes less per small file held in memory."""
     seen: dict[bytes, bytes] = {}
-    share = seen.setdefault
+    last = b""  # the files of a pack come one after another: compared, not hashed, mostly
     for e in entries:
         if pack := e.pack:
-            e.pack = share(pack, pack)
+            if pack != last:
+                last = seen.setdefault(pack, pack)
+            e.pack = last
 
 
 def chunk_ids(body: Body) -> set[bytes]:
