@@ -12,6 +12,7 @@ from api.errors import NotFound
 from api.inputs import path_id, query_choice, query_id, query_limit
 from api.services import services
 from api.views import JSON, next_link, operation_view
+from shared.async_store import AsyncStore
 from shared.schemas import ListLinks, ListMeta, OperationList, OperationStatus
 
 STATUSES = get_args(OperationStatus)
@@ -26,6 +27,15 @@ async def get_one(request: Request) -> Response:
     return JSON(operation_view(rec))
 
 
+async def _server_is_theirs(store: AsyncStore, account: str, server_id: int) -> bool:
+    """Whether a server's operations are the account's. Operations outlive their server,
+    so this asks its newest operation, not its record (all of a server's operations are
+    of its account). Checked before the page is read: a page showing none of another
+    account's operations (a cursor past them) still answered their count in meta.total."""
+    newest = await store.list_operations(account=account, server_id=server_id, limit=1)
+    return bool(newest.items) and newest.items[0].account == account
+
+
 async def list_all(request: Request) -> Response:
     who = principal(request)
     server_id = query_id(request, "server_id")
@@ -34,20 +44,19 @@ async def list_all(request: Request) -> Response:
     cursor = query_id(request, "cursor")
     svc = services(request)
     account = who.account_filter
-    # Operations outlive their server, so the server filter goes through the account's
-    # own index intersection rather than a server ownership check.
+    if account is not None and server_id is not None and not await _server_is_theirs(
+        svc.store, account, server_id
+    ):
+        empty = OperationList(operations=[], meta=ListMeta(total=0), links=ListLinks(next=None))
+        return JSON(empty)
     page = await svc.store.list_operations(
         account=account, server_id=server_id, status=status, cursor=cursor, limit=limit
     )
-    items = page.items
-    total = page.total
-    if account is not None and server_id is not None and any(r.account != account for r in items):
-        items, total = [], 0
     link = next_link(request, page.next_cursor, server_id=server_id, status=status, limit=limit)
     return JSON(
         OperationList(
-            operations=[operation_view(r) for r in items],
-            meta=ListMeta(total=total),
-            links=ListLinks(next=link if items else None),
+            operations=[operation_view(r) for r in page.items],
+            meta=ListMeta(total=page.total),
+            links=ListLinks(next=link if page.items else None),
         )
     )

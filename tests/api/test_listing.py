@@ -82,6 +82,32 @@ def test_filters(client: TestClient, api: ApiHelper, store: Store) -> None:
     assert ops["links"]["next"] is None
 
 
+def test_another_accounts_server_filter_counts_nothing(
+    client: TestClient, api: ApiHelper, store: Store
+) -> None:
+    # A page that showed none of another account's operations (a cursor past them, or a
+    # status of which it had none on the page) still answered their count in meta.total:
+    # account B learnt which server ids were A's and how many operations of each status
+    # they had, at every moment. Now it is the answer of a server that does not exist.
+    theirs = api.server("acme")
+    make_snapshots(api, store, theirs["id"], 3)  # 3 operations: 2 succeeded, 1 failed
+    mine = api.server("other")
+    h = api.headers("other")
+    nothing = {"operations": [], "meta": {"total": 0}, "links": {"next": None}}
+    for query in ("", "&cursor=1", "&status=succeeded&cursor=1", "&status=failed&cursor=1",
+                  "&status=succeeded", "&limit=1&cursor=2"):
+        for server_id in (theirs["id"], 999_999):
+            r = client.get(f"/api/v1/operations/?server_id={server_id}{query}", headers=h)
+            assert r.status_code == 200 and r.json() == nothing, (server_id, query, r.text)
+    # The account's own server, and an admin on any server, see theirs as before.
+    api.snapshot(h, mine["id"])
+    own = client.get(f"/api/v1/operations/?server_id={mine['id']}&cursor=1", headers=h).json()
+    assert own["meta"]["total"] == 1 and own["operations"] == []
+    admin = client.get(f"/api/v1/operations/?server_id={theirs['id']}&cursor=1",
+                       headers=api.admin).json()
+    assert admin["meta"]["total"] == 3
+
+
 def test_empty_list_envelope(client: TestClient, api: ApiHelper) -> None:
     r = client.get("/api/v1/snapshots/", headers=api.headers("nobody"))
     assert r.json() == {"snapshots": [], "meta": {"total": 0}, "links": {"next": None}}
