@@ -141,8 +141,8 @@ def decode_payload(zd: zstandard.ZstdDecompressor, payload: bytes | memoryview) 
         raise ValueError("empty frame")
     if payload[0] == RAW:
         return bytes(payload[1:])
-    if payload[0] == ZSTD:
-        return zd.decompress(payload[1:])
+    if payload[0] == ZSTD:  # a view past the header byte: payload[1:] of bytes copied it
+        return zd.decompress(memoryview(payload)[1:])
     raise ValueError("unknown frame header")
 
 
