@@ -105,7 +105,8 @@ class Restorer:
                     os.close(cur_fd)
                     self.progress.finish()
                     return self._result()
-            from .staging import Flusher, swap  # a rebuild's: a patch never loads them
+            # a rebuild's: a patch never loads them
+            from .staging import Flusher, hierarchy_top, swap
 
             staging = b"." + self.base + b".restore-%d" % self.sid
             try:
@@ -119,10 +120,11 @@ class Restorer:
 
                     pool = start_pool(self.repo, self.sid, self.state_path)
                 try:
-                    if pool is not None and cur_fd is None:
-                        w.build_fresh(st_fd, pool)
-                    else:
-                        w.build(st_fd, cur_fd, self.entries, w.linked, pool)
+                    with hierarchy_top(st_fd):
+                        if pool is not None and cur_fd is None:
+                            w.build_fresh(st_fd, pool)
+                        else:
+                            w.build(st_fd, cur_fd, self.entries, w.linked, pool)
                 finally:
                     if pool is not None:
                         pool.close(kill=True)
