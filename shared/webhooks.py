@@ -97,6 +97,13 @@ def _check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("url: must be an absolute http:// or https:// URL")
+    try:
+        port = parts.port  # ValueError when not a number from 0 to 65535
+    except ValueError:
+        port = 0
+    if port == 0:
+        # Every delivery to it would fail (httpx refuses the URL), retried for each event.
+        raise ValueError("url: the port must be a number from 1 to 65535")
     if not url.isprintable() or " " in url:
         raise ValueError("url: must not contain spaces or control characters")
 

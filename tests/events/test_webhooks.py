@@ -131,7 +131,10 @@ def test_webhooks_are_admin_only_and_validated(service: Service) -> None:
                         ({"account": "acme", "url": "not a url at all"}, "url"),
                         ({"account": "acme"}, "url"),
                         ({"account": "a b", "url": "http://x.test/"}, "account"),
-                        ({"account": "acme", "url": "http://x.test/", "x": 1}, "x")):
+                        ({"account": "acme", "url": "http://x.test/", "x": 1}, "x"),
+                        # Accepted before, then every delivery failed (httpx refuses them).
+                        *(({"account": "acme", "url": f"http://x.test:{port}/"}, "url")
+                          for port in ("99999", "-1", "8o", "0"))):
         r = admin.post("/webhooks/", json=body)
         assert r.status_code == 400, body
         assert r.json()["error"]["message"].startswith(field), r.text
