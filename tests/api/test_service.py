@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,11 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from shared.schemas import Snapshot, SnapshotCreate
+from shared.settings import Settings
 from tests.conftest import make_settings
 from tests.support.api import ApiHelper, bearer
 from tests.support.redis_proc import RedisProcess
+from tests.support.s3proxy import S3Proxy
 from tests.support.seaweed import ACCESS_KEY, REGION, S3_BUCKET, SECRET_KEY, SeaweedProcess
 
 
@@ -193,3 +198,23 @@ def test_readyz_names_the_bucket_on_s3(redis_server: RedisProcess, seaweed: Seaw
     assert "access denied" in body["storage_error"]
     status, body = ready(storage_url="s3://no-such-bucket/x")
     assert status == 503 and "bucket 'no-such-bucket' does not exist" in body["storage_error"]
+
+
+def test_readyz_probes_the_object_store_once_however_many_ask(
+    settings: Settings, seaweed: SeaweedProcess
+) -> None:
+    # Every /readyz (no token needed) made its own probe: on s3:// a client, two GETs, a
+    # PUT and a DELETE, in a thread of the pool the operations' enqueues need. 30 of them
+    # at once were 120 requests to the store; now they share one probe for 5 s.
+    proxy = S3Proxy(seaweed.endpoint).start()
+    try:
+        on_s3 = replace(settings, storage_url=f"s3://{S3_BUCKET}/readyz-{uuid.uuid4().hex}",
+                        aws_endpoint_url=proxy.endpoint, aws_access_key_id=ACCESS_KEY,
+                        aws_secret_access_key=SECRET_KEY, aws_region=REGION)
+        with TestClient(create_app(on_s3)) as client, ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(lambda _: client.get("/readyz"), range(30)))
+        assert [r.status_code for r in answers] == [200] * 30, answers[0].text
+        assert sum(proxy.counts.values()) <= 4, proxy.counts
+        assert proxy.counts  # the store was asked, once
+    finally:
+        proxy.close()
