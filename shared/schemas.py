@@ -118,6 +118,14 @@ class PowerNone(Struct, forbid_unknown_fields=True, tag_field="kind", tag="none"
 Command = Annotated[str, Meta(min_length=1, max_length=4096)]
 
 
+def _no_nul(field: str, command: str | None) -> None:
+    # A shell command may hold newlines and tabs, never NUL: the worker's exec refuses it
+    # (ValueError, not an OSError), so every stop, start or hook of the server raised.
+    # Checked where a server is made (ServerCreate), not when its record is read.
+    if command is not None and "\x00" in command:
+        raise ValueError(f"{field}: must not contain NUL characters")
+
+
 class PowerCommand(Struct, forbid_unknown_fields=True, tag_field="kind", tag="command"):
     stop: Command
     start: Command
@@ -151,6 +159,12 @@ class ServerCreate(Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         _printable("name", self.name)
         _normal_path("state.path", self.state.path)
+        if isinstance(self.power, PowerCommand):
+            for verb in ("stop", "start", "status"):
+                _no_nul(f"power.{verb}", getattr(self.power, verb))
+        if self.hooks is not None:
+            _no_nul("hooks.pre_snapshot", self.hooks.pre_snapshot)
+            _no_nul("hooks.post_snapshot", self.hooks.post_snapshot)
 
 
 def _normal_path(field: str, path: str) -> None:

@@ -227,6 +227,12 @@ def test_restore_body_validation(
         ({"name": "x", "account": "acme", "state": {"kind": "image", "path": "/x"},
           "power": {"kind": "command", "stop": "a"}}, "power"),
         ({"name": "x", "account": "a b", "state": {"kind": "image", "path": "/x"}}, "account"),
+        # NUL: exec refuses it (ValueError), so every job of the server raised until it died.
+        ({"name": "x", "account": "acme", "state": {"kind": "image", "path": "/x"},
+          "power": {"kind": "command", "stop": "virsh shutdown\u0000x", "start": "a",
+                    "status": "a"}}, "power.stop"),
+        ({"name": "x", "account": "acme", "state": {"kind": "image", "path": "/x"},
+          "hooks": {"post_snapshot": "sync\u0000"}}, "hooks.post_snapshot"),
         ({"name": "x", "state": {"kind": "image", "path": "/x"}}, "account"),
         ({"name": "x", "account": "acme", "state": {"kind": "image", "path": "/x", "y": 1}},
          "state.y"),
