@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -208,6 +209,7 @@ class Engine:
         """Make the state equal to the snapshot. `live`: the server runs during the restore
         (nothing stops it), so a directory is always rebuilt and swapped in, never patched
         in place: a process still writing keeps writing into the old tree, not the new."""
+        started = time.time_ns()  # the sync point waits for the clock tick from here
         prog = Progress(progress)
         with self.lock.shared(), self._state_lock(state):
             local = isinstance(self.backend, LocalBackend)
@@ -225,7 +227,8 @@ class Engine:
                     raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} "
                                        f"state, not a {state.kind}")
                 try:
-                    return self._restore(snapshot_id, header, body, state, prog, pool, live)
+                    return self._restore(snapshot_id, header, body, state, prog, pool, live,
+                                         started)
                 except OSError as e:
                     if e.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise _state_full(state, header, e) from e
@@ -236,7 +239,8 @@ class Engine:
 
     def _restore(self, snapshot_id: int, header: Header,
                  body: ImageBody | manifest.LazyEntries, state: StateSpec,
-                 prog: Progress, pool: RestorePool | None, live: bool) -> RestoreResult:
+                 prog: Progress, pool: RestorePool | None, live: bool,
+                 started: int) -> RestoreResult:
         if isinstance(body, ImageBody):
             from .image.image import restore_image
 
@@ -244,7 +248,7 @@ class Engine:
         from .restore.restorer import Restorer
 
         restorer = Restorer(self.repo, snapshot_id, body, state.path, prog, pool,
-                            live=live, trust_manifest=header.ctimes_vouched)
+                            live=live, trust_manifest=header.ctimes_vouched, started=started)
         try:
             return restorer.run()
         finally:

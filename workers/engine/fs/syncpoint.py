@@ -72,11 +72,17 @@ class SyncPoint:
         return ctime_ns if self.vouches(ctime_ns) else 0
 
 
-def sync_point(fd: int) -> SyncPoint:
+def sync_point(fd: int, since: int | None = None) -> SyncPoint:
     """Make every change from now on move ctime, on the filesystem holding fd (see above).
     Costs a syncfs: on a quiet state about a millisecond, else the writeback of what is
-    dirty, which the kernel would do within 30 s anyway."""
-    start = time.time_ns()
+    dirty, which the kernel would do within 30 s anyway.
+
+    The wait for the coarse clock to pass `since` (a time.time_ns(), now by default) is
+    not what makes the rule hold (that is T read before the syncfs): it lets every ctime
+    set before `since` vouch (C < T). An operation passes the time it began, so its own
+    work before this call (a restore reads and decodes its manifest) overlaps the tick,
+    and only a file changed while it ran, after `since`, may vouch for nothing."""
+    start = time.time_ns() if since is None else since
     while _coarse_ns() <= start:  # at most one tick (4 ms at HZ=250)
         time.sleep(0.0005)
     at = _coarse_ns()

@@ -54,7 +54,9 @@ class Restorer:
     def __init__(self, repo: Repository, snapshot_id: int, entries: Sequence[Entry],
                  state_path: str,
                  progress: Progress, pool: RestorePool | None = None, *,
-                 live: bool = False, trust_manifest: bool = False) -> None:
+                 live: bool = False, trust_manifest: bool = False,
+                 started: int | None = None) -> None:
+        self.started = started  # time.time_ns() when the restore began (its sync point's)
         self.pool = pool  # started early by the caller for a big restore into a new state
         # A live server (nothing stopped it) is never patched in place: always rebuilt.
         self.patch = not live
@@ -89,7 +91,8 @@ class Restorer:
                 raise StateInvalid(f"state path is not a directory (or is a symlink): {e}") from e
             # Before any file is trusted or proven: from here on every change to a file of
             # the state (its own filesystem) moves its ctime (see syncpoint.py and reuse.py).
-            self.check.sync = sync_point(parent_fd if cur_fd is None else cur_fd)
+            self.check.sync = sync_point(parent_fd if cur_fd is None else cur_fd,
+                                         since=self.started)
             # the record vouches for files of the current tree only: none, nothing to read
             self.check.known = self.cache.load() if cur_fd is not None else {}
             self.cache.forget()  # the tree is about to change: the record would be stale
