@@ -14,9 +14,10 @@ the worker boots), so it needs no process of its own and no one to call it. Each
    operation's own host asks the driver (no host touches another host's servers); the
    operation of a host with no live worker is ended by any reaper, the server keeping the
    power status it had before; an operation of any host (a delete on s3://) by any reaper;
-3. at most once per ``reclaim_interval`` across all workers, sweeps the repository of data
-   no committed snapshot references (a delete whose reclaim was skipped because a capture
-   held the repository, the leftovers of a failed capture).
+3. at most once per ``reclaim_interval`` across all workers, removes the manifests of
+   deleted snapshots whose delete operation failed for good, then sweeps the repository of
+   data no committed snapshot references (a delete whose reclaim was skipped because a
+   capture held the repository, the leftovers of a failed capture).
 
 Several reapers at once are harmless: every change is a compare-and-set in Lua
 (`mark_requeue`, `fail_operation` with its deadline guard), and reclaim takes the
@@ -140,6 +141,21 @@ class Reaper:
         except PowerError:
             return None
 
+    def _delete_manifests_of_deleted(self) -> None:
+        """Removes the manifest of every snapshot whose record says deleted. Its delete
+        operation removes it, unless that failed for good (the store away through all its
+        attempts): the snapshot was gone from every listing, and the manifest, which
+        nothing else removes, kept its data from every reclaim for ever. Nothing reads a
+        deleted snapshot (a delete waits for its restores), and a capture that commits
+        one after its delete removes it itself; no capture runs now (the caller checked).
+        A manifest without a record (Redis lost it) is left for catalog rebuild."""
+        for snapshot_id in self.engine.snapshot_ids():
+            rec = self.store.get_snapshot(snapshot_id)
+            if rec is not None and rec.deleted:
+                log.warning("snapshot %s: deleted, yet its manifest was left; removing it",
+                            snapshot_id)
+                self.engine.delete(snapshot_id)
+
     def _maybe_reclaim(self) -> None:
         ttl = max(1, int(self.settings.reclaim_interval))
         if self.store.captures_active():
@@ -148,6 +164,7 @@ class Reaper:
             return
         if not self.store.redis.set(RECLAIM_KEY, str(time.time()), nx=True, ex=ttl):
             return  # another reaper reclaimed within the interval
+        self._delete_manifests_of_deleted()
         stats = self.engine.reclaim()
         if stats.skipped_locked:
             # A capture or restore holds the repository: try again at the next pass.

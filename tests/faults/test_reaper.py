@@ -185,3 +185,30 @@ Engine("file://{svc.repository}").restore({snap["id"]}, dir_state({str(state)!r}
     assert op["status"] == "failed" and op["error"]["code"] == "worker_lost", op
     assert describe(state) == old
     assert sorted(p.name for p in states.iterdir()) == ["web"]
+
+
+def _stored(repository: Path) -> list[str]:
+    """The data objects of a file:// repository (chunks, packs and their indexes)."""
+    return sorted(str(p.relative_to(repository)) for top in ("data", "packidx")
+                  if (repository / top).exists() for p in (repository / top).rglob("*")
+                  if p.is_file())
+
+
+def test_a_delete_that_failed_for_good_still_frees_its_storage(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    # A delete whose every attempt failed (the store away through all of them) ended
+    # failed: the snapshot was gone from every listing, yet its manifest stayed, and every
+    # reclaim after kept its data for ever. The reaper's reclaim now removes it first.
+    svc = make_service().start(workers=1)
+    client = svc.client()
+    server = add_server(client, str(_small_state(states, "web")))
+    snap = snapshot(client, server["id"])
+    manifest = svc.repository / "snapshots" / str(snap["id"])
+    assert manifest.exists() and _stored(svc.repository)
+    store = store_for(svc)
+    op_id = store.delete_snapshot(account=None, snapshot_id=snap["id"])
+    assert store.fail_operation(op_id, "storage_unavailable", "The store was away.")
+    assert client.get(f"/snapshots/{snap['id']}/").status_code == 404
+    wait_until(lambda: not manifest.exists(), timeout=30, what="the manifest to be removed")
+    wait_until(lambda: not _stored(svc.repository), timeout=30, what="its data reclaimed")

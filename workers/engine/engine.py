@@ -378,6 +378,10 @@ class Engine:
                                 skipped_locked=False, bytes_kept=kept)
 
     # --- catalog ----------------------------------------------------------------------
+    def snapshot_ids(self) -> list[int]:
+        """The ids of every committed snapshot (one LIST; no manifest is read)."""
+        return self.repo.manifest_ids()
+
     def list_snapshots(self) -> list[CommittedSnapshot]:
         return [h.committed() for h in self._headers()]
 
