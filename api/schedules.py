@@ -7,8 +7,6 @@ The runs themselves are started by the workers' scheduler (workers/scheduler.py)
 
 from __future__ import annotations
 
-import time
-
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -43,7 +41,10 @@ async def put(request: Request, body: ScheduleSet) -> Response:
             f"retention: the counts add up to {body.retention.total()}, more than the "
             f"per-server limit of {limit} snapshots"
         )
-    next_at = cron.next_after(body.cron, body.timezone, time.time())
+    # The next slot by Redis's clock, which the scheduler on every host goes by: by this
+    # web host's, a clock behind made a slot already past (an off-slot run at once), one
+    # ahead skipped the coming slot.
+    next_at = cron.next_after(body.cron, body.timezone, await svc.store.now())
     try:
         await svc.store.set_schedule(
             account=who.account_filter, server_id=server_id, body=body, next_at=next_at

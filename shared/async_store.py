@@ -157,6 +157,12 @@ class AsyncStore:
     async def ping(self) -> bool:
         return bool(await self.reads.command("PING")) and bool(await self.redis.ping())
 
+    async def now(self) -> float:
+        """The Redis server's clock (epoch s), as Store.now: the one the scheduler and the
+        Lua scripts go by."""
+        seconds, micros = await self.redis.time()
+        return float(seconds) + float(micros) / 1_000_000
+
     async def get_token(self, digest: str) -> TokenRecord | None:
         return await self._get(keys.token(digest), TokenRecord)
 

@@ -8,8 +8,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 from starlette.testclient import TestClient
 
+from shared import cron
+from shared.schemas import rfc3339
 from tests.support.api import ApiHelper
 
 BODY: dict[str, Any] = {
@@ -115,3 +118,29 @@ def test_deleting_the_server_removes_its_schedule(client: TestClient, api: ApiHe
     assert store.due_schedules(10**12) == [server["id"]]
     assert client.delete(f"/api/v1/servers/{server['id']}/", headers=api.admin).status_code == 204
     assert store.due_schedules(10**12) == []
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_next_run_is_by_the_redis_clock_not_the_web_hosts(
+    client: TestClient, api: ApiHelper, redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch, skew: float,
+) -> None:
+    # The scheduler on every host goes by Redis's clock; PUT planned the first slot by the
+    # web host's: an hour behind, a slot already past (an off-slot run at once); an hour
+    # ahead, the coming slots skipped.
+    server = api.server("acme")
+    h = api.headers("acme")
+    expr = "*/10 * * * *"
+
+    def expected() -> str | None:
+        seconds, _micros = redis_client.time()
+        return rfc3339(cron.next_after(expr, "UTC", float(seconds)))
+
+    before = expected()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)  # the web host's clock
+    r = client.put(f"/api/v1/servers/{server['id']}/schedule/",
+                   json={"cron": expr, "retention": {"last": 1}}, headers=h)
+    monkeypatch.undo()
+    assert r.status_code == 200, r.text
+    assert r.json()["next_run_at"] in (before, expected()), r.json()
