@@ -8,7 +8,6 @@ delivered even while no worker runs.
 
 from __future__ import annotations
 
-import time
 from typing import Any, cast
 
 import msgspec
@@ -46,7 +45,9 @@ async def create(request: Request, body: wh.WebhookCreate) -> Response:
         if "BUSYGROUP" not in str(exc):
             raise
     webhook_id = int(await r.incr("seq:webhook"))
-    now = time.time()
+    # Redis's clock, as the events' stream ids it is compared with (workers/webhooks.py
+    # dispatch): by this web host's, one ahead dropped the account's events for as long.
+    now = await services(request).store.now()
     fields: dict[str, str] = {
         "id": str(webhook_id),
         "account": body.account,

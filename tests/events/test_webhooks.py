@@ -12,11 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
+from starlette.testclient import TestClient
 
 from shared.webhooks import sign, verify
 from tests.e2e.flow import add_server, wait_operation
 from tests.e2e.service import Service, wait_until
 from tests.events.receiver import Receiver
+from tests.support.api import ApiHelper
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +152,24 @@ def test_signature_scheme() -> None:
     assert not verify("whsec_k", header, body + b" ", now=1_700_000_100)
     assert not verify("whsec_k", header, body, now=1_700_001_000)  # too old: a replay
     assert not verify("whsec_k", "garbage", body, now=1_700_000_000)
+
+
+def test_a_webhook_is_born_on_the_redis_clock_its_events_carry(
+    client: TestClient, api: ApiHelper, redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The dispatcher skips events older than the webhook (created_ms > the event's stream
+    # id, which is Redis's clock); created_ms came from the web host's clock, so one an
+    # hour ahead dropped every event of the account for the webhook's first hour.
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # the web host's clock
+    r = client.post("/api/v1/webhooks/", json={"account": "acme", "url": "http://x.test/"},
+                    headers=api.admin)
+    monkeypatch.undo()
+    assert r.status_code == 201, r.text
+    created_ms = int(redis_client.hget(f"webhook:{r.json()['id']}", "created_ms") or 0)
+    server = api.server("acme")
+    api.snapshot(api.headers("acme"), server["id"])  # snapshot.created, just after
+    [(entry_id, fields)] = redis_client.xrevrange("events", count=1)
+    assert fields["type"] == "snapshot.created"
+    assert created_ms <= int(entry_id.split("-")[0]), (created_ms, entry_id)
