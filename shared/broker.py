@@ -59,6 +59,9 @@ class BrokerHeartbeat(dramatiq.Middleware):
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         self._stop.clear()
         self._presence = Heartbeat(broker.client, self.host, broker.broker_id)
+        # Before the first claim: the leases count this beat (Redis's clock) as alive too.
+        with contextlib.suppress(redis.RedisError):
+            self._presence.beat()
         threading.Thread(
             target=self._run, args=(broker, self._presence), name="broker-heartbeat",
             daemon=True,

@@ -274,3 +274,23 @@ local function retention_may_drop(snap, server_id)
   end
   return snap_active_reader(snap.id) == nil
 end
+
+-- Whether the worker process that holds op's lease is alive: a fresh beat (within
+-- timeout_ms of Redis's clock) under either key. hb_key is Dramatiq's heartbeats (member:
+-- the broker id), written with the worker's own clock; 'workers:heartbeats' (member:
+-- host/broker id, shared/hosts.py) is written with Redis's. Dramatiq's alone made a live
+-- worker whose clock is behind Redis's by more than the timeout look dead: its running
+-- job was taken over and run twice at once. Its own clock ahead only delays a takeover.
+local function owner_alive(op, hb_key, timeout_ms)
+  local tm = redis.call('TIME')
+  local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  local process = op.owner_process or ''
+  local beats = {redis.call('ZSCORE', hb_key, process)}
+  if not empty(op.owner_host) then
+    beats[2] = redis.call('ZSCORE', 'workers:heartbeats', op.owner_host .. '/' .. process)
+  end
+  for _, beat in pairs(beats) do
+    if beat and tonumber(beat) > ms - tonumber(timeout_ms) then return true end
+  end
+  return false
+end

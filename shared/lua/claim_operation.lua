@@ -20,10 +20,7 @@ if op.status == 'running' and op.owner == ARGV[2] and not empty(ARGV[7])
   return ok({attempts = tonumber(op.attempts)})
 end
 if op.status == 'running' and not empty(op.owner) and op.owner ~= ARGV[2] then
-  local beat = redis.call('ZSCORE', ARGV[4], op.owner_process or '')
-  local tm = redis.call('TIME')
-  local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
-  if beat and tonumber(beat) > ms - tonumber(ARGV[5]) then
+  if owner_alive(op, ARGV[4], ARGV[5]) then
     return fail('busy', 'Operation ' .. op.id .. ' is being run by ' .. op.owner .. '.')
   end
 end
@@ -32,8 +29,8 @@ local first = op.status == 'queued'
 op_set_status(op, 'running', t)
 local key = 'operation:' .. op.id
 local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('HSET', key, 'owner', ARGV[2], 'owner_process', ARGV[3], 'claimed_at', t,
-  'claim_id', ARGV[7] or '')
+redis.call('HSET', key, 'owner', ARGV[2], 'owner_process', ARGV[3], 'owner_host', ARGV[6],
+  'claimed_at', t, 'claim_id', ARGV[7] or '')
 if empty(op.started_at) then redis.call('HSET', key, 'started_at', t) end
 if first then
   emit('operation.started', op.account, op.server_id, op.snapshot_id, op.id, t, {type = op.type})

@@ -11,13 +11,8 @@ local last = math.max(tonumber(op.created_at or '0'), tonumber(op.claimed_at or 
 -- behind hours of work gets a handful of spare messages, not one per interval.
 local wait = tonumber(ARGV[2]) * math.pow(2, math.min(tonumber(op.requeues or '0'), 5))
 if t - last < wait then return fail('conflict', 'too recent') end
-if op.status == 'running' and not empty(op.owner) then
-  local beat = redis.call('ZSCORE', ARGV[3], op.owner_process or '')
-  local tm = redis.call('TIME')
-  local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
-  if beat and tonumber(beat) > ms - tonumber(ARGV[4]) then
-    return fail('conflict', 'owner alive')
-  end
+if op.status == 'running' and not empty(op.owner) and owner_alive(op, ARGV[3], ARGV[4]) then
+  return fail('conflict', 'owner alive')
 end
 redis.call('HSET', 'operation:' .. op.id, 'requeued_at', t)
 redis.call('HINCRBY', 'operation:' .. op.id, 'requeues', 1)

@@ -3,7 +3,7 @@
 -- instead of waiting for this worker's heartbeat to go stale. The status stays running.
 local key = 'operation:' .. ARGV[1]
 if redis.call('HGET', key, 'owner') == ARGV[2] then
-  redis.call('HDEL', key, 'owner', 'owner_process', 'claim_id')
+  redis.call('HDEL', key, 'owner', 'owner_process', 'owner_host', 'claim_id')
   redis.call('HSET', key, 'claimed_at', now())
   return ok({released = true})
 end

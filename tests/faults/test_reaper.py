@@ -212,3 +212,20 @@ def test_a_delete_that_failed_for_good_still_frees_its_storage(
     assert client.get(f"/snapshots/{snap['id']}/").status_code == 404
     wait_until(lambda: not manifest.exists(), timeout=30, what="the manifest to be removed")
     wait_until(lambda: not _stored(svc.repository), timeout=30, what="its data reclaimed")
+
+
+def test_a_worker_whose_clock_is_behind_keeps_its_job(
+    make_service: ServiceFactory, big_state: Path
+) -> None:
+    # The lease's owner was judged by Dramatiq's heartbeat, which a worker writes with its
+    # own clock, against Redis's: a worker a minute behind (the heartbeat timeout is 3 s
+    # here) looked dead 3 s into every job, so the reaper sent the job again and the
+    # worker's other thread took it over: the capture ran twice at once.
+    svc = make_service(FAULT_TEST_MBPS="10").start(workers=0)  # ~12 s for the big state
+    svc.start_worker(env={"FAULT_TEST_CLOCK_SKEW": "-60"})
+    client = svc.client()
+    server = add_server(client, str(big_state))
+    snap = snapshot(client, server["id"])
+    op = store_for(svc).get_operation(snap["operation_id"])
+    assert op is not None and op.attempts == 1, op
+    assert events(svc, "operation.requeued", snap["id"]) == 0

@@ -9,6 +9,9 @@ With FAULT_TEST_PACK_SIZE set (bytes), big chunks are sealed into packs of that 
 bytes instead of 32 MiB (tuning.PACK_SIZE): 1 makes a pack per chunk, so a capture killed
 at its first progress has stored objects already, to be found again after the resume.
 
+With FAULT_TEST_CLOCK_SKEW set (seconds, may be negative), time.time of the process is
+that far off: a host whose clock drifted from Redis's.
+
 With FAULT_TEST_COMMIT_GATE set (a directory), while the test keeps a file DIR/hold, a
 worker's final transition of an operation N first creates DIR/reached-N, then waits (up to
 60 s) for DIR/go-N: the test kills Redis between the two, so the outage lands exactly at the
@@ -19,9 +22,18 @@ from __future__ import annotations
 
 import os
 
+_SKEW = os.environ.get("FAULT_TEST_CLOCK_SKEW")
 _MBPS = os.environ.get("FAULT_TEST_MBPS")
 _PACK_SIZE = os.environ.get("FAULT_TEST_PACK_SIZE")
 _GATE = os.environ.get("FAULT_TEST_COMMIT_GATE")
+
+if _SKEW:
+    # This process's wall clock is off by that many seconds (a host whose clock drifted):
+    # time.time only; Redis, the other processes and the monotonic clock keep the true one.
+    import time as _skewed
+
+    _true_time = _skewed.time
+    _skewed.time = lambda: _true_time() + float(_SKEW)  # type: ignore[arg-type]
 
 if _GATE:
     import time as _time
