@@ -227,7 +227,7 @@ def test_torn_objects_are_never_trusted(engine: Engine, tmp_path: Path) -> None:
     engine.capture(make_meta(2), dir_state(src))
     # Stored again by this capture (its commit may also write the sync marker, so where in
     # its puts the chunk comes is not fixed).
-    assert key in engine.backend.put_keys[before:] and obj.stat().st_size > 0
+    assert key in list(engine.backend.put_keys)[before:] and obj.stat().st_size > 0
     assert engine.verify(2).ok
     # the backend also replaces an empty object that is in the way of a put
     obj.write_bytes(b"")

@@ -128,7 +128,7 @@ def test_incremental_capture_does_not_read_unchanged_files(
     r2 = engine.capture(make_meta(2), dir_state(src))
     # fsyncs only for the new object: the tiny pack holding f3 and 'tiny' (its index is a
     # dedup hint, not synced)
-    new = engine.backend.put_keys[-3:-1]  # the pack and its index (S3: in either order)
+    new = list(engine.backend.put_keys)[-3:-1]  # the pack and its index (S3: in either order)
     assert barriers == [[k for k in new if k.startswith("data/")]]
     assert engine.last_bytes_read == 10_000 + 39  # only the changed and new files were read
     assert engine.backend.puts == puts + 3  # the tiny pack, its index, the manifest

@@ -96,3 +96,9 @@ IMAGE_THREADS = 4
 
 # --- progress -------------------------------------------------------------------------------
 PROGRESS_INTERVAL = 0.25  # seconds: well under the 1 s promise, cheap enough to ignore
+
+# --- bookkeeping ----------------------------------------------------------------------------
+# a backend remembers the keys of its last this many stored objects (tests read them to
+# prove what was and was not re-written); a list of every key grew for the whole life of a
+# long-running worker's cached engine
+RECENT_PUT_KEYS = 4096

@@ -12,10 +12,12 @@ import errno
 import itertools
 import os
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
+from .. import tuning
 from ..fs import fsutil
 from ..model import EngineError, StorageFull, StorageOptions
 
@@ -37,7 +39,7 @@ def _start_writeback(fd: int) -> None:
 
 class Backend(Protocol):
     puts: int  # objects written so far (tests count them to prove nothing is re-written)
-    put_keys: list[str]  # their keys, in the order they were stored
+    put_keys: deque[str]  # the last tuning.RECENT_PUT_KEYS of their keys, oldest first
     # a stored object is durable and whole (S3): no sync bookkeeping, nothing torn
     durable_on_put: bool
 
@@ -114,7 +116,7 @@ class LocalBackend:
         self.root = root
         self.tmp = os.path.join(root, "tmp")  # only for the writable() probe
         self.puts = 0  # number of objects written: tests count it to prove no re-writes
-        self.put_keys: list[str] = []
+        self.put_keys: deque[str] = deque(maxlen=tuning.RECENT_PUT_KEYS)
         self._lock = threading.Lock()
         self._tmpfile = hasattr(os, "O_TMPFILE")
         try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -67,7 +68,7 @@ class S3Backend:
         self.url = f"s3://{bucket}/{self.prefix}"
         self.retry_for = retry_for
         self.puts = 0  # objects written (tests count them to prove no re-writes)
-        self.put_keys: list[str] = []
+        self.put_keys: deque[str] = deque(maxlen=tuning.RECENT_PUT_KEYS)
         opts: dict[str, object] = {"timeout": "120s", "connect_timeout": "5s",
                                    "pool_max_idle_per_host": str(tuning.S3_STREAMS)}
         if endpoint and endpoint.startswith("http://"):
