@@ -68,27 +68,31 @@ class Reaper:
     def tick(self) -> None:
         """One pass over every active operation, then maybe a reclaim."""
         live: dict[str, int] | None = None  # read once a pass, and only when needed
-        for op_id in self.store.active_operation_ids():
+        ids = self.store.active_operation_ids()
+        # Redis's clock, which stamped the operations' times: by this host's, one a few
+        # minutes ahead ended operations that many minutes before their deadline.
+        now = self.store.now() if ids else 0.0
+        for op_id in ids:
             op = self.store.get_operation(op_id)
             if op is None:
                 continue
-            if not self._ours(op) and self._overdue(op) and live is None:
+            if not self._ours(op) and self._overdue(op, now) and live is None:
                 live = live_workers(self.store.redis, self.settings.heartbeat_timeout)
-            self._look_at(op, live or {})
+            self._look_at(op, live or {}, now)
         self._maybe_reclaim()
 
     def _ours(self, op: OperationRecord) -> bool:
         """Of this worker's host, or of any host (a delete on s3://)."""
         return op.host in (self.settings.worker_host, ANY_HOST)
 
-    def _overdue(self, op: OperationRecord) -> bool:
-        return time.time() - (op.started_at or op.created_at) > self.settings.operation_deadline
+    def _overdue(self, op: OperationRecord, now: float) -> bool:
+        return now - (op.started_at or op.created_at) > self.settings.operation_deadline
 
-    def _look_at(self, op: OperationRecord, live: dict[str, int]) -> None:
-        if self._overdue(op):
+    def _look_at(self, op: OperationRecord, live: dict[str, int], now: float) -> None:
+        if self._overdue(op, now):
             own = self._ours(op)
             if own or not live.get(op.host):
-                self._expire(op, int(time.time() - self.settings.operation_deadline), own)
+                self._expire(op, int(now - self.settings.operation_deadline), own)
             return  # else: the reapers of its own host end it
         if op.status == "running":
             self._release_if_stale(op.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,20 @@ def test_a_worker_whose_clock_is_behind_keeps_its_job(
     op = store_for(svc).get_operation(snap["operation_id"])
     assert op is not None and op.attempts == 1, op
     assert events(svc, "operation.requeued", snap["id"]) == 0
+
+
+def test_a_reaper_whose_clock_is_ahead_keeps_the_deadline(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    # The reaper compared its host's clock with the operations' times (Redis's clock): a
+    # host two minutes ahead ended, at once, an operation of a deadline of one minute.
+    svc = make_service(SNAPSHOTS_OPERATION_DEADLINE="60").start(workers=0)
+    svc.start_worker(env={"FAULT_TEST_CLOCK_SKEW": "120"})
+    client = svc.client()
+    # Of a host with no live worker: it waits, queued, until the deadline (SPEC 5).
+    server = add_server(client, str(_small_state(states, "far")), host="far")
+    r = client.post("/snapshots/", json={"server_id": server["id"], "name": "waits"})
+    assert r.status_code == 201, r.text
+    time.sleep(3)  # six passes of the reaper (SNAPSHOTS_REAPER_INTERVAL 0.5 s)
+    op = client.get(f"/operations/{r.json()['operation_id']}/").json()
+    assert op["status"] == "queued", op
