@@ -105,6 +105,13 @@ class RateLimited(ApiError):
         super().__init__(message, {"Retry-After": str(max(1, retry_after))})
 
 
+class RequestInProgress(ApiError):
+    """Also a start script's refusal: another request's claim holds its Idempotency-Key."""
+
+    status, code = 409, "request_in_progress"
+    default_message = "A request with this Idempotency-Key is still being processed; retry."
+
+
 class InternalError(ApiError):
     pass
 
@@ -125,6 +132,7 @@ BY_CODE: dict[str, type[ApiError]] = {
         SnapshotInUse,
         SnapshotProtected,
         NotFound,
+        RequestInProgress,
     )
 }
 

@@ -7,6 +7,14 @@ identical requests at once exactly one runs; the other waits for the first answe
 replays it. Keys belong to the account (two accounts may use the same key) and are kept
 24 h after the first answer.
 
+The create or restore script itself checks that the key still holds the request's claim
+and records its answer under the key (``committed``), in the same transaction as the
+operation it starts: a web process killed between the script and its answer leaves that
+record, not a claim that lapses after PENDING_TTL and lets a retry start a second
+operation. A retry that finds it answers from it (the handler runs again on the committed
+answer, enqueueing the operation once more: a duplicate message is harmless, a missing one
+waits for the reaper) and records the answer as ``done``.
+
 What is remembered: successful answers and the state store's refusals (limit reached,
 server busy, not found, ...), which are answers about the world. Not remembered: malformed
 requests, auth failures and server errors, which say nothing happened; the key is released
@@ -18,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Literal
@@ -28,9 +37,10 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from api.auth import principal
-from api.errors import ApiError, InvalidRequest
+from api.errors import ApiError, InvalidRequest, RequestInProgress
 from api.inputs import read_body
 from api.services import services
+from shared.scripts import IdemClaim
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -50,17 +60,28 @@ REMEMBERED_CODES: Final = frozenset(
 KEPT_HEADERS: Final = ("location", "content-type")
 
 
-class RequestInProgress(ApiError):
-    status, code = 409, "request_in_progress"
-    default_message = "A request with this Idempotency-Key is still being processed; retry."
+# Where a claimed request's IdemClaim waits for its handler (an ASGI scope extension key).
+SCOPE_KEY: Final = "snapshots.idempotency"
 
 
 class Remembered(msgspec.Struct):
+    """What a key holds: a request's claim (``pending``), the answer of the script it ran
+    (``committed``, written by the script: _lib.lua idem_ok) or the answer sent (``done``).
+    ``claim``: the request's own random id, so that only it settles the key."""
+
     fingerprint: str
-    state: Literal["pending", "done"]
+    state: Literal["pending", "committed", "done"]
+    claim: str = ""
     status: int = 0
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     body: str = ""
+    answer: str = ""
+
+
+def claim_of(request: Request) -> IdemClaim | None:
+    """The Idempotency-Key claim the request's start transition runs under, if any."""
+    claim: IdemClaim | None = request.scope.get(SCOPE_KEY)
+    return claim
 
 
 def _key(request: Request) -> str | None:
@@ -100,11 +121,17 @@ def idempotent(handler: Handler) -> Handler:
         fp = fingerprint(request.method, request.url.path, body)
         store_key = f"idem:{who.account}:{hashlib.sha256(key.encode()).hexdigest()}"
         redis = services(request).store.redis
-        pending = msgspec.json.encode(Remembered(fingerprint=fp, state="pending"))
+        mine = secrets.token_hex(16)
+        pending = msgspec.json.encode(Remembered(fingerprint=fp, state="pending", claim=mine))
         deadline = time.monotonic() + WAIT
         while True:
+            answered: Response | None = None
             if await redis.set(store_key, pending, nx=True, ex=PENDING_TTL):
-                return await _first(handler, request, body, store_key, fp)
+                claim = IdemClaim(key=store_key, claim=mine, fingerprint=fp, ttl=TTL)
+                answered = await _first(handler, request, body, claim)
+                if answered is not None:
+                    return answered
+                continue  # our claim lapsed and another request ran first: its answer
             raw = await redis.get(store_key)
             if raw is None:
                 continue  # released or expired between the two calls: claim it again
@@ -116,6 +143,16 @@ def idempotent(handler: Handler) -> Handler:
                 )
             if seen.state == "done":
                 return _replay(seen)
+            if seen.state == "committed":
+                # Its request died between the script and the answer: answer from the
+                # script's record, on behalf of that claim.
+                claim = IdemClaim(key=store_key, claim=seen.claim, fingerprint=fp, ttl=TTL,
+                                  answer=seen.answer)
+                answered = await _first(handler, request, body, claim)
+                if answered is not None:
+                    answered.headers["Idempotent-Replayed"] = "true"
+                    return answered
+                continue
             if time.monotonic() > deadline:
                 raise RequestInProgress()
             await asyncio.sleep(POLL)
@@ -125,9 +162,11 @@ def idempotent(handler: Handler) -> Handler:
 
 
 async def _first(
-    handler: Handler, request: Request, body: bytes, store_key: str, fp: str
-) -> Response:
-    redis = services(request).store.redis
+    handler: Handler, request: Request, body: bytes, claim: IdemClaim
+) -> Response | None:
+    """Runs the handler under ``claim`` and settles the key; None when the claim had
+    lapsed and another request's script ran first (the caller waits for its answer)."""
+    store = services(request).store
     sent = False
 
     async def receive() -> Message:
@@ -138,26 +177,30 @@ async def _first(
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
+    request.scope[SCOPE_KEY] = claim
     try:
         response = await handler(Request(request.scope, receive))
+    except RequestInProgress:
+        return None
     except ApiError as err:
         if err.code not in REMEMBERED_CODES:
-            await redis.delete(store_key)
+            await store.settle_idempotency(claim, None, TTL)
             raise
         response = Response(err.body(), status_code=err.status,
                              headers={**err.headers, "content-type": "application/json"})
     except BaseException:
-        await asyncio.shield(redis.delete(store_key))
+        await asyncio.shield(store.settle_idempotency(claim, None, TTL))
         raise
     if response.status_code >= 500:
-        await redis.delete(store_key)
+        await store.settle_idempotency(claim, None, TTL)
         return response
     done = Remembered(
-        fingerprint=fp,
+        fingerprint=claim.fingerprint,
         state="done",
+        claim=claim.claim,
         status=response.status_code,
         headers={k: v for k, v in response.headers.items() if k in KEPT_HEADERS},
         body=bytes(response.body).decode(),
     )
-    await redis.set(store_key, msgspec.json.encode(done), ex=TTL)
+    await store.settle_idempotency(claim, msgspec.json.encode(done), TTL)
     return response

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from api.auth import principal
 from api.errors import NotFound, from_refusal
+from api.idempotency import claim_of
 from api.inputs import path_id, query_choice, query_id, query_limit
 from api.services import services
 from api.views import JSON, RawJSON, next_link, snapshot_list, snapshot_view
@@ -39,7 +40,8 @@ async def create(request: Request, body: SnapshotCreate) -> Response:
     who = principal(request)
     svc = services(request)
     try:
-        made = await svc.store.create_snapshot(account=who.account_filter, body=body)
+        made = await svc.store.create_snapshot(account=who.account_filter, body=body,
+                                               idem=claim_of(request))
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None
     await svc.enqueue("snapshot.create", made.operation_id, made.host)
@@ -135,7 +137,7 @@ async def restore(request: Request, body: RestoreRequest) -> Response:
     try:
         started = await svc.store.start_restore(
             account=who.account_filter, snapshot_id=snapshot_id, start_after=body.start_after,
-            target_id=body.server_id, safety=body.safety_snapshot,
+            target_id=body.server_id, safety=body.safety_snapshot, idem=claim_of(request),
         )
     except TransitionRefused as refused:
         raise from_refusal(refused.code, refused.message) from None

@@ -30,6 +30,7 @@ from shared.records import (
 )
 from shared.schemas import ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate, TokenScope
 from shared.scripts import (
+    IdemClaim,
     Page,
     PageIndex,
     arg,
@@ -247,11 +248,19 @@ class AsyncStore:
     # ------------------------------------------------------------ transitions
     # ``account`` None means an admin acting across accounts.
 
+    async def _started(self, name: str, payload: bytes, idem: IdemClaim | None) -> dict[str, Any]:
+        """A start transition's answer: the one already committed under ``idem``'s key when
+        there is one (the request that ran the script died before it answered), else the
+        script's, run under the key's claim."""
+        if idem is not None and idem.answer is not None:
+            return result(idem.answer)
+        return result(await self._run(name, payload))
+
     async def create_snapshot(
-        self, *, account: str | None, body: SnapshotCreate
+        self, *, account: str | None, body: SnapshotCreate, idem: IdemClaim | None = None
     ) -> CreatedSnapshot:
-        payload = create_snapshot_arg(account, body, self.settings.max_per_server)
-        answer = result(await self._run("create_snapshot", payload))
+        payload = create_snapshot_arg(account, body, self.settings.max_per_server, idem)
+        answer = await self._started("create_snapshot", payload, idem)
         made = msgspec.convert(answer, CreatedSnapshot)
         self._queued(made.operation_id, "snapshot.create", made.snapshot_id)
         return made
@@ -264,10 +273,11 @@ class AsyncStore:
         start_after: bool | None = None,
         target_id: int | None = None,
         safety: bool = False,
+        idem: IdemClaim | None = None,
     ) -> StartedRestore:
         payload = start_restore_arg(account, snapshot_id, start_after, target_id, safety,
-                                    self.settings.max_per_server)
-        answer = result(await self._run("start_restore", payload))
+                                    self.settings.max_per_server, idem)
+        answer = await self._started("start_restore", payload, idem)
         started = msgspec.convert(answer, StartedRestore, strict=False)
         self._queued(started.operation_id, "snapshot.restore", snapshot_id)
         return started
@@ -293,6 +303,15 @@ class AsyncStore:
                  extra={"operation_id": op_id, "type": op_type, "snapshot_id": snapshot_id,
                         "status": "queued"})
         return op_id
+
+    async def settle_idempotency(
+        self, idem: IdemClaim, record: bytes | None, ttl: int
+    ) -> None:
+        """Ends ``idem``'s claim: with ``record`` (the answer to replay, kept ``ttl`` s),
+        else released, unless a transition committed under it (settle_idempotency.lua)."""
+        await self._run("settle_idempotency", arg({
+            "key": idem.key, "claim": idem.claim, "ttl": ttl,
+            "record": None if record is None else record.decode()}))
 
     async def update_snapshot(
         self, *, account: str | None, snapshot_id: int, body: SnapshotUpdate

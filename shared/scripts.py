@@ -44,6 +44,7 @@ SCRIPT_NAMES = (
     "delete_schedule",
     "run_schedule",
     "complete_safety",
+    "settle_idempotency",
 )
 
 
@@ -81,12 +82,31 @@ def arg(payload: dict[str, Any]) -> bytes:
     return msgspec.json.encode({k: v for k, v in payload.items() if v is not None})
 
 
+class IdemClaim(msgspec.Struct, frozen=True):
+    """A request's claim on an Idempotency-Key (api/idempotency.py), which the create and
+    restore scripts run under: each checks that the key still holds ``claim`` and records
+    its answer under ``key`` itself (_lib.lua idem_ok). ``answer``: the answer a script
+    already committed under the key, for a retry of a request that died after it."""
+
+    key: str
+    claim: str
+    fingerprint: str
+    ttl: int
+    answer: str | None = None
+
+    def arg(self) -> dict[str, Any]:
+        return {"idem_key": self.key, "idem_claim": self.claim,
+                "idem_fingerprint": self.fingerprint, "idem_ttl": self.ttl}
+
+
 # The API-side transitions' arguments, built once for both stores (Store and AsyncStore
 # take the same keyword-only parameters; ``account`` None means an admin across accounts).
 
 
-def create_snapshot_arg(account: str | None, body: SnapshotCreate, max_per_server: int) -> bytes:
+def create_snapshot_arg(account: str | None, body: SnapshotCreate, max_per_server: int,
+                        idem: IdemClaim | None = None) -> bytes:
     return arg({
+        **(idem.arg() if idem else {}),
         "server_id": str(body.server_id),
         "account": account,
         "name": body.name,
@@ -103,8 +123,10 @@ def start_restore_arg(
     target_id: int | None,
     safety: bool,
     max_per_server: int,
+    idem: IdemClaim | None = None,
 ) -> bytes:
     return arg({
+        **(idem.arg() if idem else {}),
         "snapshot_id": str(snapshot_id), "account": account, "start_after": start_after,
         "target_id": None if target_id is None else str(target_id), "safety": safety,
         "safety_name": f"safety copy before the restore of snapshot {snapshot_id}",

@@ -27,6 +27,7 @@ from shared.records import (
 )
 from shared.schemas import HookRun, ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
 from shared.scripts import (
+    IdemClaim,
     Page,
     arg,
     as_dict,
@@ -175,10 +176,18 @@ class Store:
         answer = result(self._run("create_server", create_server_arg(body, status)))
         return int(answer["server_id"])
 
-    def create_snapshot(self, *, account: str | None, body: SnapshotCreate) -> tuple[int, int]:
+    def _started(self, name: str, payload: bytes, idem: IdemClaim | None) -> dict[str, Any]:
+        """As AsyncStore._started: the answer committed under ``idem``'s key, if any."""
+        if idem is not None and idem.answer is not None:
+            return result(idem.answer)
+        return result(self._run(name, payload))
+
+    def create_snapshot(
+        self, *, account: str | None, body: SnapshotCreate, idem: IdemClaim | None = None
+    ) -> tuple[int, int]:
         """(snapshot_id, operation_id); raises TransitionRefused like the API's call."""
-        payload = create_snapshot_arg(account, body, self.settings.max_per_server)
-        answer = result(self._run("create_snapshot", payload))
+        payload = create_snapshot_arg(account, body, self.settings.max_per_server, idem)
+        answer = self._started("create_snapshot", payload, idem)
         return int(answer["snapshot_id"]), int(answer["operation_id"])
 
     def start_restore(
@@ -189,10 +198,11 @@ class Store:
         start_after: bool | None = None,
         target_id: int | None = None,
         safety: bool = False,
+        idem: IdemClaim | None = None,
     ) -> int:
         payload = start_restore_arg(account, snapshot_id, start_after, target_id, safety,
-                                    self.settings.max_per_server)
-        return int(result(self._run("start_restore", payload))["operation_id"])
+                                    self.settings.max_per_server, idem)
+        return int(self._started("start_restore", payload, idem)["operation_id"])
 
     def delete_snapshot(self, *, account: str | None, snapshot_id: int) -> int:
         payload = delete_snapshot_arg(account, snapshot_id, self.settings.deletes_anywhere)

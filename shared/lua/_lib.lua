@@ -26,6 +26,29 @@ local function ok(t)
   return cjson.encode(t)
 end
 
+-- Idempotency-Key (api/idempotency.py). A transition started under a key runs only while
+-- the key holds this request's claim (or nothing: the claim lapsed and nobody took it), and
+-- records its answer under the key in the same script, so the key and the transition
+-- commit together: a web process killed after the script leaves a record that a retry
+-- answers from, instead of a lapsing claim after which a retry runs it again.
+local function idem_refusal(a)
+  if a.idem_key == nil then return nil end
+  local held = redis.call('GET', a.idem_key)
+  if held and cjson.decode(held).claim ~= a.idem_claim then
+    return fail('request_in_progress', 'Another request with this Idempotency-Key ran first.')
+  end
+  return nil
+end
+
+local function idem_ok(a, t)
+  local answer = ok(t)
+  if a.idem_key ~= nil then
+    redis.call('SET', a.idem_key, cjson.encode({fingerprint = a.idem_fingerprint,
+      state = 'committed', claim = a.idem_claim, answer = answer}), 'EX', a.idem_ttl)
+  end
+  return answer
+end
+
 local function empty(v)
   return v == nil or v == ''
 end

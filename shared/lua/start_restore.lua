@@ -1,10 +1,13 @@
--- ARGV[1]: JSON {snapshot_id, account?, start_after?, target_id?, safety?, safety_name?, max}
+-- ARGV[1]: JSON {snapshot_id, account?, start_after?, target_id?, safety?, safety_name?, max,
+--   idem_key?, idem_claim?, idem_fingerprint?, idem_ttl? (_lib.lua idem_ok)}
 -- Restores a snapshot into its own server or, with target_id, into another server of the
 -- same account and state kind (a clone: the target's power driver and host run it). With
 -- safety, the target's current state is first captured as a snapshot of origin 'safety'
 -- by the same operation; it counts toward the limit, checked here, so a full limit
 -- refuses the request and nothing starts.
 local a = cjson.decode(ARGV[1])
+local taken = idem_refusal(a)
+if taken ~= nil then return taken end
 local snap = hgetall('snapshot:' .. a.snapshot_id)
 if snap.id == nil or snap.deleted == '1' or (a.account ~= nil and snap.account ~= a.account) then
   return fail('not_found', 'Snapshot ' .. a.snapshot_id .. ' not found.')
@@ -68,6 +71,6 @@ if clone then
     {target_server_id = tonumber(srv.id), target_server_name = srv.name})
 end
 emit('restore.started', srv.account, srv.id, snap.id, oid, t, data)
-return ok({operation_id = oid, server_id = srv.id, server_name = srv.name,
+return idem_ok(a, {operation_id = oid, server_id = srv.id, server_name = srv.name,
   snapshot_id = snap.id, snapshot_name = snap.name, snapshot_created_at = snap.created_at,
   safety_snapshot_id = safety, host = host_of(srv)})

@@ -7,12 +7,15 @@ import asyncio
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import redis
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from shared.schemas import ServerCreate, ServerState
+from api.idempotency import Remembered
+from shared.schemas import ServerCreate, ServerState, SnapshotCreate
+from shared.scripts import IdemClaim, TransitionRefused
 from shared.store import Store
 from tests.conftest import ADMIN_TOKEN
 from tests.support.api import ApiHelper, bearer
@@ -154,3 +157,29 @@ async def test_identical_requests_at_once_start_one_operation(app: Starlette, st
     assert {r.status_code for r in answers} == {201}, [r.text for r in answers]
     assert len({r.json()["id"] for r in answers}) == 1
     assert store.list_snapshots(account=None, server_id=server_id).total == 1
+
+
+def test_a_start_under_a_claim_that_lapsed_and_was_taken_starts_nothing(
+    api: ApiHelper, store: Store, redis_client: redis.Redis
+) -> None:
+    # A request stalled past PENDING_TTL before its script, and another request took the
+    # key meanwhile: the stalled one's script refuses (it ran: two operations for a key),
+    # and the script run under the key's claim records its answer under the key itself.
+    server = api.server("acme")
+    body = SnapshotCreate(server_id=server["id"], name="a")
+    key = "idem:acme:lapsed"
+    redis_client.set(key, msgspec.json.encode(
+        Remembered(fingerprint="f", state="pending", claim="theirs")))
+    mine = IdemClaim(key=key, claim="mine", fingerprint="f", ttl=100)
+    with pytest.raises(TransitionRefused) as refused:
+        store.create_snapshot(account=None, body=body, idem=mine)
+    assert refused.value.code == "request_in_progress"
+    assert store.list_snapshots(account=None, server_id=server["id"]).total == 0
+    theirs = IdemClaim(key=key, claim="theirs", fingerprint="f", ttl=100)
+    snapshot_id, _ = store.create_snapshot(account=None, body=body, idem=theirs)
+    held = redis_client.get(key)
+    assert isinstance(held, str)
+    rec = msgspec.json.decode(held, type=Remembered)
+    assert rec.state == "committed" and rec.claim == "theirs"
+    assert msgspec.json.decode(rec.answer)["snapshot_id"] == snapshot_id
+    assert 0 < redis_client.ttl(key) <= 100

@@ -16,6 +16,11 @@ With FAULT_TEST_COMMIT_GATE set (a directory), while the test keeps a file DIR/h
 worker's final transition of an operation N first creates DIR/reached-N, then waits (up to
 60 s) for DIR/go-N: the test kills Redis between the two, so the outage lands exactly at the
 commit, whatever the machine's speed.
+
+With FAULT_TEST_WEB_GATE set (a directory), while the test keeps a file DIR/hold, the web
+process, once a create_snapshot or start_restore script has answered, creates
+DIR/committed-<script> and waits there: the test SIGKILLs it between the state transition
+and anything the request does after it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ _SKEW = os.environ.get("FAULT_TEST_CLOCK_SKEW")
 _MBPS = os.environ.get("FAULT_TEST_MBPS")
 _PACK_SIZE = os.environ.get("FAULT_TEST_PACK_SIZE")
 _GATE = os.environ.get("FAULT_TEST_COMMIT_GATE")
+_WEB_GATE = os.environ.get("FAULT_TEST_WEB_GATE")
 
 if _SKEW:
     # This process's wall clock is off by that many seconds (a host whose clock drifted):
@@ -54,6 +60,25 @@ if _GATE:
         return _transition(self, name, op_id, ends, *args)
 
     _store.Store._transition = _gated  # type: ignore[method-assign]
+
+if _WEB_GATE:
+    import asyncio as _asyncio
+    from pathlib import Path as _WebPath
+    from typing import Any as _WebAny
+
+    from shared import async_store as _async_store
+
+    _run = _async_store.AsyncStore._run
+
+    async def _held(self: _async_store.AsyncStore, name: str, *args: _WebAny) -> _WebAny:
+        answer = await _run(self, name, *args)
+        gate = _WebPath(_WEB_GATE)  # type: ignore[arg-type]
+        if name in ("create_snapshot", "start_restore") and (gate / "hold").exists():
+            (gate / f"committed-{name}").touch()
+            await _asyncio.sleep(3600)
+        return answer
+
+    _async_store.AsyncStore._run = _held  # type: ignore[method-assign]
 
 if _PACK_SIZE:
     from workers.engine import tuning as _tuning
