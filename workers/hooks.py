@@ -9,9 +9,10 @@ post hook is a warning on the snapshot. Each run's exit code and the last 4 KiB 
 output (stdout and stderr together) are kept on the operation.
 
 Hooks get a small environment of their own, not the worker's (which holds the Redis URL
-and the admin token): PATH, HOME, LANG, and ``SNAPSHOTS_SERVER_ID``, ``SNAPSHOTS_SERVER_NAME``,
-``SNAPSHOTS_SNAPSHOT_ID``, ``SNAPSHOTS_STATE_PATH``, ``SNAPSHOTS_HOOK`` and, for the post hook,
-``SNAPSHOTS_CAPTURE`` (``succeeded``, ``failed`` or ``interrupted``).
+and the admin token): PATH, HOME, LANG, TZ (workers/commandenv.py, as power commands), and
+``SNAPSHOTS_SERVER_ID``, ``SNAPSHOTS_SERVER_NAME``, ``SNAPSHOTS_SNAPSHOT_ID``,
+``SNAPSHOTS_STATE_PATH``, ``SNAPSHOTS_HOOK`` and, for the post hook, ``SNAPSHOTS_CAPTURE``
+(``succeeded``, ``failed`` or ``interrupted``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Literal
 from shared.records import ServerRecord
 from shared.schemas import HookRun
 from shared.store import Store
+from workers.commandenv import command_environment
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,7 @@ class HookFailed(Exception):
 
 
 def _environment(server: ServerRecord, snapshot_id: int, hook: HookName) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env = command_environment()
     env.update(
         SNAPSHOTS_SERVER_ID=str(server.id),
         SNAPSHOTS_SERVER_NAME=server.name,

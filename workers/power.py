@@ -8,13 +8,13 @@ server stopped writing to its state.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
 from typing import Literal, Protocol
 
 from shared.records import ServerRecord
 from shared.schemas import PowerCommand, PowerSystemd
+from workers.commandenv import command_environment
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +52,6 @@ class NoPower:
         return None
 
 
-# The worker's own secrets, which a power command never gets: the commands are the
-# admin's, but what they print when they fail ends up in the operation's error, which the
-# server's account reads (a `set -x` script, an `env` while debugging). As for hooks
-# (workers/hooks.py), which get a small environment of their own.
-SECRET_VARIABLES = frozenset({
-    "REDIS_URL", "SNAPSHOTS_ADMIN_TOKEN", "SNAPSHOTS_METRICS_TOKEN",
-    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-})
-
-
-def command_environment() -> dict[str, str]:
-    """The worker's environment without its secrets (SECRET_VARIABLES)."""
-    return {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
-
-
 def _run(argv: list[str] | str, timeout: float, *, shell: bool) -> subprocess.CompletedProcess[str]:
     # The errors name the command's role, never its text: the server's account reads them,
     # and the commands (the admin-only "power" of the server) may carry credentials.
@@ -79,7 +64,7 @@ def _run(argv: list[str] | str, timeout: float, *, shell: bool) -> subprocess.Co
             timeout=timeout,
             stdin=subprocess.DEVNULL,
             check=False,
-            env=command_environment(),
+            env=command_environment(),  # not the worker's secrets: workers/commandenv.py
         )
     except subprocess.TimeoutExpired as exc:
         log.warning("power command timed out after %g s: %r", timeout, argv)
