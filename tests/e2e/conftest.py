@@ -12,7 +12,8 @@ import honcho.environ
 import httpx
 import pytest
 
-from tests.e2e.service import ADMIN_TOKEN, Service, free_port, wait_until
+from tests.e2e.service import ADMIN_TOKEN, Service, wait_until
+from tests.support.ports import free_port
 from tests.support.redis_proc import RedisProcess
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ from typing import Any
 
 import httpx
 
+from tests.support.ports import free_port
 from tests.support.redis_proc import RedisProcess
 
 BIN = Path(sys.executable).parent
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.flow import restore, snapshot
-from tests.e2e.service import Service, free_port
+from tests.e2e.service import Service
+from tests.support.ports import free_port
 
 PSQL = shutil.which("psql")
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)

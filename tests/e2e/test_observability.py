@@ -13,7 +13,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.flow import add_server, snapshot
-from tests.e2e.service import BIN, Service, free_port, wait_until
+from tests.e2e.service import BIN, Service, wait_until
+from tests.support.ports import free_port
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

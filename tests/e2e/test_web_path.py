@@ -19,7 +19,8 @@ import httpx
 
 from api.auth import CACHE_TTL
 from tests.e2e.conftest import HEADER_TIMEOUT, ROOT, ProcfileWeb
-from tests.e2e.service import ADMIN_TOKEN, free_port, wait_until
+from tests.e2e.service import ADMIN_TOKEN, wait_until
+from tests.support.ports import free_port
 from tests.support.redis_proc import RedisProcess
 
 AUTH = f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()

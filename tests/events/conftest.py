@@ -18,7 +18,7 @@ from api.app import create_app
 from api.httpguard import DeadlineHttp
 from shared.settings import Settings
 from tests.conftest import ADMIN_TOKEN
-from tests.support.redis_proc import free_port
+from tests.support.ports import free_port
 
 
 @dataclass

@@ -22,10 +22,11 @@ import httpx
 import pytest
 
 from tests.e2e.flow import add_server, wait_operation
-from tests.e2e.service import free_port, wait_until
+from tests.e2e.service import wait_until
 from tests.engine.treecmp import describe
 from tests.faults.conftest import FAST_ENV
 from tests.faults.faults import restore_has_data, tree_diff, wait_progress
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small states, slow engine: a capture takes ~3 s, so every kill lands mid-job.

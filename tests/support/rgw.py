@@ -28,7 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.seaweed import ACCESS_KEY, REGION, SECRET_KEY, _free_ports
+from tests.support.ports import free_ports
+from tests.support.seaweed import ACCESS_KEY, REGION, SECRET_KEY
 from workers.engine.model import StorageOptions
 
 BUCKET = "snapshots-tests"  # the session server's bucket (tests/conftest.py: rgw_server)
@@ -49,7 +50,7 @@ class RgwProcess:
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="rgw-test-")
         self.dir = Path(self._tmp.name)
-        self.mon_port, self.port = _free_ports(2)
+        self.mon_port, self.port = free_ports(2)
         self.conf = self.dir / "ceph.conf"
         self.procs: list[subprocess.Popen[bytes]] = []
 

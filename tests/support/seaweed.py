@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.ports import free_ports
 from workers.engine.model import StorageOptions
 
 ACCESS_KEY = "snapshots-test"
@@ -49,19 +49,6 @@ def weed_executable() -> str:
     return found
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class _PortTaken(RuntimeError):
     pass
 
@@ -84,7 +71,7 @@ class SeaweedProcess:
         self._started_once = False
 
     def _pick_ports(self) -> None:
-        ports = _free_ports(len(_PORT_FLAGS) + 1)
+        ports = free_ports(len(_PORT_FLAGS) + 1)
         self.port = ports[0]
         self._ports = dict(zip(_PORT_FLAGS, ports[1:], strict=True))
 
