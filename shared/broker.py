@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
+from importlib import resources
 from typing import Any, Final
 
 import dramatiq
@@ -37,6 +37,31 @@ DEAD_MESSAGE_TTL_MS: Final = 24 * 3600 * 1000
 HEARTBEAT_INTERVAL_S: Final = 5.0
 # Redis connections of an enqueue-only broker (the web process).
 ENQUEUE_CONNECTIONS: Final = 2
+
+# Dramatiq's dispatch script (every enqueue, fetch and ack, and the maintenance that puts
+# back the unacked messages of workers whose heartbeat is older than the timeout) takes
+# "now" from its caller, and writes the caller's heartbeat at it: with hosts' clocks apart
+# by more than the timeout, a web process or reaper ahead (an enqueue may run maintenance)
+# put a live worker's running job back on its queue (a duplicate, refused busy, which took
+# the job's own message with it: a later crash of that worker waited for the reaper), and a
+# worker behind had its running jobs put back by everyone else. Here it reads Redis's
+# clock, which every host shares (the leases read it too: _lib.lua owner_alive).
+_CALLER_CLOCK: Final = "local timestamp = ARGV[2]\n"
+_REDIS_CLOCK: Final = (
+    'local redis_now = redis.call("time")\n'
+    "local timestamp = tonumber(redis_now[1]) * 1000 + math.floor(tonumber(redis_now[2]) / 1000)\n"
+)
+# The busy worker's own beat (BrokerHeartbeat), at Redis's clock as well.
+_BEAT: Final = """local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+"""
+
+
+def _dispatch_on_redis_clock() -> str:
+    source = (resources.files("dramatiq.brokers") / "redis" / "dispatch.lua").read_text()
+    if source.count(_CALLER_CLOCK) != 1:
+        raise RuntimeError("dramatiq's dispatch.lua changed: its clock line is not found")
+    return source.replace(_CALLER_CLOCK, _REDIS_CLOCK)
 
 
 class BrokerHeartbeat(dramatiq.Middleware):
@@ -75,11 +100,12 @@ class BrokerHeartbeat(dramatiq.Middleware):
 
     def _run(self, broker: RedisBroker, presence: Heartbeat) -> None:
         key = f"{broker.namespace}:__heartbeats__"
+        beat = broker.client.register_script(_BEAT)
         while True:
             # Redis may be away; the consumers reconnect, and we simply try next round.
             with contextlib.suppress(redis.RedisError):
                 presence.beat()
-                broker.client.zadd(key, {broker.broker_id: int(time.time() * 1000)})
+                beat(keys=[key], args=[broker.broker_id])
             if self._stop.wait(self.interval):
                 return
 
@@ -106,6 +132,7 @@ def make_broker(settings: Settings, *, worker: bool = False) -> RedisBroker:
         maintenance_chance=min(settings.maintenance_chance, 1_000_000),
         dead_message_ttl=DEAD_MESSAGE_TTL_MS,
     )
+    broker.scripts["dispatch"] = broker.client.register_script(_dispatch_on_redis_clock())
     if worker:
         # Three beats per timeout, so one late beat never makes a live worker look dead.
         interval = min(HEARTBEAT_INTERVAL_S, timeout_ms / 3000)

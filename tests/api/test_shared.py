@@ -190,3 +190,49 @@ def test_both_stores_take_the_same_arguments() -> None:
         sync, aio = inspect.signature(getattr(Store, name)), inspect.signature(
             getattr(AsyncStore, name))
         assert list(sync.parameters.values()) == list(aio.parameters.values()), name
+
+
+def test_broker_liveness_goes_by_redis_clock(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dramatiq's maintenance requeues the unacked messages of every worker whose heartbeat
+    is older than the timeout, and took "now" and the heartbeats from each caller's clock:
+    a web process or reaper a minute ahead (every enqueue may run it) put a live worker's
+    running job back on its queue (a duplicate, refused busy, and the job's own message then
+    gone), and a worker a minute behind had its running jobs requeued by everyone else."""
+    import time
+
+    from dramatiq.common import current_millis
+
+    from shared.broker import HEARTBEATS_KEY, BrokerHeartbeat
+
+    tuned = replace(settings, heartbeat_timeout=30.0, maintenance_chance=1_000_000)
+    queue = "hv-skew"
+    live = make_broker(tuned)
+    live.declare_queue(queue)
+    live.enqueue(dramatiq.Message(queue_name=queue, actor_name="a", args=(), kwargs={},
+                                  options={}))
+    assert len(live.do_fetch(queue, 1)) == 1  # running on the live worker, unacked
+    ahead = make_broker(tuned)
+    monkeypatch.setattr("dramatiq.brokers.redis.current_millis",
+                        lambda: current_millis() + 120_000)  # this caller's clock ahead
+    assert ahead.do_fetch(queue, 1) == []  # its maintenance ran; the job stays where it is
+    # A worker dead by Redis's clock still has its message put back.
+    seconds, _ = live.client.time()
+    live.client.zadd(HEARTBEATS_KEY, {live.broker_id: seconds * 1000 - 60_000})
+    assert len(ahead.do_fetch(queue, 1)) == 1
+    # The busy worker's own beat (BrokerHeartbeat) is on Redis's clock too.
+    skewed = time.time() + 120
+    monkeypatch.setattr(time, "time", lambda: skewed)
+    beat = BrokerHeartbeat("hv-skew", interval=60)
+    beat.after_worker_boot(live, None)
+    try:
+        deadline = time.monotonic() + 5
+        while (score := live.client.zscore(HEARTBEATS_KEY, live.broker_id)) is None or (
+                score < seconds * 1000 - 30_000):
+            assert time.monotonic() < deadline, "no heartbeat written"
+            time.sleep(0.02)
+        seconds, _ = live.client.time()
+        assert abs(score - seconds * 1000) < 5_000, (score, seconds)
+    finally:
+        beat.before_worker_shutdown(live, None)
