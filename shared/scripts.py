@@ -35,6 +35,7 @@ SCRIPT_NAMES = (
     "complete_delete",
     "fail_operation",
     "set_server_power",
+    "hold_server_power",
     "claim_operation",
     "release_operation",
     "mark_requeue",

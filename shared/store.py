@@ -325,10 +325,17 @@ class Store:
         else:
             self._patient(self.redis.hdel, keys.operation(op_id), "hook_pending")
 
-    def set_server_power(self, server_id: int, status: str) -> None:
+    def set_server_power(self, server_id: int, status: str, held_by: int | None = None) -> None:
+        """``held_by``: the operation whose power hold (hold_server_power) this ends."""
         if status not in ("running", "stopped"):
             raise ValueError(f"status must be running or stopped, not {status!r}")
-        self._run("set_server_power", server_id, status)
+        self._run("set_server_power", server_id, status, "" if held_by is None else held_by)
+
+    def hold_server_power(self, server_id: int, op_id: int, seconds: int) -> bool:
+        """Whether operation ``op_id`` may put the server's power back now (no other
+        operation holds the server); then nothing starts on it for ``seconds`` or until
+        set_server_power(held_by=op_id). See hold_server_power.lua."""
+        return ok(self._run("hold_server_power", server_id, op_id, seconds))
 
     # ------------------------------------------------------------ schedules
 

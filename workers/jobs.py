@@ -33,7 +33,7 @@ from workers.engine import (
     TransientEngineError,
 )
 from workers.hooks import HookFailed, HookRunner
-from workers.power import PowerDriver, PowerError, PowerStatus, settle
+from workers.power import DEFAULT_TIMEOUT, PowerDriver, PowerError, PowerStatus, settle
 from workers.reporting import ProgressReporter
 from workers.retention import retention_drop
 
@@ -45,6 +45,10 @@ Enqueue = Callable[[str, int], None]
 # Where catalog rebuild points a server whose state path it could not know; a restore into
 # it is refused until an admin sets the real path (see workers/catalog.py).
 PLACEHOLDER_PREFIX = "/.snapshots-rebuilt/"
+# How long a job putting a server's power back holds it from new operations at most (a
+# start and its wait for the status, each up to the power timeout); a job that dies in
+# between frees it then.
+POWER_HOLD_S = int(2 * DEFAULT_TIMEOUT + 30)
 
 
 @dataclass(frozen=True)
@@ -265,7 +269,7 @@ class Jobs:
             return
         finally:
             if stopped_here:
-                warnings += self._start_again(server, driver)
+                warnings += self._start_again(op.id, server, driver)
         warnings += captured_warnings
         size_mb = round(result.size_bytes / MIB, 2)
         drop = retention_drop(self.store, snap.id, server.id) if snap.origin == "schedule" else []
@@ -290,14 +294,33 @@ class Jobs:
             self.engine.delete(snap.id)
             self.reclaim()
 
-    def _start_again(self, server: ServerRecord, driver: PowerDriver) -> list[str]:
+    def _start_again(self, op_id: int, server: ServerRecord, driver: PowerDriver) -> list[str]:
+        if not self._may_power(op_id, server):
+            return []
         try:
             driver.start()
         except PowerError as exc:
-            self.store.set_server_power(server.id, "stopped")
+            self.store.set_server_power(server.id, "stopped", held_by=op_id)
             return [f"The server could not be started again after the capture: {exc}"]
-        self.store.set_server_power(server.id, "running")
+        self.store.set_server_power(server.id, "running", held_by=op_id)
         return []
+
+    def _may_power(self, op_id: int, server: ServerRecord) -> bool:
+        """Whether this job may put the server's power back now (then holding it for
+        POWER_HOLD_S): not when its operation was cancelled or ended and another one took
+        the server since (a restore replacing the state), which then owns its power."""
+        if self.store.hold_server_power(server.id, op_id, POWER_HOLD_S):
+            return True
+        log.warning("operation %s: server %s is held by another operation now; its power "
+                    "is left to that one", op_id, server.id)
+        return False
+
+    def _power_back(self, op_id: int, server: ServerRecord, driver: PowerDriver,
+                    run: bool) -> None:
+        """A restore the reaper ended: its server's power as before, when still ours."""
+        if self._may_power(op_id, server):
+            self.store.set_server_power(server.id, self._settle_power(driver, run),
+                                        held_by=op_id)
 
     # -- restore ------------------------------------------------------------------------
 
@@ -324,8 +347,7 @@ class Jobs:
             if not self._still_running(op.id):
                 # The reaper ended it while the stop hung (deadline): restore nothing, and
                 # leave the server as it was before, its status saying what it really is.
-                power = self._settle_power(driver, prior == "running")
-                self.store.set_server_power(server.id, power)
+                self._power_back(op.id, server, driver, prior == "running")
                 return
             if op.safety_snapshot_id is not None:
                 self.capturer.safety(self.store, op.id, op.safety_snapshot_id, server,
@@ -339,7 +361,7 @@ class Jobs:
             )
         except Cancelled:
             # The reaper ended the operation while its safety snapshot was being captured.
-            self.store.set_server_power(server.id, self._settle_power(driver, prior == "running"))
+            self._power_back(op.id, server, driver, prior == "running")
             return
         except (EngineError, PowerError, HookFailed, SafetyFailed) as exc:
             if isinstance(exc, EngineError) and self._transient(exc):

@@ -217,6 +217,11 @@ local function server_busy(srv)
     return 'server_invalid_state',
       'Server ' .. srv.id .. ' has another operation in progress (operation ' .. srv.active_op .. ').'
   end
+  local held = redis.call('GET', 'power_hold:' .. srv.id)
+  if held then
+    return 'server_invalid_state', 'Server ' .. srv.id .. ' is being started again after ' ..
+      'operation ' .. held .. '; retry in a moment.'
+  end
   return nil
 end
 

@@ -1,5 +1,10 @@
--- ARGV: server id, 'running'|'stopped'. A worker's observation; never overrides a restore.
+-- ARGV: server id, 'running'|'stopped', and the operation whose power hold
+-- (hold_server_power.lua) this ends, if any. A worker's observation; never overrides a
+-- restore.
 local key = 'server:' .. ARGV[1]
+if not empty(ARGV[3]) and redis.call('GET', 'power_hold:' .. ARGV[1]) == ARGV[3] then
+  redis.call('DEL', 'power_hold:' .. ARGV[1])
+end
 local current = redis.call('HGET', key, 'status')
 if not current or current == 'restoring' or current == ARGV[2] then return ok({changed = false}) end
 local t = now()
