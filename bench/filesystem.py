@@ -13,7 +13,9 @@ from pathlib import Path
 
 from commands import BENCH
 
-DATA = BENCH / ".data"
+# Resolved: bench/.data may be a symlink to shared data, and the engine refuses a state
+# path through a symlink (fsutil.open_path).
+DATA = (BENCH / ".data").resolve()
 
 
 def drop_caches() -> bool:

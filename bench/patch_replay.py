@@ -88,9 +88,10 @@ def main() -> int:
     got: dict[Path, list[int]] = {r: [] for r in roots}
     for n in range(1, args.repeat + 1):
         for root in roots:
-            # the run's path as bench/engine.py named it, symlinks kept: a restore keeps
-            # its trusted record per state path, and another spelling finds none of it
-            ir = replay(Path(os.path.abspath(args.run)), root, n, not args.no_callgrind)
+            # the run's path as bench/engine.py names it, resolved (bench/filesystem.py
+            # DATA; a state path through a symlink is refused): a restore keeps its
+            # trusted record per state path, and another spelling finds none of it
+            ir = replay(args.run.resolve(), root, n, not args.no_callgrind)
             if ir is None:
                 return 1
             got[root].append(ir)

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Cancelled, Engine, SnapshotCorrupt, StorageFull, tuning
+from workers.engine import (
+    Cancelled,
+    Engine,
+    SnapshotCorrupt,
+    StateInvalid,
+    StateSpec,
+    StorageFull,
+    tuning,
+)
 from workers.engine.capture import archiver
 from workers.engine.repository import chunker
 from workers.engine.repository.repository import Repository, chunk_key
@@ -46,6 +54,37 @@ def test_capture_stores_symlinks_and_never_reads_their_targets(engine: Engine,
     engine.restore(1, dir_state(dst))
     assert_same(src, dst)
     assert os.readlink(dst / "to-dir") == str(out)
+
+
+def test_a_symlink_above_a_nested_state_is_never_followed(engine: Engine,
+                                                          tmp_path: Path) -> None:
+    # A state nested in a tree its tenant controls (a data directory, or a disk image, in a
+    # container's root filesystem): the tenant swaps a directory above it for a symlink to
+    # the host's own. Capture and restore followed it (the state path was opened whole).
+    host = tmp_path / "host"
+    (host / "lib" / "mysql").mkdir(parents=True)
+    (host / "lib" / "mysql" / "ibdata1").write_bytes(b"the host's own database")
+    (host / "lib" / "disk.img").write_bytes(b"the host's own disk" * 100)
+    rootfs = tmp_path / "rootfs"
+    state = rootfs / "var" / "lib" / "mysql"
+    state.mkdir(parents=True)
+    (state / "ibdata1").write_bytes(b"the tenant's database")
+    image = StateSpec(kind="image", path=str(rootfs / "var" / "lib" / "disk.img"))
+    (rootfs / "var" / "lib" / "disk.img").write_bytes(b"the tenant's disk" * 100)
+    engine.capture(make_meta(1), dir_state(state))
+    engine.capture(make_meta(2), image)
+    subprocess.run(["rm", "-rf", str(rootfs / "var")], check=True)
+    os.symlink(host, rootfs / "var")
+    before = describe(host)
+    for spec, sid in ((dir_state(state), 1), (image, 2)):
+        with pytest.raises(StateInvalid, match=r"var in state path .* is a symlink"):
+            engine.capture(make_meta(3), spec)
+        with pytest.raises(StateInvalid, match=r"var in state path .* is a symlink"):
+            engine.recover(spec)
+        with pytest.raises(StateInvalid, match=r"var in state path .* is a symlink"):
+            engine.restore(sid, spec)
+    assert describe(host) == before
+    assert engine.snapshot_ids() == [1, 2]
 
 
 def test_restore_with_tenant_symlinks_in_current_tree(engine: Engine, tmp_path: Path) -> None:

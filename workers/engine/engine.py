@@ -283,11 +283,11 @@ class Engine:
         return start_pool(self.repo, snapshot_id, state.path)
 
     def recover(self, state: StateSpec) -> None:
-        from .fs.fsutil import split_state
+        from .fs.fsutil import open_path, split_state
 
         parent, base = split_state(state.path)
         try:
-            pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            pfd = open_path(parent)
         except FileNotFoundError:
             return
         try:

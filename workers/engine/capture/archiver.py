@@ -104,7 +104,7 @@ class Archiver:
 
     def _run(self) -> None:
         try:
-            root_fd = os.open(self.root, fsutil.DIR_FLAGS)
+            root_fd = fsutil.open_path(self.root)
         except OSError as e:
             raise StateInvalid(f"state directory {self.root} is missing or not a "
                                f"directory (symlinks are refused): {e.strerror}") from e

@@ -132,6 +132,42 @@ def open_dir_beneath(root_fd: int, parts: list[bytes]) -> int:
     return fd
 
 
+def open_path(path: str, flags: int = DIR_FLAGS) -> int:
+    """Open an absolute path (a state path or its parent) without following a symlink in
+    any of its components, the last one opened with ``flags`` (plus O_NOFOLLOW). A state
+    may be nested in a tree its tenant controls (a data directory inside a container's
+    root filesystem, another server's state): a symlink planted there, ``var -> /var``,
+    took the capture and the restore of ``.../var/lib/mysql`` to the host's own. Raises
+    StateInvalid naming a component that is a symlink or not a directory, the OSError
+    (FileNotFoundError, ...) otherwise."""
+    parts = [p for p in os.fsencode(path).split(b"/") if p]
+    fd = os.open("/", DIR_FLAGS)
+    done = b""
+    try:
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                nfd = os.open(p, (flags | os.O_NOFOLLOW) if last else DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                try:
+                    link = stat.S_ISLNK(os.stat(p, dir_fd=fd, follow_symlinks=False).st_mode)
+                except OSError:
+                    raise e from None
+                what = "a symlink" if link else "not a directory"
+                raise StateInvalid(
+                    f"{os.fsdecode(done + b'/' + p)} in state path {path} is {what} "
+                    "(symlinks in a state path are refused: register its real path)") from e
+            os.close(fd)
+            fd = nfd
+            done += b"/" + p
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def proc_path(dir_fd: int, name: bytes) -> bytes:
     """A path naming entry `name` of an open directory; the final component is not followed
     when used with follow_symlinks=False (the /proc magic link pins the directory)."""

@@ -177,7 +177,7 @@ def remove_tree(parent_fd: int, name: bytes, mounts: set[tuple[int, int]]) -> bo
 
 def _remove_by_path(parent_path: str, name: bytes) -> bool:
     try:
-        pfd = os.open(parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        pfd = fsutil.open_path(parent_path)
     except FileNotFoundError:
         return True  # the parent itself is gone, and the tree with it
     try:

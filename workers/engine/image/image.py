@@ -42,7 +42,7 @@ J_TRAILER = struct.Struct(">Q4s")
 def _open_image(path: str, flags: int) -> tuple[int, int, bool]:
     """(fd, size, is_block_device); refuses a symlink at the state path itself."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = fsutil.open_path(path, flags | os.O_CLOEXEC)
     except OSError as e:
         raise StateInvalid(f"image {path} cannot be opened (symlinks are refused): "
                            f"{e.strerror}") from e
@@ -161,7 +161,7 @@ def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
     bs = body.block_size
     want = dict(body.blocks)
     progress.total = body.size
-    parent_fd = os.open(parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    parent_fd = fsutil.open_path(parent_path)
     try:
         image_cleanup(parent_fd, base)
         try:

@@ -77,7 +77,7 @@ class Restorer:
         check_tree(self.entries, self.sid)
         self.progress.total = sum(e.size for e in self.entries if e.kind == FILE)
         try:
-            parent_fd = os.open(self.parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            parent_fd = fsutil.open_path(self.parent_path)
         except OSError as e:
             raise StateInvalid(f"parent of the state path is unusable: {e}") from e
         try:
