@@ -168,6 +168,7 @@ class Jobs:
             self._owed_hook(op)
             if op.type == "snapshot.restore":
                 self._undo_restore(op)
+            self._owed_start(op)
             self.store.fail_operation(
                 op.id,
                 "worker_lost",
@@ -199,6 +200,15 @@ class Jobs:
         snapshot_id = op.safety_snapshot_id if op.type == "snapshot.restore" else op.snapshot_id
         if server is not None and snapshot_id is not None:
             self.hooks.owed(op.id, server, snapshot_id)
+
+    def _owed_start(self, op: OperationRecord) -> None:
+        """The start a given-up capture owes its server: an earlier attempt stopped it
+        (stop_server) and died before starting it again."""
+        if op.type != "snapshot.create" or not op.stop_server:
+            return
+        server = self.store.get_server(op.server_id)
+        if server is not None and self.store.server_stopped_by(op.id):
+            self._start_again(op.id, server, self.power_for(server))
 
     def _undo_restore(self, op: OperationRecord) -> None:
         """A restore killed for the last time: put back what a killed patch left half done

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.schemas import Hooks, ServerCreate, ServerState, SnapshotCreate
+from shared.schemas import Hooks, PowerCommand, ServerCreate, ServerState, SnapshotCreate
 from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
@@ -35,3 +35,28 @@ def test_given_up_capture_runs_the_owed_post_hook(
     assert log.read_text() == "post interrupted\n"
     assert op.hooks is not None and [h.hook for h in op.hooks] == ["post_snapshot"]
     assert not store.hook_pending(op_id)
+
+
+def test_given_up_stop_server_capture_starts_the_server_again(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    # An earlier attempt stopped the server for the capture, then its worker died, as did
+    # every one after: the give-up ended the operation and left the server stopped for good.
+    state, flag = tmp_path / "state", tmp_path / "running"
+    state.mkdir()
+    server_id = store.create_server(ServerCreate(
+        name="game-01", account="acme", state=ServerState(kind="directory", path=str(state)),
+        power=PowerCommand(stop=f"rm -f {flag}", start=f"touch {flag}",
+                           status=f"test -e {flag}")))
+    _, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s", stop_server=True))
+    store.note_server_stopped(op_id)
+    store.set_server_power(server_id, "stopped")
+    store.redis.hset(f"operation:{op_id}", "attempts", 5)
+
+    Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5).run(op_id)
+    op = store.get_operation(op_id)
+    assert op is not None and op.error is not None and op.error.code == "worker_lost"
+    assert flag.exists()
+    server = store.get_server(server_id)
+    assert server is not None and server.status == "running"
