@@ -166,13 +166,16 @@ class Jobs:
     def _run(self, op: OperationRecord) -> None:
         if op.attempts > self.max_attempts:
             self._owed_hook(op)
+            status: PowerStatus | None = None
             if op.type == "snapshot.restore":
                 self._undo_restore(op)
+                status = self._owed_power(op)
             self._owed_start(op)
             self.store.fail_operation(
                 op.id,
                 "worker_lost",
                 f"The job was interrupted {op.attempts - 1} times; giving up.",
+                server_status=status,
             )
             return
         handler = {
@@ -209,6 +212,15 @@ class Jobs:
         server = self.store.get_server(op.server_id)
         if server is not None and self.store.server_stopped_by(op.id):
             self._start_again(op.id, server, self.power_for(server))
+
+    def _owed_power(self, op: OperationRecord) -> PowerStatus | None:
+        """A given-up restore's server in the power state it had before (its attempts
+        stopped it), and what it really is; None when there is no driver to ask."""
+        server = self.store.get_server(op.server_id)
+        if server is None or server.state.path.startswith(PLACEHOLDER_PREFIX):
+            return None
+        prior = server.prior_status != "stopped"
+        return self._settle_power(self.power_for(server), prior)
 
     def _undo_restore(self, op: OperationRecord) -> None:
         """A restore killed for the last time: put back what a killed patch left half done

@@ -60,3 +60,31 @@ def test_given_up_stop_server_capture_starts_the_server_again(
     assert flag.exists()
     server = store.get_server(server_id)
     assert server is not None and server.status == "running"
+
+
+def test_given_up_restore_puts_the_power_back_and_says_so(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    # Its attempts stopped the server and died: the give-up put the state back, and the
+    # server's status back to its prior "running" while the server itself stayed stopped.
+    state, flag = tmp_path / "state", tmp_path / "running"
+    state.mkdir()
+    flag.touch()
+    server_id = store.create_server(ServerCreate(
+        name="game-01", account="acme", state=ServerState(kind="directory", path=str(state)),
+        power=PowerCommand(stop=f"rm -f {flag}", start=f"touch {flag}",
+                           status=f"test -e {flag}")))
+    snapshot_id, create_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s"))
+    store.begin_operation(create_id)
+    store.complete_create(create_id, 1.0, [])
+    op_id = store.start_restore(account=None, snapshot_id=snapshot_id)
+    flag.unlink()  # stopped by an attempt that then died
+    store.redis.hset(f"operation:{op_id}", "attempts", 5)
+
+    Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5).run(op_id)
+    op = store.get_operation(op_id)
+    assert op is not None and op.error is not None and op.error.code == "worker_lost"
+    assert flag.exists()
+    server = store.get_server(server_id)
+    assert server is not None and server.status == "running"
