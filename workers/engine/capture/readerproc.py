@@ -22,6 +22,9 @@ import contextlib
 import gc
 import os
 import socket
+from array import array
+from collections import deque
+from collections.abc import Callable
 
 import blake3
 import msgspec
@@ -144,11 +147,13 @@ def _open(names: list[bytes], sizes: list[int],
     return out
 
 
-def _batch(req: Request, dfd: int, setup: Setup, known: set[bytes], cdc: FastCDC,
+Opened = list[tuple[int, os.stat_result] | OSError]
+
+
+def _batch(req: Request, opened: Opened, setup: Setup, known: set[bytes], cdc: FastCDC,
            zc: zstandard.ZstdCompressor, res: socket.socket) -> None:
-    """One request: its files opened, read and answered in Results frames of about
-    READER_RESULTS bytes."""
-    opened = _open(req.names, req.sizes, dfd)
+    """One request, its files opened (_open): read and answered in Results frames of
+    about READER_RESULTS bytes."""
     out: list[FileResult] = []
     pending = 0
     try:
@@ -172,9 +177,7 @@ def _batch(req: Request, dfd: int, setup: Setup, known: set[bytes], cdc: FastCDC
                     _send(res, Results(out, False))
                     out, pending = [], 0
     finally:
-        for got in opened:
-            if not isinstance(got, OSError):
-                os.close(got[0])
+        _close(opened)
     _send(res, Results(out, True))
 
 
@@ -194,19 +197,65 @@ def main() -> None:
     cdc = FastCDC(setup.chunk_avg, min_size=setup.chunk_min, max_size=setup.chunk_max)
     zc = zstandard.ZstdCompressor(level=setup.level)
     decode = msgspec.msgpack.Decoder(Request).decode
-    while True:
-        msg, fds, _flags, _addr = socket.recv_fds(req, REQUEST_MAX, 1)
-        if not msg:
-            return  # the parent closed the channel: done
-        for extra in fds[1:]:
-            os.close(extra)
-        request = decode(msg)
-        if not fds:
-            _send(res, Results([Failed(i, "no directory descriptor received")
-                                for i in request.idxs], True))
-            continue
-        try:
-            _batch(request, fds[0], setup, known, cdc, zc, res)
-        finally:
-            os.close(fds[0])
+    # Every request already queued on the socket (up to READER_WINDOW) is taken in and
+    # its files opened and announced (WILLNEED) before the first is read: on a cold disk
+    # a request is often a directory of a few files, and the reads of one at a time left
+    # the disk's queue nearly empty (the parent keeps the window full).
+    queued: deque[tuple[Request, Opened]] = deque()
+    try:
+        while True:
+            got = _receive(req, decode, block=not queued)
+            if got is not None:
+                if got[0] is _CLOSED:
+                    return  # the parent closed the channel: done
+                if got[1] is None:
+                    _send(res, Results([Failed(i, "no directory descriptor received")
+                                        for i in got[0].idxs], True))
+                else:
+                    queued.append(_take(got[0], got[1]))
+                continue  # take in what else is queued first
+            request, opened = queued.popleft()
+            _batch(request, opened, setup, known, cdc, zc, res)
+    finally:
+        for _r, opened in queued:
+            _close(opened)
+
+
+_CLOSED = Request([], [], [])  # what _receive gives once the parent closed the channel
+
+
+def _receive(req: socket.socket, decode: Callable[[bytes], Request],
+             block: bool) -> tuple[Request, int | None] | None:
+    """The next request and its directory fd (None: none came with it); (_CLOSED, None)
+    once the parent closed the channel; None when not `block` and nothing is queued."""
+    fds = array("i")
+    try:  # recvmsg, not socket.recv_fds: Python 3.11's ignores its flags (MSG_DONTWAIT)
+        msg, anc, _flags, _addr = req.recvmsg(REQUEST_MAX, socket.CMSG_LEN(fds.itemsize),
+                                              0 if block else socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if not msg:
+        for fd in fds:
+            os.close(fd)
+        return _CLOSED, None
+    for extra in fds[1:]:
+        os.close(extra)
+    return decode(msg), (fds[0] if fds else None)
+
+
+def _take(request: Request, dfd: int) -> tuple[Request, Opened]:
+    """A request's files opened beneath its directory fd, which is closed then."""
+    try:
+        return request, _open(request.names, request.sizes, dfd)
+    finally:
+        os.close(dfd)
+
+
+def _close(opened: Opened) -> None:
+    for got in opened:
+        if not isinstance(got, OSError):
+            os.close(got[0])
 

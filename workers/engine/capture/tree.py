@@ -208,15 +208,17 @@ class Walker:
     numbers and hard-link groups into the tree, and taking each regular file unchanged
     since the parent snapshot from the parent's entry. What is left to read is the second
     pass's (archiver.py): `on_dir` gets each directory's path, inode and the tree indexes
-    of its files to read (those read whole, and the big ones read in blocks) once the walk
-    has finished listing it (its subdirectories first), so reading may start while the
-    walk goes on. A mount point inside the state is kept as a directory,
-    its contents not captured."""
+    of its files to read whole once the walk has finished listing it (its subdirectories
+    first), so reading may start while the walk goes on; `on_big` gets each big file (read
+    in blocks) as soon as it is walked, with its directory's fd and its name, so the big
+    file's reads and compression overlap the rest of the walk and the small files. A mount
+    point inside the state is kept as a directory, its contents not captured."""
 
     def __init__(self, repo: Repository, tree: EncodedTree, parent: ParentCursor,
                  progress: Progress, warnings: list[str], root_dev: int,
                  mounts: set[tuple[int, int]], start_readers: Callable[[], None],
-                 on_dir: Callable[[bytes, int, array[int], array[int]], None]) -> None:
+                 on_dir: Callable[[bytes, int, array[int]], None],
+                 on_big: Callable[[int, bytes, int], None]) -> None:
         self.repo = repo
         self.tree = tree
         self.parent = parent
@@ -232,6 +234,7 @@ class Walker:
         # every later file: it starts the reader processes once)
         self._start_readers = start_readers
         self._on_dir = on_dir
+        self._on_big = on_big
 
     def walk(self, fd: int, rel: bytes) -> None:
         self.progress.poll()
@@ -244,8 +247,8 @@ class Walker:
             # directory, not the other filesystem.
             self.warnings.append(f"{os.fsdecode(rel)}: mount point, contents not captured")
             return
-        # indexes of its files to read (not unchanged since the parent): whole, in blocks
-        files, big = array("q"), array("q")
+        # indexes of its files to read whole (not unchanged since the parent)
+        files = array("q")
         dir_ino = st.st_ino
         for name in sorted(fsutil.iter_names(fd)):
             path = rel + b"/" + name if rel else name
@@ -297,15 +300,14 @@ class Walker:
                 continue
             if st.st_nlink > 1:
                 self._links[key] = path  # only once it is surely an entry: links name it
-            pending = False  # a file to read: final once read (EncodedTree.put)
+            pending = big = False  # a file to read: final once read (EncodedTree.put)
             if stat.S_ISREG(mode):
                 ent.size, ent.ctime_ns, ent.ino = st.st_size, st.st_ctime_ns, st.st_ino
                 self.total += st.st_size
                 if self._reuse(ent, p):
                     self.reused += st.st_size
                 elif fixed_block(self.repo.config, st.st_size):
-                    big.append(len(self.tree))  # read in blocks, not by the readers
-                    pending = True
+                    pending = big = True  # read in blocks (on_big), not by the readers
                 else:
                     files.append(len(self.tree))
                     pending = True
@@ -318,8 +320,10 @@ class Walker:
                 ent.kind = (FIFO if stat.S_ISFIFO(mode) else CHR if stat.S_ISCHR(mode)
                             else BLK if stat.S_ISBLK(mode) else SOCK)
                 ent.rdev = st.st_rdev
-            self.tree.append(ent, pending=pending)
-        self._on_dir(rel, dir_ino, files, big)
+            idx = self.tree.append(ent, pending=pending)
+            if big:
+                self._on_big(fd, name, idx)
+        self._on_dir(rel, dir_ino, files)
 
     def _reuse(self, e: Entry, p: Entry | None) -> bool:
         """Take a regular file's data from the parent's entry p when the file is unchanged
