@@ -11,7 +11,9 @@ and an `image` server holding a copy of the image, and times through the HTTP AP
 capture, one-file incremental, full restore into an empty server (a clone), and a restore
 onto that clone after 1 % of its files changed. Restic and borg run the same captures and
 restores on the same paths. Full restores run with the page cache dropped (cold) and again
-warm; captures run warm (the data was just copied). Prints one table (tool ÷ ours) and the
+warm. The page cache is dropped once before the full captures, so ours (first) captures
+cold; restic then finds the rootfs in the cache (ours read it buffered) and the image not
+(ours reads big files O_DIRECT); borg finds both. Prints one table (tool ÷ ours) and the
 pick-up latency percentiles of every operation of the run (from the event stream).
 """
 
