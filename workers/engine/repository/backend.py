@@ -37,6 +37,18 @@ def _start_writeback(fd: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+def _write_pieces(fd: int, data: bytes | Sequence[bytes]) -> int:
+    """Writes data (bytes, or pieces one after the other) from offset 0; its length."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        fsutil.write_full(fd, data, 0)
+        return len(data)
+    off = 0
+    for piece in data:
+        fsutil.write_full(fd, piece, off)
+        off += len(piece)
+    return off
+
+
 class Backend(Protocol):
     puts: int  # objects written so far (tests count them to prove nothing is re-written)
     put_keys: deque[str]  # the last tuning.RECENT_PUT_KEYS of their keys, oldest first
@@ -47,6 +59,11 @@ class Backend(Protocol):
         """Store data under key atomically (readers see all or nothing). durable=True makes
         the object itself durable before returning (commit points). exclusive=True never
         replaces an existing object and returns False if the key existed."""
+        ...
+
+    def put_pieces(self, key: str, pieces: Sequence[bytes]) -> bool:
+        """put(key, b"".join(pieces)), without that copy where the store allows (a local
+        file is written piece by piece: a pack's frames are never joined in memory)."""
         ...
 
     def get(self, key: str) -> bytes: ...
@@ -139,7 +156,12 @@ class LocalBackend:
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
 
-    def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
+    def put_pieces(self, key: str, pieces: Sequence[bytes]) -> bool:
+        return self.put(key, pieces)
+
+    def put(self, key: str, data: bytes | Sequence[bytes], *, durable: bool = False,
+            exclusive: bool = False) -> bool:
+        """data: bytes, or pieces written one after the other (put_pieces)."""
         final = self._path(key)
         if not durable and not exclusive and self._tmpfile:
             try:
@@ -167,7 +189,7 @@ class LocalBackend:
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 fd = os.open(tmp, fsutil.CREATE_FLAGS, 0o644)
             try:
-                fsutil.write_full(fd, data, 0)
+                _write_pieces(fd, data)
                 if durable:
                     os.fsync(fd)
                 else:
@@ -200,7 +222,7 @@ class LocalBackend:
             self.put_keys.append(key)
         return True
 
-    def _put_tmpfile(self, final: str, data: bytes) -> bool:
+    def _put_tmpfile(self, final: str, data: bytes | Sequence[bytes]) -> bool:
         """Unnamed O_TMPFILE inode, written, then linked into place: one directory operation
         per object, and a writer killed mid-way leaves nothing behind to clean up. False
         when a different-sized object already holds the name (the caller replaces it)."""
@@ -212,14 +234,14 @@ class LocalBackend:
             os.makedirs(d, exist_ok=True)
             fd = os.open(d, flags, 0o644)
         try:
-            fsutil.write_full(fd, data, 0)
+            size = _write_pieces(fd, data)
             _start_writeback(fd)
             try:
                 # src_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW), needed for the magic
                 # /proc link (plain link() would try to link the symlink itself: EXDEV).
                 os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
             except FileExistsError:  # same content from a concurrent writer, or torn
-                return os.stat(final).st_size == len(data)
+                return os.stat(final).st_size == size
         finally:
             os.close(fd)
         return True

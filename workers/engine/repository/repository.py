@@ -208,14 +208,17 @@ class Repository:
             return 0
         return self.put_object(cid, payload)
 
-    def put_object(self, cid: bytes, payload: bytes) -> int:
-        """Store the object cid (a chunk's payload, or a pack) unless present."""
+    def put_object(self, cid: bytes, payload: bytes | list[bytes]) -> int:
+        """Store the object cid (a chunk's payload, or a pack: its pieces) unless present."""
         with self._known_lock:
             if self._present(cid):
                 return 0
             self._pending.add(cid)
         try:
-            self.backend.put(chunk_key(cid), payload)
+            if isinstance(payload, list):
+                self.backend.put_pieces(chunk_key(cid), payload)
+            else:
+                self.backend.put(chunk_key(cid), payload)
         except BaseException:
             with self._known_lock:
                 self._pending.discard(cid)
@@ -224,7 +227,7 @@ class Repository:
             self._pending.discard(cid)
             self._known.add(cid)
             self._written.append(chunk_key(cid))
-        return len(payload)
+        return len(payload) if isinstance(payload, bytes) else sum(map(len, payload))
 
     def has_object(self, cid: bytes) -> bool:
         """Is cid stored as an object of its own (or being stored) by now?"""
@@ -246,7 +249,7 @@ class Repository:
         bytes newly written). The id is the keyed hash of the pack's tables."""
         head, table = packformat.tables([(len(p), n) for p, n in frames], members)
         pack = self.chunk_id(head + table)
-        n = self.put_object(pack, b"".join([head, *(p for p, _n in frames), table]))
+        n = self.put_object(pack, [head, *(p for p, _n in frames), table])
         idx = msgspec.msgpack.encode(members)
         # Not part of the commit barrier: an index lost or torn in a crash only costs
         # dedup (load_known skips what does not decode or names a missing pack).

@@ -111,6 +111,10 @@ class S3Backend:
         return s3retry.call(self.bucket, self.retry_for, what, fn)
 
     # --- writes -----------------------------------------------------------------------
+    def put_pieces(self, key: str, pieces: Sequence[bytes]) -> bool:
+        # one body: an upload in flight (and its retries) holds it whole anyway
+        return self.put(key, b"".join(pieces))
+
     def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
         if exclusive:
             return self.put_exclusive(key, data)
