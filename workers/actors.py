@@ -81,7 +81,8 @@ def _store() -> Store:
 
 @cache
 def _engine() -> Engine:
-    return open_engine(settings)
+    # Each capture and restore in a fresh process: the worker keeps no operation's heap.
+    return open_engine(settings, forking=True)
 
 
 def jobs() -> Jobs:

@@ -23,8 +23,14 @@ def storage_options(settings: Settings) -> StorageOptions:
     )
 
 
-def open_engine(settings: Settings) -> Engine:
-    """Raises StorageUnavailable (naming the bucket) when an s3:// bucket cannot be used."""
+def open_engine(settings: Settings, *, forking: bool = False) -> Engine:
+    """Raises StorageUnavailable (naming the bucket) when an s3:// bucket cannot be used.
+    forking: each capture and restore runs in a fresh child process (a worker's engine:
+    workers/engine/forked.py)."""
+    if forking:
+        from workers.engine.forked import ForkingEngine
+
+        return ForkingEngine(settings.storage_url, storage_options(settings))
     return Engine(settings.storage_url, storage_options(settings))
 
 

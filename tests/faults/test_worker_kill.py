@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,11 @@ def _capture_interrupted(
     max_exit_s: float | None = None,
     group: bool = True,
     power: dict[str, str] | None = None,
+    interrupt: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> dict[str, Any]:
-    """Starts a capture of `state`, interrupts its worker with `sig` mid-way, lets another
-    worker finish it, and proves nothing stored before the interruption was stored again.
-    Answers the server."""
+    """Starts a capture of `state`, interrupts its worker with `sig` mid-way (or with
+    `interrupt(worker)`), lets another worker finish it, and proves nothing stored before
+    the interruption was stored again. Answers the server."""
     client = svc.client()
     server = add_server(client, str(state), power=power)
     resp = client.post("/snapshots/", json={"server_id": server["id"], "name": "big",
@@ -55,7 +58,9 @@ def _capture_interrupted(
     victim = svc.workers[0]
     svc.start_worker()  # "elsewhere": the job resumes on another worker process
     started = time.monotonic()
-    if group:
+    if interrupt is not None:
+        interrupt(victim)
+    elif group:
         svc.kill(victim, sig)
     else:
         os.kill(victim.pid, sig)  # the main process only; it signals its children once
@@ -150,6 +155,82 @@ def test_sigterm_mid_capture_exits_in_time_and_resumes_elsewhere(
     # in progress then (with the fault tests' 0.2 s it may finish the capture meanwhile).
     svc = make_service(SNAPSHOTS_RETRY_BACKOFF="2").start(workers=1)
     _capture_interrupted(svc, big_state, signal.SIGTERM, max_exit_s=30, group=group)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def _operation_process(main: int) -> int | None:
+    """The process a worker forked for its running operation: a child of a Dramatiq worker
+    process (itself a child of the main process), with the same command line."""
+    for worker in _children(main):
+        for pid in _children(worker):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"dramatiq" in f.read():
+                    return pid
+    return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")  # a zombie until reaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("victim", ["operation", "worker-process"])
+def test_sigkill_of_the_operations_process_or_of_its_worker_process(
+    make_service: ServiceFactory, big_state: Path, victim: str
+) -> None:
+    # Each capture runs in a process forked for it (workers/engine/forked.py). Killed alone
+    # (the OOM killer's choice), it is a transient failure: the job is retried and resumes
+    # from what was stored. Its Dramatiq worker process killed alone (the main process
+    # lives on), it dies at once with it (no orphan goes on capturing while another worker
+    # takes the operation over), and the capture resumes on the other worker.
+    svc = make_service().start(workers=1)
+
+    def interrupt(worker: subprocess.Popen[bytes]) -> None:
+        child = wait_until(lambda: _operation_process(worker.pid), timeout=10,
+                           what="the operation's process")
+        if victim == "operation":
+            os.kill(child, signal.SIGKILL)
+        else:
+            (parent,) = _children(worker.pid)
+            os.kill(parent, signal.SIGKILL)
+        wait_until(lambda: _gone(child), timeout=5, interval=0.01,
+                   what="the operation's process to die")
+
+    _capture_interrupted(svc, big_state, signal.SIGKILL, interrupt=interrupt)
+
+
+def test_a_capture_deleted_mid_way_stops_its_process_and_commits_nothing(
+    make_service: ServiceFactory, big_state: Path
+) -> None:
+    # The cancel check crosses into the operation's process: a delete of the snapshot
+    # being captured stops the capture within seconds, not at the end of the tree (at
+    # 10 MB/s the 120 MB take 12 s at least).
+    svc = make_service(FAULT_TEST_MBPS="10").start(workers=1)
+    client = svc.client()
+    server = add_server(client, str(big_state))
+    resp = client.post("/snapshots/", json={"server_id": server["id"], "name": "doomed"})
+    assert resp.status_code == 201, resp.text
+    snap_id = resp.json()["id"]
+    wait_progress(client, snap_id)
+    child = _operation_process(svc.workers[0].pid)
+    assert child is not None
+    assert client.delete(f"/snapshots/{snap_id}/").status_code == 204
+    wait_until(lambda: _gone(child), timeout=5, interval=0.05,
+               what="the capture's process to stop")
+    assert client.get(f"/snapshots/{snap_id}/").status_code == 404
+    assert not (svc.repository / "snapshots" / str(snap_id)).exists()
+    # the worker goes on: the next capture of the same server succeeds
+    assert snapshot(client, server["id"], name="after")["status"] == "available"
 
 
 @pytest.mark.parametrize("path", ["staging", "patch"])

@@ -2,6 +2,8 @@
 
 Packages by concept (restic's `internal/` split); data flows down, never up:
 
+    forked.py           ForkingEngine: a worker's engine, each capture and restore forked
+      |
     engine.py           Engine: the facade (capture, restore, verify, delete, reclaim, recover)
       |
       +-- capture/      directory capture: archiver, reader worker processes

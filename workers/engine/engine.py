@@ -69,6 +69,7 @@ def _now() -> str:
 
 class Engine:
     def __init__(self, storage_url: str, options: StorageOptions | None = None) -> None:
+        self.storage_url = storage_url
         self.options = options or StorageOptions()
         self.backend: Backend
         self.lock: RepoLock

@@ -97,6 +97,10 @@ LIST_CACHE_MAX_AGE = 3600.0  # seconds: rebuild the listing cache at least this 
 # how those files are cut into chunks.
 IMAGE_THREADS = 4
 
+# --- a worker's operations, each in a forked process (forked.py) ---------------------------
+FORKED_POLL = 0.25  # seconds between the parent's should_stop polls while a child runs
+FORKED_STOP_GRACE = 20.0  # seconds a child stopped by SIGTERM has to unwind, then SIGKILL
+
 # --- progress -------------------------------------------------------------------------------
 PROGRESS_INTERVAL = 0.25  # seconds: well under the 1 s promise, cheap enough to ignore
 

@@ -1,0 +1,88 @@
+"""A worker's engine runs each capture and restore in a child forked for it
+(workers/engine/forked.py): the same results, errors and progress as in-process, nothing
+done by the parent itself, and a child that dies is a transient error (retried)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine.conftest import build_full_tree, dir_state, make_meta
+from tests.engine.treecmp import describe
+from workers.engine import SnapshotNotFound, TransientEngineError
+from workers.engine.forked import ForkingEngine
+
+
+def _children() -> list[int]:
+    """This process's children that are forks of it (same command line)."""
+    with open("/proc/self/cmdline", "rb") as f:
+        me = f.read()
+    out = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            for pid in map(int, f.read().split()):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as c:
+                        if c.read() == me:
+                            out.append(pid)
+                except FileNotFoundError:
+                    pass
+    return out
+
+
+def test_capture_and_restore_run_in_a_child_with_the_same_results(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_full_tree(src)
+    engine = ForkingEngine(f"file://{tmp_path / 'repo'}")
+    seen: list[tuple[int, int]] = []
+    pids: set[int] = set()
+    puts = engine.backend.puts  # the repository's config, made when the engine opened it
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        pids.update(_children())
+
+    result = engine.capture(make_meta(1), dir_state(src), progress=progress)
+    assert result.snapshot_id == 1 and result.files > 5
+    assert seen and seen[-1][0] == seen[-1][1] > 0  # relayed up to the end
+    assert pids and os.getpid() not in pids  # reported while a child ran
+    assert engine.backend.puts == puts  # this process stored nothing itself
+    assert engine.last_bytes_read > 6 << 20  # the child's count, handed back
+    assert engine.get_snapshot(1) is not None
+    assert engine.capture(make_meta(1), dir_state(src)) == result  # committed: the same
+
+    dst = tmp_path / "dst"
+    engine.restore(1, dir_state(dst))
+    assert describe(dst) == describe(src)
+    # A live restore swaps a new tree in and leaves the old one to the janitor, in the
+    # background: the child hands it over before it ends, this process removes it.
+    (dst / "etc" / "hostname").write_text("changed\n")
+    engine.restore(1, dir_state(dst), live=True)
+    assert describe(dst) == describe(src)
+    deadline = time.monotonic() + 30
+    while [p for p in tmp_path.iterdir() if ".restore-" in p.name]:
+        assert time.monotonic() < deadline, "the old tree was never removed"
+        time.sleep(0.05)
+    with pytest.raises(SnapshotNotFound, match="snapshot 7 not found"):  # its own type
+        engine.restore(7, dir_state(tmp_path / "none"))
+    assert not _children()  # every child waited for
+
+
+def test_a_child_that_dies_is_a_transient_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_full_tree(src)
+    engine = ForkingEngine(f"file://{tmp_path / 'repo'}")
+
+    def kill_it(_done: int, _total: int) -> None:
+        for pid in _children():
+            os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(TransientEngineError, match=r"process died \(killed by SIGKILL\)"):
+        engine.capture(make_meta(1), dir_state(src), progress=kill_it)
+    assert engine.get_snapshot(1) is None
+    assert not _children()
+    assert engine.capture(make_meta(1), dir_state(src)).snapshot_id == 1  # a retry resumes
