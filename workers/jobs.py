@@ -392,17 +392,23 @@ class Jobs:
             status = self._settle_power(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)
             return
+        if not self._may_power(op.id, server):
+            return  # the reaper ended it meanwhile, and the server is another operation's
         status, why = settle(driver, should_run)
-        if should_run and status != "running":
-            self.store.fail_operation(
-                op.id,
-                "power_failed",
-                "The state was restored, but the server did not start again"
-                + (f": {why}" if why else "."),
-                server_status=status,
-            )
-            return
-        self.store.complete_restore(op.id, status)
+        try:
+            if should_run and status != "running":
+                self.store.fail_operation(
+                    op.id,
+                    "power_failed",
+                    "The state was restored, but the server did not start again"
+                    + (f": {why}" if why else "."),
+                    server_status=status,
+                )
+            else:
+                self.store.complete_restore(op.id, status)
+        finally:
+            # Ends the power hold (and says what the server is, if the reaper ended it).
+            self.store.set_server_power(server.id, status, held_by=op.id)
 
     def _still_running(self, op_id: int) -> bool:
         current = self.store.get_operation(op_id)

@@ -1,5 +1,5 @@
 -- ARGV: server id, operation id, seconds. A job puts its server's power back (starts it
--- again after a stop_server capture, settles it after a restore the reaper ended) only
+-- again after a stop_server capture, settles it at a restore's end) only
 -- while no other operation holds the server: a delete of the snapshot being captured, or
 -- the reaper, ends the operation and frees the server at once, and a restore that took it
 -- since is replacing the state, which a start would run the server on. The power is held
@@ -7,7 +7,7 @@
 -- operation starts on the server meanwhile (_lib.lua server_busy).
 local srv = hgetall('server:' .. ARGV[1])
 if srv.id == nil then return fail('not_found', 'Server ' .. ARGV[1] .. ' not found.') end
-if srv.status == 'restoring' or (not empty(srv.active_op) and srv.active_op ~= ARGV[2]) then
+if (srv.status == 'restoring' or not empty(srv.active_op)) and srv.active_op ~= ARGV[2] then
   return fail('server_invalid_state', 'Server ' .. srv.id .. ' is held by operation ' ..
     (srv.active_op or '?') .. '.')
 end

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from shared.schemas import Hooks, PowerCommand, ServerCreate, ServerState, SnapshotCreate
 from shared.settings import Settings
 from shared.store import Store
@@ -88,3 +90,40 @@ def test_given_up_restore_puts_the_power_back_and_says_so(
     assert flag.exists()
     server = store.get_server(server_id)
     assert server is not None and server.status == "running"
+
+
+def test_a_restore_ended_under_it_leaves_the_power_to_the_next_operation(
+    store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reaper ends a restore at its deadline while the job still writes (freeing the
+    # server), and another restore takes the server: the first job, finishing, started the
+    # server under the second one's work.
+    state, flag = tmp_path / "state", tmp_path / "running"
+    state.mkdir()
+    (state / "a.bin").write_bytes(b"a" * 300_000)
+    flag.touch()
+    server_id = store.create_server(ServerCreate(
+        name="game-01", account="acme", state=ServerState(kind="directory", path=str(state)),
+        power=PowerCommand(stop=f"rm -f {flag}", start=f"touch {flag}",
+                           status=f"test -e {flag}")))
+    jobs = Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5)
+    snapshot_id, create_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s"))
+    jobs.run(create_id)
+    (state / "a.bin").write_bytes(b"b" * 300_000)
+    first = store.start_restore(account=None, snapshot_id=snapshot_id)
+    taken: list[int] = []
+    report = store.report_progress
+
+    def reaped_then_taken(op_id: int, percent: int) -> None:
+        if not taken:
+            assert store.fail_operation(op_id, "deadline_exceeded", "too long", "stopped")
+            taken.append(store.start_restore(account=None, snapshot_id=snapshot_id))
+        report(op_id, percent)
+
+    monkeypatch.setattr(store, "report_progress", reaped_then_taken)
+    jobs.run(first)
+    assert taken, "the restore reported no progress"
+    assert not flag.exists()  # the second restore owns the server's power
+    server = store.get_server(server_id)
+    assert server is not None and server.status == "restoring"
