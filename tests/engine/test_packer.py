@@ -150,10 +150,21 @@ def test_sparse_reads_coalesce_nearby_frames(engine: Engine, tmp_path: Path) -> 
     cache.prefetch(plan)
     fetch = cache._fetch
     assert fetch is not None
-    for _i, p, o, n in want:
-        assert fetch.take(p, o, n) is not None
+    taken = [fetch.take(p, o, n) for _i, p, o, n in want]
+    assert all(taken)
     cache.close()
     assert fetch.gets == 3  # the table, the two neighbours together, the far one
+    # A writer taking over another's rest is handed the tables that one read: no table GET
+    handed = cache.known_layouts([pack, b"\0" * 32])
+    assert [p for p, _lay in handed] == [pack]
+    thief = PackCache(engine.repo, 1)
+    thief.seed_layouts(handed)
+    thief.prefetch(plan)
+    fetch = thief._fetch
+    assert fetch is not None
+    assert [fetch.take(p, o, n) for _i, p, o, n in want] == taken
+    thief.close()
+    assert fetch.gets == 2  # the two neighbours together, the far one
 
 
 def _old_repository(engine: Engine, src: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from workers.engine import Engine, tuning
+from workers.engine.repository.packformat import Layout
 from workers.engine.restore import shares, writerpool
 from workers.engine.restore.messages import End, WriterMessage
 from workers.engine.workerproc import frames
@@ -36,6 +37,7 @@ def test_a_writer_done_first_takes_over_half_of_what_another_has_left(
     engine.capture(make_meta(1), dir_state(src))
     monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
     monkeypatch.setattr(tuning, "RESTORE_PROCESSES", 2)
+    monkeypatch.setattr(tuning, "RESTORE_STEAL_MIN", 100)
 
     def lopsided(self: shares.Files, n: int) -> list[array[int]]:
         return [self.indexes[:-2], self.indexes[-2:]]
@@ -139,9 +141,9 @@ def test_with_three_writers_one_left_waiting_during_a_cut_is_given_work_once_it_
                 if ends[0] == 2:
                     os.kill(slow.proc.pid, signal.SIGCONT)
 
-        def recorded(i: int, share: list[int]) -> None:
+        def recorded(i: int, share: list[int], layouts: list[tuple[bytes, Layout]]) -> None:
             given.append(i)
-            give(i, share)
+            give(i, share, layouts)
 
         pool._handle = handle_then_resume  # type: ignore[method-assign]
         pool._give = recorded  # type: ignore[method-assign]

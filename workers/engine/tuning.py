@@ -57,9 +57,17 @@ RESTORE_PROCESS_THRESHOLD = 64 << 20  # bytes of files to write
 DECODED_ENTRIES_MAX = 100_000
 FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between processes
 COPY_BLOCK = 1 << 20  # a live restore's copy of a current file, per read
-WRITER_BATCH = 64  # files per Written message of a writer process
-# a restore writer that finished takes over half of another's rest from this many files on
-RESTORE_STEAL_MIN = 1024
+# files per Written message of a writer process: each send wakes the parent, which may take
+# the writer's core (10k-file S3 bench, a writer's 82 sends at 64 files took 0.02-0.03 s on
+# a quiet machine, 0.1-0.2 s under load 3-5; at 1,024 files 7-10 sends, 0.003-0.05 s); the
+# parent judges a cut from the files reported, so far fewer would make it judge blind
+WRITER_BATCH = 256
+# a restore writer that finished takes over half of another's rest from this many files on:
+# a rest taken over starts with ranged GETs of its own (S3: their first bytes 50-100 ms
+# away under load, while the writer whose rest it was streams it already: at 1,024, one
+# traced thief ended 70 ms after its victim), and each take-over adds a GET per pack it
+# reads (10k-file bench: 9 GETs with none, 11 or 13 with one or two)
+RESTORE_STEAL_MIN = 2048
 # A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
 # differ; beyond that, rebuilding in staging costs about the same and needs no undo.
 PATCH_MIN = 16

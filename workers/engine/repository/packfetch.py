@@ -10,7 +10,8 @@ reads them. Each pack the plan touches is one job, in order of first need:
   read as it arrives: each frame is decoded, and its members can be written, as soon as
   its bytes are in, not once the whole pack (32 MiB) is (the writers used to wait for
   that first GET to end, 0.3-0.7 s on the loaded machine here).
-- sparse (a few files of a pack): the frame table (one GET of HEADER_MAX bytes), then the
+- sparse (a few files of a pack): the frame table (one GET of HEADER_MAX bytes, unless the
+  cache knows it: a writer taking over another's rest is handed its tables), then the
   needed frames, neighbours closer than tuning.RESTORE_COALESCE_GAP merged into one GET.
 Up to tuning.RESTORE_FETCH_STREAMS jobs run at once, while the plaintext of the jobs
 running or not yet consumed stays under tuning.RESTORE_FETCH_BYTES. A read whose job has not
@@ -40,6 +41,7 @@ class PackCache(Protocol):
     repo: Repository
 
     def layout(self, pack: bytes, head: bytes | None = None) -> Layout: ...
+    def known_layout(self, pack: bytes) -> Layout | None: ...
     def zd(self) -> zstandard.ZstdDecompressor: ...
 
 _NEW, _RUNNING, _DONE = 0, 1, 2
@@ -223,13 +225,17 @@ class Prefetch:
             assert lay is not None
             refs = job.refs  # those in the bytes that came are decoded
         else:
-            data = self._get(key, 0, packformat.HEADER_MAX)
-            if data[:1] != bytes([packformat.PACK]):
-                return  # an older format: read on demand, as before
-            lay = self.cache.layout(job.pack, data)
+            known = self.cache.known_layout(job.pack)
+            if known is not None:  # handed over by the writer whose rest this is
+                lay, got = known, 0
+            else:
+                data = self._get(key, 0, packformat.HEADER_MAX)
+                if data[:1] != bytes([packformat.PACK]):
+                    return  # an older format: read on demand, as before
+                lay = self.cache.layout(job.pack, data)
+                bufs.append((0, data))
+                got = len(data)
             refs = self._refs(job, lay)
-            bufs.append((0, data))
-            got = len(data)
         group: list[packformat.Frame] = []
         for i in sorted(refs):
             f = lay.frames[i]

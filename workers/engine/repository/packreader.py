@@ -42,6 +42,16 @@ class _Lru(Generic[V]):
         self._loading: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
 
+    def peek(self, key: Hashable) -> V | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: Hashable, val: V) -> None:
+        with self._lock:
+            self._items[key] = val
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
         with self._lock:
             val = self._items.get(key)
@@ -110,6 +120,22 @@ class PackCache:
         if head is not None and head[:1] == bytes([packformat.PACK]):
             return self._layouts.get(pack, lambda: pack_layout(head))
         return self._layouts.get(pack, lambda: self._read_layout(pack))
+
+    def known_layout(self, pack: bytes) -> Layout | None:
+        """The layout of a format-3 pack when it is known without a request: read
+        already, or handed over (seed_layouts)."""
+        lay = self._layouts.peek(pack)
+        return lay if lay is not None and lay.kind == packformat.PACK else None
+
+    def known_layouts(self, packs: Iterable[bytes]) -> list[tuple[bytes, Layout]]:
+        return [(p, lay) for p in packs if (lay := self.known_layout(p)) is not None]
+
+    def seed_layouts(self, layouts: Iterable[tuple[bytes, Layout]]) -> None:
+        """Layouts another reader of the same packs found (a restore writer taking over
+        the rest of another's share): their frame tables are not read again."""
+        for pack, lay in layouts:
+            if lay.kind == packformat.PACK:
+                self._layouts.put(pack, lay)
 
     def _read_layout(self, pack: bytes) -> Layout:
         key = chunk_key(pack)

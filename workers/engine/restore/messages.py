@@ -5,8 +5,9 @@ GO (the first carries the staging directory's fd) on the request socket. Writer 
 one WriterMessage per frame, a tagged union (the tag is the first array element): Wrote
 as bytes are written, Written for each batch of finished files, then End, or Failed and
 it stops. A CUT on the request socket (with the share position the parent would like the
-writer to stop at) is answered with Cut, where it will really stop: the rest of its share
-is then another writer's, which finished its own first (writerpool.py says why).
+writer to stop at) is answered with Cut, where it will really stop, and the frame tables
+it read of the packs the rest is read from: the rest of its share is then another
+writer's, which finished its own first (writerpool.py says why) and reads no table again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 import msgspec
 
 from ..model import StorageOptions
+from ..repository.packformat import Layout
 
 
 class Setup(msgspec.Struct, array_like=True):
@@ -32,6 +34,9 @@ class Share(msgspec.Struct, array_like=True):
     # Those entries' msgpack, as in the manifest: the worker holds its share only, not a
     # whole million-entry manifest.
     entries: list[msgspec.Raw]
+    # frame tables of packs these files are read from, as the writer whose rest this was
+    # had read them: a sparse read of one is then one ranged GET, not two
+    layouts: list[tuple[bytes, Layout]] = []
 
 
 class Wrote(msgspec.Struct, array_like=True, tag="p"):
@@ -54,6 +59,7 @@ class Cut(msgspec.Struct, array_like=True, tag="cut"):
     asked for, and past every file it has started)."""
 
     at: int
+    layouts: list[tuple[bytes, Layout]] = []  # what it knows of the rest's packs (Share)
 
 
 class Failed(msgspec.Struct, array_like=True, tag="err"):

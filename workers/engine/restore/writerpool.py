@@ -13,6 +13,7 @@ import msgspec
 
 from .. import tuning
 from ..model import SnapshotCorrupt, TransientEngineError
+from ..repository.packformat import Layout
 from ..repository.repository import Repository
 from ..workerproc import frames
 from ..workerproc.process import start_workers
@@ -119,7 +120,7 @@ class RestorePool:
                 rest = cut.share[msg.at:]
                 del cut.share[msg.at:]
                 if rest:
-                    self._give(thief, rest)
+                    self._give(thief, rest, msg.layouts)
                 else:
                     self._hungry.append(thief)
                 self._feed()
@@ -154,13 +155,13 @@ class RestorePool:
             raise TransientEngineError("a restore worker process died") from e
         self.steals += 1
 
-    def _give(self, i: int, share: list[int]) -> None:
+    def _give(self, i: int, share: list[int], layouts: list[tuple[bytes, Layout]]) -> None:
         self._runs[i] = _Run(share)
         w = self.workers[i]
         try:
             w.req.send(GO)
             frames.send(w.res, self._enc.encode(Share(self._owner, share,
-                                                      [self._raw(j) for j in share])))
+                                                      [self._raw(j) for j in share], layouts)))
         except frames.PEER_GONE as e:
             raise TransientEngineError("a restore worker process died") from e
 

@@ -38,6 +38,7 @@ from ..workerproc import child, frames
 from .messages import CUT, GO, Cut, End, Failed, Setup, Share, WriterMessage, Written, Wrote
 
 if TYPE_CHECKING:
+    from ..repository.packformat import Layout
     from .treewriter import TreeWriter
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -87,6 +88,18 @@ def main() -> None:
         w.packs.close()
 
 
+def _layouts(w: TreeWriter, share: Share, at: int) -> list[tuple[bytes, Layout]]:
+    """The frame tables this writer knows of the packs its share's files from `at` on are
+    read from (for the writer that takes them over)."""
+    packs: set[bytes] = set()
+    for raw in share.entries[at:]:
+        e = manifest.entry(raw)
+        if e.pack:
+            packs.add(e.pack)
+        packs.update(pack for _i, pack, _o, _n in e.slices)
+    return w.packs.known_layouts(packs)
+
+
 def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
                  res: socket.socket, local: bool) -> bool:
     """Write the share's files, up to a cut the parent asks for meanwhile; False when it
@@ -96,6 +109,7 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
     if not local:
         # every read is a request: the share's packs are read ahead, a few GETs at once,
         # as the thread path does (a local pack is read on demand, a pread per member)
+        w.packs.seed_layouts(share.layouts)
         w.packs.prefetch(manifest.entry(raw) for raw in share.entries)
     batch: list[tuple[int, int, int]] = []
     before = w.bytes_written  # not 0: a writer that takes over a cut has written a share
@@ -112,8 +126,12 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
                 else:
                     if not ask:
                         return False
-                    end = max(pos, min(end, int.from_bytes(ask[len(CUT):], "big")))
-                    _send(res, Cut(end))
+                    # the parent asks from the files reported (up to a batch behind): the
+                    # second half of what is really left, if that is less
+                    end = max(pos, min(end, max(int.from_bytes(ask[len(CUT):], "big"),
+                                                pos + (end - pos) // 2)))
+                    given = end < len(share.indexes)  # a rest the thief will read
+                    _send(res, Cut(end, _layouts(w, share, end) if given else []))
                     if pos >= end:
                         break
             idx, e = share.indexes[pos], manifest.entry(share.entries[pos])
