@@ -65,8 +65,15 @@ class Event(msgspec.Struct):
     data: dict[str, Any]
 
 
+# Both parts of a Redis stream id are unsigned 64-bit: an id past that is no id at all.
+_STREAM_ID_MAX = 2**64 - 1
+
+
 def valid_stream_id(raw: str) -> bool:
-    return bool(_STREAM_ID.match(raw))
+    if not _STREAM_ID.match(raw):
+        return False
+    ms, _, seq = raw.partition("-")
+    return int(ms) <= _STREAM_ID_MAX and int(seq) <= _STREAM_ID_MAX
 
 
 def _int_or_none(raw: str | None) -> int | None:
