@@ -409,3 +409,27 @@ def test_small_files_dedup_across_packs_and_reclaim(engine: Engine, tmp_path: Pa
     engine.reclaim()
     assert not list((root / "packidx").iterdir())
     assert not [p for p in (root / "data").rglob("*") if p.is_file()]
+
+
+def test_the_janitor_outlives_a_symlink_planted_above_its_work(tmp_path: Path) -> None:
+    # A removal left to the janitor, whose parent then went through a symlink: the refusal
+    # (StateInvalid, not an OSError) ended the janitor's thread, and with it every removal
+    # scheduled after it.
+    from workers.engine.fs.removal import Janitor
+
+    host, rootfs = tmp_path / "host", tmp_path / "rootfs"
+    (host / "old").mkdir(parents=True)
+    (host / "old" / "keep").write_bytes(b"the host's")
+    (rootfs / "var" / "old").mkdir(parents=True)
+    subprocess.run(["rm", "-rf", str(rootfs / "var")], check=True)
+    os.symlink(host, rootfs / "var")
+    (tmp_path / "other" / "old").mkdir(parents=True)
+    janitor = Janitor()
+    janitor.schedule(str(rootfs / "var"), b"old", delay=0.0)
+    time.sleep(0.3)
+    janitor.schedule(str(tmp_path / "other"), b"old", delay=0.0)
+    deadline = time.monotonic() + 5
+    while (tmp_path / "other" / "old").exists():
+        assert time.monotonic() < deadline, "the janitor stopped"
+        time.sleep(0.05)
+    assert (host / "old" / "keep").read_bytes() == b"the host's"

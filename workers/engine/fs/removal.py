@@ -22,6 +22,7 @@ import threading
 import time
 
 from .. import tuning
+from ..model import StateInvalid
 from . import fsutil
 
 
@@ -229,7 +230,7 @@ class Janitor:
                 parent, name = key
                 try:
                     done = _remove_by_path(parent, name)
-                except OSError as e:
+                except (OSError, StateInvalid) as e:  # StateInvalid: a symlink on the way
                     log.warning("removing %s/%s: %s", parent, os.fsdecode(name), e)
                     done = False
                 with self._lock:
