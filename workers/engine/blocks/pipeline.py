@@ -28,14 +28,17 @@ Fetch = Callable[[int, bytes], bytes]  # (chunk index, chunk id) -> verified byt
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-def pipelined(items: Iterable[T], job: Callable[[T], R], consume: Callable[[R], None]) -> None:
-    """job(item) on IMAGE_THREADS threads, results consumed in order by the calling thread.
-    On an error the rest is cancelled and running jobs finish before this returns."""
-    with ThreadPoolExecutor(tuning.IMAGE_THREADS, thread_name_prefix="blocks") as pool:
+def pipelined(items: Iterable[T], job: Callable[[T], R], consume: Callable[[R], None],
+              threads: int = 0) -> None:
+    """job(item) on `threads` (default IMAGE_THREADS) threads, results consumed in order by
+    the calling thread. On an error the rest is cancelled and running jobs finish before
+    this returns."""
+    threads = threads or tuning.IMAGE_THREADS
+    with ThreadPoolExecutor(threads, thread_name_prefix="blocks") as pool:
         pending: deque[Future[R]] = deque()
         try:
             for item in items:
-                if len(pending) >= 2 * tuning.IMAGE_THREADS:
+                if len(pending) >= 2 * threads:
                     consume(pending.popleft().result())
                 pending.append(pool.submit(job, item))
             while pending:
@@ -64,11 +67,11 @@ class BlocksRead(NamedTuple):
 
 def read_blocks(fd: int, ranges: Callable[[int], Iterable[tuple[int, int]]], block: int,
                 store: Store, progress: Progress, *, skip_zero: bool,
-                stable: bool = True) -> BlocksRead:
+                stable: bool = True, threads: int = 0) -> BlocksRead:
     """Read the (offset, length) ranges(size) of fd, each at most `block` bytes, and store
     each (all-zero ones are left out when skip_zero). The file is read again, up to
     tuning.READ_RETRIES times, while its size, mtime or ctime change under the read
-    (stable=False: a block device, which has no such stamps)."""
+    (stable=False: a block device, which has no such stamps). `threads`: pipelined()'s."""
     local = threading.local()
     zero = bytes(block)
     st = os.fstat(fd)
@@ -103,7 +106,7 @@ def read_blocks(fd: int, ranges: Callable[[int], Iterable[tuple[int, int]]], blo
     try:
         for attempt in range(tuning.READ_RETRIES + 1):
             blocks.clear()
-            pipelined(ranges(st.st_size), job, consume)
+            pipelined(ranges(st.st_size), job, consume, threads)
             st2 = os.fstat(fd)
             if not stable or (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
                     st.st_size, st.st_mtime_ns, st.st_ctime_ns):

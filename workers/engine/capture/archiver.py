@@ -353,7 +353,7 @@ class Archiver:
             return self._packs.store_block(data)
 
         res = read_blocks(fd, lambda size: fixed_ranges(fd, size, bs), bs, store,
-                          self.progress, skip_zero=False)
+                          self.progress, skip_zero=False, threads=tuning.BIG_FILE_THREADS)
         st = res.st
         self._done(idx, res.blocks, b"", (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                          st.st_ino, st.st_mode, st.st_uid, st.st_gid),
