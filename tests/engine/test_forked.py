@@ -86,3 +86,48 @@ def test_a_child_that_dies_is_a_transient_error(tmp_path: Path) -> None:
     assert engine.get_snapshot(1) is None
     assert not _children()
     assert engine.capture(make_meta(1), dir_state(src)).snapshot_id == 1  # a retry resumes
+
+
+def test_a_child_forked_while_the_janitor_holds_its_lock_still_ends(tmp_path: Path) -> None:
+    """The worker's janitor thread (removing an old tree in the background) may hold its
+    lock at the moment an operation forks; the child, which has no such thread, must not
+    wait for that lock when it hands its leftovers back (it hung there, so the operation
+    never ended)."""
+    import threading
+
+    from workers.engine.fs.removal import janitor
+
+    src = tmp_path / "src"
+    build_full_tree(src)
+    engine = ForkingEngine(f"file://{tmp_path / 'repo'}")
+    held, forked = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with janitor._lock:
+            held.set()
+            forked.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(engine.capture(make_meta(1), dir_state(src),
+                                          progress=lambda d, t: forked.set()))
+        except Exception as e:  # the assertion below names it
+            outcome.append(e)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(20)
+    forked.set()
+    hung = runner.is_alive()
+    if hung:
+        for pid in _children():
+            os.kill(pid, signal.SIGKILL)
+        runner.join(10)
+    holder.join(5)
+    assert not hung, "the forked child waited for the parent's janitor lock"
+    assert outcome and not isinstance(outcome[0], Exception), outcome

@@ -11,6 +11,7 @@ comes back when the last one ends, and only if it was running before the first.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,19 @@ from contextlib import contextmanager
 _lock = threading.Lock()
 _depth = 0
 _was_enabled = False
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (forked.py) has only the thread that forked: the pauses of the others
+    are not its own, and the lock one of them may have held at the fork is a new one."""
+    global _lock, _depth
+    _lock = threading.Lock()
+    if _depth and _was_enabled:
+        gc.enable()
+    _depth = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager

@@ -192,6 +192,9 @@ class Janitor:
     be removed at once; logs each failure and, after the last retry, gives up loudly."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._todo: dict[tuple[str, bytes], tuple[int, float]] = {}  # -> (attempts, due)
         self._wake = threading.Event()
@@ -249,6 +252,10 @@ class Janitor:
 
 
 janitor = Janitor()
+# A process forked for an operation (forked.py) has none of its parent's threads: a lock the
+# parent's janitor thread held at the fork would be held forever, and a janitor that seems
+# to run would never start one. The child starts empty; the parent keeps its own work.
+os.register_at_fork(after_in_child=janitor._reset)
 
 
 def dispose(parent_fd: int, parent_path: str, name: bytes, trash: bytes, *,
