@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import blake3
 import msgspec
 
-from . import tuning
+from . import gcpause, tuning
 from .model import (
     CaptureResult,
     CommittedSnapshot,
@@ -251,7 +251,11 @@ class Engine:
         restorer = Restorer(self.repo, snapshot_id, body, state.path, prog, pool,
                             live=live, trust_manifest=header.ctimes_vouched, started=started)
         try:
-            return restorer.run()
+            # What a restore makes (records, batches, shares) is no cyclic garbage, and the
+            # collector walked every entry's lists again and again for nothing: 10k-file
+            # S3 restore, 30 collections, 7-40 ms of the parent's time (gcpause.py)
+            with gcpause.paused():
+                return restorer.run()
         finally:
             self.last_bytes_read = restorer.bytes_read
 
