@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-
-from pyfastcdc import FastCDC
+from typing import TYPE_CHECKING
 
 from ..fs import fsutil
 from .repository import Config, Repository
+
+if TYPE_CHECKING:  # imported when a chunker is made: a restore writing files needs none
+    from pyfastcdc import FastCDC
 
 
 class _RegionReader:
@@ -39,6 +41,8 @@ class _RegionReader:
 
 
 def make_cdc(repo: Repository) -> FastCDC:
+    from pyfastcdc import FastCDC  # ~4 ms of a fresh process's start: only when chunking
+
     cfg = repo.config
     return FastCDC(cfg.chunk_avg, min_size=cfg.chunk_min, max_size=cfg.chunk_max)
 

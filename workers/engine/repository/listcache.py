@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -348,6 +347,8 @@ def _journal_head(state: _State) -> bytes:
 
 
 def _replace(path: str, data: bytes) -> None:
+    import tempfile  # here: its imports (shutil, random, lzma...) cost every process ~5 ms
+
     fd, tmp = tempfile.mkstemp(prefix=".listing-", dir=os.path.dirname(path))
     with os.fdopen(fd, "wb") as f:
         f.write(data)
