@@ -12,7 +12,7 @@ from tests.e2e.flow import add_server, snapshot
 from tests.e2e.service import Service
 from tests.support.pickup import commands_per_second, percentiles, pickup_latencies_ms
 
-OPS = 10
+OPS = 6
 # The worker sits idle this long before each POST, past Dramatiq's longest back-off (1 s).
 GAP_S = 1.2
 
@@ -22,7 +22,7 @@ def test_idle_worker_picks_up_at_once_without_polling(service: Service, tmp_path
     op_ids = []
     with service.client() as api:
         servers = []
-        for i in range(OPS // 5):  # a server keeps 5 snapshots
+        for i in range((OPS + 4) // 5):  # a server keeps 5 snapshots
             (tmp_path / f"s{i}").mkdir()
             (tmp_path / f"s{i}" / "file").write_text("x")
             servers.append(add_server(api, str(tmp_path / f"s{i}"), name=f"pickup-{i}")["id"])
@@ -30,7 +30,7 @@ def test_idle_worker_picks_up_at_once_without_polling(service: Service, tmp_path
             time.sleep(GAP_S)
             op_ids.append(snapshot(api, servers[i // 5], name=f"p{i}")["operation_id"])
         time.sleep(GAP_S)
-        idle_rate = commands_per_second(client, 5.0)
+        idle_rate = commands_per_second(client, 3.0)
     pct = percentiles(pickup_latencies_ms(client, op_ids))
     print(f"pick-up ms: {pct}; idle commands/s: {idle_rate:.1f}")
     # Measured 15 ms p50 on the shared machine (README); generous for a loaded CI box.
