@@ -117,6 +117,12 @@ class State:
     server_id: int
 
 
+def _shown(path: Path) -> str:
+    """The path from the checkout where it is inside it; bench/.data may be a symlink to
+    elsewhere (DATA is resolved: a state path through a symlink is refused)."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def build_dataset(quick: bool) -> tuple[list[State], str]:
     DATA.mkdir(parents=True, exist_ok=True)
     full_rootfs = DATA / "rootfs"
@@ -130,8 +136,8 @@ def build_dataset(quick: bool) -> tuple[list[State], str]:
     kinds = build_image(image, size)
     nfiles = sum(len(fs) + len(ds) for _, ds, fs in os.walk(rootfs))
     desc = (
-        f"rootfs {rootfs.relative_to(ROOT)}: {du_bytes(rootfs, True) / MiB:.0f} MiB, "
-        f"{nfiles} entries; image {image.relative_to(ROOT)}: {size} MiB "
+        f"rootfs {_shown(rootfs)}: {du_bytes(rootfs, True) / MiB:.0f} MiB, "
+        f"{nfiles} entries; image {_shown(image)}: {size} MiB "
         f"(text {kinds['text']} / random {kinds['random']} / zero {kinds['zero']} MiB)"
     )
     states = [State("rootfs", "directory", rootfs, 1), State("image", "image", image, 2)]

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,6 +56,14 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+_AS_A_TERMINAL = (
+    "import os, signal, sys\n"
+    "for s in (signal.SIGINT, signal.SIGQUIT):\n"
+    "    signal.signal(s, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
+
 class MakeRun:
     """`make run` in its own process group, as a terminal would run it."""
 
@@ -68,8 +77,13 @@ class MakeRun:
                if k not in ("REDIS_URL", "SNAPSHOTS_ADMIN_TOKEN", "MAKEFLAGS", "MFLAGS")}
         env.update(MAKE_RUN_ENV, SNAPSHOTS_DATA_DIR=str(self.data_dir), PORT=str(self.port),
                    **extra_env)
+        # A terminal's foreground job gets Ctrl-C; a test run started in the background
+        # (`cmd &` in a script, as CI may be) has SIGINT ignored, which exec keeps and make
+        # then keeps too (it ignores an interrupt it was started ignoring), so make would
+        # not report the interrupt: make is exec'd with the terminal's default dispositions.
         self.proc = subprocess.Popen(
-            ["make", "-s", "run"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", _AS_A_TERMINAL, "make", "-s", "run"], cwd=ROOT, env=env,
+            stdin=subprocess.DEVNULL,
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
