@@ -10,6 +10,7 @@ import mmap
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import msgspec
@@ -187,6 +188,47 @@ def test_big_file_read_failing_mid_file_fails_the_capture_and_a_rerun_completes(
     out = tmp_path / "out"
     engine.restore(1, dir_state(out))
     assert_same(src, out)
+
+
+def test_a_state_of_many_big_files_holds_few_open_and_captures_every_one(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each big file holds a descriptor from its walk to its read (one thread reads them in
+    turn): a state of many (a database's 1 GiB segments) must not open them all at once.
+    It did: at the process's fd limit the rest were dropped as "vanished" (EMFILE)."""
+    import resource
+
+    from workers.engine.capture.archiver import Archiver
+
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    src.mkdir()
+    n = 120
+    for i in range(n):  # 4 MiB each (big here), one 4 KiB extent: cheap to read
+        with (src / f"seg.{i:03}").open("wb") as f:
+            f.write(b"%03d" % i * 1365)
+            f.truncate(4 * MiB)
+    orig = Archiver._read_big
+    first = [True]
+
+    def read_big(self: Archiver, fd: int, idx: int) -> None:
+        if first[0]:  # the walk gets well ahead of the reads
+            first[0] = False
+            time.sleep(0.3)
+        orig(self, fd, idx)
+
+    monkeypatch.setattr(Archiver, "_read_big", read_big)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 60, hard))
+    try:
+        res = engine.capture(make_meta(1), dir_state(src))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not res.warnings and res.files == n  # every segment
+    out = tmp_path / "out"
+    engine.restore(1, dir_state(out))
+    for i in (0, 57, n - 1):
+        data = (out / f"seg.{i:03}").read_bytes()
+        assert len(data) == 4 * MiB and data[:4095] == b"%03d" % i * 1365
 
 
 def test_capture_killed_mid_big_file_then_rerun_stores_no_block_twice(

@@ -110,6 +110,10 @@ IMAGE_THREADS = 4
 # alone, 1.98-3.17 s vs 2.86-4.26 s with 4 (alternating x3, load ~5.8), CPU 2.23-2.44 vs
 # 2.42-2.57 s
 BIG_FILE_THREADS = 2
+# Big files a directory capture holds open ahead of their reads (one thread reads them in
+# turn; the walk waits beyond this): a state of thousands (a database's 1 GiB segments)
+# opened them all at once and dropped the rest as vanished (EMFILE at the fd limit)
+BIG_FILES_OPEN = 16
 
 # --- a worker's operations, each in a forked process (forked.py) ---------------------------
 FORKED_POLL = 0.25  # seconds between the parent's should_stop polls while a child runs

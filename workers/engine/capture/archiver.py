@@ -92,6 +92,9 @@ class Archiver:
         self._big: list[Future[None]] = []
         self._big_thread: ThreadPoolExecutor | None = None
         self._big_stop = threading.Event()
+        # each big file holds a descriptor from its walk to the end of its read: at most
+        # this many at once (the walk waits), not every big file of the state
+        self._big_open = threading.BoundedSemaphore(tuning.BIG_FILES_OPEN)
         self._walking = False
         self._root_fd = -1
         self._held: dict[int, tuple[int, Entry]] = {}  # id(entry) -> (index, entry) in a pack
@@ -170,10 +173,13 @@ class Archiver:
 
     def _walked_big(self, dir_fd: int, name: bytes, idx: int) -> None:
         """A big file walked (Walker.on_big): opened now beneath the walk's own directory fd
-        (fsutil.open_regular) and read in blocks by the big-file thread meanwhile."""
+        (fsutil.open_regular) and read in blocks by the big-file thread meanwhile; the walk
+        waits while tuning.BIG_FILES_OPEN of them are open and not read yet."""
+        self._big_open.acquire()
         try:
             fd = fsutil.open_regular(name, dir_fd)
         except OSError as err:
+            self._big_open.release()
             self._drop(idx, f"vanished or replaced during capture ({err})")
             return
         try:
@@ -182,6 +188,7 @@ class Archiver:
             self._big.append(self._big_thread.submit(self._big_job, fd, idx))
         except BaseException:
             os.close(fd)
+            self._big_open.release()
             raise
 
     def _big_job(self, fd: int, idx: int) -> None:
@@ -190,6 +197,7 @@ class Archiver:
                 self._read_big(fd, idx)
         finally:
             os.close(fd)
+            self._big_open.release()
 
     def _end_big(self) -> None:
         """Stop the big files' reads (the capture failed) and wait for them to end."""
