@@ -131,3 +131,33 @@ def test_a_child_forked_while_the_janitor_holds_its_lock_still_ends(tmp_path: Pa
     holder.join(5)
     assert not hung, "the forked child waited for the parent's janitor lock"
     assert outcome and not isinstance(outcome[0], Exception), outcome
+
+
+def test_a_stop_asked_as_the_child_ends_still_gives_its_result() -> None:
+    """A stop asked for just as the child ends (a delete during a capture's commit): the
+    child exits with the request unread, and the kernel then resets the parent's end of the
+    socket instead of closing it. The result read before is still the outcome (the reset
+    raised ConnectionResetError: a committed capture failed, retried, its snapshot left
+    in the repository with no record)."""
+    import pickle
+    import select
+    import socket
+
+    from workers.engine import forked
+    from workers.engine.workerproc.frames import pack
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the child's side by hand: the result, then an end with the stop unread
+        try:
+            ours.close()
+            theirs.sendall(pack(pickle.dumps(("ok", "committed", []))))
+            select.select([theirs], [], [], 10)
+        finally:
+            os._exit(0)
+    theirs.close()
+    try:
+        assert forked._relay(ours, pid, None, lambda: True, []) == "committed"
+    finally:
+        ours.close()
+        forked._reap(pid)

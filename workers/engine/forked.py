@@ -133,7 +133,12 @@ def _relay(sock: socket.socket, pid: int, progress: ProgressFn | None,
     while True:
         ready, _w, _x = select.select([sock], [], [], tuning.FORKED_POLL)
         if ready:
-            data = sock.recv(1 << 16)
+            try:
+                data = sock.recv(1 << 16)
+            except ConnectionResetError:
+                # its end, with our stop request unread (it came as the child ended): the
+                # kernel resets a socket closed with unread data instead of closing it
+                data = b""
             if not data:
                 break
             for frame in frames.feed(data):
