@@ -161,3 +161,41 @@ def test_a_stop_asked_as_the_child_ends_still_gives_its_result() -> None:
     finally:
         ours.close()
         forked._reap(pid)
+
+
+def test_a_child_that_does_not_stop_when_asked_is_ended(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """A capture asked to stop (deleted, or ended by the reaper) whose child does not (stuck
+    where it never polls: a lock another thread held at the fork) is ended after
+    tuning.FORKED_STOP_GRACE, and the capture is Cancelled, as in-process. The parent
+    waited for it for good before: the worker's thread, and the repository's lock the
+    child held, never came back."""
+    import threading
+
+    from workers.engine import Cancelled, tuning
+    from workers.engine.capture.archiver import Archiver
+
+    src = tmp_path / "src"
+    build_full_tree(src)
+    engine = ForkingEngine(f"file://{tmp_path / 'repo'}")
+    monkeypatch.setattr(tuning, "FORKED_STOP_GRACE", 0.5)
+    monkeypatch.setattr(Archiver, "run", lambda self: time.sleep(60))  # never polls
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(engine.capture(make_meta(1), dir_state(src), should_stop=lambda: True))
+        except Exception as e:  # the assertions below name it
+            outcome.append(e)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(15)
+    hung = runner.is_alive()
+    if hung:
+        for pid in _children():
+            os.kill(pid, signal.SIGKILL)
+        runner.join(10)
+    assert not hung, "the parent waited for a child that did not stop"
+    assert outcome and isinstance(outcome[0], Cancelled), outcome
+    assert not _children()

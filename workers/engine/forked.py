@@ -40,6 +40,7 @@ from . import tuning
 from .engine import Engine
 from .fs.removal import janitor
 from .model import (
+    Cancelled,
     CaptureResult,
     ProgressFn,
     RestoreResult,
@@ -129,7 +130,7 @@ def _relay(sock: socket.socket, pid: int, progress: ProgressFn | None,
            should_stop: Callable[[], bool] | None, leftovers: list[tuple[str, bytes]]) -> Any:
     frames = FrameBuffer()
     outcome: tuple[Any, ...] | None = None
-    asked_stop = False
+    asked_stop: float | None = None  # when the child was asked to stop (time.monotonic())
     while True:
         ready, _w, _x = select.select([sock], [], [], tuning.FORKED_POLL)
         if ready:
@@ -147,10 +148,18 @@ def _relay(sock: socket.socket, pid: int, progress: ProgressFn | None,
                     progress(msg[1], msg[2])
                 elif msg[0] != "progress":
                     outcome = msg
-        if should_stop is not None and not asked_stop and should_stop():
-            asked_stop = True
+        if should_stop is not None and asked_stop is None and should_stop():
+            asked_stop = time.monotonic()
             with contextlib.suppress(OSError):
                 sock.sendall(_STOP)
+        elif asked_stop is not None and time.monotonic() - asked_stop > tuning.FORKED_STOP_GRACE:
+            # a child that does not stop (stuck: a lock another thread of the worker held at
+            # the fork) would hold this thread and the repository's lock for good: _reap
+            # ends it (SIGTERM, then SIGKILL), as a deleted capture ends in-process
+            if outcome is not None:
+                break  # its outcome came, only not its end
+            raise Cancelled(f"stopped on request: its process did not stop within "
+                            f"{tuning.FORKED_STOP_GRACE:.0f} s and was killed")
     if outcome is None:
         raise TransientEngineError(f"the operation's process died ({_exit_status(pid)})")
     leftovers += outcome[-1]

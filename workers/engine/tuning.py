@@ -117,7 +117,9 @@ BIG_FILES_OPEN = 16
 
 # --- a worker's operations, each in a forked process (forked.py) ---------------------------
 FORKED_POLL = 0.25  # seconds between the parent's should_stop polls while a child runs
-FORKED_STOP_GRACE = 20.0  # seconds a child stopped by SIGTERM has to unwind, then SIGKILL
+# seconds a child asked to stop (cancelled) has to end, then a child stopped by SIGTERM has
+# to unwind, then SIGKILL
+FORKED_STOP_GRACE = 20.0
 
 # --- progress -------------------------------------------------------------------------------
 PROGRESS_INTERVAL = 0.25  # seconds: well under the 1 s promise, cheap enough to ignore
