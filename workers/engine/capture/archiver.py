@@ -180,6 +180,7 @@ class Archiver:
             fd = fsutil.open_regular(name, dir_fd)
         except OSError as err:
             self._big_open.release()
+            fsutil.check_exhausted(err)
             self._drop(idx, f"vanished or replaced during capture ({err})")
             return
         try:
@@ -264,6 +265,7 @@ class Archiver:
         try:
             dfd = fsutil.open_dir_beneath(root_fd, fsutil.split(rel))
         except OSError as err:
+            fsutil.check_exhausted(err)
             self._drop_all(idxs, f"directory changed during capture ({err})")
             return None
         if os.fstat(dfd).st_ino != ino:
@@ -319,6 +321,7 @@ class Archiver:
                     try:
                         fd = fsutil.open_regular(path.rsplit(b"/", 1)[-1], dfd)
                     except OSError as err:
+                        fsutil.check_exhausted(err)
                         self._drop(i, f"vanished or replaced during capture ({err})")
                         continue
                     if size:

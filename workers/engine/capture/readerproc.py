@@ -158,8 +158,9 @@ def _batch(req: Request, opened: Opened, setup: Setup, known: set[bytes], cdc: F
     pending = 0
     try:
         for k, (idx, got) in enumerate(zip(req.idxs, opened, strict=True)):
-            if isinstance(got, OSError):
-                out.append(Gone(idx, f"vanished or replaced during capture ({got})"))
+            if isinstance(got, OSError):  # out of descriptors or memory: not the tenant's
+                out.append(Failed(idx, str(got)) if got.errno in fsutil.EXHAUSTED
+                           else Gone(idx, f"vanished or replaced during capture ({got})"))
                 continue
             r: FileResult
             try:

@@ -261,6 +261,7 @@ class Walker:
                 try:
                     sub = os.open(name, fsutil.DIR_FLAGS, dir_fd=fd)
                 except OSError as err:  # replaced by a symlink or removed meanwhile
+                    fsutil.check_exhausted(err)
                     self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err})")
                     continue
                 try:

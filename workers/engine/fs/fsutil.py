@@ -14,7 +14,7 @@ import re
 import stat
 from collections.abc import Iterator
 
-from ..model import StateInvalid
+from ..model import StateInvalid, TransientEngineError
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -72,6 +72,19 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
     _check(_libc.fallocate(ctypes.c_int(fd), ctypes.c_int(mode),
                            ctypes.c_int64(offset), ctypes.c_int64(length)))
+
+
+# Out of descriptors or memory is the worker's condition, not the tenant's doing: a file or
+# directory that cannot be opened for it has not "vanished", and a capture that dropped it
+# (as it drops what a tenant removes or swaps meanwhile) would be `available` without it.
+EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
+
+
+def check_exhausted(err: OSError) -> None:
+    """Raise TransientEngineError (the operation is retried) if `err` is the worker out of
+    file descriptors or memory; return otherwise (the caller's own handling applies)."""
+    if err.errno in EXHAUSTED:
+        raise TransientEngineError(f"the worker is out of resources: {err}") from err
 
 
 def open_regular(name: bytes, dir_fd: int) -> int:
@@ -267,7 +280,12 @@ def is_dir_mode(mode: int) -> bool:
 
 def iter_names(dir_fd: int) -> Iterator[bytes]:
     """Names of a directory given by fd, as bytes (non-UTF-8 names survive)."""
-    with os.scandir(dir_fd) as it:
+    try:
+        it = os.scandir(dir_fd)  # duplicates the descriptor
+    except OSError as err:
+        check_exhausted(err)
+        raise
+    with it:
         for e in it:
             yield os.fsencode(e.name)
 
