@@ -199,3 +199,24 @@ def test_a_child_that_does_not_stop_when_asked_is_ended(monkeypatch: pytest.Monk
     assert not hung, "the parent waited for a child that did not stop"
     assert outcome and isinstance(outcome[0], Cancelled), outcome
     assert not _children()
+
+
+def test_a_child_ended_after_its_commit_gives_the_committed_result(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A child asked to stop after it committed, and stuck before it said so, is ended as
+    any child that does not stop; the capture then answers the committed snapshot (the
+    job deletes it when its snapshot was deleted meanwhile), not Cancelled, which left a
+    committed snapshot nobody deleted."""
+    from workers.engine import tuning
+    from workers.engine.fs.removal import janitor
+
+    src = tmp_path / "src"
+    build_full_tree(src)
+    engine = ForkingEngine(f"file://{tmp_path / 'repo'}")
+    monkeypatch.setattr(tuning, "FORKED_STOP_GRACE", 0.5)
+    # the child's last step before it hands back its result: stuck there
+    monkeypatch.setattr(janitor, "pending", lambda: time.sleep(60))
+    manifest = tmp_path / "repo" / "snapshots" / "1"
+    result = engine.capture(make_meta(1), dir_state(src), should_stop=manifest.exists)
+    assert result.snapshot_id == 1 and result.files > 5
+    assert not _children()

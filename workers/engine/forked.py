@@ -81,7 +81,16 @@ class ForkingEngine(Engine):
                stop: Callable[[], bool] | None) -> tuple[CaptureResult, int]:
             return e.capture(meta, state, progress=prog, should_stop=stop), e.last_bytes_read
 
-        result, self.last_bytes_read = self._forked(op, progress, should_stop)
+        try:
+            result, self.last_bytes_read = self._forked(op, progress, should_stop)
+        except Cancelled:
+            # A child ended after it committed (stuck before it could say so): the
+            # snapshot is there, and the caller must know it (it deletes a snapshot that
+            # was deleted meanwhile), as when a capture in-process returns after its commit
+            done = self._committed_result(meta.snapshot_id)
+            if done is None:
+                raise
+            return done
         return result
 
     def restore(self, snapshot_id: int, state: StateSpec, *,
@@ -159,7 +168,7 @@ def _relay(sock: socket.socket, pid: int, progress: ProgressFn | None,
             if outcome is not None:
                 break  # its outcome came, only not its end
             raise Cancelled(f"stopped on request: its process did not stop within "
-                            f"{tuning.FORKED_STOP_GRACE:.0f} s and was killed")
+                            f"{tuning.FORKED_STOP_GRACE:g} s and was killed")
     if outcome is None:
         raise TransientEngineError(f"the operation's process died ({_exit_status(pid)})")
     leftovers += outcome[-1]
