@@ -191,24 +191,25 @@ def _exit_status(pid: int) -> str:
     return f"exit status {os.WEXITSTATUS(status)}"
 
 
-def _reap(pid: int) -> None:
-    """Wait for the child; one still running (the parent was interrupted) is asked to stop
-    (SIGTERM), then killed after tuning.FORKED_STOP_GRACE seconds."""
+def _ended(pid: int) -> bool:
+    """True once the child has exited (reaped now) or was reaped before."""
     try:
         done, _status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return
-    if done:
+        return True
+    return done != 0
+
+
+def _reap(pid: int) -> None:
+    """Wait for the child; one still running (the parent was interrupted) is asked to stop
+    (SIGTERM), then killed after tuning.FORKED_STOP_GRACE seconds."""
+    if _ended(pid):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + tuning.FORKED_STOP_GRACE
     while time.monotonic() < deadline:
-        try:
-            done, _status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
+        if _ended(pid):
             return
         time.sleep(0.05)
     log.warning("the operation's process %s did not stop within %.0f s: killed", pid,
