@@ -13,6 +13,7 @@ restore: it is renamed aside to `.<base>.restore-trash-<random>` and left to the
 from __future__ import annotations
 
 import os
+import stat
 
 from ..fs import fsutil
 
@@ -24,6 +25,29 @@ def _leftovers(parent_fd: int, base: bytes) -> list[bytes]:
     return [n for n in fsutil.iter_names(parent_fd) if n.startswith(prefix)]
 
 
+def _journaled_staging(parent_fd: int, base: bytes, journal: bytes) -> bytes | None:
+    """The staging tree a swap journal names, if the journal is one a swap wrote (see
+    staging.py): a regular file naming `.<base>.restore-<id>`, a directory beside it.
+    The state's parent may be a tree its tenant controls: a journal planted there, naming
+    `/root` or `../..`, took the roll-forward to move that directory to the state path,
+    into the tenant's hands; a fifo planted under its name blocked the open for good.
+    Anything else under the journal's name is a leftover like any other (removed)."""
+    try:
+        jfd = fsutil.open_regular(journal, parent_fd)
+    except OSError:
+        return None  # none, or not a file a swap wrote
+    with os.fdopen(jfd, "rb") as f:
+        staging = f.read(len(base) + 64)
+    prefix = b"." + base + b".restore-"
+    if not (staging.startswith(prefix) and staging[len(prefix):].isdigit()):
+        return None
+    try:
+        st = os.stat(staging, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return staging if stat.S_ISDIR(st.st_mode) else None
+
+
 def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
     """Finish or undo whatever a crashed restore left beside the state path."""
     if not _leftovers(parent_fd, base):
@@ -33,19 +57,14 @@ def cleanup(parent_fd: int, base: bytes, parent_path: str) -> None:
     from .patchjournal import undo as undo_patch
 
     journal = b"." + base + b".restore-journal"
-    try:
-        jfd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=parent_fd)
-    except FileNotFoundError:
-        pass
-    else:
-        with os.fdopen(jfd, "rb") as f:
-            staging = f.read()
+    staging = _journaled_staging(parent_fd, base, journal)
+    if staging is not None:
         try:
             os.stat(base, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
-            if staging:  # crashed between the two renames: roll forward
-                os.rename(staging, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-                os.fsync(parent_fd)
+            # crashed between the two renames: roll forward
+            os.rename(staging, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            os.fsync(parent_fd)
         os.unlink(journal, dir_fd=parent_fd)
     undo_patch(parent_fd, base)  # before its work directory goes with the leftovers
     # Every leftover, also one the janitor is removing in the background (a live restore's

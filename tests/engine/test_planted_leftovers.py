@@ -1,0 +1,73 @@
+"""What a tenant plants beside its state under the names a killed restore leaves there.
+
+A state may lie in a tree its tenant controls (a data directory inside a container's root
+filesystem), so its parent directory is the tenant's too: every capture, restore and
+recover() reads what it finds there under `.<base>.restore-*` (recovery.cleanup and
+image_cleanup), and must neither act on a name from it nor block on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from workers.engine import Engine
+
+from .conftest import dir_state
+
+
+def _returns_within(fn: Callable[[], object], seconds: float = 10.0) -> None:
+    """fn() returns (or raises) within `seconds`: it did not block on what was planted."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    if not done.wait(seconds):
+        # unblock the opener (a writer for a fifo) so the thread ends, then fail
+        raise AssertionError(f"blocked for {seconds} s on a planted fifo")
+
+
+def _host_dir(tmp_path: Path) -> Path:
+    host = tmp_path / "host-secret"
+    host.mkdir()
+    (host / "id_rsa").write_text("KEY")
+    return host
+
+
+def test_a_planted_swap_journal_never_moves_a_directory_into_the_state(
+        engine: Engine, tmp_path: Path) -> None:
+    host = _host_dir(tmp_path)
+    tenant = tmp_path / "tenant"  # the tenant's tree; its state is tenant/state
+    tenant.mkdir()
+    for named in (os.fsencode(host), b"../host-secret"):
+        # the tenant removed its state dir and wrote a journal naming the host's directory
+        (tenant / ".state.restore-journal").write_bytes(named)
+        engine.recover(dir_state(tenant / "state"))
+        assert (host / "id_rsa").read_text() == "KEY", named
+        assert not (tenant / "state").exists(), named
+        assert os.listdir(tenant) == [], named  # the planted journal is removed
+
+
+def test_a_planted_fifo_journal_never_blocks_a_recover(engine: Engine, tmp_path: Path) -> None:
+    tenant = tmp_path / "tenant"
+    (tenant / "state").mkdir(parents=True)
+    fifo = tenant / ".state.restore-journal"
+    os.mkfifo(fifo)
+    try:
+        _returns_within(lambda: engine.recover(dir_state(tenant / "state")))
+    finally:
+        if fifo.exists():  # the opener may still wait: give it a writer, then let it go
+            with open(os.open(fifo, os.O_RDWR | os.O_NONBLOCK), "wb"):
+                pass
+    assert os.listdir(tenant) == ["state"]
+    shutil.rmtree(tenant)
