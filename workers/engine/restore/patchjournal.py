@@ -88,15 +88,23 @@ def undo(parent_fd: int, base: bytes) -> None:
     """Roll back an uncommitted patch (idempotent; a committed one needs nothing)."""
     try:
         wfd = os.open(work_name(base), fsutil.DIR_FLAGS, dir_fd=parent_fd)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        return  # none, or not a patch's (planted): removed with the other leftovers
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
         return
     try:
         if exists(COMMITTED, wfd):
             return
         try:
-            jfd = os.open(JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=wfd)
-        except FileNotFoundError:
-            return  # nothing was applied before the journal existed
+            # never opened unless a regular file: a fifo planted under its name (the
+            # state's parent may be its tenant's) blocked every later restore and capture
+            jfd = fsutil.open_regular(JOURNAL, wfd)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.EINVAL, errno.ELOOP):
+                raise
+            return  # nothing was applied before the journal existed (or it is none)
         with os.fdopen(jfd, "rb") as f:
             try:
                 journal = msgspec.msgpack.decode(f.read(), type=Journal)
