@@ -14,9 +14,14 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.engine import Engine
+from workers.engine import Engine, StateSpec
+from workers.engine.model import StateInvalid
 
-from .conftest import dir_state
+from .conftest import dir_state, make_meta
+
+
+def image_state(path: Path) -> StateSpec:
+    return StateSpec(kind="image", path=str(path))
 
 
 def _returns_within(fn: Callable[[], object], seconds: float = 10.0) -> None:
@@ -93,3 +98,45 @@ def test_what_is_planted_as_a_patch_work_dir_never_blocks_nor_fails_a_recover(
     work.write_text("a file where the work directory would be")
     engine.recover(dir_state(tenant / "state"))
     assert os.listdir(tenant) == ["state"]
+
+
+def test_an_image_swapped_for_a_fifo_is_refused_never_opened(
+        engine: Engine, tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    img.write_bytes(os.urandom(1 << 20))
+    engine.capture(make_meta(1), image_state(img))
+    img.unlink()
+    os.mkfifo(img)
+    try:
+        for run in (lambda: engine.capture(make_meta(2), image_state(img)),
+                    lambda: engine.restore(1, image_state(img))):
+            failed: list[BaseException] = []
+
+            def call(run: Callable[[], object] = run,
+                     failed: list[BaseException] = failed) -> None:
+                try:
+                    run()
+                except StateInvalid as e:
+                    failed.append(e)
+
+            _returns_within(call)
+            assert len(failed) == 1 and "neither a regular file nor a block device" in str(
+                failed[0])
+    finally:
+        _unblock(img)
+
+
+def test_a_fifo_planted_as_the_image_journal_never_blocks_a_recover(
+        engine: Engine, tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"image")
+    journal = tmp_path / ".disk.img.restore-journal"
+    os.mkfifo(journal)
+    try:
+        _returns_within(lambda: engine.recover(image_state(img)))
+    finally:
+        _unblock(journal)
+    (tmp_path / ".disk.img.restore-7").mkdir()  # a directory under a leftover's name
+    engine.recover(image_state(img))
+    assert sorted(os.listdir(tmp_path)) == ["disk.img", "repo"]
+    assert img.read_bytes() == b"image"

@@ -19,6 +19,7 @@ under a temporary name and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import struct
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 
 from .. import tuning
 from ..blocks.pipeline import read_blocks, write_blocks
-from ..fs import fsutil
+from ..fs import fsutil, removal
 from ..fs.fsutil import split_state
 from ..fs.syncpoint import sync_point
 from ..model import RestoreResult, StateInvalid
@@ -40,19 +41,35 @@ J_TRAILER = struct.Struct(">Q4s")
 
 
 def _open_image(path: str, flags: int) -> tuple[int, int, bool]:
-    """(fd, size, is_block_device); refuses a symlink at the state path itself."""
+    """(fd, size, is_block_device) of the image at path, opened with flags; refuses a
+    symlink in any component of the path (fsutil.open_path) and anything at the path but
+    a regular file or a block device, never opening it (_reopen_image)."""
     try:
-        fd = fsutil.open_path(path, flags | os.O_CLOEXEC)
+        pfd = fsutil.open_path(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as e:
         raise StateInvalid(f"image {path} cannot be opened (symlinks are refused): "
                            f"{e.strerror}") from e
-    st = os.fstat(fd)
+    return _reopen_image(pfd, path, flags)
+
+
+def _reopen_image(pfd: int, path: str, flags: int) -> tuple[int, int, bool]:
+    """The image an O_PATH descriptor pins, opened for I/O only once fstat shows it is a
+    regular file or a block device (closes pfd). Opening the path itself opened whatever
+    was there: on a fifo (an image's parent may be a tree its tenant controls) the open
+    blocked the capture, the restore and recover() for good, and on a character device it
+    ran the driver's open; the /proc/self/fd magic link reopens exactly the inode checked."""
+    try:
+        st = os.fstat(pfd)
+        if stat.S_ISLNK(st.st_mode):
+            raise StateInvalid(f"image {path} is a symlink (symlinks are refused)")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise StateInvalid(f"image {path} is neither a regular file nor a block device")
+        fd = os.open(b"/proc/self/fd/%d" % pfd, flags | fsutil.REOPEN_FLAGS)
+    finally:
+        os.close(pfd)
     if stat.S_ISREG(st.st_mode):
         return fd, st.st_size, False
-    if stat.S_ISBLK(st.st_mode):
-        return fd, os.lseek(fd, 0, os.SEEK_END), True
-    os.close(fd)
-    raise StateInvalid(f"image {path} is neither a regular file nor a block device")
+    return fd, os.lseek(fd, 0, os.SEEK_END), True
 
 
 def _blocks_with_data(fd: int, size: int, bs: int, blockdev: bool) -> Iterator[int]:
@@ -112,9 +129,21 @@ def _journal_name(base: bytes) -> bytes:
     return b"." + base + b".restore-journal"
 
 
-def _apply_journal(parent_fd: int, base: bytes, jpath: bytes) -> int:
-    """Apply a complete journal to the image; returns bytes written. Idempotent."""
-    with os.fdopen(os.open(jpath, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=parent_fd), "rb") as j:
+def _open_journal(parent_fd: int, jpath: bytes) -> int | None:
+    """The journal, opened if it is a regular file (a fifo or a directory planted under its
+    name is no journal of ours, and is never opened); None when there is none such."""
+    try:
+        return fsutil.open_regular(jpath, parent_fd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EINVAL, errno.ELOOP):
+            return None
+        raise
+
+
+def _apply_journal(jfd: int, fd: int) -> int:
+    """Apply a complete journal (open at jfd, closed here) to the image open at fd; returns
+    bytes written, -1 for an incomplete journal. Idempotent."""
+    with os.fdopen(jfd, "rb") as j:
         if j.read(8) != J_MAGIC:
             return -1
         size, bs, is_dev = struct.unpack(">QIB", j.read(13))
@@ -123,36 +152,45 @@ def _apply_journal(parent_fd: int, base: bytes, jpath: bytes) -> int:
         if tag != b"DONE":
             return -1
         j.seek(21)
-        fd = os.open(base, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         written = 0
-        try:
-            for _ in range(count):
-                i, ln, kind = J_REC.unpack(j.read(J_REC.size))
-                if kind == 1:
-                    fsutil.write_full(fd, j.read(ln), i * bs)
-                    written += ln
-                elif is_dev:
-                    fsutil.write_full(fd, bytes(ln), i * bs)
-                else:
-                    fsutil.punch_hole(fd, i * bs, ln)
-            if not is_dev:
-                os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        for _ in range(count):
+            i, ln, kind = J_REC.unpack(j.read(J_REC.size))
+            if kind == 1:
+                fsutil.write_full(fd, j.read(ln), i * bs)
+                written += ln
+            elif is_dev:
+                fsutil.write_full(fd, bytes(ln), i * bs)
+            else:
+                fsutil.punch_hole(fd, i * bs, ln)
+        if not is_dev:
+            os.ftruncate(fd, size)
+        os.fsync(fd)
     return written
 
 
 def image_cleanup(parent_fd: int, base: bytes) -> None:
     jname = _journal_name(base)
-    with contextlib.suppress(FileNotFoundError):
-        _apply_journal(parent_fd, base, jname)  # -1 (incomplete): simply discarded
-        os.unlink(jname, dir_fd=parent_fd)
-        os.fsync(parent_fd)
+    jfd = _open_journal(parent_fd, jname)
+    if jfd is not None:
+        try:
+            pfd = os.open(base, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+            fd, _size, _dev = _reopen_image(pfd, os.fsdecode(base), os.O_WRONLY)
+        except FileNotFoundError:
+            os.close(jfd)  # no image to apply it to: discarded with the leftovers
+        except BaseException:
+            os.close(jfd)
+            raise
+        else:
+            try:
+                _apply_journal(jfd, fd)  # -1 (incomplete): simply discarded
+            finally:
+                os.close(fd)
     prefix = b"." + base + b".restore-"
-    for n in fsutil.iter_names(parent_fd):
-        if n.startswith(prefix):
-            os.unlink(n, dir_fd=parent_fd)
+    left = [n for n in fsutil.iter_names(parent_fd) if n.startswith(prefix)]
+    for n in left:  # a file, or whatever was planted under such a name
+        removal.remove_tree(parent_fd, n, set())
+    if left:
+        os.fsync(parent_fd)
 
 
 def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
@@ -168,50 +206,62 @@ def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
             os.stat(base, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
             return _create(repo, sid, body, parent_fd, base, progress)
-        fd, cur_size, is_dev = _open_image(path, os.O_RDONLY)
+        # read and written through one descriptor: the journal goes to the very inode the
+        # blocks were compared on, not to whatever the path holds by then
+        fd, cur_size, is_dev = _open_image(path, os.O_RDWR)
         if is_dev and cur_size < body.size:
             os.close(fd)
             raise StateInvalid(f"block device {path} is smaller than the snapshot image")
         jname = _journal_name(base)
         count = 0
         try:
-            cur = set(_blocks_with_data(fd, cur_size, bs, is_dev))
-            zero = bytes(bs)
-            jfd = os.open(jname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
-                          dir_fd=parent_fd)
-            with os.fdopen(jfd, "wb") as j:
-                j.write(J_MAGIC + struct.pack(">QIB", body.size, bs, int(is_dev)))
-                for i in range((body.size + bs - 1) // bs):
-                    ln = min(bs, body.size - i * bs)
-                    have: bytes | None = None
-                    if i in cur and i * bs < cur_size:
-                        data = fsutil.pread_full(fd, ln, i * bs)
-                        if len(data) < ln or data != zero[:ln]:
-                            have = repo.chunk_id(data) if len(data) == ln else b"?"
-                    target = want.get(i)
-                    progress.add(ln)
-                    progress.check()
-                    if have == target:
-                        continue
-                    if target is None:
-                        j.write(J_REC.pack(i, ln, 0))
-                    else:
-                        new = repo.read_chunk_for(sid, target)
-                        j.write(J_REC.pack(i, len(new), 1))
-                        j.write(new)
-                    count += 1
-                j.flush()
-                os.fsync(j.fileno())
-                j.write(J_TRAILER.pack(count, b"DONE"))
-                j.flush()
-                os.fsync(j.fileno())
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(jname, dir_fd=parent_fd)
-            raise
+            try:
+                # read back through its own descriptor: the name is in the tenant's reach
+                jfd = os.open(jname, (fsutil.CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR, 0o600,
+                              dir_fd=parent_fd)
+                rfd = os.dup(jfd)
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                cur = set(_blocks_with_data(fd, cur_size, bs, is_dev))
+                zero = bytes(bs)
+                with os.fdopen(jfd, "wb") as j:
+                    j.write(J_MAGIC + struct.pack(">QIB", body.size, bs, int(is_dev)))
+                    for i in range((body.size + bs - 1) // bs):
+                        ln = min(bs, body.size - i * bs)
+                        have: bytes | None = None
+                        if i in cur and i * bs < cur_size:
+                            data = fsutil.pread_full(fd, ln, i * bs)
+                            if len(data) < ln or data != zero[:ln]:
+                                have = repo.chunk_id(data) if len(data) == ln else b"?"
+                        target = want.get(i)
+                        progress.add(ln)
+                        progress.check()
+                        if have == target:
+                            continue
+                        if target is None:
+                            j.write(J_REC.pack(i, ln, 0))
+                        else:
+                            new = repo.read_chunk_for(sid, target)
+                            j.write(J_REC.pack(i, len(new), 1))
+                            j.write(new)
+                        count += 1
+                    j.flush()
+                    os.fsync(j.fileno())
+                    j.write(J_TRAILER.pack(count, b"DONE"))
+                    j.flush()
+                    os.fsync(j.fileno())
+            except BaseException:
+                os.close(rfd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(jname, dir_fd=parent_fd)
+                raise
+            # complete and durable: if applying it fails, recovery applies it again
+            os.lseek(rfd, 0, os.SEEK_SET)
+            written = _apply_journal(rfd, fd)
         finally:
             os.close(fd)
-        written = _apply_journal(parent_fd, base, jname)
         os.unlink(jname, dir_fd=parent_fd)
         os.fsync(parent_fd)
     finally:
