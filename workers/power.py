@@ -8,9 +8,11 @@ server stopped writing to its state.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
+import tempfile
 import time
-from typing import Literal, Protocol
+from typing import IO, Literal, Protocol
 
 from shared.records import ServerRecord
 from shared.schemas import PowerCommand, PowerSystemd
@@ -53,25 +55,44 @@ class NoPower:
 
 
 def _run(argv: list[str] | str, timeout: float, *, shell: bool) -> subprocess.CompletedProcess[str]:
+    """Runs a power command until its own process exits (not until every process it started
+    closes its output): a start command commonly leaves the server running in the
+    background (`./server &`), and that server inherits the command's stdout and stderr.
+    Read through pipes, they stayed open as long as the server ran, so every such start
+    "timed out" after the full timeout and failed the operation with power_failed although
+    the server was up. The output goes to unlinked files instead (as hooks' does), read
+    once the command exited, and the command runs in a session of its own, so what it
+    leaves running is not in the worker's process group (not signalled with it)."""
     # The errors name the command's role, never its text: the server's account reads them,
     # and the commands (the admin-only "power" of the server) may carry credentials.
-    try:
-        return subprocess.run(
-            argv,
-            shell=shell,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-            env=command_environment(),  # not the worker's secrets: workers/commandenv.py
-        )
-    except subprocess.TimeoutExpired as exc:
-        log.warning("power command timed out after %g s: %r", timeout, argv)
-        raise PowerError(f"power command timed out after {timeout:g} s") from exc
-    except OSError as exc:
-        log.warning("power command could not run: %r: %s", argv, exc)
-        raise PowerError(f"power command could not run: {exc.strerror or exc}") from exc
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                argv, shell=shell, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True,
+                env=command_environment(),  # not the worker's secrets: workers/commandenv.py
+            )
+        except OSError as exc:
+            log.warning("power command could not run: %r: %s", argv, exc)
+            raise PowerError(f"power command could not run: {exc.strerror or exc}") from exc
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            log.warning("power command timed out after %g s: %r", timeout, argv)
+            raise PowerError(f"power command timed out after {timeout:g} s") from exc
+        return subprocess.CompletedProcess(argv, code, _read_tail(out), _read_tail(err))
+
+
+def _read_tail(f: IO[bytes]) -> str:
+    """The end of what a command wrote to f (enough for _tail's last lines); f is then
+    emptied, so a process the command left running does not keep the worker's disk."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - 4 * TAIL_CHARS))
+    text = f.read().decode(errors="replace")
+    f.truncate(0)
+    return text
 
 
 # How much of a failed power command's output the operation's error keeps: its last

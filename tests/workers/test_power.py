@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,25 @@ def test_command_driver_waits_for_an_asynchronous_stop(tmp_path: Path) -> None:
     )
     driver.stop()
     assert not flag.exists()
+
+
+def test_a_start_command_that_leaves_the_server_running_in_the_background_returns(
+        tmp_path: Path) -> None:
+    """`./server &` without redirecting its output: the server holds the command's stdout
+    and stderr as long as it runs; the start is done when the command's shell exits."""
+    flag = tmp_path / "running"
+    pidfile = tmp_path / "server.pid"
+    driver = CommandPower(stop=f"kill $(cat {pidfile}); rm -f {flag}",
+                          start=f"sleep 30 & echo $! > {pidfile}; touch {flag}",
+                          status=f"test -e {flag}", timeout=3)
+    try:
+        started = time.monotonic()
+        driver.start()  # timed out after 3 s: power_failed, the server up
+        assert time.monotonic() - started < 2
+        assert driver.status() == "running"
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 def test_failing_stop_command_names_the_output(tmp_path: Path) -> None:
