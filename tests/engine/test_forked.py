@@ -23,14 +23,18 @@ def _children() -> list[int]:
         me = f.read()
     out = []
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            for pid in map(int, f.read().split()):
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as c:
-                        if c.read() == me:
-                            out.append(pid)
-                except FileNotFoundError:
-                    pass
+        try:  # a thread that ended since the listing has no entry (seen under load)
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids = list(map(int, f.read().split()))
+        except FileNotFoundError:
+            continue
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as c:
+                    if c.read() == me:
+                        out.append(pid)
+            except FileNotFoundError:
+                pass
     return out
 
 
