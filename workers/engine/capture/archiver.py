@@ -97,13 +97,11 @@ class Archiver:
         self._big_open = threading.BoundedSemaphore(tuning.BIG_FILES_OPEN)
         self._walking = False
         self._root_fd = -1
-        self._held: dict[int, tuple[int, Entry]] = {}  # id(entry) -> (index, entry) in a pack
-        self._held_lock = threading.Lock()
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
         self._packs = TinyPacker(repo, tuning.TINY_PACK)
-        self._packs.on_stored = self._stored
+        self._packs.on_stored = self.tree.put  # (index, entry) once its packs are stored
         self._pool: WorkerPool | None = None
         self._pool_tried = False
         self._feed: Generator[Batch | None] | None = None  # requests for the pool
@@ -155,7 +153,6 @@ class Archiver:
             if self._pool is not None:  # the walk failed after starting it
                 self._pool.close(kill=True)
             self._packs.close()
-        assert not self._held, "an entry still waits for its pack"
 
     def body(self) -> tuple[bytes, int, int]:
         """(encoded manifest body, bytes of its regular files, its entries but directories),
@@ -335,12 +332,16 @@ class Archiver:
     def _done(self, idx: int, chunks: list[tuple[bytes, int]], tiny: bytes,
               info: tuple[int, ...], nread: int, changed: bool,
               xattrs: list[tuple[str, bytes]]) -> None:
+        """A file read (by a reader process, or the big-file thread). Once per file of the
+        state: kept to a few calls (it runs on the walk's thread, the capture's critical
+        path)."""
         e = self.tree[idx]
         walk_ctime = e.ctime_ns
         e.size, e.mtime_ns, e.ctime_ns, e.ino, e.mode, e.uid, e.gid = info
         _vouch(e, walk_ctime, self.sync)
         e.chunks, e.xattrs = chunks, xattrs
-        self._place(idx, e, tiny)
+        if self._packs.place(idx, e, tiny):
+            self.tree.put(idx, e)
         with self._lock:
             self.bytes_read += nread
             self.files_read += 1
@@ -378,16 +379,9 @@ class Archiver:
 
     def _place(self, idx: int, e: Entry, tiny: bytes) -> None:
         """A file read: its data placed in packs, and its entry encoded again once they
-        all have their ids (now, or when the packer stores the pack: _stored)."""
-        with self._held_lock:
-            self._held[id(e)] = (idx, e)
-        if self._packs.place(e, tiny):
-            self._stored(e)
-
-    def _stored(self, e: Entry) -> None:
-        with self._held_lock:
-            idx, _e = self._held.pop(id(e))
-        self.tree.put(idx, e)
+        all have their ids (now, or when the packer stores the pack: tree.put then)."""
+        if self._packs.place(idx, e, tiny):
+            self.tree.put(idx, e)
 
     def _read_threads(self, items: Generator[tuple[int, int]]) -> None:
         sem = threading.BoundedSemaphore(tuning.CAPTURE_MAX_INFLIGHT)

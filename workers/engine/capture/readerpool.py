@@ -116,16 +116,23 @@ class WorkerPool:
         if isinstance(msg, Blobs):
             self._take(msg, sinks)
             return
+        done = sinks.done
+        raw = 0  # progress: once per message, not per file (a message holds hundreds)
         for r in msg.files:
-            match r:
-                case Done():
+            if type(r) is Done:
+                if r.blobs or r.packed:
                     self._take(r, sinks)
-                    sinks.done(r.idx, r.chunks, r.tiny, r.info, r.nread, r.changed, r.xattrs)
-                case Gone():
-                    sinks.gone(r.idx, r.why)
-                case Failed():
-                    raise TransientEngineError(
-                        f"reading {sinks.describe(r.idx)} failed: {r.message}")
+                else:  # a small file's bytes come as r.tiny: only its progress to count
+                    raw += r.raw
+                done(r.idx, r.chunks, r.tiny, r.info, r.nread, r.changed, r.xattrs)
+            elif type(r) is Gone:
+                sinks.gone(r.idx, r.why)
+            else:
+                assert isinstance(r, Failed)
+                raise TransientEngineError(
+                    f"reading {sinks.describe(r.idx)} failed: {r.message}")
+        if raw:
+            sinks.progress(raw)
         if msg.last:
             w.inflight -= 1
 

@@ -26,7 +26,6 @@ import msgspec
 from .. import tuning
 from ..fs import fsutil
 from ..repository import manifest
-from ..repository.chunker import fixed_block
 from ..repository.manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 
 if TYPE_CHECKING:
@@ -45,6 +44,7 @@ _DROPPED, _DIR, _LINK = 1, 2, 4  # EncodedTree's flags of an entry
 _FLAGS = {DIR: _DIR, HARDLINK: _LINK}
 _BATCH = 1024  # final entries walked that wait to go into the body together
 _encode = manifest.encode_entry
+_S_IFMT, _S_IFREG, _S_IFDIR = 0o170000, stat.S_IFREG, stat.S_IFDIR
 
 
 class EncodedTree:
@@ -169,11 +169,13 @@ class ParentCursor:
         self._key: list[bytes] = []
         self.vouched = vouched
         self.objects: set[bytes] = set()
+        self.ended = False  # past its last entry: get() finds nothing more (a full capture)
         self._advance()
 
     def _advance(self) -> None:
         if self._next >= len(self._raws):
             self._cur = None
+            self.ended = True
             return
         e = self._cur = manifest.entry(self._raws[self._next])
         self._next += 1
@@ -230,9 +232,10 @@ class Walker:
         self._mounts = mounts
         self._links: dict[tuple[int, int], bytes] = {}
         self._walk_bytes = 0  # bytes of files the walk saw that the parent cannot vouch for
-        # called once the files to read are known to make a big capture (and again on
-        # every later file: it starts the reader processes once)
+        # called once the files to read are known to make a big capture
         self._start_readers = start_readers
+        self._readers_started = False
+        self._big_file = repo.config.big_file  # chunker.fixed_block: read in blocks
         self._on_dir = on_dir
         self._on_big = on_big
 
@@ -250,6 +253,7 @@ class Walker:
         # indexes of its files to read whole (not unchanged since the parent)
         files = array("q")
         dir_ino = st.st_ino
+        parent, append = self.parent, self.tree.append
         for name in sorted(fsutil.iter_names(fd)):
             path = rel + b"/" + name if rel else name
             try:
@@ -257,7 +261,27 @@ class Walker:
             except FileNotFoundError:
                 continue  # vanished between readdir and lstat: it is simply not there
             mode = st.st_mode
-            if stat.S_ISDIR(mode):
+            fmt = mode & _S_IFMT
+            if fmt == _S_IFREG and st.st_nlink == 1 and parent.ended:
+                # The common case, on its own short path (the walk's thread is the capture's
+                # critical path): a regular file with one link and no parent entry to take
+                # it from; its reader lists its xattrs.
+                size = st.st_size
+                ent = Entry(path, FILE, mode, st.st_uid, st.st_gid, st.st_mtime_ns, size,
+                            st.st_ctime_ns, st.st_ino)
+                self.total += size
+                idx = append(ent, pending=True)
+                if size >= self._big_file:
+                    self._on_big(fd, name, idx)  # read in blocks, not by the readers
+                    continue
+                files.append(idx)
+                self._walk_bytes += size
+                if not self._readers_started and (
+                        self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD):
+                    self._readers_started = True
+                    self._start_readers()
+                continue
+            if fmt == _S_IFDIR:
                 try:
                     sub = os.open(name, fsutil.DIR_FLAGS, dir_fd=fd)
                 except OSError as err:  # replaced by a symlink or removed meanwhile
@@ -307,13 +331,15 @@ class Walker:
                 self.total += st.st_size
                 if self._reuse(ent, p):
                     self.reused += st.st_size
-                elif fixed_block(self.repo.config, st.st_size):
+                elif st.st_size >= self._big_file:
                     pending = big = True  # read in blocks (on_big), not by the readers
                 else:
                     files.append(len(self.tree))
                     pending = True
                     self._walk_bytes += st.st_size
-                    if self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD:
+                    if not self._readers_started and (
+                            self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD):
+                        self._readers_started = True
                         self._start_readers()
             elif stat.S_ISLNK(mode):
                 ent.kind, ent.size = SYMLINK, st.st_size

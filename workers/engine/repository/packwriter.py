@@ -41,8 +41,9 @@ class _Pack:
         self.frames: list[Future[bytes] | bytes] = []  # payloads (1-byte header + bytes)
         self.sizes: list[int] = []  # plaintext bytes of each frame
         self.where: dict[bytes, tuple[int, int]] = {}  # member chunk id -> (offset, length)
-        self.files: list[Entry] = []  # small files in it: e.pack is set at store
-        self.slots: list[tuple[Entry, int]] = []  # (entry, index in e.slices) likewise
+        # small files in it, each (the caller's ref, entry): e.pack is set at store
+        self.files: list[tuple[int, Entry]] = []
+        self.slots: list[tuple[int, Entry, int]] = []  # (ref, entry, index in e.slices) likewise
         self.id = b""  # known once stored
 
 
@@ -58,9 +59,10 @@ class TinyPacker:
         self._where: dict[bytes, _Pack] = {}  # member -> its pack (open or sealed) here
         self._small = _Pack(big=False)
         self._big = _Pack(big=True)
-        # Called (on the packer thread) with an entry place() left waiting, once every pack
-        # it points into is stored and named in it: the capture may encode it from then on.
-        self.on_stored: Callable[[Entry], None] | None = None
+        # Called (on the packer thread) with the ref and entry place() left waiting, once
+        # every pack it points into is stored and named in it: the capture may encode it
+        # from then on.
+        self.on_stored: Callable[[int, Entry], None] | None = None
         repo.packer = self
 
     # --- what the capture hands over --------------------------------------------------
@@ -88,15 +90,16 @@ class TinyPacker:
         if not self._have(cid):
             self._add_big(cid, payload, packformat.plain_size(payload))
 
-    def place(self, e: Entry, tiny: bytes) -> bool:
+    def place(self, ref: int, e: Entry, tiny: bytes) -> bool:
         """Once a file is read: a small file's bytes into a pack (`tiny`, its only chunk),
         or else a bigger file's packed chunks noted in e.slices. True: e names every pack
-        it needs; False: a pack is still to be stored (on_stored(e) follows)."""
+        it needs; False: a pack is still to be stored (on_stored(ref, e) follows; `ref`
+        is the caller's: a capture's index of the entry)."""
         if tiny:
-            return self.add(e, tiny)
-        return self.add_slices(e)
+            return self.add(ref, e, tiny)
+        return self.add_slices(ref, e)
 
-    def add(self, e: Entry, data: bytes) -> bool:
+    def add(self, ref: int, e: Entry, data: bytes) -> bool:
         """Pack a single-chunk file's bytes (e.chunks[0] is its id) and point e at them.
         True when its pack id is known already."""
         cid = e.chunks[0][0]
@@ -114,7 +117,7 @@ class TinyPacker:
             if p.id:
                 e.pack = p.id
             else:
-                p.files.append(e)
+                p.files.append((ref, e))
             known = bool(p.id)
             full = self._full(self._small)
         if full:
@@ -133,7 +136,7 @@ class TinyPacker:
         if full:
             self._bound()
 
-    def add_slices(self, e: Entry) -> bool:
+    def add_slices(self, ref: int, e: Entry) -> bool:
         """Point e.slices at those of e.chunks that live in a pack. True when every one of
         those packs is stored already."""
         slices: list[tuple[int, bytes, int, int]] = []
@@ -148,7 +151,7 @@ class TinyPacker:
                     continue  # an object of its own (written by an earlier version)
                 off, ln = p.where[cid]
                 if not p.id:
-                    p.slots.append((e, len(slices)))
+                    p.slots.append((ref, e, len(slices)))
                 slices.append((i, p.id, off, ln))
             e.slices = slices
             return all(pack for _i, pack, _o, _n in slices)
@@ -184,7 +187,8 @@ class TinyPacker:
         p.buf += data
         p.plain += len(data)
         if len(p.buf) >= packformat.BLOCK:
-            p.frames.append(self._thread.submit(self._compress, bytes(p.buf)))
+            # the frame's buffer itself (not a copy): nothing appends to it any more
+            p.frames.append(self._thread.submit(self._compress, p.buf))
             p.sizes.append(len(p.buf))
             p.buf = bytearray()
         return p
@@ -238,7 +242,7 @@ class TinyPacker:
         for f in wait:
             f.result()
 
-    def _compress(self, block: bytes) -> bytes:
+    def _compress(self, block: bytes | bytearray) -> bytes:
         if self._zc is None:
             self._zc = zstandard.ZstdCompressor(level=tuning.ZSTD_LEVEL)
         return encode_payload(self._zc, block)
@@ -247,19 +251,19 @@ class TinyPacker:
         done = [f.result() if isinstance(f, Future) else f for f in p.frames]
         sizes = list(p.sizes)
         if p.buf:
-            done.append(self._compress(bytes(p.buf)))
+            done.append(self._compress(p.buf))
             sizes.append(len(p.buf))
         members = [(cid, off, ln) for cid, (off, ln) in p.where.items()]
         pack_id, n = self.repo.store_pack(list(zip(done, sizes, strict=True)), members)
         with self._lock:
             self.stored_bytes += n
             p.id = pack_id
-            for e in p.files:
+            for _ref, e in p.files:
                 e.pack = pack_id
-            for e, k in p.slots:
+            for _ref, e, k in p.slots:
                 i, _none, off, ln = e.slices[k]
                 e.slices[k] = (i, pack_id, off, ln)
-            placed = p.files + list({id(e): e for e, _k in p.slots
+            placed = p.files + list({id(e): (ref, e) for ref, e, _k in p.slots
                                      if all(pack for _i, pack, _o, _n in e.slices)}.values())
             # Stored: the repository finds its members from now on (find_packed), so this
             # capture forgets them (a million small files: ~180 bytes each held otherwise).
@@ -269,5 +273,5 @@ class TinyPacker:
             p.buf, p.frames, p.where = bytearray(), [], {}
             p.files, p.slots = [], []
         if self.on_stored is not None:
-            for e in placed:
-                self.on_stored(e)
+            for ref, e in placed:
+                self.on_stored(ref, e)

@@ -61,7 +61,7 @@ class ObjectCorrupt(Exception):
     """Raised by read_chunk; callers turn it into SnapshotCorrupt naming the snapshot."""
 
 
-def encode_payload(zc: zstandard.ZstdCompressor, data: bytes | memoryview) -> bytes:
+def encode_payload(zc: zstandard.ZstdCompressor, data: bytes | bytearray | memoryview) -> bytes:
     """1-byte header + zstd, or + raw data when compression does not make it smaller."""
     comp = zc.compress(data)
     return bytes([ZSTD]) + comp if len(comp) < len(data) else bytes([RAW]) + bytes(data)

@@ -66,14 +66,25 @@ class FrameBuffer:
         self.buf = bytearray()
 
     def feed(self, data: bytes | memoryview) -> list[bytes]:
-        """Every frame completed by `data` (all of them: not one per wake-up)."""
-        self.buf += data
-        out, pos = [], 0
-        while len(self.buf) - pos >= FRAME.size:
-            (n,) = FRAME.unpack_from(self.buf, pos)
-            if len(self.buf) - pos - FRAME.size < n:
-                break
-            out.append(bytes(self.buf[pos + FRAME.size : pos + FRAME.size + n]))
-            pos += FRAME.size + n
-        del self.buf[:pos]
+        """Every frame completed by `data` (all of them: not one per wake-up). Each frame's
+        bytes are copied once, out of `data` itself where no partial frame came before it
+        (a capture's results carry its small files' bytes: ~410 MB at 100k files, copied
+        three times more before, ~0.4 s of memmove in a perf profile of the capture)."""
+        if self.buf:
+            self.buf += data
+            src: bytes | bytearray | memoryview = self.buf
+        else:
+            src = data
+        out, pos, end = [], 0, len(src)
+        with memoryview(src) as view:
+            while end - pos >= FRAME.size:
+                (n,) = FRAME.unpack_from(view, pos)
+                if end - pos - FRAME.size < n:
+                    break
+                out.append(view[pos + FRAME.size : pos + FRAME.size + n].tobytes())
+                pos += FRAME.size + n
+            if src is not self.buf and pos < end:
+                self.buf = bytearray(view[pos:])  # a partial frame: kept for the next feed
+        if src is self.buf:
+            del self.buf[:pos]
         return out
