@@ -145,6 +145,46 @@ def open_dir_beneath(root_fd: int, parts: list[bytes]) -> int:
     return fd
 
 
+class Beneath:
+    """The directories of relative paths beneath a root fd, each component opened with
+    O_NOFOLLOW | O_DIRECTORY (never a symlink followed), the open ones kept as a stack:
+    asked in walk order, each directory is opened once. For a tree the engine builds in
+    its own staging directory, whose names are in reach of a tenant that is root in its
+    container (0700 stops no one with CAP_DAC_OVERRIDE) when the state lies in a tree it
+    controls: a staging directory swapped for a symlink to /etc took a path-based create,
+    mkdir, link or chmod there."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._root = root_fd
+        self._parts: list[bytes] = []
+        self._fds: list[int] = []
+
+    def dir(self, path: bytes) -> int:
+        """The fd of directory `path` (b"" the root); valid until the next call or close."""
+        parts = split(path)
+        n, lim = 0, min(len(parts), len(self._parts))
+        while n < lim and parts[n] == self._parts[n]:
+            n += 1
+        while len(self._fds) > n:
+            os.close(self._fds.pop())
+            self._parts.pop()
+        for p in parts[n:]:
+            fd = os.open(p, DIR_FLAGS, dir_fd=self._fds[-1] if self._fds else self._root)
+            self._fds.append(fd)
+            self._parts.append(p)
+        return self._fds[-1] if self._fds else self._root
+
+    def entry(self, path: bytes) -> tuple[int, bytes]:
+        """(fd of the directory holding `path`, its last component)."""
+        parent, _, name = path.rpartition(b"/")
+        return self.dir(parent), name
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+        self._parts.clear()
+
+
 def open_path(path: str, flags: int = DIR_FLAGS) -> int:
     """Open an absolute path (a state path or its parent) without following a symlink in
     any of its components, the last one opened with ``flags`` (plus O_NOFOLLOW). A state

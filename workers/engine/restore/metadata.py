@@ -4,6 +4,7 @@ one recipe for both the rebuild and the patch), applied last."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import TYPE_CHECKING, Protocol
@@ -23,8 +24,15 @@ def make_special(dfd: int, name: bytes, e: Entry) -> None:
         os.mknod(name, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=dfd)
     os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
     if e.kind != SYMLINK:
-        # Safe to follow: we just created this fifo/device node in our private staging dir.
-        os.chmod(name, stat.S_IMODE(e.mode), dir_fd=dfd)
+        # through an O_PATH descriptor of the node just made, not its name: chmod follows
+        # a symlink, and a tenant root in its container may reach the staging directory
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            if stat.S_IFMT(os.fstat(pfd).st_mode) != stat.S_IFMT(e.mode):
+                raise OSError(errno.EEXIST, "replaced during the restore", name)
+            os.chmod(b"/proc/self/fd/%d" % pfd, stat.S_IMODE(e.mode))
+        finally:
+            os.close(pfd)
     if e.xattrs:
         fsutil.write_xattrs(fsutil.proc_path(dfd, name), e.xattrs)
     os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
@@ -47,39 +55,47 @@ if TYPE_CHECKING:  # for the type checker only: a Protocol class costs an import
         def xattrs(self) -> list[tuple[str, bytes]]: ...
 
 
-def set_dir_meta(d: DirMeta, target: int | bytes, dir_fd: int | None = None) -> None:
-    """Owner, mode, xattrs and mtime of one directory, in that order (chmod after chown,
-    which may clear setgid; the mtime last).
-
-    `target` is either an open fd of a directory of the tenant's tree (reached through
-    O_NOFOLLOW fds): its xattrs are made exactly d's, others removed; or a path under
-    `dir_fd` of a directory this restore created in its private (0700) staging directory:
-    no component can be a symlink and it has no xattrs of its own, so it is set by path,
-    one syscall each, without opening it."""
-    if isinstance(target, int):
-        os.chown(target, d.uid, d.gid)
-        os.chmod(target, stat.S_IMODE(d.mode))
-        want = dict(d.xattrs)
-        for n, v in fsutil.read_xattrs(target):
-            if n not in want:
-                os.removexattr(target, n)
-            elif want[n] == v:
-                del want[n]
-        fsutil.write_xattrs(target, list(want.items()))
-        os.utime(target, ns=(d.mtime_ns, d.mtime_ns))
-        return
-    assert dir_fd is not None
-    path = target or b"."
-    os.chown(path, d.uid, d.gid, dir_fd=dir_fd, follow_symlinks=False)
-    os.chmod(path, stat.S_IMODE(d.mode), dir_fd=dir_fd)
-    if d.xattrs:
-        fsutil.write_xattrs(b"/proc/self/fd/%d/%s" % (dir_fd, path), d.xattrs)
-    os.utime(path, ns=(d.mtime_ns, d.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+def set_dir_meta(d: DirMeta, fd: int) -> None:
+    """Owner, mode, xattrs and mtime of the directory open at fd, in that order (chmod after
+    chown, which may clear setgid; the mtime last); its xattrs are made exactly d's, others
+    removed. Always through an fd reached with O_NOFOLLOW components: by path under the
+    0700 staging directory, a tenant root in its container (who may reach it) swapped a
+    directory for a symlink and had a host directory chowned and chmodded."""
+    os.chown(fd, d.uid, d.gid)
+    os.chmod(fd, stat.S_IMODE(d.mode))
+    want = dict(d.xattrs)
+    for n, v in fsutil.read_xattrs(fd):
+        if n not in want:
+            os.removexattr(fd, n)
+        elif want[n] == v:
+            del want[n]
+    fsutil.write_xattrs(fd, list(want.items()))
+    os.utime(fd, ns=(d.mtime_ns, d.mtime_ns))
 
 
 def finish_dirs(st_fd: int, dirs: list[Entry]) -> None:
-    """The metadata of the directories built under st_fd (parents before children in
-    `dirs`), applied last and deepest first, so that creating children cannot change
-    them (by path: see set_dir_meta)."""
-    for d in reversed(dirs):
-        set_dir_meta(d, d.path, st_fd)
+    """The metadata of the directories built under st_fd (`dirs` in walk order: the root
+    first, parents before children), applied last and each once its subdirectories' are
+    (so that creating children cannot change them), every one through an fd opened with
+    O_NOFOLLOW from its parent's."""
+    stack: list[tuple[bytes, int, Entry]] = [(b"", os.dup(st_fd), dirs[0])]
+    try:
+        for d in dirs[1:]:
+            parent, _, name = d.path.rpartition(b"/")
+            while stack[-1][0] != parent:
+                _leave(stack)
+            stack.append((d.path, os.open(name, fsutil.DIR_FLAGS, dir_fd=stack[-1][1]), d))
+        while stack:
+            _leave(stack)
+    finally:
+        for _p, fd, _d in stack:
+            os.close(fd)
+
+
+def _leave(stack: list[tuple[bytes, int, Entry]]) -> None:
+    _p, fd, d = stack[-1]
+    try:
+        set_dir_meta(d, fd)
+    finally:
+        stack.pop()
+        os.close(fd)

@@ -86,6 +86,7 @@ class TreeWriter:
         cur_dup = os.dup(cur_fd) if cur_fd is not None else None
         stack: list[tuple[bytes, int, int | None]] = [(b"", os.dup(st_fd), cur_dup)]
         dirs: list[Entry] = [entries[0]]
+        srcs = fsutil.Beneath(st_fd)  # hard links' targets, never through a symlink
 
         def job(dfd: int | None, name: bytes, e: Entry, fd: int | None, cand: Candidate,
                 proven: bool = False) -> None:
@@ -161,7 +162,8 @@ class TreeWriter:
                         futures.append(pool.submit(job, jdfd, name, e, fd, cand,
                                                    cand is not None and proven))
                     elif e.kind == HARDLINK:
-                        os.link(e.target, name, src_dir_fd=st_fd, dst_dir_fd=dfd,
+                        tdfd, tname = srcs.entry(e.target)
+                        os.link(tname, name, src_dir_fd=tdfd, dst_dir_fd=dfd,
                                 follow_symlinks=False)
                     else:
                         make_special(dfd, name, e)
@@ -170,6 +172,7 @@ class TreeWriter:
                 failed.set()
                 raise
             finally:
+                srcs.close()
                 while stack:
                     pop()
                 for f in futures:
@@ -183,31 +186,40 @@ class TreeWriter:
 
     def build_fresh(self, st_fd: int, pool: RestorePool) -> None:
         """A new tree, nothing to reuse: directories, symlinks and device nodes here, the
-        files by the worker processes (each its contiguous share, created by path under
-        the private staging fd), hard links once their targets exist."""
+        files by the worker processes (each its contiguous share, created beneath the
+        staging fd), hard links once their targets exist; never through a symlink."""
         from .shares import Files, first_pack
 
         dirs: list[Entry] = [self.entries[0]]
         files = Files()
         links: list[Entry] = []
-        for idx, e in enumerate(self.entries):
-            if not idx:
-                continue  # the root: st_fd itself
-            if e.kind == DIR:
-                os.mkdir(e.path, 0o700, dir_fd=st_fd)
-                dirs.append(e)
-            elif e.kind == FILE:
-                files.add(idx, e.size + tuning.FILE_COST, first_pack(e))
-            elif e.kind == HARDLINK:
-                links.append(e)
-            else:
-                make_special(st_fd, e.path, e)
-            self.progress.poll()
+        # every directory on the way opened without following a symlink (fsutil.Beneath)
+        at, srcs = fsutil.Beneath(st_fd), fsutil.Beneath(st_fd)
+        try:
+            for idx, e in enumerate(self.entries):
+                if not idx:
+                    continue  # the root: st_fd itself
+                if e.kind == DIR:
+                    dfd, name = at.entry(e.path)
+                    os.mkdir(name, 0o700, dir_fd=dfd)
+                    dirs.append(e)
+                elif e.kind == FILE:
+                    files.add(idx, e.size + tuning.FILE_COST, first_pack(e))
+                elif e.kind == HARDLINK:
+                    links.append(e)
+                else:
+                    make_special(*at.entry(e.path), e)
+                self.progress.poll()
+            at.close()
 
-        self._write_shares(st_fd, pool, files)
-        for e in links:
-            os.link(e.target, e.path, src_dir_fd=st_fd, dst_dir_fd=st_fd,
-                    follow_symlinks=False)
+            self._write_shares(st_fd, pool, files)
+            for e in links:
+                dfd, name = at.entry(e.path)
+                tdfd, tname = srcs.entry(e.target)
+                os.link(tname, name, src_dir_fd=tdfd, dst_dir_fd=dfd, follow_symlinks=False)
+        finally:
+            at.close()
+            srcs.close()
         finish_dirs(st_fd, dirs)
 
     def _write_shares(self, st_fd: int, pool: RestorePool, files: Files) -> None:

@@ -8,9 +8,10 @@ staging directory's fd by SCM_RIGHTS) its share: a contiguous run of manifest in
 and those entries' msgpack (each decoded as its turn comes; the worker holds its share
 only, never the whole manifest: a million entries decoded would be ~700 bytes each).
 The worker opens the same repository (a local root, or the s3:// URL with the parent's
-StorageOptions and config, so it reads no config), creates each file by its path under
-that fd (O_EXCL|O_NOFOLLOW; every directory on the way is one the parent just made in its
-0700 staging directory) and writes it exactly as the thread path does
+StorageOptions and config, so it reads no config), creates each file beneath that fd
+(O_EXCL|O_NOFOLLOW, every directory on the way opened without following a symlink:
+fsutil.Beneath; a tenant root in its container may reach the staging directory) and
+writes it exactly as the thread path does
 (TreeWriter.write_file: every chunk checked against its id). It answers over a SOCK_STREAM
 socket with the typed messages of messages.py, one per frame: Wrote (progress), Written
 (a batch of finished files), then End, or Failed and it stops. Every few files it looks
@@ -117,6 +118,7 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
     batch: list[tuple[int, int, int]] = []
     before = w.bytes_written  # not 0: a writer that takes over a cut has written a share
     idx = pos = -1
+    dirs = fsutil.Beneath(st_fd)
     try:
         for pos in range(len(share.indexes)):
             if pos >= end:
@@ -138,7 +140,8 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
                     if pos >= end:
                         break
             idx, e = share.indexes[pos], manifest.entry(share.entries[pos])
-            w.write_file(None, b"", e, os.open(e.path, fsutil.CREATE_FLAGS, 0o600, dir_fd=st_fd))
+            dfd, name = dirs.entry(e.path)  # never through a symlink (fsutil.Beneath)
+            w.write_file(None, b"", e, os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd))
             ino, ctime = w.written.last
             batch.append((idx, ino, ctime))
             if len(batch) >= tuning.WRITER_BATCH:
@@ -153,5 +156,6 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
     except Exception as e:  # reported to the parent, which raises it
         _send(res, Failed(idx, "other", repr(e)))
     finally:
+        dirs.close()
         w.packs.close()
     return False
