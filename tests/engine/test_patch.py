@@ -179,6 +179,31 @@ Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
     assert describe(out) == old
 
 
+def test_a_killed_patch_never_blocks_later_operations_once_its_tenant_changed_the_tree(
+        tmp_path: Path, repo_url: str, engine: Engine) -> None:
+    """The server ran again after the killed patch and its tenant removed a directory the
+    undo journal names, replaced another by a symlink and took a name it would put back:
+    undo puts back what it can, and every later operation works (each failed for good on
+    a directory gone or made a symlink before: FileNotFoundError, NotADirectoryError)."""
+    src, cur = _setup(tmp_path, engine)
+    proc = spawn(die_at_rename(4) + f"""
+from workers.engine import Engine
+from tests.engine.conftest import dir_state
+Engine({repo_url!r}).restore(1, dir_state({str(cur)!r}))
+""")
+    assert proc.wait() == -signal.SIGKILL
+    shutil.rmtree(cur / "a")
+    shutil.rmtree(cur / "b")
+    os.symlink("/etc", cur / "b")
+    if not (cur / "new-file").exists():
+        (cur / "new-file").write_text("the tenant's own, made since")
+    engine.capture(make_meta(2), dir_state(cur))
+    assert not (tmp_path / ".srv.restore-patch").exists()
+    assert os.readlink(cur / "b") == "/etc"  # the tenant's change stays as it made it
+    engine.restore(1, dir_state(cur))
+    assert_same(src, cur)
+
+
 def test_patch_killed_after_commit_keeps_the_new_state(tmp_path: Path, repo_url: str,
                                                         engine: Engine) -> None:
     src, cur = _setup(tmp_path, engine)

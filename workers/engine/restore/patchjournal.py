@@ -14,6 +14,7 @@ root, and a name swapped by a tenant is moved, never followed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -84,6 +85,26 @@ class Dirs:
         self.fds.clear()
 
 
+# A directory of the state that cannot be opened any more: removed, or made a file or a
+# symlink (what a server started again after a killed patch may do to its own tree).
+_GONE = frozenset((errno.ENOENT, errno.ENOTDIR, errno.ELOOP))
+
+
+def _dir(fds: Dirs, path: bytes) -> int | None:
+    """The state's directory `path` for undo, or None when it is gone since the patch (or
+    the journal names no path of the state): nothing can be put back there, and undo goes
+    on with the rest. Raising instead failed every later capture, restore and recover()
+    of the server for good (they all undo first)."""
+    try:
+        return fds.get(path)
+    except ValueError:
+        return None  # an unsafe path (fsutil.split): no journal a patch wrote
+    except OSError as e:
+        if e.errno not in _GONE:
+            raise
+        return None
+
+
 def undo(parent_fd: int, base: bytes) -> None:
     """Roll back an uncommitted patch (idempotent; a committed one needs nothing)."""
     try:
@@ -110,13 +131,20 @@ def undo(parent_fd: int, base: bytes) -> None:
                 journal = msgspec.msgpack.decode(f.read(), type=Journal)
             except msgspec.DecodeError:
                 return  # torn: it was being written, so nothing was applied
-        root_fd = os.open(base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            root_fd = os.open(base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as e:
+            if e.errno not in _GONE:
+                raise
+            return  # no state to put anything back into: the leftovers' removal takes it
         fds = Dirs(root_fd)
         try:
             for i in reversed(range(len(journal.ops))):
                 op = journal.ops[i]
                 parent, _, name = op.path.rpartition(b"/")
-                pfd = fds.get(parent)
+                pfd = _dir(fds, parent)
+                if pfd is None:
+                    continue  # its directory is gone since (see _dir)
                 if op.kind != DELETE:
                     try:
                         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -125,9 +153,13 @@ def undo(parent_fd: int, base: bytes) -> None:
                     if st is not None and st.st_ino == op.ino:
                         os.rename(name, new_name(i), src_dir_fd=pfd, dst_dir_fd=wfd)
                 if op.kind != CREATE and exists(old_name(i), wfd):
-                    move_in(wfd, old_name(i), pfd, name)
+                    # the name taken since: what is there now stays
+                    with contextlib.suppress(FileExistsError):
+                        move_in(wfd, old_name(i), pfd, name)
             for d in reversed(journal.dirs):
-                set_dir_meta(d, fds.get(d.path))
+                dfd = _dir(fds, d.path)
+                if dfd is not None:
+                    set_dir_meta(d, dfd)
         finally:
             fds.close()
             os.close(root_fd)
