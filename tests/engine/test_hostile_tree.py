@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from workers.engine import Engine
@@ -100,3 +101,28 @@ def test_captures_survive_files_created_and_deleted_all_the_time(
             engine.capture(make_meta(i), dir_state(src))
     finally:
         churn.close()
+
+
+def test_warnings_name_a_path_that_is_not_utf8_in_json_storable_text(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """A snapshot's warnings are stored as JSON: a name that is not UTF-8 is shown with
+    backslash escapes (os.fsdecode's surrogates could not be encoded, so the capture's
+    completion failed, and every later capture of the server with it)."""
+    src = tmp_path / "srv"
+    src.mkdir()
+    (src / "stays").write_text("here")
+    with open(os.path.join(os.fsencode(src), b"goes\xff\n"), "w") as f:
+        f.write("soon gone")
+    real_open = fsutil.open_regular
+
+    def tenant_deletes_before_open(name: bytes, dir_fd: int) -> int:
+        if name == b"goes\xff\n":
+            os.unlink(name, dir_fd=dir_fd)
+        return real_open(name, dir_fd)
+
+    monkeypatch.setattr(fsutil, "open_regular", tenant_deletes_before_open)
+    res = engine.capture(make_meta(1), dir_state(src))
+    monkeypatch.undo()
+    [warning] = [w for w in res.warnings if "vanished" in w]
+    assert warning.startswith("goes\\xff\n: vanished"), warning
+    assert msgspec.json.decode(msgspec.json.encode(res.warnings)) == res.warnings

@@ -252,7 +252,7 @@ class Archiver:
                 "capture worker processes unavailable (%s); using threads", err)
             return
         pool.sinks = Sinks(self._done, self._gone, self.progress.add,
-                           lambda i: os.fsdecode(self.tree.path(i)), self._packs.add_piece)
+                           lambda i: fsutil.shown(self.tree.path(i)), self._packs.add_piece)
         self._pool, self._feed = pool, self._batches()
 
     def _open_dir(self, root_fd: int, rel: bytes, ino: int, idxs: array[int]) -> int | None:
@@ -346,7 +346,7 @@ class Archiver:
             self.bytes_read += nread
             self.files_read += 1
             if changed:
-                self.warnings.append(f"{os.fsdecode(e.path)}: changed while being read "
+                self.warnings.append(f"{fsutil.shown(e.path)}: changed while being read "
                                      f"{tuning.READ_RETRIES + 1} times; stored as last read")
 
     def _read_big(self, fd: int, idx: int) -> None:
@@ -421,7 +421,7 @@ class Archiver:
     def _drop(self, idx: int, why: str) -> None:
         path = self.tree.drop(idx)
         with self._lock:
-            self.warnings.append(f"{os.fsdecode(path)}: {why}; not captured")
+            self.warnings.append(f"{fsutil.shown(path)}: {why}; not captured")
 
     def _drop_all(self, idxs: array[int], why: str) -> None:
         for i in idxs:
@@ -478,7 +478,7 @@ class Archiver:
                 if not same:
                     with self._lock:
                         self.warnings.append(
-                            f"{os.fsdecode(e.path)}: changed while being read "
+                            f"{fsutil.shown(e.path)}: changed while being read "
                             f"{tuning.READ_RETRIES + 1} times; stored as last read")
                 break
             st = st2

@@ -248,7 +248,7 @@ class Walker:
         if rel and (st.st_dev != self._root_dev or (st.st_dev, st.st_ino) in self._mounts):
             # A mount point inside the state (e.g. /proc of a container): keep the
             # directory, not the other filesystem.
-            self.warnings.append(f"{os.fsdecode(rel)}: mount point, contents not captured")
+            self.warnings.append(f"{fsutil.shown(rel)}: mount point, contents not captured")
             return
         # indexes of its files to read whole (not unchanged since the parent)
         files = array("q")
@@ -286,7 +286,7 @@ class Walker:
                     sub = os.open(name, fsutil.DIR_FLAGS, dir_fd=fd)
                 except OSError as err:  # replaced by a symlink or removed meanwhile
                     fsutil.check_exhausted(err)
-                    self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err})")
+                    self.warnings.append(f"{fsutil.shown(path)}: changed during capture ({err})")
                     continue
                 try:
                     self.walk(sub, path)
@@ -320,7 +320,7 @@ class Walker:
                 if err.errno != errno.EINVAL:
                     raise  # a real error (EIO...) fails the capture
                 # readlink of what is no longer a symlink: replaced since its lstat
-                self.warnings.append(f"{os.fsdecode(path)}: changed during capture ({err}); "
+                self.warnings.append(f"{fsutil.shown(path)}: changed during capture ({err}); "
                                      "not captured")
                 continue
             if st.st_nlink > 1:

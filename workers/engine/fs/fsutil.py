@@ -221,6 +221,15 @@ def open_path(path: str, flags: int = DIR_FLAGS) -> int:
     return fd
 
 
+def shown(path: bytes) -> str:
+    """A tenant's path as text for a warning or message: bytes that are not UTF-8 as
+    backslash escapes (`m\\xff`). os.fsdecode's surrogates cannot be encoded to the
+    JSON the warnings are stored as (a snapshot's warnings, an operation's error): a mount
+    point or a file swapped meanwhile with such a name failed the capture's completion,
+    and every capture of the server again."""
+    return path.decode("utf-8", "backslashreplace")
+
+
 def proc_path(dir_fd: int, name: bytes) -> bytes:
     """A path naming entry `name` of an open directory; the final component is not followed
     when used with follow_symlinks=False (the /proc magic link pins the directory)."""
