@@ -155,7 +155,10 @@ class CommandPower(_WaitingDriver):
 
 
 class SystemdPower(_WaitingDriver):
-    """A systemd unit, driven with `systemctl stop|start|is-active`."""
+    """A systemd unit, driven with `systemctl stop|start|is-active`. The unit always comes
+    after `--`: unit names may begin with a dash (the root mount `-.mount`, the root slice
+    `-.slice`), and without it systemctl read one as its options ("invalid option -- '.'"),
+    or, for a unit `--help`, printed its help and exited 0: every stop "succeeded"."""
 
     def __init__(self, unit: str, timeout: float = DEFAULT_TIMEOUT, systemctl: str = "systemctl"):
         self._unit = unit
@@ -164,17 +167,18 @@ class SystemdPower(_WaitingDriver):
 
     def status(self) -> PowerStatus:
         proc = _run(
-            [self._systemctl, "is-active", "--quiet", self._unit], self.timeout, shell=False
+            [self._systemctl, "is-active", "--quiet", "--", self._unit], self.timeout,
+            shell=False
         )
         return "running" if proc.returncode == 0 else "stopped"
 
     def _call(self, verb: str) -> None:
-        proc = _run([self._systemctl, verb, self._unit], self.timeout, shell=False)
+        proc = _run([self._systemctl, verb, "--", self._unit], self.timeout, shell=False)
         if proc.returncode != 0:
             # systemctl's own message says little ("see systemctl status"): the unit's
             # status and its last journal lines say why.
             status = _run([self._systemctl, "status", "--no-pager", "--full", "--lines=5",
-                           self._unit], self.timeout, shell=False)
+                           "--", self._unit], self.timeout, shell=False)
             raise PowerError(
                 f"systemctl {verb} {self._unit} failed: {_tail(proc)}\n"
                 f"systemctl status {self._unit}: {_tail(status)}"

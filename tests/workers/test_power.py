@@ -109,9 +109,41 @@ def test_systemd_driver_calls_systemctl(tmp_path: Path) -> None:
     driver.stop()
     assert driver.status() == "stopped"
     calls = log.read_text().splitlines()
-    assert "start game@1.service" in calls
-    assert "stop game@1.service" in calls
-    assert "is-active --quiet game@1.service" in calls
+    assert "start -- game@1.service" in calls
+    assert "stop -- game@1.service" in calls
+    assert "is-active --quiet -- game@1.service" in calls
+
+
+def test_systemd_driver_drives_a_unit_whose_name_begins_with_a_dash(tmp_path: Path) -> None:
+    """`-.mount`, `-.slice`: systemctl parses its options as getopt does (as this fake
+    does), so the unit must follow `--` (before: "invalid option -- '.'", power_failed)."""
+    state, systemctl = tmp_path / "active", tmp_path / "systemctl"
+    systemctl.write_text(
+        "#!/bin/sh\n"
+        "verb=; unit=; opts=1\n"
+        'for a in "$@"; do\n'
+        '  if [ $opts = 1 ]; then\n'
+        '    case "$a" in\n'
+        "      --) opts=0; continue;;\n"
+        "      --quiet|--no-pager|--full|--lines=*) continue;;\n"
+        "      -*) echo \"systemctl: invalid option -- '${a#-}'\" >&2; exit 1;;\n"
+        "    esac\n"
+        "  fi\n"
+        '  if [ -z "$verb" ]; then verb=$a; else unit=$a; fi\n'
+        "done\n"
+        '[ "$unit" = "-.mount" ] || { echo "Unit $unit not found." >&2; exit 5; }\n'
+        'case "$verb" in\n'
+        f"  stop) rm -f {state};;\n"
+        f"  start) touch {state};;\n"
+        f"  is-active) test -e {state};;\n"
+        "esac\n"
+    )
+    systemctl.chmod(systemctl.stat().st_mode | stat.S_IXUSR)
+    driver = SystemdPower("-.mount", timeout=3, systemctl=str(systemctl))
+    driver.start()
+    assert state.exists() and driver.status() == "running"
+    driver.stop()
+    assert not state.exists() and driver.status() == "stopped"
 
 
 def test_no_power_is_always_running() -> None:
