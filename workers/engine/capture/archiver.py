@@ -86,7 +86,7 @@ class Archiver:
         self._lock = threading.Lock()
         # each walked directory's path, inode and indexes of its small files to read (whole,
         # by one reader each), not yet handed to reader processes
-        self._small: deque[tuple[bytes, int, array[int]]] = deque()
+        self._small: deque[tuple[bytes, int, array[int], list[bytes]]] = deque()
         # the big files, each read in blocks by one thread while the walk and the small
         # files go on (_walked_big); set: the capture failed, they stop at the next block
         self._big: list[Future[None]] = []
@@ -101,7 +101,8 @@ class Archiver:
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
         self._packs = TinyPacker(repo, tuning.TINY_PACK)
-        self._packs.on_stored = self.tree.put  # (index, entry) once its packs are stored
+        # (index, entry) of the files whose packs are stored, a pack's at once
+        self._packs.on_stored = self.tree.put_many
         self._pool: WorkerPool | None = None
         self._pool_tried = False
         self._feed: Generator[Batch | None] | None = None  # requests for the pool
@@ -160,11 +161,11 @@ class Archiver:
         return self.tree.body()
 
     # --- pass 2 -----------------------------------------------------------------------
-    def _walked(self, rel: bytes, ino: int, small: array[int]) -> None:
+    def _walked(self, rel: bytes, ino: int, small: array[int], names: list[bytes]) -> None:
         """A directory walked (Walker.on_dir): its files to read are queued, and handed to
         the reader processes at once when they run."""
         if small:
-            self._small.append((rel, ino, small))
+            self._small.append((rel, ino, small, names))
             if self._pool is not None and self._feed is not None:
                 self._pool.pump(self._feed)
 
@@ -215,7 +216,7 @@ class Archiver:
         threads, each file whole by one of them."""
         sizes = self.tree.sizes
         if self._pool is None:
-            to_read = sum(sizes[i] for _r, _i, idxs in self._small for i in idxs)
+            to_read = sum(sizes[i] for _r, _i, idxs, _n in self._small for i in idxs)
             if to_read >= tuning.CAPTURE_PROCESS_THRESHOLD:
                 self._start_pool()
         pool, self._pool = self._pool, None
@@ -283,7 +284,7 @@ class Archiver:
                     return
                 yield None
                 continue
-            rel, ino, idxs = self._small.popleft()
+            rel, ino, idxs, all_names = self._small.popleft()
             dfd = self._open_dir(self._root_fd, rel, ino, idxs)
             if dfd is None:
                 continue
@@ -291,8 +292,7 @@ class Archiver:
                 batch: list[int] = []
                 names: list[bytes] = []
                 name_bytes = 0
-                for i in idxs:
-                    name = self.tree.path(i).rsplit(b"/", 1)[-1]
+                for i, name in zip(idxs, all_names, strict=True):
                     if len(batch) == REQUEST_FILES or name_bytes + len(name) > REQUEST_NAME_BYTES:
                         yield dfd, batch, names, [sizes[k] for k in batch]
                         batch, names, name_bytes = [], [], 0
@@ -304,19 +304,20 @@ class Archiver:
                 os.close(dfd)
 
     def _open_files(self, root_fd: int,
-                    todo: list[tuple[bytes, int, array[int]]]) -> Generator[tuple[int, int]]:
+                    todo: list[tuple[bytes, int, array[int], list[bytes]]],
+                    ) -> Generator[tuple[int, int]]:
         """(fd, entry index) of every file to read, opened through dir fds (O_NOFOLLOW)."""
-        for rel, ino, idxs in todo:
+        for rel, ino, idxs, names in todo:
             if not idxs:
                 continue
             dfd = self._open_dir(root_fd, rel, ino, idxs)
             if dfd is None:
                 continue
             try:
-                for i in idxs:
-                    path, size = self.tree.path(i), self.tree.sizes[i]
+                for i, name in zip(idxs, names, strict=True):
+                    size = self.tree.sizes[i]
                     try:
-                        fd = fsutil.open_regular(path.rsplit(b"/", 1)[-1], dfd)
+                        fd = fsutil.open_regular(name, dfd)
                     except OSError as err:
                         fsutil.check_exhausted(err)
                         self._drop(i, f"vanished or replaced during capture ({err})")

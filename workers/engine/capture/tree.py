@@ -102,6 +102,20 @@ class EncodedTree:
             if i == self._next:
                 self._advance()
 
+    def put_many(self, items: list[tuple[int, Entry]]) -> None:
+        """put() of each (index, entry): a stored pack's thousands of files, encoded
+        before and set under one taking of the lock (the packer thread holds the GIL
+        for this, beside the walk's thread)."""
+        enc = [(i, _encode(e), e.size if e.kind == FILE else 0) for i, e in items]
+        with self._lock:
+            raw, sizes, pending = self.raw, self.sizes, self._pending
+            for i, r, size in enc:
+                assert pending[i], "an entry put twice"
+                raw[i] = r
+                sizes[i] = size
+                pending[i] = 0
+            self._advance()
+
     def drop(self, i: int) -> bytes:
         """A file to read that is not captured after all; returns its path."""
         path = self.path(i)
@@ -210,16 +224,17 @@ class Walker:
     numbers and hard-link groups into the tree, and taking each regular file unchanged
     since the parent snapshot from the parent's entry. What is left to read is the second
     pass's (archiver.py): `on_dir` gets each directory's path, inode and the tree indexes
-    of its files to read whole once the walk has finished listing it (its subdirectories
-    first), so reading may start while the walk goes on; `on_big` gets each big file (read
-    in blocks) as soon as it is walked, with its directory's fd and its name, so the big
-    file's reads and compression overlap the rest of the walk and the small files. A mount
-    point inside the state is kept as a directory, its contents not captured."""
+    and names of its files to read whole once the walk has finished listing it (its
+    subdirectories first), so reading may start while the walk goes on; `on_big` gets each
+    big file (read in blocks) as soon as it is walked, with its directory's fd and its
+    name, so the big file's reads and compression overlap the rest of the walk and the
+    small files. A mount point inside the state is kept as a directory, its contents not
+    captured."""
 
     def __init__(self, repo: Repository, tree: EncodedTree, parent: ParentCursor,
                  progress: Progress, warnings: list[str], root_dev: int,
                  mounts: set[tuple[int, int]], start_readers: Callable[[], None],
-                 on_dir: Callable[[bytes, int, array[int]], None],
+                 on_dir: Callable[[bytes, int, array[int], list[bytes]], None],
                  on_big: Callable[[int, bytes, int], None]) -> None:
         self.repo = repo
         self.tree = tree
@@ -252,6 +267,7 @@ class Walker:
             return
         # indexes of its files to read whole (not unchanged since the parent)
         files = array("q")
+        names: list[bytes] = []  # their names, in the same order
         dir_ino = st.st_ino
         parent, append = self.parent, self.tree.append
         for name in sorted(fsutil.iter_names(fd)):
@@ -275,6 +291,7 @@ class Walker:
                     self._on_big(fd, name, idx)  # read in blocks, not by the readers
                     continue
                 files.append(idx)
+                names.append(name)
                 self._walk_bytes += size
                 if not self._readers_started and (
                         self._walk_bytes >= tuning.CAPTURE_PROCESS_THRESHOLD):
@@ -335,6 +352,7 @@ class Walker:
                     pending = big = True  # read in blocks (on_big), not by the readers
                 else:
                     files.append(len(self.tree))
+                    names.append(name)
                     pending = True
                     self._walk_bytes += st.st_size
                     if not self._readers_started and (
@@ -350,7 +368,7 @@ class Walker:
             idx = self.tree.append(ent, pending=pending)
             if big:
                 self._on_big(fd, name, idx)
-        self._on_dir(rel, dir_ino, files)
+        self._on_dir(rel, dir_ino, files, names)
 
     def _reuse(self, e: Entry, p: Entry | None) -> bool:
         """Take a regular file's data from the parent's entry p when the file is unchanged
