@@ -51,11 +51,19 @@ from .messages import (
     StoredChunks,
 )
 
-_encode = msgspec.msgpack.Encoder().encode
+_encoder = msgspec.msgpack.Encoder()
+_out = bytearray()  # one frame being sent: its length, then the message encoded after it
 
 
 def _send(res: socket.socket, msg: ReaderMessage) -> None:
-    frames.send(res, _encode(msg))
+    """One frame (frames.py), encoded into a buffer behind room for its length: a result
+    frame carries ~256 KiB of small files' bytes, which frames.send copied once more to
+    put the length in front (a reader's memcpy was ~10 % of its instructions)."""
+    _encoder.encode_into(msg, _out, frames.FRAME.size)
+    frames.FRAME.pack_into(_out, 0, len(_out) - frames.FRAME.size)
+    res.sendall(_out)
+    if len(_out) > 1 << 20:
+        _out.clear()  # a bigger file's chunks (up to READER_BATCH): not held between frames
 
 
 def _process(idx: int, fd: int, st: os.stat_result, setup: Setup, known: set[bytes],
@@ -173,6 +181,7 @@ def _open(names: list[bytes], sizes: list[int],
 
 
 Opened = list[tuple[int, os.stat_result] | OSError]
+_CLOSED_FD = OSError(0, "closed")  # in an Opened list: read and closed (made once, not per file)
 
 
 def _batch(req: Request, opened: Opened, setup: Setup, known: set[bytes], cdc: FastCDC,
@@ -205,7 +214,7 @@ def _batch(req: Request, opened: Opened, setup: Setup, known: set[bytes], cdc: F
                 r = Failed(idx, f"{e.strerror or e}")
             finally:
                 os.close(fd)
-                opened[k] = OSError(0, "closed")
+                opened[k] = _CLOSED_FD
             out.append(r)
             if type(r) is Done:
                 pending += len(r.tiny)
