@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -24,7 +25,7 @@ from workers.engine.repository.packwriter import TinyPacker
 from workers.engine.repository.repository import Config
 
 from .conftest import dir_state, make_meta
-from .test_crash import count_objects, kill_when, spawn
+from .test_crash import kill_when, spawn
 from .treecmp import assert_same, data_extents, describe
 
 MiB = 1 << 20
@@ -233,33 +234,48 @@ def test_a_state_of_many_big_files_holds_few_open_and_captures_every_one(
 
 def test_capture_killed_mid_big_file_then_rerun_stores_no_block_twice(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A big file's blocks go into packs (4 blocks a pack here); the packs stored (with
+    their index) before the kill are reused by the rerun, block for block."""
+    monkeypatch.setattr(tuning, "PACK_SIZE", 4 * MiB)
     url = big_repo(tmp_path / "repo")
     src = tmp_path / "srv"
     (src / "vm").mkdir(parents=True)
     (src / "vm" / "disk.img").write_bytes(os.urandom(24 * MiB))
     proc = spawn(f"""
 import time
+from workers.engine import tuning
 from workers.engine.repository.repository import Repository
-_orig = Repository.store_object
-def _slow(self, data):
-    time.sleep(0.1)
-    return _orig(self, data)
-Repository.store_object = _slow
+tuning.PACK_SIZE = 4 << 20
+_orig = Repository.store_pack
+def _slow(self, *args):
+    time.sleep(0.2)
+    return _orig(self, *args)
+Repository.store_pack = _slow
 from workers.engine import Engine
 from tests.engine.conftest import make_meta, dir_state
 Engine({url!r}).capture(make_meta(1), dir_state({str(src)!r}))
 """)
     repo = tmp_path / "repo"
-    kill_when(proc, lambda: len(count_objects(repo)) >= 6)  # mid-file: blocks 6+ of 24
-    before = count_objects(repo)
-    assert 6 <= len(before) < 24
+
+    def indexed() -> set[str]:
+        return set(os.listdir(repo / "packidx")) if (repo / "packidx").exists() else set()
+
+    kill_when(proc, lambda: len(indexed()) >= 2)  # mid-file: 2+ of its 6 packs stored
+    before = indexed()
+    assert 2 <= len(before) < 6
     engine = Engine(url)
     assert engine.get_snapshot(1) is None
     res = engine.capture(make_meta(1), dir_state(src))
-    written = [k for k in engine.backend.put_keys if k.startswith("data/")]
-    assert written and not set(written) & before  # the blocks stored before are reused
-    assert len(before) + len(written) == 24
-    assert res.stored_bytes < (24 - len(before) + 1) * (MiB + 1024)
+    written = [k for k in engine.backend.put_keys if k.startswith("packidx/")]
+
+    def members(names: Iterable[str]) -> list[bytes]:
+        return [cid for n in names for cid, _o, _n in msgspec.msgpack.decode(
+            (repo / "packidx" / n.rsplit("/", 1)[-1]).read_bytes())]
+
+    old, new = members(before), members(written)
+    assert len(old) == 4 * len(before) and not set(old) & set(new)  # none stored again
+    assert len(set(old) | set(new)) == 24
+    assert res.stored_bytes < (24 - len(old) + 1) * (MiB + 1024)
     out = tmp_path / "out"
     engine.restore(1, dir_state(out))
     assert_same(src, out)

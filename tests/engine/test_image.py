@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, SnapshotCorrupt, StateSpec
+from workers.engine import Engine, EngineError, SnapshotCorrupt, StateSpec
 from workers.engine.blocks.pipeline import all_zero
+from workers.engine.repository.manifest import Entry, ImageBody
 from workers.engine.repository.repository import chunk_key
 
-from .conftest import make_meta, repo_dir
+from .conftest import make_meta, repo_dir, stored_at
 from .test_crash import spawn
 
 MiB = 1 << 20
@@ -41,6 +42,19 @@ def data_puts(engine: Engine) -> int:
     return len([k for k in engine.backend.put_keys if k.startswith("data/")])
 
 
+def image_body(engine: Engine, sid: int) -> ImageBody:
+    body = engine.repo.get_manifest(sid)[1]
+    assert isinstance(body, ImageBody)
+    return body
+
+
+def as_entry(body: ImageBody) -> Entry:
+    """An image's blocks as a file entry's chunks and slices (conftest.stored_at)."""
+    return Entry(path=b"", kind="f", mode=0, uid=0, gid=0, mtime_ns=0,
+                 chunks=[(cid, i * body.block_size) for i, cid in body.blocks],
+                 slices=body.slices)
+
+
 def test_zero_check_sees_a_byte_past_the_prefix_and_short_tails() -> None:
     zero = bytes(MiB)
     block = bytearray(MiB)
@@ -58,7 +72,7 @@ def test_block_that_is_zero_but_for_its_last_byte_is_stored(
         f.write(bytes(MiB - 1) + b"\x01" + bytes(MiB))  # block 0: one byte; block 1: zeros
     original = img.read_bytes()
     engine.capture(make_meta(1), img_state(img))
-    assert data_puts(engine) == 1
+    assert data_puts(engine) == 1  # one pack, the block in it
     img.unlink()
     engine.restore(1, img_state(img))
     assert img.read_bytes() == original
@@ -79,7 +93,13 @@ def test_image_capture_skips_zero_blocks_and_restore_writes_only_diffs(
     original = make_image(img)
     res = engine.capture(make_meta(1), img_state(img))
     assert res.size_bytes == SIZE and res.files == 1
-    assert data_puts(engine) == 7  # 6 data blocks + tail; zeros and holes not stored
+    # 6 data blocks in one pack (each its own frame), the 1000-byte tail in a small pack;
+    # zeros and holes not stored
+    assert data_puts(engine) == 2
+    body = image_body(engine, 1)
+    assert [i for i, _c in body.blocks] == [0, 2, 3, 4, 5, 10, 16]
+    assert sorted(k for k, _p, _o, _n in body.slices) == list(range(7))
+    assert len({p for _k, p, _o, _n in body.slices}) == 2
     assert 6 * MiB < res.stored_bytes < 6 * MiB + 20_000
     assert engine.verify(1).ok
     # unchanged image: incremental capture reads nothing
@@ -95,8 +115,14 @@ def test_image_capture_skips_zero_blocks_and_restore_writes_only_diffs(
     # capture after a change reads and stores only what changed
     modify(img)
     puts = data_puts(engine)
-    engine.capture(make_meta(3), img_state(img))
-    assert data_puts(engine) - puts == 3
+    res3 = engine.capture(make_meta(3), img_state(img))
+    assert data_puts(engine) - puts == 1  # one new pack: blocks 3, 7 and 10
+    assert 2 * MiB < res3.stored_bytes < 2 * MiB + 20_000  # block 7 compresses
+    old, new = image_body(engine, 1), image_body(engine, 3)
+    where = {k: p for k, p, _o, _n in new.slices}
+    fresh = {p for _k, p, _o, _n in new.slices} - {p for _k, p, _o, _n in old.slices}
+    assert len(fresh) == 1
+    assert sorted(new.blocks[k][0] for k, p in where.items() if p in fresh) == [3, 7, 10]
     # a missing image is created
     img.unlink()
     r = engine.restore(1, img_state(img))
@@ -151,15 +177,15 @@ def test_image_restore_killed_while_journaling_leaves_old_image(
     before = img.read_bytes()
     journal = _killed_restore(tmp_path, repo_url, """
 import os, signal
-from workers.engine.repository.repository import Repository
-_orig = Repository.read_chunk_for
+from workers.engine.repository.packreader import PackCache
+_orig = PackCache.read_member
 _n = [0]
-def _read(self, sid, cid):
+def _read(self, *args):
     _n[0] += 1
-    if _n[0] == 2:
+    if _n[0] == 2:  # one block fetched and journaled, then killed
         os.kill(os.getpid(), signal.SIGKILL)
-    return _orig(self, sid, cid)
-Repository.read_chunk_for = _read
+    return _orig(self, *args)
+PackCache.read_member = _read
 """)
     assert journal.exists() and img.read_bytes() == before
     engine.recover(img_state(img))
@@ -171,11 +197,12 @@ def test_image_restore_refuses_corrupt_data_before_touching_the_image(
     img = tmp_path / "disk.img"
     make_image(img)
     engine.capture(make_meta(1), img_state(img))
-    _h, body = engine.repo.get_manifest(1)
-    cid = dict(body.blocks)[10]  # type: ignore[union-attr]
+    body = image_body(engine, 1)
+    k = [i for i, _c in body.blocks].index(10)
+    cid, at = stored_at(engine, as_entry(body), k)  # the pack holding block 10, where
     obj = repo_dir(engine) / chunk_key(cid)
     raw = bytearray(obj.read_bytes())
-    raw[-1] ^= 0xFF
+    raw[at] ^= 0xFF
     obj.write_bytes(bytes(raw))
     modify(img)
     before = img.read_bytes()
@@ -185,3 +212,49 @@ def test_image_restore_refuses_corrupt_data_before_touching_the_image(
     assert sorted(os.listdir(tmp_path)) == ["disk.img", "repo"]
     report = engine.verify(1)
     assert not report.ok and cid.hex() in report.errors[0]
+
+
+def test_blocks_stored_as_objects_by_an_older_engine_are_not_stored_again(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image captured before manifest version 4 (a block an object of its own) still
+    restores, and a capture of the same bytes now stores none of them again."""
+    from workers.engine.repository.packwriter import TinyPacker
+
+    img = tmp_path / "disk.img"
+    original = make_image(img)
+    with monkeypatch.context() as old:  # the older engine: every block its own object
+        old.setattr(TinyPacker, "store_block", lambda self, data: self.repo.store_object(data))
+        engine.capture(make_meta(1), img_state(img))
+    assert data_puts(engine) == 7 and not image_body(engine, 1).slices
+    res = engine.capture(make_meta(2, server_id=2), img_state(img))
+    assert data_puts(engine) == 7 and res.stored_bytes < 4096  # the manifest only
+    assert image_body(engine, 2).blocks == image_body(engine, 1).blocks
+    modify(img)  # blocks 3, 7, 10 change: those go into a pack, the rest stay objects
+    engine.capture(make_meta(3, server_id=2), img_state(img))
+    assert data_puts(engine) == 8
+    assert sorted(image_body(engine, 3).blocks[k][0]
+                  for k, _p, _o, _n in image_body(engine, 3).slices) == [3, 7, 10]
+    engine.restore(3, img_state(tmp_path / "new.img"))
+    assert (tmp_path / "new.img").read_bytes() == img.read_bytes()
+    engine.restore(1, img_state(img))
+    assert img.read_bytes() == original
+    assert engine.verify(1).ok and engine.verify(3).ok
+
+
+def test_an_older_engine_refuses_an_image_manifest_with_packed_blocks(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 4: an engine that reads up to 3 (which would look for packed blocks as
+    objects and call the snapshot corrupt, and reclaim their packs) refuses it instead."""
+    from workers.engine.repository import manifest
+
+    img = tmp_path / "disk.img"
+    make_image(img)
+    engine.capture(make_meta(1), img_state(img))
+    assert engine.repo.get_header(1).version == 4
+    objects = sorted(p for p in (repo_dir(engine) / "data").rglob("*") if p.is_file())
+    monkeypatch.setattr(manifest, "MANIFEST_VERSION", 3)
+    with pytest.raises(SnapshotCorrupt, match="newer engine"):
+        engine.restore(1, img_state(tmp_path / "new.img"))
+    with pytest.raises(EngineError, match="newer engine"):
+        engine.reclaim(wait=True)
+    assert sorted(p for p in (repo_dir(engine) / "data").rglob("*") if p.is_file()) == objects

@@ -45,6 +45,9 @@ PREFETCH_MAX = 8 << 20
 TINY_PACK = 32 << 20  # bytes of small files (plaintext) per pack object
 PACK_MAX_FILES = 16384  # files per pack at most (each one's entry waits for the pack's id)
 PACK_SIZE = 32 << 20  # stored bytes of big chunks per pack object (bench/s3.py: see README)
+# ... and at most this much plaintext: an image's text-like blocks compress ~5x, and a
+# restore's read-ahead holds a pack's frames decoded, so a pack must stay small decoded too
+PACK_PLAIN_MAX = 64 << 20
 PACKS_QUEUED = 2  # sealed packs waiting for the packer thread (bounds memory)
 
 # --- restore --------------------------------------------------------------------------------
@@ -84,6 +87,10 @@ PACK_CACHE_BLOCKS = 8
 RESTORE_FETCH_STREAMS = 8  # GETs at once (at least 8 by issue 11)
 RESTORE_FETCH_BYTES = 256 << 20  # plaintext of packs being read or not yet written
 RESTORE_COALESCE_GAP = 1 << 20  # needed frames this close are read in one GET
+# An image restore's read-ahead from S3 (image.py; file:// reads blocks on demand): two
+# packs of random blocks at once. RESTORE_FETCH_BYTES would hold a 256 MiB image decoded
+# at once (peak RSS 248 MiB on file://, 30 MiB with an object per block)
+IMAGE_FETCH_BYTES = 64 << 20
 
 # --- removing trees (the old tree after a swap, leftovers) ------------------------------
 REMOVAL_MAX_FDS = 64  # directories held open at once while descending

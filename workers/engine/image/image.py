@@ -1,12 +1,18 @@
 """Image state (one large regular file or block device): capture and crash-safe restore.
 
 Capture reads fixed blocks (1 MiB by default, block id = keyed BLAKE3 like any chunk);
-all-zero blocks and the holes of a sparse file are recorded as absent, never stored.
+all-zero blocks and the holes of a sparse file are recorded as absent, never stored. The
+blocks go into packs (packwriter.py: each block its own frame, ~32 MiB a pack), so a
+2 GiB image is ~64 PUTs on S3, not 2,048; ImageBody.slices records where each packed
+block is. A block stored already (in a pack, or as an object of its own, as engines
+before manifest version 4 stored every block) is not stored again.
 
 Restore compares the current image block by block with the snapshot and writes only the
 blocks that differ, through a redo journal `<parent>/.<base>.restore-journal`:
   1. every differing block is fetched (and verified against its id) and appended to the
-     journal; then fsync, then a trailer (record count + b"DONE") and fsync again;
+     journal; then fsync, then a trailer (record count + b"DONE") and fsync again (the
+     differing blocks are found first, by reading the current image, so their packs are
+     read ahead with coalesced ranged GETs: packreader.py, packfetch.py);
   2. the records are applied in place (zero blocks: punch a hole in a file, zeros on a
      device), the file is truncated to the image size, fsync;
   3. the journal is deleted.
@@ -23,16 +29,18 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from .. import tuning
-from ..blocks.pipeline import read_blocks, write_blocks
+from ..blocks.pipeline import pipelined, read_blocks, write_blocks
 from ..fs import fsutil, removal
 from ..fs.fsutil import split_state
 from ..fs.syncpoint import sync_point
 from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
 from ..repository.manifest import ImageBody
+from ..repository.packreader import PackCache
+from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
 
 J_MAGIC = b"SNAPJRN1"
@@ -96,31 +104,38 @@ def capture_image(repo: Repository, path: str, parent: ImageBody | None,
                 and parent.block_size == bs
                 and (parent.mtime_ns, parent.ctime_ns, parent.ino)
                 == (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-                and all(repo.has_chunk(c) for _i, c in parent.blocks)):
+                and all(repo.has_chunk(c) for c in parent.objects())):
             progress.add(size)
             return ImageBody(size=size, block_size=bs, blocks=parent.blocks,
                              mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
-                             ino=st.st_ino), 0, warnings, 0
+                             ino=st.st_ino, slices=parent.slices), 0, warnings, 0
 
         def ranges(cur: int) -> Iterator[tuple[int, int]]:
             n = size if blockdev else cur  # a block device's st_size is 0
             return ((i * bs, min(bs, n - i * bs))
                     for i in _blocks_with_data(fd, n, bs, blockdev))
 
-        # read directly (no page-cache cost), zero blocks left out, hashed, compressed, stored
-        res = read_blocks(fd, ranges, bs, repo.store_chunk, progress, skip_zero=True,
-                          stable=not blockdev)
+        # read directly (no page-cache cost), zero blocks left out, hashed, compressed (on
+        # the pipeline's threads), packed; the packs are stored by the packer's thread
+        packer = TinyPacker(repo, tuning.TINY_PACK)
+        try:
+            res = read_blocks(fd, ranges, bs, packer.store_block, progress, skip_zero=True,
+                              stable=not blockdev)
+            packer.finish()
+            blocks = sorted((off // bs, cid) for cid, off in res.blocks)
+            slices = packer.slices_of([cid for _i, cid in blocks])
+            stored = res.stored + packer.stored_bytes
+        finally:
+            packer.close()
         if res.changed:
             warnings.append(f"{path}: changed while being read "
                             f"{tuning.READ_RETRIES + 1} times; stored as last read")
         st = res.st
         if not blockdev:
             size = st.st_size
-        body = ImageBody(size=size, block_size=bs,
-                         blocks=sorted((off // bs, cid) for cid, off in res.blocks),
-                         mtime_ns=st.st_mtime_ns, ctime_ns=sync.recorded(st.st_ctime_ns),
-                         ino=st.st_ino)
-        return body, res.stored, warnings, res.nread
+        body = ImageBody(size=size, block_size=bs, blocks=blocks, mtime_ns=st.st_mtime_ns,
+                         ctime_ns=sync.recorded(st.st_ctime_ns), ino=st.st_ino, slices=slices)
+        return body, stored, warnings, res.nread
     finally:
         os.close(fd)
 
@@ -197,7 +212,7 @@ def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
                   progress: Progress) -> RestoreResult:
     parent_path, base = split_state(path)
     bs = body.block_size
-    want = dict(body.blocks)
+    want = {i: k for k, (i, _cid) in enumerate(body.blocks)}  # block -> its k in body.blocks
     progress.total = body.size
     parent_fd = fsutil.open_path(parent_path)
     try:
@@ -224,29 +239,29 @@ def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
                 os.close(fd)
                 raise
             try:
-                cur = set(_blocks_with_data(fd, cur_size, bs, is_dev))
-                zero = bytes(bs)
                 with os.fdopen(jfd, "wb") as j:
                     j.write(J_MAGIC + struct.pack(">QIB", body.size, bs, int(is_dev)))
-                    for i in range((body.size + bs - 1) // bs):
-                        ln = min(bs, body.size - i * bs)
-                        have: bytes | None = None
-                        if i in cur and i * bs < cur_size:
-                            data = fsutil.pread_full(fd, ln, i * bs)
-                            if len(data) < ln or data != zero[:ln]:
-                                have = repo.chunk_id(data) if len(data) == ln else b"?"
-                        target = want.get(i)
-                        progress.add(ln)
-                        progress.check()
-                        if have == target:
-                            continue
-                        if target is None:
-                            j.write(J_REC.pack(i, ln, 0))
-                        else:
-                            new = repo.read_chunk_for(sid, target)
-                            j.write(J_REC.pack(i, len(new), 1))
-                            j.write(new)
-                        count += 1
+                    todo = _differing(repo, body, want, fd, cur_size, is_dev, progress)
+                    blocks = _Blocks(repo, sid, body)
+                    try:
+                        blocks.plan([k for _i, _ln, k in todo if k >= 0])
+
+                        def fetch(rec: tuple[int, int, int]) -> tuple[int, int, bytes | None]:
+                            i, ln, k = rec
+                            return i, ln, None if k < 0 else blocks.read(k)
+
+                        def journal(res: tuple[int, int, bytes | None]) -> None:
+                            i, ln, new = res
+                            if new is None:
+                                j.write(J_REC.pack(i, ln, 0))
+                            else:
+                                j.write(J_REC.pack(i, len(new), 1))
+                                j.write(new)
+
+                        pipelined(todo, fetch, journal)  # fetched on every core, in order
+                    finally:
+                        blocks.close()
+                    count = len(todo)
                     j.flush()
                     os.fsync(j.fileno())
                     j.write(J_TRAILER.pack(count, b"DONE"))
@@ -269,6 +284,29 @@ def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
     progress.finish()
     return RestoreResult(snapshot_id=sid, bytes_written=written, files_reused=0,
                          files_written=1 if count else 0)
+
+
+def _differing(repo: Repository, body: ImageBody, want: dict[int, int], fd: int,
+               cur_size: int, is_dev: bool, progress: Progress) -> list[tuple[int, int, int]]:
+    """(block, length, its k in body.blocks or -1 for a zero block) of every block of the
+    current image (open at fd) that differs from the snapshot's, holes read as zeros."""
+    bs = body.block_size
+    cur = set(_blocks_with_data(fd, cur_size, bs, is_dev))
+    zero = bytes(bs)
+    todo: list[tuple[int, int, int]] = []
+    for i in range((body.size + bs - 1) // bs):
+        ln = min(bs, body.size - i * bs)
+        have: bytes | None = None
+        if i in cur and i * bs < cur_size:
+            data = fsutil.pread_full(fd, ln, i * bs)
+            if len(data) < ln or data != zero[:ln]:
+                have = repo.chunk_id(data) if len(data) == ln else b"?"
+        progress.add(ln)
+        progress.check()
+        k = want.get(i)
+        if have != (None if k is None else body.blocks[k][1]):
+            todo.append((i, ln, -1 if k is None else k))
+    return todo
 
 
 def _create(repo: Repository, sid: int, body: ImageBody, parent_fd: int, base: bytes,
@@ -296,9 +334,44 @@ def _create(repo: Repository, sid: int, body: ImageBody, parent_fd: int, base: b
 
 def _write_blocks(repo: Repository, sid: int, body: ImageBody, fd: int,
                   progress: Progress) -> int:
-    """Fetch, verify and write every stored block, on every core (blocks/pipeline.py)."""
+    """Fetch, verify and write every stored block, on every core (blocks/pipeline.py), the
+    packs read ahead."""
     bs = body.block_size
-    return write_blocks(fd, [(cid, i * bs) for i, cid in body.blocks], bs,
-                        lambda _i, cid: repo.read_chunk_for(sid, cid), progress)
+    blocks = _Blocks(repo, sid, body)
+    try:
+        blocks.plan(range(len(body.blocks)))
+        return write_blocks(fd, [(cid, i * bs) for i, cid in body.blocks], bs,
+                            lambda k, _cid: blocks.read(k), progress)
+    finally:
+        blocks.close()
 
 
+class _Blocks:
+    """The verified bytes of an image's blocks, by their k in body.blocks: a packed one
+    (body.slices) through a PackCache and its read-ahead, any other as an object of its
+    own (an image captured before manifest version 4)."""
+
+    def __init__(self, repo: Repository, sid: int, body: ImageBody) -> None:
+        self.repo, self.sid, self.blocks = repo, sid, body.blocks
+        self.sliced = {k: (pack, off, ln) for k, pack, off, ln in body.slices}
+        self.packs = PackCache(repo, sid)
+
+    def plan(self, ks: Iterable[int]) -> None:
+        """These blocks will be read, in about this order: read their packs ahead, from a
+        remote store (on file:// each block's frame is read on demand, as cheap as its
+        object was: read-ahead held a pack read whole and decoded, 248 MiB peak RSS for a
+        256 MiB image restore instead of 42 MiB, for no speed)."""
+        if self.repo.backend.remote:
+            self.packs.prefetch_members(
+                [m for k in ks if (m := self.sliced.get(k)) is not None],
+                tuning.IMAGE_FETCH_BYTES)
+
+    def read(self, k: int) -> bytes:
+        i, cid = self.blocks[k]
+        hit = self.sliced.get(k)
+        if hit is None:
+            return self.repo.read_chunk_for(self.sid, cid)
+        return self.packs.read_member(*hit, cid, b"block %d" % i)
+
+    def close(self) -> None:
+        self.packs.close()

@@ -54,6 +54,9 @@ class Backend(Protocol):
     put_keys: deque[str]  # the last tuning.RECENT_PUT_KEYS of their keys, oldest first
     # a stored object is durable and whole (S3): no sync bookkeeping, nothing torn
     durable_on_put: bool
+    # A read costs a request's round trip (S3): read ahead, several at once, coalesced.
+    # False (file://): a ranged read is a pread, as cheap on demand as ahead.
+    remote: bool
 
     def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
         """Store data under key atomically (readers see all or nothing). durable=True makes
@@ -128,6 +131,7 @@ class LocalBackend:
     """file:// backend: objects are files; writes are temp file + rename into place."""
 
     durable_on_put = False
+    remote = False
 
     def __init__(self, root: str) -> None:
         self.root = root

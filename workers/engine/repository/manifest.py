@@ -81,15 +81,28 @@ class ImageBody(msgspec.Struct, tag="image"):
     mtime_ns: int = 0
     ctime_ns: int = 0
     ino: int = 0
+    # Blocks that live in packs, as Entry.slices: (index in `blocks`, pack, offset,
+    # length); a block not named here is an object of its own (what engines before
+    # manifest version 4 wrote for every block, still read and still deduplicated against).
+    slices: list[tuple[int, bytes, int, int]] = []
+
+    def objects(self) -> set[bytes]:
+        """The ids of the objects this image's blocks are read from."""
+        sliced = {i for i, _p, _o, _n in self.slices}
+        return ({cid for i, (_b, cid) in enumerate(self.blocks) if i not in sliced}
+                | {pack for _i, pack, _o, _n in self.slices})
 
 
 Body = DirBody | ImageBody
 
 
-# 2: small files in block-compressed packs, server spec in the meta. 3: Entry.slices. A
-# reader refuses a newer version instead of misreading it (and reclaim, seeing it
-# unreadable, sweeps nothing).
-MANIFEST_VERSION = 3
+# 2: small files in block-compressed packs, server spec in the meta. 3: Entry.slices.
+# 4: ImageBody.slices (an image's blocks in packs). A reader refuses a newer version
+# instead of misreading it (and reclaim, seeing it unreadable, sweeps nothing). 4 had to
+# be a new version: msgspec skips an unknown field, so a version-3 engine would decode an
+# image manifest without its slices, look for its packed blocks as objects of their own
+# and call a good snapshot corrupt (and its reclaim would delete the packs).
+MANIFEST_VERSION = 4
 
 
 class Header(msgspec.Struct):
@@ -399,7 +412,7 @@ def _share_pack_ids(entries: list[Entry]) -> None:
 def chunk_ids(body: Body) -> set[bytes]:
     """Ids of the objects a snapshot needs (chunks, and tiny packs of small files)."""
     if isinstance(body, ImageBody):
-        return {cid for _i, cid in body.blocks}
+        return body.objects()
     ids: set[bytes] = set()
     for e in body.entries:
         if e.pack:  # most files of a tree: one tiny pack, no set built for it

@@ -67,8 +67,12 @@ class _Job:
 
 
 class Prefetch:
-    def __init__(self, cache: PackCache, plan: list[tuple[bytes, int, int]]) -> None:
+    def __init__(self, cache: PackCache, plan: list[tuple[bytes, int, int]],
+                 budget: int = 0) -> None:
+        """budget: plaintext bytes held at most (default tuning.RESTORE_FETCH_BYTES); a
+        job bigger than it still runs, alone."""
         self.cache = cache
+        self._budget = budget or tuning.RESTORE_FETCH_BYTES
         jobs: dict[bytes, _Job] = {}
         for pack, off, ln in plan:
             job = jobs.get(pack)
@@ -93,12 +97,13 @@ class Prefetch:
         with self._lock:
             while self._next < len(self._order):
                 job = self._order[self._next]
+                if job.state != _NEW:  # claimed by a read meanwhile (its cost may be
+                    self._next += 1  # released already: no longer in _costs)
+                    continue
                 cost = self._costs[job.pack]
-                if self._held and self._held + cost > tuning.RESTORE_FETCH_BYTES:
+                if self._held and self._held + cost > self._budget:
                     return
                 self._next += 1
-                if job.state != _NEW:
-                    continue  # claimed by a read meanwhile
                 job.state = _RUNNING
                 self._held += cost
                 job.future = self._pool.submit(self._run, job)

@@ -103,11 +103,16 @@ class PackCache:
             if e.pack:
                 plan.append((e.pack, e.pack_off, e.pack_len))
             plan.extend((pack, off, ln) for _i, pack, off, ln in e.slices)
+        self.prefetch_members(plan)
+
+    def prefetch_members(self, plan: list[tuple[bytes, int, int]], budget: int = 0) -> None:
+        """Read these members (pack, offset, length) ahead, as prefetch() does for files'
+        (an image restore's blocks); budget: Prefetch's."""
         if plan:
             from .packfetch import Prefetch  # read-ahead: a patch's few reads never load it
 
             self.close()
-            self._fetch = Prefetch(self, plan)
+            self._fetch = Prefetch(self, plan, budget)
 
     def close(self) -> None:
         fetch, self._fetch = self._fetch, None

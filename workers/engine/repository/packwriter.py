@@ -15,7 +15,8 @@ pack's member, or a chunk object of an earlier version) are not stored again. A 
 is known once it is stored: entries pointing into it get it then (before the capture
 commits, which waits for every store). While the packer is open it is attached to the
 repository (Repository.packer), so Repository.store_chunk/store_payload land here and the
-capture code needs no notion of packs beyond Entry.pack/slices, which place() fills in.
+capture code needs no notion of packs beyond Entry.pack/slices, which place() fills in
+(an image capture: ImageBody.slices, from slices_of() once every pack is stored).
 """
 
 from __future__ import annotations
@@ -81,13 +82,24 @@ class TinyPacker:
         return cid, 0
 
     def store_block(self, data: bytes | memoryview) -> tuple[bytes, int]:
-        """A fixed block of a big file (blocks/): an object of its own, as an image
-        state's blocks are, so a disk-image file and the same bytes as an image state share
-        them (image manifests name objects, not pack members); a small piece (an extent's
-        end) into a pack like any small chunk. Returns (id, bytes written)."""
-        if len(data) <= tuning.INLINE_MAX:
-            return self.store_chunk(data)
-        return self.repo.store_object(data)
+        """A fixed block of a big file (blocks/) or of an image state: into the big packs
+        like any big chunk (each its own frame), so a 2 GiB image is ~64 PUTs on S3, not
+        2,048; a small piece (an extent's end) into a small pack. A block stored already,
+        in a pack or as an object of its own (what older engines wrote for every block),
+        is not stored again, so a disk-image file and the same bytes as an image state
+        share their blocks, across repository generations too. Returns (id, 0): its bytes
+        count when its pack is stored (stored_bytes)."""
+        return self.store_chunk(data)
+
+    def slices_of(self, chunks: list[bytes]) -> list[tuple[int, bytes, int, int]]:
+        """After finish(): (index, pack, offset, length) of those of chunks that live in a
+        pack; the others are objects of their own (stored by an earlier version)."""
+        out = []
+        for i, cid in enumerate(chunks):
+            hit = self.repo.find_packed(cid)
+            if hit is not None:
+                out.append((i, *hit))
+        return out
 
     def add_payload(self, cid: bytes, payload: bytes) -> None:
         """A big chunk a reader process encoded already (see Repository.store_payload)."""
@@ -201,7 +213,8 @@ class TinyPacker:
     def _full(self, p: _Pack) -> bool:
         """Under _lock: seal the open pack p if it is full; True when it was sealed."""
         if p.big:
-            full = p.stored >= tuning.PACK_SIZE or len(p.frames) >= packformat.MAX_FRAMES
+            full = (p.stored >= tuning.PACK_SIZE or p.plain >= tuning.PACK_PLAIN_MAX
+                    or len(p.frames) >= packformat.MAX_FRAMES)
         else:  # room for the partial frame still to come; and a bound on the entries a
             # capture holds decoded until the pack is stored and named in them
             full = (p.plain >= self.pack_size or len(p.frames) >= packformat.MAX_FRAMES - 1

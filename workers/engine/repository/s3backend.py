@@ -57,6 +57,7 @@ class S3Backend:
     """s3://bucket/prefix backend (see the module doc)."""
 
     durable_on_put = True  # a successful PUT is durable and whole
+    remote = True  # every read a request: read ahead (packfetch.py)
 
     def __init__(self, bucket: str, prefix: str, *, endpoint: str | None, region: str | None,
                  key_id: str | None, secret: str | None, retry_for: float = tuning.S3_RETRY_FOR,
