@@ -7,8 +7,10 @@ server stopped writing to its state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -78,6 +80,11 @@ def _run(argv: list[str] | str, timeout: float, *, shell: bool) -> subprocess.Co
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
+            # the command's whole process group (its session's, led by it), not the shell
+            # alone: a hung `ssh host stop` under it, left running, could still stop the
+            # server after the operation failed and the server was started again
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.kill()
             proc.wait()
             log.warning("power command timed out after %g s: %r", timeout, argv)

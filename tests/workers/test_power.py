@@ -88,6 +88,34 @@ def test_hanging_command_times_out() -> None:
         driver.stop()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_timed_out_command_leaves_nothing_of_it_running(tmp_path: Path) -> None:
+    """A hung stop command's own children (`ssh host stop` under the shell) are killed with
+    it on the timeout: left running, a stop that timed out (the operation failed, the
+    server started again) could still stop the server later."""
+    pidfile = tmp_path / "child.pid"
+    driver = CommandPower(stop=f"sleep 30 & echo $! > {pidfile}; wait", start="true",
+                          status="true", timeout=0.5)
+    with pytest.raises(PowerError, match="timed out"):
+        driver.stop()
+    pid = int(pidfile.read_text())
+    try:
+        deadline = time.monotonic() + 2
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(pid), "the timed-out command's child still runs"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_systemd_driver_calls_systemctl(tmp_path: Path) -> None:
     state = tmp_path / "active"
     log = tmp_path / "calls"
