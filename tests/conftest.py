@@ -25,6 +25,15 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
+from workers.engine.engine import WORKER_MODULES
+from workers.engine.workerproc import zygote
+
+# An s3:// engine's reader and writer processes are forks of a zygote, which must be forked
+# before this process's first S3 request (the seaweed fixture's bucket) to be used at all
+# (workers/engine/workerproc/zygote.py): started here, before any test, so every test's
+# workers fork from the same untouched modules, never from ones a test monkeypatched.
+zygote.start(WORKER_MODULES)
+
 # Starlette suggests httpx2 for its TestClient; httpx works the same for our use.
 warnings.filterwarnings("ignore", message=".*httpx2.*")
 from starlette.testclient import TestClient  # noqa: E402

@@ -23,6 +23,8 @@ from shared.messages import OperationMessage
 from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
+from workers.engine.engine import WORKER_MODULES
+from workers.engine.workerproc import zygote
 from workers.jobs import Jobs, Lease
 from workers.periodic import ReaperThread, SchedulerThread
 from workers.power import driver_for
@@ -33,6 +35,10 @@ from workers.storage import open_engine
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
+if settings.on_s3:
+    # now, in the main thread, before any S3 request: the engine's reader and writer
+    # processes are forks of it (workers/engine/workerproc/zygote.py)
+    zygote.start(WORKER_MODULES)
 # Dramatiq's worker process logs into a pipe to its main process: keep that handler, in
 # our format (LOG_FORMAT), so jobs' lines carry their operation's ids.
 logs.configure(settings.log_format)

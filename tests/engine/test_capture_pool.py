@@ -4,7 +4,6 @@ never outlive a capture whose walk fails."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from workers.engine import Engine, TransientEngineError, tuning
 from workers.engine.capture import readerpool, tree
 from workers.engine.fs import fsutil
+from workers.engine.workerproc.process import Child
 
 from .conftest import dir_state, make_meta
 
@@ -25,7 +25,7 @@ def _tree(root: Path) -> None:
 
 def _record_pools(
         monkeypatch: pytest.MonkeyPatch,
-        procs: list[subprocess.Popen[bytes]] | None = None) -> list[readerpool.WorkerPool]:
+        procs: list[Child] | None = None) -> list[readerpool.WorkerPool]:
     pools: list[readerpool.WorkerPool] = []
     orig = readerpool.WorkerPool.__init__
 
@@ -67,7 +67,7 @@ def test_pool_starts_while_walking_and_capture_is_complete(
 def test_pool_started_by_the_walk_is_killed_when_the_walk_fails(
         monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
     monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 1)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Child] = []
     pools = _record_pools(monkeypatch, procs)
     orig = fsutil.read_xattrs
 
@@ -92,7 +92,7 @@ def test_reader_processes_killed_before_a_request_is_a_transient_error(
     # dead reader (EPIPE/ECONNRESET) must be the same retried error as reading its EOF, not
     # a bare OSError (an unexpected traceback, or internal_error on the last attempt).
     monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 1)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Child] = []
     pools = _record_pools(monkeypatch, procs)
     orig_run = readerpool.WorkerPool.run
 

@@ -18,7 +18,8 @@ from workers.engine.forked import ForkingEngine
 
 
 def _children() -> list[int]:
-    """This process's children that are forks of it (same command line)."""
+    """This process's children that are forks of it (same command line), but the zygote
+    of its s3:// engines' workers (tests/conftest.py)."""
     with open("/proc/self/cmdline", "rb") as f:
         me = f.read()
     out = []
@@ -30,8 +31,9 @@ def _children() -> list[int]:
             continue
         for pid in pids:
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as c:
-                    if c.read() == me:
+                with open(f"/proc/{pid}/cmdline", "rb") as c, \
+                        open(f"/proc/{pid}/comm") as name:
+                    if c.read() == me and name.read().strip() != "snapshot-zygote":
                         out.append(pid)
             except FileNotFoundError:
                 pass

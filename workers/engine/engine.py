@@ -63,6 +63,12 @@ def _state_full(state: StateSpec, header: Header, err: OSError) -> StateFull:
                      "bytes (the snapshot's size) beside the current state, which is untouched")
 
 
+# What the zygote imports for the reader and writer processes (readerpool's and
+# writerpool's _MODULE and what writerproc imports at its start; tests/engine/test_zygote.py)
+WORKER_MODULES = ("workers.engine.capture.readerproc", "workers.engine.restore.writerproc",
+                  "workers.engine.restore.treewriter")
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -76,7 +82,11 @@ class Engine:
         if storage_url.startswith("s3://"):
             from .repository.s3backend import S3Backend
             from .repository.s3locks import S3Locks
+            from .workerproc import zygote
 
+            # before the S3 client's first request (its runtime's threads would not survive
+            # the fork): reader and writer processes are forks of it from then on
+            zygote.start(WORKER_MODULES)
             s3 = S3Backend.from_url(storage_url, self.options)
             s3.check()  # a clear error naming the bucket now, not at the first capture
             locks = S3Locks(s3, stale=self.options.lock_stale, settle=self.options.lock_settle)

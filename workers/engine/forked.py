@@ -22,14 +22,12 @@ sets aside to remove in the background) is handed to the parent's janitor.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -49,12 +47,12 @@ from .model import (
     TransientEngineError,
 )
 from .repository.backend import LocalBackend
+from .workerproc import child
 from .workerproc.frames import FrameBuffer, pack
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-PR_SET_PDEATHSIG = 1
 _STOP = b"s"
 
 
@@ -109,6 +107,7 @@ class ForkingEngine(Engine):
                 progress: ProgressFn | None, should_stop: Callable[[], bool] | None) -> T:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent = os.getpid()
+        child.prctl()  # looked up here: the child, a copy of one thread, looks up no symbol
         pid = os.fork()
         if pid == 0:  # the child: never returns
             code = 70
@@ -225,9 +224,9 @@ def _reap(pid: int) -> None:
 def _child(sock: socket.socket, parent: int,
            run: Callable[[ProgressFn | None, Callable[[], bool] | None], Any],
            wants_progress: bool, wants_stop: bool) -> None:
-    _die_with(parent)
+    child.die_with(parent)  # when the thread that forked it (its worker) dies
     _on_signals()
-    _release_inherited({sock.fileno()})
+    child.release_inherited({sock.fileno()})
     send_lock = threading.Lock()
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -257,14 +256,6 @@ def _child(sock: socket.socket, parent: int,
               msg[-1]))
 
 
-def _die_with(parent: int) -> None:
-    """SIGKILL this child when the thread that forked it (and so its worker) dies."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: the socket's EOF stops it
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)  # the parent died before prctl took effect
-
-
 def _on_signals() -> None:
     """The handlers Dramatiq gave its worker process mean nothing here: SIGTERM (from the
     parent, or to the whole process group) unwinds the operation; SIGINT and SIGHUP are the
@@ -276,27 +267,3 @@ def _on_signals() -> None:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-def _release_inherited(keep: set[int]) -> None:
-    """Points every descriptor inherited from the worker (its Redis and broker sockets, a
-    repository lock a reaper thread held at the fork: a flock lives while any copy of its
-    descriptor does) at /dev/null, but the standard ones, the logging streams and `keep`.
-    Replaced, not closed: an inherited object that closes its descriptor later closes the
-    /dev/null copy, never a file of this child that took the same number."""
-    for stream in (sys.stdout, sys.stderr, *(getattr(h, "stream", None) for h in
-                                             logging.getLogger().handlers)):
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            keep.add(stream.fileno())  # type: ignore[union-attr]
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    keep.add(null)
-    try:
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd > 2 and fd not in keep:
-                with contextlib.suppress(OSError):  # the listing's own descriptor, gone
-                    os.dup2(null, fd, inheritable=False)
-    except FileNotFoundError:
-        pass  # no /proc: nothing to point elsewhere
-    finally:
-        os.close(null)

@@ -16,7 +16,7 @@ from ..workerproc import frames
 from ..workerproc.process import WorkerProcess, start_workers
 from .messages import Blobs, Done, Failed, Gone, ReaderMessage, Request, Setup, StatInfo
 
-_CODE = "from workers.engine.capture.readerproc import main; main()"
+_MODULE = "workers.engine.capture.readerproc"  # what its processes run
 _decode = msgspec.msgpack.Decoder(ReaderMessage).decode
 _encode = msgspec.msgpack.Encoder().encode
 # (directory fd, its files' entry indexes, names and sizes at the walk): one Request
@@ -46,7 +46,7 @@ class WorkerPool:
             chunk_max=cfg.chunk_max, level=tuning.ZSTD_LEVEL, known=b"".join(repo.known_ids()),
             block_size=cfg.block_size, big_file=cfg.big_file))
         self.repo = repo
-        self.workers = start_workers(_CODE, setup, n)
+        self.workers = start_workers(_MODULE, setup, n)
         self.stored_bytes = 0
         self.sinks: Sinks | None = None
         self._buf = bytearray(1 << 20)  # one receive buffer (not a new 1 MiB per recv)

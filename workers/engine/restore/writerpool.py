@@ -19,7 +19,7 @@ from ..workerproc import frames
 from ..workerproc.process import start_workers
 from .messages import CUT, GO, Cut, End, Failed, Setup, Share, WriterMessage, Written, Wrote
 
-_CODE = "from workers.engine.restore.writerproc import main; main()"
+_MODULE = "workers.engine.restore.writerproc"  # what its processes run
 
 _decode = msgspec.msgpack.Decoder(WriterMessage).decode
 Done = Callable[[int, int, int], None]  # entry index, ino, ctime_ns
@@ -44,7 +44,7 @@ class RestorePool:
                                              msgspec.msgpack.encode(repo.config)))
         self.bytes_written = 0
         self.steals = 0  # shares cut and handed to a worker that had finished its own
-        self.workers = start_workers(_CODE, setup, n)
+        self.workers = start_workers(_MODULE, setup, n)
         self._runs: list[_Run] = []
         # worker -> (the run a CUT sent to it was for, the worker that gets what it cuts)
         self._cuts: dict[int, tuple[_Run, int]] = {}

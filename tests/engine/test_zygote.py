@@ -1,0 +1,134 @@
+"""Reader and writer processes forked by the zygote (workers/engine/workerproc/zygote.py):
+they start as forks of it, behave as spawned ones (limits, death with their parent, exit
+status) and are spawned again when there is no zygote to fork them."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workers.engine import Engine
+from workers.engine.capture import readerpool
+from workers.engine.engine import WORKER_MODULES
+from workers.engine.restore import writerpool
+from workers.engine.workerproc import process, zygote
+
+from .conftest import dir_state, make_meta
+from .treecmp import describe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _limit(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/limits") as f:
+        return next(line for line in f if line.startswith(name)).split()[3]
+
+
+def test_the_zygote_imports_what_the_pools_run() -> None:
+    assert readerpool._MODULE in WORKER_MODULES and writerpool._MODULE in WORKER_MODULES
+
+
+def test_workers_are_forks_of_the_zygote_with_the_engines_limits_and_status() -> None:
+    assert zygote.start(WORKER_MODULES)  # tests/conftest.py started it before any request
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 7, hard))
+    try:
+        (w,) = process.start_workers(writerpool._MODULE, b"not a setup", 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert isinstance(w.proc, zygote.ForkedProcess)
+    with open(f"/proc/{w.proc.pid}/stat") as f:
+        assert int(f.read().rsplit(") ", 1)[1].split()[1]) == zygote._zygote.pid  # type: ignore[union-attr]
+    deadline = time.monotonic() + 5  # the worker sets it as it starts
+    while _limit(w.proc.pid, "Max open files") != str(soft - 7) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _limit(w.proc.pid, "Max open files") == str(soft - 7)
+    w.close(kill=False)
+    assert w.proc.returncode == 1  # a bad setup: its traceback, exit status 1 (as python -c)
+
+
+def test_a_worker_killed_has_its_signal_as_status_and_none_when_there_is_no_zygote(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (w,) = process.start_workers(readerpool._MODULE, b"", 1)
+    w.proc.kill()
+    assert w.proc.wait(timeout=5) == -signal.SIGKILL
+    w.close(kill=True)
+    monkeypatch.setattr(zygote, "_zygote", None)
+    (spawned,) = process.start_workers(readerpool._MODULE, b"", 1)
+    assert isinstance(spawned.proc, subprocess.Popen)
+    spawned.close(kill=True)
+
+
+def test_an_s3_restore_with_forked_writers_and_after_the_zygote_died(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.engine import tuning
+
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(30):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(3000 + i))
+    engine.capture(make_meta(1), dir_state(src))
+    engine.restore(1, dir_state(tmp_path / "a"))
+    assert describe(tmp_path / "a") == describe(src)
+    # a zygote that died is retired at the next request, and the writers spawned instead
+    dead = zygote._Zygote(WORKER_MODULES)
+    os.kill(dead.pid, signal.SIGKILL)
+    monkeypatch.setattr(zygote, "_zygote", dead)
+    engine.restore(1, dir_state(tmp_path / "b"))
+    assert describe(tmp_path / "b") == describe(src) and not dead.usable()
+
+
+_ORPHANS = """
+import os, sys, time
+from workers.engine.engine import WORKER_MODULES
+from workers.engine.restore import writerpool
+from workers.engine.workerproc import process, zygote
+assert zygote.start(WORKER_MODULES)
+ws = process.start_workers(writerpool._MODULE, b"", 2)  # they wait for their setup frame
+print(zygote._zygote.pid, *(w.proc.pid for w in ws), flush=True)
+time.sleep(60)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
+def test_the_zygote_and_its_workers_die_with_the_engines_process() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHANS], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 3 and not any(_gone(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(_gone(p) for p in pids)
+
+
+def test_no_zygote_once_the_s3_clients_runtime_runs() -> None:
+    code = ("import obstore; from obstore.store import MemoryStore\n"
+            "obstore.put(MemoryStore(), 'k', b'v')\n"
+            "from workers.engine.workerproc import zygote\n"
+            "print(zygote.start(()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
