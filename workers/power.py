@@ -79,14 +79,18 @@ def _run(argv: list[str] | str, timeout: float, *, shell: bool) -> subprocess.Co
             raise PowerError(f"power command could not run: {exc.strerror or exc}") from exc
         try:
             code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            # the command's whole process group (its session's, led by it), not the shell
-            # alone: a hung `ssh host stop` under it, left running, could still stop the
-            # server after the operation failed and the server was started again
+        except BaseException as exc:
+            # Timed out, or the job's thread interrupted (Dramatiq's Shutdown or time limit):
+            # the command's whole process group (its session's, led by it) ends with it,
+            # not the shell alone. Left running, a hung `ssh host stop` could still stop
+            # the server after the operation failed and the server was started again, and
+            # an interrupted start could start it while a retry restores its state.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.kill()
             proc.wait()
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
             log.warning("power command timed out after %g s: %r", timeout, argv)
             raise PowerError(f"power command timed out after {timeout:g} s") from exc
         return subprocess.CompletedProcess(argv, code, _read_tail(out), _read_tail(err))

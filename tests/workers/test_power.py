@@ -116,6 +116,49 @@ def test_a_timed_out_command_leaves_nothing_of_it_running(tmp_path: Path) -> Non
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_command_interrupted_by_the_workers_shutdown_leaves_nothing_running(
+        tmp_path: Path) -> None:
+    """Dramatiq raises Shutdown (or TimeLimitExceeded) into the job's thread: the power
+    command under way is ended with it. Left running, a start interrupted mid-restore
+    could start the server while the retry on another worker restores its state."""
+    import ctypes
+    import threading
+
+    from dramatiq.middleware import Shutdown
+
+    pidfile = tmp_path / "child.pid"
+    driver = CommandPower(stop=f"sleep 30 & echo $! > {pidfile}; wait", start="true",
+                          status="true", timeout=20)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            driver.stop()
+        except BaseException as e:  # noqa: BLE001 (what the job's thread sees)
+            raised.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    pid = int(pidfile.read_text())
+    try:
+        assert t.ident is not None
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident),
+                                                   ctypes.py_object(Shutdown))
+        t.join(5)
+        assert not t.is_alive() and raised and isinstance(raised[0], Shutdown)
+        deadline = time.monotonic() + 2
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(pid), "the interrupted command's child still runs"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_systemd_driver_calls_systemctl(tmp_path: Path) -> None:
     state = tmp_path / "active"
     log = tmp_path / "calls"
