@@ -134,7 +134,7 @@ def test_a_command_interrupted_by_the_workers_shutdown_leaves_nothing_running(
     def run() -> None:
         try:
             driver.stop()
-        except BaseException as e:  # noqa: BLE001 (what the job's thread sees)
+        except BaseException as e:  # what the job's thread sees
             raised.append(e)
 
     t = threading.Thread(target=run)
