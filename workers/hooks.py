@@ -67,10 +67,14 @@ def run_command(command: str, env: dict[str, str], timeout: float) -> tuple[int 
         )
         try:
             code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException as exc:
+            # timed out, or the job's thread interrupted (Dramatiq's Shutdown or time
+            # limit): the hook's whole tree ends with it, never left running on its own
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
             code = None
         size = out.seek(0, os.SEEK_END)
         out.seek(max(0, size - OUTPUT_TAIL))
