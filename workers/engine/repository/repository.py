@@ -151,7 +151,9 @@ class Repository:
             if maybe_fresh:
                 fresh.add(cid)
         packed = PackIndex()
-        for key, _size, _mtime in self.backend.list(PACKIDX + "/", cached=True):
+        indexes = list(self.backend.list(PACKIDX + "/", cached=True))
+        packed.reserve(sum(size for _k, size, _m in indexes) // 43)  # ~43 bytes a member
+        for key, _size, _mtime in indexes:
             try:
                 pack = bytes.fromhex(key.rsplit("/", 1)[1])
                 if pack not in known:  # pack lost, torn or condemned (not in the data/ view)
@@ -160,8 +162,7 @@ class Repository:
                                                  type=list[tuple[bytes, int, int]])
             except (OSError, ValueError, msgspec.DecodeError):
                 continue  # an index only saves space: unreadable means not used
-            for cid, off, ln in members:
-                packed.add(cid, pack, off, ln)
+            packed.add_many(pack, members)
         with self._known_lock:
             self._known, self._fresh, self._reused_fresh = known, fresh, set()
             self._written = []
@@ -255,8 +256,7 @@ class Repository:
         # dedup (load_known skips what does not decode or names a missing pack).
         self.backend.put(pack_index_key(pack), idx)
         with self._known_lock:
-            for cid, off, ln in members:
-                self._packed.add(cid, pack, off, ln, replace=False)
+            self._packed.add_many(pack, members, replace=False)
         return pack, n + len(idx)
 
     def _synced_at(self) -> int:
