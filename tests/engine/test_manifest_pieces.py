@@ -69,3 +69,66 @@ def test_a_file_dropped_after_the_walk_leaves_out_its_hard_links(
     engine.restore(1, dir_state(restored))
     assert sorted(p.name for p in restored.rglob("*")) == sorted(
         ["a", *(f"stays{i:02d}" for i in range(50))])
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["put", "dropped"])
+def test_final_entries_behind_a_file_still_to_read_are_held_compressed(drop: bool) -> None:
+    """An incremental reads its changed files after its walk: the entries walked behind
+    the first one wait in compressed runs (tree._Run), and come out in order, the hard
+    links to a file dropped left out, the body as if nothing had waited."""
+    from workers.engine.capture import tree as treemod
+
+    rng = random.Random(7)
+    n = 5 * treemod._RUN
+    entries = _entries(n, rng)
+    pending = {3, 2 * treemod._RUN + 5, n - 10}
+    links = {i for i in range(4, n, 997)}
+    for i in links:  # a further name of entry 3 (pending: read after the walk)
+        entries[i] = Entry(path=entries[i].path, kind="h", mode=0o100644, uid=0, gid=0,
+                           mtime_ns=0, target=entries[3].path)
+    t = treemod.EncodedTree()
+    for i, e in enumerate(entries):
+        t.append(e, pending=i in pending)
+    held = sum(r is not None for r in t.raw)
+    assert t._runs and held < n / 4, held  # most of them compressed meanwhile
+    for i in sorted(pending):
+        if drop and i == 3:
+            t.drop(i)
+        else:
+            t.put(i, entries[i])
+    body, _size, _files = t.body()
+    kept = [e for i, e in enumerate(entries) if not (drop and (i == 3 or i in links))]
+    assert manifest._body_dec.decode(zstandard.ZstdDecompressor().decompress(body)) == \
+        DirBody(kept)
+
+
+def test_a_parent_is_read_a_piece_at_a_time_and_an_old_or_damaged_one_still_serves(
+        engine: Engine, tmp_path: Path) -> None:
+    """Header.pieces lets the next capture decode its parent beside its walk, ~256 KiB at
+    a time (manifest.iter_pieces); a manifest without them (written before) is decoded
+    whole; one whose pieces do not match its body fails where it no longer matches, and
+    the capture reads the files it could not take from it."""
+    state = tmp_path / "state"
+    for d in range(30):
+        (state / f"d{d:02d}").mkdir(parents=True)
+        for i in range(100):
+            (state / f"d{d:02d}" / f"f{i:03d}-{'x' * 60}").write_bytes(b"%d %d" % (d, i))
+    engine.capture(make_meta(1), dir_state(state))
+    data = engine.repo.get_manifest_raw(1)
+    header, pieces = manifest.iter_pieces(data)
+    got = [bytes(r) for piece in pieces for r in piece]
+    assert len(header.pieces) > 1 and sum(c for c, _n in header.pieces) == len(got) == 3031
+    assert got == [bytes(r) for r in manifest.decode_lazily(data)[1]]
+    old = msgspec.structs.replace(header, pieces=[])
+    _h, whole = manifest.iter_pieces(manifest.encode(old, engine.repo.get_manifest(1)[1]))
+    assert [bytes(r) for piece in whole for r in piece] == got
+    # pieces that claim the body ends early: decoding stops there, the capture goes on
+    bad = msgspec.structs.replace(header, pieces=[*header.pieces[:1], (1, 10)])
+    _head, body = manifest._split(data)
+    engine.repo.backend.put(engine.repo.manifest_key(1), manifest.assemble(bad, body))
+    res = engine.capture(make_meta(2), dir_state(state))
+    assert res.files == 3000
+    assert engine.last_bytes_read > 0  # the files past the damage read again
+    restored = tmp_path / "restored"
+    engine.restore(2, dir_state(restored))
+    assert sorted(p.name for p in restored.rglob("*")) == sorted(p.name for p in state.rglob("*"))

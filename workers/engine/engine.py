@@ -132,6 +132,7 @@ class Engine:
                 arch.run()
                 prog.check()
                 encoded, size, files = arch.body()
+                pieces = arch.tree.pieces
                 stored, warnings = arch.stored_bytes, arch.warnings
                 self.last_bytes_read = arch.bytes_read
             elif state.kind == "image":
@@ -149,12 +150,13 @@ class Engine:
                 self.last_bytes_read = nread
                 prog.check()
                 encoded = manifest.encode_body(ibody)
+                pieces = []
             else:
                 raise StateInvalid(f"unknown state kind {state.kind!r}")
             header = Header(meta=meta, state_kind=state.kind, size_bytes=size,
                             # the manifest is written by this capture too: counted
                             stored_bytes=stored + len(encoded), files=files, warnings=warnings,
-                            completed_at=_now(), ctimes_vouched=True)
+                            completed_at=_now(), ctimes_vouched=True, pieces=pieces)
             if not repo.put_manifest(header, encoded):
                 # another delivery of this capture committed first: its snapshot is the one
                 done = self._committed_result(meta.snapshot_id)
@@ -198,11 +200,11 @@ class Engine:
 
         if parent_id is not None:
             try:
-                header, raws = repo.get_manifest_lazily(parent_id)
+                header, pieces = repo.get_manifest_pieces(parent_id)
             except EngineError:
                 pass
             else:
-                return ParentCursor(raws, vouched=header.ctimes_vouched)
+                return ParentCursor(pieces, vouched=header.ctimes_vouched)
         return ParentCursor([], vouched=False)
 
     def _headers(self) -> list[Header]:

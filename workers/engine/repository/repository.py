@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import blake3
@@ -417,6 +418,16 @@ class Repository:
                                                              list[msgspec.Raw]]:
         """A directory snapshot's entries left encoded (manifest.decode_lazily)."""
         return self.decode_lazily(snapshot_id, self.get_manifest_raw(snapshot_id))
+
+    def get_manifest_pieces(self, snapshot_id: int) -> tuple[
+            manifest.Header, Iterator[list[msgspec.Raw]]]:
+        """A directory snapshot's entries left encoded, a piece at a time as the iterator
+        is advanced (manifest.iter_pieces), for a capture's parent."""
+        raw = self.get_manifest_raw(snapshot_id)
+        try:
+            return manifest.iter_pieces(raw)
+        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
+            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 
     def decode_lazily(self, snapshot_id: int,
                       raw: bytes) -> tuple[manifest.Header, list[msgspec.Raw]]:
