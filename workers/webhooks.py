@@ -19,10 +19,9 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import dramatiq
-import httpx
 import msgspec
 import redis
 
@@ -30,6 +29,9 @@ from shared import events
 from shared import webhooks as wh
 from shared.scripts import as_dict
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,11 @@ def _resources() -> tuple[redis.Redis, httpx.Client, Settings]:
         if "r" not in _state:
             _state["settings"] = settings = Settings.from_env()
             _state["r"] = _client(settings)
+            # Imported at the first delivery, not with the worker: httpx brings rich,
+            # pygments and click (its command line), ~8 MiB in every worker process and so
+            # in each capture's and restore's forked process, used by none of them.
+            import httpx
+
             # Redirects are not followed: a webhook URL that moved must be re-registered.
             _state["http"] = httpx.Client(timeout=TIMEOUT, follow_redirects=False)
         return _state["r"], _state["http"], _state["settings"]
