@@ -61,16 +61,30 @@ def children_named(parent: int, word: str) -> list[int]:
 
 def pss_rss(pid: int) -> tuple[int, int]:
     """(PSS, RSS) of one process in bytes; (0, 0) once it is gone."""
-    pss = rss = 0
+    r = rollup(pid)
+    return r.get("Pss", 0), r.get("Rss", 0)
+
+
+def rollup(pid: int) -> dict[str, int]:
+    """/proc/pid/smaps_rollup's sizes in bytes (Rss, Pss, Pss_Anon, ...); {} once gone."""
+    out: dict[str, int] = {}
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1]) * KiB
-            elif line.startswith("Rss:"):
-                rss = int(line.split()[1]) * KiB
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[key] = int(parts[0]) * KiB
     except OSError:
         pass
-    return pss, rss
+    return out
+
+
+def describe(pid: int) -> str:
+    """A short name for a process of the tree: its command's last words."""
+    args = cmdline(pid)
+    if len(args) > 1 and args[1] == "-c":  # a reader/writer process: its code's first line
+        return "python -c " + args[2].strip().splitlines()[0][:40]
+    return " ".join(a.rsplit("/", 1)[-1] for a in args[:4])[:60]
 
 
 class PeakSampler:
@@ -79,6 +93,8 @@ class PeakSampler:
     def __init__(self, roots: Callable[[], list[int]], period: float = 0.1) -> None:
         self.roots, self.period = roots, period
         self.peak_pss = self.peak_rss = self.peak_procs = self.samples = 0
+        # at the peak PSS sample: (pid, name, PSS, PSS of anonymous memory) of each process
+        self.at_peak: list[tuple[int, str, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -98,11 +114,15 @@ class PeakSampler:
     def sample(self) -> None:
         pids = tree(self.roots())
         pss = rss = 0
+        each = []
         for p in pids:
-            a, b = pss_rss(p)
-            pss += a
-            rss += b
+            r = rollup(p)
+            pss += r.get("Pss", 0)
+            rss += r.get("Rss", 0)
+            each.append((p, r.get("Pss", 0), r.get("Pss_Anon", 0)))
         self.samples += 1
+        if pss > self.peak_pss:
+            self.at_peak = [(p, describe(p), a, b) for p, a, b in each]
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_procs = max(self.peak_procs, len(pids))

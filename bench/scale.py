@@ -114,6 +114,9 @@ class SizeRun:
               f"{mem.peak_pss / MiB:7.1f} MiB (RSS {mem.peak_rss / MiB:.1f}, "
               f"{mem.peak_procs} procs, {mem.samples} samples)  load {benchlib.loadavg()}",
               flush=True)
+        for pid, name, pss, anon in mem.at_peak:  # where the peak is
+            print(f"{'':>14}at the peak: {pss / MiB:6.1f} MiB PSS ({anon / MiB:.1f} anonymous)"
+                  f"  {pid} {name}", flush=True)
 
     def cache(self, source: Path | None) -> None:
         """--cold: drop the page cache; else (warm) read the source once, untimed, so that
