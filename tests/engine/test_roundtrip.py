@@ -202,6 +202,7 @@ def test_concurrent_captures_on_one_engine(engine: Engine, tmp_path: Path) -> No
 def test_small_files_spread_over_several_tiny_packs(monkeypatch: pytest.MonkeyPatch,
                                                     engine: Engine, tmp_path: Path) -> None:
     monkeypatch.setattr(tuning, "TINY_PACK", 1000)
+    monkeypatch.setattr(tuning, "TINY_PACK_LOCAL", 1000)
     monkeypatch.setattr(tuning, "PACK_CACHE_OBJECTS", 1)  # restore re-reads evicted packs
     src = tmp_path / "srv"
     src.mkdir()

@@ -31,9 +31,9 @@ def test_sparse_file_with_many_small_extents_makes_few_objects(
     data = tmp_path / "repo" / "data"
     engine.capture(make_meta(1), dir_state(src))
     objects = sum(len(files) for _d, _s, files in os.walk(data))
-    # 20 MiB of small extents: one pack per TINY_PACK (32 MiB) bytes, never an object per
-    # extent (5,000 before)
-    assert objects == -(-extents * 4096 // tuning.TINY_PACK), objects
+    # 20 MiB of small extents: one pack per TINY_PACK_LOCAL (file://: 8 MiB) bytes, never
+    # an object per extent (5,000 before)
+    assert objects == -(-extents * 4096 // tuning.TINY_PACK_LOCAL), objects
     assert engine.verify(1).ok  # every packed piece read back against its id
     out = tmp_path / "out"
     engine.restore(1, dir_state(out))

@@ -43,6 +43,9 @@ READER_SOCKET_BUFFER = 4 << 20  # a reader's result socket send buffer (SO_SNDBU
 # (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.
 PREFETCH_MAX = 8 << 20
 TINY_PACK = 32 << 20  # bytes of small files (plaintext) per pack object
+# on file://: a pack's compressed frames are held until it is sealed (24 MiB of a 100k-file
+# capture's ~57 MiB traced peak at 32 MiB), and a local object costs no request
+TINY_PACK_LOCAL = 8 << 20
 PACK_MAX_FILES = 16384  # files per pack at most (each one's entry waits for the pack's id)
 PACK_SIZE = 32 << 20  # stored bytes of big chunks per pack object (bench/s3.py: see README)
 # ... and at most this much plaintext: an image's text-like blocks compress ~5x, and a

@@ -41,6 +41,7 @@ from ..fs.syncpoint import SyncPoint, sync_point
 from ..inflight import prune
 from ..model import StateInvalid
 from ..progress import Progress
+from ..repository.backend import LocalBackend
 from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cdc
 from ..repository.manifest import Entry
 from ..repository.packwriter import TinyPacker
@@ -100,7 +101,8 @@ class Archiver:
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
-        self._packs = TinyPacker(repo, tuning.TINY_PACK)
+        local = isinstance(repo.backend, LocalBackend)
+        self._packs = TinyPacker(repo, tuning.TINY_PACK_LOCAL if local else tuning.TINY_PACK)
         # (index, entry) of the files whose packs are stored, a pack's at once
         self._packs.on_stored = self.tree.put_many
         self._pool: WorkerPool | None = None
