@@ -132,3 +132,28 @@ def test_no_zygote_once_the_s3_clients_runtime_runs() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_process_forked_while_a_thread_asks_the_zygote_never_waits_for_its_lock() -> None:
+    """A forked operation's child (forked.py) is a copy of one thread: a request another
+    thread had under way at the fork left the zygote's lock held in the child for good, and
+    the child's first reader or writer waited on it forever. The zygote is not the child's
+    (its owner is another pid): it spawns its workers, never touching the lock."""
+    assert zygote.start(WORKER_MODULES)
+    z = zygote._zygote
+    assert z is not None
+    with z.lock:  # as held by a thread asking the zygote for a worker at that moment
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os._exit(0 if zygote.fork(readerpool._MODULE, (0, 1)) is None else 2)
+            finally:
+                os._exit(3)
+    deadline = time.monotonic() + 5
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child waited on the zygote's lock")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

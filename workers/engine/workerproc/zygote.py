@@ -147,6 +147,10 @@ class _Zygote:
 
     def fork(self, module: str, fds: tuple[int, int]) -> ForkedProcess | None:
         """A worker running `module`.main() with these two sockets, or None (then spawn it)."""
+        if not self.usable():
+            # not this process's (a forked operation's child): checked before the lock,
+            # which a thread of the parent may have held at the fork, in the child for good
+            return None
         limits = [(r, resource.getrlimit(r)) for r in _LIMITS]
         with self.lock:
             if not self.usable():
