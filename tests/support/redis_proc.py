@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from tests.support.orphans import dies_with_us
 from tests.support.ports import free_port
 
 
@@ -82,7 +83,8 @@ class RedisProcess:
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
+            dies_with_us(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.directory,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)

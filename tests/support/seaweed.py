@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.orphans import dies_with_us
 from tests.support.ports import free_ports
 from workers.engine.model import StorageOptions
 
@@ -121,7 +122,7 @@ class SeaweedProcess:
             *(f"-{flag}={port}" for flag, port in self._ports.items()),
         ]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(dies_with_us(args), stdout=log, stderr=subprocess.STDOUT,
                                          cwd=self.directory, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
