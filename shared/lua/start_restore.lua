@@ -31,8 +31,10 @@ if clone then
   if source.id ~= nil then
     local want, have = cjson.decode(source.state).kind, cjson.decode(srv.state).kind
     if want ~= have then
-      return fail('invalid_request', 'server_id: server ' .. srv.id .. ' holds a ' .. have ..
-        ' state; snapshot ' .. snap.id .. ' is of a ' .. want .. ' state.')
+      -- "an image", "a directory"
+      local function a(kind) return (kind == 'image' and 'an ' or 'a ') .. kind end
+      return fail('invalid_request', 'server_id: server ' .. srv.id .. ' holds ' .. a(have) ..
+        ' state; snapshot ' .. snap.id .. ' is of ' .. a(want) .. ' state.')
     end
   end
 end

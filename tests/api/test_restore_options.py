@@ -94,8 +94,9 @@ def test_clone_refusals_change_nothing(
         assert r.status_code == status, (body, r.text)
         err = r.json()["error"]
         assert err["code"] == code and err["message"].startswith(starts), (body, err)
-    assert "image" in _restore(client, snap["id"], headers,
-                               server_id=image["id"]).json()["error"]["message"]
+    assert _restore(client, snap["id"], headers, server_id=image["id"]).json()["error"][
+        "message"] == (f"server_id: server {image['id']} holds an image state; snapshot "
+                       f"{snap['id']} is of a directory state.")
 
 
 def test_safety_snapshot_counts_toward_the_limit_checked_at_the_request(

@@ -175,7 +175,7 @@ def test_invalid_state(engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(StateInvalid):
         engine.capture(make_meta(1), dir_state(tmp_path / "file"))
     engine.capture(make_meta(2), dir_state(tmp_path / "real"))
-    with pytest.raises(StateInvalid):
+    with pytest.raises(StateInvalid, match=r"^snapshot 2 holds a directory state, not an image$"):
         engine.restore(2, StateSpec(kind="image", path=str(tmp_path / "img")))
     assert engine.list_snapshots()[0].meta.snapshot_id == 2
 

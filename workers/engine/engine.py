@@ -237,8 +237,8 @@ class Engine:
                 header, body = self.repo.decode_tree(snapshot_id, raw)
                 del raw
                 if header.state_kind != state.kind:
-                    raise StateInvalid(f"snapshot {snapshot_id} holds a {header.state_kind} "
-                                       f"state, not a {state.kind}")
+                    raise StateInvalid(f"snapshot {snapshot_id} holds {_a(header.state_kind)} "
+                                       f"state, not {_a(state.kind)}")
                 try:
                     return self._restore(snapshot_id, header, body, state, prog, pool, live,
                                          started)
@@ -407,6 +407,11 @@ class Engine:
 
     def writable(self) -> bool:
         return self.backend.writable()
+
+
+def _a(kind: str) -> str:
+    """'an image', 'a directory': a state kind in a sentence."""
+    return ("an " if kind[:1] in "aeiou" else "a ") + kind
 
 
 def _packed_members(body: manifest.Body) -> Iterator[tuple[bytes, int, int, bytes, str]]:
