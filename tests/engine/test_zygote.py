@@ -157,3 +157,39 @@ def test_a_process_forked_while_a_thread_asks_the_zygote_never_waits_for_its_loc
         os.waitpid(pid, 0)
         pytest.fail("the forked child waited on the zygote's lock")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+_FAILING_FORKS = """
+import errno, os, socket, sys
+from workers.engine.workerproc import process, zygote
+from workers.engine.restore import writerpool
+real_fork, owner = os.fork, os.getpid()
+
+def fork():  # the zygote's own forks fail, as at the host's process limit (EAGAIN)
+    if os.getpid() != owner and os.getppid() == owner:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    return real_fork()
+
+os.fork = fork
+assert zygote.start(["workers.engine.restore.writerproc"])
+z = zygote._zygote
+def fds():
+    return len(os.listdir(f"/proc/{z.pid}/fd"))
+before = fds()
+for _ in range(20):
+    a, b = socket.socketpair()
+    assert z.fork(writerpool._MODULE, (a.fileno(), b.fileno())) is None  # spawn it instead
+    a.close(); b.close()
+print(before, fds(), z.usable())
+"""
+
+
+def test_a_zygote_whose_forks_fail_keeps_no_descriptor_of_them() -> None:
+    # Each failed fork left the zygote the status pipe it made for that worker: a zygote
+    # at the host's process limit leaked two descriptors per request, until it could no
+    # longer even receive one (EMFILE).
+    out = subprocess.run([sys.executable, "-c", _FAILING_FORKS], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    before, after, usable = int(out[0]), int(out[1]), out[2]
+    assert usable == "True"  # it answered each request: kept, not retired
+    assert after == before

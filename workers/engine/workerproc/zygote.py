@@ -259,16 +259,20 @@ def _serve(sock: socket.socket, parent: int, preload: Sequence[str]) -> None:
 
 def _fork_one(sock: socket.socket, msg: bytes, fds: list[int], modules: dict[str, ModuleType],
               children: dict[int, tuple[int, int]]) -> None:
+    status: tuple[int, ...] = ()  # the status pipe, once made
     try:
         name, limits = pickle.loads(msg)
         if name not in modules:
             modules[name] = importlib.import_module(name)
-        status_r, status_w = os.pipe()
+        status = os.pipe()
+        status_r, status_w = status
         zygote = os.getpid()
         pid = os.fork()
     except Exception:  # told as "no worker": the engine spawns it
         traceback.print_exc()
-        for fd in fds:
+        # the status pipe too: a zygote whose forks kept failing (EAGAIN: the host's
+        # process limit) kept two descriptors per request until it hit its own limit
+        for fd in (*fds, *status):
             os.close(fd)
         sock.sendall(_PID.pack(-1))
         return
