@@ -14,8 +14,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from workers.engine import Engine, StateSpec
 from workers.engine.model import StateInvalid
+from workers.engine.restore.patchjournal import Journal
+from workers.engine.restore.patchplan import DirState
 
 from .conftest import dir_state, make_meta
 
@@ -140,3 +144,30 @@ def test_a_fifo_planted_as_the_image_journal_never_blocks_a_recover(
     engine.recover(image_state(img))
     assert sorted(os.listdir(tmp_path)) == ["disk.img", "repo"]
     assert img.read_bytes() == b"image"
+
+
+def test_a_planted_patch_journal_never_sets_a_directorys_owner_mode_or_xattrs(
+        engine: Engine, tmp_path: Path) -> None:
+    # A tenant (uid 1000 here) owns the state's parent: it plants a patch's work directory
+    # with a journal naming a directory of its state, to be "put back" owned by root,
+    # setuid and world-writable, with a trusted.* xattr only root may set.
+    tenant = tmp_path / "tenant"
+    sub = tenant / "state" / "sub"
+    sub.mkdir(parents=True)
+    for p in (tenant, tenant / "state", sub):
+        os.chown(p, 1000, 1000)
+    sub.chmod(0o755)
+    before = os.stat(sub)
+    work = tenant / ".state.restore-patch"
+    work.mkdir()
+    forged = DirState(path=b"sub", mode=0o44777, uid=0, gid=0, mtime_ns=0,
+                      xattrs=[("trusted.overlay.opaque", b"y")])
+    (work / "journal").write_bytes(msgspec.msgpack.encode(Journal(ops=[], dirs=[forged])))
+    for p in (work, work / "journal"):
+        os.chown(p, 1000, 1000)
+    engine.recover(dir_state(tenant / "state"))
+    after = os.stat(sub)
+    assert (after.st_uid, after.st_gid, after.st_mode, after.st_mtime_ns) == (
+        1000, 1000, before.st_mode, before.st_mtime_ns)
+    assert os.listxattr(sub) == []
+    assert sorted(os.listdir(tenant)) == ["state"]  # the planted directory is removed

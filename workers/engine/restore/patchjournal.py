@@ -105,6 +105,17 @@ def _dir(fds: Dirs, path: bytes) -> int | None:
         return None
 
 
+def _made_by_a_patch(wfd: int) -> bool:
+    """Whether the work directory open at wfd can be one a patch made: ours (this process's
+    user) and closed to everyone else (mode 0700), so no one else put its journal there.
+    The state's parent may be its tenant's: a tenant who planted a work directory with a
+    journal of its own had undo chown, chmod (setuid, setgid) and set xattrs (trusted.*,
+    security.*: root's alone to set) on any directory of its state, as it named them. A
+    tenant with this process's own user (host root) needs no journal for that."""
+    st = os.fstat(wfd)
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
 def undo(parent_fd: int, base: bytes) -> None:
     """Roll back an uncommitted patch (idempotent; a committed one needs nothing)."""
     try:
@@ -116,6 +127,8 @@ def undo(parent_fd: int, base: bytes) -> None:
             raise
         return
     try:
+        if not _made_by_a_patch(wfd):
+            return  # planted: removed with the other leftovers, never acted on
         if exists(COMMITTED, wfd):
             return
         try:
