@@ -380,9 +380,17 @@ class Jobs:
                 state,
                 progress=ProgressReporter(lambda p: self._report(op.id, p)),
                 live=isinstance(server.power, PowerNone),  # nothing stopped it: never patch
+                # ended by the reaper (deadline) meanwhile: the state is left as it was.
+                # Written on to its end, it was swapped in after the operation had failed
+                # and the server was free again (a capture may have been reading it).
+                should_stop=lambda: self._cancelled(op.id),
             )
         except Cancelled:
-            # The reaper ended the operation while its safety snapshot was being captured.
+            # The reaper ended the operation while its safety snapshot was being captured,
+            # or while it restored: what a restore process killed at its stop grace left
+            # half done (a patch's renames) is put back before the server may start.
+            with contextlib.suppress(EngineError, OSError):
+                self.engine.recover(state)
             self._power_back(op.id, server, driver, prior == "running")
             return
         except (EngineError, PowerError, HookFailed, SafetyFailed) as exc:

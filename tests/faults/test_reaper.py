@@ -4,6 +4,7 @@ times than it may be retried, and one that runs past SNAPSHOTS_OPERATION_DEADLIN
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -247,3 +248,38 @@ def test_a_reaper_whose_clock_is_ahead_keeps_the_deadline(
     time.sleep(3)  # six passes of the reaper (SNAPSHOTS_REAPER_INTERVAL 0.5 s)
     op = client.get(f"/operations/{r.json()['operation_id']}/").json()
     assert op["status"] == "queued", op
+
+
+def test_a_restore_past_its_deadline_stops_and_leaves_the_state_as_it_was(
+    make_service: ServiceFactory, states: Path
+) -> None:
+    # A restore the reaper ends (deadline) while it writes stops there: it went on to its
+    # swap, seconds after its operation had failed and the server was free again, so the
+    # state a user was told was kept was replaced after all.
+    svc = make_service().start(workers=1)
+    client = svc.client()
+    state = states / "web"
+    state.mkdir()
+    for i in range(4):
+        (state / f"data{i}.bin").write_bytes(os.urandom(4 << 20))
+    server = add_server(client, str(state))
+    snap = snapshot(client, server["id"], name="good")
+    for i in range(4):
+        (state / f"data{i}.bin").write_bytes(os.urandom(4 << 20))
+    current = describe(state)
+    # a worker whose restore moves 2 MB/s (16 MiB: ~8 s) under a 3 s deadline
+    assert svc.workers
+    svc.kill(svc.workers[0])  # idle: nothing of it to wait for
+    svc.start_worker(env={"FAULT_TEST_MBPS": "2", "SNAPSHOTS_OPERATION_DEADLINE": "3"})
+
+    resp = client.post(f"/snapshots/{snap['id']}/restore/")
+    assert resp.status_code == 200, resp.text
+    op = wait_operation(client, resp.json()["operation_id"], timeout=60)
+    assert op["status"] == "failed" and op["error"]["code"] == "deadline_exceeded", op
+    def ended() -> bool:  # nothing of the restore left beside the state
+        return not [n for n in os.listdir(states) if n.startswith(".web.restore-")]
+
+    wait_until(ended, timeout=30, what="the restore to end")
+    time.sleep(1)
+    assert describe(state) == current
+    assert client.get(f"/servers/{server['id']}/").json()["status"] == "running"

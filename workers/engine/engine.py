@@ -218,12 +218,15 @@ class Engine:
 
     # --- restore ----------------------------------------------------------------------
     def restore(self, snapshot_id: int, state: StateSpec, *,
-                progress: ProgressFn | None = None, live: bool = False) -> RestoreResult:
+                progress: ProgressFn | None = None, live: bool = False,
+                should_stop: Callable[[], bool] | None = None) -> RestoreResult:
         """Make the state equal to the snapshot. `live`: the server runs during the restore
         (nothing stops it), so a directory is always rebuilt and swapped in, never patched
-        in place: a process still writing keeps writing into the old tree, not the new."""
+        in place: a process still writing keeps writing into the old tree, not the new.
+        should_stop (polled as progress is): once true, Cancelled before the state is
+        changed (the staging tree removed), or none if the swap was reached already."""
         started = time.time_ns()  # the sync point waits for the clock tick from here
-        prog = Progress(progress)
+        prog = Progress(progress, should_stop)
         with self.lock.shared(), self._state_lock(state):
             local = isinstance(self.backend, LocalBackend)
             pool = self._early_pool(snapshot_id, state) if local else None

@@ -93,15 +93,18 @@ class ForkingEngine(Engine):
         return result
 
     def restore(self, snapshot_id: int, state: StateSpec, *,
-                progress: ProgressFn | None = None, live: bool = False) -> RestoreResult:
+                progress: ProgressFn | None = None, live: bool = False,
+                should_stop: Callable[[], bool] | None = None) -> RestoreResult:
         if not self._forks():
-            return super().restore(snapshot_id, state, progress=progress, live=live)
+            return super().restore(snapshot_id, state, progress=progress, live=live,
+                                   should_stop=should_stop)
 
         def op(e: Engine, prog: ProgressFn | None,
-               _stop: Callable[[], bool] | None) -> tuple[RestoreResult, int]:
-            return e.restore(snapshot_id, state, progress=prog, live=live), e.last_bytes_read
+               stop: Callable[[], bool] | None) -> tuple[RestoreResult, int]:
+            return (e.restore(snapshot_id, state, progress=prog, live=live, should_stop=stop),
+                    e.last_bytes_read)
 
-        result, self.last_bytes_read = self._forked(op, progress, None)
+        result, self.last_bytes_read = self._forked(op, progress, should_stop)
         return result
 
     def _forked(self, op: Callable[[Engine, ProgressFn | None, Callable[[], bool] | None], T],
