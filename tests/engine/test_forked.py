@@ -13,8 +13,11 @@ import pytest
 
 from tests.engine.conftest import build_full_tree, dir_state, make_meta
 from tests.engine.treecmp import describe
-from workers.engine import SnapshotNotFound, TransientEngineError
+from workers.engine import SnapshotNotFound, TransientEngineError, tuning
+from workers.engine.capture import readerpool
 from workers.engine.forked import ForkingEngine
+from workers.engine.restore import writerpool
+from workers.engine.workerproc import process
 
 
 def _children() -> list[int]:
@@ -76,6 +79,41 @@ def test_capture_and_restore_run_in_a_child_with_the_same_results(tmp_path: Path
     with pytest.raises(SnapshotNotFound, match="snapshot 7 not found"):  # its own type
         engine.restore(7, dir_state(tmp_path / "none"))
     assert not _children()  # every child waited for
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(") ", 1)[1].split()[1])
+
+
+def test_the_childs_reader_and_writer_processes_are_forks_of_its_own_zygote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not fresh interpreters: forks of a zygote the operation's child forked at its start
+    (sharing the worker's interpreter and modules), each gone with the operation."""
+    monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 0)
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    seen = tmp_path / "workers"
+    started = process.WorkerProcess.__init__
+
+    def record(self: process.WorkerProcess, module: str, setup: bytes) -> None:
+        started(self, module, setup)  # in the operation's child: a copy of this patch
+        with open(seen, "a") as f:
+            f.write(f"{module} {type(self.proc).__name__} {os.getpid()} "
+                    f"{_ppid(_ppid(self.proc.pid))}\n")
+
+    monkeypatch.setattr(process.WorkerProcess, "__init__", record)
+    src = tmp_path / "src"
+    build_full_tree(src)
+    engine = ForkingEngine(f"file://{tmp_path / 'repo'}")
+    engine.capture(make_meta(1), dir_state(src))
+    engine.restore(1, dir_state(tmp_path / "dst"))
+    assert describe(tmp_path / "dst") == describe(src)
+    lines = [line.split() for line in seen.read_text().splitlines()]
+    assert {m for m, *_ in lines} == {readerpool._MODULE, writerpool._MODULE}
+    for _module, kind, op_child, grandparent in lines:
+        assert kind == "ForkedProcess"  # not subprocess.Popen (python -c)
+        assert int(op_child) != os.getpid() and grandparent == op_child  # child -> zygote
+    assert not _children()
 
 
 def test_a_child_that_dies_is_a_transient_error(tmp_path: Path) -> None:

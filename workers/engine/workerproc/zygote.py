@@ -12,7 +12,9 @@ inherits the runtime without its threads, and its first request (a restore write
 waits forever (forked.py says the same of forked operations). The zygote is forked before
 that runtime exists (start() is called by the engine before its backend's first request,
 and refuses once a runtime thread runs in the process) and never makes a request, so each
-of its forks makes a runtime of its own, as a fresh interpreter does.
+of its forks makes a runtime of its own, as a fresh interpreter does. On file:// each
+operation runs in a child forked for it (forked.py), which forks a zygote of its own as it
+starts, while it is one thread; its readers and writers share the worker's pages.
 
 Why a fork of it behaves as a spawned worker did (every fault semantic kept):
 - Death: the zygote dies with the thread that started it (PR_SET_PDEATHSIG: the worker's
@@ -187,6 +189,16 @@ class _Zygote:
 
 _zygote: _Zygote | None = None
 _start_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # a forked child starts a zygote of its own (forked.py): another thread of the parent
+    # may have held this lock at the fork, in the child for good
+    global _start_lock
+    _start_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def start(preload: Sequence[str]) -> bool:
