@@ -19,7 +19,7 @@ from workers.engine.model import SnapshotMeta, StorageOptions
 from workers.engine.repository import manifest, packformat
 from workers.engine.repository.manifest import DIR, FILE, DirBody, Entry, Header
 from workers.engine.repository.packfetch import Prefetch
-from workers.engine.repository.repository import chunk_key, pack_index_key
+from workers.engine.repository.repository import Repository, chunk_key, pack_index_key
 
 from .conftest import BOTH_BACKENDS, dir_state, make_meta
 from .treecmp import assert_same
@@ -72,6 +72,30 @@ def test_big_chunks_are_packed_a_pack_per_pack_size(monkeypatch: pytest.MonkeyPa
     engine.capture(make_meta(2), dir_state(src))
     new = list(engine.backend.put_keys)[before:]
     assert len([k for k in new if k.startswith("data/")]) <= 2 and len(new) <= 5, new
+
+
+def test_the_last_small_and_big_packs_are_stored_side_by_side(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """A capture ends with a pack of small files and one of big chunks open: each store
+    waits here until the other has started too (one after the other, on one thread, the
+    first waited in vain and the capture failed); the snapshot restores whole."""
+    both = threading.Barrier(2, timeout=10)
+    store_pack = Repository.store_pack
+
+    def meeting(self: Repository, frames: list[tuple[bytes, int]],
+                members: list[tuple[bytes, int, int]]) -> tuple[bytes, int]:
+        both.wait()
+        return store_pack(self, frames, members)
+
+    monkeypatch.setattr(Repository, "store_pack", meeting)
+    src = tmp_path / "srv"
+    _tree(src, 4, 50)  # 2.8 MB of big chunks, 0.6 MB of small files: one pack each
+    engine.capture(make_meta(1), dir_state(src))
+    assert len(_data_puts(engine)) == 2
+    monkeypatch.setattr(Repository, "store_pack", store_pack)
+    dst = tmp_path / "out"
+    engine.restore(1, dir_state(dst))
+    assert_same(src, dst)
 
 
 def test_restore_reads_packs_ahead_with_coalesced_gets(monkeypatch: pytest.MonkeyPatch,
