@@ -36,6 +36,7 @@ SCRIPT_NAMES = (
     "fail_operation",
     "set_server_power",
     "hold_server_power",
+    "end_power_hold",
     "claim_operation",
     "release_operation",
     "mark_requeue",

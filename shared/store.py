@@ -337,6 +337,11 @@ class Store:
         set_server_power(held_by=op_id). See hold_server_power.lua."""
         return ok(self._run("hold_server_power", server_id, op_id, seconds))
 
+    def end_power_hold(self, server_id: int, op_id: int) -> None:
+        """Ends operation ``op_id``'s power hold on the server (if it still has it) without
+        saying anything of its power (set_server_power does both)."""
+        self._run("end_power_hold", server_id, op_id)
+
     # ------------------------------------------------------------ schedules
 
     def set_schedule(

@@ -31,6 +31,7 @@ from shared.records import ServerRecord
 from shared.schemas import HookRun
 from shared.store import Store
 from workers.commandenv import command_environment
+from workers.engine import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,15 @@ class HookRunner:
                                     and server.hooks.post_snapshot is None):
             yield
             return
-        # Marked before the pre hook starts: from here on the server is owed a post hook.
+        # Marked before the pre hook starts: from here on the server is owed a post hook,
+        # and an operation ended from here on holds its server until the post hook ran
+        # (hold_for_post_hook in shared/lua/_lib.lua). Ended before the mark, it held
+        # nothing: its pre hook must not run (the server may be another operation's).
         self.store.set_hook_pending(op_id, True)
+        op = self.store.get_operation(op_id)
+        if op is None or op.status not in ("queued", "running"):
+            self.store.set_hook_pending(op_id, False)
+            raise Cancelled("the operation ended before its pre_snapshot hook")
         outcome: Outcome = "failed"
         try:
             pre = self._run(op_id, server, snapshot_id, "pre_snapshot")

@@ -197,6 +197,22 @@ local function server_release(server_id, op_id)
   end
 end
 
+-- An operation ended while its job may still be between a pre hook and its post hook (a
+-- delete cancelling its capture, the reaper's deadline): the server is freed, but held
+-- (power_hold, see server_busy) for that job until it has run the post hook and ended the
+-- hold (workers/jobs.py), or for the hook's timeout and a margin if the job is gone. Freed
+-- outright, the next operation started at once and the post hook ("start the database",
+-- "thaw the filesystem") ran in the middle of it, a restore replacing the state, say.
+local function hold_for_post_hook(op)
+  if redis.call('HGET', 'operation:' .. op.id, 'hook_pending') ~= '1' then return end
+  local timeout = 60
+  local hooks = redis.call('HGET', 'server:' .. op.server_id, 'hooks')
+  if hooks and hooks ~= '' then
+    timeout = tonumber(cjson.decode(hooks).timeout) or timeout
+  end
+  redis.call('SET', 'power_hold:' .. op.server_id, op.id, 'EX', timeout + 30)
+end
+
 local function error_json(code, message)
   return cjson.encode({code = code, message = message})
 end

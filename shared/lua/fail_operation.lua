@@ -59,6 +59,9 @@ elseif op.type == 'snapshot.restore' then
       {target_server_id = tonumber(op.server_id), code = ARGV[2], message = ARGV[3]})
   end
 end
+-- failed by the reaper while its job still runs its hooks (a job failing it itself has
+-- run its post hook by then: nothing is pending)
+hold_for_post_hook(op)
 emit(etype, op.account, op.server_id, op.snapshot_id, op.id, t,
   {code = ARGV[2], message = ARGV[3]})
 return ok({})
