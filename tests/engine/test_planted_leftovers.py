@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import msgspec
 
 from workers.engine import Engine, StateSpec
+from workers.engine.image.image import J_MAGIC, J_REC, J_TRAILER
 from workers.engine.model import StateInvalid
 from workers.engine.restore.patchjournal import Journal
 from workers.engine.restore.patchplan import DirState
@@ -171,3 +173,22 @@ def test_a_planted_patch_journal_never_sets_a_directorys_owner_mode_or_xattrs(
         1000, 1000, before.st_mode, before.st_mtime_ns)
     assert os.listxattr(sub) == []
     assert sorted(os.listdir(tenant)) == ["state"]  # the planted directory is removed
+
+
+def test_a_planted_image_journal_is_never_applied(engine: Engine, tmp_path: Path) -> None:
+    # The tenant (uid 1000) owns the image's directory but not the image (root's, 0600):
+    # a complete journal it wrote was applied to the image by the next recover or restore.
+    tenant = tmp_path / "tenant"
+    tenant.mkdir()
+    os.chown(tenant, 1000, 1000)
+    img = tenant / "disk.img"
+    img.write_bytes(b"image" * 1000)
+    img.chmod(0o600)
+    block = b"EVIL" * 1024
+    journal = tenant / ".disk.img.restore-journal"
+    journal.write_bytes(J_MAGIC + struct.pack(">QIB", len(block), len(block), 0)
+                        + J_REC.pack(0, len(block), 1) + block + J_TRAILER.pack(1, b"DONE"))
+    os.chown(journal, 1000, 1000)
+    engine.recover(image_state(img))
+    assert img.read_bytes() == b"image" * 1000
+    assert sorted(os.listdir(tenant)) == ["disk.img"]  # the planted journal is removed

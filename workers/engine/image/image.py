@@ -145,14 +145,21 @@ def _journal_name(base: bytes) -> bytes:
 
 
 def _open_journal(parent_fd: int, jpath: bytes) -> int | None:
-    """The journal, opened if it is a regular file (a fifo or a directory planted under its
-    name is no journal of ours, and is never opened); None when there is none such."""
+    """The journal, opened if it is a regular file a restore of ours can have written:
+    this process's user's, mode 0600 (a fifo or a directory planted under its name is no
+    journal of ours, and is never opened; nor is a file the tenant of the image's parent
+    wrote: applied, it wrote the tenant's blocks into an image it may not write itself, a
+    root-owned 0600 disk in its directory); None when there is none such."""
     try:
-        return fsutil.open_regular(jpath, parent_fd)
+        fd, st = fsutil.open_regular_stat(jpath, parent_fd)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.EINVAL, errno.ELOOP):
             return None
         raise
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        return None  # planted: removed with the other leftovers, never applied
+    return fd
 
 
 def _apply_journal(jfd: int, fd: int) -> int:
