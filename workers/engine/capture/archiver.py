@@ -23,6 +23,7 @@ vouches for the bytes read, so "same inode and ctime" lets the next capture skip
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import stat
 import threading
@@ -63,6 +64,10 @@ def _vouch(e: Entry, walk_ctime: int, sync: SyncPoint) -> None:
         e.ctime_ns = 0
 
 
+# a walked directory's path, inode, and the entry indexes and names of its files to read
+_Dir = tuple[bytes, int, "array[int]", list[bytes]]
+
+
 class _Stopped(Exception):
     """A big file's read ended early: the capture failed elsewhere."""
 
@@ -87,7 +92,10 @@ class Archiver:
         self._lock = threading.Lock()
         # each walked directory's path, inode and indexes of its small files to read (whole,
         # by one reader each), not yet handed to reader processes
-        self._small: deque[tuple[bytes, int, array[int], list[bytes]]] = deque()
+        self._small: deque[_Dir] = deque()
+        # the heavy files among them (tuning.READER_HEAVY), each on its own, the biggest
+        # first: (-size, walk order, its directory's path, inode, [index], [name])
+        self._heavy: list[tuple[int, int, _Dir]] = []
         # the big files, each read in blocks by one thread while the walk and the small
         # files go on (_walked_big); set: the capture failed, they stop at the next block
         self._big: list[Future[None]] = []
@@ -167,7 +175,21 @@ class Archiver:
         """A directory walked (Walker.on_dir): its files to read are queued, and handed to
         the reader processes at once when they run."""
         if small:
-            self._small.append((rel, ino, small, names))
+            sizes = self.tree.sizes
+            heavy = tuning.READER_HEAVY
+            if max(map(sizes.__getitem__, small)) >= heavy:  # rare: a loop in C first
+                light = array("q")
+                light_names = []
+                for i, name in zip(small, names, strict=True):
+                    if sizes[i] >= heavy:
+                        heapq.heappush(self._heavy, (-sizes[i], i, (rel, ino, array("q", [i]),
+                                                                    [name])))
+                    else:
+                        light.append(i)
+                        light_names.append(name)
+                small, names = light, light_names
+            if small:
+                self._small.append((rel, ino, small, names))
             if self._pool is not None and self._feed is not None:
                 self._pool.pump(self._feed)
 
@@ -217,6 +239,9 @@ class Archiver:
         """The files below the big-file size, by the reader processes (a big capture) or
         threads, each file whole by one of them."""
         sizes = self.tree.sizes
+        if self._heavy:  # the biggest first, then the rest as walked
+            self._small.extendleft(reversed([heapq.heappop(self._heavy)[2]
+                                             for _ in range(len(self._heavy))]))
         if self._pool is None:
             to_read = sum(sizes[i] for _r, _i, idxs, _n in self._small for i in idxs)
             if to_read >= tuning.CAPTURE_PROCESS_THRESHOLD:
@@ -280,33 +305,38 @@ class Archiver:
         are sent); the readers open the files themselves beneath it (readerproc.py).
         None: no directory walked yet whose files are not sent (the walk goes on)."""
         sizes = self.tree.sizes
+        limit = tuning.REQUEST_BYTES
         while True:
-            if not self._small:
-                if not self._walking:
-                    return
+            if self._heavy:
+                rel, ino, idxs, all_names = heapq.heappop(self._heavy)[2]
+            elif self._small:
+                rel, ino, idxs, all_names = self._small.popleft()
+            elif self._walking:
                 yield None
                 continue
-            rel, ino, idxs, all_names = self._small.popleft()
+            else:
+                return
             dfd = self._open_dir(self._root_fd, rel, ino, idxs)
             if dfd is None:
                 continue
             try:
                 batch: list[int] = []
                 names: list[bytes] = []
-                name_bytes = 0
+                name_bytes = nbytes = 0
                 for i, name in zip(idxs, all_names, strict=True):
-                    if len(batch) == REQUEST_FILES or name_bytes + len(name) > REQUEST_NAME_BYTES:
+                    if len(batch) == REQUEST_FILES or name_bytes + len(name) > (
+                            REQUEST_NAME_BYTES) or (nbytes >= limit):
                         yield dfd, batch, names, [sizes[k] for k in batch]
-                        batch, names, name_bytes = [], [], 0
+                        batch, names, name_bytes, nbytes = [], [], 0, 0
                     batch.append(i)
                     names.append(name)
                     name_bytes += len(name)
+                    nbytes += sizes[i]
                 yield dfd, batch, names, [sizes[k] for k in batch]
             finally:
                 os.close(dfd)
 
-    def _open_files(self, root_fd: int,
-                    todo: list[tuple[bytes, int, array[int], list[bytes]]],
+    def _open_files(self, root_fd: int, todo: list[_Dir],
                     ) -> Generator[tuple[int, int]]:
         """(fd, entry index) of every file to read, opened through dir fds (O_NOFOLLOW)."""
         for rel, ino, idxs, names in todo:
