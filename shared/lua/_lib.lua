@@ -235,8 +235,9 @@ local function server_busy(srv)
   end
   local held = redis.call('GET', 'power_hold:' .. srv.id)
   if held then
-    return 'server_invalid_state', 'Server ' .. srv.id .. ' is being started again after ' ..
-      'operation ' .. held .. '; retry in a moment.'
+    return 'server_invalid_state', 'Server ' .. srv.id .. ' is still being handed back by ' ..
+      'operation ' .. held .. ' (its power put back, or its post_snapshot hook run); ' ..
+      'retry in a moment.'
   end
   return nil
 end

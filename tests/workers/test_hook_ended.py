@@ -54,7 +54,9 @@ def test_no_operation_starts_on_the_server_before_an_ended_captures_post_hook_ra
         store.create_snapshot(account=None, body=SnapshotCreate(server_id=server_id,
                                                                 name="next"))
     assert refused.value.code == "server_invalid_state"
-    assert "retry in a moment" in str(refused.value)
+    assert refused.value.message == (
+        f"Server {server_id} is still being handed back by operation {op_id} (its power put "
+        "back, or its post_snapshot hook run); retry in a moment.")
     go.touch()
     job.join(timeout=30)
     assert not job.is_alive()
