@@ -286,10 +286,14 @@ class Engine:
 
     def _early_pool(self, snapshot_id: int, state: StateSpec,
                     raw: bytes | None = None) -> RestorePool | None:
-        """A big directory restore into a new state starts its worker processes first, so
-        their start-up overlaps reading (local) or decoding (raw: the manifest as read from
-        a remote repository, no header GET) the manifest: nothing to reuse, no patch."""
-        if state.kind != "directory" or os.path.lexists(state.path):
+        """A big directory restore into a new state (no state path yet, or an empty
+        directory: a server made to be restored into) starts its worker processes first,
+        so their start-up overlaps reading (local) or decoding (raw: the manifest as read
+        from a remote repository, no header GET) the manifest: nothing to reuse, no patch."""
+        from .fs.fsutil import empty_dir_at
+
+        if state.kind != "directory" or (os.path.lexists(state.path)
+                                         and not empty_dir_at(state.path)):
             return None
         try:
             header = (self.repo.get_header(snapshot_id) if raw is None

@@ -339,6 +339,24 @@ def iter_names(dir_fd: int) -> Iterator[bytes]:
             yield os.fsencode(e.name)
 
 
+def is_empty_dir(dir_fd: int) -> bool:
+    """Whether the directory open at dir_fd has no entries at all."""
+    with os.scandir(dir_fd) as it:  # duplicates the descriptor
+        return next(it, None) is None
+
+
+def empty_dir_at(path: str) -> bool:
+    """Whether `path` is, right now, a directory (not a symlink to one) with no entries; a
+    hint only (a restore decides again on the fds it opened without following a link)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
+
+
 def mount_roots(under: str) -> set[tuple[int, int]]:
     """(st_dev, st_ino) of every mount point strictly below `under` (from mountinfo). Bind
     mounts of the same filesystem keep st_dev, so a device comparison alone misses them."""

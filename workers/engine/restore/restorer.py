@@ -93,10 +93,13 @@ class Restorer:
             # the state (its own filesystem) moves its ctime (see syncpoint.py and reuse.py).
             self.check.sync = sync_point(parent_fd if cur_fd is None else cur_fd,
                                          since=self.started)
+            # An empty current tree (a server made to be restored into) is a new state:
+            # nothing to reuse or patch, its files all written by the worker processes.
+            fresh = cur_fd is None or fsutil.is_empty_dir(cur_fd)
             # the record vouches for files of the current tree only: none, nothing to read
-            self.check.known = self.cache.load() if cur_fd is not None else {}
+            self.check.known = self.cache.load() if not fresh else {}
             self.cache.forget()  # the tree is about to change: the record would be stale
-            if cur_fd is not None and self.patch:
+            if not fresh and cur_fd is not None and self.patch:
                 try:
                     patched = self._patched(parent_fd, cur_fd)
                 except BaseException:
@@ -124,7 +127,7 @@ class Restorer:
                     pool = start_pool(self.repo, self.sid, self.state_path)
                 try:
                     with hierarchy_top(st_fd):
-                        if pool is not None and cur_fd is None:
+                        if pool is not None and fresh:
                             w.build_fresh(st_fd, pool)
                         else:
                             w.build(st_fd, cur_fd, self.entries, w.linked, pool)
