@@ -14,14 +14,19 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import pytest
 
 from workers.engine import Engine, StateSpec
+from workers.engine.fs import fsutil
 from workers.engine.image.image import J_MAGIC, J_REC, J_TRAILER
 from workers.engine.model import StateInvalid
+from workers.engine.restore.patch import Patcher
 from workers.engine.restore.patchjournal import Journal
 from workers.engine.restore.patchplan import DirState
+from workers.engine.restore.treewriter import TreeWriter
 
 from .conftest import dir_state, make_meta
 
@@ -192,3 +197,60 @@ def test_a_planted_image_journal_is_never_applied(engine: Engine, tmp_path: Path
     engine.recover(image_state(img))
     assert img.read_bytes() == b"image" * 1000
     assert sorted(os.listdir(tenant)) == ["disk.img"]  # the planted journal is removed
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_a_restores_durability_point_is_the_filesystem_it_swaps_on(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patched: bool) -> None:
+    # A tenant holding a directory above the state swaps the state's parent for a symlink
+    # (to a directory elsewhere) while the restore writes: the sync before the swap (or
+    # the patch's commit mark) went by the parent's path, so it flushed the symlink's
+    # target, and a crash after the swap could leave the restored tree's data unwritten.
+    top = tmp_path / "tenant"
+    parent = top / "srv"
+    state = parent / "state"
+    state.mkdir(parents=True)
+    for i in range(40):
+        (state / f"f{i}").write_text(f"v1 {i}\n")
+    engine.capture(make_meta(1), dir_state(state))
+    # a patch: one file differs; a rebuild: more than a patch takes (tuning.PATCH_MIN)
+    for i in range(1 if patched else 30):
+        (state / f"f{i}").write_text("changed\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    real = os.stat(parent)
+    synced: list[tuple[int, int]] = []
+    real_syncfs_fd = fsutil.syncfs_fd
+
+    def recording(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        real_syncfs_fd(fd)
+
+    def swap_parent() -> None:  # what the tenant does, once the restore is under way
+        if not (top / "srv.real").exists():
+            os.rename(parent, top / "srv.real")
+            os.symlink(elsewhere, parent)
+
+    monkeypatch.setattr(fsutil, "syncfs_fd", recording)
+    if patched:
+        apply = Patcher._apply
+
+        def swapping_apply(self: Patcher, *a: Any) -> None:
+            swap_parent()
+            apply(self, *a)
+
+        monkeypatch.setattr(Patcher, "_apply", swapping_apply)
+    else:
+        build = TreeWriter.build
+
+        def swapping_build(self: TreeWriter, *a: Any) -> None:
+            build(self, *a)
+            swap_parent()
+
+        monkeypatch.setattr(TreeWriter, "build", swapping_build)
+    engine.restore(1, dir_state(state))
+    assert (top / "srv.real").exists()  # the swap happened under the restore
+    assert (real.st_dev, real.st_ino) in synced
+    assert (os.stat(elsewhere).st_dev, os.stat(elsewhere).st_ino) not in synced
+    assert (top / "srv.real" / "state" / "f0").read_text() == "v1 0\n"

@@ -73,7 +73,7 @@ class Patcher:
             fsutil.create_durable(wfd, JOURNAL, journal)
             try:
                 self._apply(wfd, dirs)
-                fsutil.syncfs(self.parent_path)
+                fsutil.syncfs_fd(self.parent_fd)  # by fd: see Restorer's durability point
                 fsutil.create_durable(wfd, COMMITTED, b"")
             except BaseException:
                 with contextlib.suppress(OSError):

@@ -136,7 +136,10 @@ class Restorer:
                         pool.close(kill=True)
                     flusher.stop()
                     os.close(st_fd)
-                fsutil.syncfs(self.parent_path)
+                # the durability point: through the parent's fd, not its path, which a
+                # tenant holding a directory above may have swapped for a symlink since (the
+                # sync would then flush another filesystem than the one swapped on)
+                fsutil.syncfs_fd(parent_fd)
                 old = swap(parent_fd, staging, self.base, cur_fd is not None)
                 if isinstance(self.entries, LazyEntries):
                     self.entries.release()  # written: only the record is left to make
