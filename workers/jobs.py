@@ -34,7 +34,7 @@ from workers.engine import (
 )
 from workers.hooks import HookFailed, HookRunner
 from workers.power import DEFAULT_TIMEOUT, PowerDriver, PowerError, PowerStatus, settle
-from workers.reporting import ProgressReporter
+from workers.reporting import CancelCheck, ProgressReporter
 from workers.retention import retention_drop
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class Jobs:
                 # ended by the reaper (deadline) meanwhile: the state is left as it was.
                 # Written on to its end, it was swapped in after the operation had failed
                 # and the server was free again (a capture may have been reading it).
-                should_stop=lambda: self._cancelled(op.id),
+                should_stop=CancelCheck(lambda: self._cancelled(op.id)),  # once a second
             )
         except Cancelled:
             # The reaper ended the operation while its safety snapshot was being captured,
