@@ -294,8 +294,10 @@ class Jobs:
                 warnings += self._start_again(op.id, server, driver)
             # Ended meanwhile (deleted, the deadline) between its hooks, the operation held
             # the server for its post hook (shared/lua/_lib.lua hold_for_post_hook), which
-            # has run by now: free (a no-op for a capture still ours).
-            self.store.end_power_hold(server.id, op.id)
+            # has run by now: free (a no-op for a capture still ours). Best effort: the
+            # hold expires by itself, and a Redis outage here must not fail the capture.
+            with contextlib.suppress(redis.RedisError):
+                self.store.end_power_hold(server.id, op.id)
         warnings += captured_warnings
         size_mb = round(result.size_bytes / MIB, 2)
         drop = retention_drop(self.store, snap.id, server.id) if snap.origin == "schedule" else []
