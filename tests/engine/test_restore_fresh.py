@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,68 @@ def test_a_special_entry_that_cannot_be_made_fails_the_restore_and_changes_nothi
     assert err.value.errno == errno.EPERM
     assert os.listdir(dst) == []
     assert [n for n in os.listdir(tmp_path) if ".restore-" in n] == []
+
+
+MODES = {"rw-all": 0o666, "rwx-all": 0o777, "group-read": 0o640, "own": 0o600,
+         "setuid": 0o4755, "setgid": 0o2755, "sticky": 0o1644, "nothing": 0o000}
+
+
+def _modes_source(src: Path) -> None:
+    src.mkdir()
+    for name, mode in MODES.items():
+        (src / name).write_bytes(name.encode() * 50)
+        os.chmod(src / name, mode)
+    (src / "theirs").write_bytes(b"x" * 100)
+    os.chown(src / "theirs", 1234, 1234)
+    os.chmod(src / "theirs", 0o4750)  # after the chown, which clears it
+
+
+def _modes(root: Path) -> dict[str, tuple[int, int, int]]:
+    return {n: (os.lstat(root / n).st_mode, os.lstat(root / n).st_uid,
+                os.lstat(root / n).st_gid) for n in sorted(os.listdir(root))}
+
+
+def test_the_writer_processes_restore_every_mode_and_owner_whatever_the_umask(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """They create each file with its final permission bits where no chown follows (their
+    umask is 0), else 0600 and chown, chmod after: setuid, setgid and sticky bits and a
+    file of another owner come back as they were, under this process's umask 022."""
+    src = tmp_path / "src"
+    _modes_source(src)
+    engine.capture(make_meta(1), dir_state(src))
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    old = os.umask(0o022)
+    try:
+        engine.restore(1, dir_state(tmp_path / "dst"))
+    finally:
+        os.umask(old)
+    assert _modes(tmp_path / "dst") == _modes(src)
+
+
+def _default_acl(path: Path) -> None:
+    """A default ACL that gives new entries nothing but their owner's rwx (setfacl -d -m
+    u::rwx,g::-,o::-), in the kernel's xattr format."""
+    entry = struct.Struct("<HHI")
+    nobody = 0xFFFFFFFF
+    acl = struct.pack("<I", 2) + b"".join(entry.pack(tag, perm, nobody) for tag, perm in (
+        (0x01, 7), (0x04, 0), (0x20, 0)))  # ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER
+    os.setxattr(path, "system.posix_acl_default", acl)
+
+
+def test_under_a_parent_with_a_default_acl_every_file_still_gets_its_own_mode(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """A file made under a default ACL gets the ACL's bits whatever its create mode asks:
+    there the writers chmod every file, as before (else rw-all came back 0600)."""
+    src = tmp_path / "src"
+    _modes_source(src)
+    engine.capture(make_meta(1), dir_state(src))
+    parent = tmp_path / "acl"
+    parent.mkdir()
+    try:
+        _default_acl(parent)
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs here: {e}")
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    engine.restore(1, dir_state(parent / "dst"))
+    assert {n: m[0] for n, m in _modes(parent / "dst").items()} == {
+        n: m[0] for n, m in _modes(src).items()}

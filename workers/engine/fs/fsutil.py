@@ -339,6 +339,18 @@ def iter_names(dir_fd: int) -> Iterator[bytes]:
             yield os.fsencode(e.name)
 
 
+def has_default_acl(dir_fd: int) -> bool:
+    """Whether the directory open at dir_fd has a default ACL (what it passes on to the
+    files and directories made in it)."""
+    try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
+
+
 def is_empty_dir(dir_fd: int) -> bool:
     """Whether the directory open at dir_fd has no entries at all."""
     with os.scandir(dir_fd) as it:  # duplicates the descriptor

@@ -103,7 +103,7 @@ class Patcher:
                     finally:
                         os.close(sub)
                 elif e.kind == FILE:
-                    fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=wfd)
+                    fd = os.open(name, fsutil.CREATE_FLAGS, w.create_mode(e), dir_fd=wfd)
                     files.append((fd, e))
                     new_of[e.path] = name
                 elif e.kind == HARDLINK:

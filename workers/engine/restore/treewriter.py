@@ -62,6 +62,10 @@ class TreeWriter:
         self.reused: list[Entry] = []  # current files linked into staging
         # owner of the files we create in staging, when known (chown is skipped for them)
         self._new_owner: tuple[int, int] | None = None
+        # Files are created with their final permission bits where nothing after the
+        # create could change them (create_mode): a writer process, whose umask is 0
+        # (writerproc.py), sets it; one fchmod less per file.
+        self.modes_at_create = False
         # A live restore (the server runs) copies a verified current file instead of
         # linking it: a process that has it open or mapped keeps writing into the old
         # inode, never into the restored tree.
@@ -69,9 +73,13 @@ class TreeWriter:
 
     def creating_in(self, fd: int) -> None:
         """New files will be created in directory fd: under a setgid directory they take its
-        group, else ours (and chown is skipped for files that should be ours)."""
+        group, else ours (and chown is skipped for files that should be ours). Under a
+        default ACL (inherited from the state's parent) the owner is not taken for known
+        either: a file made there gets the ACL's bits, not its create mode's, so every file
+        is chowned and chmodded."""
         setgid = os.fstat(fd).st_mode & stat.S_ISGID
-        self._new_owner = None if setgid else (os.geteuid(), os.getegid())
+        known = not setgid and not fsutil.has_default_acl(fd)
+        self._new_owner = (os.geteuid(), os.getegid()) if known else None
 
     def build(self, st_fd: int, cur_fd: int | None, entries: Sequence[Entry],
               linked: set[bytes], procs: RestorePool | None = None) -> None:
@@ -138,7 +146,7 @@ class TreeWriter:
                         fd = cand = None
                         proven = False
                         if e.path in linked:  # must exist before its links are made
-                            fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
+                            fd = os.open(name, fsutil.CREATE_FLAGS, self.create_mode(e), dir_fd=dfd)
                         elif cfd is not None:
                             cand = self.check.candidate(cfd, name, e)
                             # Proven identical without reading: link it right here, cheaply
@@ -156,7 +164,7 @@ class TreeWriter:
                             continue
                         sem.acquire()
                         if cand is None and fd is None:  # plain write: create it here
-                            fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
+                            fd = os.open(name, fsutil.CREATE_FLAGS, self.create_mode(e), dir_fd=dfd)
                         # a hash check may still need the directory (to link or create)
                         jdfd = os.dup(dfd) if fd is None else None
                         futures = prune(futures)
@@ -286,7 +294,7 @@ class TreeWriter:
             return
         if fd is None:
             assert dfd is not None
-            fd = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
+            fd = os.open(name, fsutil.CREATE_FLAGS, self.create_mode(e), dir_fd=dfd)
         try:
             sliced = {i: (pack, o, n) for i, pack, o, n in e.slices}
             block = fixed_block(self.repo.config, e.size)
@@ -333,11 +341,24 @@ class TreeWriter:
             return self.packs.read_member(*sliced[i], cid, e.path)
         return self.repo.read_chunk_for(self.sid, cid)
 
+    def _final_at_create(self, e: Entry) -> bool:
+        """Whether e's file is created with its permission bits (modes_at_create): no chown
+        to follow (a chown clears setuid/setgid) and no setuid/setgid/sticky bit (which a
+        create may drop)."""
+        return (self.modes_at_create and (e.uid, e.gid) == self._new_owner
+                and not e.mode & 0o7000)
+
+    def create_mode(self, e: Entry) -> int:
+        """The mode to create e's file with; else 0600, and a chmod once its owner is set."""
+        return stat.S_IMODE(e.mode) if self._final_at_create(e) else 0o600
+
     def _finish(self, fd: int, e: Entry) -> os.stat_result:
-        """A new file's metadata, in the order that keeps setuid bits and capabilities."""
+        """A new file's metadata, in the order that keeps setuid bits and capabilities
+        (its fd made with create_mode(e))."""
         if (e.uid, e.gid) != self._new_owner:
             os.fchown(fd, e.uid, e.gid)
-        os.fchmod(fd, stat.S_IMODE(e.mode))
+        if not self._final_at_create(e):
+            os.fchmod(fd, stat.S_IMODE(e.mode))
         fsutil.write_xattrs(fd, e.xattrs)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         return os.fstat(fd)  # final: renaming the tree's root does not touch its files
@@ -370,7 +391,7 @@ class TreeWriter:
         copied by several threads (blocks/pipeline.py), as a restore from the snapshot
         writes them, else a live restore onto a server holding a disk image took longer
         than a full restore of it."""
-        out = os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd)
+        out = os.open(name, fsutil.CREATE_FLAGS, self.create_mode(e), dir_fd=dfd)
         counted = 0
         try:
             block = fixed_block(self.repo.config, e.size)

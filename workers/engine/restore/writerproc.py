@@ -68,6 +68,11 @@ def main() -> None:
 
     w = TreeWriter(repo, setup.snapshot_id, [], Progress(report))  # files of its share only
     w.written.keep = False  # the parent keeps the record
+    # This process creates only the files of its shares, beneath the 0700 staging
+    # directory: each is created with its final permission bits (TreeWriter.create_mode),
+    # which the umask would cut.
+    os.umask(0)
+    w.modes_at_create = True
     msg, fds, _flags, _addr = socket.recv_fds(req, 16, 1)
     if not msg or not fds:
         return  # the parent closed the channel: nothing to do
@@ -141,7 +146,8 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
                         break
             idx, e = share.indexes[pos], manifest.entry(share.entries[pos])
             dfd, name = dirs.entry(e.path)  # never through a symlink (fsutil.Beneath)
-            w.write_file(None, b"", e, os.open(name, fsutil.CREATE_FLAGS, 0o600, dir_fd=dfd))
+            w.write_file(None, b"", e, os.open(name, fsutil.CREATE_FLAGS, w.create_mode(e),
+                                               dir_fd=dfd))
             ino, ctime = w.written.last
             batch.append((idx, ino, ctime))
             if len(batch) >= tuning.WRITER_BATCH:
