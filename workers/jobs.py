@@ -405,6 +405,10 @@ class Jobs:
             # The engine left the previous state intact; put the power back as it was.
             status = self._settle_power(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)
+            # ended meanwhile between its safety capture's hooks, it held the server for
+            # the post hook (hold_for_post_hook), which has run by now
+            with contextlib.suppress(redis.RedisError):
+                self.store.end_power_hold(server.id, op.id)
             return
         if not self._may_power(op.id, server):
             return  # the reaper ended it meanwhile, and the server is another operation's
