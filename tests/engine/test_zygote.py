@@ -89,13 +89,17 @@ def test_an_s3_restore_with_forked_writers_and_after_the_zygote_died(
 
 
 _ORPHANS = """
-import os, sys, time
+import os, socket, sys, time
 from workers.engine.engine import WORKER_MODULES
 from workers.engine.restore import writerpool
-from workers.engine.workerproc import process, zygote
+from workers.engine.workerproc import zygote
 assert zygote.start(WORKER_MODULES)
-ws = process.start_workers(writerpool._MODULE, b"", 2)  # they wait for their setup frame
-print(zygote._zygote.pid, *(w.proc.pid for w in ws), flush=True)
+# forked without a setup frame sent (process.start_workers sends one at once: an empty one
+# ended them, sometimes before the test looked), so they wait for it as long as we live
+pairs = [(socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET),
+          socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)) for _ in range(2)]
+ws = [zygote.fork(writerpool._MODULE, (req[1].fileno(), res[1].fileno())) for req, res in pairs]
+print(zygote._zygote.pid, *(w.pid for w in ws), flush=True)
 time.sleep(60)
 """
 
