@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from workers.engine import Engine
 from workers.engine.capture import readerpool
 from workers.engine.engine import WORKER_MODULES
 from workers.engine.restore import writerpool
-from workers.engine.workerproc import process, zygote
+from workers.engine.workerproc import frames, process, zygote
 
 from .conftest import dir_state, make_meta
 from .treecmp import describe
@@ -38,20 +39,29 @@ def test_the_zygote_imports_what_the_pools_run() -> None:
 def test_workers_are_forks_of_the_zygote_with_the_engines_limits_and_status() -> None:
     assert zygote.start(WORKER_MODULES)  # tests/conftest.py started it before any request
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # forked by hand: it waits for its setup frame until we send one (process.WorkerProcess
+    # sends it at once, and the bad one below ended it, at load sometimes before its
+    # /proc/PID/limits was read)
+    req, req_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    res, res_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 7, hard))
     try:
-        (w,) = process.start_workers(writerpool._MODULE, b"not a setup", 1)
+        proc = zygote.fork(writerpool._MODULE, (req_child.fileno(), res_child.fileno()))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert isinstance(w.proc, zygote.ForkedProcess)
-    with open(f"/proc/{w.proc.pid}/stat") as f:
+        req_child.close()
+        res_child.close()
+    assert isinstance(proc, zygote.ForkedProcess)
+    with open(f"/proc/{proc.pid}/stat") as f:
         assert int(f.read().rsplit(") ", 1)[1].split()[1]) == zygote._zygote.pid  # type: ignore[union-attr]
     deadline = time.monotonic() + 5  # the worker sets it as it starts
-    while _limit(w.proc.pid, "Max open files") != str(soft - 7) and time.monotonic() < deadline:
+    while _limit(proc.pid, "Max open files") != str(soft - 7) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert _limit(w.proc.pid, "Max open files") == str(soft - 7)
-    w.close(kill=False)
-    assert w.proc.returncode == 1  # a bad setup: its traceback, exit status 1 (as python -c)
+    assert _limit(proc.pid, "Max open files") == str(soft - 7)
+    frames.send(res, b"not a setup")
+    assert proc.wait(timeout=10) == 1  # a bad setup: its traceback, exit status 1 (as python -c)
+    req.close()
+    res.close()
 
 
 def test_a_worker_killed_has_its_signal_as_status_and_none_when_there_is_no_zygote(
