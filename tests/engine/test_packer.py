@@ -371,6 +371,51 @@ def test_s3_restore_writes_in_processes_each_reading_its_share_ahead(
     assert len(packs) + 2 <= gets <= len(packs) + 2 + 4 * (workers - 1), (gets, len(packs))
 
 
+def test_s3_restore_writers_read_their_packs_while_the_directories_are_made(
+        monkeypatch: pytest.MonkeyPatch, backend_kind: str, engine: Engine,
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A big restore's writer processes are sent their shares before the parent makes the
+    directories, so their packs' GETs are under way meanwhile: the parent's last mkdir
+    waits here for a GET of the bucket to come (before: none came until every directory
+    was made and the shares were sent, and the wait ran out)."""
+    if backend_kind != "s3":
+        pytest.skip("SeaweedFS's own request counters")
+    from tests.support.seaweed import S3_BUCKET, SeaweedProcess
+
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    src = tmp_path / "srv"
+    _tree(src, 4, 100)
+    for d in ("a", "b", "c"):
+        (src / d / "sub").mkdir(parents=True)
+        (src / d / "sub" / "f").write_bytes(os.urandom(5000))
+    engine.capture(make_meta(1), dir_state(src))
+    weed: SeaweedProcess = request.getfixturevalue("seaweed")
+    mkdir = os.mkdir
+    made: list[str] = []
+    came: list[bool] = []
+
+    def last_waits(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        made.append(os.fsdecode(path))
+        if os.fsdecode(path) == "sub" and made.count("sub") == 3:  # c/sub: the last
+            deadline = time.monotonic() + 10
+            # the parent's own: the exclusive lock's HEAD and the manifest; then a pack's
+            while weed.requests(S3_BUCKET).get("GET", 0) < before + 3:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            else:
+                came.append(True)
+        mkdir(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", last_waits)
+    dst = tmp_path / "out"
+    before = weed.requests(S3_BUCKET).get("GET", 0)
+    engine.restore(1, dir_state(dst))
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert_same(src, dst)
+    assert made.count("sub") == 3 and came == [True], (made, came)
+
+
 def test_s3_restore_writes_a_packs_first_files_before_its_get_ends(
         monkeypatch: pytest.MonkeyPatch, backend_kind: str, request: pytest.FixtureRequest,
         tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """What a restore writer process and its parent send each other (see writerproc.py).
 
-Parent -> writer, as frames on the result socket: Setup once, then a Share after each
-GO (the first carries the staging directory's fd) on the request socket. Writer -> parent:
+Parent -> writer, as frames on the result socket: Setup once, then the first Share
+(read ahead at once), written on the first GO on the request socket (which carries the
+staging directory's fd); every later Share follows a GO. Writer -> parent:
 one WriterMessage per frame, a tagged union (the tag is the first array element): Wrote
 as bytes are written, Written for each batch of finished files, then End, or Failed and
 it stops. A CUT on the request socket (with the share position the parent would like the
@@ -71,5 +72,5 @@ class Failed(msgspec.Struct, array_like=True, tag="err"):
 
 WriterMessage = Wrote | Written | End | Cut | Failed
 
-GO = b"go"  # request socket: a Share follows on the result socket
+GO = b"go"  # request socket: write the first Share, or the one that follows it
 CUT = b"cut"  # request socket: CUT + the share position (8 bytes, big-endian)

@@ -194,34 +194,38 @@ class TreeWriter:
         finish_dirs(st_fd, dirs)
 
     def build_fresh(self, st_fd: int, pool: RestorePool) -> None:
-        """A new tree, nothing to reuse: directories here, then the files by the worker
-        processes (each its contiguous share, created beneath the staging fd) while a
-        thread of ours makes the symlinks and device nodes, hard links once their targets
-        exist; never through a symlink. The writers start once the directories exist:
-        the special entries (a rootfs's 650 symlinks, ~30-45 ms) are no longer made
-        before them."""
+        """A new tree, nothing to reuse: the files are the worker processes' (each its
+        contiguous share, created beneath the staging fd), sent their shares first, so
+        their packs are on the way (S3: the first GETs) while the directories are made
+        here; then the writers write while a thread of ours makes the symlinks and device
+        nodes; hard links once their targets exist; never through a symlink. The writers
+        start writing once the directories exist: the special entries (a rootfs's 650
+        symlinks, ~30-45 ms) are no longer made before them."""
         from .shares import Files, first_pack
 
         dirs: list[Entry] = [self.entries[0]]
         files = Files()
         links: list[Entry] = []
         specials = array("q")  # indexes: a million-entry tree holds no Entry for each
+        for idx, e in enumerate(self.entries):
+            if not idx:
+                continue  # the root: st_fd itself
+            if e.kind == DIR:
+                dirs.append(e)
+            elif e.kind == FILE:
+                files.add(idx, e.size + tuning.FILE_COST, first_pack(e))
+            elif e.kind == HARDLINK:
+                links.append(e)
+            else:
+                specials.append(idx)
+            self.progress.poll()
+        pool.offer(files.split(len(pool.workers)), self._new_owner, self._raw)
         # every directory on the way opened without following a symlink (fsutil.Beneath)
         at, srcs = fsutil.Beneath(st_fd), fsutil.Beneath(st_fd)
         try:
-            for idx, e in enumerate(self.entries):
-                if not idx:
-                    continue  # the root: st_fd itself
-                if e.kind == DIR:
-                    dfd, name = at.entry(e.path)
-                    os.mkdir(name, 0o700, dir_fd=dfd)
-                    dirs.append(e)
-                elif e.kind == FILE:
-                    files.add(idx, e.size + tuning.FILE_COST, first_pack(e))
-                elif e.kind == HARDLINK:
-                    links.append(e)
-                else:
-                    specials.append(idx)
+            for e in dirs[1:]:  # parents first, as in the manifest
+                dfd, name = at.entry(e.path)
+                os.mkdir(name, 0o700, dir_fd=dfd)
                 self.progress.poll()
             at.close()
 
@@ -243,7 +247,8 @@ class TreeWriter:
         finish_dirs(st_fd, dirs)
 
     def _write_shares(self, st_fd: int, pool: RestorePool, files: Files) -> None:
-        """The worker processes create and write these files (index, cost) under st_fd."""
+        """The worker processes create and write these files (index, cost) under st_fd
+        (their shares sent already, or now)."""
 
         def done(idx: int, ino: int, ctime: int) -> None:
             e = self.entries[idx]
@@ -252,8 +257,9 @@ class TreeWriter:
                 self.files_written += 1
 
         try:
-            pool.run(st_fd, files.split(len(pool.workers)), self._new_owner,
-                     self.progress.add, self.progress.check, done, self._raw)
+            if not pool.offered:
+                pool.offer(files.split(len(pool.workers)), self._new_owner, self._raw)
+            pool.run(st_fd, self.progress.add, self.progress.check, done)
             self.bytes_written += pool.bytes_written
         finally:
             pool.close(kill=True)

@@ -52,12 +52,29 @@ class RestorePool:
         self._enc = msgspec.msgpack.Encoder()
         self._owner: tuple[int, int] | None = None
         self._raw: Callable[[int], msgspec.Raw] = lambda i: msgspec.Raw(b"")
+        self.offered = False  # the first shares were sent (offer())
 
-    def run(self, st_fd: int, shares: list[array[int]], owner: tuple[int, int] | None,
-            progress: Callable[[int], None], poll: Callable[[], None], done: Done,
-            raw: Callable[[int], msgspec.Raw]) -> None:
-        """Have the workers write these shares of files into st_fd; returns when all did.
-        raw(i): entry i's msgpack (the worker decodes it as its turn comes).
+    def offer(self, shares: list[array[int]], owner: tuple[int, int] | None,
+              raw: Callable[[int], msgspec.Raw]) -> None:
+        """Send each worker its first share (entries' msgpack: raw(i) is entry i's): it
+        decodes them and starts reading its packs ahead (S3: its first GETs) while the
+        parent is still making the directories they go into; run() has them write it.
+        Once, before run()."""
+        self._enc, self._owner, self._raw = msgspec.msgpack.Encoder(), owner, raw
+        self._runs = [_Run(list(share)) for share in shares]
+        self._cuts, self._hungry = {}, []
+        for w, run in zip(self.workers, self._runs, strict=True):
+            try:
+                frames.send(w.res, self._enc.encode(Share(owner, run.share,
+                                                          [raw(i) for i in run.share])))
+            except frames.PEER_GONE as e:
+                raise TransientEngineError("a restore worker process died") from e
+        self.offered = True
+
+    def run(self, st_fd: int, progress: Callable[[int], None], poll: Callable[[], None],
+            done: Done) -> None:
+        """Have the workers write the shares offer() sent them into st_fd (its tree of
+        directories made by now); returns when all did.
 
         A worker that finished its share takes over the second half of what is left of
         the busiest one's (a cut, tuning.RESTORE_STEAL_MIN files at least): the shares are
@@ -66,15 +83,10 @@ class RestorePool:
         CPU, its second 0.4 s, every file create 5x slower where ext4 searched a fuller
         inode group; other work on the machine does the same), so a fixed split left one
         core idle for up to half the restore."""
-        enc = msgspec.msgpack.Encoder()
-        self._enc, self._owner, self._raw = enc, owner, raw
-        self._runs = [_Run(list(share)) for share in shares]
-        self._cuts, self._hungry = {}, []
-        for w, run in zip(self.workers, self._runs, strict=True):
+        assert self.offered, "offer() the shares first"
+        for w in self.workers:
             try:
                 socket.send_fds(w.req, [GO], [st_fd])
-                frames.send(w.res, enc.encode(Share(owner, run.share,
-                                                    [raw(i) for i in run.share])))
             except frames.PEER_GONE as e:
                 raise TransientEngineError("a restore worker process died") from e
         sel = selectors.DefaultSelector()

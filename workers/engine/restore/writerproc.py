@@ -2,11 +2,13 @@
 
 Writing a tree of small files is mostly per-file work in Python (create, decode, verify,
 write, metadata) that one GIL serialises. A big restore into a new state therefore splits
-its files between worker processes: once the parent has created every directory in its
-private staging directory, it sends each worker (over a SOCK_SEQPACKET socket, with the
-staging directory's fd by SCM_RIGHTS) its share: a contiguous run of manifest indexes
-and those entries' msgpack (each decoded as its turn comes; the worker holds its share
-only, never the whole manifest: a million entries decoded would be ~700 bytes each).
+its files between worker processes: the parent sends each worker its share, a
+contiguous run of manifest indexes and those entries' msgpack (each decoded as its turn
+comes; the worker holds its share only, never the whole manifest: a million entries
+decoded would be ~700 bytes each), and the worker starts reading its packs ahead (on
+S3 its first GETs) while the parent creates every directory in its private staging
+directory; then a GO (over a SOCK_SEQPACKET socket, with the staging directory's fd by
+SCM_RIGHTS) has it write the files.
 The worker opens the same repository (a local root, or the s3:// URL with the parent's
 StorageOptions and config, so it reads no config), creates each file beneath that fd
 (O_EXCL|O_NOFOLLOW, every directory on the way opened without following a symlink:
@@ -23,6 +25,7 @@ after End it waits for another share or the end. It dies with its parent
 from __future__ import annotations
 
 import os
+import select
 import socket
 from typing import TYPE_CHECKING
 
@@ -73,17 +76,28 @@ def main() -> None:
     # which the umask would cut.
     os.umask(0)
     w.modes_at_create = True
+    # The first share comes before its GO: its packs are read ahead (S3: the first GETs
+    # are on their way) while the parent still makes the directories.
+    share = _first_share(req, res)
+    if share is None:
+        return  # the parent closed the channel: nothing to do
+    if not local:
+        _read_ahead(w, share)
     msg, fds, _flags, _addr = socket.recv_fds(req, 16, 1)
     if not msg or not fds:
+        w.packs.close()
         return  # the parent closed the channel: nothing to do
     st_fd = fds[0]
     try:
+        first = True
         while msg:
             if msg == GO:
-                share = msgspec.msgpack.decode(frames.recv(res), type=Share)  # any size
+                if not first:
+                    share = msgspec.msgpack.decode(frames.recv(res), type=Share)  # any size
                 # no cyclic garbage made here either: 42 collections, 5-27 ms a writer
                 with gcpause.paused():
-                    wrote = _write_share(w, share, st_fd, req, res, local)
+                    wrote = _write_share(w, share, st_fd, req, res, local, ahead=first)
+                first = False
                 if not wrote:
                     while req.recv(16):  # failed (reported): until the parent, having
                         pass  # read our last frames, closes the channel (or is gone)
@@ -109,17 +123,33 @@ def _layouts(w: TreeWriter, share: Share, at: int) -> list[tuple[bytes, Layout]]
     return w.packs.known_layouts(packs)
 
 
+def _first_share(req: socket.socket, res: socket.socket) -> Share | None:
+    """The first share (on the result socket), or None when the parent closed the
+    request socket first (a restore that failed before it sent one)."""
+    while True:
+        ready, _w, _x = select.select([req, res], [], [])
+        if res in ready:
+            return msgspec.msgpack.decode(frames.recv(res), type=Share)  # any size
+        if not req.recv(16):
+            return None
+
+
+def _read_ahead(w: TreeWriter, share: Share) -> None:
+    """Every read is a request: the share's packs are read ahead, a few GETs at once, as
+    the thread path does (a local pack is read on demand, a pread per member)."""
+    w.packs.seed_layouts(share.layouts)
+    w.packs.prefetch(manifest.entry(raw) for raw in share.entries)
+
+
 def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
-                 res: socket.socket, local: bool) -> bool:
+                 res: socket.socket, local: bool, *, ahead: bool = False) -> bool:
     """Write the share's files, up to a cut the parent asks for meanwhile; False when it
-    failed (Failed sent) or the parent closed the channel."""
+    failed (Failed sent) or the parent closed the channel. ahead: its packs are being
+    read ahead already (_read_ahead)."""
     w.assume_owner(share.owner)
     end = len(share.indexes)
-    if not local:
-        # every read is a request: the share's packs are read ahead, a few GETs at once,
-        # as the thread path does (a local pack is read on demand, a pread per member)
-        w.packs.seed_layouts(share.layouts)
-        w.packs.prefetch(manifest.entry(raw) for raw in share.entries)
+    if not local and not ahead:
+        _read_ahead(w, share)
     batch: list[tuple[int, int, int]] = []
     before = w.bytes_written  # not 0: a writer that takes over a cut has written a share
     idx = pos = -1
