@@ -50,6 +50,15 @@ READER_SOCKET_BUFFER = 4 << 20  # a reader's result socket send buffer (SO_SNDBU
 # files queued for the readers are fetched from disk in parallel, not one read at a time
 # (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.
 PREFETCH_MAX = 8 << 20
+# A walk slower than this per entry (over its last PREFETCH_WINDOW entries) is on a cold
+# cache: threads then warm the metadata ahead of it (capture/prefetch.py). Warm, the bench's
+# rootfs walk takes ~25-30 us an entry with the readers' results handled in between (load
+# ~5), cold 150-280 us
+PREFETCH_COLD_US = 100
+PREFETCH_WINDOW = 512
+PREFETCH_THREADS = 4
+PREFETCH_STAT_EVERY = 32  # entries of a directory per lstat (one warms its inode's neighbours)
+PREFETCH_FDS = 128  # directory descriptors the prefetch holds at most (the walk needs its own)
 TINY_PACK = 32 << 20  # bytes of small files (plaintext) per pack object
 # on file://: a pack's compressed frames are held until it is sealed (24 MiB of a 100k-file
 # capture's ~57 MiB traced peak at 32 MiB), and a local object costs no request

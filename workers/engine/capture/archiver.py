@@ -27,6 +27,7 @@ import heapq
 import os
 import stat
 import threading
+import time
 from array import array
 from collections import deque
 from collections.abc import Generator
@@ -48,6 +49,7 @@ from ..repository.manifest import Entry
 from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
 from .messages import REQUEST_FILES, REQUEST_NAME_BYTES
+from .prefetch import MetadataPrefetch
 from .tree import EncodedTree, ParentCursor, Walker
 
 if TYPE_CHECKING:
@@ -106,6 +108,11 @@ class Archiver:
         self._big_open = threading.BoundedSemaphore(tuning.BIG_FILES_OPEN)
         self._walking = False
         self._root_fd = -1
+        self._root_dev = 0
+        # the walk's pace: (entries, time.monotonic()) at the start of its current window;
+        # past PREFETCH_COLD_US an entry, its metadata is warmed ahead of it (prefetch.py)
+        self._pace = (0, 0.0)
+        self._prefetch: MetadataPrefetch | None = None
         cfg = repo.config
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
@@ -132,7 +139,7 @@ class Archiver:
                                f"directory (symlinks are refused): {e.strerror}") from e
         self._root_fd = root_fd
         try:
-            root_dev = os.fstat(root_fd).st_dev
+            root_dev = self._root_dev = os.fstat(root_fd).st_dev
             # From here on every change to a file moves its ctime (see syncpoint.py).
             self.sync = sync_point(root_fd)
             # pass 1 (tree.py); once reader processes run (a big capture), they read each
@@ -142,11 +149,14 @@ class Archiver:
                             self._walked, self._walked_big)
             self._walking = True
             self.progress.sized = False  # no share of a total known yet: reported as 0
+            self._pace = (0, time.monotonic())
             try:
                 walker.walk(root_fd, b"")
             except RecursionError as e:
                 raise StateInvalid(f"directory tree under {self.root} is nested too deeply "
                                    "to capture") from e
+            finally:
+                self._end_prefetch()
             self._walking = False
             # Every object the parent names was made durable by its commit.
             self.repo.durable |= self.parent.finish()
@@ -174,6 +184,13 @@ class Archiver:
     def _walked(self, rel: bytes, ino: int, small: array[int], names: list[bytes]) -> None:
         """A directory walked (Walker.on_dir): its files to read are queued, and handed to
         the reader processes at once when they run."""
+        walked, since = self._pace
+        if len(self.tree) - walked >= tuning.PREFETCH_WINDOW and self._prefetch is None:
+            now = time.monotonic()
+            if now - since > (len(self.tree) - walked) * tuning.PREFETCH_COLD_US * 1e-6:
+                self._prefetch = MetadataPrefetch(self._root_fd, self._root_dev)
+                self._prefetch.start()
+            self._pace = (len(self.tree), now)
         if small:
             sizes = self.tree.sizes
             heavy = tuning.READER_HEAVY
@@ -221,6 +238,11 @@ class Archiver:
         finally:
             os.close(fd)
             self._big_open.release()
+
+    def _end_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.stop()
+            self._prefetch = None
 
     def _end_big(self) -> None:
         """Stop the big files' reads (the capture failed) and wait for them to end."""
