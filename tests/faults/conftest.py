@@ -47,7 +47,10 @@ def make_service(tmp_path: Path) -> Iterator[ServiceFactory]:
     made: list[Service] = []
 
     def make(**extra_env: str) -> Service:
-        svc = Service(tmp_path / f"service{len(made)}", **{**FAST_ENV, **extra_env})
+        root = tmp_path / f"service{len(made)}"
+        # faults.unthrottle(svc) lifts FAULT_TEST_MBPS once a kill has landed
+        svc = Service(root, **{**FAST_ENV, "FAULT_TEST_UNTHROTTLED": str(root / "unthrottled"),
+                               **extra_env})
         made.append(svc)
         return svc
 
@@ -55,7 +58,7 @@ def make_service(tmp_path: Path) -> Iterator[ServiceFactory]:
         yield make
     finally:
         for svc in made:
-            svc.stop()
+            svc.stop(graceful=False)  # the test is over: its workers' orderly stop proves nothing
             print(svc.logs())  # pytest shows it only when the test failed
             shutil.rmtree(svc.root, ignore_errors=True)
 

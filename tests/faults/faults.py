@@ -37,6 +37,13 @@ def stored_bytes(svc: Service, snapshot_id: int) -> int:
     return Engine(f"file://{svc.repository}").repo.get_header(snapshot_id).stored_bytes
 
 
+def unthrottle(svc: Service) -> None:
+    """Lifts the fault throttle (FAULT_TEST_MBPS) of the service's processes: called once
+    the kill has landed, when the rest of the test (the resumed job, the restore that
+    checks it) needs no slow job any more (tests/faults/throttle/sitecustomize.py)."""
+    Path(svc.env["FAULT_TEST_UNTHROTTLED"]).touch()
+
+
 def store_for(svc: Service) -> Store:
     settings = Settings.from_env(svc.env)
     return Store(redis.Redis.from_url(svc.redis.url, decode_responses=True), settings)

@@ -75,8 +75,10 @@ class MakeRun:
         self.log = root / "make-run.log"
         env = {k: v for k, v in os.environ.items()
                if k not in ("REDIS_URL", "SNAPSHOTS_ADMIN_TOKEN", "MAKEFLAGS", "MFLAGS")}
+        # unthrottle() lifts FAULT_TEST_MBPS once a kill has landed (throttle/sitecustomize.py)
+        self.unthrottled = root / "unthrottled"
         env.update(MAKE_RUN_ENV, SNAPSHOTS_DATA_DIR=str(self.data_dir), PORT=str(self.port),
-                   **extra_env)
+                   FAULT_TEST_UNTHROTTLED=str(self.unthrottled), **extra_env)
         # A terminal's foreground job gets Ctrl-C; a test run started in the background
         # (`cmd &` in a script, as CI may be) has SIGINT ignored, which exec keeps and make
         # then keeps too (it ignores an interrupt it was started ignoring), so make would
@@ -125,6 +127,13 @@ class MakeRun:
         lines = self.output().splitlines()
         return "\n---\n".join("\n".join(lines[max(0, i - 5):i + 40])
                                for i, line in enumerate(lines) if "Traceback" in line)
+
+    def unthrottle(self, lifted: bool = True) -> None:
+        """Lifts the fault throttle of every process (or, lifted False, puts it back)."""
+        if lifted:
+            self.unthrottled.touch()
+        else:
+            self.unthrottled.unlink(missing_ok=True)
 
     def interrupt(self) -> None:
         """Ctrl-C at the terminal: SIGINT to the foreground process group."""
@@ -236,6 +245,7 @@ def test_make_run_restarts_each_killed_process_and_loses_nothing(
         # next), whatever the machine's speed: the worker must wait for the restart in
         # place. The others die mid-capture, after its first progress.
         at_commit = name == "redis"
+        make_run.unthrottle(False)  # slow again, so this kill too lands mid-capture
         if at_commit:
             (gate / "hold").touch()
         resp = client.post("/snapshots/", json={"server_id": server["id"], "name": name})
@@ -253,6 +263,7 @@ def test_make_run_restarts_each_killed_process_and_loses_nothing(
         killed_at = time.monotonic()
         if at_commit:
             (gate / f"go-{op_id}").touch()  # the commit meets the dead Redis
+        make_run.unthrottle()  # the kill landed: the rest of the capture may run at full speed
         took = _wait_answers(client, f"/snapshots/{snap_id}/", within=10)
         back = _wait_restarted(make_run, victim, within=15)
         print(f"{name}: API answers {took:.2f} s, the process is replaced "
@@ -321,8 +332,9 @@ def test_ctrl_c_during_a_restore_stops_in_order_and_quietly(
     assert order == sorted(order), text
     assert "did not stop in time" not in text, text
 
-    # Nothing was lost: the next `make run` finishes the interrupted restore.
+    # Nothing was lost: the next `make run` finishes the interrupted restore (at full speed).
     rerun = MakeRun(tmp_path / "rerun", data_dir=make_run.data_dir, port=make_run.port)
+    rerun.unthrottle()
     try:
         op = wait_operation(rerun.client(), op_id, timeout=120)
         assert op["status"] == "succeeded", op

@@ -5,6 +5,10 @@ most that many MB/s in each process: a kill then lands mid-job however fast the 
 and the engine are. Nothing else changes: the engine still reads, hashes, stores and
 restores every byte for real.
 
+With FAULT_TEST_UNTHROTTLED set too (a path), the throttle holds only while that file does
+not exist: a test lifts it once its kill has landed, so what follows (the resumed job, a
+restore that checks the result) runs at the machine's speed.
+
 With FAULT_TEST_PACK_SIZE set (bytes), big chunks are sealed into packs of that many stored
 bytes instead of 32 MiB (tuning.PACK_SIZE): 1 makes a pack per chunk, so a capture killed
 at its first progress has stored objects already, to be found again after the resume.
@@ -95,9 +99,10 @@ if _MBPS:
     _lock = threading.Lock()
     _next = [0.0]
     _add = _progress.Progress.add
+    _lifted = os.environ.get("FAULT_TEST_UNTHROTTLED")
 
     def _throttled_add(self: _progress.Progress, n: int) -> None:
-        if n > 0:
+        if n > 0 and not (_lifted and os.path.exists(_lifted)):
             with _lock:  # one token bucket per process, shared by the engine's threads
                 now = time.monotonic()
                 start = max(now, _next[0])
