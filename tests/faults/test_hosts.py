@@ -27,7 +27,14 @@ from tests.e2e.flow import add_server, snapshot, wait_operation
 from tests.e2e.service import wait_until
 from tests.engine.treecmp import describe
 from tests.faults.conftest import ServiceFactory
-from tests.faults.faults import objects, store_for, stored_bytes, tree_diff, wait_progress
+from tests.faults.faults import (
+    objects,
+    store_for,
+    stored_bytes,
+    tree_diff,
+    unthrottle,
+    wait_progress,
+)
 from workers.reaper import RECLAIM_KEY
 
 pytestmark = pytest.mark.skipif(
@@ -219,6 +226,7 @@ def test_killing_host_b_worker_mid_capture_resumes_on_host_b_only(
 
     svc.start_worker(host="b", hide=(a_dir,))  # another worker of host b
     svc.kill(victim, signal.SIGKILL)
+    unthrottle(svc)  # the kill landed mid-capture: the rest may run at full speed
     op = wait_operation(client, op_id, timeout=120)
     assert op["status"] == "succeeded" and op["host"] == "b", op
     assert store.get_operation(op_id).attempts >= 2  # type: ignore[union-attr]
