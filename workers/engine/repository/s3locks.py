@@ -17,6 +17,8 @@ holds under host deaths, lagging listings and skewed clocks, is in s3reclaim.py.
 - A holder that could not refresh its lock in time (partitioned from the store, or
   paused) must assume it lost it: check_held() raises before a reclaim deletes anything
   and before a capture commits its manifest, so the job is retried from the start.
+  Lost stays lost: a refresh that gets through after such a gap does not make the lock
+  held again (the other host may have acted on it as dead in between).
 """
 
 from __future__ import annotations
@@ -50,24 +52,40 @@ class _Held:
     def __init__(self, locks: S3Locks, key: str, body: bytes) -> None:
         self.locks, self.key, self.body = locks, key, body
         self.refreshed = time.monotonic()
+        # Once set, for good: a gap in the refreshes may have let another host act on the
+        # lock as dead (a reclaim deleting what this capture references, a capture
+        # committing what this reclaim's mark never saw), and a later refresh that gets
+        # through undoes none of that.
+        self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="s3lock", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.locks.refresh):
+            if not self.fresh():
+                self.lost = True
+                return
             try:
                 if self.key == EXCLUSIVE_KEY and self.locks.owner_of(self.key) != self.body:
+                    self.lost = True
                     return  # taken over (we were presumed dead): never write it back
+                started = time.monotonic()
                 self.locks.backend.put(self.key, self.body, durable=True)
-                self.refreshed = time.monotonic()
             except Exception:
                 continue  # the store is down: check_held() decides when it is too late
+            if not self.fresh():
+                # It landed too late (the store was away, the put retried): others may
+                # have found it stale in the meantime.
+                self.lost = True
+                return
+            self.refreshed = started  # the object is at least this new
 
     def fresh(self) -> bool:
         # Refreshes are `refresh` apart; a lock not rewritten for stale - refresh may be
         # stale to others by the time this holder acts on it.
-        return time.monotonic() - self.refreshed < self.locks.stale - self.locks.refresh
+        return not self.lost and (
+            time.monotonic() - self.refreshed < self.locks.stale - self.locks.refresh)
 
     def release(self) -> None:
         self._stop.set()
