@@ -4,8 +4,9 @@ A script that timed out does not know whether its request started an operation; 
 it again with the same key answers the first answer (status, Location, body) and starts
 nothing new. The key is claimed with ``SET NX`` before the handler runs, so of two
 identical requests at once exactly one runs; the other waits for the first answer and
-replays it. Keys belong to the account (two accounts may use the same key) and are kept
-24 h after the first answer.
+replays it. Keys belong to the account (two accounts may use the same key), an admin
+token's to the admins of its account apart from its tenants (an admin's answer may show
+other accounts' servers), and are kept 24 h after the first answer.
 
 The create or restore script itself checks that the key still holds the request's claim
 and records its answer under the key (``committed``), in the same transaction as the
@@ -36,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message
 
-from api.auth import principal
+from api.auth import Principal, principal
 from api.errors import ApiError, InvalidRequest, RequestInProgress
 from api.inputs import read_body
 from api.services import services
@@ -93,6 +94,11 @@ def _key(request: Request) -> str | None:
     return raw
 
 
+def _namespace(who: Principal) -> str:
+    """Whose keys these are: the account's tenants, or its admins ("*" is no account name)."""
+    return f"*admin:{who.account}" if who.is_admin else who.account
+
+
 def fingerprint(method: str, path: str, body: bytes) -> str:
     """The request's identity: the same JSON with other spacing or key order is the same."""
     try:
@@ -119,7 +125,7 @@ def idempotent(handler: Handler) -> Handler:
         who = principal(request)
         body = await read_body(request)
         fp = fingerprint(request.method, request.url.path, body)
-        store_key = f"idem:{who.account}:{hashlib.sha256(key.encode()).hexdigest()}"
+        store_key = f"idem:{_namespace(who)}:{hashlib.sha256(key.encode()).hexdigest()}"
         redis = services(request).store.redis
         mine = secrets.token_hex(16)
         pending = msgspec.json.encode(Remembered(fingerprint=fp, state="pending", claim=mine))

@@ -79,6 +79,27 @@ def test_keys_are_per_account(api: ApiHelper, client: TestClient) -> None:
     assert ra.json()["id"] != rb.json()["id"]
 
 
+def test_an_admin_key_is_not_replayed_to_a_tenant_of_its_account(
+    api: ApiHelper, client: TestClient
+) -> None:
+    # An admin token belongs to an account too; its keys must not be that account's
+    # tenants' keys, or a tenant sending the admin's key and body gets the admin's answer
+    # (here another account's snapshot).
+    theirs = api.server("globex")
+    admin, tenant = api.headers("acme", "admin"), api.headers("acme")
+    body = {"server_id": theirs["id"], "name": "x"}
+    first = _post(client, "/api/v1/snapshots/", admin, "shared-key", body=body)
+    assert first.status_code == 201, first.text
+    replayed = _post(client, "/api/v1/snapshots/", tenant, "shared-key", body=body)
+    assert replayed.status_code == 404, replayed.text
+    assert "idempotent-replayed" not in replayed.headers
+    assert replayed.json()["error"]["code"] == "not_found"
+    # Nor the other way: the tenant's remembered refusal is not the admin's answer.
+    again = _post(client, "/api/v1/snapshots/", admin, "shared-key", body=body)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+
+
 def test_restore_replays_its_operation(api: ApiHelper, client: TestClient, store: Store) -> None:
     server = api.server("acme")
     h = api.headers("acme")
