@@ -117,7 +117,8 @@ class Archiver:
         self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
         self._local = threading.local()
         local = isinstance(repo.backend, LocalBackend)
-        self._packs = TinyPacker(repo, tuning.TINY_PACK_LOCAL if local else tuning.TINY_PACK)
+        self._packs = TinyPacker(repo, tuning.TINY_PACK_LOCAL if local else tuning.TINY_PACK,
+                                 one_stream=not local)
         # (index, entry) of the files whose packs are stored, a pack's at once
         self._packs.on_stored = self.tree.put_many
         self._pool: WorkerPool | None = None
