@@ -503,3 +503,29 @@ def test_s3_restore_writes_a_packs_first_files_before_its_get_ends(
         assert_same(src, tmp_path / "out")
     finally:
         proxy.close()
+
+
+def test_members_read_on_demand_from_the_frame_read_last_and_across_frames(
+        engine: Engine) -> None:
+    """Small files read one after the other come from the frame decoded last (no lookup of
+    it again); a member running past that frame's end is read from both frames, and a
+    member of the last frame that does not match its id is still refused."""
+    from workers.engine.model import SnapshotCorrupt
+    from workers.engine.repository.packreader import PackCache
+
+    repo = engine.repo
+    block = packformat.BLOCK
+    sizes = [block // 8, block // 8, block, block // 4]  # the third spans frames 0 and 1
+    parts = [os.urandom(n // 2) + bytes(n - n // 2) for n in sizes]
+    plain = b"".join(parts)
+    pack = repo.chunk_id(plain)
+    repo.put_object(pack, packformat.encode(zstandard.ZstdCompressor(level=3), plain))
+    cache = PackCache(repo, 1)
+    off = 0
+    for part in parts:
+        assert cache.read_member(pack, off, len(part), repo.chunk_id(part), b"f") == part
+        off += len(part)
+    with pytest.raises(SnapshotCorrupt, match="does not match"):
+        cache.read_member(pack, 10, 100, repo.chunk_id(parts[0][10:109]), b"f")
+    assert cache.read_member(pack, 10, 100, repo.chunk_id(parts[0][10:110]), b"f") == \
+        parts[0][10:110]
