@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.s3proxy import S3Proxy
-from tests.support.seaweed import SeaweedProcess
+from tests.support.seaweed import S3_BUCKET, SeaweedProcess
 from workers.engine.model import StorageUnavailable
 from workers.engine.repository.listcache import CONDEMNED_KEY, Condemned
 from workers.engine.repository.repository import Repository
@@ -145,6 +145,30 @@ def test_capture_listing_comes_from_the_host_cache(weed: SeaweedProcess, tmp_pat
     repo2.load_known()
     assert ids[0] not in repo2.known_ids() and len(repo2.known_ids()) == 29
     assert b2.cache.rebuilds == 1
+
+
+def test_the_host_cache_is_per_store_not_per_bucket_name(
+        weed: SeaweedProcess, seaweed: SeaweedProcess, tmp_path: Path) -> None:
+    # Two stores holding a bucket of the same name (a move to another provider, a second
+    # site): what one holds must never be the other's view, or a capture to the second
+    # skips uploads it needs and its snapshot references objects that are not there.
+    cache = str(tmp_path / "cache")
+    weed.make_bucket(S3_BUCKET)
+    first = S3Backend.from_url(f"s3://{S3_BUCKET}/twin", weed.options(cache_dir=cache))
+    repo = Repository(first)
+    repo.load_known()
+    ids = [repo.store_chunk(os.urandom(5000))[0] for _ in range(5)]
+    first.barrier(None)
+    other = S3Backend.from_url(f"s3://{S3_BUCKET}/twin", seaweed.options(cache_dir=cache))
+    repo2 = Repository(other)
+    repo2.load_known()
+    assert not set(ids) & set(repo2.known_ids())
+    # the same store and repository again: its cache, no LIST
+    again = S3Backend.from_url(f"s3://{S3_BUCKET}/twin/", weed.options(cache_dir=cache))
+    repo3 = Repository(again)
+    repo3.load_known()
+    assert set(repo3.known_ids()) == set(ids) and again.cache is not None
+    assert again.cache.rebuilds == 0
 
 
 def test_finding_the_parent_reads_each_snapshot_header_once_per_host(

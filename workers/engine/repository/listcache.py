@@ -78,6 +78,8 @@ class ListingCache:
 
     def __init__(self, cache_dir: str | None, url: str, *,
                  max_age: float = tuning.LIST_CACHE_MAX_AGE) -> None:
+        """url: what the cache is of, the store's endpoint with the repository's URL
+        (S3Backend.from_url): one file per store and repository, never per bucket name."""
         self.url = url
         self.max_age = max_age
         base = None if cache_dir is None else os.path.join(

@@ -99,9 +99,13 @@ class S3Backend:
         u = urlparse(url)
         if u.scheme != "s3" or not u.netloc:
             raise EngineError(f"unsupported storage URL {url!r}: use s3://bucket/prefix")
+        # The host cache is the store's and the repository's: keyed by the endpoint too,
+        # since two stores may each hold a bucket of that name (one's objects listed as the
+        # other's made a capture skip uploads its snapshot needed). Default AWS: "".
+        where = f"{options.endpoint or ''} s3://{u.netloc}/{u.path.strip('/')}"
         s3 = cls(u.netloc, u.path, endpoint=options.endpoint, region=options.region,
                  key_id=options.access_key_id, secret=options.secret_access_key,
-                 cache=ListingCache(options.cache_dir, url))
+                 cache=ListingCache(options.cache_dir, where))
         s3.options = options
         return s3
 
