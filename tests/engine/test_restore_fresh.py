@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from workers.engine import Engine, tuning
+from workers.engine.fs import syncpoint
 from workers.engine.repository.repository import Repository
-from workers.engine.restore import metadata, treewriter, writerpool
+from workers.engine.restore import metadata, restorer, treewriter, writerpool
 
 from .conftest import dir_state, make_meta
 from .treecmp import assert_same
@@ -35,11 +36,18 @@ def _source(src: Path) -> None:
 
 def _spied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What the restore did, in order: 'pool' (writers started), 'manifest' (read),
-    'fresh' (build_fresh) or 'build' (the rebuild that looks for files to reuse)."""
+    'sync' (the sync point before files are trusted or proven: its syncfs writes out what
+    is dirty on the filesystem), 'fresh' (build_fresh) or 'build' (the rebuild that looks
+    for files to reuse)."""
     seen: list[str] = []
     start, fresh, build = writerpool.start_pool, treewriter.TreeWriter.build_fresh, \
         treewriter.TreeWriter.build
     read = Repository.get_manifest_raw
+    point = syncpoint.sync_point
+
+    def sync_point(*a: Any, **k: Any) -> Any:
+        seen.append("sync")
+        return point(*a, **k)
 
     def start_pool(*a: Any) -> Any:
         seen.append("pool")
@@ -58,6 +66,7 @@ def _spied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return read(self, *a)
 
     monkeypatch.setattr(Repository, "get_manifest_raw", get_manifest_raw)
+    monkeypatch.setattr(restorer, "sync_point", sync_point)
     monkeypatch.setattr(writerpool, "start_pool", start_pool)
     monkeypatch.setattr(treewriter.TreeWriter, "build_fresh", build_fresh)
     monkeypatch.setattr(treewriter.TreeWriter, "build", build_any)
@@ -77,7 +86,8 @@ def test_a_restore_into_a_new_or_empty_state_starts_the_writers_first_and_writes
     seen = _spied(monkeypatch)
     got = engine.restore(1, dir_state(dst), live=True)
     # before: into an empty directory, the writers started after the manifest was read
-    # and the rebuild looked for files to reuse in it (none)
+    # and the rebuild looked for files to reuse in it (none); and a sync point was taken
+    # first though no file is trusted or proven
     assert seen == ["pool", "manifest", "fresh"]
     assert got.files_written == 6 * 20 + 0 and got.files_reused == 0
     assert_same(src, dst)
@@ -94,7 +104,7 @@ def test_a_state_with_anything_in_it_is_not_taken_for_a_new_one(
     os.symlink("d0", dst / "d0")  # one dangling name is enough: the tree is looked at
     seen = _spied(monkeypatch)
     engine.restore(1, dir_state(dst), live=True)
-    assert seen == ["manifest", "pool", "build"]
+    assert seen == ["manifest", "sync", "pool", "build"]
     assert_same(src, dst)
 
 

@@ -89,13 +89,17 @@ class Restorer:
                 cur_fd = None
             except OSError as e:
                 raise StateInvalid(f"state path is not a directory (or is a symlink): {e}") from e
-            # Before any file is trusted or proven: from here on every change to a file of
-            # the state (its own filesystem) moves its ctime (see syncpoint.py and reuse.py).
-            self.check.sync = sync_point(parent_fd if cur_fd is None else cur_fd,
-                                         since=self.started)
             # An empty current tree (a server made to be restored into) is a new state:
             # nothing to reuse or patch, its files all written by the worker processes.
             fresh = cur_fd is None or fsutil.is_empty_dir(cur_fd)
+            # Before any file is trusted or proven: from here on every change to a file of
+            # the state (its own filesystem) moves its ctime (see syncpoint.py and reuse.py).
+            # A new state has no file to trust or prove: no sync point, whose syncfs wrote
+            # out whatever else was dirty on the filesystem before the first file was
+            # written (the check's default point vouches for nothing: a file a tenant puts
+            # into the empty directory meanwhile is never reused).
+            if cur_fd is not None and not fresh:
+                self.check.sync = sync_point(cur_fd, since=self.started)
             # the record vouches for files of the current tree only: none, nothing to read
             self.check.known = self.cache.load() if not fresh else {}
             self.cache.forget()  # the tree is about to change: the record would be stale
