@@ -43,3 +43,22 @@ def test_a_lock_that_missed_its_refreshes_stays_lost_when_the_store_comes_back(
                 locks.check_held()  # passed before: the late refresh made it fresh again
     finally:
         proxy.close()
+
+
+def test_a_host_suspended_past_the_lock_staleness_finds_its_lock_lost(
+        seaweed: SeaweedProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A suspend (a laptop lid, a VM's suspend to RAM) stops CLOCK_MONOTONIC, not
+    # CLOCK_BOOTTIME nor the store's clock: the lock went stale to every other host while
+    # this one slept, so it must not commit nor delete on waking.
+    backend = S3Backend.from_url(f"s3://{S3_BUCKET}/{uuid.uuid4().hex}", seaweed.options())
+    locks = S3Locks(backend, stale=60, settle=0.05)  # no refresh falls due in this test
+    with locks.shared():
+        locks.check_held()
+        real = time.clock_gettime
+
+        def suspended(clock: int) -> float:  # as the kernel counts 2 minutes asleep
+            return real(clock) + (120 if clock == time.CLOCK_BOOTTIME else 0)
+
+        monkeypatch.setattr(time, "clock_gettime", suspended)
+        with pytest.raises(LockLost):
+            locks.check_held()

@@ -14,9 +14,10 @@ holds under host deaths, lagging listings and skewed clocks, is in s3reclaim.py.
 - Staleness is judged by the store's clock only (LastModified of the lock against
   LastModified of a probe just written), never a host's clock: hosts may disagree by
   minutes and nothing here notices.
-- A holder that could not refresh its lock in time (partitioned from the store, or
-  paused) must assume it lost it: check_held() raises before a reclaim deletes anything
-  and before a capture commits its manifest, so the job is retried from the start.
+- A holder that could not refresh its lock in time (partitioned from the store, paused,
+  or its host suspended: timed with CLOCK_BOOTTIME) must assume it lost it: check_held()
+  raises before a reclaim deletes anything and before a capture commits its manifest, so
+  the job is retried from the start.
   Lost stays lost: a refresh that gets through after such a gap does not make the lock
   held again (the other host may have acted on it as dead in between).
 """
@@ -46,12 +47,19 @@ class LockLost(StorageUnavailable):
 
 
 
+def since_boot() -> float:
+    """Seconds since boot, a suspend included (CLOCK_BOOTTIME): time.monotonic stops while
+    the host sleeps, so a holder suspended past `stale` woke up thinking its lock fresh
+    while every other host (and the store's clock) had seen it go stale."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class _Held:
     """A lock object this process holds, rewritten by a thread every `refresh` seconds."""
 
     def __init__(self, locks: S3Locks, key: str, body: bytes) -> None:
         self.locks, self.key, self.body = locks, key, body
-        self.refreshed = time.monotonic()
+        self.refreshed = since_boot()
         # Once set, for good: a gap in the refreshes may have let another host act on the
         # lock as dead (a reclaim deleting what this capture references, a capture
         # committing what this reclaim's mark never saw), and a later refresh that gets
@@ -70,7 +78,7 @@ class _Held:
                 if self.key == EXCLUSIVE_KEY and self.locks.owner_of(self.key) != self.body:
                     self.lost = True
                     return  # taken over (we were presumed dead): never write it back
-                started = time.monotonic()
+                started = since_boot()
                 self.locks.backend.put(self.key, self.body, durable=True)
             except Exception:
                 continue  # the store is down: check_held() decides when it is too late
@@ -85,7 +93,7 @@ class _Held:
         # Refreshes are `refresh` apart; a lock not rewritten for stale - refresh may be
         # stale to others by the time this holder acts on it.
         return not self.lost and (
-            time.monotonic() - self.refreshed < self.locks.stale - self.locks.refresh)
+            since_boot() - self.refreshed < self.locks.stale - self.locks.refresh)
 
     def release(self) -> None:
         self._stop.set()

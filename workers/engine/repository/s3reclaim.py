@@ -57,7 +57,8 @@ Why it holds
   strongly consistent on S3, SeaweedFS and Ceph) and so references no condemned object.
 - Clocks a few minutes apart: only the store's clock is compared (LastModified of the
   marker, of the objects, of the locks and of a probe written now), so host clocks do
-  not enter. A host's clock only measures its own refresh intervals (monotonic).
+  not enter. A host's clock only measures its own refresh intervals (CLOCK_BOOTTIME, so
+  a suspend counts: s3locks.since_boot).
 - If-None-Match: the exclusive lock needs a store that refuses a second create; every
   reclaim first checks that the store does (a create-only PUT twice on a probe key) and
   refuses to run on one that ignores it (rclone's S3 server, for one) rather than risk two
