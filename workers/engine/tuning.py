@@ -108,9 +108,12 @@ RESTORE_FETCH_STREAMS = 8  # GETs at once (at least 8 by issue 11)
 RESTORE_FETCH_BYTES = 256 << 20  # plaintext of packs being read or not yet written
 RESTORE_COALESCE_GAP = 1 << 20  # needed frames this close are read in one GET
 # An image restore's read-ahead from S3 (image.py; file:// reads blocks on demand): two
-# packs of random blocks at once. RESTORE_FETCH_BYTES would hold a 256 MiB image decoded
-# at once (peak RSS 248 MiB on file://, 30 MiB with an object per block)
-IMAGE_FETCH_BYTES = 64 << 20
+# packs at once, of text-like blocks too (up to PACK_PLAIN_MAX decoded each). At 64 MiB a
+# pack of text-like blocks (56 MiB decoded) ran alone: the 256 MiB bench image's 4 GETs
+# one after another, 8 alternating restores at load 2.6-3.8 median 0.731 s, 0.604 s at
+# 128 (peak RSS ~100-130 MiB either way). RESTORE_FETCH_BYTES would hold a 256 MiB image
+# decoded at once (peak RSS 248 MiB on file://, 30 MiB with an object per block)
+IMAGE_FETCH_BYTES = 128 << 20
 
 # --- removing trees (the old tree after a swap, leftovers) ------------------------------
 REMOVAL_MAX_FDS = 64  # directories held open at once while descending
