@@ -207,3 +207,52 @@ def test_a_zygote_whose_forks_fail_keeps_no_descriptor_of_them() -> None:
     before, after, usable = int(out[0]), int(out[1]), out[2]
     assert usable == "True"  # it answered each request: kept, not retired
     assert after == before
+
+
+_LOST_ANSWER = """
+import os, socket, subprocess, time
+from workers.engine.workerproc import process, zygote
+from workers.engine.restore import writerpool
+assert zygote.start(["workers.engine.restore.writerproc"])
+z = zygote._zygote
+real = socket.recv_fds
+
+def truncated(sock, bufsize, maxfds, flags=0):  # as at EMFILE: the kernel drops the fds
+    data, fds, flags, addr = real(sock, bufsize, maxfds, flags)
+    for fd in fds:
+        os.close(fd)
+    return data, [], flags | socket.MSG_CTRUNC, addr
+
+socket.recv_fds = truncated
+process.send = lambda sock, frame: None  # no setup: each worker waits for one (or EOF)
+w = process.WorkerProcess(writerpool._MODULE, b"")
+socket.recv_fds = real
+assert isinstance(w.proc, subprocess.Popen)
+
+def sockets(pid):
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            out.add(link)
+    return out
+
+with open(f"/proc/{z.pid}/task/{z.pid}/children") as f:
+    forked = [int(p) for p in f.read().split()]
+shared = set().union(*(sockets(p) for p in forked)) & sockets(w.proc.pid) if forked else set()
+print(len(forked), len(shared))
+w.close(kill=True)
+"""
+
+
+def test_a_worker_whose_fork_answer_was_lost_shares_no_socket_with_the_spawned_one() -> None:
+    # The zygote forked a worker, but its answer came without the descriptors (truncated,
+    # as when this process is at its descriptor limit): the worker is spawned instead, and
+    # the fork that lives on must not hold the spawned one's sockets (two workers reading
+    # one share's frames, writing into one result stream).
+    out = subprocess.run([sys.executable, "-c", _LOST_ANSWER], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    assert out[1] == "0", out

@@ -46,8 +46,16 @@ class WorkerProcess:
         self.req, req_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.res, res_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.proc: Child = (zygote.fork(module, (req_child.fileno(), res_child.fileno()))
-                                or _spawn(module, req_child, res_child))
+            forked = zygote.fork(module, (req_child.fileno(), res_child.fileno()))
+            if forked is None:
+                # The zygote may have forked one with these sockets and lost its answer (its
+                # descriptors dropped at our limit): spawned on new ones, so that one reads
+                # EOF and ends instead of sharing the spawned worker's frames.
+                for sock in (self.req, self.res, req_child, res_child):
+                    sock.close()
+                self.req, req_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                self.res, res_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.proc: Child = forked or _spawn(module, req_child, res_child)
         finally:
             req_child.close()
             res_child.close()
