@@ -111,8 +111,12 @@ class Fleet:
 @pytest.fixture
 def fleet(make_service: ServiceFactory, s3_env: dict[str, str], tmp_path: Path) -> Fleet:
     # A reclaim margin of 1 s instead of an hour: what a delete frees goes within seconds
-    # (FAST_ENV reclaims every 2 s), so the test sees the space come back.
-    svc = make_service(**s3_env, SNAPSHOTS_RECLAIM_MARGIN="1")
+    # (FAST_ENV reclaims every 2 s), so the test sees the space come back. Locks dead
+    # after 8 s without a refresh instead of 30 min: every worker's reaper reclaims, so
+    # the SIGKILL of host b's worker may land while it holds the reclaim's exclusive lock
+    # (more likely the slower a loaded machine runs that reclaim), which then stopped
+    # every reclaim of host a until it went stale, far past the wait for them below.
+    svc = make_service(**s3_env, SNAPSHOTS_RECLAIM_MARGIN="1", SNAPSHOTS_LOCK_STALE="8")
     return Fleet(svc.start(workers=0), tmp_path, ("a", "b"))
 
 
