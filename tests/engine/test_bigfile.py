@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -22,7 +23,7 @@ from workers.engine.fs import directio
 from workers.engine.repository.backend import LocalBackend
 from workers.engine.repository.manifest import DirBody
 from workers.engine.repository.packwriter import TinyPacker
-from workers.engine.repository.repository import Config
+from workers.engine.repository.repository import Config, chunk_key
 
 from .conftest import dir_state, make_meta
 from .test_crash import kill_when, spawn
@@ -346,3 +347,50 @@ def test_block_width_holds_reads_to_its_width_until_widened() -> None:
     leave.set()
     for t in threads:
         t.join(10)
+
+
+def test_a_new_state_gets_its_big_file_and_links_to_it_and_a_rotten_block_fails_it_whole(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Into a new state from file://, the big files are written by the restoring process
+    while the writer processes write the small ones: a hard link to one is made once it
+    exists; a block that does not match its id fails the restore, which leaves nothing."""
+    from workers.engine import SnapshotCorrupt
+    from workers.engine.restore import writerpool
+
+    from .conftest import repo_dir, stored_at
+
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    make_tree(src)
+    for i in range(40):
+        (src / "etc" / f"f{i}").write_bytes(os.urandom(500 + i))
+    os.link(src / "vm" / "disk.img", src / "disk-link")
+    engine.capture(make_meta(1), dir_state(src))
+    shares: list[list[int]] = []
+    offer = writerpool.RestorePool.offer
+
+    def spied(self: writerpool.RestorePool, given: list[Any], *a: Any) -> None:
+        shares.extend(list(s) for s in given)
+        offer(self, given, *a)
+
+    monkeypatch.setattr(writerpool.RestorePool, "offer", spied)
+    out = tmp_path / "out"
+    got = engine.restore(1, dir_state(out))
+    assert_same(src, out)
+    assert os.stat(out / "disk-link").st_ino == os.stat(out / "vm" / "disk.img").st_ino
+    body = engine.repo.get_manifest(1)[1]
+    assert isinstance(body, DirBody)
+    img = next(i for i, e in enumerate(body.entries) if e.size == 12 * MiB and e.chunks)
+    assert sum(len(s) for s in shares) == got.files_written - 1 == 41  # all but the image
+    assert img not in {i for s in shares for i in s}
+
+    e = body.entries[img]
+    pack, at = stored_at(engine, e, 4)
+    obj = repo_dir(engine) / chunk_key(pack)
+    raw = bytearray(obj.read_bytes())
+    raw[at] ^= 0xFF
+    obj.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotCorrupt, match=pack.hex()):
+        engine.restore(1, dir_state(tmp_path / "new"))
+    assert sorted(os.listdir(tmp_path)) == ["out", "repo", "srv"]

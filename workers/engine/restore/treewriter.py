@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -200,20 +200,34 @@ class TreeWriter:
         here; then the writers write while a thread of ours makes the symlinks and device
         nodes; hard links once their targets exist; never through a symlink. The writers
         start writing once the directories exist: the special entries (a rootfs's 650
-        symlinks, ~30-45 ms) are no longer made before them."""
+        symlinks, ~30-45 ms) are no longer made before them.
+
+        From a local repository the big files (fixed blocks: disk images...) are written
+        here, by the parent, whose process is otherwise idle while the writers write: their
+        blocks go on threads of their own on every core, as in a writer, while the writers
+        share the small files. In a writer's share a big file was one file that took 0.5-1
+        s, during which its writer could not hand over the rest of its share (the rootfs +
+        300 MiB image: the image's writer had 711 small files left after it, the other
+        writer waited ~0.5 s with nothing to do). On S3 the writers read their shares'
+        packs ahead (coalesced GETs), which the parent does not: there they stay theirs."""
         from .shares import Files, first_pack
 
         dirs: list[Entry] = [self.entries[0]]
         files = Files()
         links: list[Entry] = []
         specials = array("q")  # indexes: a million-entry tree holds no Entry for each
+        big = array("q")  # the big files written by the parent (local repository)
+        local = not self.repo.backend.remote
         for idx, e in enumerate(self.entries):
             if not idx:
                 continue  # the root: st_fd itself
             if e.kind == DIR:
                 dirs.append(e)
             elif e.kind == FILE:
-                files.add(idx, e.size + tuning.FILE_COST, first_pack(e))
+                if local and not e.pack and fixed_block(self.repo.config, e.size):
+                    big.append(idx)
+                else:
+                    files.add(idx, e.size + tuning.FILE_COST, first_pack(e))
             elif e.kind == HARDLINK:
                 links.append(e)
             else:
@@ -229,14 +243,23 @@ class TreeWriter:
                 self.progress.poll()
             at.close()
 
-            maker = _SpecialMaker(st_fd, self.entries, specials)
+            maker = _Background(st_fd, self.entries, specials, make_special,
+                                "restore-specials")
+            bigs = (_Background(st_fd, self.entries, big, self._write_big, "restore-big")
+                    if big else None)
             try:
                 self._write_shares(st_fd, pool, files)
             except BaseException:
                 maker.stop()
+                if bigs is not None:
+                    bigs.stop()
                 raise
             finally:
-                maker.join()
+                try:
+                    maker.join()
+                finally:
+                    if bigs is not None:
+                        bigs.join()
             for e in links:
                 dfd, name = at.entry(e.path)
                 tdfd, tname = srcs.entry(e.target)
@@ -432,18 +455,24 @@ class TreeWriter:
         return True
 
 
-class _SpecialMaker:
-    """Makes the special entries (symlinks, device nodes, fifos, sockets) of a new tree on
-    a thread of its own, beneath the staging fd (never through a symlink), while the
-    writer processes write the files; join() raises what it failed with."""
+    def _write_big(self, dfd: int, name: bytes, e: Entry) -> None:
+        """A big file of a new tree, by the parent (build_fresh): created in dfd, written."""
+        self._file(None, b"", e, os.open(name, fsutil.CREATE_FLAGS, self.create_mode(e),
+                                         dir_fd=dfd), None)
 
-    def __init__(self, st_fd: int, entries: Sequence[Entry], indexes: array[int]) -> None:
-        self._entries, self._indexes = entries, indexes
+
+class _Background:
+    """Makes entries of a new tree (make(dfd, name, entry) each) on a thread of its own,
+    beneath the staging fd (never through a symlink), while the writer processes write
+    the files; join() raises what it failed with."""
+
+    def __init__(self, st_fd: int, entries: Sequence[Entry], indexes: array[int],
+                 make: Callable[[int, bytes, Entry], None], name: str) -> None:
+        self._entries, self._indexes, self._make = entries, indexes, make
         self._fd = os.dup(st_fd)  # its own: the caller closes st_fd after join()
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="restore-specials",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -453,7 +482,7 @@ class _SpecialMaker:
                 if self._stop.is_set():
                     return
                 e = self._entries[idx]
-                make_special(*at.entry(e.path), e)
+                self._make(*at.entry(e.path), e)
         except BaseException as err:
             self._error = err
         finally:
