@@ -88,3 +88,17 @@ def sync_point(fd: int, since: int | None = None) -> SyncPoint:
     at = _coarse_ns()
     fsutil.syncfs_fd(fd)
     return SyncPoint(at, fs_type(fd) not in NO_WRITEBACK)
+
+
+def wait_past(ctime_ns: int) -> None:
+    """Return once any change stamps a ctime later than ctime_ns (the coarse clock has
+    passed it by its granule): a restore records the ctimes of the files it wrote, and a
+    change within the same granule keeps the ctime (the same second on a filesystem of
+    whole-second stamps; the same tick before Linux 6.13), so a record made before a
+    change that soon would vouch for bytes the file no longer holds. At most one tick on
+    a filesystem of nanosecond stamps, whose writing is usually past it already."""
+    if ctime_ns <= 0:
+        return
+    until = ctime_ns + granule(ctime_ns)
+    while (now := _coarse_ns()) < until:
+        time.sleep(min((until - now) / 1e9, 0.01))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from .. import tuning
 from ..fs import fsutil
-from ..fs.syncpoint import sync_point
+from ..fs.syncpoint import sync_point, wait_past
 from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
 from ..repository.manifest import FILE, Entry, LazyEntries, check_tree
@@ -144,6 +144,8 @@ class Restorer:
                 # tenant holding a directory above may have swapped for a symlink since (the
                 # sync would then flush another filesystem than the one swapped on)
                 fsutil.syncfs_fd(parent_fd)
+                # no change after the swap (a live server's) may keep a recorded ctime
+                wait_past(w.written.newest)
                 old = swap(parent_fd, staging, self.base, cur_fd is not None)
                 if isinstance(self.entries, LazyEntries):
                     self.entries.release()  # written: only the record is left to make
@@ -168,6 +170,7 @@ class Restorer:
                 reused = record_tree(new_fd, w.reused, w.linked, self.check.digest)
             finally:
                 os.close(new_fd)
+            wait_past(max((c for _i, c, _d in reused.values()), default=0))  # as above
             self.cache.save_encoded(w.written.encode(reused))
         finally:
             os.close(parent_fd)
@@ -198,5 +201,7 @@ class Restorer:
         record = {e.path: (ino, ctime, self.check.digest(e)) for e, ino, ctime in plan.kept_files}
         record.update(record_tree(cur_fd, plan.new_files(), self.writer.linked,
                                   self.check.digest))
+        # the server may change a file once we return: not within a recorded ctime's granule
+        wait_past(max((c for _i, c, _d in record.values()), default=0))
         self.cache.save(record)
         return True

@@ -90,11 +90,13 @@ class WrittenRecord:
         self.skip = skip
         self.keep = True
         self.last = (0, 0)  # (ino, ctime) of the file added last
+        self.newest = 0  # the latest ctime added (syncpoint.wait_past before the swap)
         self._items = bytearray()
         self._count = 0
 
     def add(self, e: Entry, ino: int, ctime: int) -> None:
         self.last = (ino, ctime)
+        self.newest = max(self.newest, ctime)
         if self.keep and e.path not in self.skip:
             self._items += _encode(e.path)
             self._items += _encode((ino, ctime, content_digest(e)))
