@@ -91,6 +91,10 @@ WRITER_BATCH = 256
 # traced thief ended 70 ms after its victim), and each take-over adds a GET per pack it
 # reads (10k-file bench: 9 GETs with none, 11 or 13 with one or two)
 RESTORE_STEAL_MIN = 2048
+# ... and from a local repository, where a rest taken over costs no request (a frame read
+# again at most): the rootfs restore's writers, split by cost, ended 175-380 ms apart with
+# ~1,000 files of the slower one's left, never cut at 2,048
+RESTORE_STEAL_MIN_LOCAL = 256
 # A patch restore is used when at most max(PATCH_MIN, entries / PATCH_FRACTION) entries
 # differ; beyond that, rebuilding in staging costs about the same and needs no undo.
 PATCH_MIN = 16

@@ -44,6 +44,8 @@ class RestorePool:
                                              msgspec.msgpack.encode(repo.config)))
         self.bytes_written = 0
         self.steals = 0  # shares cut and handed to a worker that had finished its own
+        self._steal_min = (tuning.RESTORE_STEAL_MIN if repo.backend.remote
+                           else tuning.RESTORE_STEAL_MIN_LOCAL)
         self.workers = start_workers(_MODULE, setup, n)
         self._runs: list[_Run] = []
         # worker -> (the run a CUT sent to it was for, the worker that gets what it cuts)
@@ -77,11 +79,12 @@ class RestorePool:
         directories made by now); returns when all did.
 
         A worker that finished its share takes over the second half of what is left of
-        the busiest one's (a cut, tuning.RESTORE_STEAL_MIN files at least): the shares are
-        split by an estimate of their cost, and the same work can cost one process twice
-        what it costs the other (here: a 10,000-file restore's first half took 0.8 s of
-        CPU, its second 0.4 s, every file create 5x slower where ext4 searched a fuller
-        inode group; other work on the machine does the same), so a fixed split left one
+        the busiest one's (a cut, tuning.RESTORE_STEAL_MIN files at least; from file://
+        RESTORE_STEAL_MIN_LOCAL): the shares are split by an estimate of their cost, and
+        the same work can cost one process twice what it costs the other (here: a
+        10,000-file restore's first half took 0.8 s of CPU, its second 0.4 s, every file
+        create 5x slower where ext4 searched a fuller inode group; other work on the
+        machine does the same), so a fixed split left one
         core idle for up to half the restore."""
         assert self.offered, "offer() the shares first"
         for w in self.workers:
@@ -156,7 +159,7 @@ class RestorePool:
         left, victim = max(((len(r.share) - r.done, v) for v, r in enumerate(self._runs)
                             if v != thief and r.busy and v not in self._cuts),
                            default=(0, -1))
-        if left < tuning.RESTORE_STEAL_MIN:
+        if left < self._steal_min:
             return
         run = self._runs[victim]
         self._cuts[victim] = (run, thief)
