@@ -321,34 +321,6 @@ def test_restore_proves_an_untrusted_big_file_by_its_blocks(tmp_path: Path,
     assert_same(src, other)
 
 
-def test_block_width_holds_reads_to_its_width_until_widened() -> None:
-    """A big file's blocks are read on BIG_FILE_THREADS threads beside the small files and
-    on all IMAGE_THREADS once those are done (archiver widens the read's Width)."""
-    import threading
-
-    from workers.engine.blocks.pipeline import Width
-
-    width = Width(1)
-    inside = threading.Semaphore(0)
-    leave = threading.Event()
-
-    def reader() -> None:
-        with width:
-            inside.release()
-            leave.wait(10)
-
-    threads = [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    assert inside.acquire(timeout=10)
-    assert not inside.acquire(timeout=0.2)  # a second reader waits at width 1
-    width.widen(3)
-    assert inside.acquire(timeout=10) and inside.acquire(timeout=10)  # both others enter
-    leave.set()
-    for t in threads:
-        t.join(10)
-
-
 def test_a_new_state_gets_its_big_file_and_links_to_it_and_a_rotten_block_fails_it_whole(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Into a new state from file://, the big files are written by the restoring process

@@ -142,7 +142,7 @@ IMAGE_THREADS = 4
 # archiver.py): 2 block threads, not 4, leave the walk thread (Python, the GIL) and the
 # reader processes their share; the bench's cold rootfs + 300 MiB image capture, engine
 # alone, 1.98-3.17 s vs 2.86-4.26 s with 4 (alternating x3, load ~5.8), CPU 2.23-2.44 vs
-# 2.42-2.57 s. Once the small files are read, the blocks left go on all IMAGE_THREADS.
+# 2.42-2.57 s
 BIG_FILE_THREADS = 2
 # Big files a directory capture holds open ahead of their reads (one thread reads them in
 # turn; the walk waits beyond this): a state of thousands (a database's 1 GiB segments)

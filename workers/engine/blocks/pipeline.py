@@ -55,34 +55,6 @@ def all_zero(data: memoryview, zero: bytes) -> bool:
     return not any(data[:64]) and data.tobytes() == zero[:len(data)]
 
 
-class Width:
-    """How many of a read's block jobs run at once, raised while it runs: a directory's big
-    file is read on tuning.BIG_FILE_THREADS threads beside the walk and the small files
-    (the walk needs its share of the GIL), and on all tuning.IMAGE_THREADS once they are
-    done, when its blocks are all that is left to read."""
-
-    def __init__(self, n: int) -> None:
-        self._n = n
-        self._busy = 0
-        self._cv = threading.Condition()
-
-    def widen(self, n: int) -> None:
-        with self._cv:
-            self._n = max(self._n, n)
-            self._cv.notify_all()
-
-    def __enter__(self) -> None:
-        with self._cv:
-            while self._busy >= self._n:
-                self._cv.wait()
-            self._busy += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cv:
-            self._busy -= 1
-            self._cv.notify()
-
-
 class BlocksRead(NamedTuple):
     blocks: list[tuple[bytes, int]]  # (chunk id, offset) of the blocks stored, in order
     stored: int  # bytes newly written to the repository
@@ -95,12 +67,11 @@ class BlocksRead(NamedTuple):
 
 def read_blocks(fd: int, ranges: Callable[[int], Iterable[tuple[int, int]]], block: int,
                 store: Store, progress: Progress, *, skip_zero: bool,
-                stable: bool = True, threads: int = 0, width: Width | None = None) -> BlocksRead:
+                stable: bool = True, threads: int = 0) -> BlocksRead:
     """Read the (offset, length) ranges(size) of fd, each at most `block` bytes, and store
     each (all-zero ones are left out when skip_zero). The file is read again, up to
     tuning.READ_RETRIES times, while its size, mtime or ctime change under the read
-    (stable=False: a block device, which has no such stamps). `threads`: pipelined()'s;
-    `width`, if given, how many of them read and store at once."""
+    (stable=False: a block device, which has no such stamps). `threads`: pipelined()'s."""
     local = threading.local()
     zero = bytes(block)
     st = os.fstat(fd)
@@ -108,12 +79,6 @@ def read_blocks(fd: int, ranges: Callable[[int], Iterable[tuple[int, int]]], blo
         or directio.reopen_direct(fd, os.O_RDONLY)
 
     def job(rng: tuple[int, int]) -> tuple[int, int, bytes | None, int]:
-        if width is None:
-            return block_job(rng)
-        with width:
-            return block_job(rng)
-
-    def block_job(rng: tuple[int, int]) -> tuple[int, int, bytes | None, int]:
         off, ln = rng
         buf = getattr(local, "buf", None)
         if buf is None:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from pyfastcdc import FastCDC
 
 from .. import gcpause, tuning
-from ..blocks.pipeline import Width, read_blocks
+from ..blocks.pipeline import read_blocks
 from ..fs import fsutil
 from ..fs.syncpoint import SyncPoint, sync_point
 from ..inflight import prune
@@ -103,9 +103,6 @@ class Archiver:
         self._big: list[Future[None]] = []
         self._big_thread: ThreadPoolExecutor | None = None
         self._big_stop = threading.Event()
-        # how many block threads read them at once: BIG_FILE_THREADS beside the small
-        # files, IMAGE_THREADS once those are read (_read_files)
-        self._big_width = Width(tuning.BIG_FILE_THREADS)
         # each big file holds a descriptor from its walk to the end of its read: at most
         # this many at once (the walk waits), not every big file of the state
         self._big_open = threading.BoundedSemaphore(tuning.BIG_FILES_OPEN)
@@ -257,7 +254,6 @@ class Archiver:
 
     def _read_files(self, root_fd: int) -> None:
         self._read_small(root_fd)
-        self._big_width.widen(tuning.IMAGE_THREADS)
         for f in self._big:  # raises what a big file's read raised
             f.result()
         self._big = []
@@ -425,8 +421,7 @@ class Archiver:
             return self._packs.store_block(data)
 
         res = read_blocks(fd, lambda size: fixed_ranges(fd, size, bs), bs, store,
-                          self.progress, skip_zero=False, threads=tuning.IMAGE_THREADS,
-                          width=self._big_width)
+                          self.progress, skip_zero=False, threads=tuning.BIG_FILE_THREADS)
         st = res.st
         self._done(idx, res.blocks, b"", (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                          st.st_ino, st.st_mode, st.st_uid, st.st_gid),
