@@ -87,6 +87,36 @@ def test_the_prefetch_holds_at_most_its_descriptors(monkeypatch: pytest.MonkeyPa
         os.close(root_fd)
 
 
+def test_the_prefetch_lists_directories_in_the_walks_order(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """Depth first, names sorted, as tree.py walks: what the walk needs next is warmed
+    next (breadth first, the threads warmed the top of a big tree while the walk waited on
+    the directories below)."""
+    root = tmp_path / "srv"
+    order = ["", "a", "a/c", "a/c/q", "a/z", "b", "b/x", "b/y"]
+    for d in ("b/y", "b/x", "a/z", "a/c/q"):
+        (root / d).mkdir(parents=True)
+        (root / d / "f").write_bytes(b"x")
+    listed: list[int] = []
+    real_scandir = os.scandir
+
+    def scandir(fd: int) -> object:
+        listed.append(os.fstat(fd).st_ino)
+        return real_scandir(fd)
+
+    monkeypatch.setattr(tuning, "PREFETCH_THREADS", 1)
+    root_fd = fsutil.open_path(str(root))
+    monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        p = prefetch.MetadataPrefetch(root_fd, os.fstat(root_fd).st_dev)
+        p.start()
+        p._threads[0].join(10)
+        p.stop()
+    finally:
+        os.close(root_fd)
+    assert listed == [(root / d).stat().st_ino for d in order]
+
+
 @pytest.mark.parametrize("cold_us", [0, 10**9])
 def test_a_capture_with_and_without_the_prefetch_is_the_same(
         monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path, cold_us: int) -> None:

@@ -69,7 +69,7 @@ class MetadataPrefetch:
                     self._stopped = True  # every directory listed
                     self._cond.notify_all()
                     return
-                fd = self._todo.popleft()
+                fd = self._todo.pop()  # the last pushed: next in walk order
                 self._busy += 1
             try:
                 self._list(fd)
@@ -84,23 +84,39 @@ class MetadataPrefetch:
 
     def _list(self, fd: int) -> None:
         every = tuning.PREFETCH_STAT_EVERY
+        subdirs: list[bytes] = []
         with os.scandir(fd) as it:
             for n, entry in enumerate(it):
                 if self._stopped:
                     return
                 if entry.is_dir(follow_symlinks=False):  # d_type: no stat
-                    if self._open >= tuning.PREFETCH_FDS:
-                        continue  # not warmed: the walk reads it as it would anyway
-                    try:
-                        sub = os.open(entry.name, fsutil.DIR_FLAGS, dir_fd=fd)
-                    except OSError:
-                        continue
-                    if os.fstat(sub).st_dev != self._dev:  # a mount point: not ours
-                        os.close(sub)
-                        continue
-                    with self._cond:
-                        self._push(sub)
-                        self._cond.notify()
+                    subdirs.append(os.fsencode(entry.name))
                 elif n % every == 0:
                     with contextlib.suppress(OSError):
                         entry.stat(follow_symlinks=False)
+        # In the walk's order (tree.py: sorted names, depth first): the todo is a stack
+        # and the first name goes on top, so the threads list what the walk needs next
+        # (breadth first, they warmed the whole top of the tree while it waited below).
+        subs: list[int] = []
+        try:
+            for name in sorted(subdirs):
+                with self._cond:
+                    if self._stopped or self._open >= tuning.PREFETCH_FDS:
+                        break  # not warmed: the walk reads them as it would anyway
+                    self._open += 1  # counted from here, pushed (or closed) below
+                try:
+                    sub = os.open(name, fsutil.DIR_FLAGS, dir_fd=fd)
+                    if os.fstat(sub).st_dev != self._dev:  # a mount point: not ours
+                        os.close(sub)
+                        sub = -1
+                except OSError:
+                    sub = -1
+                if sub < 0:
+                    with self._cond:
+                        self._open -= 1
+                    continue
+                subs.append(sub)
+        finally:
+            with self._cond:
+                self._todo.extend(reversed(subs))
+                self._cond.notify_all()
