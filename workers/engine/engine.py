@@ -262,9 +262,13 @@ class Engine:
 
             return restore_image(self.repo, snapshot_id, body, state.path, prog)
         from .restore.restorer import Restorer
+        from .restore.statecache import host_id
 
+        # on S3 several hosts may each have a state at this path: each its own record
+        host = "" if isinstance(self.backend, LocalBackend) else host_id(self.local_dir)
         restorer = Restorer(self.repo, snapshot_id, body, state.path, prog, pool,
-                            live=live, trust_manifest=header.ctimes_vouched, started=started)
+                            live=live, trust_manifest=header.ctimes_vouched, started=started,
+                            host=host)
         try:
             # What a restore makes (records, batches, shares) is no cyclic garbage, and the
             # collector walked every entry's lists again and again for nothing: 10k-file

@@ -55,7 +55,7 @@ class Restorer:
                  state_path: str,
                  progress: Progress, pool: RestorePool | None = None, *,
                  live: bool = False, trust_manifest: bool = False,
-                 started: int | None = None) -> None:
+                 started: int | None = None, host: str = "") -> None:
         self.started = started  # time.time_ns() when the restore began (its sync point's)
         self.pool = pool  # started early by the caller for a big restore into a new state
         # A live server (nothing stopped it) is never patched in place: always rebuilt.
@@ -66,7 +66,7 @@ class Restorer:
         self.parent_path, self.base = fsutil.split_state(state_path)
         self.state_path = state_path
         self.progress = progress
-        self.cache = StateCache(repo.backend, state_path)
+        self.cache = StateCache(repo.backend, state_path, host)  # host: statecache.host_id
         self.writer = TreeWriter(repo, snapshot_id, entries, progress)
         self.check = self.writer.check
         self.check.trust_manifest = trust_manifest  # its ctimes vouch (Header.ctimes_vouched)

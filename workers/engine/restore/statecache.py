@@ -8,7 +8,8 @@ first established without reading, from facts a tenant cannot forge:
   entry's (ctime is set by the kernel on every change and cannot be set by utime); or
 * the inode is one a previous restore left there: after each restore the engine records,
   per regular file, (st_ino, st_ctime_ns, digest of the chunk list it holds) in the
-  repository (`states/<hash of state path>`, out of the tenant's reach).
+  repository (`states/<hash of state path>-<host id>`, out of the tenant's reach; per
+  host, as two hosts of one S3 repository may each have a state at one path).
 
 Anything else is verified by chunking and hashing it. A missing, stale or unreadable
 record only costs speed: every use re-checks ino and ctime against a live fstat.
@@ -49,13 +50,47 @@ def content_digest(e: Entry) -> bytes:
     return h.digest(16)
 
 
+HOST_ID_FILE = "host-id"
+
+
+def host_id(local_dir: str) -> str:
+    """This host's id for its records in a shared (S3) repository: a random one kept in its
+    local directory (made once; concurrent first callers agree, the first link wins). A
+    host whose directory cannot be written gets a new one each time: its records only miss."""
+    path = os.path.join(local_dir, HOST_ID_FILE)
+    for _ in range(2):
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as f:
+                got = f.read(64).strip().decode("ascii", "replace")
+            if len(got) == 32 and all(c in "0123456789abcdef" for c in got):
+                return got
+        new = os.urandom(16).hex()
+        try:
+            os.makedirs(local_dir, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.{new[:8]}"
+            with open(tmp, "xb") as f:
+                f.write(new.encode())
+            try:
+                os.link(tmp, path)  # never replaces another's id
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        except OSError:
+            return new
+    return new
+
+
 class StateCache:
-    def __init__(self, backend: Backend, state_path: str) -> None:
+    def __init__(self, backend: Backend, state_path: str, host: str = "") -> None:
+        """host: host_id() where several hosts share the repository (S3), "" where one
+        host has it (file://)."""
         self.backend = backend
         digest = blake3.blake3(os.fsencode(os.path.normpath(state_path))).hexdigest()[:32]
         # "-3": records written since restores take a sync point and whose digest covers
-        # the xattrs (older ones are ignored: one restore proves by content again)
-        self.key = f"states/{digest}-3"
+        # the xattrs (older ones are ignored: one restore proves by content again); an S3
+        # host's own key (records keyed by the path alone are ignored: one restore proves)
+        self.key = f"states/{digest}-{host}-3" if host else f"states/{digest}-3"
 
     def load(self) -> Record:
         try:
