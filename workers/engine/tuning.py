@@ -107,10 +107,12 @@ FLUSH_EVERY = 0.1  # seconds between background syncfs calls while a rebuild wri
 # What a restore keeps of the small-file packs it reads (bounded memory):
 PACK_CACHE_OBJECTS = 4  # compressed single-frame (older) pack objects
 PACK_CACHE_TABLES = 256  # block tables of packs (a few hundred bytes each)
-# decoded 1 MiB blocks (in each writer process): files are written in about pack order, so
-# 8 decode each frame once (a writer's share of 300k files: 601 decodes for 601 frames);
-# 32 held 24 MiB more in each writer for nothing
-PACK_CACHE_BLOCKS = 8
+# decoded 1 MiB blocks (in each writer process; a local restore reads on demand through
+# them): files are written in about pack order, so 3 hold a member spanning two frames and
+# the next. Engine alone, 100k scale tree, restore's peak PSS of its tree (A/B, load
+# 1.6-1.9): 8 blocks 127.1 / 121.0 MiB (writers ~36.5 each), 3 blocks 109.5 / 110.1 (~31),
+# CPU the same; 32 held 24 MiB more in each writer for nothing
+PACK_CACHE_BLOCKS = 3
 # A restore into a new tree reads its packs ahead of the writers (packfetch.py):
 RESTORE_FETCH_STREAMS = 8  # GETs at once (at least 8 by issue 11)
 RESTORE_FETCH_BYTES = 256 << 20  # plaintext of packs being read or not yet written
