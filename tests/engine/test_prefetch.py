@@ -5,6 +5,7 @@ descriptor behind; the capture is the same with it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -29,8 +30,16 @@ def _hostile(root: Path, outside: Path) -> None:
     os.mkfifo(root / "e" / "fifo")  # never opened (an open would block)
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _fds() -> set[tuple[str, str]]:
+    """This process's descriptors with what each points at: a test checks that none is new
+    after, not that the count is equal (another test's leftovers, such as a retired zygote's
+    sockets, may be closed by a thread meanwhile: 29 before, 24 after, once in CI)."""
+    held: set[tuple[str, str]] = set()
+    for fd in os.listdir("/proc/self/fd"):
+        # the listing's own descriptor, or one closed meanwhile, is gone by now
+        with contextlib.suppress(OSError):
+            held.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+    return held
 
 
 def test_the_prefetch_lists_only_the_directories_beneath_the_root(
@@ -65,7 +74,7 @@ def test_the_prefetch_lists_only_the_directories_beneath_the_root(
     assert sorted(listed) == sorted(d.stat().st_ino for d in dirs)
     assert outside.stat().st_ino not in listed
     assert flags and all(f & os.O_NOFOLLOW and f & os.O_DIRECTORY for f in flags)
-    assert _fds() == before
+    assert _fds() <= before
     assert not [t for t in threading.enumerate() if t.name.startswith("prefetch")]
 
 
@@ -138,7 +147,7 @@ def test_a_capture_with_and_without_the_prefetch_is_the_same(
     before = _fds()
     res = engine.capture(make_meta(1), dir_state(src))
     assert bool(started) == (cold_us == 0)
-    assert _fds() == before
+    assert _fds() <= before
     assert not [t for t in threading.enumerate() if t.name.startswith("prefetch")]
     dst = tmp_path / "dst"
     engine.restore(1, dir_state(dst))
