@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,5 +58,93 @@ def test_a_file_changed_in_the_granule_its_restore_wrote_it_is_rewritten_next_ti
                 or returned >= before.st_ctime_ns + 10**9):  # returned past it: cannot be
             break
         # else the change crossed into the next second by chance: again
+    engine.restore(1, dir_state(state))
+    assert target.read_bytes() == b"snapshot\n"
+
+
+TENANT = 1000
+
+
+def _tamper(home: Path, path: str) -> str:
+    """The tenant, a process of its own user working in its home (the state's parent; the
+    tests' tmp dir above it is root's, 0700): rewrites the staged file `path` and puts its
+    mtime back; says whether it got in and whether its change kept the file's ctime."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: system calls only, then _exit
+        said = b"?"
+        try:
+            os.close(r)
+            os.chdir(home)
+            os.setgroups([])
+            os.setgid(TENANT)
+            os.setuid(TENANT)
+            try:
+                before = os.stat(path)
+                fd = os.open(path, os.O_WRONLY)
+                os.pwrite(fd, b"tampered\n", 0)
+                os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+                os.close(fd)
+            except PermissionError:
+                said = b"denied"
+            else:
+                said = b"kept" if os.stat(path).st_ctime_ns == before.st_ctime_ns else b"moved"
+        finally:
+            os.write(w, said)
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            return f.read().decode()
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_a_tenant_owning_the_states_parent_gets_into_staging_only_once_changes_move_ctime(
+        engine: Engine, coarse_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staging directory is the worker's, 0700, while its files are written; its own
+    owner and mode (the tenant's here) come only once no change to a file written there
+    can keep the ctime its restore records (else the tenant, owning the state's parent,
+    got in as the restore gave the staging root its metadata, within the second its files
+    were written, and the next restore kept its bytes as the snapshot's)."""
+    from workers.engine.restore import metadata, staging, treewriter
+
+    home = coarse_fs / "home"  # the tenant's: the state's parent
+    home.mkdir()
+    os.chown(home, TENANT, TENANT)
+    src = coarse_fs / "src"
+    src.mkdir()
+    (src / "config.txt").write_bytes(b"snapshot\n")
+    for p in (src, src / "config.txt"):
+        os.chown(p, TENANT, TENANT)
+    engine.capture(make_meta(1), dir_state(src))
+    state, target = home / "state", home / "state" / "config.txt"
+    staged = ".state.restore-1/config.txt"
+    got: list[str] = []
+
+    def tamper() -> None:  # at each point the restore passes, until the tenant got in
+        if not got or got[-1] == "denied":
+            got.append(_tamper(home, staged))
+
+    finish, swap = metadata.finish_dirs, staging.swap  # treewriter calls the first
+
+    def finish_dirs(*a: Any, **k: Any) -> None:
+        finish(*a, **k)
+        tamper()
+
+    def swap_(*a: Any, **k: Any) -> bytes:
+        tamper()
+        return swap(*a, **k)
+
+    monkeypatch.setattr(treewriter, "finish_dirs", finish_dirs)
+    monkeypatch.setattr(staging, "swap", swap_)
+    for _attempt in range(2):  # before: "kept" at once, but for a second ticking over
+        shutil.rmtree(state, ignore_errors=True)
+        got.clear()
+        engine.restore(1, dir_state(state))
+        assert got[-1] in ("kept", "moved"), got  # it did get in, before the swap
+        if got[-1] == "kept":  # before: it got in at finish_dirs, within the second
+            break
+    monkeypatch.undo()
     engine.restore(1, dir_state(state))
     assert target.read_bytes() == b"snapshot\n"

@@ -96,9 +96,9 @@ def test_a_rebuild_never_links_nor_chmods_through_a_swapped_staging_dir(
         make_special(dfd, name, e)
         _tenant_swaps(dfd, b"a", host)  # before the link to a/cron is made
 
-    def swapped_first(st_fd: int, dirs: Any) -> None:
+    def swapped_first(st_fd: int, dirs: Any, **k: Any) -> None:
         _tenant_swaps(st_fd, b"a", host)  # before the directories' metadata
-        finish_dirs(st_fd, dirs)
+        finish_dirs(st_fd, dirs, **k)
 
     for name, swapping in (("make_special", special_then_swap), ("finish_dirs", swapped_first)):
         with monkeypatch.context() as m:

@@ -73,11 +73,11 @@ def set_dir_meta(d: DirMeta, fd: int) -> None:
     os.utime(fd, ns=(d.mtime_ns, d.mtime_ns))
 
 
-def finish_dirs(st_fd: int, dirs: list[Entry]) -> None:
+def finish_dirs(st_fd: int, dirs: list[Entry], *, root: bool = True) -> None:
     """The metadata of the directories built under st_fd (`dirs` in walk order: the root
     first, parents before children), applied last and each once its subdirectories' are
     (so that creating children cannot change them), every one through an fd opened with
-    O_NOFOLLOW from its parent's."""
+    O_NOFOLLOW from its parent's. root False: the root's own (dirs[0]) is the caller's."""
     stack: list[tuple[bytes, int, Entry]] = [(b"", os.dup(st_fd), dirs[0])]
     try:
         for d in dirs[1:]:
@@ -85,7 +85,9 @@ def finish_dirs(st_fd: int, dirs: list[Entry]) -> None:
             while stack[-1][0] != parent:
                 _leave(stack)
             stack.append((d.path, os.open(name, fsutil.DIR_FLAGS, dir_fd=stack[-1][1]), d))
-        while stack:
+        while len(stack) > 1:
+            _leave(stack)
+        if root:
             _leave(stack)
     finally:
         for _p, fd, _d in stack:

@@ -40,6 +40,7 @@ from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
 from ..repository.manifest import FILE, Entry, LazyEntries, check_tree
 from ..repository.repository import Repository
+from .metadata import set_dir_meta
 from .patch import Patcher
 from .patchplan import Planner
 from .recovery import cleanup, dispose
@@ -123,6 +124,7 @@ class Restorer:
                 os.mkdir(staging, 0o700, dir_fd=parent_fd)
                 st_fd = os.open(staging, fsutil.DIR_FLAGS, dir_fd=parent_fd)
                 w.creating_in(st_fd)
+                w.root_meta = False  # given below
                 flusher = Flusher(self.parent_path, self.progress)
                 pool, self.pool = self.pool, None
                 if pool is None and self.progress.total >= tuning.RESTORE_PROCESS_THRESHOLD:
@@ -135,6 +137,14 @@ class Restorer:
                             w.build_fresh(st_fd, pool)
                         else:
                             w.build(st_fd, cur_fd, self.entries, w.linked, pool)
+                    # The staging root stays the worker's, 0700, until no change to a file
+                    # written in it can keep the ctime recorded for it: its own owner and
+                    # mode may let a tenant in (one owning the state's parent), and a
+                    # change it made within the granule of that ctime (a second on ext4
+                    # with 128-byte inodes, a tick before Linux 6.13) had the next restore
+                    # keep the tenant's bytes as the snapshot's.
+                    wait_past(w.written.newest)
+                    set_dir_meta(self.entries[0], st_fd)
                 finally:
                     if pool is not None:
                         pool.close(kill=True)
@@ -144,8 +154,8 @@ class Restorer:
                 # tenant holding a directory above may have swapped for a symlink since (the
                 # sync would then flush another filesystem than the one swapped on)
                 fsutil.syncfs_fd(parent_fd)
-                # no change after the swap (a live server's) may keep a recorded ctime
-                wait_past(w.written.newest)
+                # no change after the swap (a live server's) keeps a recorded ctime: past
+                # them already (above)
                 old = swap(parent_fd, staging, self.base, cur_fd is not None)
                 if isinstance(self.entries, LazyEntries):
                     self.entries.release()  # written: only the record is left to make

@@ -66,6 +66,9 @@ class TreeWriter:
         # create could change them (create_mode): a writer process, whose umask is 0
         # (writerproc.py), sets it; one fchmod less per file.
         self.modes_at_create = False
+        # False: the directory a build fills keeps its own metadata for the caller to give
+        # (the rebuild's staging root, once no change may keep a recorded ctime: restorer.py)
+        self.root_meta = True
         # A live restore (the server runs) copies a verified current file instead of
         # linking it: a process that has it open or mapped keeps writing into the old
         # inode, never into the restored tree.
@@ -191,7 +194,7 @@ class TreeWriter:
             f.result()
         if procs is not None:
             self._write_shares(st_fd, procs, plain)
-        finish_dirs(st_fd, dirs)
+        finish_dirs(st_fd, dirs, root=self.root_meta)
 
     def build_fresh(self, st_fd: int, pool: RestorePool) -> None:
         """A new tree, nothing to reuse: the files are the worker processes' (each its
@@ -267,7 +270,7 @@ class TreeWriter:
         finally:
             at.close()
             srcs.close()
-        finish_dirs(st_fd, dirs)
+        finish_dirs(st_fd, dirs, root=self.root_meta)
 
     def _write_shares(self, st_fd: int, pool: RestorePool, files: Files) -> None:
         """The worker processes create and write these files (index, cost) under st_fd
