@@ -366,3 +366,47 @@ def test_a_new_state_gets_its_big_file_and_links_to_it_and_a_rotten_block_fails_
     with pytest.raises(SnapshotCorrupt, match=pack.hex()):
         engine.restore(1, dir_state(tmp_path / "new"))
     assert sorted(os.listdir(tmp_path)) == ["out", "repo", "srv"]
+
+
+def test_a_new_states_bytes_written_count_the_big_file_written_beside_the_writers(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The restoring process adds its big files' bytes to the count while the writers'
+    are added in: the image, written here as the writers' count was being added, was lost
+    from it (an unlocked += against the block thread's locked one)."""
+    import threading
+
+    from workers.engine.restore import treewriter, writerpool
+
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    make_tree(src)
+    for i in range(40):
+        (src / "etc" / f"f{i}").write_bytes(os.urandom(500 + i))
+    engine.capture(make_meta(1), dir_state(src))
+    expected = engine.restore(1, dir_state(tmp_path / "first")).bytes_written
+    assert expected > 5 * MiB  # the image's data
+
+    ran, big_done = threading.Event(), threading.Event()
+    run, write_big = writerpool.RestorePool.run, treewriter.TreeWriter._write_big
+
+    def run_then_say(self: writerpool.RestorePool, *a: Any) -> None:
+        run(self, *a)
+        ran.set()
+
+    def big_once_ran(self: treewriter.TreeWriter, *a: Any) -> None:
+        ran.wait(30)  # the image is written as the writers' count is added in
+        write_big(self, *a)
+        big_done.set()
+
+    def count(self: writerpool.RestorePool) -> int:
+        if ran.is_set():
+            big_done.wait(30)
+        return int(self.__dict__["_count"])
+
+    monkeypatch.setattr(writerpool.RestorePool, "run", run_then_say)
+    monkeypatch.setattr(treewriter.TreeWriter, "_write_big", big_once_ran)
+    monkeypatch.setattr(writerpool.RestorePool, "bytes_written", property(
+        count, lambda self, v: self.__dict__.__setitem__("_count", v)), raising=False)
+    got = engine.restore(1, dir_state(tmp_path / "second"))
+    assert got.bytes_written == expected  # before: the image's bytes missing

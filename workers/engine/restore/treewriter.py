@@ -286,7 +286,9 @@ class TreeWriter:
             if not pool.offered:
                 pool.offer(files.split(len(pool.workers)), self._new_owner, self._raw)
             pool.run(st_fd, self.progress.add, self.progress.check, done)
-            self.bytes_written += pool.bytes_written
+            written = pool.bytes_written
+            with self._lock:  # a new state's big file may be adding its own (build_fresh)
+                self.bytes_written += written
         finally:
             pool.close(kill=True)
 
