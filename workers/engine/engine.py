@@ -117,14 +117,21 @@ class Engine:
         if state.kind == "directory":
             self.recover(state)  # never capture the mix a killed patch restore left
         with self.lock.shared():
-            done = self._committed_result(meta.snapshot_id)
-            if done is not None:
-                return done
+            # A delivery that committed before this lock was taken is in the listing the
+            # parent is picked from: its header is read only then (a fresh capture's second
+            # GET of its own manifest, a 404, was one request of ~20 on S3). One the
+            # listing missed (a store whose LIST lags its writes) still wins: the manifest
+            # is created once (put_manifest), and this capture answers its snapshot.
+            listed = self.repo.listed_manifests()
+            if any(sid == meta.snapshot_id for sid, _v in listed):
+                done = self._committed_result(meta.snapshot_id)
+                if done is not None:
+                    return done
             # A Repository per capture: its set of stored ids and list of written objects
             # are per-run state, so concurrent captures on one Engine do not mix them.
             repo = Repository(self.backend, self.repo.config)
             repo.load_known()
-            parent_id = self._parent_id(meta)
+            parent_id = self._parent_id(meta, listed)
             if state.kind == "directory":
                 from .capture.archiver import Archiver  # each operation imports only what it uses
 
@@ -180,10 +187,11 @@ class Engine:
         except SnapshotNotFound:
             return None
 
-    def _parent_id(self, meta: SnapshotMeta) -> int | None:
-        """Newest committed snapshot of the same server (by completion time, then id)."""
+    def _parent_id(self, meta: SnapshotMeta, listed: list[tuple[int, str]]) -> int | None:
+        """Newest committed snapshot of the same server (by completion time, then id)
+        among those listed (Repository.listed_manifests)."""
         best: tuple[str, int] | None = None
-        for h in self._headers():
+        for h in self._headers(listed):
             m = h.meta
             if m.server_id == meta.server_id and m.snapshot_id != meta.snapshot_id:
                 key = (h.completed_at, m.snapshot_id)
@@ -207,9 +215,9 @@ class Engine:
                 return ParentCursor(pieces, vouched=header.ctimes_vouched)
         return ParentCursor([], vouched=False)
 
-    def _headers(self) -> list[Header]:
+    def _headers(self, manifests: list[tuple[int, str]] | None = None) -> list[Header]:
         out = []
-        for sid, listed in self.repo.listed_manifests():
+        for sid, listed in self.repo.listed_manifests() if manifests is None else manifests:
             try:
                 out.append(self.repo.get_header(sid, listed))
             except EngineError:
