@@ -254,3 +254,47 @@ def test_a_restores_durability_point_is_the_filesystem_it_swaps_on(
     assert (real.st_dev, real.st_ino) in synced
     assert (os.stat(elsewhere).st_dev, os.stat(elsewhere).st_ino) not in synced
     assert (top / "srv.real" / "state" / "f0").read_text() == "v1 0\n"
+
+
+def test_a_rebuilds_background_flush_stays_on_the_filesystem_it_swaps_on(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, for the syncfs the rebuild runs every FLUSH_EVERY while it writes: by the
+    parent's path it flushed whatever the tenant's symlink named from then on (another
+    filesystem, one that hangs); by the parent's fd, the one the restore swaps on."""
+    from workers.engine import tuning
+
+    top = tmp_path / "tenant"
+    src, parent = tmp_path / "src", top / "srv"
+    src.mkdir()
+    parent.mkdir(parents=True)
+    for i in range(10):
+        (src / f"f{i}").write_text(f"v1 {i}\n")
+    engine.capture(make_meta(1), dir_state(src))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    real = os.stat(parent)
+    synced: list[tuple[int, int]] = []
+    after_swap = threading.Event()
+    real_syncfs_fd = fsutil.syncfs_fd
+
+    def recording(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        if (top / "srv.real").exists():
+            after_swap.set()
+        real_syncfs_fd(fd)
+
+    build = TreeWriter.build
+
+    def swapping_build(self: TreeWriter, *a: Any) -> None:
+        os.rename(parent, top / "srv.real")  # the tenant, once the restore is under way
+        os.symlink(elsewhere, parent)
+        assert after_swap.wait(10)  # a background flush came meanwhile
+        build(self, *a)
+
+    monkeypatch.setattr(tuning, "FLUSH_EVERY", 0.001)
+    monkeypatch.setattr(fsutil, "syncfs_fd", recording)
+    monkeypatch.setattr(TreeWriter, "build", swapping_build)
+    engine.restore(1, dir_state(parent / "state"))
+    assert (top / "srv.real" / "state" / "f0").read_text() == "v1 0\n"
+    assert set(synced) == {(real.st_dev, real.st_ino)}  # before: elsewhere's too

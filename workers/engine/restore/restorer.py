@@ -125,7 +125,7 @@ class Restorer:
                 st_fd = os.open(staging, fsutil.DIR_FLAGS, dir_fd=parent_fd)
                 w.creating_in(st_fd)
                 w.root_meta = False  # given below
-                flusher = Flusher(self.parent_path, self.progress)
+                flusher = Flusher(parent_fd, self.progress)
                 pool, self.pool = self.pool, None
                 if pool is None and self.progress.total >= tuning.RESTORE_PROCESS_THRESHOLD:
                     from .writerpool import start_pool

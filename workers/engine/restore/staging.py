@@ -82,10 +82,13 @@ def _swap_journaled(parent_fd: int, staging: bytes, base: bytes, exists: bool) -
 class Flusher:
     """Flushes the filesystem in the background every tuning.FLUSH_EVERY seconds, so the
     disk writes while the tree is built and the final syncfs (the restore's durability
-    point, before the swap) has little left to do."""
+    point, before the swap) has little left to do. Through the state's parent's fd (its
+    own copy), never its path: a tenant holding a directory above may swap the parent for
+    a symlink, which had it flush whatever filesystem that named (one that hangs too)."""
 
-    def __init__(self, path: str, progress: Progress) -> None:
-        self.path, self.progress = path, progress
+    def __init__(self, parent_fd: int, progress: Progress) -> None:
+        self.progress = progress
+        self._fd = os.dup(parent_fd)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="restore-flush", daemon=True)
         self._thread.start()
@@ -93,8 +96,9 @@ class Flusher:
     def _run(self) -> None:
         while not self._stop.wait(tuning.FLUSH_EVERY):
             with contextlib.suppress(OSError):
-                fsutil.syncfs(self.path)
+                fsutil.syncfs_fd(self._fd)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        os.close(self._fd)
