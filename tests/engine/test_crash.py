@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -233,3 +235,113 @@ def test_torn_objects_are_never_trusted(engine: Engine, tmp_path: Path) -> None:
     obj.write_bytes(b"")
     assert engine.backend.put(key, b"\x00payload")
     assert obj.read_bytes() == b"\x00payload"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below pid (its writer processes and their zygote), from /proc."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_new_state_restore_killed_leaves_no_writer_and_after_its_swap_nothing_trusted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore into a new state (writer processes for the small files, the restoring
+    process for the big one; no sync point) SIGKILLed while it writes: no process of it
+    writes on, the state path is still absent, and the next one makes it whole. Killed after
+    its swap, before its record: the next restore proves every file by its content (bytes
+    read: all of them), none trusted unread."""
+    from workers.engine.restore.reuse import ReuseCheck
+
+    from .test_bigfile import MiB, big_repo, make_tree
+
+    url = big_repo(tmp_path / "repo")
+    engine = Engine(url)
+    src = tmp_path / "src"
+    make_tree(src)  # etc/hosts and a 12 MiB big file with holes
+    for d in range(10):
+        (src / f"d{d}").mkdir()
+        for i in range(60):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(200 + i))
+    engine.capture(make_meta(1), dir_state(src))
+    new, staging = tmp_path / "new", tmp_path / ".new.restore-1"
+    slow = f"""
+import time
+from workers.engine import Engine, tuning
+from workers.engine.restore import treewriter
+tuning.RESTORE_PROCESS_THRESHOLD = 0
+write = treewriter.TreeWriter.write_file
+def slow(self, *a):
+    time.sleep(0.005)
+    return write(self, *a)
+treewriter.TreeWriter.write_file = slow
+from tests.engine.conftest import dir_state
+Engine({url!r}).restore(1, dir_state({str(new)!r}))
+"""
+    proc = spawn(slow)
+    below: set[int] = set()
+
+    def writing() -> bool:
+        below.update(_descendants(proc.pid))
+        return staging.exists() and len(list(staging.rglob("f*"))) > 60
+
+    kill_when(proc, writing)
+    assert len(below) >= 2  # its writers (and their zygote) were seen
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in below):  # they die with it (PR_SET_PDEATHSIG)
+        assert time.monotonic() < deadline, "a writer outlived its restore"
+        time.sleep(0.01)
+    assert not new.exists()
+    engine.restore(1, dir_state(new))
+    assert_same(src, new)
+    assert sorted(os.listdir(tmp_path)) == ["new", "repo", "src"]
+
+    shutil.rmtree(new)
+    proc = spawn(f"""
+import os, signal
+from workers.engine import tuning
+from workers.engine.restore.statecache import StateCache
+tuning.RESTORE_PROCESS_THRESHOLD = 0
+def _die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+StateCache.save_encoded = _die
+from workers.engine import Engine
+from tests.engine.conftest import dir_state
+Engine({url!r}).restore(1, dir_state({str(new)!r}))
+""")
+    assert proc.wait() == -signal.SIGKILL
+    assert_same(src, new)  # swapped: whole
+    trusted: list[bool] = []
+    trust = ReuseCheck.trusted
+
+    def spied(self: ReuseCheck, *a: Any) -> bool:
+        trusted.append(trust(self, *a))
+        return trusted[-1]
+
+    monkeypatch.setattr(ReuseCheck, "trusted", spied)
+    got = engine.restore(1, dir_state(new))
+    files = [p for p in src.rglob("*") if p.is_file()]
+    assert (got.files_written, got.files_reused) == (0, len(files))
+    assert len(trusted) >= len(files) and not any(trusted)  # every one proven by content
+    assert engine.last_bytes_read > sum(p.stat().st_size for p in files) - 6 * MiB  # holes
+    assert_same(src, new)
