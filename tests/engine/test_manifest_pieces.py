@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -39,6 +40,36 @@ def test_a_body_built_in_pieces_is_one_frame_of_the_same_msgpack(n: int) -> None
         DirBody(entries)
     # compressed as well as in one piece (within 1 %)
     assert len(body) <= 1.01 * len(zstandard.ZstdCompressor(level=3).compress(whole)) + 64
+
+
+def test_a_body_is_written_from_its_pieces_never_joined(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body's compressed outputs go to the file as they are (put_manifest): joined
+    (the frame, the body, then with the header) the body was in memory three times at
+    once at the end of a capture, its peak."""
+    entries = _entries(70_000, random.Random(7))
+    w = manifest.DirBodyWriter()
+    w.add_many([manifest.encode_entry(e) for e in entries])
+    pieces = w.finish_pieces()
+    assert len(pieces) > 3  # one per ~256 KiB of msgpack compressed, not one
+    body = b"".join(pieces)
+    assert manifest._body_dec.decode(zstandard.ZstdDecompressor().decompress(body)) == \
+        DirBody(entries)
+    put: list[bytes | Sequence[bytes]] = []
+    real_put = engine.repo.backend.put
+
+    def recording_put(key: str, data: bytes | Sequence[bytes], **kw: bool) -> bool:
+        put.append(data)
+        return real_put(key, data, **kw)
+
+    monkeypatch.setattr(engine.repo.backend, "put", recording_put)
+    header = manifest.Header(meta=make_meta(5), state_kind="directory", size_bytes=0,
+                             stored_bytes=0, files=len(entries), warnings=[],
+                             completed_at="2026-12-03T00:00:00Z", pieces=w.pieces)
+    assert engine.repo.put_manifest(header, pieces)
+    assert isinstance(put[-1], list) and put[-1][1:] == pieces  # the very pieces
+    assert engine.repo.get_manifest_raw(5) == manifest.assemble(header, body)
+    assert engine.repo.get_manifest(5)[1] == DirBody(entries)
 
 
 def test_a_file_dropped_after_the_walk_leaves_out_its_hard_links(
@@ -96,7 +127,8 @@ def test_final_entries_behind_a_file_still_to_read_are_held_compressed(drop: boo
             t.drop(i)
         else:
             t.put(i, entries[i])
-    body, _size, _files = t.body()
+    pieces, _size, _files = t.body()
+    body = b"".join(pieces)
     kept = [e for i, e in enumerate(entries) if not (drop and (i == 3 or i in links))]
     assert manifest._body_dec.decode(zstandard.ZstdDecompressor().decompress(body)) == \
         DirBody(kept)

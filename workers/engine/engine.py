@@ -156,13 +156,14 @@ class Engine:
                 size, files = ibody.size, 1
                 self.last_bytes_read = nread
                 prog.check()
-                encoded = manifest.encode_body(ibody)
+                encoded = [manifest.encode_body(ibody)]
                 pieces = []
             else:
                 raise StateInvalid(f"unknown state kind {state.kind!r}")
             header = Header(meta=meta, state_kind=state.kind, size_bytes=size,
                             # the manifest is written by this capture too: counted
-                            stored_bytes=stored + len(encoded), files=files, warnings=warnings,
+                            stored_bytes=stored + sum(map(len, encoded)), files=files,
+                            warnings=warnings,
                             completed_at=_now(), ctimes_vouched=True, pieces=pieces)
             if not repo.put_manifest(header, encoded):
                 # another delivery of this capture committed first: its snapshot is the one

@@ -176,9 +176,10 @@ class Archiver:
                 self._pool.close(kill=True)
             self._packs.close()
 
-    def body(self) -> tuple[bytes, int, int]:
-        """(encoded manifest body, bytes of its regular files, its entries but directories),
-        once run() returned: the entries captured, less those dropped on the way."""
+    def body(self) -> tuple[list[bytes], int, int]:
+        """(encoded manifest body in pieces, bytes of its regular files, its entries but
+        directories), once run() returned: the entries captured, less those dropped on the
+        way."""
         return self.tree.body()
 
     # --- pass 2 -----------------------------------------------------------------------

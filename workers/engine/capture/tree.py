@@ -223,14 +223,15 @@ class EncodedTree:
             self._files_size += self.sizes[k]
             self._others += not f & _DIR
 
-    def body(self) -> tuple[bytes, int, int]:
-        """(encoded manifest body, bytes of its regular files, its entries but directories)
-        once every entry is final: those captured, less those dropped on the way."""
+    def body(self) -> tuple[list[bytes], int, int]:
+        """(encoded manifest body in pieces, bytes of its regular files, its entries but
+        directories) once every entry is final: those captured, less those dropped on the
+        way."""
         with self._lock:
             self._advance()
             if self._next != len(self.raw):
                 raise AssertionError(f"entry {self._next} is still being read")
-            return self._body.finish(), self._files_size, self._others
+            return self._body.finish_pieces(), self._files_size, self._others
 
     @property
     def pieces(self) -> list[tuple[int, int]]:

@@ -58,10 +58,12 @@ class Backend(Protocol):
     # False (file://): a ranged read is a pread, as cheap on demand as ahead.
     remote: bool
 
-    def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
-        """Store data under key atomically (readers see all or nothing). durable=True makes
-        the object itself durable before returning (commit points). exclusive=True never
-        replaces an existing object and returns False if the key existed."""
+    def put(self, key: str, data: bytes | Sequence[bytes], *, durable: bool = False,
+            exclusive: bool = False) -> bool:
+        """Store data (bytes, or pieces one after the other) under key atomically (readers
+        see all or nothing). durable=True makes the object itself durable before returning
+        (commit points). exclusive=True never replaces an existing object and returns False
+        if the key existed."""
         ...
 
     def put_pieces(self, key: str, pieces: Sequence[bytes]) -> bool:

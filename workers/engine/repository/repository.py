@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import blake3
@@ -328,8 +328,10 @@ class Repository:
     def manifest_key(snapshot_id: int) -> str:
         return f"snapshots/{snapshot_id}"
 
-    def put_manifest(self, header: manifest.Header, body: bytes) -> bool:
-        """body: manifest.encode_body() of the tree (the caller counts its size as stored).
+    def put_manifest(self, header: manifest.Header, body: bytes | Sequence[bytes]) -> bool:
+        """body: manifest.encode_body() of the tree, or its pieces (DirBodyWriter.
+        finish_pieces: written one after the other, never joined on file://; the caller
+        counts its size as stored).
         False: the manifest existed already (another delivery of the same capture committed
         first; created once with If-None-Match: * on S3, link() on file://), and stays."""
         # One barrier makes every chunk the snapshot needs durable, then the manifest itself
@@ -349,8 +351,9 @@ class Repository:
             self.backend.put(SYNCED_KEY, str(started).encode(), durable=True)
         else:
             self.backend.barrier(written)
-        return self.backend.put(self.manifest_key(header.meta.snapshot_id),
-                                manifest.assemble(header, body), durable=True, exclusive=True)
+        pieces = manifest.assemble_pieces(header, [body] if isinstance(body, bytes) else body)
+        return self.backend.put(self.manifest_key(header.meta.snapshot_id), pieces,
+                                durable=True, exclusive=True)
 
     def manifest_ids(self) -> list[int]:
         return [sid for sid, _version in self.listed_manifests()]

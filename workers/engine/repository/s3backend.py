@@ -120,7 +120,10 @@ class S3Backend:
         # one body: an upload in flight (and its retries) holds it whole anyway
         return self.put(key, b"".join(pieces))
 
-    def put(self, key: str, data: bytes, *, durable: bool = False, exclusive: bool = False) -> bool:
+    def put(self, key: str, data: bytes | Sequence[bytes], *, durable: bool = False,
+            exclusive: bool = False) -> bool:
+        if not isinstance(data, bytes):
+            data = b"".join(data)  # one body (see put_pieces)
         if exclusive:
             return self.put_exclusive(key, data)
         if durable:
