@@ -198,3 +198,45 @@ def test_under_a_parent_with_a_default_acl_every_file_still_gets_its_own_mode(
     engine.restore(1, dir_state(parent / "dst"))
     assert {n: m[0] for n, m in _modes(parent / "dst").items()} == {
         n: m[0] for n, m in _modes(src).items()}
+
+
+def _default_acl_for(path: Path, uid: int) -> None:
+    """A default ACL that also gives user `uid` rwx (setfacl -d -m u::rwx,u:UID:rwx,g::-,
+    m::rwx,o::-): what an operator's parent directory may pass on to what is made in it."""
+    entry = struct.Struct("<HHI")
+    nobody = 0xFFFFFFFF
+    acl = struct.pack("<I", 2) + b"".join(entry.pack(tag, perm, who) for tag, perm, who in (
+        (0x01, 7, nobody), (0x02, 7, uid), (0x04, 0, nobody), (0x10, 7, nobody),
+        (0x20, 0, nobody)))  # USER_OBJ, USER, GROUP_OBJ, MASK, OTHER
+    os.setxattr(path, "system.posix_acl_default", acl)
+
+
+@pytest.mark.parametrize("writers", [False, True])
+def test_under_a_parent_with_a_default_acl_no_entry_keeps_an_acl_it_did_not_have(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path,
+        writers: bool) -> None:
+    """What is made under a default ACL inherits an access ACL: a file or node restored
+    there kept it, so a user the snapshot's 0640 file gave nothing (the ACL's user 1000,
+    whose rights the mask then cut to the group's r) could read it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "secret").write_bytes(b"s" * 100)
+    os.chmod(src / "secret", 0o640)
+    os.mkfifo(src / "fifo", 0o600)
+    (src / "d").mkdir()
+    (src / "d" / "f").write_bytes(b"f")
+    engine.capture(make_meta(1), dir_state(src))
+    parent = tmp_path / "acl"
+    parent.mkdir()
+    try:
+        _default_acl_for(parent, 1000)
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs here: {e}")
+    if writers:
+        monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    dst = parent / "dst"
+    engine.restore(1, dir_state(dst))
+    acls = {str(p.relative_to(dst)) for p in dst.rglob("*")
+            if "system.posix_acl_access" in os.listxattr(p, follow_symlinks=False)}
+    assert acls == set()  # before: secret, fifo and d/f
+    assert_same(src, dst)

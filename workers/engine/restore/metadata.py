@@ -12,6 +12,22 @@ from typing import TYPE_CHECKING, Protocol
 from ..fs import fsutil
 from ..repository.manifest import SYMLINK, Entry
 
+ACL_ACCESS = "system.posix_acl_access"
+
+
+def drop_inherited_acl(target: int | bytes, xattrs: list[tuple[str, bytes]]) -> None:
+    """An entry made under a default ACL (inherited from the state's parent) gets an access
+    ACL of its own, which the snapshot's entry may not have: removed then (after its chmod,
+    so its mode's group bits are the snapshot's, not the ACL's mask). target: an fd or a
+    /proc/self/fd path of an O_PATH descriptor."""
+    if any(n == ACL_ACCESS for n, _v in xattrs):
+        return  # its own, written next
+    try:
+        os.removexattr(target, ACL_ACCESS)
+    except OSError as err:
+        if err.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+
 
 def make_special(dfd: int, name: bytes, e: Entry) -> None:
     """Create a symlink, fifo, device node or socket entry with its metadata (in a
@@ -31,6 +47,7 @@ def make_special(dfd: int, name: bytes, e: Entry) -> None:
             if stat.S_IFMT(os.fstat(pfd).st_mode) != stat.S_IFMT(e.mode):
                 raise OSError(errno.EEXIST, "replaced during the restore", name)
             os.chmod(b"/proc/self/fd/%d" % pfd, stat.S_IMODE(e.mode))
+            drop_inherited_acl(b"/proc/self/fd/%d" % pfd, e.xattrs)  # a few nodes: always
         finally:
             os.close(pfd)
     if e.xattrs:

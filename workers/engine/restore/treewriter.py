@@ -34,7 +34,7 @@ from ..repository.chunker import fixed_block, fixed_ranges
 from ..repository.manifest import DIR, FILE, HARDLINK, Entry, LazyEntries, encode_entry
 from ..repository.packreader import PackCache
 from ..repository.repository import Repository
-from .metadata import finish_dirs, make_special
+from .metadata import drop_inherited_acl, finish_dirs, make_special
 from .reuse import Candidate, ReuseCheck
 from .statecache import WrittenRecord
 
@@ -393,6 +393,8 @@ class TreeWriter:
             os.fchown(fd, e.uid, e.gid)
         if not self._final_at_create(e):
             os.fchmod(fd, stat.S_IMODE(e.mode))
+        if self._new_owner is None:  # maybe made under a default ACL (creating_in)
+            drop_inherited_acl(fd, e.xattrs)
         fsutil.write_xattrs(fd, e.xattrs)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         return os.fstat(fd)  # final: renaming the tree's root does not touch its files
