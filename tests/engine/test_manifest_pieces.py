@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+import tracemalloc
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -164,3 +165,51 @@ def test_a_parent_is_read_a_piece_at_a_time_and_an_old_or_damaged_one_still_serv
     restored = tmp_path / "restored"
     engine.restore(2, dir_state(restored))
     assert sorted(p.name for p in restored.rglob("*")) == sorted(p.name for p in state.rglob("*"))
+
+
+def _manifest(n: int, rng: random.Random) -> tuple[bytes, bytes]:
+    """(a manifest of n entries with pieces, the same without): small files sharing packs
+    of 1,000 as a capture's do, every 5,000th a bigger file (chunks, one of them in a slice)."""
+    entries = _entries(n, rng)
+    packs = [rng.randbytes(32) for _ in range(n // 1000 + 1)]
+    for i, e in enumerate(entries):
+        e.pack = packs[i // 1000]
+    for i in range(0, n, 5_000):
+        e = entries[i]
+        e.pack, e.pack_off, e.pack_len = b"", 0, 0
+        e.chunks = [(rng.randbytes(32), k << 20) for k in range(3)]
+        e.slices = [(2, rng.randbytes(32), 0, 10)]
+    w = manifest.DirBodyWriter()
+    w.add_many([manifest.encode_entry(e) for e in entries])
+    header = manifest.Header(meta=make_meta(1), state_kind="directory", size_bytes=0,
+                             stored_bytes=0, files=n, warnings=[],
+                             completed_at="2026-12-03T00:00:00Z", pieces=w.pieces)
+    body = w.finish()
+    return (manifest.assemble(header, body),
+            manifest.assemble(msgspec.structs.replace(header, pieces=[]), body))
+
+
+def _peak(fn: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_reclaim_marks_a_manifest_a_piece_at_a_time() -> None:
+    """manifest.object_ids (a reclaim's mark) names what chunk_ids of the whole decoded
+    body names, holding one piece of decoded entries at a time: decoded whole, a million
+    -entry manifest took ~1 GiB in the worker process that reclaims (and its heap kept
+    it). Its peak does not grow with the entries; the whole decode's does."""
+    rng = random.Random(3)
+    small, _ = _manifest(6_000, rng)
+    big, old = _manifest(30_000, rng)
+    want = manifest.chunk_ids(manifest.decode(big)[1])
+    assert len(want) == 30 + 6 * 3  # packs; 2 chunks and a slice's pack each big file
+    assert manifest.object_ids(big) == want
+    assert manifest.object_ids(old) == want  # a manifest from before pieces: still marked
+    few, many = _peak(lambda: manifest.object_ids(small)), _peak(lambda: manifest.object_ids(big))
+    whole = _peak(lambda: manifest.decode(big))
+    assert many < 1.5 * few and many < whole / 3, (few, many, whole)

@@ -387,11 +387,11 @@ class Engine:
             marked: set[str] = set()
             for sid in self.repo.manifest_ids():
                 try:
-                    _h, body = self.repo.get_manifest(sid)
+                    ids = self.repo.object_ids(sid)
                 except SnapshotNotFound:
                     continue
                 # An unreadable manifest raises: never sweep when the mark may be incomplete.
-                marked.update(chunk_key(c) for c in manifest.chunk_ids(body))
+                marked.update(chunk_key(c) for c in ids)
             removed = freed = kept = 0
             # A pack's index goes first: an index never names a pack that was removed.
             for key, size, _mtime in self.backend.list(PACKIDX + "/"):

@@ -401,6 +401,15 @@ class Repository:
         except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
             raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 
+    def object_ids(self, snapshot_id: int) -> set[bytes]:
+        """The ids of the objects snapshot_id needs (manifest.object_ids: a directory's
+        entries decoded a piece at a time), for a reclaim's mark."""
+        raw = self.get_manifest_raw(snapshot_id)
+        try:
+            return manifest.object_ids(raw)
+        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
+            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
+
     def decode_tree(self, snapshot_id: int, raw: bytes) -> tuple[
             manifest.Header, manifest.ImageBody | manifest.LazyEntries]:
         """For a restore, a manifest as stored (get_manifest_raw): an image's blocks decoded,

@@ -74,7 +74,6 @@ from datetime import timedelta
 import msgspec
 
 from ..model import EngineError, ReclaimStats, SnapshotNotFound
-from . import manifest
 from .listcache import CONDEMNED_KEY, Condemned
 from .repository import PACKIDX, Repository, chunk_key, pack_data_key
 from .s3backend import S3Backend, server_now
@@ -88,10 +87,10 @@ def marked_keys(repo: Repository) -> set[str]:
     marked: set[str] = set()
     for sid in repo.manifest_ids():
         try:
-            _h, body = repo.get_manifest(sid)
+            ids = repo.object_ids(sid)
         except SnapshotNotFound:
             continue  # deleted while we listed
-        marked.update(chunk_key(c) for c in manifest.chunk_ids(body))
+        marked.update(chunk_key(c) for c in ids)
     return marked
 
 
