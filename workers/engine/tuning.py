@@ -16,6 +16,11 @@ INLINE_MAX = 256 * 1024  # files up to this size (one chunk) go into a capture's
 # vs 2.43 s, the process tree; zstd is most of it) for 2 % more stored (214.1 vs 209.6
 # MiB; restic stores 219.3 MiB of the same data in bench/service.py)
 ZSTD_LEVEL = 2
+# ... with a hash table of 2^15 entries, not level 2's 2^16 (level 1's is 2^14): zstd over
+# what the bench's capture compresses (small-file frames, CDC chunks, the image's blocks,
+# one process, alternating x5, load ~15) 1.32-1.36 s vs 1.53-1.54 s of CPU, 215.95 vs
+# 214.86 MiB; 2^14: 1.22 s, 218.24 MiB; level 1: 1.27 s, 220.38 MiB (over restic's 219.3)
+ZSTD_HASH_LOG = 15
 # more new objects than this at a commit: one syncfs instead of an fsync each
 FULL_SYNC_AT = 64
 # fresh objects reused (stored after the last full sync) that a capture keeps, to judge at

@@ -34,6 +34,7 @@ class Setup(msgspec.Struct, array_like=True):
     known: bytes  # concatenated 32-byte ids already stored
     block_size: int  # files of at least big_file bytes are cut in blocks (chunker.py)
     big_file: int
+    hash_log: int = 0  # the compressor's (repository.compressor)
 
 
 class Request(msgspec.Struct, array_like=True):

@@ -44,7 +44,7 @@ class WorkerPool:
         setup = msgspec.msgpack.encode(Setup(
             key=repo.key, chunk_min=cfg.chunk_min, chunk_avg=cfg.chunk_avg,
             chunk_max=cfg.chunk_max, level=tuning.ZSTD_LEVEL, known=b"".join(repo.known_ids()),
-            block_size=cfg.block_size, big_file=cfg.big_file))
+            block_size=cfg.block_size, big_file=cfg.big_file, hash_log=tuning.ZSTD_HASH_LOG))
         self.repo = repo
         self.workers = start_workers(_MODULE, setup, n)
         self.stored_bytes = 0

@@ -34,7 +34,7 @@ from pyfastcdc import FastCDC
 from .. import tuning
 from ..fs import fsutil
 from ..repository.chunker import iter_chunks
-from ..repository.repository import encode_payload
+from ..repository.repository import compressor, encode_payload
 from ..workerproc import child, frames
 from .messages import (
     REQUEST_MAX,
@@ -243,7 +243,7 @@ def main() -> None:
     setup = msgspec.msgpack.decode(frames.recv(res), type=Setup)
     known = {setup.known[i : i + 32] for i in range(0, len(setup.known), 32)}
     cdc = FastCDC(setup.chunk_avg, min_size=setup.chunk_min, max_size=setup.chunk_max)
-    zc = zstandard.ZstdCompressor(level=setup.level)
+    zc = compressor(setup.level, setup.hash_log)
     decode = msgspec.msgpack.Decoder(Request).decode
     # Every request already queued on the socket (up to READER_WINDOW) is taken in and
     # its files opened and announced (WILLNEED) before the first is read: on a cold disk

@@ -37,7 +37,7 @@ import zstandard
 from .. import tuning
 from . import packformat
 from .manifest import Entry
-from .repository import Repository, encode_payload
+from .repository import Repository, compressor, encode_payload
 
 _STORERS = 2  # the open small pack and the open big pack, sealed at once at the end
 
@@ -297,7 +297,7 @@ class TinyPacker:
 
     def _compress(self, pieces: list[bytes]) -> bytes:
         if self._zc is None:
-            self._zc = zstandard.ZstdCompressor(level=tuning.ZSTD_LEVEL)
+            self._zc = compressor(tuning.ZSTD_LEVEL, tuning.ZSTD_HASH_LOG)
         return encode_payload(self._zc, b"".join(pieces))
 
     def _store(self, p: _Pack) -> None:

@@ -62,6 +62,14 @@ class ObjectCorrupt(Exception):
     """Raised by read_chunk; callers turn it into SnapshotCorrupt naming the snapshot."""
 
 
+def compressor(level: int, hash_log: int) -> zstandard.ZstdCompressor:
+    """A compressor at `level` with a hash table of 2^hash_log entries (0: the level's)."""
+    if not hash_log:
+        return zstandard.ZstdCompressor(level=level)
+    return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters
+                                    .from_level(level, hash_log=hash_log))
+
+
 def encode_payload(zc: zstandard.ZstdCompressor, data: bytes | bytearray | memoryview) -> bytes:
     """1-byte header + zstd, or + raw data when compression does not make it smaller."""
     comp = zc.compress(data)
@@ -125,7 +133,7 @@ class Repository:
     def zc(self) -> zstandard.ZstdCompressor:
         c: zstandard.ZstdCompressor | None = getattr(self._local, "zc", None)
         if c is None:  # compressors are not thread-safe: one per thread
-            c = zstandard.ZstdCompressor(level=tuning.ZSTD_LEVEL)
+            c = compressor(tuning.ZSTD_LEVEL, tuning.ZSTD_HASH_LOG)
             self._local.zc = c
         return c
 
