@@ -117,8 +117,12 @@ class S3Backend:
 
     # --- writes -----------------------------------------------------------------------
     def put_pieces(self, key: str, pieces: Sequence[bytes]) -> bool:
-        # one body: an upload in flight (and its retries) holds it whole anyway
-        return self.put(key, b"".join(pieces))
+        """One PUT of the pieces as one body, never joined here: obstore sends the list
+        as it is (a payload of parts, signed and sent in turn, with the GIL released). A
+        join of each pack (~27 MiB, the bench's 124 MB in all) was a copy into fresh
+        pages made holding the GIL, which the capture's walk and result threads wait for
+        (py-spy of bench/s3.py's capture: ~90 ms of the parent's samples in the join)."""
+        return self._put_later(key, list(pieces), sum(len(p) for p in pieces))
 
     def put(self, key: str, data: bytes | Sequence[bytes], *, durable: bool = False,
             exclusive: bool = False) -> bool:
@@ -133,7 +137,11 @@ class S3Backend:
             self._call(f"PUT {key}", lambda: _put(self.store, key, data))
             self._stored(key, len(data))
             return True
-        size = max(len(data), 1)
+        return self._put_later(key, data, len(data))
+
+    def _put_later(self, key: str, data: bytes | list[bytes], length: int) -> bool:
+        """An upload on the pool (data: one body, or its pieces in order)."""
+        size = max(length, 1)
         with self._room:
             self._raise_failed()
             while self._in_flight and self._in_flight + size > tuning.S3_IN_FLIGHT_BYTES:
@@ -151,12 +159,16 @@ class S3Backend:
             if self._pending.get(key) is fut:
                 del self._pending[key]
 
-    def _upload(self, key: str, data: bytes, size: int, prior: Future[None] | None) -> None:
+    def _upload(self, key: str, data: bytes | list[bytes], size: int,
+                prior: Future[None] | None) -> None:
         try:
             if prior is not None:
                 prior.result()  # two puts of one key land in order
             self._call(f"PUT {key}", lambda: _put(self.store, key, data))
-            self._stored(key, len(data), data)
+            if isinstance(data, bytes):
+                self._stored(key, len(data), data)
+            else:  # a pack: its bytes are not kept in the host's cache (listcache.py)
+                self._stored(key, sum(len(p) for p in data))
         except BaseException as e:
             with self._lock:
                 if self._failed is None:
@@ -402,7 +414,7 @@ class S3Backend:
         self._pool.shutdown(wait=True)
 
 
-def _put(store: S3Store, key: str, data: bytes) -> None:
+def _put(store: S3Store, key: str, data: bytes | list[bytes]) -> None:
     """One PUT, never a multipart upload: objects are at most a pack (~32 MiB, far below
     S3's 5 GiB), a multipart upload of one costs 2 + size/5 MiB requests (a 32 MiB pack
     counted 9 PUTs on SeaweedFS), and an upload killed midway would leave hidden parts
