@@ -266,21 +266,30 @@ def test_patch_leaves_a_mount_point_alone(tmp_path: Path, engine: Engine) -> Non
         subprocess.run(["umount", "-l", str(cur / "mnt")], check=False)
 
 
-def test_a_live_server_is_never_patched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                        engine: Engine) -> None:
-    # Nothing stopped it: a process still writing must write into the old tree, which a
-    # rebuild and swap leaves behind, never into the restored one.
+def test_a_live_server_is_patched_only_while_no_process_writes_a_kept_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engine: Engine) -> None:
+    # Nothing stopped it. With no kept file open for writing anywhere, the patch is as safe
+    # as the rebuild (leases.py): kept in place, the unchanged files' inodes stay.
     src, cur = _setup(tmp_path, engine)
-
-    def no_patch(*a: object) -> None:
-        raise AssertionError("a live server was patched in place")
-
-    monkeypatch.setattr(patch.Patcher, "run", no_patch)
+    before = _inodes(cur)
     engine.restore(1, dir_state(cur), live=True)
     assert_same(src, cur)
-    with pytest.raises(AssertionError, match="patched in place"):
-        (cur / "a" / "f010").write_text("changed")
-        engine.restore(1, dir_state(cur))
+    kept = _inodes(cur)
+    assert kept["c/f007"] == before["c/f007"]  # patched in place, not rebuilt
+    # A process holding one open for writing: rebuilt, never patched (the writer's inode
+    # is copied, test_live_restore.py)
+    (cur / "b" / "f010").write_text("changed")
+    fd = os.open(cur / "c" / "f011", os.O_WRONLY)
+    try:
+        def no_patch(*a: object) -> None:
+            raise AssertionError("a live server was patched under a writer")
+
+        monkeypatch.setattr(patch.Patcher, "run", no_patch)
+        engine.restore(1, dir_state(cur), live=True)
+    finally:
+        os.close(fd)
+    assert_same(src, cur)
+    assert _inodes(cur)["c/f007"] != kept["c/f007"]  # rebuilt, copied
 
 
 def test_one_restore_at_a_time_per_state(tmp_path: Path, engine: Engine) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine
+from workers.engine import Engine, tuning
 from workers.engine.fs import removal
 
 from .conftest import dir_state, make_meta
@@ -124,8 +124,15 @@ def test_a_leftover_that_cannot_be_removed_never_blocks_the_next_restore(
             subprocess.run(["chattr", "-i", str(pinned)], capture_output=True)
 
 
+def no_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every restore a rebuild: a live one too (which patches when no process writes)."""
+    monkeypatch.setattr(tuning, "PATCH_MIN", 0)
+    monkeypatch.setattr(tuning, "PATCH_FRACTION", 1 << 40)
+
+
 def test_a_live_restore_leaves_its_old_tree_to_the_janitor_and_returns(
         monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    no_patch(monkeypatch)
     src = tmp_path / "srv"
     (src / "d").mkdir(parents=True)
     for i in range(50):
@@ -167,6 +174,7 @@ def test_a_live_restore_leaves_its_old_tree_to_the_janitor_and_returns(
 
 def test_the_next_restore_frees_the_space_of_an_old_tree_the_janitor_still_holds(
         monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    no_patch(monkeypatch)
     small = tmp_path / "small"
     small.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)],

@@ -89,6 +89,7 @@ def test_a_rebuild_never_links_nor_chmods_through_a_swapped_staging_dir(
     _snapshot(engine, src)
     host, _unchanged = _host(tmp_path)
     (host / "cron").write_text("host's")  # what a link through the symlink would take
+    (src / "extra").write_text("one change: a rebuild (below), not a no-op")
     before = sorted(os.listdir(src))
     make_special, finish_dirs = metadata.make_special, metadata.finish_dirs
 
@@ -103,7 +104,8 @@ def test_a_rebuild_never_links_nor_chmods_through_a_swapped_staging_dir(
     for name, swapping in (("make_special", special_then_swap), ("finish_dirs", swapped_first)):
         with monkeypatch.context() as m:
             m.setattr(treewriter, name, swapping)
-            # live: a rebuild, in process
+            m.setattr(tuning, "PATCH_MIN", 0)  # a rebuild (in process: live)
+            m.setattr(tuning, "PATCH_FRACTION", 1 << 40)
             failed = _fails(lambda: engine.restore(1, dir_state(src), live=True))
         # before: the host's cron hard-linked into the state as `linked`; sub/ made 0777
         assert (host / "cron").read_text() == "host's" and os.stat(host / "cron").st_nlink == 1

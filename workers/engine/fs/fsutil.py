@@ -97,9 +97,10 @@ def open_regular(name: bytes, dir_fd: int) -> int:
     return open_regular_stat(name, dir_fd)[0]
 
 
-def open_regular_stat(name: bytes, dir_fd: int) -> tuple[int, os.stat_result]:
+def open_regular_stat(name: bytes, dir_fd: int, extra: int = 0) -> tuple[int, os.stat_result]:
     """open_regular, and the fstat of the inode it opened (taken before the reopen: a
-    change after it shows in any later fstat)."""
+    change after it shows in any later fstat). `extra`: flags added to the reopen's
+    (O_NONBLOCK: fail with EWOULDBLOCK, not wait, where another process holds a lease)."""
     pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         st = os.fstat(pfd)
@@ -108,10 +109,10 @@ def open_regular_stat(name: bytes, dir_fd: int) -> tuple[int, os.stat_result]:
         proc = b"/proc/self/fd/%d" % pfd
         if _NOATIME:
             try:
-                return os.open(proc, REOPEN_FLAGS | _NOATIME), st
+                return os.open(proc, REOPEN_FLAGS | _NOATIME | extra), st
             except PermissionError:
                 pass
-        return os.open(proc, REOPEN_FLAGS), st
+        return os.open(proc, REOPEN_FLAGS | extra), st
     finally:
         os.close(pfd)
 

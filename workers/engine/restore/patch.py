@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 
 import msgspec
 
@@ -50,8 +51,10 @@ from .treewriter import TreeWriter
 
 class Patcher:
     def __init__(self, writer: TreeWriter, plan: Plan, parent_path: str, base: bytes,
-                 parent_fd: int, root_fd: int) -> None:
+                 parent_fd: int, root_fd: int,
+                 before_commit: Callable[[], None] | None = None) -> None:
         self.w = writer
+        self.before_commit = before_commit  # raises to undo instead (a live patch's leases)
         self.plan = plan
         self.parent_path, self.base = parent_path, base
         self.parent_fd = parent_fd
@@ -74,6 +77,8 @@ class Patcher:
             try:
                 self._apply(wfd, dirs)
                 fsutil.syncfs_fd(self.parent_fd)  # by fd: see Restorer's durability point
+                if self.before_commit is not None:
+                    self.before_commit()
                 fsutil.create_durable(wfd, COMMITTED, b"")
             except BaseException:
                 with contextlib.suppress(OSError):

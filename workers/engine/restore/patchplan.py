@@ -23,6 +23,7 @@ import msgspec
 
 from ..fs import fsutil
 from ..repository.manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
+from .leases import LiveGuard
 from .reuse import ReuseCheck
 
 OpKind = Literal["r", "c", "d"]
@@ -97,11 +98,13 @@ def _same_meta(st: os.stat_result, e: Entry) -> bool:
 
 class Planner:
     def __init__(self, entries: Sequence[Entry], limit: int, mounts: set[tuple[int, int]],
-                 check: ReuseCheck) -> None:
+                 check: ReuseCheck, guard: LiveGuard | None = None) -> None:
         self.entries = entries
         self.limit = limit
         self.mounts = mounts  # (dev, ino) of mount points: never moved nor entered
         self.check = check  # is a current regular file the snapshot's? (reuse.py)
+        # A live patch's (leases.py): every kept entry watched, every kept file leased
+        self.guard = guard
         self.group: dict[bytes, int] = {}  # hard-link primary -> links in its group
         for e in entries:
             if e.kind == HARDLINK:
@@ -125,6 +128,8 @@ class Planner:
                     self._leave(stack)
                 _path, dfd, names = stack[-1]
                 names.discard(name)
+                if self.guard is not None:
+                    self.guard.expect(parent, name)
                 i = self._visit(i, e, name, dfd, stack)
             while stack:
                 self._leave(stack)
@@ -146,6 +151,9 @@ class Planner:
         except BaseException:
             os.close(fd)
             raise
+        if self.guard is not None and not self.guard.watch_dir(e.path, fd, st):
+            os.close(fd)
+            raise _GiveUp  # more than a live patch can watch: rebuilt, copied
         self.plan.dirs[e.path] = DirState(e.path, st.st_mode, st.st_uid, st.st_gid,
                                           st.st_mtime_ns, xattrs)
         self.plan.manifest_dirs[e.path] = e
@@ -237,6 +245,8 @@ class Planner:
             finally:
                 os.close(cand[0])
             st = cand[1]
+        if ok and self.guard is not None and not self.guard.lease(dfd, name, st):
+            raise _GiveUp  # open for writing somewhere (or not leasable): rebuilt, copied
         if ok:
             self.plan.reused += 1
             self.plan.reused_bytes += e.size
@@ -251,7 +261,10 @@ class Planner:
         if not _same_meta(st, e):
             return False
         if e.kind == SYMLINK:
-            return (os.fsencode(os.readlink(name, dir_fd=dfd)) == e.target
-                    and fsutil.read_xattrs(fsutil.proc_path(dfd, name)) == e.xattrs)
-        return (st.st_rdev == e.rdev
-                and fsutil.read_xattrs(fsutil.proc_path(dfd, name)) == e.xattrs)
+            same = os.fsencode(os.readlink(name, dir_fd=dfd)) == e.target
+        else:
+            same = st.st_rdev == e.rdev
+        same = same and fsutil.read_xattrs(fsutil.proc_path(dfd, name)) == e.xattrs
+        if same and self.guard is not None:
+            self.guard.watch_other(e.path.rpartition(b"/")[0], name, st)
+        return same

@@ -29,6 +29,7 @@ background syncfs keeps the final one, the durability point before the swap, sho
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -40,11 +41,12 @@ from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
 from ..repository.manifest import FILE, Entry, LazyEntries, check_tree
 from ..repository.repository import Repository
+from .leases import LiveChange, LiveGuard
 from .metadata import set_dir_meta
 from .patch import Patcher
 from .patchplan import Planner
 from .recovery import cleanup, dispose
-from .statecache import StateCache, record_tree
+from .statecache import StateCache, WrittenRecord, record_tree
 from .treewriter import TreeWriter
 
 if TYPE_CHECKING:  # the writer processes' module: imported only by a restore that starts them
@@ -59,8 +61,9 @@ class Restorer:
                  started: int | None = None, host: str = "") -> None:
         self.started = started  # time.time_ns() when the restore began (its sync point's)
         self.pool = pool  # started early by the caller for a big restore into a new state
-        # A live server (nothing stopped it) is never patched in place: always rebuilt.
-        self.patch = not live
+        # A live server (nothing stopped it) is patched in place only while no process has
+        # a file it keeps open for writing (leases.py); else rebuilt, its files copied.
+        self.live = live
         self.repo = repo
         self.sid = snapshot_id
         self.entries = entries
@@ -104,7 +107,7 @@ class Restorer:
             # the record vouches for files of the current tree only: none, nothing to read
             self.check.known = self.cache.load() if not fresh else {}
             self.cache.forget()  # the tree is about to change: the record would be stale
-            if not fresh and cur_fd is not None and self.patch:
+            if not fresh and cur_fd is not None:
                 try:
                     patched = self._patched(parent_fd, cur_fd)
                 except BaseException:
@@ -202,12 +205,36 @@ class Restorer:
         limit = max(tuning.PATCH_MIN, len(self.entries) // tuning.PATCH_FRACTION)
         mounts = fsutil.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
         entries = self.entries.listed() if isinstance(self.entries, LazyEntries) else self.entries
-        plan = Planner(entries, limit, mounts, self.check).run(cur_fd)
-        if plan is None:
-            return False
+        guard = LiveGuard() if self.live else None
+        counts = self.writer.bytes_written, self.writer.files_written
+        try:
+            try:
+                plan = Planner(entries, limit, mounts, self.check, guard).run(cur_fd)
+                if plan is None:
+                    return False
+                check = None
+                if guard is not None:
+                    changed = {op.path.rpartition(b"/")[0] for op in plan.ops}
+                    changed.update(plan.fix_dirs)
+                    check = lambda: guard.check(changed, plan.manifest_dirs)  # noqa: E731
+                Patcher(self.writer, plan, self.parent_path, self.base, parent_fd, cur_fd,
+                        check).run()
+            except (LiveChange, OSError) as e:
+                # Undone (the Patcher's own undo). A stopped server's patch fails; a running
+                # one changing its tree meanwhile (a name gone under a rename) is rebuilt,
+                # its files copied, as a live restore always was.
+                if guard is None or (isinstance(e, OSError)
+                                     and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+                    raise
+                self.writer.bytes_written, self.writer.files_written = counts
+                self.writer.written = WrittenRecord(self.writer.linked)  # none is left
+                cleanup(parent_fd, self.base, self.parent_path)  # its work directory
+                return False
+        finally:
+            if guard is not None:
+                guard.release()  # a waiting opener goes on, into the restored file
         self.progress.add(plan.reused_bytes)
         self.writer.files_reused = plan.reused
-        Patcher(self.writer, plan, self.parent_path, self.base, parent_fd, cur_fd).run()
         record = {e.path: (ino, ctime, self.check.digest(e)) for e, ino, ctime in plan.kept_files}
         record.update(record_tree(cur_fd, plan.new_files(), self.writer.linked,
                                   self.check.digest))
