@@ -414,3 +414,41 @@ def test_a_new_states_bytes_written_count_the_big_file_written_beside_the_writer
         count, lambda self, v: self.__dict__.__setitem__("_count", v)), raising=False)
     got = engine.restore(1, dir_state(tmp_path / "second"))
     assert got.bytes_written == expected  # before: the image's bytes missing
+
+
+def test_big_files_are_read_once_the_walk_is_over(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """A big file's 1 MiB reads would queue on the disk ahead of a cold walk's metadata
+    reads: it is opened when walked (its inode pinned) but read after the walk."""
+    from workers.engine.capture.archiver import Archiver
+    from workers.engine.capture.tree import Walker
+
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    (src / "a").mkdir(parents=True)
+    write_sparse_image(src / "a" / "disk.img")  # walked first (sorted names)
+    for d in ("b", "c", "d"):
+        (src / d).mkdir()
+        for i in range(20):
+            (src / d / f"f{i}").write_bytes(os.urandom(3000))
+    events: list[str] = []
+    orig_walk, orig_read = Walker.walk, Archiver._read_big
+
+    def walk(self: Walker, fd: int, rel: bytes) -> None:
+        if rel == b"d":
+            time.sleep(0.3)  # a slow last directory: the big file would be read meanwhile
+        orig_walk(self, fd, rel)
+        if rel == b"":
+            events.append("walk over")
+
+    def read_big(self: Archiver, fd: int, idx: int) -> None:
+        events.append("big file read")
+        orig_read(self, fd, idx)
+
+    monkeypatch.setattr(Walker, "walk", walk)
+    monkeypatch.setattr(Archiver, "_read_big", read_big)
+    res = engine.capture(make_meta(1), dir_state(src))
+    assert events == ["walk over", "big file read"] and not res.warnings
+    out = tmp_path / "out"
+    engine.restore(1, dir_state(out))
+    assert_same(src, out)
