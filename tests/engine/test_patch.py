@@ -343,3 +343,30 @@ def test_a_rebuilt_tree_is_trusted_by_the_next_restore(monkeypatch: pytest.Monke
     assert_same(src, cur)
     # only the hard-linked file is re-read (records never vouch for hard links)
     assert (r.files_written, engine.last_bytes_read) == (1, len(b"linked"))
+
+
+def test_a_slow_patch_walk_warms_the_metadata_ahead_of_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engine: Engine) -> None:
+    # Cold, the planner's walk waits on one metadata read at a time: past PREFETCH_COLD_US
+    # an entry (here: any walk) the prefetch threads list the directories ahead of it,
+    # and stop with it; the patch is the same.
+    from workers.engine.fs import prefetch
+
+    src, cur = _setup(tmp_path, engine)
+    monkeypatch.setattr(tuning, "PREFETCH_COLD_US", 0)
+    monkeypatch.setattr(tuning, "PREFETCH_WINDOW", 8)
+    started: list[prefetch.MetadataPrefetch] = []
+    start = prefetch.MetadataPrefetch.start
+
+    def counted(self: prefetch.MetadataPrefetch) -> None:
+        started.append(self)
+        start(self)
+
+    monkeypatch.setattr(prefetch.MetadataPrefetch, "start", counted)
+    before = _inodes(cur)
+    engine.restore(1, dir_state(cur))
+    assert_same(src, cur)
+    assert _inodes(cur)["c/f007"] == before["c/f007"]  # patched
+    [p] = started
+    assert p._stopped and not any(t.is_alive() for t in p._threads)
+    assert not p._todo  # every descriptor it held closed

@@ -1,4 +1,4 @@
-"""A cold walk's metadata warmed ahead of it (capture/prefetch.py): started only once the
+"""A cold walk's metadata warmed ahead of it (fs/prefetch.py): started only once the
 walk is slow, it lists directories beneath the root only (never a symlink's target, never a
 FIFO opened), holds a bounded number of descriptors, and leaves neither a thread nor a
 descriptor behind; the capture is the same with it."""
@@ -15,8 +15,7 @@ import pytest
 from tests.engine.conftest import build_full_tree, dir_state, make_meta
 from tests.engine.treecmp import describe
 from workers.engine import Engine, tuning
-from workers.engine.capture import prefetch
-from workers.engine.fs import fsutil
+from workers.engine.fs import fsutil, prefetch
 
 
 def _hostile(root: Path, outside: Path) -> None:

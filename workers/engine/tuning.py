@@ -56,13 +56,14 @@ READER_SOCKET_BUFFER = 4 << 20  # a reader's result socket send buffer (SO_SNDBU
 # (cold rootfs capture 1.63 -> 1.37 s). Bigger files get sequential readahead anyway.
 PREFETCH_MAX = 8 << 20
 # A walk slower than this per entry (over its last PREFETCH_WINDOW entries) is on a cold
-# cache: threads then warm the metadata ahead of it (capture/prefetch.py). Warm, the bench's
-# rootfs walk takes ~25-30 us an entry with the readers' results handled in between (load
-# ~5), cold 150-280 us. A window of 128 entries, not 512, starts the prefetch ~0.3 s into a
-# cold walk instead of ~0.45 (cold rootfs + image, chrt -r 1, alternating x5 at load ~5.3:
-# 1.87 -> 1.56 s medians, faster in 5 of 5); a warm walk it starts on by mistake (a stall of
-# ~13 ms) loses little: the warm 100k capture with the prefetch forced on 2.98-3.32 s vs off
-# 2.70-3.57 s (x3, load 6.7-7.6)
+# cache: threads then warm the metadata ahead of it (fs/prefetch.py; a patch restore's
+# walk too, patchplan.py). Warm, the bench's rootfs walk takes ~25-30 us an entry with
+# the readers' results handled in between (load ~5), cold 150-280 us. A window of 128
+# entries, not 512, starts the prefetch ~0.3 s into a cold walk instead of ~0.45 (cold
+# rootfs + image, chrt -r 1, alternating x5 at load ~5.3: 1.87 -> 1.56 s medians, faster
+# in 5 of 5); a warm walk it starts on by mistake (a stall of ~13 ms) loses little: the
+# warm 100k capture with the prefetch forced on 2.98-3.32 s vs off 2.70-3.57 s (x3, load
+# 6.7-7.6)
 PREFETCH_COLD_US = 100
 PREFETCH_WINDOW = 128
 PREFETCH_THREADS = 4

@@ -41,6 +41,7 @@ from pyfastcdc import FastCDC
 from .. import gcpause, tuning
 from ..blocks.pipeline import read_blocks
 from ..fs import fsutil
+from ..fs.prefetch import MetadataPrefetch
 from ..fs.syncpoint import SyncPoint, sync_point
 from ..inflight import prune
 from ..model import StateInvalid
@@ -51,7 +52,6 @@ from ..repository.manifest import Entry
 from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
 from .messages import REQUEST_FILES, REQUEST_NAME_BYTES
-from .prefetch import MetadataPrefetch
 from .tree import EncodedTree, ParentCursor, Walker
 
 if TYPE_CHECKING:

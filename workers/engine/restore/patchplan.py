@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import msgspec
 
+from .. import tuning
 from ..fs import fsutil
+from ..fs.prefetch import MetadataPrefetch
 from ..repository.manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 from .leases import LiveGuard
 from .reuse import ReuseCheck
@@ -118,10 +121,21 @@ class Planner:
         st = os.fstat(root_fd)
         self._root_dev = st.st_dev
         stack: list[tuple[bytes, int, set[bytes]]] = []
+        # On a cold cache the walk waits on one metadata read at a time (the bench rootfs's
+        # 6,000 entries: 0.35-1.9 s under load): past PREFETCH_COLD_US an entry, threads
+        # list the directories ahead of it, several reads at once (fs/prefetch.py).
+        prefetch: MetadataPrefetch | None = None
+        paced = (1, time.monotonic())
         try:
             self._enter(root, os.dup(root_fd), st, stack)
             i, n = 1, len(self.entries)
             while i < n:
+                if prefetch is None and i - paced[0] >= tuning.PREFETCH_WINDOW:
+                    now = time.monotonic()
+                    if now - paced[1] > (i - paced[0]) * tuning.PREFETCH_COLD_US * 1e-6:
+                        prefetch = MetadataPrefetch(root_fd, self._root_dev)
+                        prefetch.start()
+                    paced = (i, now)
                 e = self.entries[i]
                 parent, _, name = e.path.rpartition(b"/")
                 while stack[-1][0] != parent:
@@ -136,6 +150,8 @@ class Planner:
         except _GiveUp:
             return None
         finally:
+            if prefetch is not None:
+                prefetch.stop()
             for _p, fd, _n in stack:
                 os.close(fd)
         return self.plan

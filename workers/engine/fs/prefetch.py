@@ -1,5 +1,6 @@
 """Warming a cold walk's metadata: threads that list the state's directories ahead of the
-walk (tree.py) and lstat a few entries of each, so that the inode-table and directory
+walk (a capture's, capture/tree.py; a patch restore's, restore/patchplan.py: both go depth
+first, names sorted) and lstat a few entries of each, so that the inode-table and directory
 blocks the walk will need are read from disk several at a time, not one after another.
 
 Why: on a cold page cache the walk is one thread waiting on one metadata read at a time,
@@ -9,12 +10,12 @@ way against 0.24-0.28 s alone. An lstat pulls in the inode's table block and the
 filesystem's read-ahead of its neighbours (ext4: inode_readahead_blks), so one lstat in
 every tuning.PREFETCH_STAT_EVERY entries is enough; listing a directory reads its blocks.
 
-It is started only once the walk is seen to be slow (archiver.py): on a warm cache it would
-only take the GIL from the walk. It reads metadata only, through directory descriptors
-opened beneath the root with O_NOFOLLOW | O_DIRECTORY (never a symlink followed, never a
-file, device or FIFO opened), stays on the root's filesystem, holds at most
-tuning.PREFETCH_FDS descriptors (deeper or wider parts are simply not warmed), and ignores
-every error: the walk itself decides what is captured.
+It is started only once the walk is seen to be slow (archiver.py, patchplan.py): on a
+warm cache it would only take the GIL from the walk. It reads metadata only, through
+directory descriptors opened beneath the root with O_NOFOLLOW | O_DIRECTORY (never a
+symlink followed, never a file, device or FIFO opened), stays on the root's filesystem,
+holds at most tuning.PREFETCH_FDS descriptors (deeper or wider parts are simply not
+warmed), and ignores every error: the walk itself decides what is captured or restored.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 from collections import deque
 
 from .. import tuning
-from ..fs import fsutil
+from . import fsutil
 
 
 class MetadataPrefetch:
