@@ -59,6 +59,14 @@ from .workerproc.frames import FrameBuffer, pack
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# What every restore's child imported for itself (the engine imports them on first use):
+# -X importtime in a child after WORKER_MODULES, load ~10: the restorer with the patch's
+# modules 102 ms (dataclasses alone 21 ms warm), writerpool 10, shares 10.5, the block
+# pipeline 3.3; more on a cold page cache, where bench/service.py's cold restores run.
+RESTORE_MODULES = ("workers.engine.restore.restorer", "workers.engine.restore.staging",
+                   "workers.engine.restore.writerpool", "workers.engine.restore.shares",
+                   "workers.engine.blocks.pipeline")
 _STOP = b"s"
 
 
@@ -79,7 +87,7 @@ class ForkingEngine(Engine):
         if self._forks():
             # imported here once, so that each operation's zygote (see _child) and its
             # forks share these modules' pages with this process instead of importing them
-            for name in WORKER_MODULES:
+            for name in (*WORKER_MODULES, *RESTORE_MODULES):
                 importlib.import_module(name)
 
     def _forks(self) -> bool:
