@@ -11,6 +11,11 @@ from __future__ import annotations
 
 # --- reading and writing files ------------------------------------------------------------
 READ_RETRIES = 3  # re-reads of a file (or image) that changes while it is read, then a warning
+# Seconds an open of a tenant's file waits, retried, for a process holding a lease on it to
+# release it (fsutil.open_regular_stat): a cooperative holder does within milliseconds of
+# the break the first try starts; one that ignores it held the open for the kernel's
+# lease-break-time (45 s by default), per file. Past this the operation fails, retried.
+LEASE_WAIT = 1.0
 INLINE_MAX = 256 * 1024  # files up to this size (one chunk) go into a capture's tiny packs
 # 2, not 3: the bench's rootfs + 300 MiB disk image capture costs ~10 % less CPU (2.16-2.24
 # vs 2.43 s, the process tree; zstd is most of it) for 2 % more stored (214.1 vs 209.6

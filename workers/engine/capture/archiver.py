@@ -237,7 +237,7 @@ class Archiver:
             fd = fsutil.open_regular(name, dir_fd)
         except OSError as err:
             self._big_open.release()
-            fsutil.check_exhausted(err)
+            fsutil.check_opened(err, self.tree.path(idx))
             self._drop(idx, f"vanished or replaced during capture ({err})")
             return
         try:
@@ -393,7 +393,7 @@ class Archiver:
                     try:
                         fd = fsutil.open_regular(name, dfd)
                     except OSError as err:
-                        fsutil.check_exhausted(err)
+                        fsutil.check_opened(err, self.tree.path(i))
                         self._drop(i, f"vanished or replaced during capture ({err})")
                         continue
                     if size:

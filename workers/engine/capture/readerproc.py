@@ -19,6 +19,7 @@ bytes and turns ENOSPC into StorageFull.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import socket
@@ -159,16 +160,21 @@ def _whole(idx: int, fd: int, st: os.stat_result, key: bytes) -> Done | tuple[
 def _open(names: list[bytes], sizes: list[int],
           dfd: int) -> list[tuple[int, os.stat_result] | OSError]:
     """Each name's fd (fsutil.open_regular beneath dfd), or why it could not be opened;
-    each announced to the kernel (WILLNEED) so the batch's reads overlap on a cold disk."""
+    each announced to the kernel (WILLNEED) so the batch's reads overlap on a cold disk.
+    Once a file is held under another process's lease past tuning.LEASE_WAIT (the capture
+    fails), the others are tried once each: a tenant holding many is not a wait for each."""
     out: list[tuple[int, os.stat_result] | OSError] = []
     prefetch = tuning.PREFETCH_MAX
+    wait: float | None = None
     for name, size in zip(names, sizes, strict=True):
         if not name or b"/" in name or name in (b".", b".."):  # one component, never more
             out.append(OSError(0, f"not a file name: {name!r}"))
             continue
         try:
-            fd, st = fsutil.open_regular_stat(name, dfd)
+            fd, st = fsutil.open_regular_stat(name, dfd, wait)
         except OSError as err:
+            if err.errno == errno.EWOULDBLOCK:
+                wait = 0
             out.append(err)
             continue
         out.append((fd, st))
@@ -195,8 +201,8 @@ def _batch(req: Request, opened: Opened, setup: Setup, known: set[bytes], cdc: F
     whole_max = min(setup.chunk_min, tuning.INLINE_MAX)
     try:
         for k, (idx, got) in enumerate(zip(req.idxs, opened, strict=True)):
-            if isinstance(got, OSError):  # out of descriptors or memory: not the tenant's
-                out.append(Failed(idx, str(got)) if got.errno in fsutil.EXHAUSTED
+            if isinstance(got, OSError):  # out of descriptors or memory, a lease: not gone
+                out.append(Failed(idx, got.strerror or str(got)) if got.errno in fsutil.NOT_GONE
                            else Gone(idx, f"vanished or replaced during capture ({got})"))
                 continue
             r: FileResult

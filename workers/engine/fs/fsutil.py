@@ -12,8 +12,10 @@ import errno
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 
+from .. import tuning
 from ..model import StateInvalid, TransientEngineError
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -78,6 +80,9 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 # directory that cannot be opened for it has not "vanished", and a capture that dropped it
 # (as it drops what a tenant removes or swaps meanwhile) would be `available` without it.
 EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
+# Nor has a file another process holds under a lease it does not release (open_regular_stat):
+# dropped, a snapshot would silently miss a file any process of the server can hold so.
+NOT_GONE = EXHAUSTED | {errno.EWOULDBLOCK}
 
 
 def check_exhausted(err: OSError) -> None:
@@ -87,34 +92,75 @@ def check_exhausted(err: OSError) -> None:
         raise TransientEngineError(f"the worker is out of resources: {err}") from err
 
 
-def open_regular(name: bytes, dir_fd: int) -> int:
+def check_opened(err: OSError, path: bytes) -> None:
+    """check_exhausted, and TransientEngineError naming `path` (relative to the state) for
+    a file held under a lease past tuning.LEASE_WAIT: the file is there, it could not be
+    read. Retried: the kernel ends an unreleased lease after its lease-break-time."""
+    check_exhausted(err)
+    if err.errno == errno.EWOULDBLOCK:
+        raise TransientEngineError(f"reading {shown(path)} failed: {err.strerror}") from err
+
+
+def open_regular(name: bytes, dir_fd: int, wait: float | None = None) -> int:
     """Open dir/name for reading only if it is a regular file, never opening anything else:
     an O_PATH | O_NOFOLLOW descriptor pins the inode without opening it for I/O (no driver
     open of a device node, no fifo open), fstat checks its type on that descriptor, and
     only then that very inode is reopened for reading through /proc/self/fd, so a device
     or fifo swapped in at any moment is never opened. Without updating atime when
-    permitted (owner or CAP_FOWNER). OSError (ENOENT, ELOOP, EINVAL...) otherwise."""
-    return open_regular_stat(name, dir_fd)[0]
+    permitted (owner or CAP_FOWNER). OSError (ENOENT, ELOOP, EINVAL...) otherwise; a lease
+    held past `wait`: see open_regular_stat."""
+    return open_regular_stat(name, dir_fd, wait)[0]
 
 
-def open_regular_stat(name: bytes, dir_fd: int, extra: int = 0) -> tuple[int, os.stat_result]:
+def open_regular_stat(name: bytes, dir_fd: int,
+                      wait: float | None = None) -> tuple[int, os.stat_result]:
     """open_regular, and the fstat of the inode it opened (taken before the reopen: a
-    change after it shows in any later fstat). `extra`: flags added to the reopen's
-    (O_NONBLOCK: fail with EWOULDBLOCK, not wait, where another process holds a lease)."""
+    change after it shows in any later fstat).
+
+    The reopen is O_NONBLOCK (no effect on a regular file's I/O): a process that owns a
+    file (or has CAP_LEASE) can hold a write lease on it, and a plain open then waits
+    until it releases it or the kernel's lease-break-time (45 s) passes, a worker held
+    per file by a tenant that ignores the break signal. The first try starts the break;
+    the open is retried with a growing pause for `wait` seconds (tuning.LEASE_WAIT when
+    None; 0: one try), then fails with OSError(EWOULDBLOCK) (NOT_GONE: not the tenant
+    removing the file)."""
     pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         st = os.fstat(pfd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", name)
-        proc = b"/proc/self/fd/%d" % pfd
-        if _NOATIME:
-            try:
-                return os.open(proc, REOPEN_FLAGS | _NOATIME | extra), st
-            except PermissionError:
-                pass
-        return os.open(proc, REOPEN_FLAGS | extra), st
+        return _reopen(b"/proc/self/fd/%d" % pfd, wait), st
     finally:
         os.close(pfd)
+
+
+def _reopen(proc: bytes, wait: float | None) -> int:
+    flags = REOPEN_FLAGS | os.O_NONBLOCK
+    if _NOATIME:
+        try:
+            return _open_leased(proc, flags | _NOATIME, wait)
+        except PermissionError:
+            pass
+    return _open_leased(proc, flags, wait)
+
+
+def _open_leased(proc: bytes, flags: int, wait: float | None) -> int:
+    try:
+        return os.open(proc, flags)
+    except BlockingIOError:  # a lease: its break has started
+        pass
+    limit = tuning.LEASE_WAIT if wait is None else wait
+    end = time.monotonic() + limit
+    pause = 0.001
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.05)
+        try:
+            return os.open(proc, flags)
+        except BlockingIOError:
+            pass
+    raise OSError(errno.EWOULDBLOCK, f"another process holds a lease on it and did not "
+                                     f"release it within {limit:g} s")
 
 
 _UNSAFE_PARTS = frozenset((b"", b".", b".."))

@@ -70,7 +70,7 @@ class LiveGuard:
         if not self._room():
             return False
         try:  # never opens a device or fifo; O_NONBLOCK: a tenant's lease is no wait
-            fd, pst = fsutil.open_regular_stat(name, dfd, os.O_NONBLOCK)
+            fd, pst = fsutil.open_regular_stat(name, dfd, wait=0)
         except OSError:
             return False
         try:

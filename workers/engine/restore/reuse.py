@@ -116,9 +116,11 @@ class ReuseCheck:
     def candidate(self, cfd: int, name: bytes, e: Entry, links: int = 1) -> Candidate:
         """Step 1: the current file `name` in cfd, opened without following symlinks, if it
         is a regular file with `links` links and exactly the entry's size, mode, owner,
-        mtime and xattrs (else None). The caller closes the fd."""
+        mtime and xattrs (else None). The caller closes the fd. A file another process holds
+        under a lease is not waited for (wait=0): unproven, it is written from the
+        snapshot like any changed file, into a new inode, never opened for writing."""
         try:
-            fd = fsutil.open_regular(name, cfd)
+            fd = fsutil.open_regular(name, cfd, wait=0)
         except OSError:
             return None
         try:
