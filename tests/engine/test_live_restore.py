@@ -147,3 +147,35 @@ def test_a_tree_changed_by_its_server_during_a_live_patch_is_rebuilt(
     # rebuilt: the others copied (and f7, its mode changed, written)
     assert (r.files_written, r.files_reused) == ((2, 19) if change == "chmod" else (1, 20))
     assert (src / "f5").stat().st_ino != ino
+
+
+def test_a_file_the_server_rewrites_during_a_live_patch_is_never_recorded_as_the_snapshots(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new file is in its place from the patch's rename on, while the server runs, and no
+    # lease is held on it: a process that writes into it and puts its mtime back (size
+    # kept) leaves it as the snapshot's to any lstat. Recorded after the commit (its
+    # ctime then), the next restore trusted it in place, a stopped one too: the server's
+    # bytes stayed where the snapshot's belong, restore after restore.
+    src, ref = _srv(tmp_path, engine)
+    (src / "f3").write_text("changed: forces a restore")
+    apply = patch.Patcher._apply
+
+    def apply_then_the_server_rewrites_the_new_file(self: patch.Patcher, *a: Any) -> None:
+        apply(self, *a)
+        f3 = src / "f3"
+        st = f3.stat()
+        fd = os.open(f3, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"S" * st.st_size, 0)
+        finally:
+            os.close(fd)
+        os.utime(f3, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    monkeypatch.setattr(patch.Patcher, "_apply", apply_then_the_server_rewrites_the_new_file)
+    ino = (src / "f5").stat().st_ino
+    engine.restore(1, dir_state(src), live=True)
+    assert (src / "f5").stat().st_ino == ino  # patched in place
+    monkeypatch.setattr(patch.Patcher, "_apply", apply)
+    r = engine.restore(1, dir_state(src))  # the server stopped now
+    assert describe(src) == ref
+    assert r.files_written == 1

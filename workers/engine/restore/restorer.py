@@ -236,8 +236,15 @@ class Restorer:
         self.progress.add(plan.reused_bytes)
         self.writer.files_reused = plan.reused
         record = {e.path: (ino, ctime, self.check.digest(e)) for e, ino, ctime in plan.kept_files}
-        record.update(record_tree(cur_fd, plan.new_files(), self.writer.linked,
-                                  self.check.digest))
+        # A kept file's ctime is one its trust vouched for, its lease held until the check:
+        # any change since shows. A new file is in place from its rename on, unleased: a
+        # running server's write into it with its mtime put back, before this stat or
+        # within its ctime's granule after, would be recorded as the snapshot's, and the
+        # next restore (a stopped one too) would keep its bytes. A live patch's new files
+        # are proven by content next time instead (a few files: a patch changes few).
+        if guard is None:
+            record.update(record_tree(cur_fd, plan.new_files(), self.writer.linked,
+                                      self.check.digest))
         # the server may change a file once we return: not within a recorded ctime's granule
         wait_past(max((c for _i, c, _d in record.values()), default=0))
         self.cache.save(record)
