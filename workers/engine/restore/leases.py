@@ -116,11 +116,17 @@ class LiveGuard:
             raise LiveChange("a kept file changed during the patch")
         for path, (fd, ctime) in self._dirs.items():
             st = os.fstat(fd)
+            e = dirs[path]
             if path not in changed:
-                if st.st_ctime_ns != ctime:
+                # Its metadata was the snapshot's (else a fix_dirs entry: changed). The
+                # mtime too: a name made or removed within the ctime's granule after the
+                # planner's fstat keeps the ctime (a whole-second filesystem; any within
+                # a tick before Linux 6.13) when the directory changed in that granule
+                # before it, but never leaves the snapshot's (older) mtime.
+                if st.st_ctime_ns != ctime or (st.st_mtime_ns, st.st_mode, st.st_uid,
+                                               st.st_gid) != (e.mtime_ns, e.mode, e.uid, e.gid):
                     raise LiveChange(f"directory {path!r} changed during the patch")
                 continue
-            e = dirs[path]
             if ((st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
                     != (e.mode, e.uid, e.gid, e.mtime_ns)
                     or sorted(fsutil.iter_names(fd)) != sorted(self._names[path])):
