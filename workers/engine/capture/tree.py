@@ -14,6 +14,7 @@ finding a path's parent entry is a merge, not a lookup in a dict of every path.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -52,21 +53,36 @@ _encode = manifest.encode_entry
 _S_IFMT, _S_IFREG, _S_IFDIR = 0o170000, stat.S_IFREG, stat.S_IFDIR
 
 
+_HOLE = 0xFFFFFFFF  # a _Run's length of an entry it does not hold (still pending)
+
+
 class _Run:
-    """Final entries [start, end) held compressed while a pending entry before them keeps
-    them from the body: their msgpack joined and compressed, and each one's length."""
+    """Final entries of [start, end) held compressed while a pending entry before them
+    keeps them from the body: their msgpack joined and compressed, and each one's length;
+    the pending entries among them (`holes`) stay in EncodedTree.raw."""
 
-    __slots__ = ("data", "end", "lengths", "start")
+    __slots__ = ("data", "end", "holes", "lengths", "start")
 
-    def __init__(self, zc: zstandard.ZstdCompressor, start: int, raws: list[bytes]) -> None:
+    def __init__(self, zc: zstandard.ZstdCompressor, start: int, raws: list[bytes],
+                 holes: list[int]) -> None:
         self.start, self.end = start, start + len(raws)
+        self.holes = array("q", holes)
         self.lengths = array("I", map(len, raws))
-        self.data = zc.compress(b"".join(raws))
+        for k in holes:
+            self.lengths[k - start] = _HOLE
+        held = set(holes)
+        self.data = zc.compress(b"".join(r for k, r in enumerate(raws, start)
+                                         if k not in held) if holes else b"".join(raws))
 
-    def raws(self) -> list[bytes]:
+    def raws(self) -> list[bytes | None]:
+        """Its entries in order, None for each hole."""
         joined = zstandard.ZstdDecompressor().decompress(self.data)
-        out, at = [], 0
+        out: list[bytes | None] = []
+        at = 0
         for n in self.lengths:
+            if n == _HOLE:
+                out.append(None)
+                continue
             out.append(joined[at : at + n])
             at += n
         return out
@@ -169,19 +185,35 @@ class EncodedTree:
         return _path_dec.decode(raw).path
 
     def _pack_runs(self, n: int) -> None:
-        """Under _lock: the runs of at least _RUN final entries among the entries below n
-        not yet in the body, a run, or pending, compressed (_Run) and let go of."""
-        i, raw, pending = max(self._next, self._packed_to), self.raw, self._pending
-        while i < n:
-            j = pending.find(1, i, n)
+        """Under _lock: runs of at least _RUN final entries among the entries below n not
+        yet in the body or a run, compressed (_Run) and let go of; the pending entries
+        among them stay (a run's holes). Runs stopped at each pending entry before: an
+        incremental's changed files spread over the tree (the scale run's 100, one every
+        3,000 entries of 300,000) left no stretch of _RUN, so every entry walked behind
+        the first was held encoded (+62 MiB at 300k)."""
+        raw, pending = self.raw, self._pending
+        start = k = max(self._next, self._packed_to)
+        held = 0  # final entries in [start, k)
+        holes: list[int] = []
+        while k < n:
+            j = pending.find(1, k, n)
             end = n if j < 0 else j
-            if end - i >= _RUN:
-                self._runs.append(_Run(self._zc, i, raw[i:end]))  # type: ignore[arg-type]
-                raw[i:end] = [None] * (end - i)
-            elif j < 0:
+            held += end - k
+            if held >= _RUN:
+                self._runs.append(_Run(self._zc, start, raw[start:end], holes))  # type: ignore[arg-type]
+                for a, b in itertools.pairwise([start - 1, *holes, end]):  # all but holes
+                    raw[a + 1 : b] = [None] * (b - a - 1)
+                start, held, holes = end, 0, []
+            if j < 0:
                 break  # a short last run: it may grow with the next entries walked
-            i = end if j < 0 else j + 1
-        self._packed_to = i
+            holes.append(j)
+            if len(holes) * 16 > held:
+                # no run starts with a pending entry, nor holds many (a full capture's
+                # files are all pending: scanned again from its start at every call, the
+                # walk was quadratic)
+                start, held, holes = j + 1, 0, []
+            k = j + 1
+        self._packed_to = start
 
     def _advance(self) -> None:
         """Under _lock: the final entries from _next on into the body, up to a pending one
@@ -190,7 +222,16 @@ class EncodedTree:
             i = self._next
             if self._runs and self._runs[0].start == i:
                 run = self._runs.popleft()
-                self._add(i, run.end, run.raws())
+                got, raw = run.raws(), self.raw
+                if any(self._pending[h] for h in run.holes):
+                    # one still to read: its entries back, to go in as those before it do
+                    for k, r in enumerate(got, i):
+                        if r is not None:
+                            raw[k] = r
+                    continue
+                for h in run.holes:  # read (or dropped) by now: final
+                    got[h - i], raw[h] = raw[h], None
+                self._add(i, run.end, got)
                 continue
             raw = self.raw
             n = len(raw)
