@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine import Engine, TransientEngineError, tuning
+from workers.engine import Engine, StateSpec, TransientEngineError, tuning
 
 from .conftest import dir_state, make_meta
 from .tenant import Tenant
@@ -146,3 +146,25 @@ def test_a_restore_rewrites_a_leased_file_instead_of_waiting_to_prove_it(
     assert took < BOUND, took
     assert describe(src) == ref
     assert result.files_written >= len(leased)  # unproven: written from the snapshot
+
+
+@pytest.mark.parametrize("op", ["capture", "restore"])
+def test_a_lease_held_on_an_image_fails_its_operation_soon_naming_it(
+        engine: Engine, tmp_path: Path, op: str) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(1 << 20))
+    spec = StateSpec(kind="image", path=str(image))
+    if op == "restore":
+        engine.capture(make_meta(1), spec)
+    holder = lease_holder("ignore", [image])
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TransientEngineError, match=f"image {image} failed: .*lease"):
+            if op == "capture":
+                engine.capture(make_meta(1), spec)
+            else:
+                engine.restore(1, spec)
+        took = time.monotonic() - t0
+    finally:
+        holder.close()
+    assert took < BOUND, took

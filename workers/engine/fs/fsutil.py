@@ -135,16 +135,18 @@ def open_regular_stat(name: bytes, dir_fd: int,
 
 
 def _reopen(proc: bytes, wait: float | None) -> int:
-    flags = REOPEN_FLAGS | os.O_NONBLOCK
     if _NOATIME:
         try:
-            return _open_leased(proc, flags | _NOATIME, wait)
+            return open_unleased(proc, REOPEN_FLAGS | _NOATIME, wait)
         except PermissionError:
             pass
-    return _open_leased(proc, flags, wait)
+    return open_unleased(proc, REOPEN_FLAGS, wait)
 
 
-def _open_leased(proc: bytes, flags: int, wait: float | None) -> int:
+def open_unleased(proc: bytes, flags: int, wait: float | None = None) -> int:
+    """os.open of a regular file (a /proc/self/fd magic link) with O_NONBLOCK, retried
+    while another process holds a lease on it (see open_regular_stat)."""
+    flags |= os.O_NONBLOCK
     try:
         return os.open(proc, flags)
     except BlockingIOError:  # a lease: its break has started

@@ -36,7 +36,7 @@ from ..blocks.pipeline import pipelined, read_blocks, write_blocks
 from ..fs import fsutil, removal
 from ..fs.fsutil import split_state
 from ..fs.syncpoint import sync_point
-from ..model import RestoreResult, StateInvalid
+from ..model import RestoreResult, StateInvalid, TransientEngineError
 from ..progress import Progress
 from ..repository.manifest import ImageBody
 from ..repository.packreader import PackCache
@@ -72,7 +72,16 @@ def _reopen_image(pfd: int, path: str, flags: int) -> tuple[int, int, bool]:
             raise StateInvalid(f"image {path} is a symlink (symlinks are refused)")
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise StateInvalid(f"image {path} is neither a regular file nor a block device")
-        fd = os.open(b"/proc/self/fd/%d" % pfd, flags | fsutil.REOPEN_FLAGS)
+        proc = b"/proc/self/fd/%d" % pfd
+        if stat.S_ISREG(st.st_mode):  # a lease: never a wait of lease-break-time
+            try:
+                fd = fsutil.open_unleased(proc, flags | fsutil.REOPEN_FLAGS)
+            except OSError as e:
+                if e.errno != errno.EWOULDBLOCK:
+                    raise
+                raise TransientEngineError(f"opening image {path} failed: {e.strerror}") from e
+        else:  # no lease on a device; O_NONBLOCK is O_NDELAY to some drivers
+            fd = os.open(proc, flags | fsutil.REOPEN_FLAGS)
     finally:
         os.close(pfd)
     if stat.S_ISREG(st.st_mode):
