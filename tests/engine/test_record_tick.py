@@ -186,3 +186,40 @@ def test_a_name_made_in_the_granule_of_a_kept_directorys_ctime_during_a_live_pat
         (src / "spool" / "new").unlink(missing_ok=True)
     assert made[-1], "no attempt made the file within the directory's ctime second"
     assert describe(src) == ref
+
+
+def test_a_symlinks_owner_changed_in_the_granule_of_its_ctime_during_a_live_patch_is_seen(
+        engine: Engine, coarse_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A kept symlink is watched by its ctime; the server's lchown (same owner) just before
+    # the planner looked set it, and its lchown to another owner in the same second keeps
+    # it on this filesystem (and its directory's mtime: no name changed).
+    src = coarse_fs / "srv"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(b"%d" % i * 1000)
+    os.symlink("f1", src / "latest")
+    time.sleep(2.1)  # past two granules: the files' ctimes vouch (kept, not rewritten)
+    engine.capture(make_meta(1), dir_state(src))
+    ref = describe(src)
+    apply = patch.Patcher._apply
+    same: list[bool] = []
+
+    def apply_then_the_server_chowns_the_symlink(self: patch.Patcher, *a: Any) -> None:
+        apply(self, *a)
+        before = os.lstat(src / "latest").st_ctime_ns
+        os.chown(src / "latest", TENANT, TENANT, follow_symlinks=False)
+        same.append(os.lstat(src / "latest").st_ctime_ns == before)
+
+    monkeypatch.setattr(patch.Patcher, "_apply", apply_then_the_server_chowns_the_symlink)
+    for attempt in range(5):
+        (src / "f3").write_text(f"changed {attempt}: forces a restore")
+        while time.time() % 1 > 0.3:  # early in a second: the restore's patch fits in it
+            time.sleep(0.01)
+        st = os.lstat(src / "latest")
+        os.chown(src / "latest", st.st_uid, st.st_gid, follow_symlinks=False)  # ctime now
+        engine.restore(1, dir_state(src), live=True)
+        if same[-1]:  # within the same second: a ctime check alone misses it
+            break
+        os.chown(src / "latest", 0, 0, follow_symlinks=False)
+    assert same[-1], "no attempt changed the symlink within its ctime's second"
+    assert describe(src) == ref

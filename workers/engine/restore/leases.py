@@ -56,7 +56,10 @@ class LiveGuard:
         self._files: list[tuple[int, int]] = []  # (leased fd, ctime)
         self._dirs: dict[bytes, tuple[int, int]] = {}  # kept directory -> (fd, ctime)
         self._names: dict[bytes, list[bytes]] = {}  # kept directory -> the snapshot's names
-        self._others: list[tuple[bytes, bytes, int]] = []  # (directory, name, ctime)
+        # (directory, name, its lstat's (ino, ctime, mode, owner)): a change of owner within
+        # the ctime's granule keeps the ctime (whole-second stamps; a tick before Linux
+        # 6.13); a replacement moves its directory's mtime (check compares it)
+        self._others: list[tuple[bytes, bytes, tuple[int, ...]]] = []
         # a descriptor held per kept file and directory: at most half of the process's
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._budget = (soft if soft != resource.RLIM_INFINITY else 1 << 20) // 2
@@ -100,7 +103,8 @@ class LiveGuard:
 
     def watch_other(self, parent: bytes, name: bytes, st: os.stat_result) -> None:
         """A kept symlink, device, fifo or socket (its lstat)."""
-        self._others.append((parent, name, st.st_ctime_ns))
+        self._others.append((parent, name, (st.st_ino, st.st_ctime_ns, st.st_mode, st.st_uid,
+                                            st.st_gid)))
 
     def leases_held(self) -> bool:
         """No lease broken: no process opened a kept file for writing since it was leased
@@ -131,12 +135,12 @@ class LiveGuard:
                     != (e.mode, e.uid, e.gid, e.mtime_ns)
                     or sorted(fsutil.iter_names(fd)) != sorted(self._names[path])):
                 raise LiveChange(f"directory {path!r} changed during the patch")
-        for parent, name, ctime in self._others:
+        for parent, name, seen in self._others:
             try:
                 st = os.stat(name, dir_fd=self._dirs[parent][0], follow_symlinks=False)
             except FileNotFoundError as err:
                 raise LiveChange(f"{name!r} went during the patch") from err
-            if st.st_ctime_ns != ctime:
+            if (st.st_ino, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid) != seen:
                 raise LiveChange(f"{name!r} changed during the patch")
 
     def release(self) -> None:
