@@ -5,7 +5,7 @@ A live restore used to rebuild the whole tree and *copy* every unchanged file in
 inode (treewriter.copy_reused), because a process holding an unchanged file open for
 writing, or mapped shared and writable, would otherwise go on writing into the restored
 state. That made putting a running server back after a small change cost more than a full
-restore (bench rootfs + 384 MiB image, 53 files changed: 1.48 s against 0.85 s), every
+restore (bench rootfs + 300 MiB image, 53 files changed: 1.48 s against 0.85 s), every
 unchanged byte read and written again.
 
 The kernel can say it exactly: fcntl(F_SETLEASE, F_RDLCK) on a read-only descriptor is
