@@ -1,4 +1,4 @@
-"""A capture compresses its manifest body as entries become final (manifest.DirBodyWriter,
+"""A capture compresses its manifest body as entries become final (dirbody.DirBodyWriter,
 capture/tree.py EncodedTree): the body must stay what every engine reads, one zstd frame
 that records its content size holding the DirBody's msgpack byte for byte; and entries
 dropped after the walk (with the hard links naming them) must stay out of it."""
@@ -18,7 +18,7 @@ import zstandard
 from tests.engine.conftest import dir_state, make_meta
 from workers.engine import Engine
 from workers.engine.fs import fsutil
-from workers.engine.repository import manifest
+from workers.engine.repository import dirbody, manifest
 from workers.engine.repository.manifest import DirBody, Entry
 
 
@@ -33,7 +33,7 @@ def _entries(n: int, rng: random.Random) -> list[Entry]:
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 65_535, 65_536, 70_000])
 def test_a_body_built_in_pieces_is_one_frame_of_the_same_msgpack(n: int) -> None:
     entries = _entries(n, random.Random(n))
-    body = manifest.encode_dir_body(manifest.encode_entry(e) for e in entries)
+    body = dirbody.encode_dir_body(manifest.encode_entry(e) for e in entries)
     whole = msgspec.msgpack.encode(DirBody(entries))
     assert zstandard.frame_content_size(body) == len(whole)  # one-shot decompress needs it
     assert zstandard.ZstdDecompressor().decompress(body) == whole
@@ -49,7 +49,7 @@ def test_a_body_is_written_from_its_pieces_never_joined(
     (the frame, the body, then with the header) the body was in memory three times at
     once at the end of a capture, its peak."""
     entries = _entries(70_000, random.Random(7))
-    w = manifest.DirBodyWriter()
+    w = dirbody.DirBodyWriter()
     w.add_many([manifest.encode_entry(e) for e in entries])
     pieces = w.finish_pieces()
     assert len(pieces) > 3  # one per ~256 KiB of msgpack compressed, not one
@@ -186,7 +186,7 @@ def _manifest(n: int, rng: random.Random) -> tuple[bytes, bytes]:
         e.pack, e.pack_off, e.pack_len = b"", 0, 0
         e.chunks = [(rng.randbytes(32), k << 20) for k in range(3)]
         e.slices = [(2, rng.randbytes(32), 0, 10)]
-    w = manifest.DirBodyWriter()
+    w = dirbody.DirBodyWriter()
     w.add_many([manifest.encode_entry(e) for e in entries])
     header = manifest.Header(meta=make_meta(1), state_kind="directory", size_bytes=0,
                              stored_bytes=0, files=n, warnings=[],

@@ -5,7 +5,7 @@ A capture of a million files used to hold a million Entry objects (~700 bytes ea
 their path, lists and ints) until the manifest was encoded, and an incremental one the
 parent's million decoded entries as well. Here each entry is kept as its msgpack bytes
 (~180 bytes held) while it may still change, decoded only while a reader fills it in, and
-goes into the manifest body, compressed as it is built (manifest.DirBodyWriter: ~45
+goes into the manifest body, compressed as it is built (dirbody.DirBodyWriter: ~45
 bytes), once it is final: the same format as before. The parent is decoded one entry at a
 time as the walk passes its path: both are in walk order (depth first, names sorted), so
 finding a path's parent entry is a merge, not a lookup in a dict of every path.
@@ -29,7 +29,7 @@ import zstandard
 
 from .. import tuning
 from ..fs import fsutil
-from ..repository import manifest
+from ..repository import dirbody, manifest
 from ..repository.manifest import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SOCK, SYMLINK, Entry
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class _Run:
 
 class EncodedTree:
     """Entries in walk order, each msgpack-encoded until it is final, then added to the
-    manifest body being compressed (manifest.DirBodyWriter); the size of each regular file
+    manifest body being compressed (dirbody.DirBodyWriter); the size of each regular file
     beside. An entry is final once nothing changes it any more: when walked, unless it is
     a file to read (`pending`); a file read, once put() with its pack ids; or dropped. The
     final entries before the first pending one go into the body, so the tree holds
@@ -114,7 +114,7 @@ class EncodedTree:
         self._runs: deque[_Run] = deque()  # in order, all at or after _next
         self._packed_to = 0  # entries before it are in the body, pending, or in a run
         self._zc = zstandard.ZstdCompressor(level=1)  # the runs' (used under _lock)
-        self._body = manifest.DirBodyWriter()
+        self._body = dirbody.DirBodyWriter()
         self._files_size = 0  # of the regular files in the body
         self._others = 0  # entries but directories in the body
 
