@@ -199,7 +199,7 @@ def test_a_state_of_many_big_files_holds_few_open_and_captures_every_one(
     It did: at the process's fd limit the rest were dropped as "vanished" (EMFILE)."""
     import resource
 
-    from workers.engine.capture.archiver import Archiver
+    from workers.engine.capture.bigfiles import BigFiles
 
     engine = Engine(big_repo(tmp_path / "repo"))
     src = tmp_path / "srv"
@@ -209,16 +209,16 @@ def test_a_state_of_many_big_files_holds_few_open_and_captures_every_one(
         with (src / f"seg.{i:03}").open("wb") as f:
             f.write(b"%03d" % i * 1365)
             f.truncate(4 * MiB)
-    orig = Archiver._read_big
+    orig = BigFiles._read
     first = [True]
 
-    def read_big(self: Archiver, fd: int, idx: int) -> None:
+    def read_big(self: BigFiles, fd: int, idx: int) -> None:
         if first[0]:  # the walk gets well ahead of the reads
             first[0] = False
             time.sleep(0.3)
         orig(self, fd, idx)
 
-    monkeypatch.setattr(Archiver, "_read_big", read_big)
+    monkeypatch.setattr(BigFiles, "_read", read_big)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 60, hard))
     try:
@@ -420,8 +420,8 @@ def test_big_files_are_read_once_the_walk_is_over(monkeypatch: pytest.MonkeyPatc
                                                  tmp_path: Path) -> None:
     """A big file's 1 MiB reads would queue on the disk ahead of a cold walk's metadata
     reads: it is opened when walked (its inode pinned) but read after the walk."""
-    from workers.engine.capture.archiver import Archiver
-    from workers.engine.capture.tree import Walker
+    from workers.engine.capture.bigfiles import BigFiles
+    from workers.engine.capture.walk import Walker
 
     engine = Engine(big_repo(tmp_path / "repo"))
     src = tmp_path / "srv"
@@ -432,7 +432,7 @@ def test_big_files_are_read_once_the_walk_is_over(monkeypatch: pytest.MonkeyPatc
         for i in range(20):
             (src / d / f"f{i}").write_bytes(os.urandom(3000))
     events: list[str] = []
-    orig_walk, orig_read = Walker.walk, Archiver._read_big
+    orig_walk, orig_read = Walker.walk, BigFiles._read
 
     def walk(self: Walker, fd: int, rel: bytes) -> None:
         if rel == b"d":
@@ -441,12 +441,12 @@ def test_big_files_are_read_once_the_walk_is_over(monkeypatch: pytest.MonkeyPatc
         if rel == b"":
             events.append("walk over")
 
-    def read_big(self: Archiver, fd: int, idx: int) -> None:
+    def read_big(self: BigFiles, fd: int, idx: int) -> None:
         events.append("big file read")
         orig_read(self, fd, idx)
 
     monkeypatch.setattr(Walker, "walk", walk)
-    monkeypatch.setattr(Archiver, "_read_big", read_big)
+    monkeypatch.setattr(BigFiles, "_read", read_big)
     res = engine.capture(make_meta(1), dir_state(src))
     assert events == ["walk over", "big file read"] and not res.warnings
     out = tmp_path / "out"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from workers.engine import Engine, TransientEngineError, tuning
-from workers.engine.capture import readerpool, tree
+from workers.engine.capture import readerpool
+from workers.engine.capture.walk import Walker
 from workers.engine.fs import fsutil
 from workers.engine.workerproc.process import Child
 
@@ -44,15 +45,15 @@ def test_pool_starts_while_walking_and_capture_is_complete(
     monkeypatch.setattr(tuning, "CAPTURE_PROCESS_THRESHOLD", 120_000)  # crossed in directory b
     pools = _record_pools(monkeypatch)
     walked: list[bytes] = []
-    orig_walk = tree.Walker.walk
+    orig_walk = Walker.walk
 
-    def walk(self: tree.Walker, fd: int, rel: bytes) -> None:
+    def walk(self: Walker, fd: int, rel: bytes) -> None:
         walked.append(rel)
         if rel == b"c":
             assert len(pools) == 1  # started before the walk reached the last directory
         orig_walk(self, fd, rel)
 
-    monkeypatch.setattr(tree.Walker, "walk", walk)
+    monkeypatch.setattr(Walker, "walk", walk)
     src = tmp_path / "srv"
     _tree(src)
     res = engine.capture(make_meta(1), dir_state(src))

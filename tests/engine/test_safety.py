@@ -20,7 +20,7 @@ from workers.engine import (
     StorageFull,
     tuning,
 )
-from workers.engine.capture import archiver
+from workers.engine.capture import threadreader
 from workers.engine.repository import chunker
 from workers.engine.repository.repository import Repository, chunk_key
 
@@ -281,7 +281,7 @@ def test_file_changing_while_read(monkeypatch: pytest.MonkeyPatch, engine: Engin
             with open(live, "ab") as f:
                 f.write(b"line %d\n" % done[0])
 
-    monkeypatch.setattr(archiver, "iter_chunks", changing)
+    monkeypatch.setattr(threadreader, "iter_chunks", changing)
     res = engine.capture(make_meta(1), dir_state(src))
     dst = tmp_path / "dst"
     engine.restore(1, dir_state(dst))

@@ -46,7 +46,7 @@ from .repository.manifest import DirBody, Header, ImageBody
 from .repository.repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
 
 if TYPE_CHECKING:
-    from .capture.tree import ParentCursor
+    from .capture.parent import ParentCursor
     from .restore.writerpool import RestorePool
 
 
@@ -203,9 +203,9 @@ class Engine:
     @staticmethod
     def _dir_parent(repo: Repository, parent_id: int | None) -> ParentCursor:
         """The parent of a directory capture, its entries left encoded and decoded as the
-        walk passes them (capture/tree.py); none if it was deleted meanwhile, is
+        walk passes them (capture/parent.py); none if it was deleted meanwhile, is
         unreadable or not a directory's: the capture is then a full one."""
-        from .capture.tree import ParentCursor
+        from .capture.parent import ParentCursor
 
         if parent_id is not None:
             try:

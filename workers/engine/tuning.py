@@ -156,7 +156,7 @@ LIST_CACHE_MAX_AGE = 3600.0  # seconds: rebuild the listing cache at least this 
 # how those files are cut into chunks.
 IMAGE_THREADS = 4
 # A directory state's big file is read while the walk and the small files go on (capture/
-# archiver.py): 2 block threads, not 4, leave the walk thread (Python, the GIL) and the
+# bigfiles.py): 2 block threads, not 4, leave the walk thread (Python, the GIL) and the
 # reader processes their share; the bench's cold rootfs + 300 MiB image capture, engine
 # alone, 1.98-3.17 s vs 2.86-4.26 s with 4 (alternating x3, load ~5.8), CPU 2.23-2.44 vs
 # 2.42-2.57 s

@@ -1,21 +1,16 @@
 """Directory capture: the Archiver runs the two passes over the tree, both through
 directory fds without following any symlink:
-1. walk (tree.py, Walker): lstat every entry, record metadata, xattrs (a file to read: by
+1. walk (walk.py, Walker): lstat every entry, record metadata, xattrs (a file to read: by
    its reader), symlink targets, device numbers and hard-link groups, take the files
    unchanged since the parent snapshot from it (cheap; gives the progress total);
-2. read (here): regular files that are not unchanged since the parent snapshot are opened
+2. read: regular files that are not unchanged since the parent snapshot are opened
    (fsutil.open_regular: never a device or fifo, O_NOATIME when permitted) and read whole
    (only data extents: SEEK_DATA/SEEK_HOLE), chunked with FastCDC, hashed and compressed.
-   A small capture: opened by the walker thread and read by a thread pool (blake3, zstd and
-   file IO release the GIL). A big one: by reader processes (readerpool.py), each sent
-   batches of a directory's names with its fd as soon as the walk has listed it, so they
-   read while the walk goes on. Big files (chunker.py) are opened as soon as the walk sees
-   them and read, once the walk is over, by a thread of their own, each cut in fixed blocks
-   that several threads read, hash, compress and store (blocks/pipeline.py), as an image
-   state's: their O_DIRECT reads and compression fill the cores while the small files'
-   reads wait on a cold disk (they came last before: the bench's cold capture of a rootfs
-   plus a 300 MiB disk image spent ~0.8 s with one core or the disk idle), but their 1 MiB
-   reads no longer queue ahead of a cold walk's metadata reads (_big_go). A file whose
+   A small capture: opened by the walker thread and read by a thread pool
+   (threadreader.py). A big one: by reader processes (readerpool.py), each sent batches
+   of a directory's names with its fd as soon as the walk has listed it, so they read
+   while the walk goes on. Big files (chunker.py) are opened as soon as the walk sees
+   them and read in fixed blocks once the walk is over (bigfiles.py). A file whose
    size/mtime/ctime change while being read is read again up to 3 times, then kept with a
    warning.
 A sync point comes first (fs/syncpoint.py): a file's ctime is recorded only where it
@@ -27,32 +22,29 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
-import stat
 import threading
 import time
 from array import array
 from collections import deque
 from collections.abc import Generator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from pyfastcdc import FastCDC
-
 from .. import gcpause, tuning
-from ..blocks.pipeline import read_blocks
 from ..fs import fsutil
 from ..fs.prefetch import MetadataPrefetch
 from ..fs.syncpoint import SyncPoint, sync_point
-from ..inflight import prune
 from ..model import StateInvalid
 from ..progress import Progress
 from ..repository.backend import LocalBackend
-from ..repository.chunker import fixed_block, fixed_ranges, iter_chunks, make_cdc
 from ..repository.manifest import Entry
 from ..repository.packwriter import TinyPacker
 from ..repository.repository import Repository
+from .bigfiles import BigFiles
 from .messages import REQUEST_FILES, REQUEST_NAME_BYTES
-from .tree import EncodedTree, ParentCursor, Walker
+from .parent import ParentCursor
+from .threadreader import ThreadReader
+from .tree import EncodedTree
+from .walk import Walker
 
 if TYPE_CHECKING:
     from .readerpool import Batch, WorkerPool
@@ -70,10 +62,6 @@ def _vouch(e: Entry, walk_ctime: int, sync: SyncPoint) -> None:
 
 # a walked directory's path, inode, and the entry indexes and names of its files to read
 _Dir = tuple[bytes, int, "array[int]", list[bytes]]
-
-
-class _Stopped(Exception):
-    """A big file's read ended early: the capture failed elsewhere."""
 
 
 class Archiver:
@@ -100,24 +88,6 @@ class Archiver:
         # the heavy files among them (tuning.READER_HEAVY), each on its own, the biggest
         # first: (-size, walk order, its directory's path, inode, [index], [name])
         self._heavy: list[tuple[int, int, _Dir]] = []
-        # the big files, each read in blocks by one thread while the walk and the small
-        # files go on (_walked_big); set: the capture failed, they stop at the next block
-        self._big: list[Future[None]] = []
-        self._big_thread: ThreadPoolExecutor | None = None
-        self._big_stop = threading.Event()
-        # each big file holds a descriptor from its walk to the end of its read: at most
-        # this many at once (the walk waits), not every big file of the state
-        self._big_open = threading.BoundedSemaphore(tuning.BIG_FILES_OPEN)
-        # Set once big files may be read: the walk is over (or BIG_FILES_OPEN of them wait).
-        # A cold walk is a chain of small metadata reads, each waiting behind the big files'
-        # 1 MiB reads queued on the disk: the bench's cold rootfs + 300 MiB image walked in
-        # 1.0-1.8 s with the image read meanwhile, 0.56-0.78 s with it read after the walk
-        # (engine alone, chrt -r 1, 7 alternating pairs, load 8-13: whole capture medians
-        # 2.19 vs 2.06 s, faster in 6 of 7). Warm, the walk is short (0.2-0.3 s) and the
-        # image's read the last to end either way (x4: 1.28-2.12 vs 1.33-1.73 s). The walk's
-        # pace does not tell: a cold rootfs walk averages ~80 us an entry, under
-        # PREFETCH_COLD_US, and its first window is as fast as a warm one.
-        self._big_go = threading.Event()
         self._walking = False
         self._root_fd = -1
         self._root_dev = 0
@@ -125,14 +95,13 @@ class Archiver:
         # past PREFETCH_COLD_US an entry, its metadata is warmed ahead of it (prefetch.py)
         self._pace = (0, 0.0)
         self._prefetch: MetadataPrefetch | None = None
-        cfg = repo.config
-        self._cdc_args = (cfg.chunk_avg, cfg.chunk_min, cfg.chunk_max)
-        self._local = threading.local()
         local = isinstance(repo.backend, LocalBackend)
         self._packs = TinyPacker(repo, tuning.TINY_PACK_LOCAL if local else tuning.TINY_PACK,
                                  one_stream=not local)
         # (index, entry) of the files whose packs are stored, a pack's at once
         self._packs.on_stored = self.tree.put_many
+        self._bigs = BigFiles(self._packs, repo.config.block_size, progress, self._done,
+                              self._drop, self.tree.path)
         self._pool: WorkerPool | None = None
         self._pool_tried = False
         self._feed: Generator[Batch | None] | None = None  # requests for the pool
@@ -159,7 +128,7 @@ class Archiver:
             # walked directory's files while the walk goes on (_walked)
             walker = Walker(self.repo, self.tree, self.parent, self.progress, self.warnings,
                             root_dev, fsutil.mount_roots(self.root), self._start_pool,
-                            self._walked, self._walked_big)
+                            self._walked, self._bigs.walked)
             self._walking = True
             self.progress.sized = False  # no share of a total known yet: reported as 0
             self._pace = (0, time.monotonic())
@@ -171,7 +140,7 @@ class Archiver:
             finally:
                 self._end_prefetch()
             self._walking = False
-            self._big_go.set()
+            self._bigs.go()
             # Every object the parent names was made durable by its commit.
             self.repo.durable |= self.parent.finish()
             self.progress.total = walker.total
@@ -181,7 +150,7 @@ class Archiver:
             self._packs.finish()
             self.stored_bytes += self._packs.stored_bytes
         finally:
-            self._end_big()
+            self._bigs.end()
             if self._feed is not None:
                 self._feed.close()  # closes the directory fd it may hold
             os.close(root_fd)
@@ -225,57 +194,15 @@ class Archiver:
             if self._pool is not None and self._feed is not None:
                 self._pool.pump(self._feed)
 
-    def _walked_big(self, dir_fd: int, name: bytes, idx: int) -> None:
-        """A big file walked (Walker.on_big): opened now beneath the walk's own directory fd
-        (fsutil.open_regular) and read in blocks by the big-file thread once the walk is
-        over (_big_go); the walk waits while tuning.BIG_FILES_OPEN of them are open and not
-        read yet, and lets them be read from then on."""
-        if not self._big_open.acquire(blocking=False):
-            self._big_go.set()
-            self._big_open.acquire()
-        try:
-            fd = fsutil.open_regular(name, dir_fd)
-        except OSError as err:
-            self._big_open.release()
-            fsutil.check_opened(err, self.tree.path(idx))
-            self._drop(idx, f"vanished or replaced during capture ({err})")
-            return
-        try:
-            if self._big_thread is None:
-                self._big_thread = ThreadPoolExecutor(1, thread_name_prefix="bigfile")
-            self._big.append(self._big_thread.submit(self._big_job, fd, idx))
-        except BaseException:
-            os.close(fd)
-            self._big_open.release()
-            raise
-
-    def _big_job(self, fd: int, idx: int) -> None:
-        try:
-            self._big_go.wait()
-            if not self._big_stop.is_set():
-                self._read_big(fd, idx)
-        finally:
-            os.close(fd)
-            self._big_open.release()
-
     def _end_prefetch(self) -> None:
         if self._prefetch is not None:
             self._prefetch.stop()
             self._prefetch = None
 
-    def _end_big(self) -> None:
-        """Stop the big files' reads (the capture failed) and wait for them to end."""
-        self._big_stop.set()
-        self._big_go.set()
-        if self._big_thread is not None:
-            self._big_thread.shutdown(wait=True)  # queued jobs close their fds
-            self._big_thread = None
-
     def _read_files(self, root_fd: int) -> None:
         self._read_small(root_fd)
-        for f in self._big:  # raises what a big file's read raised
-            f.result()
-        self._big = []
+        self._bigs.wait()
+        self.stored_bytes += self._bigs.stored_bytes
 
     def _read_small(self, root_fd: int) -> None:
         """The files below the big-file size, by the reader processes (a big capture) or
@@ -302,7 +229,10 @@ class Archiver:
             self.stored_bytes += pool.stored_bytes
         else:
             todo, self._small = list(self._small), deque()
-            self._read_threads(self._open_files(root_fd, todo))
+            reader = ThreadReader(self.repo, self._packs, self.progress, self._done,
+                                  self._drop)
+            reader.run(self._open_files(root_fd, todo))
+            self.stored_bytes += reader.stored_bytes
         self.progress.check()
 
     def _start_pool(self) -> None:
@@ -321,7 +251,7 @@ class Archiver:
             logging.getLogger(__name__).warning(
                 "capture worker processes unavailable (%s); using threads", err)
             return
-        pool.sinks = Sinks(self._done, self._gone, self.progress.add,
+        pool.sinks = Sinks(self._done, self._drop, self.progress.add,
                            lambda i: fsutil.shown(self.tree.path(i)), self._packs.add_piece)
         self._pool, self._feed = pool, self._batches()
 
@@ -424,75 +354,6 @@ class Archiver:
                 self.warnings.append(f"{fsutil.shown(e.path)}: changed while being read "
                                      f"{tuning.READ_RETRIES + 1} times; stored as last read")
 
-    def _read_big(self, fd: int, idx: int) -> None:
-        """A big file, in fixed blocks (chunker.py) read, hashed, compressed and stored on
-        every core (blocks/pipeline.py); small pieces (an extent's ends) go into the tiny
-        packs like other small chunks. Re-read while it changes, as any file."""
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            self._gone(idx, "replaced by a non-regular file during capture")
-            return
-        bs = self.repo.config.block_size
-        xattrs = fsutil.read_xattrs(fd)  # before the read: a change after moves its ctime
-
-        def store(data: memoryview) -> tuple[bytes, int]:
-            if self._big_stop.is_set():
-                raise _Stopped  # the capture failed: no more blocks
-            return self._packs.store_block(data)
-
-        res = read_blocks(fd, lambda size: fixed_ranges(fd, size, bs), bs, store,
-                          self.progress, skip_zero=False, threads=tuning.BIG_FILE_THREADS)
-        st = res.st
-        self._done(idx, res.blocks, b"", (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                         st.st_ino, st.st_mode, st.st_uid, st.st_gid),
-                   res.nread, res.changed, xattrs)
-        self.progress.add(max(0, st.st_size - res.nread))  # its holes
-        with self._lock:
-            self.stored_bytes += res.stored
-
-    def _gone(self, idx: int, why: str) -> None:
-        self._drop(idx, why)
-
-    def _place(self, idx: int, e: Entry, tiny: bytes) -> None:
-        """A file read: its data placed in packs, and its entry encoded again once they
-        all have their ids (now, or when the packer stores the pack: tree.put then)."""
-        if self._packs.place(idx, e, tiny):
-            self.tree.put(idx, e)
-
-    def _read_threads(self, items: Generator[tuple[int, int]]) -> None:
-        sem = threading.BoundedSemaphore(tuning.CAPTURE_MAX_INFLIGHT)
-        futures: list[Future[None]] = []
-        failed = threading.Event()
-
-        def job(fd: int, idx: int) -> None:
-            try:
-                if not failed.is_set():
-                    self._read_one(fd, idx)
-            except BaseException:
-                failed.set()
-                raise
-            finally:
-                os.close(fd)
-                sem.release()
-
-        with ThreadPoolExecutor(tuning.CAPTURE_THREADS, thread_name_prefix="capture") as pool:
-            try:
-                for fd, i in items:
-                    if failed.is_set():
-                        os.close(fd)
-                        break
-                    sem.acquire()
-                    futures = prune(futures)
-                    futures.append(pool.submit(job, fd, i))
-            except BaseException:
-                failed.set()
-                raise
-            finally:
-                items.close()
-                for f in futures:
-                    f.exception()  # wait for everyone before raising
-        for f in futures:
-            f.result()
-
     def _drop(self, idx: int, why: str) -> None:
         path = self.tree.drop(idx)
         with self._lock:
@@ -501,71 +362,3 @@ class Archiver:
     def _drop_all(self, idxs: array[int], why: str) -> None:
         for i in idxs:
             self._drop(i, why)
-
-    def _cdc(self) -> FastCDC:
-        c: FastCDC | None = getattr(self._local, "cdc", None)
-        if c is None:  # FastCDC objects are not thread-safe
-            c = make_cdc(self.repo)
-            self._local.cdc = c
-        return c
-
-    def _read_one(self, fd: int, idx: int) -> None:
-        e = self.tree[idx]
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            self._drop(idx, "replaced by a non-regular file during capture")
-            return
-        stored = 0
-        counted = 0
-        for attempt in range(tuning.READ_RETRIES + 1):
-            self.progress.check()
-            chunks: list[tuple[bytes, int]] = []
-            nread = [0]
-            small = st.st_size <= tuning.INLINE_MAX
-            pieces: list[tuple[bytes, int]] = []
-            for data, off in iter_chunks(fd, st.st_size, self._cdc(), self._cdc_args[1], nread,
-                                         fixed_block(self.repo.config, st.st_size)):
-                if small:  # decided below, once we know it is a single chunk
-                    pieces.append((bytes(data), off))
-                    continue
-                cid, n = self._packs.store_chunk(data)
-                stored += n
-                chunks.append((cid, off))
-                self.progress.add(len(data))
-                counted += len(data)
-                self.progress.check()
-            tiny = b""
-            if len(pieces) == 1:
-                tiny = pieces[0][0]
-                chunks.append((self.repo.chunk_id(tiny), pieces[0][1]))
-            else:
-                for data, off in pieces:
-                    cid, n = self._packs.store_chunk(data)
-                    stored += n
-                    chunks.append((cid, off))
-            xattrs = fsutil.read_xattrs(fd)  # a change to them moves ctime: seen just below
-            st2 = os.fstat(fd)
-            with self._lock:
-                self.bytes_read += nread[0]
-            same = (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
-                st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if same or attempt == tuning.READ_RETRIES:
-                if not same:
-                    with self._lock:
-                        self.warnings.append(
-                            f"{fsutil.shown(e.path)}: changed while being read "
-                            f"{tuning.READ_RETRIES + 1} times; stored as last read")
-                break
-            st = st2
-        walk_ctime = e.ctime_ns
-        e.size, e.mtime_ns, e.ctime_ns = st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns
-        _vouch(e, walk_ctime, self.sync)
-        e.ino = st2.st_ino
-        e.mode, e.uid, e.gid = st2.st_mode, st2.st_uid, st2.st_gid
-        e.chunks, e.xattrs = chunks, xattrs
-        self._place(idx, e, tiny)
-        self.progress.add(max(0, e.size - counted))
-        with self._lock:
-            self.stored_bytes += stored
-            self.files_read += 1
-

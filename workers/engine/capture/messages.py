@@ -10,6 +10,8 @@ marked `last`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 StoredChunks = list[tuple[bytes, bytes]]  # (chunk id, encoded payload) new to the reader
@@ -18,6 +20,12 @@ StoredChunks = list[tuple[bytes, bytes]]  # (chunk id, encoded payload) new to t
 PackedChunks = list[tuple[bytes, bytes]]
 # (size, mtime_ns, ctime_ns, ino, mode, uid, gid) of the file as read
 StatInfo = tuple[int, int, int, int, int, int, int]
+# a file read, whoever read it (reader process, thread, big-file thread): (entry index,
+# (chunk id, offset) list, its data if a single tiny chunk, StatInfo, bytes read, changed
+# while read, xattrs) -> Archiver._done
+FileDone = Callable[[int, list[tuple[bytes, int]], bytes, StatInfo, int, bool,
+                     list[tuple[str, bytes]]], None]
+FileGone = Callable[[int, str], None]  # (entry index, why): a file not captured after all
 # a request's size: at most this many files, and names of at most this many bytes (a
 # SOCK_SEQPACKET message is received whole into a buffer of REQUEST_MAX bytes)
 REQUEST_FILES = 64

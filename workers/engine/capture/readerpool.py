@@ -14,7 +14,7 @@ from ..model import TransientEngineError
 from ..repository.repository import Repository
 from ..workerproc import frames
 from ..workerproc.process import WorkerProcess, start_workers
-from .messages import Blobs, Done, Failed, Gone, ReaderMessage, Request, Setup, StatInfo
+from .messages import Blobs, Done, Failed, FileDone, FileGone, Gone, ReaderMessage, Request, Setup
 
 _MODULE = "workers.engine.capture.readerproc"  # what its processes run
 _decode = msgspec.msgpack.Decoder(ReaderMessage).decode
@@ -24,15 +24,11 @@ Batch = tuple[int, list[int], list[bytes], list[int]]
 # what a batch source yields: a batch, or None when none is ready yet (the walk goes on)
 Batches = Iterator[Batch | None]
 
-FileDone = Callable[[int, list[tuple[bytes, int]], bytes, StatInfo, int, bool,
-                     list[tuple[str, bytes]]], None]
-
-
 class Sinks(NamedTuple):
     """Where the readers' results go (the capture's)."""
 
     done: FileDone
-    gone: Callable[[int, str], None]
+    gone: FileGone
     progress: Callable[[int], None]
     describe: Callable[[int], str]
     pack: Callable[[bytes, bytes], None]

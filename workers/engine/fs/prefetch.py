@@ -1,5 +1,5 @@
 """Warming a cold walk's metadata: threads that list the state's directories ahead of the
-walk (a capture's, capture/tree.py; a patch restore's, restore/patchplan.py: both go depth
+walk (a capture's, capture/walk.py; a patch restore's, restore/patchplan.py: both go depth
 first, names sorted) and lstat a few entries of each, so that the inode-table and directory
 blocks the walk will need are read from disk several at a time, not one after another.
 
@@ -95,7 +95,7 @@ class MetadataPrefetch:
                 elif n % every == 0:
                     with contextlib.suppress(OSError):
                         entry.stat(follow_symlinks=False)
-        # In the walk's order (tree.py: sorted names, depth first): the todo is a stack
+        # In the walk's order (capture/walk.py: sorted names, depth first): the todo is a stack
         # and the first name goes on top, so the threads list what the walk needs next
         # (breadth first, they warmed the whole top of the tree while it waited below).
         subs: list[int] = []
