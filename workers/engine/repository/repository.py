@@ -4,7 +4,8 @@
   plaintext, so ids reveal nothing across repositories and cannot be precomputed.
 - An object is a 1-byte header (0 = raw, 1 = zstd) + payload; zstd is kept only when it is
   smaller. Reads always re-hash the plaintext and compare with the id (verify-on-read).
-- Manifests live at snapshots/<id>; writing one is the commit point (see put_manifest).
+- Manifests live at snapshots/<id> (manifests.py reads them); writing one is the commit
+  point (see put_manifest).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import blake3
@@ -20,9 +21,10 @@ import msgspec
 import zstandard
 
 from .. import tuning
-from ..model import SnapshotCorrupt, SnapshotNotFound, TransientEngineError
+from ..model import SnapshotCorrupt
 from . import manifest, packformat
 from .backend import Backend
+from .manifests import Manifests
 from .packformat import RAW, ZSTD
 from .packindex import PackIndex
 
@@ -95,7 +97,7 @@ def pack_data_key(index_key: str) -> str:
     return f"data/{h[:2]}/{h}"
 
 
-class Repository:
+class Repository(Manifests):
     def __init__(self, backend: Backend, config: Config | None = None) -> None:
         """config: the repository's, when the caller read it already (one request less per
         capture on S3); otherwise read, or made when the repository is new."""
@@ -335,11 +337,7 @@ class Repository:
     def list_chunks(self) -> list[tuple[str, int]]:
         return [(key, size) for key, size, _mtime in self.backend.list("data/")]
 
-    # --- manifests --------------------------------------------------------------------
-    @staticmethod
-    def manifest_key(snapshot_id: int) -> str:
-        return f"snapshots/{snapshot_id}"
-
+    # --- the commit -------------------------------------------------------------------
     def put_manifest(self, header: manifest.Header, body: bytes | Sequence[bytes]) -> bool:
         """body: manifest.encode_body() of the tree, or its pieces (DirBodyWriter.
         finish_pieces: written one after the other, never joined on file://; the caller
@@ -366,99 +364,3 @@ class Repository:
         pieces = manifest.assemble_pieces(header, [body] if isinstance(body, bytes) else body)
         return self.backend.put(self.manifest_key(header.meta.snapshot_id), pieces,
                                 durable=True, exclusive=True)
-
-    def manifest_ids(self) -> list[int]:
-        return [sid for sid, _version in self.listed_manifests()]
-
-    def listed_manifests(self) -> list[tuple[int, str]]:
-        """(snapshot id, version as listed) of every manifest, by id."""
-        out = []
-        for key, version in self.backend.list_versions("snapshots/"):
-            name = key.rsplit("/", 1)[1]
-            if name.isdigit():
-                out.append((int(name), version))
-        return sorted(out)
-
-    def get_manifest_raw(self, snapshot_id: int) -> bytes:
-        """snapshots/<id> as stored (one GET on S3)."""
-        try:
-            return self.backend.get(self.manifest_key(snapshot_id))
-        except FileNotFoundError as e:
-            raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e
-
-    def get_header(self, snapshot_id: int, listed: str | None = None) -> manifest.Header:
-        """Decodes the header only, reading just its bytes (listing stays cheap); listed:
-        the manifest's version from listed_manifests() (a host may have it cached)."""
-        key = self.manifest_key(snapshot_id)
-        try:
-            head = self.backend.get_head(key, 4096, listed=listed)
-            need = manifest.header_length(head)
-            if need > len(head):
-                head = self.backend.get_head(key, need, listed=listed)
-            return manifest.decode_header(head)
-        except FileNotFoundError as e:
-            raise SnapshotNotFound(f"snapshot {snapshot_id} not found in the repository") from e
-        except (ValueError, msgspec.DecodeError) as e:
-            raise TransientEngineError(
-                f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
-
-    def get_manifest(self, snapshot_id: int) -> tuple[manifest.Header, manifest.Body]:
-        return self.decode_manifest(snapshot_id, self.get_manifest_raw(snapshot_id))
-
-    def decode_manifest(self, snapshot_id: int,
-                        raw: bytes) -> tuple[manifest.Header, manifest.Body]:
-        """A manifest as stored (get_manifest_raw), decoded."""
-        try:
-            return manifest.decode(raw)
-        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
-            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
-
-    def object_ids(self, snapshot_id: int) -> set[bytes]:
-        """The ids of the objects snapshot_id needs (manifest.object_ids: a directory's
-        entries decoded a piece at a time), for a reclaim's mark."""
-        raw = self.get_manifest_raw(snapshot_id)
-        try:
-            return manifest.object_ids(raw)
-        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
-            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
-
-    def decode_tree(self, snapshot_id: int, raw: bytes) -> tuple[
-            manifest.Header, manifest.ImageBody | manifest.LazyEntries]:
-        """For a restore, a manifest as stored (get_manifest_raw): an image's blocks decoded,
-        a directory's entries left encoded and, unless there are very many, decoded once
-        (manifest.decode_entries, LazyEntries)."""
-        try:
-            if manifest.decode_header(raw).state_kind == "directory":
-                return manifest.decode_entries(raw)
-            header, body = manifest.decode(raw)
-        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
-            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
-        if not isinstance(body, manifest.ImageBody):
-            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: "
-                                  "an image state's manifest holds a directory")
-        return header, body
-
-    def get_manifest_lazily(self, snapshot_id: int) -> tuple[manifest.Header,
-                                                             list[msgspec.Raw]]:
-        """A directory snapshot's entries left encoded (manifest.decode_lazily)."""
-        return self.decode_lazily(snapshot_id, self.get_manifest_raw(snapshot_id))
-
-    def get_manifest_pieces(self, snapshot_id: int) -> tuple[
-            manifest.Header, Iterator[list[msgspec.Raw]]]:
-        """A directory snapshot's entries left encoded, a piece at a time as the iterator
-        is advanced (manifest.iter_pieces), for a capture's parent."""
-        raw = self.get_manifest_raw(snapshot_id)
-        try:
-            return manifest.iter_pieces(raw)
-        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
-            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
-
-    def decode_lazily(self, snapshot_id: int,
-                      raw: bytes) -> tuple[manifest.Header, list[msgspec.Raw]]:
-        try:
-            return manifest.decode_lazily(raw)
-        except (ValueError, msgspec.DecodeError, zstandard.ZstdError) as e:
-            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
-
-    def delete_manifest(self, snapshot_id: int) -> None:
-        self.backend.delete(self.manifest_key(snapshot_id))
