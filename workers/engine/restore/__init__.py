@@ -4,7 +4,8 @@
   trusted record of what was written (statecache) for the next restore.
 - treewriter: TreeWriter, which creates and fills a snapshot's entries in a directory of
   our own (staging, or a patch's work directory), every chunk verified; used by the
-  rebuild, the patch and the writer processes.
+  rebuild, the patch and the writer processes; filewriter: its FileWriter base, which
+  writes one file (or links or copies a proven current one) with its metadata.
 - patchplan / patch / patchjournal: the patch: what must change (plan), doing it with
   renames only (apply), and the undo journal with undo() (journal).
 - staging: the rebuild's swap (renameat2 EXCHANGE, or a journaled rename pair) and the

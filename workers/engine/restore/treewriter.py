@@ -1,23 +1,16 @@
-"""The tree writer: a snapshot's entries created and filled in a directory of our own,
-every chunk checked against its id while reading.
+"""The tree writer: a snapshot's entries created in a directory of our own, each file
+written by filewriter.py (every chunk checked against its id while reading).
 
 Used by the rebuild (the whole tree, in staging), by the patch (its new entries and
 subtrees, in the patch's work directory) and by the restore worker processes (their share
 of files). Files are written by a thread pool, or by worker processes (writerpool.py) for
 the files a big restore writes from scratch. A file already identical in the current tree
-(proven as reuse.py says) is hard-linked instead of being rewritten: the fd that was checked
-is the one linked (linkat via /proc/self/fd), so there is no race between check and link;
-a live restore copies it into a new inode instead (copy_reused).
-Metadata is applied to files as they are written (chown, then chmod so setuid/setgid
-survive, then xattrs so security.capability survives, then times) and to directories last,
-children first (metadata.py).
+(proven as reuse.py says) is linked or copied instead of being rewritten (filewriter.py).
+Directories' metadata is applied last, children first (metadata.py).
 """
-
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
 import threading
 from array import array
 from collections.abc import Callable, Sequence
@@ -30,59 +23,27 @@ from .. import tuning
 from ..fs import fsutil
 from ..inflight import prune
 from ..progress import Progress
-from ..repository.chunker import fixed_block, fixed_ranges
+from ..repository.chunker import fixed_block
 from ..repository.manifest import DIR, FILE, HARDLINK, Entry, LazyEntries, encode_entry
-from ..repository.packreader import PackCache
 from ..repository.repository import Repository
-from .metadata import drop_inherited_acl, finish_dirs, make_special
-from .reuse import Candidate, ReuseCheck
-from .statecache import WrittenRecord
+from .filewriter import FileWriter
+from .metadata import finish_dirs, make_special
+from .reuse import Candidate
 
 if TYPE_CHECKING:  # the writer processes' module is imported only by a restore that starts them
     from .shares import Files
     from .writerpool import RestorePool
 
 
-class TreeWriter:
+class TreeWriter(FileWriter):
     def __init__(self, repo: Repository, snapshot_id: int, entries: Sequence[Entry],
                  progress: Progress) -> None:
-        self.repo = repo
-        self.sid = snapshot_id
-        self.entries = entries
-        self.progress = progress
-        self.bytes_written = 0
-        self.files_reused = 0
-        self.files_written = 0
-        self._lock = threading.Lock()
         self.linked = {e.target for e in entries if e.kind == HARDLINK}
-        self.check = ReuseCheck(repo)
-        self.packs = PackCache(repo, snapshot_id)
-        # (ino, ctime, digest) of each file as written: the trusted record's source
-        self.written = WrittenRecord(self.linked)
-        self.reused: list[Entry] = []  # current files linked into staging
-        # owner of the files we create in staging, when known (chown is skipped for them)
-        self._new_owner: tuple[int, int] | None = None
-        # Files are created with their final permission bits where nothing after the
-        # create could change them (create_mode): a writer process, whose umask is 0
-        # (writerproc.py), sets it; one fchmod less per file.
-        self.modes_at_create = False
+        super().__init__(repo, snapshot_id, progress, self.linked)
+        self.entries = entries
         # False: the directory a build fills keeps its own metadata for the caller to give
         # (the rebuild's staging root, once no change may keep a recorded ctime: restorer.py)
         self.root_meta = True
-        # A live restore (the server runs) copies a verified current file instead of
-        # linking it: a process that has it open or mapped keeps writing into the old
-        # inode, never into the restored tree.
-        self.copy_reused = False
-
-    def creating_in(self, fd: int) -> None:
-        """New files will be created in directory fd: under a setgid directory they take its
-        group, else ours (and chown is skipped for files that should be ours). Under a
-        default ACL (inherited from the state's parent) the owner is not taken for known
-        either: a file made there gets the ACL's bits, not its create mode's, so every file
-        is chowned and chmodded."""
-        setgid = os.fstat(fd).st_mode & stat.S_ISGID
-        known = not setgid and not fsutil.has_default_acl(fd)
-        self._new_owner = (os.geteuid(), os.getegid()) if known else None
 
     def build(self, st_fd: int, cur_fd: int | None, entries: Sequence[Entry],
               linked: set[bytes], procs: RestorePool | None = None) -> None:
@@ -298,169 +259,10 @@ class TreeWriter:
             return self.entries.raw(idx)
         return msgspec.Raw(encode_entry(self.entries[idx]))
 
-    def assume_owner(self, owner: tuple[int, int] | None) -> None:
-        """The owner new files get where they are created (a worker process's files)."""
-        self._new_owner = owner
-
-    def write_file(self, dfd: int | None, name: bytes, e: Entry, fd: int | None) -> None:
-        """Create (in dfd) or fill (fd, closed here) one file of the snapshot, verified."""
-        self._file(dfd, name, e, fd, None)
-
     def build_into(self, fd: int, entries: Sequence[Entry], linked: set[bytes]) -> None:
         """Build a tree (entries rooted at b"") in the empty directory fd: a new subtree of a
         patch restore."""
         self.build(fd, None, entries, linked)
-
-    def write_files(self, files: list[tuple[int, Entry]]) -> None:
-        """Write the given new files (created, empty, open for writing) with the pool."""
-        with ThreadPoolExecutor(tuning.RESTORE_THREADS, thread_name_prefix="restore") as pool:
-            futures = [pool.submit(self._file, None, b"", e, fd, None) for fd, e in files]
-        for f in futures:
-            f.result()
-
-    def _file(self, dfd: int | None, name: bytes, e: Entry, fd: int | None,
-              cand: Candidate, proven: bool = False) -> None:
-        """Reuse the candidate if it is proven (trusted, or now by hashing) to hold e's
-        content, else write e from the snapshot."""
-        if (cand is not None and dfd is not None
-                and (proven or self.check.proven_by_content(*cand, e))
-                and self._link_reused(cand, dfd, name, e)):
-            return
-        if fd is None:
-            assert dfd is not None
-            fd = os.open(name, fsutil.CREATE_FLAGS, self.create_mode(e), dir_fd=dfd)
-        try:
-            sliced = {i: (pack, o, n) for i, pack, o, n in e.slices}
-            block = fixed_block(self.repo.config, e.size)
-            if block and not e.pack:
-                # A big file (disk image...): its fixed blocks fetched, verified and written
-                # on every core, as an image state's (blocks/pipeline.py); sized first, so
-                # the writes fill it and its holes stay holes. Imported here: a restore
-                # without big files never loads the pipeline (nor directio, the pool).
-                from ..blocks.pipeline import write_blocks
-
-                os.ftruncate(fd, e.size)
-                written = write_blocks(fd, e.chunks, block,
-                                       lambda i, cid: self._chunk(e, i, cid, sliced),
-                                       self.progress)
-            else:
-                written = self._write_chunks(fd, e, sliced)
-            st = self._finish(fd, e)
-        finally:
-            os.close(fd)
-        with self._lock:
-            self.bytes_written += written
-            self.files_written += 1
-            self.written.add(e, st.st_ino, st.st_ctime_ns)
-
-    def _write_chunks(self, fd: int, e: Entry,
-                      sliced: dict[int, tuple[bytes, int, int]]) -> int:
-        """Write e's chunks into the new file fd one after the other; returns bytes."""
-        written = end = 0
-        for i, (cid, off) in enumerate(e.chunks):
-            data = self.packs.read(e) if e.pack else self._chunk(e, i, cid, sliced)
-            fsutil.write_full(fd, data, off)
-            written += len(data)
-            end = max(end, off + len(data))
-            self.progress.add(len(data))
-            self.progress.check()
-        if end != e.size:  # a new file: its size is its data's end unless a hole ends it
-            os.ftruncate(fd, e.size)
-        return written
-
-    def _chunk(self, e: Entry, i: int, cid: bytes,
-               sliced: dict[int, tuple[bytes, int, int]]) -> bytes:
-        """Chunk i (id cid) of e, verified: from its tiny pack (a slice) or its object."""
-        if i in sliced:
-            return self.packs.read_member(*sliced[i], cid, e.path)
-        return self.repo.read_chunk_for(self.sid, cid)
-
-    def _final_at_create(self, e: Entry) -> bool:
-        """Whether e's file is created with its permission bits (modes_at_create): no chown
-        to follow (a chown clears setuid/setgid) and no setuid/setgid/sticky bit (which a
-        create may drop)."""
-        return (self.modes_at_create and (e.uid, e.gid) == self._new_owner
-                and not e.mode & 0o7000)
-
-    def create_mode(self, e: Entry) -> int:
-        """The mode to create e's file with; else 0600, and a chmod once its owner is set."""
-        return stat.S_IMODE(e.mode) if self._final_at_create(e) else 0o600
-
-    def _finish(self, fd: int, e: Entry) -> os.stat_result:
-        """A new file's metadata, in the order that keeps setuid bits and capabilities
-        (its fd made with create_mode(e))."""
-        if (e.uid, e.gid) != self._new_owner:
-            os.fchown(fd, e.uid, e.gid)
-        if not self._final_at_create(e):
-            os.fchmod(fd, stat.S_IMODE(e.mode))
-        if self._new_owner is None:  # maybe made under a default ACL (creating_in)
-            drop_inherited_acl(fd, e.xattrs)
-        fsutil.write_xattrs(fd, e.xattrs)
-        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-        return os.fstat(fd)  # final: renaming the tree's root does not touch its files
-
-    def _link_reused(self, cand: tuple[int, os.stat_result], dfd: int, name: bytes,
-                     e: Entry) -> bool:
-        """Put the very inode that was checked (via its fd) into staging: hard-linked, or
-        for a live restore copied into a new inode (see copy_reused)."""
-        fd, st = cand
-        st2 = os.fstat(fd)
-        if (st2.st_mtime_ns, st2.st_ctime_ns, st2.st_size) != (
-                st.st_mtime_ns, st.st_ctime_ns, st.st_size):
-            return False
-        if self.copy_reused:
-            return self._copy_reused(fd, st, dfd, name, e)
-        os.link(b"/proc/self/fd/%d" % fd, name, dst_dir_fd=dfd, follow_symlinks=True)
-        self.progress.add(e.size)
-        with self._lock:
-            self.files_reused += 1
-            self.reused.append(e)
-        return True
-
-    def _copy_reused(self, src: int, st: os.stat_result, dfd: int, name: bytes,
-                     e: Entry) -> bool:
-        """Copy a verified current file into a new inode of staging, data extents only, so
-        holes stay holes. A store into it during the copy moves its ctime (the restore's
-        sync point): then the copy is dropped and the file is written from the snapshot.
-        Plain reads and writes: copy_file_range on ext4 was 1.8x slower for small files
-        (2,000 x 100 KiB: 5.8 s against 3.3 s, machine shared); a big file's blocks are
-        copied by several threads (blocks/pipeline.py), as a restore from the snapshot
-        writes them, else a live restore onto a server holding a disk image took longer
-        than a full restore of it."""
-        out = os.open(name, fsutil.CREATE_FLAGS, self.create_mode(e), dir_fd=dfd)
-        counted = 0
-        try:
-            block = fixed_block(self.repo.config, e.size)
-            if block:  # a big file: its blocks copied on every core, O_DIRECT
-                from ..blocks.pipeline import copy_ranges
-
-                os.ftruncate(out, e.size)
-                counted = copy_ranges(src, out, fixed_ranges(src, st.st_size, block), block,
-                                      self.progress)
-            else:
-                for off, ln in fsutil.data_extents(src, st.st_size):
-                    for pos in range(off, off + ln, tuning.COPY_BLOCK):
-                        n = min(tuning.COPY_BLOCK, off + ln - pos)
-                        fsutil.write_full(out, fsutil.pread_full(src, n, pos), pos)
-                os.ftruncate(out, e.size)
-            st2 = os.fstat(src)
-            if (st2.st_mtime_ns, st2.st_ctime_ns, st2.st_size) != (
-                    st.st_mtime_ns, st.st_ctime_ns, st.st_size):
-                os.unlink(name, dir_fd=dfd)
-                return False
-            new = self._finish(out, e)
-        except BaseException:
-            os.close(out)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=dfd)
-            raise
-        os.close(out)
-        self.progress.add(e.size - counted)
-        with self._lock:
-            self.files_reused += 1
-            self.written.add(e, new.st_ino, new.st_ctime_ns)
-        return True
-
 
     def _write_big(self, dfd: int, name: bytes, e: Entry) -> None:
         """A big file of a new tree, by the parent (build_fresh): created in dfd, written."""
