@@ -1,7 +1,7 @@
 """The service as a user times it (POST -> available, restore POST -> running) vs restic
 and borg doing the same work on the same data, in the same run.
 
-    .venv/bin/python bench/service.py [--image-mib 300] [--repeat 3]
+    .venv/bin/python bench/service.py [--image-mib 300] [--repeat 3] [--only capture|restore]
     .venv/bin/python bench/service.py --scale [--files 100000,300000,1000000] [--image]
 
 Starts the service as `make run` does (deploy/run.py: embedded Redis, the Procfile's web
@@ -15,6 +15,9 @@ warm. The page cache is dropped once before the full captures, so ours (first) c
 cold; restic then finds the rootfs in the cache (ours read it buffered) and the image not
 (ours reads big files O_DIRECT); borg finds both. Prints one table (tool ÷ ours) and the
 pick-up latency percentiles of every operation of the run (from the event stream).
+--only capture: the full captures alone. --only restore: the directory server's phases a
+restore is timed by (its full capture, which the restores need, its cold full restore and
+the 1%-changed one), ours and restic only.
 """
 
 from __future__ import annotations
@@ -201,8 +204,12 @@ def one_run(args: argparse.Namespace, i: int) -> Measured:
     rows: dict[str, Row] = {}
     svc: MakeRun | None = None
     try:
-        states = prepare(run, args.image_mib)
-        tools = {t.name: t for t in make_tools(run) if t.name in ("restic", "borg")}
+        states: tuple[State, ...] = prepare(run, args.image_mib)
+        only_restore = args.only == "restore"
+        others = ("restic",) if only_restore else ("restic", "borg")
+        tools = {t.name: t for t in make_tools(run) if t.name in others}
+        if only_restore:
+            states = states[:1]
         for t in tools.values():
             t.init()
         svc = MakeRun(run / "data")
@@ -210,7 +217,8 @@ def one_run(args: argparse.Namespace, i: int) -> Measured:
             st.server_id = svc.server(f"bench-{st.name}", st.kind, st.path)
         cold = drop_caches()
         snaps: dict[str, int] = {}
-        for seq, label in ((1, "full capture"), (2, "one-file incremental")):
+        phases = ((1, "full capture"), (2, "one-file incremental"))
+        for seq, label in phases[:1] if args.only else phases:
             if seq == 2:
                 (states[0].path / "etc" / "bench-incremental").write_text(f"{time.time()}\n")
             for st in states if seq == 1 else states[:1]:
@@ -220,9 +228,11 @@ def one_run(args: argparse.Namespace, i: int) -> Measured:
                     timed(rows, f"{label} · {st.name}", t.name, t.capture(st, seq))
         stored = {"ours": du_bytes(run / "data" / "repository", False),
                   **{n: du_bytes(t.repo, False) for n, t in tools.items()}}
+        if args.only == "capture":
+            return rows, stored, pickup_latencies_ms(svc.redis, svc.op_ids), cold
         settle_freed_inodes()
         changed: tuple[Path, int, str] | None = None
-        for temp in ("cold", "warm"):
+        for temp in ("cold",) if only_restore else ("cold", "warm"):
             for st in states:
                 label = f"full restore ({temp}) · {st.name}"
                 target = run / "restores" / f"ours-{temp}-{st.name}"
@@ -239,7 +249,7 @@ def one_run(args: argparse.Namespace, i: int) -> Measured:
                     dst = run / "restores" / f"{name}-{temp}-{st.name}"
                     if temp == "cold" and cold:
                         drop_caches()
-                    seq = 2 if st.kind == "directory" else 1
+                    seq = 2 if st.kind == "directory" and not only_restore else 1
                     timed(rows, label, name, t.restore(st, seq, dst))
                     # kept until the run ends: see settle_freed_inodes
         if changed is not None:  # last: its rebuild's janitor frees the whole old tree
@@ -305,8 +315,8 @@ def report(rows: dict[str, Row], stored: dict[str, int], pct: dict[str, float], 
         print(f"{label:<44}{cells[0]:>9}  {cells[1]:>16}  {cells[2]:>16}")
     s = {k: v / MiB for k, v in stored.items()}
     print(f"{'stored bytes (on disk)':<44}{s['ours']:>7.1f} M  "
-          f"{s['restic']:>8.1f} M ({s['restic'] / s['ours']:.2f}x)  "
-          f"{s['borg']:>8.1f} M ({s['borg'] / s['ours']:.2f}x)")
+          + "  ".join(f"{s[n]:>8.1f} M ({s[n] / s['ours']:.2f}x)" for n in ("restic", "borg")
+                      if n in s))
     print("* restic and borg: their full restore (cold), which is what they would run")
     print(f"pick-up latency (POST -> operation.started, {n_ops} operations): "
           + ", ".join(f"{k} {v:.0f} ms" for k, v in pct.items()))
@@ -321,6 +331,10 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep bench/.data/service-run-*")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the table shows medians "
                     "(issue 12's targets are medians of 3)")
+    ap.add_argument("--only", choices=["capture", "restore"],
+                    help="capture: the full captures alone (ours, restic, borg; no "
+                    "incremental, no restores); restore: the directory server's full "
+                    "capture, cold full restore and 1%%-changed restore only; ours and restic")
     args = ap.parse_args()
     with benchlib.exclusive():
         print(f"machine: {benchlib.machine()}; {benchlib.busy_fraction():.0%} of the CPUs busy "
