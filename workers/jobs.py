@@ -33,7 +33,8 @@ from workers.engine import (
     TransientEngineError,
 )
 from workers.hooks import HookFailed, HookRunner
-from workers.power import DEFAULT_TIMEOUT, PowerDriver, PowerError, PowerStatus, settle
+from workers.power import PowerDriver, PowerError, PowerStatus, settle
+from workers.powerhold import PowerHold, settled
 from workers.reporting import CancelCheck, ProgressReporter
 from workers.retention import retention_drop
 
@@ -45,10 +46,6 @@ Enqueue = Callable[[str, int], None]
 # Where catalog rebuild points a server whose state path it could not know; a restore into
 # it is refused until an admin sets the real path (see workers/catalog.py).
 PLACEHOLDER_PREFIX = "/.snapshots-rebuilt/"
-# How long a job putting a server's power back holds it from new operations at most (a
-# start and its wait for the status, each up to the power timeout); a job that dies in
-# between frees it then.
-POWER_HOLD_S = int(2 * DEFAULT_TIMEOUT + 30)
 
 
 @dataclass(frozen=True)
@@ -87,6 +84,7 @@ class Jobs:
         self.enqueue = enqueue
         self.hooks = HookRunner(store)
         self.capturer = Capturer(engine, self.hooks)
+        self.power = PowerHold(store)
         # Operations this process's threads are running now: the reaper of this process
         # releases a lease it holds in Redis for an operation none of them runs (a job
         # that died while Redis was away and could neither release it nor be retried).
@@ -211,7 +209,7 @@ class Jobs:
             return
         server = self.store.get_server(op.server_id)
         if server is not None and self.store.server_stopped_by(op.id):
-            self._start_again(op.id, server, self.power_for(server))
+            self.power.start_again(op.id, server, self.power_for(server))
 
     def _owed_power(self, op: OperationRecord) -> PowerStatus | None:
         """A given-up restore's server in the power state it had before (its attempts
@@ -220,7 +218,7 @@ class Jobs:
         if server is None or server.state.path.startswith(PLACEHOLDER_PREFIX):
             return None
         prior = server.prior_status != "stopped"
-        return self._settle_power(self.power_for(server), prior)
+        return settled(self.power_for(server), prior)
 
     def _undo_restore(self, op: OperationRecord) -> None:
         """A restore killed for the last time: put back what a killed patch left half done
@@ -291,7 +289,7 @@ class Jobs:
             return
         finally:
             if stopped_here:
-                warnings += self._start_again(op.id, server, driver)
+                warnings += self.power.start_again(op.id, server, driver)
             # Ended meanwhile (deleted, the deadline) between its hooks, the operation held
             # the server for its post hook (shared/lua/_lib.lua hold_for_post_hook), which
             # has run by now: free (a no-op for a capture still ours). Best effort: the
@@ -322,34 +320,6 @@ class Jobs:
             self.engine.delete(snap.id)
             self.reclaim()
 
-    def _start_again(self, op_id: int, server: ServerRecord, driver: PowerDriver) -> list[str]:
-        if not self._may_power(op_id, server):
-            return []
-        try:
-            driver.start()
-        except PowerError as exc:
-            self.store.set_server_power(server.id, "stopped", held_by=op_id)
-            return [f"The server could not be started again after the capture: {exc}"]
-        self.store.set_server_power(server.id, "running", held_by=op_id)
-        return []
-
-    def _may_power(self, op_id: int, server: ServerRecord) -> bool:
-        """Whether this job may put the server's power back now (then holding it for
-        POWER_HOLD_S): not when its operation was cancelled or ended and another one took
-        the server since (a restore replacing the state), which then owns its power."""
-        if self.store.hold_server_power(server.id, op_id, POWER_HOLD_S):
-            return True
-        log.warning("operation %s: server %s is held by another operation now; its power "
-                    "is left to that one", op_id, server.id)
-        return False
-
-    def _power_back(self, op_id: int, server: ServerRecord, driver: PowerDriver,
-                    run: bool) -> None:
-        """A restore the reaper ended: its server's power as before, when still ours."""
-        if self._may_power(op_id, server):
-            self.store.set_server_power(server.id, self._settle_power(driver, run),
-                                        held_by=op_id)
-
     # -- restore ------------------------------------------------------------------------
 
     def _restore(self, op: OperationRecord, snapshot_id: int) -> None:
@@ -375,7 +345,7 @@ class Jobs:
             if not self._still_running(op.id):
                 # The reaper ended it while the stop hung (deadline): restore nothing, and
                 # leave the server as it was before, its status saying what it really is.
-                self._power_back(op.id, server, driver, prior == "running")
+                self.power.put_back(op.id, server, driver, prior == "running")
                 return
             if op.safety_snapshot_id is not None:
                 self.capturer.safety(self.store, op.id, op.safety_snapshot_id, server,
@@ -397,20 +367,20 @@ class Jobs:
             # half done (a patch's renames) is put back before the server may start.
             with contextlib.suppress(EngineError, OSError):
                 self.engine.recover(state)
-            self._power_back(op.id, server, driver, prior == "running")
+            self.power.put_back(op.id, server, driver, prior == "running")
             return
         except (EngineError, PowerError, HookFailed, SafetyFailed) as exc:
             if isinstance(exc, EngineError) and self._transient(exc):
                 raise
             # The engine left the previous state intact; put the power back as it was.
-            status = self._settle_power(driver, prior == "running")
+            status = settled(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)
             # ended meanwhile between its safety capture's hooks, it held the server for
             # the post hook (hold_for_post_hook), which has run by now
             with contextlib.suppress(redis.RedisError):
                 self.store.end_power_hold(server.id, op.id)
             return
-        if not self._may_power(op.id, server):
+        if not self.power.may_power(op.id, server):
             return  # the reaper ended it meanwhile, and the server is another operation's
         status, why = settle(driver, should_run)
         try:
@@ -431,11 +401,6 @@ class Jobs:
     def _still_running(self, op_id: int) -> bool:
         current = self.store.get_operation(op_id)
         return current is not None and current.status == "running"
-
-    @staticmethod
-    def _settle_power(driver: PowerDriver, run: bool) -> PowerStatus:
-        """Brings the server to the wanted power state and answers what it really is."""
-        return settle(driver, run)[0]
 
     # -- delete -------------------------------------------------------------------------
 
