@@ -62,3 +62,45 @@ def test_reader_processes_out_of_descriptors_fail_the_capture_not_drop_files(
     lines = out.stdout.splitlines()
     assert lines and lines[0].startswith("transient"), (out.stdout, out.stderr[-2000:])
     assert lines[1] == "nothing committed"
+
+
+# A stopped server's restore patches a state where few files differ (patch.py): the patch
+# made every new file first and wrote them after, one descriptor held per file, so a patch
+# of more files than the process may open (up to entries / PATCH_FRACTION: a million-entry
+# state 200,000) failed with EMFILE, every attempt alike.
+_PATCH_SHORT_OF_DESCRIPTORS = """
+import os, resource, sys
+from tests.engine.conftest import dir_state, make_meta
+from workers.engine import Engine
+engine, src = Engine(sys.argv[1]), sys.argv[2]
+os.mkdir(src)
+for i in range(600):
+    with open(f"{src}/f{i}", "wb") as f:
+        f.write(b"snapshot %d\\n" % i)
+engine.capture(make_meta(1), dir_state(src))
+for i in range(110):  # within the patch's limit (600 / 5)
+    with open(f"{src}/f{i}", "wb") as f:
+        f.write(b"changed since\\n")
+root = os.stat(src).st_ino
+held = len(os.listdir("/proc/self/fd"))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (held + 100, hard))
+try:
+    r = engine.restore(1, dir_state(src))
+except OSError as e:
+    print("failed", e)
+else:
+    print("restored", r.files_written, r.files_reused,
+          "patched" if os.stat(src).st_ino == root else "rebuilt")
+"""
+
+
+def test_a_patch_of_more_files_than_the_process_may_open_restores(tmp_path: Path) -> None:
+    src = tmp_path / "srv"
+    out = subprocess.run(
+        [sys.executable, "-c", _PATCH_SHORT_OF_DESCRIPTORS, f"file://{tmp_path / 'repo'}",
+         str(src)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == ["restored 110 490 patched"], (out.stdout,
+                                                                     out.stderr[-2000:])
+    for i in range(600):
+        assert (src / f"f{i}").read_bytes() == b"snapshot %d\n" % i

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from .. import tuning
 from ..fs import fsutil
 from ..repository.manifest import DIR, FILE, HARDLINK, Entry
 from .metadata import make_special, set_dir_meta
@@ -111,6 +112,13 @@ class Patcher:
                     fd = os.open(name, fsutil.CREATE_FLAGS, w.create_mode(e), dir_fd=wfd)
                     files.append((fd, e))
                     new_of[e.path] = name
+                    if len(files) >= tuning.RESTORE_MAX_INFLIGHT:
+                        # written now, a batch at a time: each open file is a descriptor,
+                        # and a patch may make up to entries / PATCH_FRACTION of them (a
+                        # million-entry state: 200,000), past any RLIMIT_NOFILE: EMFILE
+                        # failed every attempt of such a restore
+                        batch, files = files, []
+                        w.write_files(batch)  # closes their fds, raising or not
                 elif e.kind == HARDLINK:
                     if e.target in new_of:
                         os.link(new_of[e.target], name, src_dir_fd=wfd, dst_dir_fd=wfd,
