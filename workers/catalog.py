@@ -31,8 +31,11 @@ from shared.settings import Settings
 from shared.store import Store
 from workers.capturing import MIB
 from workers.engine import Engine, EngineError, VerifyReport
-from workers.jobs import PLACEHOLDER_PREFIX
 from workers.storage import open_engine
+
+# Where catalog rebuild points a server whose state path it could not know; a restore into
+# it is refused until an admin sets the real path.
+PLACEHOLDER_PREFIX = "/.snapshots-rebuilt/"
 
 
 @dataclass

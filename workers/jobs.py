@@ -19,11 +19,12 @@ import redis
 
 from shared import logs, metrics
 from shared.hosts import DEFAULT_HOST
-from shared.records import OperationRecord, ServerRecord
+from shared.records import OperationRecord
 from shared.schemas import PowerNone
 from shared.store import Store
 from workers import heap
 from workers.capturing import MIB, Capturer, SafetyFailed
+from workers.catalog import PLACEHOLDER_PREFIX
 from workers.engine import (
     Cancelled,
     Engine,
@@ -32,20 +33,17 @@ from workers.engine import (
     StorageFull,
     TransientEngineError,
 )
+from workers.giveup import GiveUp
 from workers.hooks import HookFailed, HookRunner
-from workers.power import PowerDriver, PowerError, PowerStatus, settle
+from workers.power import PowerError, PowerFactory, PowerStatus, settle
 from workers.powerhold import PowerHold, settled
 from workers.reporting import CancelCheck, ProgressReporter
 from workers.retention import retention_drop
 
 log = logging.getLogger(__name__)
 
-PowerFactory = Callable[[ServerRecord], PowerDriver]
 # Sends an operation's message to the queue of its host: (type, operation id).
 Enqueue = Callable[[str, int], None]
-# Where catalog rebuild points a server whose state path it could not know; a restore into
-# it is refused until an admin sets the real path (see workers/catalog.py).
-PLACEHOLDER_PREFIX = "/.snapshots-rebuilt/"
 
 
 @dataclass(frozen=True)
@@ -85,6 +83,7 @@ class Jobs:
         self.hooks = HookRunner(store)
         self.capturer = Capturer(engine, self.hooks)
         self.power = PowerHold(store)
+        self.give_up = GiveUp(store, engine, self.hooks, power_for, self.power)
         # Operations this process's threads are running now: the reaper of this process
         # releases a lease it holds in Redis for an operation none of them runs (a job
         # that died while Redis was away and could neither release it nor be retried).
@@ -163,18 +162,7 @@ class Jobs:
 
     def _run(self, op: OperationRecord) -> None:
         if op.attempts > self.max_attempts:
-            self._owed_hook(op)
-            status: PowerStatus | None = None
-            if op.type == "snapshot.restore":
-                self._undo_restore(op)
-                status = self._owed_power(op)
-            self._owed_start(op)
-            self.store.fail_operation(
-                op.id,
-                "worker_lost",
-                f"The job was interrupted {op.attempts - 1} times; giving up.",
-                server_status=status,
-            )
+            self.give_up(op)
             return
         handler = {
             "snapshot.create": self._create,
@@ -194,42 +182,6 @@ class Jobs:
                 self.store.fail_operation(op.id, "internal_error", f"The job failed: {exc}")
                 return
             raise
-
-    def _owed_hook(self, op: OperationRecord) -> None:
-        """The post hook a killed capture owes its server, before the job is given up."""
-        server = self.store.get_server(op.server_id)
-        snapshot_id = op.safety_snapshot_id if op.type == "snapshot.restore" else op.snapshot_id
-        if server is not None and snapshot_id is not None:
-            self.hooks.owed(op.id, server, snapshot_id)
-
-    def _owed_start(self, op: OperationRecord) -> None:
-        """The start a given-up capture owes its server: an earlier attempt stopped it
-        (stop_server) and died before starting it again."""
-        if op.type != "snapshot.create" or not op.stop_server:
-            return
-        server = self.store.get_server(op.server_id)
-        if server is not None and self.store.server_stopped_by(op.id):
-            self.power.start_again(op.id, server, self.power_for(server))
-
-    def _owed_power(self, op: OperationRecord) -> PowerStatus | None:
-        """A given-up restore's server in the power state it had before (its attempts
-        stopped it), and what it really is; None when there is no driver to ask."""
-        server = self.store.get_server(op.server_id)
-        if server is None or server.state.path.startswith(PLACEHOLDER_PREFIX):
-            return None
-        prior = server.prior_status != "stopped"
-        return settled(self.power_for(server), prior)
-
-    def _undo_restore(self, op: OperationRecord) -> None:
-        """A restore killed for the last time: put back what a killed patch left half done
-        (the next restore or capture would too, but the server may start before then)."""
-        server = self.store.get_server(op.server_id)
-        if server is None or server.state.path.startswith(PLACEHOLDER_PREFIX):
-            return
-        try:
-            self.engine.recover(StateSpec(kind=server.state.kind, path=server.state.path))
-        except (EngineError, OSError):
-            log.exception("operation %s: could not recover the server's state", op.id)
 
     def _report(self, op_id: int, percent: int) -> None:
         # Progress is best effort: a Redis outage must not kill an hours-long capture.

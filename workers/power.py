@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from typing import IO, Literal, Protocol
 
 from shared.records import ServerRecord
@@ -41,6 +42,10 @@ class PowerDriver(Protocol):
     def stop(self) -> None: ...
 
     def start(self) -> None: ...
+
+
+# How a job finds the driver of a server (driver_for; tests give their own).
+PowerFactory = Callable[[ServerRecord], PowerDriver]
 
 
 class NoPower:

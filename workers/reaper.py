@@ -39,8 +39,8 @@ from shared.scripts import text
 from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
-from workers.jobs import Jobs, PowerFactory
-from workers.power import PowerError
+from workers.jobs import Jobs
+from workers.power import PowerError, PowerFactory
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from shared.settings import Settings
 from shared.store import Store
-from workers.catalog import rebuild
+from workers.catalog import PLACEHOLDER_PREFIX, rebuild
 from workers.engine import Engine, SnapshotMeta, StateSpec
-from workers.jobs import PLACEHOLDER_PREFIX, Jobs
+from workers.jobs import Jobs
 from workers.power import driver_for
 
 
