@@ -104,3 +104,70 @@ def test_a_patch_of_more_files_than_the_process_may_open_restores(tmp_path: Path
                                                                      out.stderr[-2000:])
     for i in range(600):
         assert (src / f"f{i}").read_bytes() == b"snapshot %d\n" % i
+
+
+# ... nor may it hold a descriptor for every directory it changes: one per directory, the
+# patch's renames (and the undo of a patch that failed, which every later operation of the
+# server runs first) ran out of them too, the failed patch left half undone.
+_PATCH_MANY_DIRECTORIES = """
+import errno, os, resource, sys
+from tests.engine.conftest import dir_state, make_meta
+from workers.engine import Engine
+from workers.engine.restore import patch
+engine, src = Engine(sys.argv[1]), sys.argv[2]
+os.mkdir(src)
+for d in range(150):
+    os.mkdir(f"{src}/d{d}")
+    for i in range(4):
+        with open(f"{src}/d{d}/f{i}", "wb") as f:
+            f.write(b"snapshot\\n")
+engine.capture(make_meta(1), dir_state(src))
+
+def tree():
+    return {p: open(f"{src}/{p}", "rb").read() for p in (f"d{d}/f{i}" for d in range(150)
+                                                          for i in range(4))}
+
+def change():
+    for d in range(110):  # in 110 directories: within the patch's limit (751 / 5)
+        with open(f"{src}/d{d}/f0", "wb") as f:
+            f.write(b"changed since\\n")
+    return tree()
+
+change()
+root = os.stat(src).st_ino
+held = len(os.listdir("/proc/self/fd"))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (held + 100, hard))
+try:
+    r = engine.restore(1, dir_state(src))
+except OSError as e:
+    print("failed", e)
+else:
+    print("restored", r.files_written, r.files_reused,
+          "patched" if os.stat(src).st_ino == root else "rebuilt")
+    print("snapshot" if set(tree().values()) == {b"snapshot\\n"} else "not the snapshot")
+old = change()
+durable = patch.fsutil.create_durable
+
+def no_commit_mark(dfd, name, data):
+    if name == patch.COMMITTED:
+        raise OSError(errno.EIO, "the commit mark failed")
+    durable(dfd, name, data)
+
+patch.fsutil.create_durable = no_commit_mark
+try:
+    engine.restore(1, dir_state(src))
+except OSError as e:
+    print("undone" if tree() == old else "not undone", e.strerror)
+print(sorted(os.listdir(os.path.dirname(src))))
+"""
+
+
+def test_a_patch_of_more_directories_than_the_process_may_open_restores_or_is_undone(
+        tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _PATCH_MANY_DIRECTORIES, f"file://{tmp_path / 'repo'}",
+         str(tmp_path / "srv")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == [
+        "restored 110 490 patched", "snapshot", "undone the commit mark failed",
+        "['repo', 'srv']"], (out.stdout, out.stderr[-2000:])

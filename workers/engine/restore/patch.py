@@ -37,7 +37,6 @@ from .metadata import make_special, set_dir_meta
 from .patchjournal import (
     COMMITTED,
     JOURNAL,
-    Dirs,
     Journal,
     move_in,
     new_name,
@@ -94,7 +93,7 @@ class Patcher:
         w = self.w
         new_of: dict[bytes, bytes] = {}  # hard-link primary path -> its new name
         files: list[tuple[int, Entry]] = []
-        dirs = Dirs(self.root_fd)
+        dirs = fsutil.Beneath(self.root_fd)  # hard links' kept targets
         try:
             for i, (op, news) in enumerate(zip(self.plan.ops, self.plan.news, strict=True)):
                 if op.kind == DELETE:
@@ -125,7 +124,7 @@ class Patcher:
                                 follow_symlinks=False)
                     else:  # the kept primary, where it is now
                         parent, _, tname = e.target.rpartition(b"/")
-                        os.link(tname, name, src_dir_fd=dirs.get(parent), dst_dir_fd=wfd,
+                        os.link(tname, name, src_dir_fd=dirs.dir(parent), dst_dir_fd=wfd,
                                 follow_symlinks=False)
                 else:
                     make_special(wfd, name, e)
@@ -141,17 +140,19 @@ class Patcher:
                 op.ino = os.stat(new_name(i), dir_fd=wfd, follow_symlinks=False).st_ino
 
     def _apply(self, wfd: int, dirs: list[DirState]) -> None:
-        fds = Dirs(self.root_fd)
+        # the directories along the path at hand only, not one descriptor per directory
+        # changed (up to one per op: EMFILE in a big state)
+        fds = fsutil.Beneath(self.root_fd)
         try:
             for i, op in enumerate(self.plan.ops):
                 parent, _, name = op.path.rpartition(b"/")
-                pfd = fds.get(parent)
+                pfd = fds.dir(parent)
                 if op.kind != CREATE:
                     os.rename(name, old_name(i), src_dir_fd=pfd, dst_dir_fd=wfd)
                 if op.kind != DELETE:
                     move_in(wfd, new_name(i), pfd, name)
             for d in reversed(dirs):  # children first: their mtimes are final when set
-                set_dir_meta(self.plan.manifest_dirs[d.path], fds.get(d.path))
+                set_dir_meta(self.plan.manifest_dirs[d.path], fds.dir(d.path))
         finally:
             fds.close()
 

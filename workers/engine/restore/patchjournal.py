@@ -66,37 +66,18 @@ def exists(name: bytes, dfd: int) -> bool:
     return True
 
 
-class Dirs:
-    """Open directory fds of the state tree by relative path (O_NOFOLLOW all the way)."""
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self.fds: dict[bytes, int] = {}
-
-    def get(self, path: bytes) -> int:
-        fd = self.fds.get(path)
-        if fd is None:
-            fd = self.fds[path] = fsutil.open_dir_beneath(self.root_fd, fsutil.split(path))
-        return fd
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-
 # A directory of the state that cannot be opened any more: removed, or made a file or a
 # symlink (what a server started again after a killed patch may do to its own tree).
 _GONE = frozenset((errno.ENOENT, errno.ENOTDIR, errno.ELOOP))
 
 
-def _dir(fds: Dirs, path: bytes) -> int | None:
+def _dir(fds: fsutil.Beneath, path: bytes) -> int | None:
     """The state's directory `path` for undo, or None when it is gone since the patch (or
     the journal names no path of the state): nothing can be put back there, and undo goes
     on with the rest. Raising instead failed every later capture, restore and recover()
     of the server for good (they all undo first)."""
     try:
-        return fds.get(path)
+        return fds.dir(path)
     except ValueError:
         return None  # an unsafe path (fsutil.split): no journal a patch wrote
     except OSError as e:
@@ -150,7 +131,9 @@ def undo(parent_fd: int, base: bytes) -> None:
             if e.errno not in _GONE:
                 raise
             return  # no state to put anything back into: the leftovers' removal takes it
-        fds = Dirs(root_fd)
+        # the directories along the path at hand only (a patch may change one in each
+        # of 200,000 directories: one descriptor each ran out of them, EMFILE)
+        fds = fsutil.Beneath(root_fd)
         try:
             for i in reversed(range(len(journal.ops))):
                 op = journal.ops[i]
