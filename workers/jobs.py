@@ -307,7 +307,7 @@ class Jobs:
                 snapshot_id,
                 state,
                 progress=ProgressReporter(lambda p: self._report(op.id, p)),
-                live=isinstance(server.power, PowerNone),  # nothing stopped it: never patch
+                live=isinstance(server.power, PowerNone),  # nothing stopped it: leased patch
                 # ended by the reaper (deadline) meanwhile: the state is left as it was.
                 # Written on to its end, it was swapped in after the operation had failed
                 # and the server was free again (a capture may have been reading it).

@@ -230,8 +230,9 @@ class Engine:
                 progress: ProgressFn | None = None, live: bool = False,
                 should_stop: Callable[[], bool] | None = None) -> RestoreResult:
         """Make the state equal to the snapshot. `live`: the server runs during the restore
-        (nothing stops it), so a directory is always rebuilt and swapped in, never patched
-        in place: a process still writing keeps writing into the old tree, not the new.
+        (nothing stops it), so a directory is patched in place only under read leases on
+        every file it keeps, else rebuilt and swapped in with those files copied
+        (restore/leases.py): a process still writing keeps writing into the old tree.
         should_stop (polled as progress is): once true, Cancelled before the state is
         changed (the staging tree removed), or none if the swap was reached already."""
         started = time.time_ns()  # the sync point waits for the clock tick from here
