@@ -17,8 +17,7 @@ from collections.abc import Iterator
 
 from .. import tuning
 from ..model import StateInvalid, TransientEngineError
-
-_libc = ctypes.CDLL(None, use_errno=True)
+from . import libc
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -36,12 +35,6 @@ REOPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-def _check(ret: int) -> None:
-    if ret != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
 def syncfs(path: str) -> None:
     """Flush the whole filesystem holding path: one barrier instead of an fsync per object."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -53,8 +46,8 @@ def syncfs(path: str) -> None:
 
 def syncfs_fd(fd: int) -> None:
     """syncfs of the filesystem holding an open file or directory."""
-    fn = getattr(_libc, "syncfs", None)
-    if fn is None or fn(ctypes.c_int(fd)) != 0:
+    fn = libc.function("syncfs")
+    if fn is None or libc.call(fn, ctypes.c_int(fd)) != 0:
         os.sync()
 
 
@@ -63,17 +56,14 @@ def fsync_dir(dir_fd: int) -> None:
 
 
 def renameat2(src_dir: int, src: bytes, dst_dir: int, dst: bytes, flags: int) -> None:
-    fn = getattr(_libc, "renameat2", None)
-    if fn is None:
-        raise OSError(errno.ENOSYS, "renameat2 not available")
-    _check(fn(ctypes.c_int(src_dir), ctypes.c_char_p(src), ctypes.c_int(dst_dir),
-              ctypes.c_char_p(dst), ctypes.c_uint(flags)))
+    libc.checked("renameat2", ctypes.c_int(src_dir), ctypes.c_char_p(src),
+                 ctypes.c_int(dst_dir), ctypes.c_char_p(dst), ctypes.c_uint(flags))
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
     mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-    _check(_libc.fallocate(ctypes.c_int(fd), ctypes.c_int(mode),
-                           ctypes.c_int64(offset), ctypes.c_int64(length)))
+    libc.checked("fallocate", ctypes.c_int(fd), ctypes.c_int(mode),
+                 ctypes.c_int64(offset), ctypes.c_int64(length))
 
 
 # Out of descriptors or memory is the worker's condition, not the tenant's doing: a file or

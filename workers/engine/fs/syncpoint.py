@@ -29,12 +29,12 @@ import ctypes
 import struct
 import time
 
-from . import fsutil
+from . import fsutil, libc
 
 CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)
 # statfs f_type of filesystems whose pages are never written back
 NO_WRITEBACK = {0x01021994, 0x858458F6, 0x958458F6}  # tmpfs, ramfs, hugetlbfs
-_libc = ctypes.CDLL(None, use_errno=True)
+_fstatfs = libc.function("fstatfs")
 
 
 def _coarse_ns() -> int:
@@ -43,7 +43,7 @@ def _coarse_ns() -> int:
 
 def fs_type(fd: int) -> int:
     buf = ctypes.create_string_buffer(128)  # struct statfs; f_type is its first field
-    if _libc.fstatfs(ctypes.c_int(fd), buf) != 0:
+    if _fstatfs is None or libc.call(_fstatfs, ctypes.c_int(fd), buf) != 0:
         return 0
     return int(struct.unpack_from("l", buf.raw)[0])
 
