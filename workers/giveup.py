@@ -29,10 +29,7 @@ class GiveUp:
 
     def __call__(self, op: OperationRecord) -> None:
         self._owed_hook(op)
-        status: PowerStatus | None = None
-        if op.type == "snapshot.restore":
-            self._undo_restore(op)
-            status = self._owed_power(op)
+        status = self.restore_back(op) if op.type == "snapshot.restore" else None
         self._owed_start(op)
         self.store.fail_operation(
             op.id,
@@ -40,6 +37,13 @@ class GiveUp:
             f"The job was interrupted {op.attempts - 1} times; giving up.",
             server_status=status,
         )
+
+    def restore_back(self, op: OperationRecord) -> PowerStatus | None:
+        """A restore ending for good unfinished (given up, or failed with what no handler
+        expects): its state as before it (a half-done patch put back) and its server's
+        power too; what the power really is, None when there is no driver to ask."""
+        self._undo_restore(op)
+        return self._owed_power(op)
 
     def _owed_hook(self, op: OperationRecord) -> None:
         """The post hook a killed capture owes its server, before the job is given up."""

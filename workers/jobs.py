@@ -179,7 +179,11 @@ class Jobs:
             # so that nothing stays `running` forever.
             if op.attempts >= self.max_attempts:
                 log.exception("operation %s failed for good", op.id)
-                self.store.fail_operation(op.id, "internal_error", f"The job failed: {exc}")
+                # A restore's attempts stopped its server (an OSError of the engine's, e.g.
+                # an immutable file of the state, left it stopped and said "running")
+                status = self.give_up.restore_back(op) if op.type == "snapshot.restore" else None
+                self.store.fail_operation(op.id, "internal_error", f"The job failed: {exc}",
+                                          server_status=status)
                 return
             raise
 

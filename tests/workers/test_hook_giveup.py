@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,41 @@ def test_a_restore_ended_under_it_leaves_the_power_to_the_next_operation(
     assert not flag.exists()  # the second restore owns the server's power
     server = store.get_server(server_id)
     assert server is not None and server.status == "restoring"
+
+
+def test_a_restore_failing_for_good_unexpectedly_puts_the_power_back(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    # The engine raised what no handler expects (here an OSError: a file of the state made
+    # immutable, which the patch cannot rename away) on the last attempt: the operation
+    # ended internal_error with the server left stopped by the restore, its status saying
+    # "running" (its prior one).
+    state, flag = tmp_path / "state", tmp_path / "running"
+    state.mkdir()
+    for i in range(20):
+        (state / f"f{i}").write_text(f"snapshot {i}\n")
+    flag.touch()
+    server_id = store.create_server(ServerCreate(
+        name="game-01", account="acme", state=ServerState(kind="directory", path=str(state)),
+        power=PowerCommand(stop=f"rm -f {flag}", start=f"touch {flag}",
+                           status=f"test -e {flag}")))
+    jobs = Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5)
+    snapshot_id, create_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s"))
+    jobs.run(create_id)
+    (state / "f1").write_text("changed since\n")
+    if subprocess.run(["chattr", "+i", str(state / "f1")], capture_output=True).returncode:
+        pytest.skip("cannot make a file immutable here (chattr +i)")
+    try:
+        op_id = store.start_restore(account=None, snapshot_id=snapshot_id)
+        store.redis.hset(f"operation:{op_id}", "attempts", 4)  # this one is the last
+        jobs.run(op_id)
+    finally:
+        subprocess.run(["chattr", "-i", str(state / "f1")], check=True)
+    op = store.get_operation(op_id)
+    assert op is not None and op.error is not None and op.error.code == "internal_error"
+    assert "Operation not permitted" in op.error.message
+    assert (state / "f1").read_text() == "changed since\n"  # the state as it was
+    assert flag.exists()  # started again, as it was before the restore
+    server = store.get_server(server_id)
+    assert server is not None and server.status == "running"
