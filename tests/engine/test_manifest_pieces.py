@@ -103,6 +103,32 @@ def test_a_file_dropped_after_the_walk_leaves_out_its_hard_links(
         ["a", *(f"stays{i:02d}" for i in range(50))])
 
 
+def test_a_run_holds_only_its_compressed_bytes() -> None:
+    """A run's compressed entries take their own size, not the compressor's output buffer
+    (zstandard allocates the input's bound and only shortens it): the 100k incremental's
+    runs held 12.8 MiB for 5.0 MiB of data. Entries as a capture's are (one pack, paths in
+    order: ~40 % of their msgpack compressed)."""
+    from workers.engine.capture import tree as treemod
+
+    rng = random.Random(3)
+    pack = rng.randbytes(32)
+    raws = [manifest.encode_entry(Entry(
+        path=b"d%03d/s%02d/f%07d" % (i // 1000, i // 100 % 10, i), kind="f",
+        mode=0o100644, uid=0, gid=0, mtime_ns=1_700_000_000_000_000_000 + i * 1000,
+        size=rng.randrange(200, 8000), chunks=[(rng.randbytes(32), 0)], pack=pack,
+        pack_off=i * 4000, pack_len=4000)) for i in range(treemod._RUN)]
+    zc = zstandard.ZstdCompressor(level=1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run = treemod._Run(zc, 0, raws, [])
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(run.data) < 0.6 * sum(map(len, raws))  # compressible, as in a capture
+    assert grown < len(run.data) + 4 * len(raws) + 4096, (grown, len(run.data))
+
+
 @pytest.mark.parametrize("spread", [False, True], ids=["few", "spread"])
 @pytest.mark.parametrize("drop", [False, True], ids=["put", "dropped"])
 def test_final_entries_behind_a_file_still_to_read_are_held_compressed(

@@ -57,8 +57,12 @@ class _Run:
         for k in holes:
             self.lengths[k - start] = _HOLE
         held = set(holes)
-        self.data = zc.compress(b"".join(r for k, r in enumerate(raws, start)
-                                         if k not in held) if holes else b"".join(raws))
+        data = zc.compress(b"".join(r for k, r in enumerate(raws, start)
+                                    if k not in held) if holes else b"".join(raws))
+        # a copy of its size: zstandard's compress() returns its output in a buffer of the
+        # input's bound, shortened but not shrunk (~2.4x the data here, the 100k
+        # incremental's 19 runs held 12.8 MiB for 5.0 MiB of data)
+        self.data = bytes(memoryview(data))
 
     def raws(self) -> list[bytes | None]:
         """Its entries in order, None for each hole."""
