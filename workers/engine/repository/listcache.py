@@ -188,8 +188,19 @@ class ListingCache:
         started = time.time()
         entries = {p: {k: (s, m) for k, s, m in self._backend.list_fresh(p)}
                    for p in CACHED_PREFIXES}
-        state = _State(url=self.url, marker=token, built=started, entries=entries)
         self.rebuilds += 1
+        self._install(_State(url=self.url, marker=token, built=started, entries=entries))
+
+    def start_empty(self) -> None:
+        """The repository was just made here (its config put create-once): the view is
+        of nothing stored and no marker, so this host's first capture makes no LIST (two,
+        data/ and packidx/). Safe whatever the store holds: a key missing from the view
+        costs a re-upload of the same bytes, never a reference to a deleted object, and
+        a marker found by a capture makes its view a LIST (see the module doc)."""
+        self._install(_State(url=self.url, marker="", built=time.time(),
+                             entries={p: {} for p in CACHED_PREFIXES}))
+
+    def _install(self, state: _State) -> None:
         with self._lock:
             self._state = state
             self._pos = len(_journal_head(state))

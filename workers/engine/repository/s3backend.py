@@ -208,6 +208,8 @@ class S3Backend:
         except (AlreadyExistsError, PreconditionError):
             return False
         self._stored(key, len(data))
+        if key == CONFIG_KEY and self.cache is not None:
+            self.cache.start_empty()  # a new repository: nothing to list
         return True
 
     def _raise_failed(self) -> None:
