@@ -25,7 +25,7 @@ from workers.engine.repository.manifest import DirBody
 from workers.engine.repository.packwriter import TinyPacker
 from workers.engine.repository.repository import Config, chunk_key
 
-from .conftest import dir_state, make_meta
+from .conftest import BOTH_BACKENDS, dir_state, make_meta
 from .test_crash import kill_when, spawn
 from .treecmp import assert_same, data_extents, describe
 
@@ -323,6 +323,50 @@ def test_restore_proves_an_untrusted_big_file_by_its_blocks(tmp_path: Path,
     res = engine.restore(1, dir_state(other))
     assert res.files_reused == (1 if differs else 2)  # etc/hosts always, the image if same
     assert_same(src, other)
+
+
+@BOTH_BACKENDS
+def test_a_big_files_blocks_of_zeros_are_allocated_not_written_and_still_prove_it(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """A disk image's blocks of zeros (written zeros, not holes) are restored allocated as
+    they were and read as zeros, without being fetched or written (file://: by the
+    restoring process; S3: in a writer's share, read ahead without them); a later restore
+    onto a copy of that file (no record vouches for it) proves it by its blocks."""
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    src = tmp_path / "srv"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    img = src / "disk.img"  # 64 MiB (a big file by default): 6 MiB of data, then a hole
+    with img.open("wb") as f:
+        f.write(os.urandom(2 * MiB) + bytes(3 * MiB) + os.urandom(MiB))
+        f.truncate(64 * MiB)
+    engine.capture(make_meta(1), dir_state(src))
+    out = tmp_path / "out"
+    res = engine.restore(1, dir_state(out))
+    assert (out / "disk.img").read_bytes() == img.read_bytes()
+    assert res.bytes_written == 3 * MiB + len("127.0.0.1 localhost\n")  # no zero written
+    assert os.stat(out / "disk.img").st_blocks * 512 >= 6 * MiB  # allocated as the original
+    # A copy whose zeros are a hole (as SEEK_DATA may show the restored file's, or sparse
+    # copies make them), the rest the same: proven, not rewritten. With zeros written in a
+    # quarter of that hole, its blocks are not the snapshot's: rewritten.
+    other = tmp_path / "other"
+    subprocess.run(["cp", "-a", str(src), str(other)], check=True)
+    for data_in_hole in (False, True):
+        data = img.read_bytes()
+        copy = other / "disk.img"
+        st = copy.stat()
+        copy.unlink()
+        with copy.open("wb") as f:
+            f.write(data[:2 * MiB])
+            f.seek(5 * MiB if not data_in_hole else 4 * MiB + MiB // 4)
+            f.write(data[f.tell():6 * MiB])
+            f.truncate(64 * MiB)
+        assert data_extents(bytes(copy))[0] == (0, 2 * MiB)
+        os.chmod(copy, st.st_mode)
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+        again = engine.restore(1, dir_state(other))
+        assert again.files_reused == (1 if data_in_hole else 2), data_in_hole
+        assert (other / "disk.img").read_bytes() == img.read_bytes()
 
 
 def test_a_new_state_gets_its_big_file_and_links_to_it_and_a_rotten_block_fails_it_whole(

@@ -209,9 +209,8 @@ def test_sparse_reads_coalesce_nearby_frames(engine: Engine, tmp_path: Path) -> 
 
     cache = PackCache(engine.repo, 1)
     want = [sl[1], sl[2], sl[-1]]  # two neighbours and a far one
-    plan = [Entry(path=b"x", kind=FILE, mode=0o100644, uid=0, gid=0, mtime_ns=0,
-                  chunks=[(b"", 0)], slices=[(0, p, o, n)]) for _i, p, o, n in want]
-    cache.prefetch(plan)
+    plan = [(p, o, n) for _i, p, o, n in want]
+    cache.prefetch_members(plan)
     fetch = cache._fetch
     assert fetch is not None
     taken = [fetch.take(p, o, n) for _i, p, o, n in want]
@@ -223,7 +222,7 @@ def test_sparse_reads_coalesce_nearby_frames(engine: Engine, tmp_path: Path) -> 
     assert [p for p, _lay in handed] == [pack]
     thief = PackCache(engine.repo, 1)
     thief.seed_layouts(handed)
-    thief.prefetch(plan)
+    thief.prefetch_members(plan)
     fetch = thief._fetch
     assert fetch is not None
     assert [fetch.take(p, o, n) for _i, p, o, n in want] == taken

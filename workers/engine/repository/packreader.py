@@ -3,7 +3,7 @@
 On demand, only the frames a member spans are read (a range read, after the pack's small
 frame table) and decompressed (see packformat.py), so restoring a few files costs a few
 frames, not whole packs. A restore that knows what it will write hands the whole list to
-prefetch() first: packfetch.py then reads those packs ahead of the writers, with
+prefetch_members() first: packfetch.py then reads those packs ahead of the writers, with
 coalesced ranged GETs (a whole pack in one GET when most of it is needed), several at
 once. Every member is checked against its chunk id wherever it came from. Packs written
 before format 3 are read as before (block-framed: frames of BLOCK bytes; older: one zstd
@@ -23,7 +23,7 @@ import zstandard
 from .. import tuning
 from ..model import SnapshotCorrupt
 from . import packformat
-from .manifest import FILE, Entry
+from .manifest import Entry
 from .packformat import OLD_FORMAT, Frame, Layout, decode_frame, make_layout, pack_layout, span
 from .repository import ObjectCorrupt, Repository, chunk_key
 
@@ -92,22 +92,10 @@ class PackCache:
         return d
 
     # --- read-ahead -------------------------------------------------------------------
-    def prefetch(self, entries: Iterable[Entry]) -> None:
-        """Read the packs these files' contents live in ahead of the reads of them, which
-        are expected in about this order (see packfetch.py); reads not in the plan, or
-        after close(), are served on demand."""
-        plan: list[tuple[bytes, int, int]] = []
-        for e in entries:
-            if e.kind != FILE:
-                continue
-            if e.pack:
-                plan.append((e.pack, e.pack_off, e.pack_len))
-            plan.extend((pack, off, ln) for _i, pack, off, ln in e.slices)
-        self.prefetch_members(plan)
-
     def prefetch_members(self, plan: list[tuple[bytes, int, int]], budget: int = 0) -> None:
-        """Read these members (pack, offset, length) ahead, as prefetch() does for files'
-        (an image restore's blocks); budget: Prefetch's."""
+        """Read these members (pack, offset, length) ahead of the reads of them, which are
+        expected in about this order (see packfetch.py); reads not in the plan, or after
+        close(), are served on demand. budget: Prefetch's."""
         if plan:
             from .packfetch import Prefetch  # read-ahead: a patch's few reads never load it
 

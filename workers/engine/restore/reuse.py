@@ -49,8 +49,17 @@ class ReuseCheck:
         self.trust_manifest = False  # may the manifest's ino/ctime stand for content?
         self.bytes_read = 0  # current-tree bytes read to prove files identical
         self._digests: dict[bytes, bytes] = {}
+        self._zero_ids: dict[int, bytes] = {}  # block size -> the id of that many zeros
         self._local = threading.local()
         self._lock = threading.Lock()
+
+    def zero_block_id(self, block: int) -> bytes:
+        """The chunk id of `block` zero bytes (keyed: this repository's)."""
+        with self._lock:
+            cid = self._zero_ids.get(block)
+            if cid is None:
+                cid = self._zero_ids[block] = self.repo.chunk_id(bytes(block))
+        return cid
 
     def trusted(self, st: os.stat_result, e: Entry) -> bool:
         """Content known without reading it (see statecache): the captured inode itself,
@@ -89,8 +98,14 @@ class ReuseCheck:
             if block:  # a big file: its blocks hashed on every core
                 from ..blocks.pipeline import same_blocks  # only a big file loads it
 
-                return same_blocks(fd, list(fixed_ranges(fd, e.size, block)), e.chunks,
-                                   self.repo.chunk_id, counter)
+                ranges = list(fixed_ranges(fd, e.size, block))
+                starts = {off for off, _ln in ranges}
+                zero = self.zero_block_id(block)
+                # a block of zeros where the file has a hole: a restore leaves it so
+                # (filewriter.py); the hole reads as those zeros
+                chunks = [(cid, off) for cid, off in e.chunks
+                          if cid != zero or off in starts]
+                return same_blocks(fd, ranges, chunks, self.repo.chunk_id, counter)
             for data, off in iter_chunks(fd, e.size, cdc, cfg.chunk_min, counter, 0):
                 if i >= len(e.chunks) or e.chunks[i] != (self.repo.chunk_id(data), off):
                     return False

@@ -83,7 +83,7 @@ class TreeWriter(FileWriter):
                 os.close(b)
 
         if cur_fd is None and procs is None:  # every file is written: read ahead
-            self.packs.prefetch(entries)
+            self.prefetch(entries)
         with ThreadPoolExecutor(tuning.RESTORE_THREADS, thread_name_prefix="restore") as pool:
             try:
                 for idx, e in enumerate(entries):

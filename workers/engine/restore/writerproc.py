@@ -138,7 +138,7 @@ def _read_ahead(w: TreeWriter, share: Share) -> None:
     """Every read is a request: the share's packs are read ahead, a few GETs at once, as
     the thread path does (a local pack is read on demand, a pread per member)."""
     w.packs.seed_layouts(share.layouts)
-    w.packs.prefetch(manifest.entry(raw) for raw in share.entries)
+    w.prefetch(manifest.entry(raw) for raw in share.entries)
 
 
 def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
