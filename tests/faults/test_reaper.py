@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from shared.broker import HEARTBEATS_KEY
+from shared.hosts import DEFAULT_HOST, live_workers
 from shared.schemas import SnapshotCreate
 from tests.e2e.flow import add_server, snapshot, wait_operation
 from tests.e2e.service import wait_until
@@ -220,15 +221,22 @@ def test_a_worker_whose_clock_is_behind_keeps_its_job(
     make_service: ServiceFactory, big_state: Path
 ) -> None:
     # The lease's owner was judged by Dramatiq's heartbeat, which a worker writes with its
-    # own clock, against Redis's: a worker a minute behind (the heartbeat timeout is 3 s
-    # here) looked dead 3 s into every job, so the reaper sent the job again and the
-    # worker's other thread took it over: the capture ran twice at once.
-    svc = make_service(FAULT_TEST_MBPS="10").start(workers=0)  # ~12 s for the big state
+    # own clock, against Redis's: a worker a minute behind (the heartbeat timeout is 10 s
+    # here) looked dead from the start of every job, so the reaper sent the job again 3 s
+    # in (requeue_after) and the worker's other thread took it over: the capture ran twice
+    # at once. 10 s, not the fault tests' 3: far below the skew still, and a worker whose
+    # beats (one a second) stall 3 s under load is not taken for dead; and the snapshot is
+    # made once the worker is up, not left queued while it boots.
+    svc = make_service(FAULT_TEST_MBPS="10",  # ~12 s for the big state
+                       SNAPSHOTS_HEARTBEAT_TIMEOUT="10").start(workers=0)
     svc.start_worker(env={"FAULT_TEST_CLOCK_SKEW": "-60"})
+    store = store_for(svc)
+    wait_until(lambda: live_workers(store.redis, 10).get(DEFAULT_HOST), timeout=30,
+               what="the worker to be up")
     client = svc.client()
     server = add_server(client, str(big_state))
     snap = snapshot(client, server["id"])
-    op = store_for(svc).get_operation(snap["operation_id"])
+    op = store.get_operation(snap["operation_id"])
     assert op is not None and op.attempts == 1, op
     assert events(svc, "operation.requeued", snap["id"]) == 0
 
