@@ -83,6 +83,7 @@ PACK_SIZE = 32 << 20  # stored bytes of big chunks per pack object (bench/s3.py:
 # ... and at most this much plaintext: an image's text-like blocks compress ~5x, and a
 # restore's read-ahead holds a pack's frames decoded, so a pack must stay small decoded too
 PACK_PLAIN_MAX = 64 << 20
+PACK_TAIL = 8 << 20  # one stream (S3): bytes left to read when the open pack is sealed early
 PACKS_QUEUED = 2  # sealed packs waiting for the packer thread (bounds memory)
 
 # --- restore --------------------------------------------------------------------------------

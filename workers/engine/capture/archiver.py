@@ -146,6 +146,8 @@ class Archiver:
             self.progress.total = walker.total
             self.progress.sized = True
             self.progress.add(walker.reused)
+            prog = self.progress
+            self._packs.remaining = lambda: prog.total - prog.done
             self._read_files(root_fd)
             self._packs.finish()
             self.stored_bytes += self._packs.stored_bytes

@@ -85,6 +85,9 @@ class TinyPacker:
         # once every pack each points into is stored and named in it: the capture may
         # encode them from then on.
         self.on_stored: Callable[[list[tuple[int, Entry]]], None] | None = None
+        # One stream: bytes of the capture still to read, once the walk has found them
+        # (the open pack is sealed early once only tuning.PACK_TAIL of them are left)
+        self.remaining: Callable[[], int] | None = None
         repo.packer = self
 
     # --- what the capture hands over --------------------------------------------------
@@ -243,7 +246,9 @@ class TinyPacker:
             full = (p.stored + p.loose >= tuning.PACK_SIZE or p.loose >= self.pack_size
                     or p.plain >= tuning.PACK_PLAIN_MAX
                     or len(p.frames) >= packformat.MAX_FRAMES - 2
-                    or len(p.files) + len(p.slots) >= tuning.PACK_MAX_FILES)
+                    or len(p.files) + len(p.slots) >= tuning.PACK_MAX_FILES
+                    or (self.remaining is not None and p.stored + p.loose >= 2 * tuning.PACK_TAIL
+                        and self.remaining() <= tuning.PACK_TAIL))
         else:  # room for the partial frame still to come; and a bound on the entries a
             # capture holds decoded until the pack is stored and named in them
             full = (p.plain >= self.pack_size or len(p.frames) >= packformat.MAX_FRAMES - 1
