@@ -112,6 +112,7 @@ class SizeRun:
         self.files, self.image, self.cold = files, image, cold
         self.rows: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}
+        self.touched: list[scaledata.Touched] = []  # undone at the end of the run (go)
 
     def record(self, phase: str, tool: str, res: Outcome, mem: memory.PeakSampler) -> None:
         self.rows.setdefault(phase, {})[tool] = (res, mem.peak_pss, mem.peak_rss)
@@ -149,6 +150,8 @@ class SizeRun:
                 svc.stop()
             print("  (removing the run's repositories and restores, untimed) ...", flush=True)
             rmtree(run)
+            scaledata.untouch(self.touched)  # the shared tree as it was built
+            self.touched = []
             SETTLE_MARK.touch()  # the next size's restores wait for it (settle)
 
     def phases(self, svc: MakeRun, restic: Restic, run: Path, tree: Path) -> None:
@@ -172,7 +175,7 @@ class SizeRun:
         with theirs() as m:
             res = restic.capture(state, 1)
         self.record("full capture", "restic", res, m)
-        scaledata.touch_files(tree, self.files, TOUCHED)
+        self.touched = scaledata.touch_files(tree, self.files, TOUCHED)
         with ours() as m:
             res, snap = svc.capture(state.server_id, "incremental")
         self.record(f"incremental ({TOUCHED} files)", "ours", res, m)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from commands import MiB
@@ -90,17 +91,35 @@ def build_image() -> Path:
     return dest
 
 
-def touch_files(root: Path, files: int, n: int) -> list[Path]:
-    """Append a line to n files spread over the tree (the incremental's change)."""
+@dataclass(frozen=True)
+class Touched:
+    path: Path
+    size: int
+    atime_ns: int
+    mtime_ns: int
+
+
+def touch_files(root: Path, files: int, n: int) -> list[Touched]:
+    """Append a line to n files spread over the tree (the incremental's change); untouch()
+    undoes it: the tree is shared (bench/.data), and every run must find it as built."""
     step = max(1, files // n)
     changed = []
     for k in range(n):
         i = k * step + 1  # never a hard link's slot
         p = entry_path(root, i)
+        st = p.stat()
+        changed.append(Touched(p, st.st_size, st.st_atime_ns, st.st_mtime_ns))
         with p.open("ab") as f:
             f.write(f"changed {k}\n".encode())
-        changed.append(p)
     return changed
+
+
+def untouch(changed: list[Touched]) -> None:
+    """The touched files as they were: their bytes and their times (the ctime stays new:
+    every run begins with a full capture, which reads them anyway)."""
+    for t in changed:
+        os.truncate(t.path, t.size)
+        os.utime(t.path, ns=(t.atime_ns, t.mtime_ns))
 
 
 def main() -> int:
