@@ -297,3 +297,36 @@ def test_cached_heads_of_deleted_snapshots_are_pruned(weed: SeaweedProcess,
     assert [sid for sid, _v in repo.listed_manifests()] == [1, 3, 5]
     assert sorted(n.split("@")[0] for n in os.listdir(heads_dir)) == [
         "snapshots-1", "snapshots-3", "snapshots-5"]
+
+
+def test_a_rebuild_forgets_what_the_store_and_this_host_no_longer_use(
+        weed: SeaweedProcess, tmp_path: Path) -> None:
+    # The host kept every pack index it read or wrote as a file, and the cache files of
+    # every repository URL it ever used (keyed otherwise by earlier versions): none was
+    # ever removed, and the cache directory grew with every pack the host ever saw.
+    cache = tmp_path / "cache"
+    b = backend_for(weed, cache_dir=str(cache))
+    keys = [f"packidx/{i:064x}" for i in range(4)]
+    for key in keys:
+        b.put(key, b"index of " + key.encode())  # kept as the host writes it
+    b.barrier(None)
+    (objects,) = cache.glob("*.objects")
+    assert len(os.listdir(objects)) == 4
+    other_host = backend_for(weed)  # its reclaim deletes two packs' indexes
+    other_host.delete(keys[0])
+    other_host.delete(keys[2])
+    month = time.time() - 31 * 86400
+    unused = [cache / "listing-0123.msgpack", cache / "listing-0123.journal",
+              cache / "listing-0123.objects"]
+    unused[2].mkdir()
+    (unused[2] / "packidx-00").write_bytes(b"x")
+    for p in (*unused[:2], cache / "listing-4567.msgpack"):
+        p.write_bytes(b"x")
+    for p in unused:
+        os.utime(p, (month, month))
+    assert b.cache is not None
+    b.cache.invalidate()
+    list(b.cache.listing("data/"))  # a rebuild: a LIST of the store
+    assert sorted(os.listdir(objects)) == sorted(k.replace("/", "-") for k in keys[1::2])
+    assert not any(p.exists() for p in unused)
+    assert (cache / "listing-4567.msgpack").exists()  # touched within the month: kept

@@ -149,6 +149,9 @@ S3_IN_FLIGHT_BYTES = 128 * 1024 * 1024  # uploads queued or running, at most thi
 S3_RETRY_FOR = 120.0  # seconds a transient failure is retried before the operation fails
 S3_LOCK_POLL_MAX = 10.0  # a capture waiting for a reclaim polls at most this far apart
 LIST_CACHE_MAX_AGE = 3600.0  # seconds: rebuild the listing cache at least this often
+# A host's cache files of a repository untouched this long (a repository no longer used
+# here, or one keyed by an earlier version: a LIST rebuilds it) are removed at a rebuild.
+LIST_CACHE_FORGET_AFTER = 30 * 86400.0
 
 # --- images and big files -------------------------------------------------------------------
 # Block workers (blocks/pipeline.py): 2 cores, plus reads and writes waiting on the disk. They

@@ -190,6 +190,51 @@ class ListingCache:
                    for p in CACHED_PREFIXES}
         self.rebuilds += 1
         self._install(_State(url=self.url, marker=token, built=started, entries=entries))
+        self._prune_objects(entries[PACKIDX_PREFIX])
+        self._forget_others()
+
+    def _prune_objects(self, listed: Iterable[str]) -> None:
+        """Kept index objects of packs a full listing no longer shows (a reclaim deleted
+        them) are removed: kept forever, they grew with every pack the host ever saw.
+        Another process may keep an index written after that listing meanwhile: losing
+        it costs a GET."""
+        if self.path is None:
+            return
+        wanted = {_flat(k) for k in listed}
+        objects = os.path.dirname(self._object_path(PACKIDX_PREFIX + "x"))
+        with contextlib.suppress(OSError), os.scandir(objects) as it:
+            for e in it:
+                if e.name not in wanted and not e.name.startswith(".listing-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.path)
+
+    def _forget_others(self) -> None:
+        """The cache files of other repositories (other URLs; earlier versions keyed them
+        otherwise) that no process of this host touched for tuning.
+        LIST_CACHE_FORGET_AFTER: nothing else ever removed them. One still in use loses
+        nothing it cannot rebuild (a LIST, and a GET per index it reads again)."""
+        if self.path is None:
+            return
+        import shutil  # here, as tempfile in _replace: most processes never need it
+
+        cache_dir, mine = os.path.split(self.path.removesuffix(".msgpack"))
+        families: dict[str, list[tuple[str, float]]] = {}
+        with contextlib.suppress(OSError), os.scandir(cache_dir) as it:
+            for e in it:
+                base = e.name.split(".", 1)[0]
+                if base.startswith("listing-") and base != mine:
+                    with contextlib.suppress(OSError):
+                        families.setdefault(base, []).append(
+                            (e.path, e.stat(follow_symlinks=False).st_mtime))
+        cutoff = time.time() - tuning.LIST_CACHE_FORGET_AFTER
+        for paths in families.values():
+            if max(mtime for _p, mtime in paths) < cutoff:
+                for path, _m in paths:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
 
     def start_empty(self) -> None:
         """The repository was just made here (its config put create-once): the view is
