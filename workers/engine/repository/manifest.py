@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Final, Literal, TypeVar, overload
+from typing import Final, Literal, NamedTuple, TypeVar, overload
 
 import msgspec
 import zstandard
@@ -398,7 +398,15 @@ def object_ids(data: bytes) -> set[bytes]:
     return ids
 
 
-def check_tree(entries: Sequence[Entry], snapshot_id: int) -> None:
+class TreeTotals(NamedTuple):
+    """What check_tree() finds on its way (a restore needs both: one pass less over a
+    million entries, each decoded anew, ~0.2-0.3 s at 300,000 on this machine)."""
+
+    size: int  # bytes of the regular files
+    linked: set[bytes]  # the paths hard links point at
+
+
+def check_tree(entries: Sequence[Entry], snapshot_id: int) -> TreeTotals:
     """A manifest must describe a tree: root first, parents before children, no '..'.
 
     One that does not never will (a manifest is written once and never changes):
@@ -408,18 +416,23 @@ def check_tree(entries: Sequence[Entry], snapshot_id: int) -> None:
         return SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is corrupt: {why}")
 
     try:
-        _check_tree(entries, corrupt)
+        return _check_tree(entries, corrupt)
     except msgspec.DecodeError as exc:  # an entry of LazyEntries, decoded here first
         raise corrupt(f"an entry does not decode: {exc}") from None
 
 
-def _check_tree(entries: Sequence[Entry], corrupt: Callable[[str], SnapshotCorrupt]) -> None:
+def _check_tree(entries: Sequence[Entry],
+                corrupt: Callable[[str], SnapshotCorrupt]) -> TreeTotals:
     root = entries[0] if entries else None
     if root is None or root.path != b"" or root.kind != DIR:
         raise corrupt("its tree does not start with its root directory")
     dirs = {b""}
     seen: set[bytes] = set()
+    size = 0
+    linked: set[bytes] = set()
     for e in itertools.islice(entries, 1, None):
+        if e.kind == FILE:
+            size += e.size
         try:
             fsutil.split(e.path)
         except ValueError as exc:
@@ -430,5 +443,8 @@ def _check_tree(entries: Sequence[Entry], corrupt: Callable[[str], SnapshotCorru
         seen.add(e.path)
         if e.kind == DIR:
             dirs.add(e.path)
-        if e.kind == HARDLINK and e.target not in seen:
-            raise corrupt(f"hard link {e.path!r} precedes its target")
+        if e.kind == HARDLINK:
+            if e.target not in seen:
+                raise corrupt(f"hard link {e.path!r} precedes its target")
+            linked.add(e.target)
+    return TreeTotals(size, linked)

@@ -39,7 +39,7 @@ from ..fs import fsutil
 from ..fs.syncpoint import sync_point, wait_past
 from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
-from ..repository.manifest import FILE, Entry, LazyEntries, check_tree
+from ..repository.manifest import Entry, LazyEntries, check_tree
 from ..repository.repository import Repository
 from .leases import LiveChange, LiveGuard
 from .metadata import set_dir_meta
@@ -71,15 +71,17 @@ class Restorer:
         self.state_path = state_path
         self.progress = progress
         self.cache = StateCache(repo.backend, state_path, host)  # host: statecache.host_id
-        self.writer = TreeWriter(repo, snapshot_id, entries, progress)
+        # its hard links' targets, found by run()'s tree check (one pass over the entries)
+        self.writer = TreeWriter(repo, snapshot_id, entries, progress, linked=set())
         self.check = self.writer.check
         self.check.trust_manifest = trust_manifest  # its ctimes vouch (Header.ctimes_vouched)
         self.writer.copy_reused = live  # no inode the running server has open is kept
 
     def run(self) -> RestoreResult:
         w = self.writer
-        check_tree(self.entries, self.sid)
-        self.progress.total = sum(e.size for e in self.entries if e.kind == FILE)
+        totals = check_tree(self.entries, self.sid)
+        self.progress.total = totals.size
+        w.linked.update(totals.linked)
         try:
             parent_fd = fsutil.open_path(self.parent_path)
         except OSError as e:

@@ -37,8 +37,12 @@ if TYPE_CHECKING:  # the writer processes' module is imported only by a restore 
 
 class TreeWriter(FileWriter):
     def __init__(self, repo: Repository, snapshot_id: int, entries: Sequence[Entry],
-                 progress: Progress) -> None:
-        self.linked = {e.target for e in entries if e.kind == HARDLINK}
+                 progress: Progress, linked: set[bytes] | None = None) -> None:
+        """linked: the hard links' targets, when the caller finds them (this set is kept:
+        filled in later, it is the one the record skips); else found here."""
+        if linked is None:
+            linked = {e.target for e in entries if e.kind == HARDLINK}
+        self.linked = linked
         super().__init__(repo, snapshot_id, progress, self.linked)
         self.entries = entries
         # False: the directory a build fills keeps its own metadata for the caller to give
