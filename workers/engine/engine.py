@@ -43,7 +43,8 @@ from .repository import manifest
 from .repository.backend import Backend, LocalBackend
 from .repository.locks import FlockLock, RepoLock
 from .repository.manifest import DirBody, Header, ImageBody
-from .repository.repository import PACKIDX, ObjectCorrupt, Repository, chunk_key, pack_data_key
+from .repository.reclaim import reclaim_local
+from .repository.repository import ObjectCorrupt, Repository, chunk_key
 
 if TYPE_CHECKING:
     from .capture.parent import ParentCursor
@@ -382,35 +383,8 @@ class Engine:
             assert isinstance(self.backend, S3Backend) and isinstance(self.lock, S3Locks)
             return reclaim(self.repo, self.backend, self.lock, wait=wait,
                            margin=self.options.reclaim_margin)
-        with self.lock.exclusive(wait=wait) as got:
-            if not got:
-                return ReclaimStats(objects_removed=0, bytes_removed=0, skipped_locked=True)
-            marked: set[str] = set()
-            for sid in self.repo.manifest_ids():
-                try:
-                    ids = self.repo.object_ids(sid)
-                except SnapshotNotFound:
-                    continue
-                # An unreadable manifest raises: never sweep when the mark may be incomplete.
-                marked.update(chunk_key(c) for c in ids)
-            removed = freed = kept = 0
-            # A pack's index goes first: an index never names a pack that was removed.
-            for key, size, _mtime in self.backend.list(PACKIDX + "/"):
-                if pack_data_key(key) not in marked:
-                    self.backend.delete(key)
-                    freed += size
-                else:
-                    kept += size
-            for key, size in self.repo.list_chunks():
-                if key not in marked:
-                    self.backend.delete(key)
-                    removed += 1
-                    freed += size
-                else:
-                    kept += size
-            self.backend.clean_tmp()  # no writer can be running under the exclusive lock
-            return ReclaimStats(objects_removed=removed, bytes_removed=freed,
-                                skipped_locked=False, bytes_kept=kept)
+        assert isinstance(self.backend, LocalBackend)
+        return reclaim_local(self.repo, self.backend, self.lock, wait=wait)
 
     # --- catalog ----------------------------------------------------------------------
     def snapshot_ids(self) -> list[int]:

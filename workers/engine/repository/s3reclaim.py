@@ -73,25 +73,14 @@ from datetime import timedelta
 
 import msgspec
 
-from ..model import EngineError, ReclaimStats, SnapshotNotFound
+from ..model import EngineError, ReclaimStats
 from .listcache import CONDEMNED_KEY, Condemned
-from .repository import PACKIDX, Repository, chunk_key, pack_data_key
+from .reclaim import marked_keys
+from .repository import PACKIDX, Repository, pack_data_key
 from .s3backend import S3Backend, server_now
 from .s3locks import S3Locks
 
 BATCH = 1000
-
-
-def marked_keys(repo: Repository) -> set[str]:
-    """Data keys referenced by every committed manifest (fresh LIST of snapshots/)."""
-    marked: set[str] = set()
-    for sid in repo.manifest_ids():
-        try:
-            ids = repo.object_ids(sid)
-        except SnapshotNotFound:
-            continue  # deleted while we listed
-        marked.update(chunk_key(c) for c in ids)
-    return marked
 
 
 def _referenced(key: str, marked: set[str]) -> bool:
