@@ -375,16 +375,24 @@ class Engine:
         self.repo.delete_manifest(snapshot_id)
 
     def reclaim(self, *, wait: bool = False) -> ReclaimStats:
-        if not isinstance(self.backend, LocalBackend):
+        if isinstance(self.backend, LocalBackend):
+            stats = reclaim_local(self.repo, self.backend, self.lock, wait=wait)
+        else:
             from .repository.s3backend import S3Backend
             from .repository.s3locks import S3Locks
             from .repository.s3reclaim import reclaim
 
             assert isinstance(self.backend, S3Backend) and isinstance(self.lock, S3Locks)
-            return reclaim(self.repo, self.backend, self.lock, wait=wait,
-                           margin=self.options.reclaim_margin)
-        assert isinstance(self.backend, LocalBackend)
-        return reclaim_local(self.repo, self.backend, self.lock, wait=wait)
+            stats = reclaim(self.repo, self.backend, self.lock, wait=wait,
+                            margin=self.options.reclaim_margin)
+        if not stats.skipped_locked:
+            from .restore import statecache
+
+            shared = not isinstance(self.backend, LocalBackend)
+            for key, _size, _mtime in list(self.backend.list(statecache.STATES_PREFIX)):
+                if statecache.obsolete(key, shared):
+                    self.backend.delete(key)
+        return stats
 
     # --- catalog ----------------------------------------------------------------------
     def snapshot_ids(self) -> list[int]:

@@ -81,6 +81,18 @@ def host_id(local_dir: str) -> str:
     return new
 
 
+STATES_PREFIX = "states/"
+
+
+def obsolete(key: str, shared: bool) -> bool:
+    """A record no engine of this version reads (StateCache.key): of an older format
+    (states/<hash> and states/<hash>-2: no "-3"), or, in a shared (S3) repository, keyed
+    by the path alone (before records were per host). Nothing else ever deletes them
+    (the reclaim does, Engine.reclaim): a million-file state's record is ~90 MB."""
+    parts = key.rsplit("/", 1)[-1].split("-")
+    return parts[-1] != "3" or (shared and len(parts) != 3)
+
+
 class StateCache:
     def __init__(self, backend: Backend, state_path: str, host: str = "") -> None:
         """host: host_id() where several hosts share the repository (S3), "" where one
@@ -90,7 +102,8 @@ class StateCache:
         # "-3": records written since restores take a sync point and whose digest covers
         # the xattrs (older ones are ignored: one restore proves by content again); an S3
         # host's own key (records keyed by the path alone are ignored: one restore proves)
-        self.key = f"states/{digest}-{host}-3" if host else f"states/{digest}-3"
+        self.key = (f"{STATES_PREFIX}{digest}-{host}-3" if host
+                    else f"{STATES_PREFIX}{digest}-3")
 
     def load(self) -> Record:
         try:
