@@ -370,3 +370,21 @@ def test_a_slow_patch_walk_warms_the_metadata_ahead_of_it(
     [p] = started
     assert p._stopped and not any(t.is_alive() for t in p._threads)
     assert not p._todo  # every descriptor it held closed
+
+
+def test_a_file_the_patch_cannot_rename_away_is_left_to_the_rebuild(
+        tmp_path: Path, engine: Engine) -> None:
+    # A file of the state made immutable (chattr +i: EPERM on its rename) failed the
+    # patch, and so every attempt of the stopped server's restore; the rebuild sets the
+    # old tree, that file in it, aside.
+    src, cur = _setup(tmp_path, engine)
+    target = cur / "a" / "f000"  # changed since the snapshot: the patch replaces it
+    if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode:
+        pytest.skip("cannot make a file immutable here (chattr +i)")
+    try:
+        engine.restore(1, dir_state(cur))
+        assert_same(src, cur)
+    finally:
+        for held in [target, *tmp_path.glob(".srv.restore-trash-*/a/f000")]:
+            subprocess.run(["chattr", "-i", str(held)], check=False)
+    assert not (tmp_path / ".srv.restore-patch").exists()

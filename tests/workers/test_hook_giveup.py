@@ -133,12 +133,13 @@ def test_a_restore_ended_under_it_leaves_the_power_to_the_next_operation(
 def test_a_restore_failing_for_good_unexpectedly_puts_the_power_back(
     store: Store, settings: Settings, tmp_path: Path
 ) -> None:
-    # The engine raised what no handler expects (here an OSError: a file of the state made
-    # immutable, which the patch cannot rename away) on the last attempt: the operation
-    # ended internal_error with the server left stopped by the restore, its status saying
-    # "running" (its prior one).
-    state, flag = tmp_path / "state", tmp_path / "running"
-    state.mkdir()
+    # The engine raised what no handler expects (here an OSError: the state's parent made
+    # immutable, where neither a patch nor a rebuild can make its work directory) on the
+    # last attempt: the operation ended internal_error with the server left stopped by the
+    # restore, its status saying "running" (its prior one).
+    parent, flag = tmp_path / "p", tmp_path / "running"
+    state = parent / "state"
+    state.mkdir(parents=True)
     for i in range(20):
         (state / f"f{i}").write_text(f"snapshot {i}\n")
     flag.touch()
@@ -151,14 +152,14 @@ def test_a_restore_failing_for_good_unexpectedly_puts_the_power_back(
         account=None, body=SnapshotCreate(server_id=server_id, name="s"))
     jobs.run(create_id)
     (state / "f1").write_text("changed since\n")
-    if subprocess.run(["chattr", "+i", str(state / "f1")], capture_output=True).returncode:
-        pytest.skip("cannot make a file immutable here (chattr +i)")
+    if subprocess.run(["chattr", "+i", str(parent)], capture_output=True).returncode:
+        pytest.skip("cannot make a directory immutable here (chattr +i)")
     try:
         op_id = store.start_restore(account=None, snapshot_id=snapshot_id)
         store.redis.hset(f"operation:{op_id}", "attempts", 4)  # this one is the last
         jobs.run(op_id)
     finally:
-        subprocess.run(["chattr", "-i", str(state / "f1")], check=True)
+        subprocess.run(["chattr", "-i", str(parent)], check=True)
     op = store.get_operation(op_id)
     assert op is not None and op.error is not None and op.error.code == "internal_error"
     assert "Operation not permitted" in op.error.message

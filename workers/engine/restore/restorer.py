@@ -222,11 +222,14 @@ class Restorer:
                 Patcher(self.writer, plan, self.parent_path, self.base, parent_fd, cur_fd,
                         check).run()
             except (LiveChange, OSError) as e:
-                # Undone (the Patcher's own undo). A stopped server's patch fails; a running
-                # one changing its tree meanwhile (a name gone under a rename) is rebuilt,
-                # its files copied, as a live restore always was.
-                if guard is None or (isinstance(e, OSError)
-                                     and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+                # Undone (the Patcher's own undo): rebuilt instead, a running server's files
+                # copied (it changed its tree meanwhile: a name gone under a rename). A
+                # stopped server's too: what the patch could not change in place (a file
+                # of the state made immutable or append-only: EPERM renaming it away) the
+                # rebuild leaves in the old tree, set aside (recovery.dispose), where the
+                # failed patch had failed every attempt of the restore. Out of space: the
+                # rebuild needs more (state_full).
+                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 self.writer.bytes_written, self.writer.files_written = counts
                 self.writer.written = WrittenRecord(self.writer.linked)  # none is left
