@@ -1,4 +1,5 @@
 """The synchronous state store, for workers (and tests): the same scripts as AsyncStore.
+Its reads, the connection and the patience are StoreReads' (shared/storereads.py).
 
 Worker-side transitions answer True/False instead of raising: a False means the state
 moved on without this worker (cancelled, deleted, reaped), and the actor just stops.
@@ -8,47 +9,33 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import redis
 
 from shared import keys, metrics
 from shared.hosts import DEFAULT_HOST
-from shared.outage import Attempt, Patience
+from shared.outage import Attempt
 from shared.records import (
     OperationRecord,
-    R,
-    ServerRecord,
-    SnapshotRecord,
-    TokenRecord,
-    decode_record,
 )
 from shared.schemas import HookRun, ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
 from shared.scripts import (
     IdemClaim,
-    Page,
     arg,
-    as_dict,
     create_server_arg,
     create_snapshot_arg,
-    decoded_page,
     delete_snapshot_arg,
-    hash_commands,
     ok,
-    page_index,
     result,
-    script_sources,
     set_schedule_arg,
     start_restore_arg,
     text,
     update_snapshot_arg,
 )
-from shared.settings import Settings
+from shared.storereads import StoreReads
 
-T = TypeVar("T")
-SCHEDULES_DUE = keys.SCHEDULES_DUE
 # Hook runs kept on an operation (a retried capture runs its hooks again).
 HOOK_RUNS_KEPT = 12
 
@@ -68,28 +55,7 @@ def operation_fields(op: OperationRecord, **more: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-class Store:
-    def __init__(self, redis: redis.Redis, settings: Settings) -> None:
-        self.redis = redis
-        self.settings = settings
-        self._scripts = {
-            name: redis.register_script(source) for name, source in script_sources().items()
-        }
-        # Every call below but progress and ping waits out a Redis restart (shared/outage.py).
-        self.patience = Patience(settings.redis_outage_wait)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Store:
-        client = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
-        return cls(client, settings)
-
-    def _run(self, name: str, *args: Any, attempt: Attempt | None = None) -> Any:
-        script = self._scripts[name]
-        return self.patience.call(name, lambda: script(args=list(args)), attempt)
-
-    def _patient(self, fn: Callable[..., T], *args: Any) -> T:
-        return self.patience.call(getattr(fn, "__name__", "read"), lambda: fn(*args))
-
+class Store(StoreReads):
     def _transition(self, name: str, op_id: int, ends: str, *args: Any) -> dict[str, Any]:
         """A worker's transition of operation ``op_id`` into status ``ends``. Refused on a
         retry that found the operation already there: the first try applied before its
@@ -103,71 +69,6 @@ class Store:
                 log.info("operation %d: %s had applied before Redis went away", op_id, name)
                 return {"ok": True}
         return answer
-
-    # ------------------------------------------------------------ reads
-
-    def ping(self) -> bool:
-        try:
-            return bool(self.redis.ping())
-        except redis.RedisError:
-            return False
-
-    def get_operation(self, operation_id: int) -> OperationRecord | None:
-        raw = self._patient(self.redis.hgetall, keys.operation(operation_id))
-        return decode_record(as_dict(raw), OperationRecord)
-
-    def get_snapshot(self, snapshot_id: int) -> SnapshotRecord | None:
-        raw = self._patient(self.redis.hgetall, keys.snapshot(snapshot_id))
-        return decode_record(as_dict(raw), SnapshotRecord)
-
-    def get_server(self, server_id: int) -> ServerRecord | None:
-        raw = self._patient(self.redis.hgetall, keys.server(server_id))
-        return decode_record(as_dict(raw), ServerRecord)
-
-    def get_token(self, digest: str) -> TokenRecord | None:
-        return decode_record(as_dict(self.redis.hgetall(keys.token(digest))), TokenRecord)
-
-    def is_cancelled(self, op_id: int) -> bool:
-        # Not patient: a capture asks every second and goes on while Redis is away.
-        status = self.redis.hget(keys.operation(op_id), "status")
-        # A vanished operation cannot be finished either: treat it as cancelled.
-        return status is None or text(status) == "cancelled"
-
-    def list_snapshots(
-        self,
-        *,
-        account: str | None,
-        server_id: int | None = None,
-        status: str | None = None,
-        cursor: int | None = None,
-        limit: int = 50,
-    ) -> Page[SnapshotRecord]:
-        key = keys.index("snapshots", account, server_id, status)
-        return self._page(key, "snapshot:", cursor, limit, SnapshotRecord)
-
-    def list_operations(
-        self,
-        *,
-        account: str | None,
-        server_id: int | None = None,
-        status: str | None = None,
-        cursor: int | None = None,
-        limit: int = 50,
-    ) -> Page[OperationRecord]:
-        key = keys.index("operations", account, server_id, status)
-        return self._page(key, "operation:", cursor, limit, OperationRecord)
-
-    def _page(
-        self, key: str, prefix: str, cursor: int | None, limit: int, cls: type[R]
-    ) -> Page[R]:
-        index = page_index(
-            self._run("list_page", key, prefix, "" if cursor is None else cursor, limit))
-        pipe = self.redis.pipeline(transaction=False)
-        for command in hash_commands(prefix, index.members):
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        # redis-py answers HGETALL as a dict; a row is the flat list Redis sends.
-        rows = [[text(x) for kv in h.items() for x in kv] for h in pipe.execute()]
-        return decoded_page(index, rows, cls)
 
     # ------------------------------------------------------------ API-side transitions
     # (the HTTP API uses AsyncStore; these let tools and tests drive the same scripts)
@@ -315,10 +216,6 @@ class Store:
         runs.append(msgspec.to_builtins(run))
         self._patient(self.redis.hset, key, "hooks", msgspec.json.encode(runs[-HOOK_RUNS_KEPT:]))
 
-    def hook_pending(self, op_id: int) -> bool:
-        """A pre hook ran and its post hook has not yet (the worker may have been killed)."""
-        return bool(self._patient(self.redis.hget, keys.operation(op_id), "hook_pending"))
-
     def set_hook_pending(self, op_id: int, pending: bool) -> None:
         if pending:
             self._patient(self.redis.hset, keys.operation(op_id), "hook_pending", 1)
@@ -348,23 +245,6 @@ class Store:
         self, *, account: str | None, server_id: int, body: ScheduleSet, next_at: int
     ) -> None:
         result(self._run("set_schedule", set_schedule_arg(account, server_id, body, next_at)))
-
-    def now(self) -> float:
-        """The Redis server's clock (epoch s): one clock for every worker on every host,
-        the same the Lua scripts stamp their times with."""
-        seconds, micros = self.redis.time()
-        return float(seconds) + float(micros) / 1_000_000
-
-    def due_schedules(self, now: float) -> list[int]:
-        """Servers whose schedule's next slot is at or before ``now``, soonest first."""
-        return [int(text(v)) for v in self.redis.zrangebyscore(SCHEDULES_DUE, "-inf", now)]
-
-    def server_snapshots(self, server_id: int) -> list[SnapshotRecord]:
-        """Every listed snapshot of a server (a few: the limit bounds them, failed aside)."""
-        key = keys.index("snapshots", None, server_id, None)
-        ids = self._patient(self.redis.zrange, key, 0, -1)
-        snaps = (self.get_snapshot(int(text(i))) for i in ids)
-        return [s for s in snaps if s is not None]
 
     def run_schedule(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One slot's claim and run; see run_schedule.lua. Answers its JSON (ok false:
@@ -420,36 +300,10 @@ class Store:
         ))
         return (str(answer["type"]), str(answer["host"])) if answer.get("ok") else None
 
-    def active_operation_ids(self) -> list[int]:
-        """Ids of every queued or running operation, oldest first."""
-        out: list[int] = []
-        for status in ("queued", "running"):
-            key = keys.index("operations", None, None, status)
-            out += [int(text(v)) for v in self._patient(self.redis.zrange, key, 0, -1)]
-        return sorted(set(out))
-
-    def captures_active(self) -> bool:
-        """Whether a capture has started and not ended: its stored chunks are not referenced
-        by any manifest yet, and a reclaim now would sweep what a killed capture resumes
-        from. A capture still queued that no worker ever claimed (attempts 0: say, on a host
-        with no live worker) has stored nothing, so it does not hold every host's reclaim
-        back until its deadline."""
-        for op_id in self.active_operation_ids():
-            op_type, attempts = self._patient(
-                self.redis.hmget, keys.operation(op_id), ["type", "attempts"])
-            if op_type is not None and text(op_type) == "snapshot.create" and int(
-                text(attempts or 0)
-            ) > 0:
-                return True
-        return False
-
     def note_server_stopped(self, op_id: int) -> None:
         """A create job stopped the server (``stop_server``): a plain field, not a status,
         that lets a retry after a kill start the server again."""
         self._patient(self.redis.hset, keys.operation(op_id), "server_stopped", 1)
-
-    def server_stopped_by(self, op_id: int) -> bool:
-        return bool(self._patient(self.redis.hget, keys.operation(op_id), "server_stopped"))
 
     def rebuild_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Puts back one committed snapshot (and its server if missing); see the script."""

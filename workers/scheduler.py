@@ -19,10 +19,11 @@ from collections.abc import Callable
 import msgspec
 
 from shared import cron
+from shared.keys import SCHEDULES_DUE
 from shared.records import ServerRecord
 from shared.schemas import rfc3339
 from shared.settings import Settings
-from shared.store import SCHEDULES_DUE, Store
+from shared.store import Store
 from workers import retention
 
 log = logging.getLogger(__name__)
