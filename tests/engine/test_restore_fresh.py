@@ -139,6 +139,35 @@ MODES = {"rw-all": 0o666, "rwx-all": 0o777, "group-read": 0o640, "own": 0o600,
          "setuid": 0o4755, "setgid": 0o2755, "sticky": 0o1644, "nothing": 0o000}
 
 
+def test_hard_links_are_made_as_their_targets_are_written_not_after_the_writers(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """Each link is made (by the parent, idle while the writers write) once the writer
+    reports its target written: none is left for after the writers end, where 2,950 of
+    them were the restore's last 0.35 s (300k tree)."""
+    src = tmp_path / "src"
+    _source(src)
+    for d in range(6):
+        os.link(src / f"d{d}" / "f3", src / f"d{5 - d}" / "also-f3")
+    engine.capture(make_meta(1), dir_state(src))
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    staged: list[list[str]] = []
+    run = writerpool.RestorePool.run
+
+    def run_then_look(self: writerpool.RestorePool, st_fd: int, *a: Any) -> None:
+        run(self, st_fd, *a)  # the writers are done: what links exist in staging now?
+        staged.append(sorted(n for n in ("hard", *(f"d{d}/also-f3" for d in range(6)))
+                             if os.path.lexists(f"/proc/self/fd/{st_fd}/{n}")))
+
+    monkeypatch.setattr(writerpool.RestorePool, "run", run_then_look)
+    dst = tmp_path / "dst"
+    engine.restore(1, dir_state(dst))
+    assert staged == [sorted(["hard", *(f"d{d}/also-f3" for d in range(6))])]
+    assert_same(src, dst)
+    for d in range(6):
+        assert os.stat(dst / f"d{5 - d}" / "also-f3").st_ino == os.stat(
+            dst / f"d{d}" / "f3").st_ino
+
+
 def _modes_source(src: Path) -> None:
     src.mkdir()
     for name, mode in MODES.items():
