@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import msgspec
 
-from shared.schemas import ErrorBody, ErrorEnvelope
+from shared.responses import ErrorBody, ErrorEnvelope
 
 
 class ApiError(Exception):

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from api.services import services
 from api.views import JSON
-from shared.schemas import Health, Readiness
+from shared.responses import Health, Readiness
 from shared.settings import Settings
 
 _OK = Health(status="ok")

@@ -12,7 +12,8 @@ from starlette.responses import Response
 
 from api.services import services
 from api.views import JSON
-from shared.schemas import Host, HostList, rfc3339
+from shared.responses import Host, HostList
+from shared.schemas import rfc3339
 
 
 async def list_all(request: Request) -> Response:

@@ -15,7 +15,7 @@ import msgspec
 
 from api.endpoint import PUBLIC, Endpoint, Query
 from api.idempotency import HEADER, MAX_KEY
-from shared import schemas as s
+from shared import responses as r
 
 REF: Final = "#/components/schemas/{name}"
 ERROR_TEXTS: Final = {
@@ -81,7 +81,7 @@ def operation(e: Endpoint) -> dict[str, Any]:
         responses[str(status)] = {"description": text, "content": _content(cls)}
     for code in _errors(e):
         responses[str(code)] = {"description": ERROR_TEXTS[code],
-                                "content": _content(s.ErrorEnvelope)}
+                                "content": _content(r.ErrorEnvelope)}
     params = [_path_param(n) for n in e.path_params] + [_param(q) for q in e.query]
     if e.idempotent:
         params.append(_param(IDEMPOTENCY_KEY))
@@ -99,7 +99,7 @@ def operation(e: Endpoint) -> dict[str, Any]:
 
 
 def _types(table: Iterable[Endpoint]) -> list[type[Any]]:
-    found: dict[str, type[Any]] = {"ErrorEnvelope": s.ErrorEnvelope}
+    found: dict[str, type[Any]] = {"ErrorEnvelope": r.ErrorEnvelope}
     for e in table:
         for cls in (e.request, e.response, *(c for c, _ in e.other_responses.values())):
             if cls is not None:

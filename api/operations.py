@@ -13,7 +13,8 @@ from api.inputs import path_id, query_choice, query_id, query_limit
 from api.services import services
 from api.views import JSON, next_link, operation_view
 from shared.async_store import AsyncStore
-from shared.schemas import ListLinks, ListMeta, OperationList, OperationStatus
+from shared.responses import ListLinks, ListMeta, OperationList
+from shared.schemas import OperationStatus
 
 STATUSES = get_args(OperationStatus)
 

@@ -10,7 +10,8 @@ from api.errors import NotFound, from_refusal
 from api.inputs import path_id, query_id, query_limit
 from api.services import services
 from api.views import JSON, next_link, server_view
-from shared.schemas import ListLinks, ListMeta, ServerCreate, ServerList
+from shared.responses import ListLinks, ListMeta, ServerList
+from shared.schemas import ServerCreate
 from shared.scripts import TransitionRefused
 
 

@@ -14,19 +14,21 @@ from api.inputs import path_id, query_choice, query_id, query_limit
 from api.services import services
 from api.views import JSON, RawJSON, next_link, snapshot_list, snapshot_view
 from shared.records import SnapshotRecord
-from shared.schemas import (
-    CREATE_MESSAGE,
-    RESTORE_MESSAGE,
+from shared.responses import (
     ListLinks,
     ListMeta,
     RestoreAccepted,
-    RestoreRequest,
     RestoreServerRef,
     RestoreSnapshotRef,
     ServerRef,
     Snapshot,
-    SnapshotCreate,
     SnapshotList,
+)
+from shared.schemas import (
+    CREATE_MESSAGE,
+    RESTORE_MESSAGE,
+    RestoreRequest,
+    SnapshotCreate,
     SnapshotStatus,
     SnapshotUpdate,
     rfc3339,

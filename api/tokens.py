@@ -11,7 +11,8 @@ from api.inputs import path_id, query_id, query_limit
 from api.services import services
 from api.views import JSON, next_link
 from shared.records import TokenRecord
-from shared.schemas import ListLinks, ListMeta, Token, TokenCreate, TokenInfo, TokenList, rfc3339
+from shared.responses import ListLinks, ListMeta, Token, TokenInfo, TokenList
+from shared.schemas import TokenCreate, rfc3339
 from shared.scripts import TransitionRefused
 
 

@@ -14,8 +14,7 @@ from starlette.responses import Response
 from api.services import services
 from shared.hosts import ANY_HOST
 from shared.records import OperationRecord, ServerRecord, SnapshotRecord, decode_record
-from shared.schemas import (
-    CREATE_MESSAGE,
+from shared.responses import (
     ErrorInfo,
     LastRun,
     ListLinks,
@@ -25,9 +24,8 @@ from shared.schemas import (
     Server,
     ServerRef,
     Snapshot,
-    SnapshotStatus,
-    rfc3339,
 )
+from shared.schemas import CREATE_MESSAGE, SnapshotStatus, rfc3339
 from shared.scripts import PageIndex, row_fields
 
 _encode = msgspec.json.Encoder().encode

@@ -21,7 +21,8 @@ from api.services import services
 from api.views import JSON, next_link
 from shared import events
 from shared import webhooks as wh
-from shared.schemas import ListLinks, ListMeta, rfc3339
+from shared.responses import ListLinks, ListMeta
+from shared.schemas import rfc3339
 from shared.scripts import as_dict
 
 

@@ -13,9 +13,8 @@ import msgspec
 from msgspec import Struct
 
 from shared.hosts import DEFAULT_HOST
+from shared.responses import ErrorInfo, HookRun
 from shared.schemas import (
-    ErrorInfo,
-    HookRun,
     Hooks,
     OperationStatus,
     OperationType,

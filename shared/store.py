@@ -20,7 +20,8 @@ from shared.outage import Attempt
 from shared.records import (
     OperationRecord,
 )
-from shared.schemas import HookRun, ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
+from shared.responses import HookRun
+from shared.schemas import ScheduleSet, ServerCreate, SnapshotCreate, SnapshotUpdate
 from shared.scripts import (
     IdemClaim,
     arg,

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from shared.schemas import AccountName, ListLinks, ListMeta
+from shared.responses import ListLinks, ListMeta
+from shared.schemas import AccountName
 
 GROUP: Final = "webhooks"  # the consumer group of the events stream that feeds deliveries
 QUEUE: Final = "webhooks"

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 from shared.records import ServerRecord
-from shared.schemas import HookRun
+from shared.responses import HookRun
 from shared.store import Store
 from workers.commandenv import command_environment
 from workers.engine import Cancelled

@@ -15,7 +15,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from api.app import create_app
-from shared.schemas import Snapshot, SnapshotCreate
+from shared.responses import Snapshot
+from shared.schemas import SnapshotCreate
 from shared.settings import Settings
 from tests.conftest import make_settings
 from tests.support.api import ApiHelper, bearer
