@@ -416,6 +416,49 @@ def test_a_new_state_gets_its_big_file_and_links_to_it_and_a_rotten_block_fails_
     assert sorted(os.listdir(tmp_path)) == ["out", "repo", "srv"]
 
 
+def test_a_new_states_big_file_is_under_way_before_the_writers_get_their_shares(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Its directories are made and its thread started first (the longest path of the
+    bench's cold restore); should the shares not go out, that thread is stopped and waited
+    for, and the restore leaves nothing."""
+    import threading
+
+    from workers.engine import TransientEngineError
+    from workers.engine.restore import treewriter, writerpool
+
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    make_tree(src)  # vm/disk.img: in a directory of its own
+    for i in range(40):
+        (src / "etc" / f"f{i}").write_bytes(os.urandom(500 + i))
+    engine.capture(make_meta(1), dir_state(src))
+    started = threading.Event()
+    offer, write_big = writerpool.RestorePool.offer, treewriter.TreeWriter._write_big
+    seen: list[bool] = []
+
+    def big(self: treewriter.TreeWriter, *a: Any) -> None:
+        started.set()
+        write_big(self, *a)
+
+    def offer_once_big_started(self: writerpool.RestorePool, *a: Any) -> None:
+        seen.append(started.wait(30))
+        if len(seen) == 2:
+            raise TransientEngineError("a restore worker process died")
+        offer(self, *a)
+
+    monkeypatch.setattr(treewriter.TreeWriter, "_write_big", big)
+    monkeypatch.setattr(writerpool.RestorePool, "offer", offer_once_big_started)
+    engine.restore(1, dir_state(tmp_path / "out"))
+    assert seen == [True]
+    assert_same(src, tmp_path / "out")
+    started.clear()
+    with pytest.raises(TransientEngineError):
+        engine.restore(1, dir_state(tmp_path / "new"))
+    assert seen == [True, True]
+    assert sorted(os.listdir(tmp_path)) == ["out", "repo", "srv"]
+
+
 def test_a_new_states_bytes_written_count_the_big_file_written_beside_the_writers(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The restoring process adds its big files' bytes to the count while the writers'

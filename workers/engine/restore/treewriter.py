@@ -163,14 +163,14 @@ class TreeWriter(FileWriter):
 
     def build_fresh(self, st_fd: int, pool: RestorePool) -> None:
         """A new tree, nothing to reuse: the files are the worker processes' (each its
-        contiguous share, created beneath the staging fd), sent their shares first, so
-        their packs are on the way (S3: the first GETs) while the directories are made
-        here; then the writers write while a thread of ours makes the symlinks and device
-        nodes; hard links once their targets exist (as the writers report them written,
-        by this thread, idle meanwhile: 2,950 links of the 300k tree made after the
-        writers ended took ~0.35 s at load 4, the restore's last); never through a
-        symlink. The writers
-        start writing once the directories exist: the special entries (a rootfs's 650
+        contiguous share, created beneath the staging fd), sent their shares first (after
+        the big files' directories and thread, below), so their packs are on the way (S3:
+        the first GETs) while the directories are made here; then the writers write while
+        a thread of ours makes the symlinks and device nodes; hard links once their
+        targets exist (as the writers report them written, by this thread, idle
+        meanwhile: 2,950 links of the 300k tree made after the writers ended took ~0.35 s
+        at load 4, the restore's last); never through a symlink. The writers start
+        writing once the directories exist: the special entries (a rootfs's 650
         symlinks, ~30-45 ms) are no longer made before them.
 
         From a local repository the big files (fixed blocks: disk images...) are written
@@ -204,20 +204,30 @@ class TreeWriter(FileWriter):
             else:
                 specials.append(idx)
             self.progress.poll()
-        pool.offer(files.split(len(pool.workers)), self._new_owner, self._raw)
         # every directory on the way opened without following a symlink (fsutil.Beneath)
         at, srcs = fsutil.Beneath(st_fd), fsutil.Beneath(st_fd)
+        bigs: _Background | None = None
         try:
+            # The big files first, the cold restore's longest path (the rootfs + 300 MiB
+            # image: the image ended ~90 ms after the writers): the directories they are
+            # in, their thread, then the writers' shares and the other directories.
+            early = {p for idx in big for p in _parents(self.entries[idx].path)}
             for e in dirs[1:]:  # parents first, as in the manifest
-                dfd, name = at.entry(e.path)
-                os.mkdir(name, 0o700, dir_fd=dfd)
-                self.progress.poll()
+                if e.path in early:
+                    dfd, name = at.entry(e.path)
+                    os.mkdir(name, 0o700, dir_fd=dfd)
+            if big:
+                bigs = _Background(st_fd, self.entries, big, self._write_big, "restore-big")
+            pool.offer(files.split(len(pool.workers)), self._new_owner, self._raw)
+            for e in dirs[1:]:
+                if e.path not in early:
+                    dfd, name = at.entry(e.path)
+                    os.mkdir(name, 0o700, dir_fd=dfd)
+                    self.progress.poll()
             at.close()
 
             maker = _Background(st_fd, self.entries, specials, make_special,
                                 "restore-specials")
-            bigs = (_Background(st_fd, self.entries, big, self._write_big, "restore-big")
-                    if big else None)
             ats = fsutil.Beneath(st_fd)
 
             def link_to(target: Entry) -> None:  # target just written
@@ -231,23 +241,28 @@ class TreeWriter(FileWriter):
                 self._write_shares(st_fd, pool, files, link_to if links else None)
             except BaseException:
                 maker.stop()
-                if bigs is not None:
-                    bigs.stop()
                 raise
             finally:
                 ats.close()
-                try:
-                    maker.join()
-                finally:
-                    if bigs is not None:
-                        bigs.join()
+                maker.join()
+            if bigs is not None:
+                running, bigs = bigs, None
+                running.join()
             for e in (e for es in links.values() for e in es):  # to the big files
                 dfd, name = at.entry(e.path)
                 tdfd, tname = srcs.entry(e.target)
                 os.link(tname, name, src_dir_fd=tdfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except BaseException:
+            if bigs is not None:
+                bigs.stop()
+            raise
         finally:
-            at.close()
-            srcs.close()
+            try:
+                if bigs is not None:  # failed: stopped, its own error not raised
+                    bigs.join()
+            finally:
+                at.close()
+                srcs.close()
         finish_dirs(st_fd, dirs, root=self.root_meta)
 
     def _write_shares(self, st_fd: int, pool: RestorePool, files: Files,
@@ -326,3 +341,9 @@ class _Background:
         os.close(self._fd)
         if self._error is not None and not self._stop.is_set():  # else the files' error
             raise self._error
+
+
+def _parents(path: bytes) -> list[bytes]:
+    """The directories a path is in, below the root: b"a/b/c" -> [b"a", b"a/b"]."""
+    parts = path.split(b"/")[:-1]
+    return [b"/".join(parts[:i + 1]) for i in range(len(parts))]
