@@ -168,6 +168,35 @@ def test_hard_links_are_made_as_their_targets_are_written_not_after_the_writers(
             dst / f"d{d}" / "f3").st_ino
 
 
+def test_a_new_states_entries_are_sorted_out_on_the_tree_checks_pass(
+        monkeypatch: pytest.MonkeyPatch, engine: Engine, tmp_path: Path) -> None:
+    """The writers started early (a new state): each entry is visited once, on the tree
+    check's pass, not once more before the directories are made (a pass over a million
+    entries, each decoded anew); the tree is restored all the same."""
+    from workers.engine.restore import freshplan
+
+    src = tmp_path / "src"
+    _source(src)
+    engine.capture(make_meta(1), dir_state(src))
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)
+    visited: list[int] = []
+    visit = freshplan.FreshPlan.visit
+
+    def counted(self: freshplan.FreshPlan, idx: int, e: Any) -> None:
+        visited.append(idx)
+        visit(self, idx, e)
+
+    monkeypatch.setattr(freshplan.FreshPlan, "visit", counted)
+    dst = tmp_path / "dst"
+    engine.restore(1, dir_state(dst))
+    from workers.engine.repository.manifest import DirBody
+
+    body = engine.repo.get_manifest(1)[1]
+    assert isinstance(body, DirBody)
+    assert visited == list(range(1, len(body.entries)))  # not twice each
+    assert_same(src, dst)
+
+
 def _modes_source(src: Path) -> None:
     src.mkdir()
     for name, mode in MODES.items():

@@ -406,8 +406,10 @@ class TreeTotals(NamedTuple):
     linked: set[bytes]  # the paths hard links point at
 
 
-def check_tree(entries: Sequence[Entry], snapshot_id: int) -> TreeTotals:
+def check_tree(entries: Sequence[Entry], snapshot_id: int,
+               visit: Callable[[int, Entry], None] | None = None) -> TreeTotals:
     """A manifest must describe a tree: root first, parents before children, no '..'.
+    visit(index, entry) of each entry but the root, on the way (a restore's plan).
 
     One that does not never will (a manifest is written once and never changes):
     SnapshotCorrupt, final, naming the snapshot, rather than a retry that cannot succeed."""
@@ -416,13 +418,13 @@ def check_tree(entries: Sequence[Entry], snapshot_id: int) -> TreeTotals:
         return SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is corrupt: {why}")
 
     try:
-        return _check_tree(entries, corrupt)
+        return _check_tree(entries, corrupt, visit)
     except msgspec.DecodeError as exc:  # an entry of LazyEntries, decoded here first
         raise corrupt(f"an entry does not decode: {exc}") from None
 
 
-def _check_tree(entries: Sequence[Entry],
-                corrupt: Callable[[str], SnapshotCorrupt]) -> TreeTotals:
+def _check_tree(entries: Sequence[Entry], corrupt: Callable[[str], SnapshotCorrupt],
+                visit: Callable[[int, Entry], None] | None) -> TreeTotals:
     root = entries[0] if entries else None
     if root is None or root.path != b"" or root.kind != DIR:
         raise corrupt("its tree does not start with its root directory")
@@ -430,7 +432,7 @@ def _check_tree(entries: Sequence[Entry],
     seen: set[bytes] = set()
     size = 0
     linked: set[bytes] = set()
-    for e in itertools.islice(entries, 1, None):
+    for idx, e in enumerate(itertools.islice(entries, 1, None), 1):
         if e.kind == FILE:
             size += e.size
         try:
@@ -447,4 +449,6 @@ def _check_tree(entries: Sequence[Entry],
             if e.target not in seen:
                 raise corrupt(f"hard link {e.path!r} precedes its target")
             linked.add(e.target)
+        if visit is not None:
+            visit(idx, e)
     return TreeTotals(size, linked)

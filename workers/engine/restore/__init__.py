@@ -15,7 +15,8 @@
 - reuse / statecache: proving a current file already holds an entry's content, and the
   per-state record of inodes a restore wrote.
 - writerpool / writerproc / messages: the writer worker processes of a big restore
-  (parent side / child side / what they send each other).
+  (parent side / child side / what they send each other); shares / freshplan: their
+  shares, and a new tree's entries sorted out for them on the tree check's pass.
 - metadata: special files and directories' metadata, as a restore creates them.
 
 Imports: blocks, repository, fs, workerproc, progress, model. Never capture or image.

@@ -41,6 +41,7 @@ from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
 from ..repository.manifest import Entry, LazyEntries, check_tree
 from ..repository.repository import Repository
+from .freshplan import FreshPlan
 from .leases import LiveChange, LiveGuard
 from .metadata import set_dir_meta
 from .patch import Patcher
@@ -79,7 +80,9 @@ class Restorer:
 
     def run(self) -> RestoreResult:
         w = self.writer
-        totals = check_tree(self.entries, self.sid)
+        # writers started early: a new state, whose entries are sorted out on this pass
+        plan = FreshPlan(self.repo, self.entries[0]) if self.pool is not None else None
+        totals = check_tree(self.entries, self.sid, None if plan is None else plan.visit)
         self.progress.total = totals.size
         w.linked.update(totals.linked)
         try:
@@ -139,7 +142,7 @@ class Restorer:
                 try:
                     with hierarchy_top(st_fd):
                         if pool is not None and fresh:
-                            w.build_fresh(st_fd, pool)
+                            w.build_fresh(st_fd, pool, plan)
                         else:
                             w.build(st_fd, cur_fd, self.entries, w.linked, pool)
                     # The staging root stays the worker's, 0700, until no change to a file

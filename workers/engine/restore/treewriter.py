@@ -23,7 +23,6 @@ from .. import tuning
 from ..fs import fsutil
 from ..inflight import prune
 from ..progress import Progress
-from ..repository.chunker import fixed_block
 from ..repository.manifest import DIR, FILE, HARDLINK, Entry, LazyEntries, encode_entry
 from ..repository.repository import Repository
 from .filewriter import FileWriter
@@ -31,6 +30,7 @@ from .metadata import finish_dirs, make_special
 from .reuse import Candidate
 
 if TYPE_CHECKING:  # the writer processes' module is imported only by a restore that starts them
+    from .freshplan import FreshPlan
     from .shares import Files
     from .writerpool import RestorePool
 
@@ -161,7 +161,7 @@ class TreeWriter(FileWriter):
             self._write_shares(st_fd, procs, plain)
         finish_dirs(st_fd, dirs, root=self.root_meta)
 
-    def build_fresh(self, st_fd: int, pool: RestorePool) -> None:
+    def build_fresh(self, st_fd: int, pool: RestorePool, plan: FreshPlan | None = None) -> None:
         """A new tree, nothing to reuse: the files are the worker processes' (each its
         contiguous share, created beneath the staging fd), sent their shares first (after
         the big files' directories and thread, below), so their packs are on the way (S3:
@@ -181,29 +181,16 @@ class TreeWriter(FileWriter):
         300 MiB image: the image's writer had 711 small files left after it, the other
         writer waited ~0.5 s with nothing to do). On S3 the writers read their shares'
         packs ahead (coalesced GETs), which the parent does not: there they stay theirs."""
-        from .shares import Files, first_pack
+        from .freshplan import FreshPlan
 
-        dirs: list[Entry] = [self.entries[0]]
-        files = Files()
-        links: dict[bytes, list[Entry]] = {}  # target -> its hard links
-        specials = array("q")  # indexes: a million-entry tree holds no Entry for each
-        big = array("q")  # the big files written by the parent (local repository)
-        local = not self.repo.backend.remote
-        for idx, e in enumerate(self.entries):
-            if not idx:
-                continue  # the root: st_fd itself
-            if e.kind == DIR:
-                dirs.append(e)
-            elif e.kind == FILE:
-                if local and not e.pack and fixed_block(self.repo.config, e.size):
-                    big.append(idx)
-                else:
-                    files.add(idx, e.size + tuning.FILE_COST, first_pack(e))
-            elif e.kind == HARDLINK:
-                links.setdefault(e.target, []).append(e)
-            else:
-                specials.append(idx)
-            self.progress.poll()
+        if plan is None:  # not made on the tree check's pass (restorer.py): now
+            plan = FreshPlan(self.repo, self.entries[0])
+            for idx, e in enumerate(self.entries):
+                if idx:  # the root: st_fd itself
+                    plan.visit(idx, e)
+                self.progress.poll()
+        dirs, files, links, specials, big = (plan.dirs, plan.files, plan.links,
+                                             plan.specials, plan.big)
         # every directory on the way opened without following a symlink (fsutil.Beneath)
         at, srcs = fsutil.Beneath(st_fd), fsutil.Beneath(st_fd)
         bigs: _Background | None = None
