@@ -9,7 +9,11 @@
   exclusive, refreshed, stale after 30 min); s3reclaim: the fleet-wide reclaim protocol
   (condemn, then sweep a margin later), written down in its module doc.
 - manifest: the manifest format (msgpack + zstd body, cheap header; Entry, Header) and
-  check_tree(), the tree check every restore runs.
+  check_tree(), the tree check every restore runs; dirbody: a directory body compressed
+  as a capture's entries become final, in pieces a reader decodes one at a time;
+  manifests: reading snapshots/<id> back (Repository is a Manifests).
+- reclaim: the mark every reclaim makes and file://'s sweep; verify: every object a
+  snapshot needs read and checked.
 - locks: capture/restore (shared) versus reclaim (exclusive), and per-state restore locks
   (flock: one machine; s3locks replaces the repository lock on s3://).
 - chunker: FastCDC over a file's data extents (holes are never read).
