@@ -1,11 +1,12 @@
 """The libc calls Python's os module lacks (syncfs, renameat2, fallocate, fstatfs),
 through ctypes, retried when a signal interrupts them as os functions are (PEP 475).
 
-Python installs its signal handlers without SA_RESTART, so a signal (a worker's SIGTERM,
-SIGCHLD of a hook, a profiler's SIGPROF) arriving during a blocking call makes it fail
-with EINTR: os.* retry, a ctypes call does not, and the caller saw a spurious OSError
-("Interrupted system call") where nothing was wrong. call() retries it; the signal's
-Python handler runs between the tries, and what it raises (a shutdown) propagates."""
+Python installs its signal handlers without SA_RESTART, so a signal it handles (the
+SIGTERM that stops a forked operation, forked.py; a profiler's SIGPROF) arriving during a
+blocking call makes it fail with EINTR: os.* retry, a ctypes call does not, and the
+caller saw a spurious OSError ("Interrupted system call") where nothing was wrong.
+call() retries it; the signal's Python handler runs between the tries, and what it
+raises (a shutdown) propagates."""
 
 from __future__ import annotations
 
