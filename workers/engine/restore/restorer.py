@@ -41,7 +41,6 @@ from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
 from ..repository.manifest import Entry, LazyEntries, check_tree
 from ..repository.repository import Repository
-from .freshplan import FreshPlan
 from .leases import LiveChange, LiveGuard
 from .metadata import set_dir_meta
 from .patch import Patcher
@@ -81,7 +80,11 @@ class Restorer:
     def run(self) -> RestoreResult:
         w = self.writer
         # writers started early: a new state, whose entries are sorted out on this pass
-        plan = FreshPlan(self.repo, self.entries[0]) if self.pool is not None else None
+        plan = None
+        if self.pool is not None:
+            from .freshplan import FreshPlan  # a new state's: a patch never loads it
+
+            plan = FreshPlan(self.repo, self.entries[0])
         totals = check_tree(self.entries, self.sid, None if plan is None else plan.visit)
         self.progress.total = totals.size
         w.linked.update(totals.linked)
