@@ -145,7 +145,7 @@ def test_with_three_writers_one_left_waiting_during_a_cut_is_given_work_once_it_
                 if ends[0] == 2:
                     os.kill(slow.proc.pid, signal.SIGCONT)
 
-        def recorded(i: int, share: list[int], layouts: list[tuple[bytes, Layout]]) -> None:
+        def recorded(i: int, share: array[int], layouts: list[tuple[bytes, Layout]]) -> None:
             given.append(i)
             give(i, share, layouts)
 
