@@ -30,7 +30,7 @@ from typing import Literal
 from shared.records import ServerRecord
 from shared.responses import HookRun
 from shared.store import Store
-from workers.commandenv import command_environment
+from workers.commandenv import command_environment, start_in_session
 from workers.engine import Cancelled
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,8 @@ def run_command(command: str, env: dict[str, str], timeout: float) -> tuple[int 
     """(exit code or None when it timed out and was killed, the output's last 4 KiB)."""
     with tempfile.TemporaryFile() as out:
         # A session of its own, so a timeout kills the whole tree the command started.
-        proc = subprocess.Popen(
-            command, shell=True, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        proc = start_in_session(command, shell=True, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
         try:
             code: int | None = proc.wait(timeout=timeout)
         except BaseException as exc:

@@ -19,7 +19,7 @@ from typing import IO, Literal, Protocol
 
 from shared.records import ServerRecord
 from shared.schemas import PowerCommand, PowerSystemd
-from workers.commandenv import command_environment
+from workers.commandenv import command_environment, start_in_session
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,8 @@ def _run(argv: list[str] | str, timeout: float, *, shell: bool) -> subprocess.Co
     # and the commands (the admin-only "power" of the server) may carry credentials.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.Popen(
+            proc = start_in_session(
                 argv, shell=shell, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True,
                 env=command_environment(),  # not the worker's secrets: workers/commandenv.py
             )
         except OSError as exc:

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from dramatiq.middleware import Shutdown
 
 from workers.hooks import run_command
@@ -22,13 +23,23 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.parametrize("while_starting", [False, True])
 def test_a_hook_interrupted_by_the_workers_shutdown_leaves_nothing_running(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, while_starting: bool) -> None:
     """Dramatiq raises Shutdown (or TimeLimitExceeded) into the job's thread while a hook
     runs: the hook's whole process tree ends with it, as on its timeout (left running, a
-    pre-capture hook that stops a database could run on while the retry captures)."""
+    pre-capture hook that stops a database could run on while the retry captures).
+    while_starting: raised while Popen, after its fork, still reads whether the exec
+    worked (held there 0.5 s: the window a loaded machine opens); Popen never returned
+    the child, and its tree was left running (still state S 1 s later)."""
     pidfile = tmp_path / "child.pid"
     raised: list[BaseException] = []
+    real_read = os.read
+
+    def slow_exec_check(fd: int, n: int) -> bytes:
+        if n == 50000 and threading.current_thread() is t:  # subprocess's exec check
+            time.sleep(0.5)
+        return real_read(fd, n)
 
     def run() -> None:
         try:
@@ -38,6 +49,8 @@ def test_a_hook_interrupted_by_the_workers_shutdown_leaves_nothing_running(
             raised.append(e)
 
     t = threading.Thread(target=run)
+    if while_starting:
+        monkeypatch.setattr(os, "read", slow_exec_check)
     t.start()
     deadline = time.monotonic() + 5
     while not (pidfile.exists() and pidfile.read_text().strip()):
