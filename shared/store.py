@@ -192,14 +192,16 @@ class Store(StoreReads):
         server_status: str | None = None,
         *,
         started_before: int | None = None,
+        power_settled: bool = False,
     ) -> bool:
         """Ends an active operation as failed; with ``started_before`` (epoch s) only if it
-        started (or, never started, was created) at or before then: the reaper's deadline."""
+        started (or, never started, was created) at or before then: the reaper's deadline.
+        ``power_settled``: a restore's job put the power back itself; its power hold ends."""
         if server_status not in (None, "running", "stopped"):
             raise ValueError(f"server_status must be running, stopped or None: {server_status!r}")
         guard = "" if started_before is None else str(int(started_before))
         answer = self._transition("fail_operation", op_id, "failed", code, message,
-                                  server_status or "", guard)
+                                  server_status or "", guard, "1" if power_settled else "")
         return self._ended(op_id, bool(answer.get("ok")), "failed")
 
     def complete_safety(self, op_id: int, size_mb: float, warnings: list[str]) -> bool:

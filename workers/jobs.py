@@ -347,6 +347,7 @@ class Jobs:
                     "The state was restored, but the server did not start again"
                     + (f": {why}" if why else "."),
                     server_status=status,
+                    power_settled=True,
                 )
             else:
                 self.store.complete_restore(op.id, status)

@@ -213,6 +213,16 @@ local function hold_for_post_hook(op)
   redis.call('SET', 'power_hold:' .. op.server_id, op.id, 'EX', timeout + 30)
 end
 
+-- A restore's job ends its operation after it has settled the server's power: the hold it
+-- took for that (hold_server_power.lua) ends in the same script. Ended a moment later (the
+-- job's set_server_power), a client that saw the restore succeed and at once asked for the
+-- next operation was refused: "still being handed back".
+local function end_own_power_hold(op)
+  if redis.call('GET', 'power_hold:' .. op.server_id) == op.id then
+    redis.call('DEL', 'power_hold:' .. op.server_id)
+  end
+end
+
 local function error_json(code, message)
   return cjson.encode({code = code, message = message})
 end

@@ -12,6 +12,7 @@ if redis.call('HGET', skey, 'status') == 'restoring' then
   redis.call('HDEL', skey, 'prior_status')
 end
 server_release(op.server_id, op.id)
+end_own_power_hold(op)
 snap_remove_reader(op.snapshot_id, op.id)
 emit('restore.succeeded', op.account, op.server_id, op.snapshot_id, op.id, t,
   {server_status = ARGV[2], source_server_id = tonumber(op.source_server_id)})

@@ -1,6 +1,7 @@
 -- ARGV: op id, error code, error message, server status ('' = put back the prior one),
 -- and optionally a time (epoch s): only fail the operation if it started (or, never
--- started, was created) at or before it; the reaper's deadline is this compare-and-set.
+-- started, was created) at or before it; the reaper's deadline is this compare-and-set;
+-- and '1' when the failing job has settled the server's power itself (its hold ends).
 local op = hgetall('operation:' .. ARGV[1])
 if op.id == nil or not op_active(op.status) then
   return fail('conflict', 'operation not active')
@@ -43,6 +44,9 @@ elseif op.type == 'snapshot.restore' then
     redis.call('HDEL', skey, 'prior_status')
   end
   server_release(op.server_id, op.id)
+  -- its own job settled the power (power_failed): the hold it took for that ends with it,
+  -- as in complete_restore (not when the reaper fails it: the job may be starting it)
+  if ARGV[6] == '1' then end_own_power_hold(op) end
   snap_remove_reader(op.snapshot_id, op.id)
   if not empty(op.safety_snapshot_id) then
     -- The restore never started without its safety snapshot: that one failed with it.

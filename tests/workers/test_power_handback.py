@@ -1,0 +1,71 @@
+"""A restore's job settles the server's power under a hold (hold_server_power.lua), then
+ends the operation: once a client sees the restore ended, the server takes the next
+operation at once, never "still being handed back" (CI failed on that once: a restore
+POSTed right after the previous one succeeded was refused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.schemas import ServerCreate, ServerState, SnapshotCreate
+from shared.settings import Settings
+from shared.store import Store
+from workers.engine import Engine
+from workers.jobs import Jobs
+from workers.power import driver_for
+
+
+def _server_with_snapshot(store: Store, settings: Settings, tmp_path: Path) -> tuple[int, Jobs]:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "data.txt").write_text("version 1\n")
+    server_id = store.create_server(ServerCreate(
+        name="app-01", account="acme", state=ServerState(kind="directory", path=str(state))))
+    snap_id, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="v1"))
+    jobs = Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5)
+    jobs.run(op_id)
+    assert store.get_snapshot(snap_id).status == "available"  # type: ignore[union-attr]
+    return snap_id, jobs
+
+
+def test_the_next_operation_starts_the_moment_a_restore_is_seen_succeeded(
+    store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap_id, jobs = _server_with_snapshot(store, settings, tmp_path)
+    restore_id = store.start_restore(account=None, snapshot_id=snap_id)
+    seen: list[str] = []
+    complete = store.complete_restore
+
+    def complete_then_ask_again(op_id: int, server_status: str) -> bool:
+        # what a client's script does: it sees the restore succeed and restores again at
+        # once, before the job has returned from its commit
+        done = complete(op_id, server_status)
+        assert store.get_operation(op_id).status == "succeeded"  # type: ignore[union-attr]
+        seen.append(str(store.start_restore(account=None, snapshot_id=snap_id)))
+        return done
+
+    monkeypatch.setattr(store, "complete_restore", complete_then_ask_again)
+    jobs.run(restore_id)
+    assert len(seen) == 1  # refused before: "is still being handed back by operation …"
+
+
+def test_a_failed_restore_ends_its_own_power_hold_but_not_when_the_reaper_fails_it(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    snap_id, _ = _server_with_snapshot(store, settings, tmp_path)
+    server_id = store.get_snapshot(snap_id).server_id  # type: ignore[union-attr]
+    own = store.start_restore(account=None, snapshot_id=snap_id)
+    assert store.begin_operation(own) is not None
+    assert store.hold_server_power(server_id, own, 60)
+    # its job failed it after settling the power itself (power_failed)
+    assert store.fail_operation(own, "power_failed", "did not start", server_status="stopped",
+                                power_settled=True)
+    reaped = store.start_restore(account=None, snapshot_id=snap_id)  # taken at once
+    assert store.begin_operation(reaped) is not None
+    assert store.hold_server_power(server_id, reaped, 60)
+    # the reaper's deadline: the job may be starting the server right now; its hold stays
+    assert store.fail_operation(reaped, "deadline_exceeded", "too long", server_status="stopped")
+    assert store.redis.get(f"power_hold:{server_id}") in (str(reaped), str(reaped).encode())
