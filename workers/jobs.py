@@ -217,6 +217,7 @@ class Jobs:
         driver = self.power_for(server)
         stopped_here = False
         warnings: list[str] = []
+        failure: EngineError | PowerError | HookFailed | None = None
         try:
             if op.stop_server and driver.status() == "running":
                 # Noted before the stop, so a retry after a kill knows to start it again.
@@ -237,12 +238,10 @@ class Jobs:
         except (EngineError, PowerError, HookFailed) as exc:
             if isinstance(exc, EngineError) and self._transient(exc):
                 raise
-            self.store.fail_operation(op.id, exc.code, str(exc))
-            if isinstance(exc, StorageFull):
-                # Free what the capture stored before it hit the wall (nothing references
-                # it); if another capture is under way, the reaper's reclaim will later.
-                self.reclaim()
-            return
+            # failed once the server is started again (below): failed first, a client that
+            # saw it and at once asked for another snapshot took the server before the start,
+            # which was then left to that operation, and it found the server stopped
+            failure = exc
         finally:
             if stopped_here:
                 warnings += self.power.start_again(op.id, server, driver)
@@ -252,6 +251,14 @@ class Jobs:
             # hold expires by itself, and a Redis outage here must not fail the capture.
             with contextlib.suppress(redis.RedisError):
                 self.store.end_power_hold(server.id, op.id)
+        if failure is not None:
+            # (a start that failed too says so: the snapshot's warnings are never shown)
+            self.store.fail_operation(op.id, failure.code, " ".join([str(failure), *warnings]))
+            if isinstance(failure, StorageFull):
+                # Free what the capture stored before it hit the wall (nothing references
+                # it); if another capture is under way, the reaper's reclaim will later.
+                self.reclaim()
+            return
         warnings += captured_warnings
         size_mb = round(result.size_bytes / MIB, 2)
         drop = retention_drop(self.store, snap.id, server.id) if snap.origin == "schedule" else []

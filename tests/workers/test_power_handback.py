@@ -6,10 +6,11 @@ POSTed right after the previous one succeeded was refused)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared.schemas import ServerCreate, ServerState, SnapshotCreate
+from shared.schemas import Hooks, PowerCommand, ServerCreate, ServerState, SnapshotCreate
 from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
@@ -69,3 +70,39 @@ def test_a_failed_restore_ends_its_own_power_hold_but_not_when_the_reaper_fails_
     # the reaper's deadline: the job may be starting the server right now; its hold stays
     assert store.fail_operation(reaped, "deadline_exceeded", "too long", server_status="stopped")
     assert store.redis.get(f"power_hold:{server_id}") in (str(reaped), str(reaped).encode())
+
+
+def test_a_failed_stop_server_capture_has_started_the_server_when_it_is_seen_failed(
+    store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop_server capture whose pre hook fails: the job failed the operation, then started
+    # the server again. A script that saw the snapshot fail and at once asked for another
+    # snapshot took the server in between: the start was left to that operation (it held
+    # the server), which found the server stopped and left it so: stopped for good.
+    state, flag = tmp_path / "state", tmp_path / "running"
+    state.mkdir()
+    flag.touch()
+    server_id = store.create_server(ServerCreate(
+        name="db-01", account="acme", state=ServerState(kind="directory", path=str(state)),
+        power=PowerCommand(stop=f"rm -f {flag}", start=f"touch {flag}",
+                           status=f"test -e {flag}"),
+        hooks=Hooks(pre_snapshot="exit 3")))
+    _, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s", stop_server=True))
+    jobs = Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5)
+    seen: list[tuple[bool, str | None]] = []
+    fail = store.fail_operation
+
+    def fail_then_ask_again(op_id: int, *args: Any, **kwargs: Any) -> bool:
+        done = fail(op_id, *args, **kwargs)
+        server = store.get_server(server_id)
+        seen.append((flag.exists(), server.status if server else None))
+        store.create_snapshot(account=None, body=SnapshotCreate(server_id=server_id, name="t"))
+        return done
+
+    monkeypatch.setattr(store, "fail_operation", fail_then_ask_again)
+    jobs.run(op_id)
+    op = store.get_operation(op_id)
+    assert op is not None and op.error is not None and op.error.code == "hook_failed"
+    assert seen == [(True, "running")]  # before: (False, "stopped")
+    assert flag.exists()  # before: left stopped
