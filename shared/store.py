@@ -196,7 +196,8 @@ class Store(StoreReads):
     ) -> bool:
         """Ends an active operation as failed; with ``started_before`` (epoch s) only if it
         started (or, never started, was created) at or before then: the reaper's deadline.
-        ``power_settled``: a restore's job put the power back itself; its power hold ends."""
+        ``power_settled``: the failing job put the power back itself (a restore's, or a
+        stop_server capture's start): its power hold ends, and none is taken for it."""
         if server_status not in (None, "running", "stopped"):
             raise ValueError(f"server_status must be running, stopped or None: {server_status!r}")
         guard = "" if started_before is None else str(int(started_before))
@@ -303,10 +304,13 @@ class Store(StoreReads):
         ))
         return (str(answer["type"]), str(answer["host"])) if answer.get("ok") else None
 
-    def note_server_stopped(self, op_id: int) -> None:
+    def note_server_stopped(self, op_id: int, start_hold_s: int) -> None:
         """A create job stopped the server (``stop_server``): a plain field, not a status,
-        that lets a retry after a kill start the server again."""
-        self._patient(self.redis.hset, keys.operation(op_id), "server_stopped", 1)
+        that lets a retry after a kill start the server again; and how long its start may
+        take, for which a delete or the reaper ending the operation holds the server
+        (_lib.lua hold_for_owed_work). Cleared by set_server_power(held_by=op_id)."""
+        fields: list[str | int] = ["server_stopped", 1, "start_hold_s", int(start_hold_s)]
+        self.patience.call("hset", lambda: self.redis.hset(keys.operation(op_id), items=fields))
 
     def rebuild_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Puts back one committed snapshot (and its server if missing); see the script."""

@@ -36,6 +36,7 @@ class GiveUp:
             "worker_lost",
             f"The job was interrupted {op.attempts - 1} times; giving up.",
             server_status=status,
+            power_settled=True,  # its start owed and its restore's power: settled above
         )
 
     def restore_back(self, op: OperationRecord) -> PowerStatus | None:

@@ -121,7 +121,7 @@ class HookRunner:
             return
         # Marked before the pre hook starts: from here on the server is owed a post hook,
         # and an operation ended from here on holds its server until the post hook ran
-        # (hold_for_post_hook in shared/lua/_lib.lua). Ended before the mark, it held
+        # (hold_for_owed_work in shared/lua/_lib.lua). Ended before the mark, it held
         # nothing: its pre hook must not run (the server may be another operation's).
         self.store.set_hook_pending(op_id, True)
         op = self.store.get_operation(op_id)

@@ -36,7 +36,7 @@ from workers.engine import (
 from workers.giveup import GiveUp
 from workers.hooks import HookFailed, HookRunner
 from workers.power import PowerError, PowerFactory, PowerStatus, settle
-from workers.powerhold import PowerHold, settled
+from workers.powerhold import POWER_HOLD_S, PowerHold, settled
 from workers.reporting import CancelCheck, ProgressReporter
 from workers.retention import retention_drop
 
@@ -183,7 +183,7 @@ class Jobs:
                 # an immutable file of the state, left it stopped and said "running")
                 status = self.give_up.restore_back(op) if op.type == "snapshot.restore" else None
                 self.store.fail_operation(op.id, "internal_error", f"The job failed: {exc}",
-                                          server_status=status)
+                                          server_status=status, power_settled=True)
                 return
             raise
 
@@ -221,7 +221,7 @@ class Jobs:
         try:
             if op.stop_server and driver.status() == "running":
                 # Noted before the stop, so a retry after a kill knows to start it again.
-                self.store.note_server_stopped(op.id)
+                self.store.note_server_stopped(op.id, POWER_HOLD_S)
                 driver.stop()
                 stopped_here = True
                 self.store.set_server_power(server.id, "stopped")
@@ -246,14 +246,15 @@ class Jobs:
             if stopped_here:
                 warnings += self.power.start_again(op.id, server, driver)
             # Ended meanwhile (deleted, the deadline) between its hooks, the operation held
-            # the server for its post hook (shared/lua/_lib.lua hold_for_post_hook), which
+            # the server for its post hook (shared/lua/_lib.lua hold_for_owed_work), which
             # has run by now: free (a no-op for a capture still ours). Best effort: the
             # hold expires by itself, and a Redis outage here must not fail the capture.
             with contextlib.suppress(redis.RedisError):
                 self.store.end_power_hold(server.id, op.id)
         if failure is not None:
             # (a start that failed too says so: the snapshot's warnings are never shown)
-            self.store.fail_operation(op.id, failure.code, " ".join([str(failure), *warnings]))
+            self.store.fail_operation(op.id, failure.code, " ".join([str(failure), *warnings]),
+                                      power_settled=True)
             if isinstance(failure, StorageFull):
                 # Free what the capture stored before it hit the wall (nothing references
                 # it); if another capture is under way, the reaper's reclaim will later.
@@ -339,7 +340,7 @@ class Jobs:
             status = settled(driver, prior == "running")
             self.store.fail_operation(op.id, exc.code, str(exc), server_status=status)
             # ended meanwhile between its safety capture's hooks, it held the server for
-            # the post hook (hold_for_post_hook), which has run by now
+            # the post hook (hold_for_owed_work), which has run by now
             with contextlib.suppress(redis.RedisError):
                 self.store.end_power_hold(server.id, op.id)
             return

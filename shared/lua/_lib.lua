@@ -203,14 +203,29 @@ end
 -- hold (workers/jobs.py), or for the hook's timeout and a margin if the job is gone. Freed
 -- outright, the next operation started at once and the post hook ("start the database",
 -- "thaw the filesystem") ran in the middle of it, a restore replacing the state, say.
-local function hold_for_post_hook(op)
-  if redis.call('HGET', 'operation:' .. op.id, 'hook_pending') ~= '1' then return end
-  local timeout = 60
-  local hooks = redis.call('HGET', 'server:' .. op.server_id, 'hooks')
-  if hooks and hooks ~= '' then
-    timeout = tonumber(cjson.decode(hooks).timeout) or timeout
+-- A stop_server capture's job that stopped the server (server_stopped, with the seconds its
+-- start may take: start_hold_s) starts it again after that, also held: freed outright, the
+-- next operation took the server first, the start was left to it, and it found the server
+-- stopped and left it so. set_server_power by the job (held_by) ends the hold and clears
+-- server_stopped; a job failing its operation itself has done both by then (power_settled).
+local function hold_for_owed_work(op, settled)
+  local f = redis.call('HMGET', 'operation:' .. op.id, 'hook_pending', 'server_stopped',
+    'start_hold_s')
+  local seconds = 0
+  if f[1] == '1' then
+    local timeout = 60
+    local hooks = redis.call('HGET', 'server:' .. op.server_id, 'hooks')
+    if hooks and hooks ~= '' then
+      timeout = tonumber(cjson.decode(hooks).timeout) or timeout
+    end
+    seconds = timeout + 30
   end
-  redis.call('SET', 'power_hold:' .. op.server_id, op.id, 'EX', timeout + 30)
+  if not settled and op.type == 'snapshot.create' and f[2] == '1' and f[3] then
+    seconds = seconds + tonumber(f[3])
+  end
+  if seconds > 0 then
+    redis.call('SET', 'power_hold:' .. op.server_id, op.id, 'EX', seconds)
+  end
 end
 
 -- A restore's job ends its operation after it has settled the server's power: the hold it

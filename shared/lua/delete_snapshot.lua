@@ -26,7 +26,7 @@ if snap.status == 'in_progress' and not empty(snap.operation_id) then
     redis.call('HSET', 'operation:' .. op.id, 'error',
       error_json('cancelled', 'The snapshot was deleted while it was being created.'))
     server_release(op.server_id, op.id)
-    hold_for_post_hook(op)
+    hold_for_owed_work(op, false)
     cancelled = op.id
   end
 end

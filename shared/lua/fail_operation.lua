@@ -1,7 +1,8 @@
 -- ARGV: op id, error code, error message, server status ('' = put back the prior one),
 -- and optionally a time (epoch s): only fail the operation if it started (or, never
 -- started, was created) at or before it; the reaper's deadline is this compare-and-set;
--- and '1' when the failing job has settled the server's power itself (its hold ends).
+-- and '1' when the failing job has settled the server's power itself (its hold ends; a
+-- capture's job has started the server it stopped, or could not).
 local op = hgetall('operation:' .. ARGV[1])
 if op.id == nil or not op_active(op.status) then
   return fail('conflict', 'operation not active')
@@ -63,9 +64,9 @@ elseif op.type == 'snapshot.restore' then
       {target_server_id = tonumber(op.server_id), code = ARGV[2], message = ARGV[3]})
   end
 end
--- failed by the reaper while its job still runs its hooks (a job failing it itself has
--- run its post hook by then: nothing is pending)
-hold_for_post_hook(op)
+-- failed by the reaper while its job still runs its hooks or owes its server a start (a
+-- job failing it itself has run its post hook by then, and settled the power: '1')
+hold_for_owed_work(op, ARGV[6] == '1')
 emit(etype, op.account, op.server_id, op.snapshot_id, op.id, t,
   {code = ARGV[2], message = ARGV[3]})
 return ok({})

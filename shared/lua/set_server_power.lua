@@ -2,8 +2,12 @@
 -- (hold_server_power.lua) this ends, if any. A worker's observation; never overrides a
 -- restore.
 local key = 'server:' .. ARGV[1]
-if not empty(ARGV[3]) and redis.call('GET', 'power_hold:' .. ARGV[1]) == ARGV[3] then
-  redis.call('DEL', 'power_hold:' .. ARGV[1])
+if not empty(ARGV[3]) then
+  if redis.call('GET', 'power_hold:' .. ARGV[1]) == ARGV[3] then
+    redis.call('DEL', 'power_hold:' .. ARGV[1])
+  end
+  -- a stop_server capture's start owed is paid (or failed): nothing to hold for any more
+  redis.call('HDEL', 'operation:' .. ARGV[3], 'server_stopped', 'start_hold_s')
 end
 local current = redis.call('HGET', key, 'status')
 if not current or current == 'restoring' or current == ARGV[2] then return ok({changed = false}) end

@@ -53,7 +53,7 @@ def test_given_up_stop_server_capture_starts_the_server_again(
                            status=f"test -e {flag}")))
     _, op_id = store.create_snapshot(
         account=None, body=SnapshotCreate(server_id=server_id, name="s", stop_server=True))
-    store.note_server_stopped(op_id)
+    store.note_server_stopped(op_id, 60)
     store.set_server_power(server_id, "stopped")
     store.redis.hset(f"operation:{op_id}", "attempts", 5)
 

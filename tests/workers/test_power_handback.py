@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from shared.schemas import Hooks, PowerCommand, ServerCreate, ServerState, SnapshotCreate
+from shared.scripts import TransitionRefused
 from shared.settings import Settings
 from shared.store import Store
 from workers.engine import Engine
@@ -106,3 +107,85 @@ def test_a_failed_stop_server_capture_has_started_the_server_when_it_is_seen_fai
     assert op is not None and op.error is not None and op.error.code == "hook_failed"
     assert seen == [(True, "running")]  # before: (False, "stopped")
     assert flag.exists()  # before: left stopped
+
+
+def test_a_stop_server_capture_deleted_under_it_starts_its_server_before_the_next_one(
+    store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop_server capture's snapshot is deleted while it is captured (the operation is
+    # cancelled, the server freed) and the client at once asks for another snapshot of the
+    # server: that one took the server before the first job started it again, the start
+    # was left to it, and it found the server stopped and left it so, for good.
+    state, flag = tmp_path / "state", tmp_path / "running"
+    state.mkdir()
+    (state / "a.bin").write_bytes(b"a" * 300_000)
+    flag.touch()
+    server_id = store.create_server(ServerCreate(
+        name="db-01", account="acme", state=ServerState(kind="directory", path=str(state)),
+        power=PowerCommand(stop=f"rm -f {flag}", start=f"touch {flag}",
+                           status=f"test -e {flag}")))
+    snap_id, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s", stop_server=True))
+    jobs = Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5)
+    refused: list[str] = []
+    report = store.report_progress
+
+    def deleted_then_asked_again(op: int, percent: int) -> None:
+        if op == op_id and not refused:
+            store.delete_snapshot(account=None, snapshot_id=snap_id)
+            again = SnapshotCreate(server_id=server_id, name="t", stop_server=True)
+            try:
+                store.create_snapshot(account=None, body=again)
+                refused.append("")
+            except TransitionRefused as exc:  # held until the first job started it again
+                refused.append(exc.code)
+        report(op, percent)
+
+    monkeypatch.setattr(store, "report_progress", deleted_then_asked_again)
+    jobs.run(op_id)
+    assert refused == ["server_invalid_state"]  # before: taken at once
+    assert flag.exists()  # before: left stopped
+    server = store.get_server(server_id)
+    assert server is not None and server.status == "running"
+    # and the hold ended with the start: the next snapshot starts at once
+    store.create_snapshot(account=None, body=SnapshotCreate(server_id=server_id, name="u"))
+
+
+def test_a_stop_server_capture_whose_stop_fails_leaves_the_server_free(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    # It noted the server stopped before the stop, which failed: its own failure holds
+    # nothing for a start it will never make (the next snapshot starts at once).
+    state, flag = tmp_path / "state", tmp_path / "running"
+    state.mkdir()
+    flag.touch()
+    server_id = store.create_server(ServerCreate(
+        name="db-01", account="acme", state=ServerState(kind="directory", path=str(state)),
+        power=PowerCommand(stop="exit 1", start=f"touch {flag}", status=f"test -e {flag}")))
+    _, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s", stop_server=True))
+    Jobs(store, Engine(settings.storage_url), driver_for, max_attempts=5).run(op_id)
+    op = store.get_operation(op_id)
+    assert op is not None and op.error is not None and op.error.code == "power_failed"
+    store.create_snapshot(account=None, body=SnapshotCreate(server_id=server_id, name="t"))
+
+
+def test_the_reaper_ending_a_capture_that_stopped_its_server_holds_it_for_the_start(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    server_id = store.create_server(ServerCreate(
+        name="db-01", account="acme", state=ServerState(kind="directory", path=str(state))))
+    _, op_id = store.create_snapshot(
+        account=None, body=SnapshotCreate(server_id=server_id, name="s", stop_server=True))
+    assert store.begin_operation(op_id) is not None
+    store.note_server_stopped(op_id, 200)
+    # the deadline: its job may be about to start the server again
+    assert store.fail_operation(op_id, "deadline_exceeded", "too long")
+    assert 150 < store.redis.ttl(f"power_hold:{server_id}") <= 200
+    with pytest.raises(TransitionRefused, match="handed back"):
+        store.create_snapshot(account=None, body=SnapshotCreate(server_id=server_id, name="t"))
+    store.set_server_power(server_id, "running", held_by=op_id)  # the job's start, done
+    assert not store.server_stopped_by(op_id)
+    store.create_snapshot(account=None, body=SnapshotCreate(server_id=server_id, name="t"))
