@@ -539,3 +539,52 @@ def test_big_files_are_read_once_the_walk_is_over(monkeypatch: pytest.MonkeyPatc
     out = tmp_path / "out"
     engine.restore(1, dir_state(out))
     assert_same(src, out)
+
+
+def test_a_big_files_blocks_are_read_ahead_of_the_threads_storing_them_and_bounded(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A block thread that read its own block left its core idle while the disk read it:
+    the reads run ahead on threads of their own, while every store is held, but no more
+    than the pipeline's window ahead (bounded memory)."""
+    import threading
+
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    make_tree(src)  # 9 ranges of data: more than the window
+    orig_pread, orig_store = directio.pread, TinyPacker.store_block
+    reads = [0]
+    lock = threading.Lock()
+    release = threading.Event()
+    seen: list[int] = []
+
+    def pread(direct: int | None, fd: int, buf: mmap.mmap, length: int,
+              offset: int) -> memoryview:
+        with lock:
+            reads[0] += 1
+        return orig_pread(direct, fd, buf, length, offset)
+
+    def held() -> None:
+        time.sleep(0.5)  # the reads that may run meanwhile have
+        with lock:
+            seen.append(reads[0])
+        release.set()
+
+    def store(self: TinyPacker, data: bytes | memoryview) -> tuple[bytes, int]:
+        with lock:
+            if not seen and not release.is_set() and not getattr(store, "timer", None):
+                store.timer = threading.Thread(target=held)  # type: ignore[attr-defined]
+                store.timer.start()  # type: ignore[attr-defined]
+        release.wait()
+        return orig_store(self, data)
+
+    monkeypatch.setattr(directio, "pread", pread)
+    monkeypatch.setattr(TinyPacker, "store_block", store)
+    res = engine.capture(make_meta(1), dir_state(src))
+    assert not res.warnings
+    threads, ahead = tuning.BIG_FILE_THREADS, tuning.BIG_FILE_READ_AHEAD
+    # each held store took one block; the others were read meanwhile, up to the window
+    # (threads + read-ahead submitted, and the next one taken)
+    assert threads < seen[0] <= threads + ahead + 1
+    out = tmp_path / "out"
+    engine.restore(1, dir_state(out))
+    assert_same(src, out)

@@ -165,6 +165,13 @@ IMAGE_THREADS = 4
 # alone, 1.98-3.17 s vs 2.86-4.26 s with 4 (alternating x3, load ~5.8), CPU 2.23-2.44 vs
 # 2.42-2.57 s
 BIG_FILE_THREADS = 2
+# ... and its blocks read ahead of them by this many threads of their own (O_DIRECT, 1 MiB
+# each): a block thread that reads its own block idles while the disk works (traced, the
+# cold bench capture's 300 block reads waited 1.3-1.9 s in all, the blocks' hashing and
+# compression took 0.7-0.8 s). The 300 MiB image alone in a directory, engine alone, warm,
+# chrt -r 1, alternating x6 at load 8-10: 0.85 s (2 ahead: 0.86) vs 1.05 s at 3f30c8c,
+# CPU the same (1.06-1.08 s); reads of 1 MiB here peak at 4 at once (~1.2 GB/s)
+BIG_FILE_READ_AHEAD = 4
 # Big files a directory capture holds open ahead of their reads (one thread reads them in
 # turn; the walk waits beyond this): a state of thousands (a database's 1 GiB segments)
 # opened them all at once and dropped the rest as vanished (EMFILE at the fd limit)

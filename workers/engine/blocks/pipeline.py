@@ -10,6 +10,7 @@ checked (fsutil.open_regular's rules), no name is looked up again.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections import deque
@@ -29,16 +30,18 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 def pipelined(items: Iterable[T], job: Callable[[T], R], consume: Callable[[R], None],
-              threads: int = 0) -> None:
+              threads: int = 0, window: int = 0) -> None:
     """job(item) on `threads` (default IMAGE_THREADS) threads, results consumed in order by
-    the calling thread. On an error the rest is cancelled and running jobs finish before
-    this returns."""
+    the calling thread, at most `window` (default 2 x threads) jobs submitted and not yet
+    consumed. On an error the rest is cancelled and running jobs finish before this
+    returns."""
     threads = threads or tuning.IMAGE_THREADS
+    window = window or 2 * threads
     with ThreadPoolExecutor(threads, thread_name_prefix="blocks") as pool:
         pending: deque[Future[R]] = deque()
         try:
             for item in items:
-                if len(pending) >= 2 * threads:
+                if len(pending) >= window:
                     consume(pending.popleft().result())
                 pending.append(pool.submit(job, item))
             while pending:
@@ -55,6 +58,25 @@ def all_zero(data: memoryview, zero: bytes) -> bool:
     return not any(data[:64]) and data.tobytes() == zero[:len(data)]
 
 
+class _Buffers:
+    """Page-aligned block buffers, reused: one per block read and not yet stored."""
+
+    def __init__(self, block: int) -> None:
+        self._block = block
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return directio.buffer(self._block)
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+
 class BlocksRead(NamedTuple):
     blocks: list[tuple[bytes, int]]  # (chunk id, offset) of the blocks stored, in order
     stored: int  # bytes newly written to the repository
@@ -67,27 +89,60 @@ class BlocksRead(NamedTuple):
 
 def read_blocks(fd: int, ranges: Callable[[int], Iterable[tuple[int, int]]], block: int,
                 store: Store, progress: Progress, *, skip_zero: bool,
-                stable: bool = True, threads: int = 0) -> BlocksRead:
+                stable: bool = True, threads: int = 0, read_ahead: int = 0) -> BlocksRead:
     """Read the (offset, length) ranges(size) of fd, each at most `block` bytes, and store
     each (all-zero ones are left out when skip_zero). The file is read again, up to
     tuning.READ_RETRIES times, while its size, mtime or ctime change under the read
-    (stable=False: a block device, which has no such stamps). `threads`: pipelined()'s."""
+    (stable=False: a block device, which has no such stamps). `threads`: pipelined()'s.
+    `read_ahead`: blocks are read by this many threads of their own, up to that many
+    ahead of the `threads` that hash and store them (0: each of those reads its block,
+    then stores it; its core idles while the disk reads)."""
     local = threading.local()
     zero = bytes(block)
     st = os.fstat(fd)
     direct = (directio.reopen_direct(fd, os.O_RDONLY | _NOATIME) if _NOATIME else None) \
         or directio.reopen_direct(fd, os.O_RDONLY)
+    buffers = _Buffers(block)
+
+    def keep(off: int, data: memoryview) -> tuple[int, int, bytes | None, int]:
+        if skip_zero and all_zero(data, zero):
+            return off, len(data), None, 0
+        cid, n = store(data)
+        return off, len(data), cid, n
 
     def job(rng: tuple[int, int]) -> tuple[int, int, bytes | None, int]:
         off, ln = rng
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = directio.buffer(block)
-        data = directio.pread(direct, fd, buf, ln, off)
-        if skip_zero and all_zero(data, zero):
-            return off, len(data), None, 0
-        cid, n = store(data)
-        return off, len(data), cid, n
+        return keep(off, directio.pread(direct, fd, buf, ln, off))
+
+    def read(off: int, ln: int) -> tuple[mmap.mmap, memoryview]:
+        buf = buffers.take()
+        try:
+            return buf, directio.pread(direct, fd, buf, ln, off)
+        except BaseException:
+            buffers.give(buf)
+            raise
+
+    def job_read(item: tuple[int, Future[tuple[mmap.mmap, memoryview]]]
+                 ) -> tuple[int, int, bytes | None, int]:
+        off, reading = item
+        buf, data = reading.result()
+        try:
+            return keep(off, data)
+        finally:
+            buffers.give(buf)  # store() keeps nothing of data (it copies or compresses)
+
+    def read_ahead_of(size: int) -> None:
+        with ThreadPoolExecutor(read_ahead, thread_name_prefix="blockread") as io:
+            try:  # each block's read starts as its job is submitted
+                items = ((off, io.submit(read, off, ln)) for off, ln in ranges(size))
+                pipelined(items, job_read, consume, threads,
+                          (threads or tuning.IMAGE_THREADS) + read_ahead)
+            except BaseException:
+                io.shutdown(wait=True, cancel_futures=True)
+                raise
 
     stored = nread = 0
     blocks: list[tuple[bytes, int]] = []
@@ -106,7 +161,10 @@ def read_blocks(fd: int, ranges: Callable[[int], Iterable[tuple[int, int]]], blo
     try:
         for attempt in range(tuning.READ_RETRIES + 1):
             blocks.clear()
-            pipelined(ranges(st.st_size), job, consume, threads)
+            if read_ahead:
+                read_ahead_of(st.st_size)
+            else:
+                pipelined(ranges(st.st_size), job, consume, threads)
             st2 = os.fstat(fd)
             if not stable or (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == (
                     st.st_size, st.st_mtime_ns, st.st_ctime_ns):

@@ -127,7 +127,8 @@ class BigFiles:
             return self._packs.store_block(data)
 
         res = read_blocks(fd, lambda size: fixed_ranges(fd, size, bs), bs, store,
-                          self._progress, skip_zero=False, threads=tuning.BIG_FILE_THREADS)
+                          self._progress, skip_zero=False, threads=tuning.BIG_FILE_THREADS,
+                          read_ahead=tuning.BIG_FILE_READ_AHEAD)
         st = res.st
         self._done(idx, res.blocks, b"", (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                          st.st_ino, st.st_mode, st.st_uid, st.st_gid),
