@@ -9,8 +9,8 @@ twice (02:30 on the fall-back night) runs once, at its first occurrence.
 from __future__ import annotations
 
 from datetime import datetime
-from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache, lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -28,6 +28,24 @@ def zone(name: str) -> ZoneInfo:
         raise ValueError(
             f"timezone: {name!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)"
         ) from None
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    """The zones of the IANA database this host has. ZoneInfo also opens other files of
+    its directory: localtime (the host's own zone, /etc/localtime: another host of the
+    fleet may have another, and each computed the schedule's slots in its own), right/*
+    (clocks that count leap seconds: every run 27 s late), posix/*, posixrules."""
+    return frozenset(available_timezones() - {"localtime"})
+
+
+def check_zone(name: str) -> None:
+    """ValueError naming the field unless ``name`` is an IANA zone (a schedule's input;
+    zone() takes what was stored before as it is)."""
+    zone(name)
+    if name not in _zone_names():
+        raise ValueError(
+            f"timezone: {name!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)")
 
 
 def check(expr: str) -> None:

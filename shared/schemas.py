@@ -208,7 +208,7 @@ class ScheduleSet(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         cronexpr.check(self.cron)
-        cronexpr.zone(self.timezone)
+        cronexpr.check_zone(self.timezone)
         if self.retention.total() < 1:
             raise ValueError("retention: the counts must add up to at least 1")
 

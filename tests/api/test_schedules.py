@@ -73,6 +73,11 @@ def test_put_get_delete(client: TestClient, api: ApiHelper) -> None:
     ({**BODY, "cron": 5}, "cron"),
     ({**BODY, "timezone": "Europe/Atlantis"}, "timezone"),
     ({**BODY, "timezone": "../../../etc/passwd"}, "timezone"),
+    # files of the zone database's directory that name no zone of it: the host's own zone
+    # (another host of the fleet may have another), leap-second clocks (runs 27 s late)
+    ({**BODY, "timezone": "localtime"}, "timezone"),
+    ({**BODY, "timezone": "posixrules"}, "timezone"),
+    ({**BODY, "timezone": "right/Europe/Berlin"}, "timezone"),
     ({**BODY, "retention": {"last": 0}}, "retention"),
     ({**BODY, "retention": {"last": 3, "daily": 3}}, "retention"),
     ({**BODY, "retention": {"last": -1, "daily": 2}}, "retention.last"),
