@@ -416,6 +416,99 @@ def test_a_new_state_gets_its_big_file_and_links_to_it_and_a_rotten_block_fails_
     assert sorted(os.listdir(tmp_path)) == ["out", "repo", "srv"]
 
 
+def _evict(root: Path) -> None:
+    """Every file under root out of the page cache (written back first)."""
+    for d, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(d, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def _cached(path: Path, at: int) -> bool:
+    """Is the page of path holding byte `at` in the page cache? mincore(2) on a mapping of
+    it: a read to find out, even an RWF_NOWAIT one, starts the read-ahead that puts it
+    there."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    page = at - at % mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, fd, page)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        vec = (ctypes.c_ubyte * 1)()
+        try:
+            assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(mmap.PAGESIZE),
+                                vec) == 0, ctypes.get_errno()
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(mmap.PAGESIZE))
+    finally:
+        os.close(fd)
+    return bool(vec[0] & 1)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["cold", "warm"])
+def test_a_big_files_blocks_are_read_past_the_page_cache_and_checked_where_they_land(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cached: bool) -> None:
+    """From a local repository a big file's block (a frame of its own in a pack) is read
+    with O_DIRECT (a cold pack is not cached by the restore, a warm one stays cached) and
+    decoded into the buffer it is written from: a byte flipped on disk (or in the cache,
+    not yet written back), or a pack cut short, still fails the restore as corrupt, naming
+    the pack."""
+    from workers.engine import SnapshotCorrupt
+
+    from .conftest import repo_dir, stored_at
+
+    monkeypatch.setattr(tuning, "RESTORE_PROCESS_THRESHOLD", 0)  # as a big file's restore
+    engine = Engine(big_repo(tmp_path / "repo"))
+    src = tmp_path / "srv"
+    make_tree(src)
+    engine.capture(make_meta(1), dir_state(src))
+    body = engine.repo.get_manifest(1)[1]
+    assert isinstance(body, DirBody)
+    e = next(e for e in body.entries if e.path == b"vm/disk.img")
+    stored = {i: stored_at(engine, e, i) for i, _p, _o, _n in e.slices}
+    repo = repo_dir(engine)
+
+    def warm_or_cold() -> None:
+        _evict(repo)
+        if cached:
+            for pack, _at in stored.values():
+                (repo / chunk_key(pack)).read_bytes()
+
+    warm_or_cold()
+    engine.restore(1, dir_state(tmp_path / "out"))
+    assert_same(src, tmp_path / "out")
+    # past what reading a pack's frame table (and the read-ahead after it) caches
+    far = [(pack, at) for pack, at in stored.values() if at >= 256 << 10]
+    assert len(far) >= 4
+    for pack, at in far:
+        assert _cached(repo / chunk_key(pack), at) == cached
+
+    pack, at = stored[4]
+    obj = repo / chunk_key(pack)
+    good = obj.read_bytes()
+    raw = bytearray(good)
+    raw[at] ^= 0xFF
+    obj.write_bytes(bytes(raw))
+    warm_or_cold()
+    with pytest.raises(SnapshotCorrupt, match=f"does not match its id in object {pack.hex()}"
+                       f"|{pack.hex()} does not decompress"):
+        engine.restore(1, dir_state(tmp_path / "rotten"))
+    obj.write_bytes(good[:at])  # cut short in the middle of block 4's frame
+    warm_or_cold()
+    with pytest.raises(SnapshotCorrupt, match=f"{pack.hex()} does not decompress"):
+        engine.restore(1, dir_state(tmp_path / "short"))
+    assert sorted(os.listdir(tmp_path)) == ["out", "repo", "srv"]
+
+
 def test_a_new_states_big_file_is_under_way_before_the_writers_get_their_shares(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Its directories are made and its thread started first (the longest path of the

@@ -72,3 +72,37 @@ def test_image_round_trip_with_and_without_o_direct(
     engine.restore(1, state)  # a missing image is created from the blocks
     assert img.read_bytes() == original
     assert os.stat(img).st_blocks * 512 < 5 * MiB  # zeros and holes came back as holes
+
+
+def test_pread_any_reads_any_range_and_write_buffer_writes_what_is_in_the_buffer(
+        tmp_path: Path) -> None:
+    """pread_any: the aligned range around any (offset, length) read directly, the view of
+    just those bytes returned; write_buffer: a buffer's first n bytes written, directly
+    when aligned, else buffered (an unaligned tail)."""
+    src = tmp_path / "src"
+    data = os.urandom(5 * directio.ALIGN + 321)
+    src.write_bytes(data)
+    fd = os.open(src, os.O_RDONLY)
+    direct = directio.reopen_direct(fd, os.O_RDONLY)
+    assert direct is not None  # tmp_path is on a filesystem with O_DIRECT
+    buf = directio.buffer(3 * directio.ALIGN + 2 * directio.ALIGN)
+    try:
+        for off, ln in ((0, 10), (4095, 2), (100, 3 * directio.ALIGN), (4096, 4096),
+                        (5 * directio.ALIGN + 300, 500)):  # the last: short, at the end
+            assert bytes(directio.pread_any(direct, fd, buf, ln, off)) == data[off:off + ln]
+    finally:
+        os.close(fd)
+        os.close(direct)
+    dst = tmp_path / "dst"
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600)
+    direct = directio.reopen_direct(fd, os.O_WRONLY)
+    try:
+        memoryview(buf)[:8192] = data[:8192]
+        directio.write_buffer(direct, fd, buf, 8192, 0)  # aligned: direct
+        memoryview(buf)[:777] = data[8192:8192 + 777]
+        directio.write_buffer(direct, fd, buf, 777, 8192)  # unaligned tail: buffered
+    finally:
+        os.close(fd)
+        if direct is not None:
+            os.close(direct)
+    assert dst.read_bytes() == data[:8192 + 777]

@@ -25,7 +25,9 @@ from ..progress import Progress
 T = TypeVar("T")
 R = TypeVar("R")
 Store = Callable[[memoryview], tuple[bytes, int]]  # data -> (chunk id, bytes written)
-Fetch = Callable[[int, bytes], bytes]  # (chunk index, chunk id) -> verified bytes
+# (chunk index, chunk id, the write's aligned buffer) -> the chunk's verified bytes, or
+# their length when it put them at the start of that buffer (nothing to copy there)
+Fetch = Callable[[int, bytes, mmap.mmap], bytes | int]
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
@@ -192,7 +194,10 @@ def write_blocks(fd: int, chunks: list[tuple[bytes, int]], block: int, fetch: Fe
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = directio.buffer(block)
-        data = fetch(i, cid)
+        data = fetch(i, cid, buf)
+        if isinstance(data, int):
+            directio.write_buffer(direct, fd, buf, data, off)
+            return data
         directio.pwrite(direct, fd, buf, data, off)
         return len(data)
 

@@ -71,25 +71,44 @@ def pread(direct: int | None, fd: int, buf: mmap.mmap, length: int,
     return view[:got]
 
 
+def pread_any(direct: int | None, fd: int, buf: mmap.mmap, length: int,
+              offset: int) -> memoryview:
+    """pread() at any offset: the aligned range around [offset, offset + length) is read
+    into buf (at least length + 2 * ALIGN bytes); returns the view of those bytes (short
+    only at end of file)."""
+    head = offset % ALIGN
+    return pread(direct, fd, buf, head + length, offset - head)[head:]
+
+
 def pwrite(direct: int | None, fd: int, buf: mmap.mmap, data: bytes | memoryview,
            offset: int) -> None:
     """Write all of data at offset: directly (through buf) when offset and length are
     aligned, else through the buffered fd."""
     n = len(data)
     if direct is not None and aligned(offset, n) and n <= len(buf):
-        view = memoryview(buf)
-        view[:n] = data
-        done = 0
+        memoryview(buf)[:n] = data
+        write_buffer(direct, fd, buf, n, offset)
+        return
+    _write_buffered(fd, memoryview(data), offset)
+
+
+def write_buffer(direct: int | None, fd: int, buf: mmap.mmap, n: int, offset: int) -> None:
+    """Write the first n bytes of buf at offset (what pwrite does once it copied its data
+    there): directly when offset and length are aligned, else through the buffered fd."""
+    view = memoryview(buf)[:n]
+    done = 0
+    if direct is not None and aligned(offset, n):
         try:
             while done < n:
-                done += os.pwrite(direct, view[done:n], offset + done)
+                done += os.pwrite(direct, view[done:], offset + done)
             return
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-        data = memoryview(data)[done:]
-        offset += done
-    view = memoryview(data)
+    _write_buffered(fd, view[done:], offset + done)
+
+
+def _write_buffered(fd: int, view: memoryview, offset: int) -> None:
     while view:
         w = os.pwrite(fd, view, offset)
         view = view[w:]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import stat
 import struct
@@ -357,7 +358,7 @@ def _write_blocks(repo: Repository, sid: int, body: ImageBody, fd: int,
     try:
         blocks.plan(range(len(body.blocks)))
         return write_blocks(fd, [(cid, i * bs) for i, cid in body.blocks], bs,
-                            lambda k, _cid: blocks.read(k), progress)
+                            lambda k, _cid, buf: blocks.read_into(k, buf), progress)
     finally:
         blocks.close()
 
@@ -388,6 +389,14 @@ class _Blocks:
         if hit is None:
             return self.repo.read_chunk_for(self.sid, cid)
         return self.packs.read_member(*hit, cid, b"block %d" % i)
+
+    def read_into(self, k: int, buf: mmap.mmap) -> bytes | int:
+        """read(k), or its length, its bytes put into buf (PackCache.read_member_into)."""
+        i, cid = self.blocks[k]
+        hit = self.sliced.get(k)
+        if hit is None:
+            return self.repo.read_chunk_for(self.sid, cid)
+        return self.packs.read_member_into(*hit, cid, b"block %d" % i, buf)
 
     def close(self) -> None:
         self.packs.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import mmap
 import os
 import threading
 from collections import deque
@@ -18,7 +19,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from .. import tuning
-from ..fs import fsutil
+from ..fs import directio, fsutil
 from ..model import EngineError, StorageFull, StorageOptions
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -269,6 +270,19 @@ class LocalBackend:
 
     def get_range_pieces(self, key: str, offset: int, n: int, piece: int) -> Iterator[bytes]:
         yield self.get_range(key, offset, n)  # a local read: nothing to overlap it with
+
+    def get_range_into(self, key: str, offset: int, n: int, buf: mmap.mmap) -> memoryview:
+        """get_range's bytes read into buf (at least n + 2 * directio.ALIGN bytes) with
+        O_DIRECT where the filesystem allows; returns their view. For a big chunk read
+        once (a disk image's block): no page-cache insertion, copy and later eviction."""
+        fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        direct = directio.reopen_direct(fd, os.O_RDONLY)
+        try:
+            return directio.pread_any(direct, fd, buf, n, offset)
+        finally:
+            if direct is not None:
+                os.close(direct)
+            os.close(fd)
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))

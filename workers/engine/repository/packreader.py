@@ -13,6 +13,7 @@ tuning.RESTORE_FETCH_BYTES).
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import zstandard
 
 from .. import tuning
+from ..fs import directio
 from ..model import SnapshotCorrupt
 from . import packformat
 from .manifest import Entry
@@ -196,6 +198,61 @@ class PackCache:
             raise SnapshotCorrupt(f"snapshot {self.sid} is corrupt: {e.path!r} is packed "
                                   "but has not one chunk")
         return self.read_member(e.pack, e.pack_off, e.pack_len, e.chunks[0][0], e.path)
+
+    def read_member_into(self, pack: bytes, off: int, ln: int, cid: bytes, path: bytes,
+                         out: mmap.mmap) -> bytes | int:
+        """read_member(), or for a big chunk (a frame of its own: a disk image's block) of a
+        local pack read on demand, its bytes decoded into out and checked there: returns
+        their length. No buffer is allocated for it (a new 1 MiB one is 256 page faults
+        and their zeroing, and glibc's per-thread arenas gave it back with madvise), its
+        frame is read past the page cache (LocalBackend.get_range_into: no insertion and
+        copy) into this thread's scratch buffer, and nothing is copied again to be written
+        (out is the O_DIRECT write's buffer: blocks/pipeline.py). The bench's 300 MiB
+        image written alone (the parent's path), CPU medians of 4 alternating with the
+        previous code at load ~8: 0.49 -> 0.33 s cold, 0.49 -> 0.33 s warm."""
+        get_into = getattr(self.repo.backend, "get_range_into", None)  # local only
+        if get_into is None or self._fetch is not None or not 0 < ln <= len(out):
+            return self.read_member(pack, off, ln, cid, path)
+        try:
+            lay = self.layout(pack)
+            frames = span(lay, off, ln) if lay.kind == packformat.PACK else range(0)
+        except ObjectCorrupt as err:
+            raise self._corrupt(pack, path, str(err).removeprefix(f"object {pack.hex()} ")) \
+                from err
+        except ValueError as err:
+            raise self._corrupt(pack, path, f"does not decompress: {err}") from err
+        f = lay.frames[frames[0]] if len(frames) == 1 else None
+        if f is None or f.plain != off or f.size != ln:  # small members share their frames
+            return self.read_member(pack, off, ln, cid, path)
+        stored = f.end - f.start
+        scratch: mmap.mmap | None = getattr(self._local, "scratch", None)
+        if scratch is None or len(scratch) < stored + 2 * directio.ALIGN:
+            scratch = self._local.scratch = directio.buffer(stored + 2 * directio.ALIGN)
+        try:
+            payload = get_into(chunk_key(pack), f.start, stored, scratch)
+        except FileNotFoundError as err:
+            raise self._corrupt(pack, path, "is missing") from err
+        view = memoryview(out)[:ln]
+        try:
+            if len(payload) != stored or not stored:
+                raise ValueError("truncated frame")
+            if payload[0] == packformat.RAW and stored == ln + 1:
+                view[:] = payload[1:]
+            elif payload[0] == packformat.ZSTD:
+                reader = self.zd().stream_reader(payload[1:], read_size=stored)
+                got = 0
+                while got < ln and (n := reader.readinto(view[got:])):
+                    got += n
+                if got != ln:
+                    raise ValueError(f"{got} bytes, not {ln}")
+            else:
+                raise ValueError("unknown frame header")
+        except (zstandard.ZstdError, ValueError) as err:
+            raise self._corrupt(pack, path, f"does not decompress: {err}") from err
+        if self.repo.chunk_id(view) != cid:
+            raise SnapshotCorrupt(f"snapshot {self.sid} is corrupt: {path!r} does not match "
+                                  f"its id in object {pack.hex()}")
+        return ln
 
     def read_member(self, pack: bytes, off: int, ln: int, cid: bytes, path: bytes) -> bytes:
         """One packed chunk (of file `path`), checked against its id."""

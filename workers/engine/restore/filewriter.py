@@ -13,6 +13,7 @@ entries, hard links, the writer processes' shares) is treewriter.py's.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import stat
 import threading
@@ -114,7 +115,8 @@ class FileWriter:
                 todo = [i for i, (cid, _off) in enumerate(e.chunks) if cid != zero]
                 _allocate(fd, [off for cid, off in e.chunks if cid == zero], block)
                 written = write_blocks(fd, [e.chunks[i] for i in todo], block,
-                                       lambda j, cid: self._chunk(e, todo[j], cid, sliced),
+                                       lambda j, cid, buf: self._chunk_into(
+                                           e, todo[j], cid, sliced, buf),
                                        self.progress)
                 self.progress.add((len(e.chunks) - len(todo)) * block)
             else:
@@ -163,6 +165,14 @@ class FileWriter:
         """Chunk i (id cid) of e, verified: from its tiny pack (a slice) or its object."""
         if i in sliced:
             return self.packs.read_member(*sliced[i], cid, e.path)
+        return self.repo.read_chunk_for(self.sid, cid)
+
+    def _chunk_into(self, e: Entry, i: int, cid: bytes,
+                    sliced: dict[int, tuple[bytes, int, int]], buf: mmap.mmap) -> bytes | int:
+        """_chunk(), or (a big chunk of a local pack) its length, its bytes put into buf
+        (PackCache.read_member_into)."""
+        if i in sliced:
+            return self.packs.read_member_into(*sliced[i], cid, e.path, buf)
         return self.repo.read_chunk_for(self.sid, cid)
 
     def _final_at_create(self, e: Entry) -> bool:
