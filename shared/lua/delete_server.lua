@@ -1,7 +1,7 @@
 -- ARGV[1]: JSON {server_id, account?, anywhere?}. Deletes the server and queues the deletion
 -- of every snapshot it still has (anywhere: see drop_snapshot); refuses while an operation
--- on it is active, or while a restore reads one of its snapshots. Answers the host the
--- deletions run on.
+-- on it is active or its power is held, or while a restore reads one of its snapshots.
+-- Answers the host the deletions run on.
 local a = cjson.decode(ARGV[1])
 local srv = hgetall('server:' .. a.server_id)
 if srv.id == nil or (a.account ~= nil and srv.account ~= a.account) then
@@ -11,6 +11,11 @@ if srv.status == 'restoring' or not empty(srv.active_op) then
   return fail('server_invalid_state',
     'Server ' .. srv.id .. ' has an operation in progress; wait for it to finish.')
 end
+-- held for a job that ended (cancelled, the deadline) but still runs the server's post
+-- hook or starts it again (hold_for_owed_work): deleted meanwhile, that job found no
+-- server to start, and the machine stayed stopped
+local code, message = server_busy(srv)
+if code ~= nil then return fail(code, message) end
 local ids = redis.call('ZRANGE', 'idx:snapshots:server:' .. srv.id, 0, -1)
 for _, sid in ipairs(ids) do
   if redis.call('HGET', 'snapshot:' .. sid, 'protected') == '1' then

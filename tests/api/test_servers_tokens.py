@@ -130,3 +130,24 @@ def test_host_names_are_checked(client: TestClient, api: ApiHelper) -> None:
         assert "host" in r.json()["error"]["message"]
     body["host"] = "hv-01.fra1_b"
     assert client.post("/api/v1/servers/", json=body, headers=api.admin).status_code == 201
+
+
+def test_delete_server_refused_while_a_cancelled_job_still_owes_it_its_start(
+    client: TestClient, api: ApiHelper, store: Store
+) -> None:
+    # A stop_server capture's snapshot deleted under it: its job is about to start the
+    # server again (power_hold). Deleted meanwhile, the server's record was gone when the
+    # job came to start it: the start was refused ("held by another operation"), and the
+    # machine stayed stopped.
+    server = api.server("acme")
+    h = api.headers("acme")
+    snap = api.snapshot(h, server["id"], stop_server=True)
+    store.begin_operation(snap["operation_id"])
+    store.note_server_stopped(snap["operation_id"], 60)
+    assert client.delete(f"/api/v1/snapshots/{snap['id']}/", headers=h).status_code == 204
+    path = f"/api/v1/servers/{server['id']}/"
+    r = client.delete(path, headers=api.admin)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "server_invalid_state", r.text
+    assert "handed back" in r.json()["error"]["message"]
+    store.set_server_power(server["id"], "running", held_by=snap["operation_id"])  # started
+    assert client.delete(path, headers=api.admin).status_code == 204
