@@ -42,10 +42,10 @@ def _check(engine: Engine, directory: Path) -> ReuseCheck:
     """A ReuseCheck as a restore sets it up: after its sync point, trusting a manifest whose
     ctimes vouch for content (every capture since sync points were introduced)."""
     check = ReuseCheck(engine.repo)
-    check.trust_manifest = True
     fd = os.open(directory, fsutil.DIR_FLAGS)
     try:
         check.sync = sync_point(fd)
+        check.captured_dev = check.known_dev = os.fstat(fd).st_dev  # all on one filesystem
     finally:
         os.close(fd)
     return check

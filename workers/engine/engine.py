@@ -142,6 +142,7 @@ class Engine:
                 encoded, size, files = arch.body()
                 pieces = arch.tree.pieces
                 stored, warnings = arch.stored_bytes, arch.warnings
+                dev = arch.root_dev
                 self.last_bytes_read = arch.bytes_read
             elif state.kind == "image":
                 from .image.image import capture_image
@@ -154,7 +155,7 @@ class Engine:
                         if parent_header.ctimes_vouched and isinstance(pbody, ImageBody):
                             parent = pbody  # else its ctimes may not stand for its bytes
                 ibody, stored, warnings, nread = capture_image(repo, state.path, parent, prog)
-                size, files = ibody.size, 1
+                size, files, dev = ibody.size, 1, 0
                 self.last_bytes_read = nread
                 prog.check()
                 encoded = [manifest.encode_body(ibody)]
@@ -165,7 +166,8 @@ class Engine:
                             # the manifest is written by this capture too: counted
                             stored_bytes=stored + sum(map(len, encoded)), files=files,
                             warnings=warnings,
-                            completed_at=_now(), ctimes_vouched=True, pieces=pieces)
+                            completed_at=_now(), ctimes_vouched=True, pieces=pieces,
+                            dev=dev)
             if not repo.put_manifest(header, encoded):
                 # another delivery of this capture committed first: its snapshot is the one
                 done = self._committed_result(meta.snapshot_id)
@@ -214,7 +216,7 @@ class Engine:
             except EngineError:
                 pass
             else:
-                return ParentCursor(pieces, vouched=header.ctimes_vouched)
+                return ParentCursor(pieces, vouched=header.ctimes_vouched, dev=header.dev)
         return ParentCursor([], vouched=False)
 
     def _headers(self, manifests: list[tuple[int, str]] | None = None) -> list[Header]:
@@ -278,7 +280,9 @@ class Engine:
         # on S3 several hosts may each have a state at this path: each its own record
         host = "" if isinstance(self.backend, LocalBackend) else host_id(self.local_dir)
         restorer = Restorer(self.repo, snapshot_id, body, state.path, prog, pool,
-                            live=live, trust_manifest=header.ctimes_vouched, started=started,
+                            live=live,
+                            captured_dev=header.dev if header.ctimes_vouched else 0,
+                            started=started,
                             host=host)
         try:
             # What a restore makes (records, batches, shares) is no cyclic garbage, and the

@@ -90,7 +90,7 @@ class Archiver:
         self._heavy: list[tuple[int, int, _Dir]] = []
         self._walking = False
         self._root_fd = -1
-        self._root_dev = 0
+        self.root_dev = 0
         # the walk's pace: (entries, time.monotonic()) at the start of its current window;
         # past PREFETCH_COLD_US an entry, its metadata is warmed ahead of it (prefetch.py)
         self._pace = (0, 0.0)
@@ -121,7 +121,9 @@ class Archiver:
                                f"directory (symlinks are refused): {e.strerror}") from e
         self._root_fd = root_fd
         try:
-            root_dev = self._root_dev = os.fstat(root_fd).st_dev
+            root_dev = self.root_dev = os.fstat(root_fd).st_dev
+            if self.parent.dev != root_dev:  # its inodes were another filesystem's
+                self.parent.vouched = False
             # From here on every change to a file moves its ctime (see syncpoint.py).
             self.sync = sync_point(root_fd)
             # pass 1 (tree.py); once reader processes run (a big capture), they read each
@@ -174,7 +176,7 @@ class Archiver:
         if len(self.tree) - walked >= tuning.PREFETCH_WINDOW and self._prefetch is None:
             now = time.monotonic()
             if now - since > (len(self.tree) - walked) * tuning.PREFETCH_COLD_US * 1e-6:
-                self._prefetch = MetadataPrefetch(self._root_fd, self._root_dev)
+                self._prefetch = MetadataPrefetch(self._root_fd, self.root_dev)
                 self._prefetch.start()
             self._pace = (len(self.tree), now)
         if small:

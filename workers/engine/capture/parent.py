@@ -21,15 +21,18 @@ log = logging.getLogger(__name__)
 class ParentCursor:
     """The parent snapshot's entries, decoded one at a time as the walk passes their paths;
     and the set of objects they name (what its commit made durable, Repository.durable).
-    `vouched` False: its ctimes do not stand for its bytes, so no file is taken from it."""
+    `vouched` False: its ctimes do not stand for its bytes, so no file is taken from it.
+    `dev`: the device its files were on (Header.dev); a capture of another one's takes none."""
 
-    def __init__(self, pieces: Iterable[list[msgspec.Raw]], vouched: bool) -> None:
+    def __init__(self, pieces: Iterable[list[msgspec.Raw]], vouched: bool,
+                 dev: int = 0) -> None:
         self._pieces = iter(pieces)  # manifest.iter_pieces: decoded as the walk needs them
         self._raws: list[msgspec.Raw] = []
         self._next = 0
         self._cur: Entry | None = None
         self._key: list[bytes] = []
         self.vouched = vouched
+        self.dev = dev
         self.objects: set[bytes] = set()
         self.ended = False  # past its last entry: get() finds nothing more (a full capture)
         self.seen = 0  # entries decoded so far

@@ -120,6 +120,13 @@ class Header(msgspec.Struct):
     # one holds the bytes captured. False in manifests written before that rule: their
     # ctimes are never trusted (the next capture reads everything once).
     ctimes_vouched: bool = False
+    # st_dev of the state's root directory when it was captured (the walk keeps only files
+    # on it): an (ino, ctime) pair names an inode of one filesystem, so neither the next
+    # capture nor a restore trusts one seen on another device (a state moved onto another
+    # filesystem, a tenant's image mounted there). 0 (written before, or an image state):
+    # unknown, nothing trusted for being the captured inode. Linux never gives a
+    # filesystem device 0.
+    dev: int = 0
     # (entries, bytes of their msgpack) of each piece of a directory body's entries, in
     # order, as dirbody.DirBodyWriter compressed them: the next capture decodes its parent a piece
     # at a time beside its walk (iter_pieces) instead of holding it all decompressed

@@ -57,7 +57,7 @@ class Restorer:
     def __init__(self, repo: Repository, snapshot_id: int, entries: Sequence[Entry],
                  state_path: str,
                  progress: Progress, pool: RestorePool | None = None, *,
-                 live: bool = False, trust_manifest: bool = False,
+                 live: bool = False, captured_dev: int = 0,
                  started: int | None = None, host: str = "") -> None:
         self.started = started  # time.time_ns() when the restore began (its sync point's)
         self.pool = pool  # started early by the caller for a big restore into a new state
@@ -74,7 +74,8 @@ class Restorer:
         # its hard links' targets, found by run()'s tree check (one pass over the entries)
         self.writer = TreeWriter(repo, snapshot_id, entries, progress, linked=set())
         self.check = self.writer.check
-        self.check.trust_manifest = trust_manifest  # its ctimes vouch (Header.ctimes_vouched)
+        # Header.dev, where its ctimes vouch (Header.ctimes_vouched); else 0
+        self.check.captured_dev = captured_dev
         self.writer.copy_reused = live  # no inode the running server has open is kept
 
     def run(self) -> RestoreResult:
@@ -113,7 +114,8 @@ class Restorer:
             if cur_fd is not None and not fresh:
                 self.check.sync = sync_point(cur_fd, since=self.started)
             # the record vouches for files of the current tree only: none, nothing to read
-            self.check.known = self.cache.load() if not fresh else {}
+            if not fresh:
+                self.check.known_dev, self.check.known = self.cache.load()
             self.cache.forget()  # the tree is about to change: the record would be stale
             if not fresh and cur_fd is not None:
                 try:
@@ -189,10 +191,11 @@ class Restorer:
             new_fd = os.open(self.base, fsutil.DIR_FLAGS, dir_fd=parent_fd)
             try:
                 reused = record_tree(new_fd, w.reused, w.linked, self.check.digest)
+                dev = os.fstat(new_fd).st_dev
             finally:
                 os.close(new_fd)
             wait_past(max((c for _i, c, _d in reused.values()), default=0))  # as above
-            self.cache.save_encoded(w.written.encode(reused))
+            self.cache.save_encoded(w.written.encode(reused, dev))
         finally:
             os.close(parent_fd)
         self.progress.finish()
@@ -258,5 +261,5 @@ class Restorer:
                                       self.check.digest))
         # the server may change a file once we return: not within a recorded ctime's granule
         wait_past(max((c for _i, c, _d in record.values()), default=0))
-        self.cache.save(record)
+        self.cache.save(record, os.fstat(cur_fd).st_dev)
         return True

@@ -7,7 +7,9 @@ proves nothing. In three steps, each on the same open fd (never a path again):
    count and exactly the entry's size, mode, owner, mtime and xattrs;
 2. trusted(): its content is known without reading it, from facts a tenant cannot forge
    (see statecache.py): the very inode that was captured, or the one a previous restore
-   wrote, unchanged since (same ino and ctime);
+   wrote, unchanged since (same device, ino and ctime: an ino names an inode of one
+   filesystem only, and a state moved onto another, or a tenant's filesystem image mounted
+   at it, can hold another inode of that ino and ctime);
 3. else proven_by_content(): chunking it gives the entry's chunk ids, and its ctime did
    not move while it was read.
 The xattrs are compared in step 1 even for a trusted inode: the previous restore's record
@@ -46,7 +48,10 @@ class ReuseCheck:
         self.repo = repo
         self.known: Record = {}  # what the previous restore left (statecache)
         self.sync = SyncPoint(0, False)  # the restore's own sync point, set before use
-        self.trust_manifest = False  # may the manifest's ino/ctime stand for content?
+        # st_dev of the tree the manifest's ino/ctime pairs were taken on (Header.dev), or 0:
+        # they stand for no content (a manifest whose ctimes do not vouch, or older)
+        self.captured_dev = 0
+        self.known_dev = 0  # st_dev of the files in `known` (0: none of them trusted)
         self.bytes_read = 0  # current-tree bytes read to prove files identical
         self._digests: dict[bytes, bytes] = {}
         self._zero_ids: dict[int, bytes] = {}  # block size -> the id of that many zeros
@@ -64,13 +69,13 @@ class ReuseCheck:
     def trusted(self, st: os.stat_result, e: Entry) -> bool:
         """Content known without reading it (see statecache): the captured inode itself,
         unchanged since, or the inode a previous restore wrote, unchanged since."""
-        if not self.sync.sound:
+        if not self.sync.sound or not st.st_dev:
             return False
-        if self.trust_manifest and (st.st_ino, st.st_ctime_ns) == (e.ino, e.ctime_ns):
+        if (st.st_dev, st.st_ino, st.st_ctime_ns) == (self.captured_dev, e.ino, e.ctime_ns):
             return True
         rec = self.known.get(e.path)
-        return (rec is not None and rec[:2] == (st.st_ino, st.st_ctime_ns)
-                and rec[2] == self.digest(e))
+        return (rec is not None and st.st_dev == self.known_dev
+                and rec[:2] == (st.st_ino, st.st_ctime_ns) and rec[2] == self.digest(e))
 
     def proven_by_content(self, fd: int, st: os.stat_result, e: Entry) -> bool:
         """Step 3 for a candidate (fd, st): its chunk ids are the entry's, and its ctime is

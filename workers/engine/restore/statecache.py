@@ -30,6 +30,10 @@ from ..repository.backend import Backend
 from ..repository.manifest import FILE, Entry
 
 Record = dict[bytes, tuple[int, int, bytes]]  # path -> (ino, ctime_ns, content digest)
+# The st_dev of the recorded files, kept in the record under the one path no regular file
+# has (b"", the root directory's) as (dev, 0, b""): an (ino, ctime) vouches for an inode of
+# that filesystem only (reuse.py). A record without it (written before) vouches for none.
+_DEV_PATH = b""
 
 
 def content_digest(e: Entry) -> bytes:
@@ -105,14 +109,18 @@ class StateCache:
         self.key = (f"{STATES_PREFIX}{digest}-{host}-3" if host
                     else f"{STATES_PREFIX}{digest}-3")
 
-    def load(self) -> Record:
+    def load(self) -> tuple[int, Record]:
+        """(st_dev of the recorded files, the record); (0, {}) if there is none."""
         try:
-            return msgspec.msgpack.decode(self.backend.get(self.key),
-                                          type=dict[bytes, tuple[int, int, bytes]])
+            record = msgspec.msgpack.decode(self.backend.get(self.key),
+                                            type=dict[bytes, tuple[int, int, bytes]])
         except (OSError, msgspec.DecodeError):
-            return {}
+            return 0, {}
+        return record.pop(_DEV_PATH, (0, 0, b""))[0], record
 
-    def save(self, record: Record) -> None:
+    def save(self, record: Record, dev: int) -> None:
+        """Save the record of files on device `dev` (which it is given as an item)."""
+        record[_DEV_PATH] = (dev, 0, b"")
         self.save_encoded(msgspec.msgpack.encode(record))
 
     def save_encoded(self, data: bytes) -> None:
@@ -153,9 +161,10 @@ class WrittenRecord:
     def __len__(self) -> int:
         return self._count
 
-    def encode(self, more: Record) -> bytes:
-        """The record as StateCache.save(record) encodes it, its items then more's (which,
-        like dict.update, win where a path is in both)."""
+    def encode(self, more: Record, dev: int) -> bytes:
+        """The record as StateCache.save(record, dev) encodes it, its items then more's
+        (which, like dict.update, win where a path is in both; `more` is given the dev)."""
+        more[_DEV_PATH] = (dev, 0, b"")
         n = self._count + len(more)
         head = (bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack(">H", n) if n < 1 << 16
                 else b"\xdf" + struct.pack(">I", n))
