@@ -20,6 +20,7 @@ class Progress:
         self.done = 0
         self.stopped = False
         self._last = 0.0
+        self._asked = 0.0  # when stop_asked() last called should_stop
         self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
@@ -44,6 +45,17 @@ class Progress:
 
     def poll(self) -> None:
         self.add(0)
+        self.check()
+
+    def stop_asked(self) -> None:
+        """Cancelled once should_stop() says so (asked at most every
+        tuning.PROGRESS_INTERVAL), with no report: for a restore's passes over its tree,
+        before anything is done (its first report comes once the current tree was checked)."""
+        now = time.monotonic()
+        if self.should_stop is not None and now - self._asked >= tuning.PROGRESS_INTERVAL:
+            self._asked = now
+            if self.should_stop():
+                self.stopped = True
         self.check()
 
     def finish(self) -> None:

@@ -185,6 +185,10 @@ FORKED_STOP_GRACE = 20.0
 
 # --- progress -------------------------------------------------------------------------------
 PROGRESS_INTERVAL = 0.25  # seconds: well under the 1 s promise, cheap enough to ignore
+# entries a restore's passes over its tree (the tree check, the patch's plan) go between two
+# polls of its should_stop: a million-entry pass takes seconds; one poll a block of 1024,
+# cancelled within milliseconds, and no test per entry in the check's loop
+POLL_ENTRIES = 1024
 
 # --- bookkeeping ----------------------------------------------------------------------------
 # a backend remembers the keys of its last this many stored objects (tests read them to

@@ -414,9 +414,12 @@ class TreeTotals(NamedTuple):
 
 
 def check_tree(entries: Sequence[Entry], snapshot_id: int,
-               visit: Callable[[int, Entry], None] | None = None) -> TreeTotals:
+               visit: Callable[[int, Entry], None] | None = None,
+               poll: Callable[[], None] | None = None) -> TreeTotals:
     """A manifest must describe a tree: root first, parents before children, no '..'.
     visit(index, entry) of each entry but the root, on the way (a restore's plan).
+    poll() every tuning.POLL_ENTRIES entries (a restore's Progress.stop_asked: Cancelled,
+    raised from it, ends the check; checking a million entries takes seconds).
 
     One that does not never will (a manifest is written once and never changes):
     SnapshotCorrupt, final, naming the snapshot, rather than a retry that cannot succeed."""
@@ -425,13 +428,14 @@ def check_tree(entries: Sequence[Entry], snapshot_id: int,
         return SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is corrupt: {why}")
 
     try:
-        return _check_tree(entries, corrupt, visit)
+        return _check_tree(entries, corrupt, visit, poll)
     except msgspec.DecodeError as exc:  # an entry of LazyEntries, decoded here first
         raise corrupt(f"an entry does not decode: {exc}") from None
 
 
 def _check_tree(entries: Sequence[Entry], corrupt: Callable[[str], SnapshotCorrupt],
-                visit: Callable[[int, Entry], None] | None) -> TreeTotals:
+                visit: Callable[[int, Entry], None] | None,
+                poll: Callable[[], None] | None) -> TreeTotals:
     root = entries[0] if entries else None
     if root is None or root.path != b"" or root.kind != DIR:
         raise corrupt("its tree does not start with its root directory")
@@ -439,23 +443,27 @@ def _check_tree(entries: Sequence[Entry], corrupt: Callable[[str], SnapshotCorru
     seen: set[bytes] = set()
     size = 0
     linked: set[bytes] = set()
-    for idx, e in enumerate(itertools.islice(entries, 1, None), 1):
-        if e.kind == FILE:
-            size += e.size
-        try:
-            fsutil.split(e.path)
-        except ValueError as exc:
-            raise corrupt(str(exc)) from None
-        parent = e.path.rpartition(b"/")[0]
-        if parent not in dirs or e.path in seen:
-            raise corrupt(f"its tree is malformed at {e.path!r}")
-        seen.add(e.path)
-        if e.kind == DIR:
-            dirs.add(e.path)
-        if e.kind == HARDLINK:
-            if e.target not in seen:
-                raise corrupt(f"hard link {e.path!r} precedes its target")
-            linked.add(e.target)
-        if visit is not None:
-            visit(idx, e)
+    numbered = enumerate(itertools.islice(entries, 1, None), 1)
+    for _block in range(0, len(entries) - 1, tuning.POLL_ENTRIES):
+        if poll is not None:
+            poll()
+        for idx, e in itertools.islice(numbered, tuning.POLL_ENTRIES):
+            if e.kind == FILE:
+                size += e.size
+            try:
+                fsutil.split(e.path)
+            except ValueError as exc:
+                raise corrupt(str(exc)) from None
+            parent = e.path.rpartition(b"/")[0]
+            if parent not in dirs or e.path in seen:
+                raise corrupt(f"its tree is malformed at {e.path!r}")
+            seen.add(e.path)
+            if e.kind == DIR:
+                dirs.add(e.path)
+            if e.kind == HARDLINK:
+                if e.target not in seen:
+                    raise corrupt(f"hard link {e.path!r} precedes its target")
+                linked.add(e.target)
+            if visit is not None:
+                visit(idx, e)
     return TreeTotals(size, linked)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -101,8 +101,13 @@ def _same_meta(st: os.stat_result, e: Entry) -> bool:
 
 class Planner:
     def __init__(self, entries: Sequence[Entry], limit: int, mounts: set[tuple[int, int]],
-                 check: ReuseCheck, guard: LiveGuard | None = None) -> None:
+                 check: ReuseCheck, guard: LiveGuard | None = None,
+                 poll: Callable[[], None] | None = None) -> None:
         self.entries = entries
+        # Progress.stop_asked, every tuning.POLL_ENTRIES entries: a cancelled restore stops
+        # planning (an lstat or more an entry: a million entries, seconds) before it changes
+        # a thing
+        self.poll = poll
         self.limit = limit
         self.mounts = mounts  # (dev, ino) of mount points: never moved nor entered
         self.check = check  # is a current regular file the snapshot's? (reuse.py)
@@ -129,7 +134,11 @@ class Planner:
         try:
             self._enter(root, os.dup(root_fd), st, stack)
             i, n = 1, len(self.entries)
+            polled = 0
             while i < n:
+                if i - polled >= tuning.POLL_ENTRIES and self.poll is not None:
+                    self.poll()
+                    polled = i
                 if prefetch is None and i - paced[0] >= tuning.PREFETCH_WINDOW:
                     now = time.monotonic()
                     if now - paced[1] > (i - paced[0]) * tuning.PREFETCH_COLD_US * 1e-6:

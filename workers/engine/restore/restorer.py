@@ -86,7 +86,8 @@ class Restorer:
             from .freshplan import FreshPlan  # a new state's: a patch never loads it
 
             plan = FreshPlan(self.repo, self.entries[0])
-        totals = check_tree(self.entries, self.sid, None if plan is None else plan.visit)
+        totals = check_tree(self.entries, self.sid, None if plan is None else plan.visit,
+                            self.progress.stop_asked)
         self.progress.total = totals.size
         w.linked.update(totals.linked)
         try:
@@ -220,7 +221,8 @@ class Restorer:
         counts = self.writer.bytes_written, self.writer.files_written
         try:
             try:
-                plan = Planner(entries, limit, mounts, self.check, guard).run(cur_fd)
+                plan = Planner(entries, limit, mounts, self.check, guard,
+                               self.progress.stop_asked).run(cur_fd)
                 if plan is None:
                     return False
                 check = None
