@@ -154,6 +154,8 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
     before = w.bytes_written  # not 0: a writer that takes over a cut has written a share
     idx = pos = -1
     dirs = fsutil.Beneath(st_fd)
+    in_dir: bytes | None = None  # the directory the last file was created in: dfd
+    dfd = st_fd
     try:
         for pos in range(len(share.indexes)):
             if pos >= end:
@@ -175,7 +177,9 @@ def _write_share(w: TreeWriter, share: Share, st_fd: int, req: socket.socket,
                     if pos >= end:
                         break
             idx, e = share.indexes[pos], manifest.entry(share.entries[pos])
-            dfd, name = dirs.entry(e.path)  # never through a symlink (fsutil.Beneath)
+            parent, _, name = e.path.rpartition(b"/")
+            if parent != in_dir:  # a share's files come directory by directory
+                dfd, in_dir = dirs.dir(parent), parent  # never through a symlink (Beneath)
             w.write_file(None, b"", e, os.open(name, fsutil.CREATE_FLAGS, w.create_mode(e),
                                                dir_fd=dfd))
             ino, ctime = w.written.last
