@@ -388,6 +388,21 @@ def _entries_objects(entries: Iterable[Entry], ids: set[bytes]) -> set[bytes]:
 _entries_dec = msgspec.msgpack.Decoder(list[Entry])
 
 
+def iter_entries(data: bytes) -> tuple[Header, Iterator[list[Entry]]]:
+    """A directory manifest's entries decoded a piece (Header.pieces) at a time as the
+    iterator is advanced, one piece's held at once (a manifest without pieces: one list of
+    all). The iterator raises ValueError, msgspec.DecodeError or zstandard.ZstdError where
+    the body turns out damaged."""
+    h, b = _split(data)
+    header = _checked(_hdr_dec.decode(h))
+    if header.state_kind != "directory":
+        raise ValueError("not the manifest of a directory state")
+    if not header.pieces:
+        return header, iter([_dir_dec.decode(zstandard.ZstdDecompressor().decompress(b))
+                             .entries])
+    return header, _pieces(b, header.pieces, _entries_dec)
+
+
 def object_ids(data: bytes) -> set[bytes]:
     """chunk_ids() of a manifest as stored, a directory's entries decoded a piece
     (Header.pieces) at a time: a reclaim marks every snapshot's objects, and decoded whole
@@ -413,7 +428,7 @@ class TreeTotals(NamedTuple):
     linked: set[bytes]  # the paths hard links point at
 
 
-def check_tree(entries: Sequence[Entry], snapshot_id: int,
+def check_tree(entries: Iterable[Entry], snapshot_id: int,
                visit: Callable[[int, Entry], None] | None = None,
                poll: Callable[[], None] | None = None) -> TreeTotals:
     """A manifest must describe a tree: root first, parents before children, no '..'.
@@ -433,20 +448,23 @@ def check_tree(entries: Sequence[Entry], snapshot_id: int,
         raise corrupt(f"an entry does not decode: {exc}") from None
 
 
-def _check_tree(entries: Sequence[Entry], corrupt: Callable[[str], SnapshotCorrupt],
+def _check_tree(entries: Iterable[Entry], corrupt: Callable[[str], SnapshotCorrupt],
                 visit: Callable[[int, Entry], None] | None,
                 poll: Callable[[], None] | None) -> TreeTotals:
-    root = entries[0] if entries else None
+    it = iter(entries)  # a restore's LazyEntries, or a verify's pieces one after another
+    root = next(it, None)
     if root is None or root.path != b"" or root.kind != DIR:
         raise corrupt("its tree does not start with its root directory")
     dirs = {b""}
     seen: set[bytes] = set()
     size = 0
     linked: set[bytes] = set()
-    numbered = enumerate(itertools.islice(entries, 1, None), 1)
-    for _block in range(0, len(entries) - 1, tuning.POLL_ENTRIES):
+    numbered = enumerate(it, 1)
+    idx = 0
+    while True:
         if poll is not None:
             poll()
+        start = idx
         for idx, e in itertools.islice(numbered, tuning.POLL_ENTRIES):
             if e.kind == FILE:
                 size += e.size
@@ -466,4 +484,5 @@ def _check_tree(entries: Sequence[Entry], corrupt: Callable[[str], SnapshotCorru
                 linked.add(e.target)
             if visit is not None:
                 visit(idx, e)
-    return TreeTotals(size, linked)
+        if idx - start < tuning.POLL_ENTRIES:  # the last block
+            return TreeTotals(size, linked)

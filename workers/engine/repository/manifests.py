@@ -26,6 +26,12 @@ def _unreadable_as_corrupt(snapshot_id: int) -> Iterator[None]:
         raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: {e}") from e
 
 
+def _pieces_or_corrupt(snapshot_id: int,
+                       pieces: Iterator[list[manifest.Entry]]) -> Iterator[list[manifest.Entry]]:
+    with _unreadable_as_corrupt(snapshot_id):
+        yield from pieces
+
+
 class Manifests:
     backend: Backend
 
@@ -110,6 +116,22 @@ class Manifests:
         raw = self.get_manifest_raw(snapshot_id)
         with _unreadable_as_corrupt(snapshot_id):
             return manifest.iter_pieces(raw)
+
+    def get_manifest_streamed(self, snapshot_id: int) -> tuple[
+            manifest.Header, manifest.ImageBody | Iterator[list[manifest.Entry]]]:
+        """An image's manifest decoded, a directory's entries decoded a piece at a time as
+        the iterator is advanced (manifest.iter_entries), which raises SnapshotCorrupt
+        where the body turns out damaged: for a verify, which holds no decoded tree."""
+        raw = self.get_manifest_raw(snapshot_id)
+        with _unreadable_as_corrupt(snapshot_id):
+            if manifest.decode_header(raw).state_kind == "directory":
+                header, pieces = manifest.iter_entries(raw)
+                return header, _pieces_or_corrupt(snapshot_id, pieces)
+            header, body = manifest.decode(raw)
+        if not isinstance(body, manifest.ImageBody):
+            raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: "
+                                  "an image state's manifest holds a directory")
+        return header, body
 
     def decode_lazily(self, snapshot_id: int,
                       raw: bytes) -> tuple[manifest.Header, list[msgspec.Raw]]:
