@@ -11,7 +11,7 @@ import pytest
 
 from tests.engine.conftest import dir_state, make_meta
 from workers.engine import Engine, EngineError, SnapshotCorrupt, TransientEngineError
-from workers.engine.repository import manifest
+from workers.engine.repository import lazyentries, manifest
 from workers.jobs import Jobs
 
 
@@ -89,7 +89,7 @@ def test_a_manifest_whose_tree_is_malformed_is_corrupt_for_good(
 
 def test_entries_decoded_lazily_are_the_entries_decoded_whole(engine: Engine,
                                                              tmp_path: Path) -> None:
-    """A restore's writer processes read the manifest lazily (manifest.decode_lazily); each
+    """A restore's writer processes read the manifest lazily (lazyentries.decode_lazily); each
     entry must come out exactly as a whole decode gives it, and tiny pack ids are shared."""
     state = tmp_path / "state"
     (state / "d").mkdir(parents=True)
@@ -101,14 +101,14 @@ def test_entries_decoded_lazily_are_the_entries_decoded_whole(engine: Engine,
     engine.capture(make_meta(1), dir_state(state))
     data = (Path(engine.repo.backend.root) / "snapshots" / "1").read_bytes()  # type: ignore[attr-defined]
     header, body = manifest.decode(data)
-    lazy_header, raws = manifest.decode_lazily(data)
+    lazy_header, raws = lazyentries.decode_lazily(data)
     assert isinstance(body, manifest.DirBody) and lazy_header == header
     assert [manifest.entry(r) for r in raws] == body.entries
     packs = {id(e.pack) for e in body.entries if e.pack}
     assert len(packs) == len({e.pack for e in body.entries if e.pack}) == 1
     future = msgspec.structs.replace(header, version=manifest.MANIFEST_VERSION + 1)
     with pytest.raises(ValueError, match="newer engine"):
-        manifest.decode_lazily(manifest.encode(future, body))
+        lazyentries.decode_lazily(manifest.encode(future, body))
 
 
 def test_a_restore_decodes_a_small_manifest_whole_and_a_big_one_lazily(
@@ -126,11 +126,11 @@ def test_a_restore_decodes_a_small_manifest_whole_and_a_big_one_lazily(
     engine.capture(make_meta(1), dir_state(state))
     data = (Path(engine.repo.backend.root) / "snapshots" / "1").read_bytes()  # type: ignore[attr-defined]
     _header, body = manifest.decode(data)
-    _lazy_header, raws = manifest.decode_lazily(data)
+    _lazy_header, raws = lazyentries.decode_lazily(data)
     assert isinstance(body, manifest.DirBody)
     for most in (len(body.entries), len(body.entries) - 1):
         monkeypatch.setattr(tuning, "DECODED_ENTRIES_MAX", most)
-        header, entries = manifest.decode_entries(data)
+        header, entries = lazyentries.decode_entries(data)
         assert header == _header and len(entries) == len(body.entries)
         assert list(entries) == body.entries and entries[3] == body.entries[3]
         assert [bytes(entries.raw(i)) for i in range(len(entries))] == [bytes(r) for r in raws]

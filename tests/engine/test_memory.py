@@ -18,7 +18,8 @@ import pytest
 
 from tests.engine.conftest import dir_state, make_meta
 from workers.engine import Engine, inflight, tuning
-from workers.engine.repository.manifest import Entry, LazyEntries, encode_entry
+from workers.engine.repository.lazyentries import LazyEntries
+from workers.engine.repository.manifest import Entry, encode_entry
 
 SMALL, BIG, PER_DIR = 4_000, 16_000, 100
 # The slope of the peak between the two trees, measured: capture ~225, incremental ~390,

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from workers.engine import Cancelled, Engine, tuning
-from workers.engine.repository import manifest
+from workers.engine.repository import manifest, treecheck
 from workers.engine.restore import restorer
 
 from .conftest import dir_state, make_meta
@@ -56,10 +56,10 @@ def test_a_cancelled_patch_stops_in_its_plan_and_changes_nothing(
     engine.capture(make_meta(1), dir_state(src))
     os.chmod(src / "sub", 0o700)
     monkeypatch.setattr(tuning, "PROGRESS_INTERVAL", 0.0)  # every poll asks should_stop
-    checked: list[manifest.TreeTotals] = []
+    checked: list[treecheck.TreeTotals] = []
 
-    def check_then_stop(*args: Any) -> manifest.TreeTotals:
-        checked.append(manifest.check_tree(*args))
+    def check_then_stop(*args: Any) -> treecheck.TreeTotals:
+        checked.append(treecheck.check_tree(*args))
         return checked[-1]
 
     monkeypatch.setattr(restorer, "check_tree", check_then_stop)

@@ -40,6 +40,7 @@ from .model import (
 from .progress import Progress
 from .repository import manifest
 from .repository.backend import Backend, LocalBackend
+from .repository.lazyentries import LazyEntries
 from .repository.locks import FlockLock, RepoLock
 from .repository.manifest import Header, ImageBody
 from .repository.reclaim import reclaim_local
@@ -267,7 +268,7 @@ class Engine:
                     pool.close(kill=True)  # unused (or already closed by the restore)
 
     def _restore(self, snapshot_id: int, header: Header,
-                 body: ImageBody | manifest.LazyEntries, state: StateSpec,
+                 body: ImageBody | LazyEntries, state: StateSpec,
                  prog: Progress, pool: RestorePool | None, live: bool,
                  started: int) -> RestoreResult:
         if isinstance(body, ImageBody):

@@ -95,7 +95,7 @@ class TransientEngineError(EngineError):
     """Worth retrying as it is: a worker process died (a SIGTERM to the whole process group
     looks like that), another restore of the same state still runs, a manifest header could
     not be read (it may be written by a newer engine that another worker runs). A manifest
-    whose tree fails manifest.check_tree() is not: it never will pass (SnapshotCorrupt).
+    whose tree fails treecheck.check_tree() is not: it never will pass (SnapshotCorrupt).
     The job layer (workers/jobs.py) lets the message be delivered again instead of failing
     the operation; after the last attempt the operation fails."""
 

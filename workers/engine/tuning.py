@@ -92,7 +92,7 @@ RESTORE_MAX_INFLIGHT = 64
 RESTORE_PROCESSES = 2  # writer processes of a big restore
 RESTORE_PROCESS_THRESHOLD = 64 << 20  # bytes of files to write
 # A restore keeps a manifest's entries decoded up to this many (~700 bytes each: 70 MB),
-# encoded (~190 bytes) above it (repository/manifest.py LazyEntries)
+# encoded (~190 bytes) above it (repository/lazyentries.py LazyEntries)
 DECODED_ENTRIES_MAX = 100_000
 FILE_COST = 64 << 10  # a file's fixed cost in bytes, to split work between processes
 COPY_BLOCK = 1 << 20  # a live restore's copy of a current file, per read

@@ -8,8 +8,10 @@
   holds, so a capture lists nothing; s3locks: lock objects in the bucket (shared vs
   exclusive, refreshed, stale after 30 min); s3reclaim: the fleet-wide reclaim protocol
   (condemn, then sweep a margin later), written down in its module doc.
-- manifest: the manifest format (msgpack + zstd body, cheap header; Entry, Header) and
-  check_tree(), the tree check every restore runs; dirbody: a directory body compressed
+- manifest: the manifest format (msgpack + zstd body, cheap header; Entry, Header), read
+  whole, a piece at a time, or for the objects it names; lazyentries: a directory's
+  entries as a restore holds them (decoded once when few, else each when used); treecheck:
+  check_tree(), the tree check every restore and verify runs; dirbody: a directory body compressed
   as a capture's entries become final, in pieces a reader decodes one at a time;
   manifests: reading snapshots/<id> back (Repository is a Manifests).
 - reclaim: the mark every reclaim makes and file://'s sweep; verify: every object a

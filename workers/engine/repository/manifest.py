@@ -7,17 +7,15 @@ snapshots of a repository (catalog rebuild) stays cheap.
 
 from __future__ import annotations
 
-import itertools
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Final, Literal, NamedTuple, TypeVar, overload
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Final, Literal, TypeVar
 
 import msgspec
 import zstandard
 
-from .. import gcpause, tuning
-from ..fs import fsutil
-from ..model import CommittedSnapshot, SnapshotCorrupt, SnapshotMeta
+from .. import gcpause
+from ..model import CommittedSnapshot, SnapshotMeta
 from . import dirbody
 
 MAGIC = b"SNAPMF1\n"
@@ -194,33 +192,34 @@ def decode_header(data: bytes) -> Header:
     return _checked(_hdr_dec.decode(_split(data)[0]))
 
 
+def directory_body(data: bytes) -> tuple[Header, bytes]:
+    """A directory manifest's header, checked, and its body still compressed; ValueError
+    for the manifest of an image."""
+    h, b = _split(data)
+    header = _checked(_hdr_dec.decode(h))
+    if header.state_kind != "directory":
+        raise ValueError("not the manifest of a directory state")
+    return header, b
+
+
 def decode(data: bytes) -> tuple[Header, Body]:
     h, b = _split(data)
     header = _checked(_hdr_dec.decode(h))
     with gcpause.paused():
         body = _body_dec.decode(zstandard.ZstdDecompressor().decompress(b))
     if isinstance(body, DirBody):
-        _share_pack_ids(body.entries)
+        share_pack_ids(body.entries)
     return header, body
 
 
-class _LazyDirBody(msgspec.Struct, tag="dir"):
+class RawDirBody(msgspec.Struct, tag="dir"):
+    """A DirBody whose entries stay encoded."""
+
     entries: list[msgspec.Raw]  # each one's msgpack bytes, a view into the decoded body
 
 
-_lazy_dec = msgspec.msgpack.Decoder(_LazyDirBody)
+_lazy_dec = msgspec.msgpack.Decoder(RawDirBody)
 _entry_dec = msgspec.msgpack.Decoder(Entry)
-
-
-def decode_lazily(data: bytes) -> tuple[Header, list[msgspec.Raw]]:
-    """A directory manifest whose entries stay encoded until entry() decodes one: for a
-    process that needs a share of them (a restore's writer process), ~190 bytes per entry
-    held (the body's msgpack and one Raw each) instead of ~700 for a decoded Entry."""
-    h, b = _split(data)
-    header = _checked(_hdr_dec.decode(h))
-    if header.state_kind != "directory":
-        raise ValueError("not the manifest of a directory state")
-    return header, _lazy_dec.decode(zstandard.ZstdDecompressor().decompress(b)).entries
 
 
 _raws_dec = msgspec.msgpack.Decoder(list[msgspec.Raw])
@@ -232,10 +231,7 @@ def iter_pieces(data: bytes) -> tuple[Header, Iterator[list[msgspec.Raw]]]:
     whole body (a million entries: ~240 MB). A manifest without pieces: one list of all.
     The iterator raises ValueError, msgspec.DecodeError or zstandard.ZstdError where the
     body turns out damaged."""
-    h, b = _split(data)
-    header = _checked(_hdr_dec.decode(h))
-    if header.state_kind != "directory":
-        raise ValueError("not the manifest of a directory state")
+    header, b = directory_body(data)
     if not header.pieces:
         return header, iter([_lazy_dec.decode(zstandard.ZstdDecompressor().decompress(b))
                              .entries])
@@ -268,96 +264,7 @@ def entry(raw: msgspec.Raw | bytes) -> Entry:
     return _entry_dec.decode(raw)
 
 
-_dir_dec = msgspec.msgpack.Decoder(DirBody)
-
-
-def decode_entries(data: bytes) -> tuple[Header, LazyEntries]:
-    """A directory manifest for a restore: up to tuning.DECODED_ENTRIES_MAX entries
-    decoded now, whole, in one msgspec call (one call per entry from a Python loop, and
-    the msgspec.Raw of each beside, cost a 6,768-entry patch restore ~8 M instructions
-    more under callgrind); more stay encoded (decode_lazily), each decoded when used."""
-    h, b = _split(data)
-    header = _checked(_hdr_dec.decode(h))
-    if header.state_kind != "directory":
-        raise ValueError("not the manifest of a directory state")
-    body = zstandard.ZstdDecompressor().decompress(b)
-    n = dirbody.entry_count(body)
-    raws = None
-    if n is None:  # not laid out as dirbody.encode_dir_body writes it: count them by decoding
-        raws = _lazy_dec.decode(body).entries
-        n = len(raws)
-    if n > tuning.DECODED_ENTRIES_MAX:
-        return header, LazyEntries(_lazy_dec.decode(body).entries if raws is None else raws)
-    with gcpause.paused():
-        decoded = _dir_dec.decode(body).entries
-    _share_pack_ids(decoded)
-    return header, LazyEntries(raws, decoded)
-
-
-class LazyEntries(Sequence[Entry]):
-    """A directory manifest's entries, each decoded when it is asked for (decode_lazily):
-    a restore planning a million files holds ~190 bytes an entry, not ~700. Up to
-    tuning.DECODED_ENTRIES_MAX entries they are decoded once, on first use, and kept: a
-    restore walks its entries four or five times (check, plan, write, record), and decoding
-    each anew cost a small restore more than the memory it saved (bench/engine.py, the 1 %-
-    changed rootfs: 33,854 decodes for 6,767 entries). Above it, every access decodes anew:
-    hold on to what is used more than once."""
-
-    def __init__(self, raws: list[msgspec.Raw] | None,
-                 decoded: list[Entry] | None = None) -> None:
-        # raws None: only `decoded` (decode_entries), raw(i) encodes entry i when asked
-        self._raws: list[msgspec.Raw] = [] if raws is None else raws
-        self._decoded = decoded
-        self._len = len(decoded) if raws is None and decoded is not None else len(self._raws)
-
-    def _kept(self) -> list[Entry] | None:
-        """Every entry decoded, when there are few enough to keep them so (unless given
-        decoded, the first call decodes: a DecodeError comes from the first use)."""
-        if self._decoded is None and self._len <= tuning.DECODED_ENTRIES_MAX:
-            self._decoded = [_entry_dec.decode(r) for r in self._raws]
-            _share_pack_ids(self._decoded)
-        return self._decoded
-
-    def listed(self) -> Sequence[Entry]:
-        """The entries as a plain list when they are kept decoded (indexing and iterating
-        it costs no Python call per entry, as self[i] and iter(self) do), else self."""
-        kept = self._kept()
-        return self if kept is None else kept
-
-    def __len__(self) -> int:
-        return self._len
-
-    @overload
-    def __getitem__(self, i: int) -> Entry: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Entry]: ...
-    def __getitem__(self, i: int | slice) -> Entry | list[Entry]:
-        kept = self._kept()
-        if kept is not None:
-            return kept[i]
-        if isinstance(i, slice):
-            return [_entry_dec.decode(r) for r in self._raws[i]]
-        return _entry_dec.decode(self._raws[i])
-
-    def __iter__(self) -> Iterator[Entry]:
-        kept = self._kept()  # no generator: iterating kept entries is a list's iteration
-        return iter(kept) if kept is not None else map(_entry_dec.decode, self._raws)
-
-    def raw(self, i: int) -> msgspec.Raw:
-        """Entry i still encoded (encoded again if only its decoded form is held)."""
-        if self._raws or self._decoded is None:
-            return self._raws[i]
-        return msgspec.Raw(encode_entry(self._decoded[i]))
-
-    def release(self) -> None:
-        """The caller is done with them: the decompressed body goes now, not when the last
-        holder of this object lets go of it (a million entries: ~130 MB)."""
-        self._raws = []
-        self._decoded = None
-        self._len = 0
-
-
-def _share_pack_ids(entries: list[Entry]) -> None:
+def share_pack_ids(entries: list[Entry]) -> None:
     """One bytes object per tiny pack instead of one per small file naming it (decoding
     makes a new one for each): 72 bytes less per small file held in memory."""
     seen: dict[bytes, bytes] = {}
@@ -386,6 +293,7 @@ def _entries_objects(entries: Iterable[Entry], ids: set[bytes]) -> set[bytes]:
 
 
 _entries_dec = msgspec.msgpack.Decoder(list[Entry])
+_dir_dec = msgspec.msgpack.Decoder(DirBody)
 
 
 def iter_entries(data: bytes) -> tuple[Header, Iterator[list[Entry]]]:
@@ -393,10 +301,7 @@ def iter_entries(data: bytes) -> tuple[Header, Iterator[list[Entry]]]:
     iterator is advanced, one piece's held at once (a manifest without pieces: one list of
     all). The iterator raises ValueError, msgspec.DecodeError or zstandard.ZstdError where
     the body turns out damaged."""
-    h, b = _split(data)
-    header = _checked(_hdr_dec.decode(h))
-    if header.state_kind != "directory":
-        raise ValueError("not the manifest of a directory state")
+    header, b = directory_body(data)
     if not header.pieces:
         return header, iter([_dir_dec.decode(zstandard.ZstdDecompressor().decompress(b))
                              .entries])
@@ -418,71 +323,3 @@ def object_ids(data: bytes) -> set[bytes]:
         for piece in _pieces(b, header.pieces, _entries_dec):
             _entries_objects(piece, ids)
     return ids
-
-
-class TreeTotals(NamedTuple):
-    """What check_tree() finds on its way (a restore needs both: one pass less over a
-    million entries, each decoded anew, ~0.2-0.3 s at 300,000 on this machine)."""
-
-    size: int  # bytes of the regular files
-    linked: set[bytes]  # the paths hard links point at
-
-
-def check_tree(entries: Iterable[Entry], snapshot_id: int,
-               visit: Callable[[int, Entry], None] | None = None,
-               poll: Callable[[], None] | None = None) -> TreeTotals:
-    """A manifest must describe a tree: root first, parents before children, no '..'.
-    visit(index, entry) of each entry but the root, on the way (a restore's plan).
-    poll() every tuning.POLL_ENTRIES entries (a restore's Progress.stop_asked: Cancelled,
-    raised from it, ends the check; checking a million entries takes seconds).
-
-    One that does not never will (a manifest is written once and never changes):
-    SnapshotCorrupt, final, naming the snapshot, rather than a retry that cannot succeed."""
-
-    def corrupt(why: str) -> SnapshotCorrupt:
-        return SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is corrupt: {why}")
-
-    try:
-        return _check_tree(entries, corrupt, visit, poll)
-    except msgspec.DecodeError as exc:  # an entry of LazyEntries, decoded here first
-        raise corrupt(f"an entry does not decode: {exc}") from None
-
-
-def _check_tree(entries: Iterable[Entry], corrupt: Callable[[str], SnapshotCorrupt],
-                visit: Callable[[int, Entry], None] | None,
-                poll: Callable[[], None] | None) -> TreeTotals:
-    it = iter(entries)  # a restore's LazyEntries, or a verify's pieces one after another
-    root = next(it, None)
-    if root is None or root.path != b"" or root.kind != DIR:
-        raise corrupt("its tree does not start with its root directory")
-    dirs = {b""}
-    seen: set[bytes] = set()
-    size = 0
-    linked: set[bytes] = set()
-    numbered = enumerate(it, 1)
-    idx = 0
-    while True:
-        if poll is not None:
-            poll()
-        start = idx
-        for idx, e in itertools.islice(numbered, tuning.POLL_ENTRIES):
-            if e.kind == FILE:
-                size += e.size
-            try:
-                fsutil.split(e.path)
-            except ValueError as exc:
-                raise corrupt(str(exc)) from None
-            parent = e.path.rpartition(b"/")[0]
-            if parent not in dirs or e.path in seen:
-                raise corrupt(f"its tree is malformed at {e.path!r}")
-            seen.add(e.path)
-            if e.kind == DIR:
-                dirs.add(e.path)
-            if e.kind == HARDLINK:
-                if e.target not in seen:
-                    raise corrupt(f"hard link {e.path!r} precedes its target")
-                linked.add(e.target)
-            if visit is not None:
-                visit(idx, e)
-        if idx - start < tuning.POLL_ENTRIES:  # the last block
-            return TreeTotals(size, linked)

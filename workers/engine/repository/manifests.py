@@ -12,7 +12,7 @@ import msgspec
 import zstandard
 
 from ..model import SnapshotCorrupt, SnapshotNotFound, TransientEngineError
-from . import manifest
+from . import lazyentries, manifest
 from .backend import Backend
 
 
@@ -91,13 +91,13 @@ class Manifests:
             return manifest.object_ids(raw)
 
     def decode_tree(self, snapshot_id: int, raw: bytes) -> tuple[
-            manifest.Header, manifest.ImageBody | manifest.LazyEntries]:
+            manifest.Header, manifest.ImageBody | lazyentries.LazyEntries]:
         """For a restore, a manifest as stored (get_manifest_raw): an image's blocks decoded,
         a directory's entries left encoded and, unless there are very many, decoded once
-        (manifest.decode_entries, LazyEntries)."""
+        (lazyentries.decode_entries, LazyEntries)."""
         with _unreadable_as_corrupt(snapshot_id):
             if manifest.decode_header(raw).state_kind == "directory":
-                return manifest.decode_entries(raw)
+                return lazyentries.decode_entries(raw)
             header, body = manifest.decode(raw)
         if not isinstance(body, manifest.ImageBody):
             raise SnapshotCorrupt(f"manifest of snapshot {snapshot_id} is unreadable: "
@@ -106,7 +106,7 @@ class Manifests:
 
     def get_manifest_lazily(self, snapshot_id: int) -> tuple[manifest.Header,
                                                              list[msgspec.Raw]]:
-        """A directory snapshot's entries left encoded (manifest.decode_lazily)."""
+        """A directory snapshot's entries left encoded (lazyentries.decode_lazily)."""
         return self.decode_lazily(snapshot_id, self.get_manifest_raw(snapshot_id))
 
     def get_manifest_pieces(self, snapshot_id: int) -> tuple[
@@ -136,7 +136,7 @@ class Manifests:
     def decode_lazily(self, snapshot_id: int,
                       raw: bytes) -> tuple[manifest.Header, list[msgspec.Raw]]:
         with _unreadable_as_corrupt(snapshot_id):
-            return manifest.decode_lazily(raw)
+            return lazyentries.decode_lazily(raw)
 
     def delete_manifest(self, snapshot_id: int) -> None:
         self.backend.delete(self.manifest_key(snapshot_id))

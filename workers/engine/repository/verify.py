@@ -12,7 +12,7 @@ import itertools
 from array import array
 
 from ..model import SnapshotCorrupt, VerifyReport
-from . import manifest
+from . import treecheck
 from .manifest import Entry, ImageBody
 from .repository import ObjectCorrupt, Repository, chunk_key
 
@@ -76,7 +76,7 @@ def verify(repo: Repository, snapshot_id: int) -> VerifyReport:
                 if k < len(body.blocks):
                     members.add(pack, off, ln, body.blocks[k][1], body.blocks[k][0])
         else:  # what every restore checks, on the way
-            manifest.check_tree(
+            treecheck.check_tree(
                 itertools.chain.from_iterable(body), snapshot_id,
                 lambda idx, e: _entry_objects(e, ids, members, idx))
     except SnapshotCorrupt as e:

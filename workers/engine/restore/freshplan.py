@@ -1,7 +1,7 @@
 """A new tree's entries sorted out for TreeWriter.build_fresh(): its directories, the
 files for the writer processes, the big files for the restoring process, hard links and
 special entries. Made by visiting each entry once; for a restore whose writers were
-started for a new state, on the tree check's pass (manifest.check_tree), the pass a
+started for a new state, on the tree check's pass (treecheck.check_tree), the pass a
 million entries (each decoded anew above tuning.DECODED_ENTRIES_MAX) cost once more
 otherwise (300k tree: ~0.6-1.1 s at load 3-5, before any writer wrote)."""
 

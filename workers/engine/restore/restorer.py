@@ -39,8 +39,10 @@ from ..fs import fsutil
 from ..fs.syncpoint import sync_point, wait_past
 from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
-from ..repository.manifest import Entry, LazyEntries, check_tree
+from ..repository.lazyentries import LazyEntries
+from ..repository.manifest import Entry
 from ..repository.repository import Repository
+from ..repository.treecheck import check_tree
 from .leases import LiveChange, LiveGuard
 from .metadata import set_dir_meta
 from .patch import Patcher

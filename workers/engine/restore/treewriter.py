@@ -23,7 +23,8 @@ from .. import tuning
 from ..fs import fsutil
 from ..inflight import prune
 from ..progress import Progress
-from ..repository.manifest import DIR, FILE, HARDLINK, Entry, LazyEntries, encode_entry
+from ..repository.lazyentries import LazyEntries
+from ..repository.manifest import DIR, FILE, HARDLINK, Entry, encode_entry
 from ..repository.repository import Repository
 from .filewriter import FileWriter
 from .metadata import finish_dirs, make_special
