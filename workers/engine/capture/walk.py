@@ -78,7 +78,7 @@ class Walker:
         names: list[bytes] = []  # their names, in the same order
         dir_ino = st.st_ino
         parent, append = self.parent, self.tree.append
-        for name in sorted(fsutil.iter_names(fd)):
+        for name in _names(fd):
             path = rel + b"/" + name if rel else name
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -190,3 +190,17 @@ class Walker:
         e.chunks, e.pack, e.pack_off, e.pack_len = p.chunks, p.pack, p.pack_off, p.pack_len
         e.slices = p.slices
         return True
+
+
+def _names(fd: int) -> list[bytes]:
+    """The names in the directory open at fd, sorted: listed through its /proc/self/fd
+    link (that very directory, whatever its path holds now), whose names come as bytes,
+    not by scandir on the fd, which made a DirEntry and a str of each name and had it
+    encoded back (fsutil.iter_names), once per entry of the walk, on its thread."""
+    try:
+        names = os.listdir(b"/proc/self/fd/%d" % fd)
+    except OSError as err:
+        fsutil.check_exhausted(err)
+        raise
+    names.sort()
+    return names
