@@ -170,8 +170,12 @@ BIG_FILE_THREADS = 2
 # cold bench capture's 300 block reads waited 1.3-1.9 s in all, the blocks' hashing and
 # compression took 0.7-0.8 s). The 300 MiB image alone in a directory, engine alone, warm,
 # chrt -r 1, alternating x6 at load 8-10: 0.85 s (2 ahead: 0.86) vs 1.05 s at 3f30c8c,
-# CPU the same (1.06-1.08 s); reads of 1 MiB here peak at 4 at once (~1.2 GB/s)
-BIG_FILE_READ_AHEAD = 4
+# CPU the same (1.06-1.08 s). 2, not 4: as many reads at once as the two block threads
+# made before, so a cold capture's small-file reads queue behind no more big-file reads
+# than they did (traced at 4, the readers stalled while the image was read); whole rootfs +
+# image, cold x6 alternating at load 11, io pressure ~74 %: 2.15 s vs 2.26 at 4 and 2.28 at
+# 3f30c8c (all within that noise)
+BIG_FILE_READ_AHEAD = 2
 # Big files a directory capture holds open ahead of their reads (one thread reads them in
 # turn; the walk waits beyond this): a state of thousands (a database's 1 GiB segments)
 # opened them all at once and dropped the rest as vanished (EMFILE at the fd limit)
