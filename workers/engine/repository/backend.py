@@ -19,7 +19,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from .. import tuning
-from ..fs import directio, fsutil
+from ..fs import fsutil
 from ..model import EngineError, StorageFull, StorageOptions
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -275,6 +275,8 @@ class LocalBackend:
         """get_range's bytes read into buf (at least n + 2 * directio.ALIGN bytes) with
         O_DIRECT where the filesystem allows; returns their view. For a big chunk read
         once (a disk image's block): no page-cache insertion, copy and later eviction."""
+        from ..fs import directio  # here: a patch restore (no big file) never loads it
+
         fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
         direct = directio.reopen_direct(fd, os.O_RDONLY)
         try:

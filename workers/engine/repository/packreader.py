@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import zstandard
 
 from .. import tuning
-from ..fs import directio
 from ..model import SnapshotCorrupt
 from . import packformat
 from .manifest import Entry
@@ -225,6 +224,8 @@ class PackCache:
         if f is None or f.plain != off or f.size != ln:  # small members share their frames
             return self.read_member(pack, off, ln, cid, path)
         stored = f.end - f.start
+        from ..fs import directio  # here: a patch restore (no big file) never loads it
+
         scratch: mmap.mmap | None = getattr(self._local, "scratch", None)
         if scratch is None or len(scratch) < stored + 2 * directio.ALIGN:
             scratch = self._local.scratch = directio.buffer(stored + 2 * directio.ALIGN)
