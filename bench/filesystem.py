@@ -14,7 +14,7 @@ from pathlib import Path
 from commands import BENCH
 
 # Resolved: bench/.data may be a symlink to shared data, and the engine refuses a state
-# path through a symlink (fsutil.open_path). BENCH_DATA: another directory instead (a
+# path through a symlink (statepath.open_path). BENCH_DATA: another directory instead (a
 # private copy of a dataset that a run modifies, e.g. the scale run's touch_files).
 DATA = Path(os.environ.get("BENCH_DATA") or BENCH / ".data").resolve()
 

@@ -15,7 +15,7 @@ import pytest
 from tests.engine.conftest import build_full_tree, dir_state, make_meta
 from tests.engine.treecmp import describe
 from workers.engine import Engine, tuning
-from workers.engine.fs import fsutil, prefetch
+from workers.engine.fs import prefetch, statepath
 
 
 def _hostile(root: Path, outside: Path) -> None:
@@ -58,7 +58,7 @@ def test_the_prefetch_lists_only_the_directories_beneath_the_root(
         return real_open(name, fl, *a, **kw)  # type: ignore[arg-type]
 
     before = _fds()
-    root_fd = fsutil.open_path(str(root))
+    root_fd = statepath.open_path(str(root))
     monkeypatch.setattr(os, "scandir", scandir)
     monkeypatch.setattr(os, "open", open_)
     try:
@@ -84,7 +84,7 @@ def test_the_prefetch_holds_at_most_its_descriptors(monkeypatch: pytest.MonkeyPa
         (root / f"d{i}" / "sub").mkdir(parents=True)
     monkeypatch.setattr(tuning, "PREFETCH_FDS", 5)
     monkeypatch.setattr(tuning, "PREFETCH_THREADS", 1)
-    root_fd = fsutil.open_path(str(root))
+    root_fd = statepath.open_path(str(root))
     try:
         p = prefetch.MetadataPrefetch(root_fd, os.fstat(root_fd).st_dev)
         p.start()
@@ -113,7 +113,7 @@ def test_the_prefetch_lists_directories_in_the_walks_order(monkeypatch: pytest.M
         return real_scandir(fd)
 
     monkeypatch.setattr(tuning, "PREFETCH_THREADS", 1)
-    root_fd = fsutil.open_path(str(root))
+    root_fd = statepath.open_path(str(root))
     monkeypatch.setattr(os, "scandir", scandir)
     try:
         p = prefetch.MetadataPrefetch(root_fd, os.fstat(root_fd).st_dev)

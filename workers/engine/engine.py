@@ -310,7 +310,7 @@ class Engine:
         directory: a server made to be restored into) starts its worker processes first,
         so their start-up overlaps reading (local) or decoding (raw: the manifest as read
         from a remote repository, no header GET) the manifest: nothing to reuse, no patch."""
-        from .fs.fsutil import empty_dir_at
+        from .fs.statepath import empty_dir_at
 
         if state.kind != "directory" or (os.path.lexists(state.path)
                                          and not empty_dir_at(state.path)):
@@ -327,7 +327,7 @@ class Engine:
         return start_pool(self.repo, snapshot_id, state.path)
 
     def recover(self, state: StateSpec) -> None:
-        from .fs.fsutil import open_path, split_state
+        from .fs.statepath import open_path, split_state
 
         parent, base = split_state(state.path)
         try:

@@ -30,7 +30,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from .. import gcpause, tuning
-from ..fs import fsutil
+from ..fs import fsutil, statepath
 from ..fs.prefetch import MetadataPrefetch
 from ..fs.syncpoint import SyncPoint, sync_point
 from ..model import StateInvalid
@@ -115,7 +115,7 @@ class Archiver:
 
     def _run(self) -> None:
         try:
-            root_fd = fsutil.open_path(self.root)
+            root_fd = statepath.open_path(self.root)
         except OSError as e:
             raise StateInvalid(f"state directory {self.root} is missing or not a "
                                f"directory (symlinks are refused): {e.strerror}") from e
@@ -129,7 +129,7 @@ class Archiver:
             # pass 1 (tree.py); once reader processes run (a big capture), they read each
             # walked directory's files while the walk goes on (_walked)
             walker = Walker(self.repo, self.tree, self.parent, self.progress, self.warnings,
-                            root_dev, fsutil.mount_roots(self.root), self._start_pool,
+                            root_dev, statepath.mount_roots(self.root), self._start_pool,
                             self._walked, self._bigs.walked)
             self._walking = True
             self.progress.sized = False  # no share of a total known yet: reported as 0

@@ -1,7 +1,9 @@
 """Filesystem primitives, with no knowledge of snapshots.
 
 - fsutil: symlink-safe fd helpers (O_NOFOLLOW walks, renameat2, syncfs, xattrs, data
-  extents, hole punching) and split_state() of a state path.
+  extents, hole punching).
+- statepath: a state's path opened without following a symlink in any component
+  (open_path), split (split_state), the mounts below it (mount_roots).
 - removal: removing a tree a tenant may still be changing (iterative, race-tolerant,
   mount-aware), and the janitor thread that retries what could not be removed at once.
 - syncpoint: the sync point after which every change to a file moves its ctime, and which

@@ -23,7 +23,7 @@ import time
 
 from .. import tuning
 from ..model import StateInvalid
-from . import fsutil
+from . import fsutil, statepath
 
 
 def _token(n: int) -> bytes:
@@ -178,11 +178,11 @@ def remove_tree(parent_fd: int, name: bytes, mounts: set[tuple[int, int]]) -> bo
 
 def _remove_by_path(parent_path: str, name: bytes) -> bool:
     try:
-        pfd = fsutil.open_path(parent_path)
+        pfd = statepath.open_path(parent_path)
     except FileNotFoundError:
         return True  # the parent itself is gone, and the tree with it
     try:
-        return remove_tree(pfd, name, fsutil.mount_roots(parent_path))
+        return remove_tree(pfd, name, statepath.mount_roots(parent_path))
     finally:
         os.close(pfd)
 
@@ -276,7 +276,7 @@ def dispose(parent_fd: int, parent_path: str, name: bytes, trash: bytes, *,
         janitor.schedule(parent_path, new, delay=0.0)
         return False
     try:
-        if remove_tree(parent_fd, name, fsutil.mount_roots(parent_path)):
+        if remove_tree(parent_fd, name, statepath.mount_roots(parent_path)):
             return True
         if not name.startswith(trash):
             new = trash + _token(8)

@@ -34,8 +34,8 @@ from collections.abc import Iterable, Iterator
 
 from .. import tuning
 from ..blocks.pipeline import pipelined, read_blocks, write_blocks
-from ..fs import fsutil, removal
-from ..fs.fsutil import split_state
+from ..fs import fsutil, removal, statepath
+from ..fs.statepath import split_state
 from ..fs.syncpoint import sync_point
 from ..model import RestoreResult, StateInvalid, TransientEngineError
 from ..progress import Progress
@@ -51,10 +51,10 @@ J_TRAILER = struct.Struct(">Q4s")
 
 def _open_image(path: str, flags: int) -> tuple[int, int, bool]:
     """(fd, size, is_block_device) of the image at path, opened with flags; refuses a
-    symlink in any component of the path (fsutil.open_path) and anything at the path but
+    symlink in any component of the path (statepath.open_path) and anything at the path but
     a regular file or a block device, never opening it (_reopen_image)."""
     try:
-        pfd = fsutil.open_path(path, os.O_PATH | os.O_CLOEXEC)
+        pfd = statepath.open_path(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as e:
         raise StateInvalid(f"image {path} cannot be opened (symlinks are refused): "
                            f"{e.strerror}") from e
@@ -231,7 +231,7 @@ def restore_image(repo: Repository, sid: int, body: ImageBody, path: str,
     bs = body.block_size
     want = {i: k for k, (i, _cid) in enumerate(body.blocks)}  # block -> its k in body.blocks
     progress.total = body.size
-    parent_fd = fsutil.open_path(parent_path)
+    parent_fd = statepath.open_path(parent_path)
     try:
         image_cleanup(parent_fd, base)
         try:

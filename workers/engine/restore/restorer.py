@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import tuning
-from ..fs import fsutil
+from ..fs import fsutil, statepath
 from ..fs.syncpoint import sync_point, wait_past
 from ..model import RestoreResult, StateInvalid
 from ..progress import Progress
@@ -69,7 +69,7 @@ class Restorer:
         self.repo = repo
         self.sid = snapshot_id
         self.entries = entries
-        self.parent_path, self.base = fsutil.split_state(state_path)
+        self.parent_path, self.base = statepath.split_state(state_path)
         self.state_path = state_path
         self.progress = progress
         self.cache = StateCache(repo.backend, state_path, host)  # host: statecache.host_id
@@ -93,7 +93,7 @@ class Restorer:
         self.progress.total = totals.size
         w.linked.update(totals.linked)
         try:
-            parent_fd = fsutil.open_path(self.parent_path)
+            parent_fd = statepath.open_path(self.parent_path)
         except OSError as e:
             raise StateInvalid(f"parent of the state path is unusable: {e}") from e
         try:
@@ -217,7 +217,7 @@ class Restorer:
     def _patched(self, parent_fd: int, cur_fd: int) -> bool:
         """Patch the current tree in place when few entries differ (see patch.py)."""
         limit = max(tuning.PATCH_MIN, len(self.entries) // tuning.PATCH_FRACTION)
-        mounts = fsutil.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
+        mounts = statepath.mount_roots(os.path.join(self.parent_path, os.fsdecode(self.base)))
         entries = self.entries.listed() if isinstance(self.entries, LazyEntries) else self.entries
         guard = LiveGuard() if self.live else None
         counts = self.writer.bytes_written, self.writer.files_written
