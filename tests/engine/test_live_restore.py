@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from workers.engine import Engine
-from workers.engine.restore import leases, patch, restorer
+from workers.engine.restore import leases, patch
 
 from .conftest import dir_state, make_meta
 from .tenant import _FD_WRITER, Tenant, fd_writer, mmap_writer
@@ -101,7 +101,7 @@ def test_a_file_opened_for_writing_during_a_live_patch_sends_it_to_the_copying_r
             time.sleep(0.01)
         apply(self, *a)
 
-    monkeypatch.setattr(restorer, "LiveGuard", Guard)
+    monkeypatch.setattr(leases, "LiveGuard", Guard)  # taken by Restorer._patched
     monkeypatch.setattr(patch.Patcher, "_apply", apply_with_a_writer)
     try:
         r = engine.restore(1, dir_state(src), live=True)
