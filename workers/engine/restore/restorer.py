@@ -214,7 +214,7 @@ class Restorer:
     def _patched(self, parent_fd: int, cur_fd: int) -> bool:
         """Patch the current tree in place when few entries differ (see patch.py)."""
         # Imported here: a restore into a new state (empty, or no state path yet) never
-        # patches, and these modules were ~10-14 ms of its parent's start-up (-X importtime
+        # patches, and these modules were 3.5-6 ms of its parent's start-up (-X importtime
         # of the restorer), while its writer processes wait for their shares.
         from .leases import LiveChange, LiveGuard
         from .patch import Patcher
